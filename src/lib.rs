@@ -1,0 +1,3 @@
+pub mod diagnostic;
+pub mod source_map;
+pub mod task { pub mod yaml; }

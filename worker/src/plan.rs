@@ -1,0 +1,181 @@
+//! The plan: the rendered, Docker-free description of one run that a worker executes.
+//!
+//! Every default is already applied, every template rendered and every alias expanded; step
+//! dependencies are explicit. Durations are whole seconds, as in ACR task files, so a plan
+//! serializes to JSON that reads like the task it came from.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A run's identifier. Opaque everywhere but where it is issued (`kiln::run_id`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A step's identifier: unique within a run, the step's DNS name on the run network.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StepId(String);
+
+impl StepId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One run, ready to execute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub run_id: RunId,
+    /// In task-file order; a step depends only on steps before it.
+    pub steps: Vec<PlanStep>,
+    /// Networks the task declared. Empty: the worker creates a network of its own for the run
+    /// and attaches every step without an explicit `network` to it.
+    pub networks: Vec<Network>,
+    /// Named volumes filled from secret data, mounted by steps' `volume_mounts`.
+    pub volumes: Vec<SecretVolume>,
+    /// Values that must never appear in logs (`--set-secret` values, resolved task secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub id: StepId,
+    pub action: Action,
+    /// Steps that must have succeeded (or failed with `ignore_errors`) before this one starts;
+    /// empty means it starts with the run.
+    pub depends_on: Vec<StepId>,
+    pub env: Vec<EnvVar>,
+    /// `None` when `disableWorkingDirectoryOverride` leaves the image's own `WORKDIR`.
+    pub working_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_point: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Explicit network; `None` means the run's default network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// Wall-clock limit covering every retry and repetition.
+    pub timeout_secs: u64,
+    /// Sleep before the step; outside `timeout_secs`.
+    #[serde(default)]
+    pub start_delay_secs: u64,
+    #[serde(default)]
+    pub retries: u32,
+    pub retry_delay_secs: u64,
+    /// Retry only when the output contains one of these; empty retries on any failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on_errors: Vec<String>,
+    /// Extra repetitions: the step runs `repeat + 1` times.
+    #[serde(default)]
+    pub repeat: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_errors: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detach: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
+    /// Pull the image before running even when it is present (`cmd` steps only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<Pull>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Registry-backed build cache (`cache: enabled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `docker build` arguments, split shell-style.
+    Build { args: Vec<String> },
+    /// Image references to push, each with a tag or digest.
+    Push { images: Vec<String> },
+    /// Run `image` with `args` (no shell in between).
+    Cmd { image: String, args: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pull {
+    pub retries: u32,
+    pub retry_delay_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub ipv6: bool,
+    /// The network exists already: neither create nor remove it.
+    #[serde(default)]
+    pub skip_creation: bool,
+    /// Steps without an explicit `network` join this one.
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+/// A named volume whose files are decoded secret data (file name → content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVolume {
+    pub name: String,
+    pub files: Vec<SecretFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    pub name: String,
+    /// Decoded bytes, base64 again in JSON so binary secrets survive.
+    pub content_base64: String,
+}

@@ -144,8 +144,11 @@ mod tests {
 
     #[test]
     fn displays_like_a_compiler() {
-        let d = Diagnostic::warning(Some(Pos::new(7, 5)), "unknown step property `timeOut`; did you mean `timeout`?")
-            .with_field("steps[0]");
+        let d = Diagnostic::warning(
+            Some(Pos::new(7, 5)),
+            "unknown step property `timeOut`; did you mean `timeout`?",
+        )
+        .with_field("steps[0]");
         assert_eq!(
             d.display("acb.yaml").to_string(),
             "acb.yaml:7:5: warning: steps[0]: unknown step property `timeOut`; did you mean `timeout`?"

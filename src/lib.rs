@@ -1,3 +1,5 @@
 pub mod diagnostic;
 pub mod source_map;
-pub mod task { pub mod yaml; }
+pub mod task {
+    pub mod yaml;
+}

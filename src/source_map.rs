@@ -68,7 +68,11 @@ pub struct Locator<'a> {
 
 impl<'a> Locator<'a> {
     pub fn new(original: &'a str, derived: &'a str, map: LineMap) -> Self {
-        Self { original: original.split('\n').collect(), derived: derived.split('\n').collect(), map }
+        Self {
+            original: original.split('\n').collect(),
+            derived: derived.split('\n').collect(),
+            map,
+        }
     }
 
     /// The column is kept when the derived line reads the same as the original up to it (the

@@ -194,7 +194,10 @@ mod tests {
     fn merge_keys_apply_and_duplicates_are_rejected() {
         let doc = parse("base: &b {timeout: 5}\nstep:\n  <<: *b\n  id: x\n").unwrap();
         let step = map(&map(&doc)[1].1);
-        assert!(step.iter().any(|(k, v)| k.value == Value::Str("timeout".into()) && v.value == Value::Int(5)));
+        assert!(
+            step.iter()
+                .any(|(k, v)| k.value == Value::Str("timeout".into()) && v.value == Value::Int(5))
+        );
         let err = parse("a: 1\na: 2\n").unwrap_err();
         assert_eq!(err.pos.map(|p| p.line), Some(2), "{err:?}");
     }

@@ -1,5 +1,9 @@
+//! kiln: a self-hosted build-task engine that runs Azure Container Registry task files.
+//!
+//! This crate is the control plane: it reads task files ([`task`]), renders them for one run
+//! ([`render`]), and turns them into the plan a worker (`kiln-worker`) executes ([`plan`]).
+//! It knows no Docker.
+
 pub mod diagnostic;
 pub mod source_map;
-pub mod task {
-    pub mod yaml;
-}
+pub mod task;

@@ -1,0 +1,6 @@
+//! Task files: from the text a user wrote to a validated task and its step graph.
+
+pub mod dag;
+pub mod model;
+pub mod parse;
+pub mod yaml;

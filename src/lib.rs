@@ -5,5 +5,6 @@
 //! It knows no Docker.
 
 pub mod diagnostic;
+pub mod plan;
 pub mod source_map;
 pub mod task;

@@ -46,7 +46,7 @@ fn is_comment(line: &str) -> bool {
 }
 
 /// The 1-based line number of the `i`th line, saturating for absurdly long inputs.
-pub(crate) fn line_number(i: usize) -> u32 {
+fn line_number(i: usize) -> u32 {
     u32::try_from(i + 1).unwrap_or(u32::MAX)
 }
 

@@ -4,6 +4,7 @@
 //! ([`render`]), and turns them into the plan a worker (`kiln-worker`) executes ([`plan`]).
 //! It knows no Docker.
 
+pub mod config;
 pub mod diagnostic;
 pub mod plan;
 pub mod source_map;

@@ -1,6 +1,8 @@
 //! Task files: from the text a user wrote to a validated task and its step graph.
 
+pub mod alias;
 pub mod dag;
 pub mod model;
 pub mod parse;
+pub mod preprocess;
 pub mod yaml;

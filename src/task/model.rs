@@ -6,6 +6,7 @@
 
 use kiln_worker::plan::{EnvVar, StepId};
 
+use super::preprocess::Version;
 use crate::diagnostic::Pos;
 
 /// ACR's default `stepTimeout` in seconds.
@@ -26,8 +27,8 @@ pub struct At<T> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
-    /// Normalised to lowercase (`v1.1.0`); `v1.0.0` when the file has none.
-    pub version: String,
+    /// `v1.0.0` when the file has none.
+    pub version: Version,
     pub step_timeout: u64,
     /// Absolute; the default for every step.
     pub working_directory: String,

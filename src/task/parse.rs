@@ -10,6 +10,7 @@ use base64::Engine as _;
 use kiln_worker::plan::{EnvVar, StepId};
 
 use super::model::*;
+use super::preprocess::Version;
 use super::yaml::{Node, Value};
 use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 
@@ -67,9 +68,6 @@ const SECRET_KEYS: &[&str] = &["id", "keyvault", "clientID"];
 const NETWORK_KEYS: &[&str] = &["name", "driver", "ipv6", "skipCreation", "isDefault"];
 const VOLUME_KEYS: &[&str] = &["name", "secret"];
 const MOUNT_KEYS: &[&str] = &["name", "mountPath"];
-
-/// Versions ACR's engine accepts (compared case-insensitively).
-pub const VERSIONS: &[&str] = &["v1.0.0", "v1.1.0", "1.0-preview-1"];
 
 /// Parses a task from its YAML tree. `text` is the text the tree was parsed from (for scalars'
 /// exact spelling); `locate` turns positions in it into positions in the user's file.
@@ -327,22 +325,20 @@ impl<'a> Cx<'a> {
         let mut f = self.fields(root, String::new(), "a task file")?;
 
         let version = match self.string(&mut f, "version") {
-            None => "v1.0.0".to_string(),
-            Some(v) => {
-                let lower = v.value.trim().to_ascii_lowercase();
-                if !VERSIONS.contains(&lower.as_str()) {
-                    self.error(
-                        v.pos,
-                        "version",
-                        format!(
-                            "invalid version specified: `{}` (accepted: {})",
-                            v.value,
-                            VERSIONS.join(", ")
-                        ),
-                    );
-                }
-                lower
-            }
+            None => Version::default(),
+            Some(v) => Version::parse(v.value.trim()).unwrap_or_else(|| {
+                let accepted: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
+                self.error(
+                    v.pos,
+                    "version",
+                    format!(
+                        "invalid version specified: `{}` (accepted: {})",
+                        v.value,
+                        accepted.join(", ")
+                    ),
+                );
+                Version::default()
+            }),
         };
         let step_timeout = self.seconds_or(&mut f, "stepTimeout", DEFAULT_STEP_TIMEOUT);
         let working_directory = match self.string(&mut f, "workingDirectory") {
@@ -1080,7 +1076,7 @@ mod tests {
         #[test]
         fn defaults() {
             let t = task("steps:\n  - cmd: busybox true\n");
-            assert_eq!(t.version, "v1.0.0");
+            assert_eq!(t.version, Version::V1_0_0);
             assert_eq!(t.step_timeout, 600);
             assert_eq!(t.working_directory, "/workspace");
             let s = &t.steps[0];
@@ -1095,7 +1091,7 @@ mod tests {
         fn version_whitelist_is_case_insensitive() {
             for v in ["v1.0.0", "V1.1.0", "1.0-PREVIEW-1"] {
                 assert_eq!(
-                    task(&format!("version: {v}\nsteps: [{{cmd: a}}]\n")).version,
+                    task(&format!("version: {v}\nsteps: [{{cmd: a}}]\n")).version.as_str(),
                     v.to_lowercase()
                 );
             }

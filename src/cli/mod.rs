@@ -1,0 +1,51 @@
+//! The `kiln` command line: argument parsing and dispatch. Commands live in their own modules
+//! and call the library; nothing here knows a task file's rules.
+
+mod task_file;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "A self-hosted build-task engine for ACR task files")]
+pub struct Cli {
+    /// kiln's configuration file (image aliases, run-ID prefix, default registry).
+    #[arg(long, global = true, env = "KILN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a task file: errors and warnings as file:line:col, exit status 1 on errors.
+    Validate(task_file::ValidateArgs),
+    /// Show a task file as one run would see it: the rendered text and the step graph.
+    Render(task_file::RenderArgs),
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Runs the CLI; the exit code is the command's verdict.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => task_file::validate(args, cli.config.as_deref()),
+        Command::Render(args) => task_file::render(args, cli.config.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -79,14 +79,13 @@ fn check_id<'s>(
     let field = format!("steps[{i}].id");
     if id == ROOT_ID {
         diags.push(
-            Diagnostic::error(Some(pos), format!("`{ROOT_ID}` is a reserved step ID"))
-                .with_field(field),
+            Diagnostic::error(Some(pos), format!("{ROOT_ID} is a reserved ID")).with_field(field),
         );
         return;
     }
     if id.contains(char::is_whitespace) {
         diags.push(
-            Diagnostic::error(Some(pos), format!("step ID `{id}` must not contain spaces"))
+            Diagnostic::error(Some(pos), format!("step ID cannot contain spaces: `{id}`"))
                 .with_field(field),
         );
         return;
@@ -314,8 +313,8 @@ mod tests {
 
     #[test]
     fn reserved_and_malformed_ids() {
-        error("steps:\n  - id: acb_root\n    cmd: x\n", "reserved");
-        error("steps:\n  - id: \"a b\"\n    cmd: x\n", "must not contain spaces");
+        error("steps:\n  - id: acb_root\n    cmd: x\n", "acb_root is a reserved ID");
+        error("steps:\n  - id: \"a b\"\n    cmd: x\n", "step ID cannot contain spaces");
         error("steps:\n  - id: a/b\n    cmd: x\n", "cannot name a container");
     }
 

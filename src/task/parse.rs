@@ -216,10 +216,7 @@ impl<'a> Cx<'a> {
                 self.error(
                     node.pos,
                     &f.field(key),
-                    format!(
-                        "expected a whole number of seconds or a count, found {}{hint}",
-                        other.kind()
-                    ),
+                    format!("expected an integer, found {}{hint}", other.kind()),
                 );
                 None
             }
@@ -230,7 +227,11 @@ impl<'a> Cx<'a> {
     fn count(&mut self, f: &mut Fields<'_>, key: &str) -> u32 {
         match self.int(f, key) {
             Some(At { value, pos }) if value < 0 => {
-                self.error(pos, &f.field(key), format!("{key} must be >= 0, got {value}"));
+                self.error(
+                    pos,
+                    &f.field(key),
+                    format!("step must specify {key} >= 0 (got {value})"),
+                );
                 0
             }
             Some(At { value, pos }) => u32::try_from(value).unwrap_or_else(|_| {
@@ -277,7 +278,7 @@ impl<'a> Cx<'a> {
                 self.error(
                     node.pos,
                     &f.field(key),
-                    format!("expected true or false, found {}{hint}", other.kind()),
+                    format!("expected a boolean, found {}{hint}", other.kind()),
                 );
                 false
             }
@@ -299,7 +300,7 @@ impl<'a> Cx<'a> {
             self.error(
                 node.pos,
                 field,
-                format!("expected a list of strings, found {}{hint}", node.value.kind()),
+                format!("expected a list, found {}{hint}", node.value.kind()),
             );
             return Vec::new();
         };
@@ -402,7 +403,7 @@ impl<'a> Cx<'a> {
                     self.error(
                         node.pos,
                         "steps",
-                        format!("`steps` must be a list, found {}", other.kind()),
+                        format!("expected a list, found {}", other.kind()),
                     );
                     Vec::new()
                 }
@@ -436,15 +437,15 @@ impl<'a> Cx<'a> {
                         entry.pos,
                         &format!("env[{i}]"),
                         format!(
-                            "env entry `{}` is split on commas (ACR's rule for task-level env, so values \
-                             cannot contain commas) and the part `{part}` is not KEY=value",
+                            "cannot parse task environment variable {part} correctly: task-level env entries are split on \
+                             commas (ACR's rule), so `{}` holds `{part}`, which is not KEY=value",
                             entry.value
                         ),
                     ),
                     _ => self.error(
                         entry.pos,
                         &format!("env[{i}]"),
-                        format!("env entry `{}` must be KEY=value", entry.value),
+                        format!("cannot parse task environment variable {} correctly: expected KEY=value", entry.value),
                     ),
                 }
             }
@@ -466,11 +467,7 @@ impl<'a> Cx<'a> {
                 .filter_map(|(i, n)| item(self, n, format!("{key}[{i}]")))
                 .collect(),
             other => {
-                self.error(
-                    node.pos,
-                    key,
-                    format!("`{key}` must be a list, found {}", other.kind()),
-                );
+                self.error(node.pos, key, format!("expected a list, found {}", other.kind()));
                 Vec::new()
             }
         }
@@ -506,14 +503,14 @@ impl<'a> Cx<'a> {
             self.error(
                 id.pos,
                 &f.field("id"),
-                format!("secret ID `{}` must not contain spaces", id.value),
+                format!("secret ID cannot contain spaces: `{}`", id.value),
             );
         }
         match &keyvault {
             None => self.error(
                 node.pos,
                 &path,
-                format!("secret should contain either keyvault or a managed identity resource (secret `{}`)", id.value),
+                format!("secret should contain either keyvault property or a managed identity (secret `{}`)", id.value),
             ),
             Some(kv) if !(kv.value.starts_with("https://") && kv.value.contains("/secrets/")) => self.error(
                 kv.pos,
@@ -531,7 +528,7 @@ impl<'a> Cx<'a> {
             self.error(
                 c.pos,
                 &f.field("clientID"),
-                format!("clientID `{}` is not a GUID", c.value),
+                format!("msi client ID is not a valid guid: `{}`", c.value),
             );
         }
         Some(Secret {
@@ -550,7 +547,7 @@ impl<'a> Cx<'a> {
         let is_default = self.boolean(&mut f, "isDefault");
         self.unknown_keys(&f, NETWORK_KEYS, "network");
         let Some(name) = name.filter(|n| !n.value.is_empty()) else {
-            self.error(node.pos, &path, "a network needs a `name`");
+            self.error(node.pos, &path, "a network's name must be specified");
             return None;
         };
         Some(Network { name: name.value, driver, ipv6, skip_creation, is_default })
@@ -582,7 +579,10 @@ impl<'a> Cx<'a> {
             self.error(
                 name.pos,
                 &f.field("name"),
-                format!("volume name `{}` must match ^[a-zA-Z0-9-_]+$", name.value),
+                format!(
+                    "volume name is not well formed: `{}` must match ^[a-zA-Z0-9-_]+$",
+                    name.value
+                ),
             );
         }
         let mut files = Vec::new();
@@ -597,7 +597,7 @@ impl<'a> Cx<'a> {
                         self.error(
                             k.pos,
                             &field,
-                            format!("secret file name `{file}` must match ^[a-zA-Z0-9-_.]+$"),
+                            format!("file name, {file}, is not well formed: it must match ^[a-zA-Z0-9-_.]+$"),
                         );
                     }
                     let data = self.scalar_text(v).unwrap_or_default();
@@ -614,7 +614,7 @@ impl<'a> Cx<'a> {
             Some((s, _)) => self.error(
                 s.pos,
                 &f.field("secret"),
-                "`secret` must be a non-empty mapping of file name to base64 content",
+                "secret is empty: `secret` must map file names to base64 content",
             ),
             None => self.error(
                 node.pos,
@@ -659,7 +659,7 @@ impl<'a> Cx<'a> {
                         self.error(
                             w.pos,
                             &f.field("when"),
-                            "`-` cannot be combined with step IDs in `when`: use either [\"-\"] or a list of IDs",
+                            "step cannot contain other IDs in when if the immediate execution token is specified: use either [\"-\"] or a list of IDs",
                         );
                     }
                     When::Start
@@ -731,7 +731,7 @@ impl<'a> Cx<'a> {
                     self.error(
                         k.pos,
                         &f.field(key),
-                        "volumeMounts are only allowed on cmd and build steps",
+                        "invalid use of Mounts: volumeMounts are only allowed on cmd and build steps",
                     );
                 } else if STEP_KEYS.contains(&key.as_str())
                     && !PUSH_KEYS.contains(&key.as_str())
@@ -887,7 +887,10 @@ impl<'a> Cx<'a> {
                     self.error(
                         e.pos,
                         &f.field(&format!("env[{i}]")),
-                        format!("env entry `{}` must be KEY=value", e.value),
+                        format!(
+                            "cannot parse environment variable {} correctly: expected KEY=value",
+                            e.value
+                        ),
                     );
                     None
                 }
@@ -903,11 +906,7 @@ impl<'a> Cx<'a> {
         let Some(node) = f.get("volumeMounts") else { return Vec::new() };
         let path = f.field("volumeMounts");
         let Value::Seq(items) = &node.value else {
-            self.error(
-                node.pos,
-                &path,
-                format!("`volumeMounts` must be a list, found {}", node.value.kind()),
-            );
+            self.error(node.pos, &path, format!("expected a list, found {}", node.value.kind()));
             return Vec::new();
         };
         let mut out: Vec<VolumeMount> = Vec::new();
@@ -936,7 +935,10 @@ impl<'a> Cx<'a> {
                 self.error(
                     mount_path.pos,
                     &m.field("mountPath"),
-                    format!("mountPath `{}` must be an absolute container path", mount_path.value),
+                    format!(
+                        "mountPath must be an absolute path: `{}` is relative",
+                        mount_path.value
+                    ),
                 );
             }
             if out.iter().any(|o| o.mount_path == mount_path.value) {
@@ -961,7 +963,7 @@ impl<'a> Cx<'a> {
                 self.error(
                     c.pos,
                     &f.field("cache"),
-                    format!("cache must be `enabled` or `disabled`, got `{}`", c.value),
+                    format!("invalid value for cache property. Valid values are 'enabled', 'disabled' (got `{}`)", c.value),
                 );
                 false
             }
@@ -1140,10 +1142,19 @@ mod tests {
 
         #[test]
         fn env_entries_need_an_equals_sign() {
-            one_error("env: [\"NOPE\"]\nsteps: [{cmd: a}]\n", "must be KEY=value");
-            let d = one_error("env: [\"A=1,2\"]\nsteps: [{cmd: a}]\n", "split on commas");
+            one_error(
+                "env: [\"NOPE\"]\nsteps: [{cmd: a}]\n",
+                "cannot parse task environment variable NOPE",
+            );
+            let d = one_error(
+                "env: [\"A=1,2\"]\nsteps: [{cmd: a}]\n",
+                "cannot parse task environment variable 2 correctly",
+            );
             assert_eq!(d.field.as_deref(), Some("env[0]"));
-            one_error("steps:\n  - cmd: a\n    env: [\"=x\"]\n", "must be KEY=value");
+            one_error(
+                "steps:\n  - cmd: a\n    env: [\"=x\"]\n",
+                "cannot parse environment variable =x",
+            );
         }
 
         #[test]
@@ -1158,7 +1169,7 @@ mod tests {
             assert!(d.iter().any(|d| d.message.contains("empty")));
             one_error("version: v1.1.0\n", "has no `steps`");
             one_error("steps: []\n", "has no steps");
-            one_error("steps: {cmd: a}\n", "must be a list");
+            one_error("steps: {cmd: a}\n", "expected a list, found a mapping");
             one_error("- cmd: a\n", "must be a mapping");
         }
 
@@ -1191,7 +1202,7 @@ mod tests {
             );
             one_error(
                 "secrets:\n  - id: db\n    keyvault: https://v/secrets/x\n    clientID: nope\nsteps: [{cmd: a}]\n",
-                "not a GUID",
+                "msi client ID is not a valid guid",
             );
             one_error(
                 "secrets:\n  - id: db\n    keyvault: ftp://x\nsteps: [{cmd: a}]\n",
@@ -1222,7 +1233,10 @@ mod tests {
             assert!(
                 warnings("networks:\n  - name: n1\nsteps: [{cmd: a}]\n")[0].contains("isDefault")
             );
-            one_error("networks:\n  - driver: bridge\nsteps: [{cmd: a}]\n", "needs a `name`");
+            one_error(
+                "networks:\n  - driver: bridge\nsteps: [{cmd: a}]\n",
+                "name must be specified",
+            );
         }
 
         #[test]
@@ -1235,13 +1249,16 @@ mod tests {
 
             one_error(
                 "volumes:\n  - name: bad/name\n    secret: {a: aGk=}\nsteps: [{cmd: a}]\n",
-                "^[a-zA-Z0-9-_]+$",
+                "volume name is not well formed",
             );
             one_error(
                 "volumes:\n  - name: v\n    secret: {\"a b\": aGk=}\nsteps: [{cmd: a}]\n",
-                "^[a-zA-Z0-9-_.]+$",
+                "file name, a b, is not well formed",
             );
-            one_error("volumes:\n  - name: v\n    secret: {}\nsteps: [{cmd: a}]\n", "non-empty");
+            one_error(
+                "volumes:\n  - name: v\n    secret: {}\nsteps: [{cmd: a}]\n",
+                "secret is empty",
+            );
             one_error("volumes:\n  - name: v\nsteps: [{cmd: a}]\n", "needs a `secret`");
             one_error(
                 "volumes:\n  - name: v\n    secret: {a: \"!!notbase64\"}\nsteps: [{cmd: a}]\n",
@@ -1256,7 +1273,10 @@ mod tests {
                 &format!("{base}      - name: w\n        mountPath: /x\n"),
                 "names no volume",
             );
-            one_error(&format!("{base}      - name: v\n        mountPath: rel\n"), "absolute");
+            one_error(
+                &format!("{base}      - name: v\n        mountPath: rel\n"),
+                "mountPath must be an absolute path",
+            );
             one_error(&format!("{base}      - name: v\n"), "both `name` and `mountPath`");
             one_error(
                 &format!(
@@ -1266,7 +1286,7 @@ mod tests {
             );
             one_error(
                 "volumes:\n  - name: v\n    secret: {a: aGk=}\nsteps:\n  - push: [x]\n    volumeMounts:\n      - name: v\n        mountPath: /x\n",
-                "only allowed on cmd and build steps",
+                "invalid use of Mounts",
             );
         }
     }
@@ -1368,12 +1388,15 @@ mod tests {
 
         #[test]
         fn negative_counts_are_errors() {
-            let d = one_error("steps:\n  - cmd: a\n    retries: -1\n", "retries must be >= 0");
+            let d = one_error(
+                "steps:\n  - cmd: a\n    retries: -1\n",
+                "step must specify retries >= 0",
+            );
             assert_eq!(
                 (d.pos, d.field.as_deref()),
                 (Some(Pos::new(3, 14)), Some("steps[0].retries"))
             );
-            one_error("steps:\n  - cmd: a\n    repeat: -2\n", "repeat must be >= 0");
+            one_error("steps:\n  - cmd: a\n    repeat: -2\n", "step must specify repeat >= 0");
             one_error("steps:\n  - cmd: a\n    retries: \"3\"\n", "remove the quotes");
             one_error("steps:\n  - cmd: a\n    detach: \"true\"\n", "remove the quotes");
         }
@@ -1404,7 +1427,7 @@ mod tests {
             assert!(!task("steps:\n  - build: .\n    cache: disabled\n").steps[0].cache);
             one_error(
                 "steps:\n  - build: .\n    cache: maybe\n",
-                "cache must be `enabled` or `disabled`",
+                "invalid value for cache property",
             );
         }
 
@@ -1434,7 +1457,7 @@ mod tests {
             assert_eq!(t.steps[3].when, When::Previous);
             one_error(
                 "steps:\n  - id: a\n    cmd: x\n  - cmd: x\n    when: [\"-\", a]\n",
-                "cannot be combined",
+                "immediate execution token",
             );
             one_error("steps:\n  - cmd: x\n    when: a\n", "write it as a list");
         }

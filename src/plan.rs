@@ -12,7 +12,43 @@ use kiln_worker::plan::{
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::task::dag::StepGraph;
+use crate::task::load::{LoadOptions, Loaded, load};
 use crate::task::model::{StepKind, Task};
+
+/// A task file made ready to run.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub loaded: Loaded,
+    pub plan: Plan,
+    /// Warnings of every stage, in file order.
+    pub diagnostics: Diagnostics,
+}
+
+/// Everything between a task file's text and a run: load, validate, plan. `masked` are the
+/// values logs must never show; `strict` makes every warning an error.
+pub fn plan_file(
+    text: &str,
+    opts: &LoadOptions<'_>,
+    masked: Vec<String>,
+    strict: bool,
+) -> Result<Planned, Diagnostics> {
+    let loaded = load(text, opts)?;
+    let run_id = opts.data.run.id.clone();
+    let (plan, plan_diags) = build(&loaded.task, &loaded.graph, run_id, masked).map_err(|mut d| {
+        d.extend(loaded.diagnostics.clone());
+        d.sorted()
+    })?;
+    let mut diagnostics = loaded.diagnostics.clone();
+    diagnostics.extend(plan_diags);
+    let mut diagnostics = diagnostics.sorted();
+    if strict {
+        diagnostics.make_strict();
+        if diagnostics.has_errors() {
+            return Err(diagnostics);
+        }
+    }
+    Ok(Planned { loaded, plan, diagnostics })
+}
 
 /// Builds the plan. Errors (an unclosed quote in a `cmd`, say) point at the step; warnings are
 /// returned with the plan.
@@ -135,6 +171,7 @@ pub fn build(
             })
             .collect(),
         masked,
+        credentials: Vec::new(),
     };
     Ok((plan, diags))
 }

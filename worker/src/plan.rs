@@ -62,6 +62,28 @@ pub struct Plan {
     /// Values that must never appear in logs (`--set-secret` values, resolved task secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked: Vec<String>,
+    /// Registry logins for pulls, builds and pushes, by registry host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<RegistryCredential>,
+}
+
+/// Basic-auth login to one registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    /// `host[:port]`, as in image references.
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::diagnostic::Diagnostics;
 use crate::render::{RunVars, TemplateData};
 use crate::run_id::{RunIdPrefix, format_run_id};
-use crate::task::load::{LoadOptions, Loaded, load};
+use crate::plan::{Planned, plan_file};
+use crate::task::load::{LoadOptions, Loaded};
 use crate::values::{SetFlag, SetValue, Values, merge_values};
 use kiln_worker::plan::RunId;
 
@@ -149,35 +150,14 @@ impl TaskFileArgs {
     }
 }
 
-/// Loads and plans: the whole of what a run would do before touching an engine.
-fn check(inputs: &Inputs, strict: bool) -> Result<(Loaded, Plan, Diagnostics), Diagnostics> {
+fn check(inputs: &Inputs, strict: bool) -> Result<Planned, Diagnostics> {
     let opts = LoadOptions {
         data: &inputs.data,
         images: &inputs.images,
         base_dir: &inputs.base_dir,
         alias_fetch_timeout: ALIAS_FETCH_TIMEOUT,
     };
-    let loaded = load(&inputs.text, &opts)?;
-    let (plan, plan_diags) = crate::plan::build(
-        &loaded.task,
-        &loaded.graph,
-        inputs.data.run.id.clone(),
-        inputs.masked.clone(),
-    )
-    .map_err(|mut d| {
-        d.extend(loaded.diagnostics.clone());
-        d.sorted()
-    })?;
-    let mut diags = loaded.diagnostics.clone();
-    diags.extend(plan_diags);
-    let mut diags = diags.sorted();
-    if strict {
-        diags.make_strict();
-        if diags.has_errors() {
-            return Err(diags);
-        }
-    }
-    Ok((loaded, plan, diags))
+    plan_file(&inputs.text, &opts, inputs.masked.clone(), strict)
 }
 
 fn print_diagnostics(name: &str, diags: &Diagnostics) {
@@ -197,7 +177,7 @@ pub fn validate(args: ValidateArgs, config: Option<&Path>) -> anyhow::Result<Exi
     let args = args.task;
     let inputs = args.inputs(config)?;
     let (ok, diags) = match check(&inputs, args.strict) {
-        Ok((_, _, diags)) => (true, diags),
+        Ok(planned) => (true, planned.diagnostics),
         Err(diags) => (false, diags),
     };
     match args.output {
@@ -221,8 +201,8 @@ pub fn validate(args: ValidateArgs, config: Option<&Path>) -> anyhow::Result<Exi
 pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let args = args.task;
     let inputs = args.inputs(config)?;
-    let (loaded, plan, diags) = match check(&inputs, args.strict) {
-        Ok(done) => done,
+    let Planned { loaded, plan, diagnostics: diags } = match check(&inputs, args.strict) {
+        Ok(planned) => planned,
         Err(diags) => {
             print_diagnostics(&inputs.name, &diags);
             eprintln!("{}: invalid ({})", inputs.name, summary(&diags));

@@ -4,3 +4,4 @@ pub mod source_map;
 pub mod task {
     pub mod yaml;
 }
+pub mod values;

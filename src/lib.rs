@@ -1,11 +1,15 @@
 //! kiln: a self-hosted build-task engine that runs Azure Container Registry task files.
 //!
 //! This crate is the control plane: it reads task files ([`task`]), renders them for one run
-//! ([`render`]), and turns them into the plan a worker (`kiln-worker`) executes ([`plan`]).
-//! It knows no Docker.
+//! ([`render`], with [`values`]), and turns them into the plan a worker (`kiln-worker`)
+//! executes ([`plan`]). It knows no Docker.
 
+pub mod cli;
 pub mod config;
 pub mod diagnostic;
 pub mod plan;
+pub mod render;
+pub mod run_id;
 pub mod source_map;
 pub mod task;
+pub mod values;

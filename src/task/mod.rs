@@ -2,6 +2,7 @@
 
 pub mod alias;
 pub mod dag;
+pub mod load;
 pub mod model;
 pub mod parse;
 pub mod preprocess;

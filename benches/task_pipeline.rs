@@ -60,9 +60,18 @@ fn bench(c: &mut Criterion) {
     ];
     let mut run = RunVars::new(RunId::new("ka1"), chrono::Utc::now());
     run.registry = "registry.local".into();
-    let data = TemplateData { run, values: merge_values(Values::default(), &sets).values, secrets: BTreeMap::new() };
+    let data = TemplateData {
+        run,
+        values: merge_values(Values::default(), &sets).values,
+        secrets: BTreeMap::new(),
+    };
     let images = Config::default().image_aliases();
-    let opts = LoadOptions { data: &data, images: &images, base_dir: Path::new("."), alias_fetch_timeout: Duration::from_secs(2) };
+    let opts = LoadOptions {
+        data: &data,
+        images: &images,
+        base_dir: Path::new("."),
+        alias_fetch_timeout: Duration::from_secs(2),
+    };
 
     let planned = plan_file(&text, &opts, Vec::new(), false).expect("the generated file is valid");
     assert_eq!(planned.plan.steps.len(), 500);

@@ -34,10 +34,11 @@ pub fn plan_file(
 ) -> Result<Planned, Diagnostics> {
     let loaded = load(text, opts)?;
     let run_id = opts.data.run.id.clone();
-    let (plan, plan_diags) = build(&loaded.task, &loaded.graph, run_id, masked).map_err(|mut d| {
-        d.extend(loaded.diagnostics.clone());
-        d.sorted()
-    })?;
+    let (plan, plan_diags) =
+        build(&loaded.task, &loaded.graph, run_id, masked).map_err(|mut d| {
+            d.extend(loaded.diagnostics.clone());
+            d.sorted()
+        })?;
     let mut diagnostics = loaded.diagnostics.clone();
     diagnostics.extend(plan_diags);
     let mut diagnostics = diagnostics.sorted();

@@ -45,11 +45,8 @@ fn plan(path: &Path, strict: bool) -> Result<Planned, Diagnostics> {
         chrono::Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).single().expect("date"),
     );
     run.registry = "127.0.0.1:5000".into();
-    let data = TemplateData {
-        run,
-        values: merge_values(values, &[]).values,
-        secrets: BTreeMap::new(),
-    };
+    let data =
+        TemplateData { run, values: merge_values(values, &[]).values, secrets: BTreeMap::new() };
     let images = Config::default().image_aliases();
     let opts = LoadOptions {
         data: &data,
@@ -100,7 +97,8 @@ fn every_invalid_case_is_rejected_with_its_message() {
             Err(d) => d,
         };
         let hit = diags.iter().find(|d| d.is_error() && d.message.contains(expect));
-        let hit = hit.unwrap_or_else(|| panic!("{}: no error says {expect:?}: {diags:#?}", path.display()));
+        let hit = hit
+            .unwrap_or_else(|| panic!("{}: no error says {expect:?}: {diags:#?}", path.display()));
         assert!(hit.pos.is_some(), "{}: error without a position: {hit:?}", path.display());
     }
 }
@@ -108,12 +106,7 @@ fn every_invalid_case_is_rejected_with_its_message() {
 #[test]
 fn plans_carry_defaults_and_dependencies() {
     let planned = plan(&repo().join("examples/parallel/acb.yaml"), false).expect("plan");
-    let join = planned
-        .plan
-        .steps
-        .iter()
-        .find(|s| s.depends_on.len() > 1)
-        .expect("a join step");
+    let join = planned.plan.steps.iter().find(|s| s.depends_on.len() > 1).expect("a join step");
     assert!(join.timeout_secs > 0 && join.retry_delay_secs == 5, "{join:?}");
     assert!(planned.plan.steps.iter().any(|s| s.depends_on.is_empty()));
 }
@@ -136,8 +129,14 @@ fn validate_reports_file_line_column_and_exit_status() {
 
     let (code, _, err) = kiln(&["validate", "-f", f]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&format!("{f}:4:5: warning: steps[0]: unknown step property `timeOut`")), "{err}");
-    assert!(err.contains(&format!("{f}:7:14: error: steps[1].retries: step must specify retries >= 0")), "{err}");
+    assert!(
+        err.contains(&format!("{f}:4:5: warning: steps[0]: unknown step property `timeOut`")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:7:14: error: steps[1].retries: step must specify retries >= 0")),
+        "{err}"
+    );
 
     let (code, out, _) = kiln(&["validate", "-f", f, "--output", "json"]);
     assert_eq!(code, 1);
@@ -161,12 +160,26 @@ fn render_shows_values_run_variables_and_the_graph() {
     )
     .unwrap();
     let f = file.to_str().unwrap();
-    let (code, out, err) =
-        kiln(&["render", "-f", f, "--set", "greeting=hi", "--run-id", "ka7", "--registry", "r.local", "-o", "json"]);
+    let (code, out, err) = kiln(&[
+        "render",
+        "-f",
+        f,
+        "--set",
+        "greeting=hi",
+        "--run-id",
+        "ka7",
+        "--registry",
+        "r.local",
+        "-o",
+        "json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).expect("json");
     let steps = json["plan"]["steps"].as_array().expect("steps");
-    assert_eq!(steps[0]["action"]["build"]["args"], serde_json::json!(["-t", "r.local/app:ka7", "."]));
+    assert_eq!(
+        steps[0]["action"]["build"]["args"],
+        serde_json::json!(["-t", "r.local/app:ka7", "."])
+    );
     assert_eq!(steps[1]["action"]["cmd"]["args"], serde_json::json!(["echo", "hi"]));
     assert_eq!(steps[2]["depends_on"], serde_json::json!(["build"]));
     assert_eq!(steps[2]["action"]["push"]["images"], serde_json::json!(["r.local/app:ka7"]));

@@ -15,9 +15,9 @@ use serde_json::json;
 use super::Output;
 use crate::config::Config;
 use crate::diagnostic::Diagnostics;
+use crate::plan::{Planned, plan_file};
 use crate::render::{RunVars, TemplateData};
 use crate::run_id::{RunIdPrefix, format_run_id};
-use crate::plan::{Planned, plan_file};
 use crate::task::load::{LoadOptions, Loaded};
 use crate::values::{SetFlag, SetValue, Values, merge_values};
 use kiln_worker::plan::RunId;
@@ -121,14 +121,18 @@ impl TaskFileArgs {
             secrets.insert(id.to_string(), value.to_string());
         }
         let mut masked = merged.secrets;
-        masked.extend(secrets.values().filter(|v| !v.is_empty() && !masked.contains(v)).cloned());
+        for v in secrets.values() {
+            if !v.is_empty() && !masked.contains(v) {
+                masked.push(v.clone());
+            }
+        }
 
         let run_id = match &self.run_id {
             Some(id) => RunId::new(id.clone()),
             None => format_run_id(&RunIdPrefix::new(&config.run_id_prefix)?, 1),
         };
         let mut run = RunVars::new(run_id, chrono::Utc::now());
-        if let Some(r) = self.registry.clone().or(config.registry.clone()) {
+        if let Some(r) = self.registry.clone().or(config.default_registry.clone()) {
             run.registry = r;
         }
         run.commit = self.commit.clone().unwrap_or_default();

@@ -442,13 +442,15 @@ fn parse_directive(text: &str) -> Result<char, String> {
     match (chars.next(), chars.next()) {
         (None, _) => Ok(DEFAULT_DIRECTIVE),
         (Some(c), None) if c.is_ascii_alphanumeric() => {
-            Err(format!("the directive `{c}` must not be a letter or digit"))
+            Err(format!("overwritten directives may not be alphanumeric characters: `{c}`"))
         }
         (Some(c), None) if c.is_whitespace() || c.is_control() => {
             Err(format!("the directive {c:?} must not be whitespace or a control character"))
         }
         (Some(c), None) => Ok(c),
-        _ => Err(format!("the directive must be a single character, found `{text}`")),
+        _ => {
+            Err(format!("directive can only be overwritten by a single character, found `{text}`"))
+        }
     }
 }
 
@@ -476,7 +478,7 @@ fn alias_map(node: &Node, text: &str, out: &mut Vec<(String, String)>) -> Vec<Pr
             Ok(name) if is_alias_name(&name) => name,
             Ok(name) => {
                 let message =
-                    format!("alias name `{name}` may contain only ASCII letters and digits");
+                    format!("alias key names only support alphanumeric characters: `{name}`");
                 problems.push(Problem { pos: key.pos, message });
                 continue;
             }
@@ -718,8 +720,8 @@ mod tests {
     #[test]
     fn the_directive_is_one_non_alphanumeric_character() {
         for (directive, fragment) in [
-            ("a", "letter or digit"),
-            ("7", "letter or digit"),
+            ("a", "may not be alphanumeric"),
+            ("7", "may not be alphanumeric"),
             ("'&&'", "single character"),
             ("'\\u00e9\\u00e9'", "single character"),
             ("' '", "whitespace"),
@@ -790,7 +792,13 @@ mod tests {
         );
         assert!(e[1].message.starts_with("alias src `broken.yaml`: line "), "{:?}", e[1]);
         assert!(e[2].message.contains("alias `a` must be a string, found a mapping"), "{:?}", e[2]);
-        assert!(e[3].message.contains("line 2 column 1: alias name `a b`"), "{:?}", e[3]);
+        assert!(
+            e[3].message.contains(
+                "line 2 column 1: alias key names only support alphanumeric characters: `a b`"
+            ),
+            "{:?}",
+            e[3]
+        );
         assert!(e[4].message.contains("cannot read") && e[4].message.contains("missing.yaml"));
         assert!(e.iter().all(|d| d.field.as_deref() == Some("alias.src")));
     }

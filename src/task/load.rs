@@ -56,7 +56,8 @@ pub fn load(original: &str, opts: &LoadOptions<'_>) -> Result<Loaded, Diagnostic
         let rendered_block = match render::render(&split.block, opts.data) {
             Ok(r) => r.text,
             Err(e) => {
-                let at = Locator::new(original, &split.block, block_lines).locate(Pos::new(e.line, e.col));
+                let at = Locator::new(original, &split.block, block_lines)
+                    .locate(Pos::new(e.line, e.col));
                 diags.push(Diagnostic::error(Some(at), e.message).with_field("alias"));
                 return Err(diags.sorted());
             }

@@ -149,13 +149,13 @@ impl<'a> Cx<'a> {
             let name = self.scalar_text(k).unwrap_or_default();
             let message = match (what, name.as_str()) {
                 ("task", "totalTimeout") => {
-                    "`totalTimeout` is not a task-file property and ACR ignores it; \
+                    "unknown task property `totalTimeout`: not a task-file property and ACR ignores it; \
                     set the run's timeout with `--timeout` (default 3600 s)"
                         .to_string()
                 }
                 ("step", "secret") => {
-                    "`secret` is not a step property (ACR's docs list it, its engine \
-                    ignores it); declare secrets in the task's `secrets` list"
+                    "unknown step property `secret`: ACR's docs list it, its engine \
+                    ignores it; declare secrets in the task's `secrets` list"
                         .to_string()
                 }
                 _ => match closest(&name, known) {
@@ -1414,7 +1414,7 @@ mod tests {
             );
             assert!(w[1].message.contains("did you mean `retries`?"));
             assert!(!w[2].message.contains("did you mean"));
-            assert!(w[3].message.contains("not a step property"));
+            assert!(w[3].message.contains("unknown step property `secret`: ACR's docs list it"));
             let top = warnings("verison: v1.1.0\nsteps: [{cmd: a}]\n");
             assert!(
                 top[0].contains("unknown task property `verison`") && top[0].contains("`version`")

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use crate::diagnostic::Pos;
+use crate::run_id::RunIdPrefix;
 use crate::task::alias::{RUN_ALIASES, is_alias_name};
 
 /// ACR's built-in image aliases (Linux engine, acr-builder `graph/global-defaults-linux.go`).
@@ -42,7 +43,7 @@ pub struct Config {
     /// Run IDs are this prefix and a base-36 counter (§4.5). Lowercase letters and digits,
     /// since IDs end up in image tags.
     #[serde(deserialize_with = "run_id_prefix")]
-    pub run_id_prefix: String,
+    pub run_id_prefix: RunIdPrefix,
     /// The registry (`host[:port]`) runs use when none is given.
     #[serde(deserialize_with = "registry")]
     pub default_registry: Option<String>,
@@ -62,7 +63,8 @@ pub struct AliasConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            run_id_prefix: DEFAULT_RUN_ID_PREFIX.to_string(),
+            run_id_prefix: RunIdPrefix::new(DEFAULT_RUN_ID_PREFIX)
+                .expect("the default prefix is valid"),
             default_registry: None,
             aliases: AliasConfig::default(),
         }
@@ -131,14 +133,8 @@ fn pos_at(text: &str, offset: usize) -> Pos {
     Pos::new(u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(col).unwrap_or(u32::MAX))
 }
 
-fn run_id_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let prefix = String::deserialize(d)?;
-    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-        return Err(de::Error::custom(format!(
-            "run_id_prefix `{prefix}` must be one or more lowercase ASCII letters or digits"
-        )));
-    }
-    Ok(prefix)
+fn run_id_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<RunIdPrefix, D::Error> {
+    RunIdPrefix::new(&String::deserialize(d)?).map_err(de::Error::custom)
 }
 
 fn registry<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -206,7 +202,7 @@ mod tests {
     #[test]
     fn defaults_are_acrs() {
         let c = Config::default();
-        assert_eq!(c.run_id_prefix, "ka");
+        assert_eq!(c.run_id_prefix.as_str(), "ka");
         assert_eq!(c.default_registry, None);
         let images = c.image_aliases();
         assert_eq!(images.len(), 5);
@@ -223,7 +219,7 @@ mod tests {
              [aliases.images]\nbash = \"busybox:latest\"\ngit = \"alpine/git:2\"\n",
         )
         .expect("valid config");
-        assert_eq!(c.run_id_prefix, "kb1");
+        assert_eq!(c.run_id_prefix.as_str(), "kb1");
         assert_eq!(c.default_registry.as_deref(), Some("localhost:5000"));
         let images = c.image_aliases();
         assert_eq!(images["bash"], "busybox:latest");
@@ -254,7 +250,7 @@ mod tests {
         let e = error("[aliases.images]\nbash = \"\"\n");
         assert!(e.starts_with("kiln.toml:2:8: an image alias must not be empty"), "{e}");
         let e = error("run_id_prefix = \"KA\"");
-        assert!(e.starts_with("kiln.toml:1:17: run_id_prefix `KA`"), "{e}");
+        assert!(e.starts_with("kiln.toml:1:17: run ID prefix \"KA\""), "{e}");
         let e = error("default_registry = \"https://r.example\"");
         assert!(e.starts_with("kiln.toml:1:20: default_registry"), "{e}");
         let e = error("[aliases]\ndefault_images = \"no\"");

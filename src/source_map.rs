@@ -34,13 +34,15 @@ impl LineMap {
         if a.len() == b.len() {
             return Self::identity(a.len());
         }
+        let last = b.len() as u32;
         let mut origin = Vec::with_capacity(a.len());
         for op in similar::capture_diff_slices(similar::Algorithm::Myers, &b, &a) {
             let (_, old, new) = op.as_tag_tuple();
-            let last_old = old.end.max(old.start + 1).min(b.len().max(1)) as u32;
             for k in 0..new.len() {
-                let line = (old.start + k).min(old.end.max(old.start + 1) - 1) as u32 + 1;
-                origin.push(line.min(last_old));
+                // Equal and replaced lines pair up; extra new lines stay on the last old one,
+                // and inserted lines (empty `old`) map to the line they were inserted before.
+                let paired = (old.start + k).min(old.end.saturating_sub(1).max(old.start));
+                origin.push((paired as u32 + 1).min(last));
             }
         }
         Self { origin }

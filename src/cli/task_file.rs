@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::diagnostic::Diagnostics;
 use crate::plan::{Planned, plan_file};
 use crate::render::{RunVars, TemplateData};
-use crate::run_id::{RunIdPrefix, format_run_id};
+use crate::run_id::format_run_id;
 use crate::task::load::{LoadOptions, Loaded};
 use crate::values::{SetFlag, SetValue, Values, merge_values};
 use kiln_worker::plan::RunId;
@@ -129,7 +129,7 @@ impl TaskFileArgs {
 
         let run_id = match &self.run_id {
             Some(id) => RunId::new(id.clone()),
-            None => format_run_id(&RunIdPrefix::new(&config.run_id_prefix)?, 1),
+            None => format_run_id(&config.run_id_prefix, 1),
         };
         let mut run = RunVars::new(run_id, chrono::Utc::now());
         if let Some(r) = self.registry.clone().or(config.default_registry.clone()) {

@@ -115,8 +115,9 @@ impl RunVars {
     }
 }
 
-/// The names of the `.Run` variables.
-const RUN_FIELDS: [&str; 14] = [
+/// The names of the `.Run` variables. The first nine are also predefined aliases (`$ID`, …;
+/// see [`crate::task::alias::RUN_ALIASES`]), so keep them first.
+pub(crate) const RUN_FIELDS: [&str; 14] = [
     "ID",
     "SharedVolume",
     "Registry",

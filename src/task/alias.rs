@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::diagnostic::{Diagnostic, Pos};
+use crate::render::RUN_FIELDS;
 use crate::source_map::LineMap;
 use crate::task::preprocess::scan_lines;
 use crate::task::yaml::{self, Node, Value};
@@ -28,17 +29,7 @@ pub const DEFAULT_DIRECTIVE: char = '$';
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The predefined run aliases: `$ID` → `{{.Run.ID}}` and so on, rendered later with the file.
-pub const RUN_ALIASES: [&str; 9] = [
-    "ID",
-    "SharedVolume",
-    "Registry",
-    "RegistryName",
-    "Date",
-    "OS",
-    "Architecture",
-    "Commit",
-    "Branch",
-];
+pub const RUN_ALIASES: &[&str] = RUN_FIELDS.split_at(9).0;
 
 /// Whether `name` is a valid alias name (`^[a-zA-Z0-9]+$`).
 pub fn is_alias_name(name: &str) -> bool {
@@ -194,7 +185,7 @@ impl AliasTable {
     }
 
     fn add_builtins(&mut self, images: &BTreeMap<String, String>) {
-        for name in RUN_ALIASES {
+        for name in RUN_ALIASES.iter().copied() {
             self.insert(name, &format!("{{{{.Run.{name}}}}}"), true);
         }
         for (name, image) in images {

@@ -189,6 +189,12 @@ fn render_shows_values_run_variables_and_the_graph() {
     assert!(out.contains("build: -t r.local/app:ka7 ."), "{out}");
     assert!(out.contains("after build"), "{out}");
 
+    // Secret values are masked in what render prints.
+    let (code, out, _) =
+        kiln(&["render", "-f", f, "--set-secret", "greeting=hunter2", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("hunter2") && out.contains("***"), "{out}");
+
     // A missing value renders empty, as in ACR, and is reported.
     let (code, _, err) = kiln(&["render", "-f", f]);
     assert_eq!(code, 0);

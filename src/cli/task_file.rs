@@ -215,27 +215,36 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
     };
     print_diagnostics(&inputs.name, &diags);
     match args.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
+        Output::Json => {
+            let json = serde_json::to_string_pretty(&json!({
                 "file": inputs.name,
                 "run_id": plan.run_id,
                 "rendered": loaded.rendered,
                 "plan": plan,
                 "diagnostics": diags,
-            }))?
-        ),
+            }))?;
+            println!("{}", mask(&json, &plan.masked));
+        }
         Output::Text => {
-            println!("# {} rendered for run {}", inputs.name, plan.run_id);
-            print!("{}", loaded.rendered);
-            if !loaded.rendered.ends_with('\n') {
-                println!();
+            let mut text =
+                format!("# {} rendered for run {}\n{}", inputs.name, plan.run_id, loaded.rendered);
+            if !text.ends_with('\n') {
+                text.push('\n');
             }
-            println!();
-            print!("{}", graph_text(&plan, &loaded));
+            text.push('\n');
+            text.push_str(&graph_text(&plan, &loaded));
+            print!("{}", mask(&text, &plan.masked));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Secret values never reach a terminal or a CI log, even from a dry run.
+fn mask(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |t, s| t.replace(s.as_str(), "***"))
 }
 
 /// The step graph as a table: one step a line, in start order, with what it waits for.

@@ -12,8 +12,9 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln::config::Config;
 use kiln::plan::plan_file;
-use kiln::render::{RunVars, TemplateData};
+use kiln::render::{RunVars, TemplateData, render};
 use kiln::task::load::LoadOptions;
+use kiln::task::yaml;
 use kiln::values::{SetFlag, SetValue, Values, merge_values};
 use kiln_worker::plan::RunId;
 
@@ -79,6 +80,14 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("plan_file 500 steps", |b| {
         b.iter(|| plan_file(black_box(&text), &opts, Vec::new(), false).expect("valid"))
+    });
+    // The two heaviest stages on their own, to see where the time goes.
+    let rendered = planned.loaded.rendered.clone();
+    c.bench_function("yaml::parse 500 steps", |b| {
+        b.iter(|| yaml::parse(black_box(&rendered)).expect("valid"))
+    });
+    c.bench_function("render 500 steps", |b| {
+        b.iter(|| render(black_box(&rendered), &data).expect("valid"))
     });
 }
 

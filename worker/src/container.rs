@@ -123,22 +123,26 @@ pub(crate) enum Exit {
     Stopped,
 }
 
-/// Runs a container to its end, sending its output as log events of `step` and showing each
-/// piece to `observe` first (retry-on-error matching). The container is removed afterwards
-/// unless `keep` is set.
-#[allow(clippy::too_many_arguments)] // the pieces are independent; a struct would only rename them
+/// Where an attached container's output goes: log events of `step`, each piece shown to
+/// `observe` first (retry-on-error matching).
+pub(crate) struct Output<'a> {
+    pub(crate) events: &'a Events,
+    pub(crate) step: &'a StepId,
+    pub(crate) observe: &'a mut (dyn FnMut(LogStream, &[u8]) + Send),
+}
+
+/// Runs a container to its end, streaming its output to `output`; `stop` kills it. The
+/// container is removed afterwards unless `keep` is set.
 pub(crate) async fn run(
     docker: &Docker,
     name: &str,
     body: ContainerCreateBody,
     keep: bool,
-    events: &Events,
-    step: &StepId,
-    observe: &mut (dyn FnMut(LogStream, &[u8]) + Send),
+    output: Output<'_>,
     stop: &CancellationToken,
 ) -> Result<Exit, ContainerError> {
     create(docker, name, body).await?;
-    let result = attach_start_wait(docker, name, events, step, observe, stop).await;
+    let result = attach_start_wait(docker, name, output, stop).await;
     if !keep {
         // A failed removal is not the step's failure; the run-end sweep retries it.
         let _ = remove(docker, name).await;
@@ -177,11 +181,10 @@ async fn create(
 async fn attach_start_wait(
     docker: &Docker,
     name: &str,
-    events: &Events,
-    step: &StepId,
-    observe: &mut (dyn FnMut(LogStream, &[u8]) + Send),
+    output: Output<'_>,
     stop: &CancellationToken,
 ) -> Result<Exit, ContainerError> {
+    let Output { events, step, observe } = output;
     let attached = docker
         .attach_container(
             name,
@@ -198,14 +201,14 @@ async fn attach_start_wait(
             message: engine_message(e),
         })?;
     // Keep the write half alive until the output ends; the container has no stdin anyway.
-    let (mut output, _input) = (attached.output, attached.input);
+    let (mut frames, _input) = (attached.output, attached.input);
     docker.start_container(name, None).await.map_err(|e| ContainerError::Start {
         name: name.to_string(),
         message: engine_message(e),
     })?;
 
     let drain = async {
-        while let Some(frame) = output.next().await {
+        while let Some(frame) = frames.next().await {
             let (stream, bytes) = match frame {
                 Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
                     (LogStream::Stdout, message)

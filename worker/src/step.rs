@@ -45,6 +45,15 @@ impl Failure {
     }
 }
 
+/// One attempt's coordinates: its number (for the container name), the network, the output
+/// watch that decides about retrying, and the stop signal.
+struct Attempt<'a, 'p> {
+    number: u32,
+    network: &'a str,
+    watch: &'a mut OutputWatch<'p>,
+    stop: &'a CancellationToken,
+}
+
 /// Runs `step` and emits its `StepFinished` event. `abort` fires when the run ends early
 /// (another step failed, cancel, run timeout); the step then stops and reports `canceled`.
 pub(crate) async fn run(
@@ -204,7 +213,8 @@ async fn repeat_with_retries(
             attempt += 1;
             ctx.events.send(Event::StepStarted { step: step.id.clone(), attempt }).await;
             let mut watch = OutputWatch::new(&step.retry_on_errors);
-            let failure = match run_attempt(ctx, step, network, attempt, &mut watch, stop).await {
+            let mut current = Attempt { number: attempt, network, watch: &mut watch, stop };
+            let failure = match run_attempt(ctx, step, &mut current).await {
                 Ok(code) => {
                     last_code = code;
                     break;
@@ -299,40 +309,29 @@ async fn explicit_pull(
 async fn run_attempt(
     ctx: &RunContext<'_>,
     step: &PlanStep,
-    network: &str,
-    attempt: u32,
-    watch: &mut OutputWatch<'_>,
-    stop: &CancellationToken,
+    attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
     let result = match &step.action {
-        Action::Cmd { image, args } => {
-            run_container(ctx, step, image, args, network, attempt, watch, stop).await
-        }
-        Action::Build { args } => {
-            run_delegated(ctx, step, Job::Build { args }, network, watch, stop).await
-        }
-        Action::Push { images } => {
-            run_delegated(ctx, step, Job::Push { images }, network, watch, stop).await
-        }
+        Action::Cmd { image, args } => run_container(ctx, step, image, args, attempt).await,
+        Action::Build { args } => run_delegated(ctx, step, Job::Build { args }, attempt).await,
+        Action::Push { images } => run_delegated(ctx, step, Job::Push { images }, attempt).await,
     };
     if let Err(failure) = &result {
         // Engine errors count as output for retryOnErrors, as `docker run` prints them.
-        watch.feed(LogStream::Stderr, failure.message.as_bytes());
+        attempt.watch.feed(LogStream::Stderr, failure.message.as_bytes());
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)] // one attempt's coordinates; bundling would only rename them
 async fn run_container(
     ctx: &RunContext<'_>,
     step: &PlanStep,
     image: &str,
     args: &[String],
-    network: &str,
-    attempt: u32,
-    watch: &mut OutputWatch<'_>,
-    stop: &CancellationToken,
+    attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
+    let stop = attempt.stop;
+    let network = attempt.network;
     let id = &step.id;
     let present =
         image::is_present(ctx.docker, image).await.map_err(|e| Failure::new(e.to_string()))?;
@@ -359,7 +358,7 @@ async fn run_container(
         Setup { image, args, labels: names::step_labels(&ctx.plan.run_id, id), binds, network },
     )
     .map_err(|e| Failure::new(e.to_string()))?;
-    let name = names::step_container(&ctx.plan.run_id, id, attempt);
+    let name = names::step_container(&ctx.plan.run_id, id, attempt.number);
     ctx.events.system(Some(id), format!("Launching container with name: {name}")).await;
 
     if step.detach {
@@ -376,9 +375,11 @@ async fn run_container(
         &name,
         body,
         step.keep,
-        &ctx.events,
-        id,
-        &mut |stream, bytes| watch.feed(stream, bytes),
+        container::Output {
+            events: &ctx.events,
+            step: id,
+            observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
+        },
         stop,
     )
     .await
@@ -399,10 +400,9 @@ async fn run_delegated(
     ctx: &RunContext<'_>,
     step: &PlanStep,
     job: Job<'_>,
-    network: &str,
-    watch: &mut OutputWatch<'_>,
-    stop: &CancellationToken,
+    attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
+    let (network, stop) = (attempt.network, attempt.stop);
     let request = Request {
         docker: ctx.docker,
         plan: ctx.plan,
@@ -411,7 +411,7 @@ async fn run_delegated(
         network,
     };
     let pipe = LogPipe::default();
-    let watch = Mutex::new(watch);
+    let watch = Mutex::new(&mut *attempt.watch);
     let log = |bytes: &[u8]| {
         watch.lock().unwrap_or_else(PoisonError::into_inner).feed(LogStream::Stdout, bytes);
         pipe.write(bytes);

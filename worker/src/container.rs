@@ -208,6 +208,7 @@ async fn attach_start_wait(
     })?;
 
     let drain = async {
+        let mut masks = [events.masker(), events.masker()];
         while let Some(frame) = frames.next().await {
             let (stream, bytes) = match frame {
                 Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
@@ -219,7 +220,11 @@ async fn attach_start_wait(
                 Err(_) => break,
             };
             observe(stream, &bytes);
-            events.log(Some(step), stream, &bytes).await;
+            let safe = masks[usize::from(stream == LogStream::Stderr)].push(&bytes);
+            events.log(Some(step), stream, &safe).await;
+        }
+        for (mask, stream) in masks.iter_mut().zip([LogStream::Stdout, LogStream::Stderr]) {
+            events.log(Some(step), stream, &mask.finish()).await;
         }
     };
     let wait = wait(docker, name);

@@ -99,6 +99,7 @@ impl LogPipe {
 
     /// The event side: sends buffered output as stdout log events of `step` until closed.
     pub(crate) async fn forward(&self, events: &Events, step: &StepId) {
+        let mut mask = events.masker();
         loop {
             let (chunk, dropped, closed) = {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -106,8 +107,12 @@ impl LogPipe {
                 let dropped = std::mem::take(&mut state.dropped);
                 (chunk, dropped, state.closed)
             };
-            if !chunk.is_empty() {
-                events.log(Some(step), LogStream::Stdout, &chunk).await;
+            let mut safe = mask.push(&chunk).into_owned();
+            if closed {
+                safe.extend(mask.finish());
+            }
+            if !safe.is_empty() {
+                events.log(Some(step), LogStream::Stdout, &safe).await;
             }
             if dropped > 0 {
                 events
@@ -137,7 +142,7 @@ mod tests {
     #[tokio::test]
     async fn pipe_forwards_everything_in_order() {
         let (tx, mut rx) = mpsc::channel(64);
-        let events = Events::new(tx);
+        let events = Events::new(tx, crate::mask::Secrets::default());
         let pipe = LogPipe::default();
         let step = StepId::new("b");
         let producer = async {
@@ -159,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn pipe_drops_past_capacity_and_says_so() {
         let (tx, mut rx) = mpsc::channel(64);
-        let events = Events::new(tx);
+        let events = Events::new(tx, crate::mask::Secrets::default());
         let pipe = LogPipe::default();
         // Nothing forwards while these are written, as with a stalled consumer.
         pipe.write(&vec![b'x'; PIPE_CAPACITY]);

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::mask::{MaskedStream, Secrets};
 use crate::plan::{RunId, StepId};
 
 /// Largest log payload of one [`Event::Log`]; bigger container frames are split so a single
@@ -118,18 +119,29 @@ pub enum RunStatus {
     Error,
 }
 
-/// The run's event channel, shared by every task of the run.
+/// The run's event channel, shared by every task of the run, with the run's secrets to mask.
 ///
 /// A consumer that hangs up does not stop the run: events are then dropped, and the run still
 /// finishes and cleans up, which is what a worker whose client went away must do.
 #[derive(Debug, Clone)]
 pub(crate) struct Events {
     tx: mpsc::Sender<Event>,
+    secrets: Secrets,
 }
 
 impl Events {
-    pub(crate) fn new(tx: mpsc::Sender<Event>) -> Self {
-        Self { tx }
+    pub(crate) fn new(tx: mpsc::Sender<Event>, secrets: Secrets) -> Self {
+        Self { tx, secrets }
+    }
+
+    /// A masker for one stream of output, to pass each piece through before [`Events::log`].
+    pub(crate) fn masker(&self) -> MaskedStream {
+        self.secrets.stream()
+    }
+
+    /// `text` with the run's secrets masked, for messages that leave the worker.
+    pub(crate) fn mask(&self, text: &str) -> String {
+        self.secrets.text(text)
     }
 
     pub(crate) async fn send(&self, event: Event) {
@@ -137,16 +149,17 @@ impl Events {
         let _ = self.tx.send(event).await;
     }
 
-    /// Sends `data` as log events of at most [`MAX_LOG_CHUNK`] bytes each.
+    /// Sends `data` as log events of at most [`MAX_LOG_CHUNK`] bytes each. `data` must have
+    /// gone through a [`Events::masker`] already.
     pub(crate) async fn log(&self, step: Option<&StepId>, stream: LogStream, data: &[u8]) {
         for piece in data.chunks(MAX_LOG_CHUNK) {
             self.send(Event::Log { step: step.cloned(), stream, data: piece.to_vec() }).await;
         }
     }
 
-    /// One system line (a newline is appended).
+    /// One system line (masked; a newline is appended).
     pub(crate) async fn system(&self, step: Option<&StepId>, line: impl Into<String>) {
-        let mut line = line.into();
+        let mut line = self.mask(&line.into());
         line.push('\n');
         self.log(step, LogStream::System, line.as_bytes()).await;
     }
@@ -220,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn large_logs_are_split_into_bounded_events() {
         let (tx, mut rx) = mpsc::channel(8);
-        let events = Events::new(tx);
+        let events = Events::new(tx, Secrets::default());
         let data = vec![b'x'; MAX_LOG_CHUNK * 2 + 1];
         let sender = tokio::spawn(async move {
             events.log(None, LogStream::Stdout, &data).await;

@@ -22,6 +22,7 @@
 //! | `ports` | `ports`/`expose` syntax |
 //! | `delegate` | the seam to the build and push modules |
 //! | [`event`] | the event stream and status vocabulary |
+//! | `mask` | keeping the plan's secret values out of logs |
 
 pub mod cleanup;
 mod container;
@@ -29,6 +30,7 @@ mod delegate;
 pub mod engine;
 pub mod event;
 mod image;
+mod mask;
 pub mod names;
 pub mod plan;
 mod ports;

@@ -24,6 +24,7 @@ use crate::cleanup;
 use crate::engine::Engine;
 use crate::event::{Event, Events, RunStatus, StepStatus};
 use crate::image::engine_message;
+use crate::mask::Secrets;
 use crate::names;
 use crate::plan::{Plan, PlanStep, RunId, StepId};
 use crate::schedule::Schedule;
@@ -108,7 +109,7 @@ pub async fn execute(
     cancel: CancellationToken,
 ) -> RunSummary {
     let started = Instant::now();
-    let events = Events::new(events);
+    let events = Events::new(events, Secrets::new(&plan.masked));
     let docker = engine.docker();
     let run_id = &plan.run_id;
     events.send(Event::RunStarted { run_id: run_id.clone() }).await;

@@ -101,7 +101,7 @@ pub(crate) async fn run(
             let message = if timed_out {
                 format!("timed out after {} s", step.timeout_secs)
             } else {
-                failure.message
+                ctx.events.mask(&failure.message)
             };
             let status = if abort.is_cancelled() && !timed_out {
                 StepStatus::Canceled

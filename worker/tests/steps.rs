@@ -366,6 +366,26 @@ async fn secret_volumes_hold_exact_bytes() {
 }
 
 #[tokio::test]
+async fn masked_values_never_reach_the_log() {
+    let engine = engine().await;
+    let run = run_id("masked");
+    let secret = "s3cr3t-value-42";
+    let mut leaky = sh(
+        "leaky",
+        // Printed whole, to stderr, and one character at a time (split across frames).
+        "echo \"token=$TOKEN\"; echo \"$TOKEN\" >&2; printf '%s' \"$TOKEN\" | while read -n1 c; do printf '%s' \"$c\"; done; echo",
+    );
+    leaky.env = vec![EnvVar { name: "TOKEN".into(), value: secret.into() }];
+    let mut plan = plan(&run, vec![leaky]);
+    plan.masked = vec![secret.into()];
+    let done = run_plan(&engine, plan).await;
+
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert_eq!(done.stdout("leaky"), "token=***\n***\n");
+    assert_eq!(done.output("leaky", LogStream::Stderr), "***\n");
+}
+
+#[tokio::test]
 async fn missing_images_fail_fast_with_the_registry_error() {
     let engine = engine().await;
     let run = run_id("missing");

@@ -16,7 +16,7 @@ use kiln_worker::{Engine, EngineError, Event, LogStream, RunStatus, StepStatus, 
 #[tokio::test]
 async fn engine_negotiates_down_to_the_local_api() {
     let engine = engine().await;
-    let expected = std::env::var("KILN_TEST_DOCKER_API_VERSION").unwrap_or_else(|_| "1.41".into());
+    let expected = setting("KILN_TEST_DOCKER_API_VERSION", "1.41");
     assert_eq!(engine.api_version(), expected);
 }
 

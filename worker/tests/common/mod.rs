@@ -16,12 +16,29 @@ use tokio_util::sync::CancellationToken;
 /// Upper bound on anything a test waits for; never a synchronisation device.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
+/// A fact about the test environment: the process environment first, then the file
+/// `scripts/test-env.sh` writes (`$KILN_TEST_STATE_DIR/env`), then `default`.
+pub fn setting(key: &str, default: &str) -> String {
+    if let Ok(value) = std::env::var(key) {
+        return value;
+    }
+    let dir = std::env::var("KILN_TEST_STATE_DIR").unwrap_or_else(|_| "/var/lib/kiln-test".into());
+    std::fs::read_to_string(PathBuf::from(dir).join("env"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+        })
+        .unwrap_or_else(|| default.to_string())
+}
+
 pub fn image() -> String {
-    std::env::var("KILN_TEST_IMAGE").unwrap_or_else(|_| "busybox:latest".to_string())
+    setting("KILN_TEST_IMAGE", "busybox:latest")
 }
 
 pub async fn engine() -> Engine {
-    Engine::connect().await.unwrap_or_else(|e| panic!("{e}"))
+    let host = setting("DOCKER_HOST", kiln_worker::engine::DEFAULT_HOST);
+    Engine::connect_to(&host).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A run ID unique to this test and this test process.

@@ -133,15 +133,6 @@ pub async fn execute(
         }
     };
 
-    // Containers first: detached ones may still be writing into the workspace.
-    let mut cleanup_errors = tear_down(docker, run_id, &events).await;
-    if let Some(workspace) = workspace
-        && let Err(e) = workspace.remove().await
-    {
-        events.system(None, format!("Warning: {e}")).await;
-        cleanup_errors.push(e.to_string());
-    }
-
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (step, outcome) in plan.steps.iter().zip(outcomes) {
         let outcome = match outcome {
@@ -187,6 +178,15 @@ pub async fn execute(
                 )
                 .await;
         }
+    }
+
+    // Containers first: detached ones may still be writing into the workspace.
+    let mut cleanup_errors = tear_down(docker, run_id, &events).await;
+    if let Some(workspace) = workspace
+        && let Err(e) = workspace.remove().await
+    {
+        events.system(None, format!("Warning: {e}")).await;
+        cleanup_errors.push(e.to_string());
     }
 
     let elapsed = started.elapsed();

@@ -4,5 +4,43 @@
 //! It knows no YAML, no templates and no HTTP: everything a task file meant has been decided by the
 //! control plane (the `kiln` crate) before a plan reaches it, so a remote worker needs nothing but
 //! the plan and an engine.
+//!
+//! Where each idea lives:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`engine`] | connecting to Docker and negotiating the API version |
+//! | [`run`] | one run's lifecycle: workspace, networks, the step graph, teardown ([`execute`]) |
+//! | `schedule` | which steps may start now (the DAG) |
+//! | `step` | one step: start delay, timeout, repeat, retries, ignoreErrors |
+//! | `container` | one container: create, attach, start, wait, kill, remove |
+//! | `image` | pulling a step's image with the run's registry logins |
+//! | `volume` | secret volumes |
+//! | [`workspace`] | the run's `/workspace` directory |
+//! | [`cleanup`] | removing what runs left, by label |
+//! | [`names`] | engine object names and labels |
+//! | `ports` | `ports`/`expose` syntax |
+//! | `delegate` | the seam to the build and push modules |
+//! | [`event`] | the event stream and status vocabulary |
+//! | `mask` | keeping the plan's secret values out of logs |
 
+pub mod cleanup;
+mod container;
+mod delegate;
+pub mod engine;
+pub mod event;
+mod image;
+mod mask;
+pub mod names;
 pub mod plan;
+mod ports;
+pub mod run;
+mod schedule;
+mod step;
+mod volume;
+pub mod workspace;
+
+pub use cleanup::{SweepReport, sweep};
+pub use engine::{Engine, EngineError};
+pub use event::{Event, LogStream, RunStatus, StepStatus};
+pub use run::{RunOptions, RunSummary, StepSummary, execute};

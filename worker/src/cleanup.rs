@@ -1,0 +1,149 @@
+//! Removing what runs leave on the engine, found by label rather than remembered by name.
+//!
+//! Every container, network and volume kiln creates carries `kiln.run=<run id>`
+//! ([`crate::names::RUN_LABEL`]). At the end of a run — success, failure, timeout or cancel —
+//! the run sweeps its own label, which also catches objects whose creation raced with an abort.
+//! [`sweep`] does the same for many runs at once: a worker that starts removes what a crashed
+//! predecessor left, and tests sweep only the runs they created.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
+    RemoveVolumeOptions,
+};
+use futures_util::future::join_all;
+
+use crate::engine::Engine;
+use crate::names::RUN_LABEL;
+use crate::plan::RunId;
+
+/// What a sweep removed, by Docker name, and what it could not remove.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+    /// One line per object that could not be removed.
+    pub errors: Vec<String>,
+}
+
+impl SweepReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("listing {kind} labelled {RUN_LABEL} failed: {source}")]
+pub struct CleanupError {
+    kind: &'static str,
+    #[source]
+    source: bollard::errors::Error,
+}
+
+/// Removes every container, network and volume labelled `kiln.run` whose run ID `select`
+/// accepts. Containers go first (force: running ones are killed, with their anonymous volumes),
+/// because networks and volumes in use cannot be removed.
+///
+/// Only one worker may own an engine when sweeping with `|_| true`: the sweep cannot tell a
+/// crashed predecessor's run from a live run of another worker.
+pub async fn sweep(
+    engine: &Engine,
+    select: impl Fn(&RunId) -> bool + Sync,
+) -> Result<SweepReport, CleanupError> {
+    sweep_label(engine.docker(), RUN_LABEL.to_string(), &select).await
+}
+
+/// Removes what one run created (the end of every run).
+pub(crate) async fn sweep_run(docker: &Docker, run: &RunId) -> Result<SweepReport, CleanupError> {
+    sweep_label(docker, format!("{RUN_LABEL}={run}"), &|_| true).await
+}
+
+async fn sweep_label(
+    docker: &Docker,
+    label_filter: String,
+    select: &(dyn Fn(&RunId) -> bool + Sync),
+) -> Result<SweepReport, CleanupError> {
+    let filters = HashMap::from([("label".to_string(), vec![label_filter])]);
+    let selected = |labels: Option<&HashMap<String, String>>| {
+        labels.and_then(|l| l.get(RUN_LABEL)).is_some_and(|run| select(&RunId::new(run.as_str())))
+    };
+    let mut report = SweepReport::default();
+
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|source| CleanupError { kind: "containers", source })?;
+    let doomed: Vec<(String, String)> = containers
+        .into_iter()
+        .filter(|c| selected(c.labels.as_ref()))
+        .filter_map(|c| {
+            let id = c.id?;
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| id.clone());
+            Some((id, name))
+        })
+        .collect();
+    let removals = doomed.iter().map(|(id, _)| {
+        docker.remove_container(
+            id,
+            Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }),
+        )
+    });
+    for ((_, name), result) in doomed.iter().zip(join_all(removals).await) {
+        record(&mut report.containers, &mut report.errors, name, result);
+    }
+
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions { filters: Some(filters.clone()) }))
+        .await
+        .map_err(|source| CleanupError { kind: "networks", source })?;
+    for network in networks {
+        if !selected(network.labels.as_ref()) {
+            continue;
+        }
+        let Some(id) = network.id else { continue };
+        let name = network.name.unwrap_or_else(|| id.clone());
+        let result = docker.remove_network(&id).await;
+        record(&mut report.networks, &mut report.errors, &name, result);
+    }
+
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions { filters: Some(filters) }))
+        .await
+        .map_err(|source| CleanupError { kind: "volumes", source })?;
+    for volume in volumes.volumes.unwrap_or_default() {
+        if !selected(Some(&volume.labels)) {
+            continue;
+        }
+        let result =
+            docker.remove_volume(&volume.name, Some(RemoveVolumeOptions { force: false })).await;
+        record(&mut report.volumes, &mut report.errors, &volume.name, result);
+    }
+    Ok(report)
+}
+
+/// Books one removal; "no such object" counts as removed (another sweep got there first).
+fn record(
+    removed: &mut Vec<String>,
+    errors: &mut Vec<String>,
+    name: &str,
+    result: Result<(), bollard::errors::Error>,
+) {
+    match result {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            removed.push(name.to_string())
+        }
+        Err(e) => errors.push(format!("{name}: {}", crate::image::engine_message(e))),
+    }
+}

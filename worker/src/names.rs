@@ -1,0 +1,125 @@
+//! What kiln calls things on the engine: container, network and volume names, and the labels
+//! that mark every object a run creates.
+//!
+//! ACR names containers after the bare step ID and uses one global network and volume name
+//! (reference §9 item 20), so two runs cannot share a daemon. kiln prefixes every name with the
+//! run ID and numbers a step's containers, so concurrent runs of the same plan, and retries or
+//! repetitions of a `keep`/`detach` step (item 12), never collide. Labels, not names, are what
+//! cleanup trusts: a name can be sanitised, a label carries the exact ID.
+
+use std::collections::HashMap;
+
+use crate::plan::{RunId, StepId};
+
+/// Label carrying the run ID on every container, network and volume kiln creates.
+pub const RUN_LABEL: &str = "kiln.run";
+/// Label carrying the step ID on every container kiln creates for a step.
+pub const STEP_LABEL: &str = "kiln.step";
+/// Label marking short-lived helper containers (secret-volume filling), so logs and sweeps can
+/// tell them from step containers.
+pub const ROLE_LABEL: &str = "kiln.role";
+
+/// The network a run creates for itself when the plan declares no default network.
+pub(crate) fn run_network(run: &RunId) -> String {
+    format!("kiln-{}", component(run.as_str()))
+}
+
+/// A network the plan declares (and does not mark `skip_creation`), made unique to the run.
+pub(crate) fn declared_network(run: &RunId, name: &str) -> String {
+    format!("kiln-{}-net-{}", component(run.as_str()), component(name))
+}
+
+/// A secret volume of the plan, made unique to the run.
+pub(crate) fn secret_volume(run: &RunId, name: &str) -> String {
+    format!("kiln-{}-vol-{}", component(run.as_str()), component(name))
+}
+
+/// The `n`th container (1-based, counting every retry and repetition) of a step.
+pub(crate) fn step_container(run: &RunId, step: &StepId, n: u32) -> String {
+    format!("kiln-{}-{}-{n}", component(run.as_str()), component(step.as_str()))
+}
+
+/// The helper container that fills a secret volume.
+pub(crate) fn secret_helper(run: &RunId, volume: &str) -> String {
+    format!("kiln-{}-vol-{}-fill", component(run.as_str()), component(volume))
+}
+
+/// The run's workspace directory under the caller's workspace root.
+pub(crate) fn workspace_dir(run: &RunId) -> String {
+    format!("kiln-{}", component(run.as_str()))
+}
+
+/// Labels of a run-wide object (network, volume).
+pub(crate) fn run_labels(run: &RunId) -> HashMap<String, String> {
+    HashMap::from([(RUN_LABEL.to_string(), run.to_string())])
+}
+
+/// Labels of a step's container.
+pub(crate) fn step_labels(run: &RunId, step: &StepId) -> HashMap<String, String> {
+    HashMap::from([
+        (RUN_LABEL.to_string(), run.to_string()),
+        (STEP_LABEL.to_string(), step.to_string()),
+    ])
+}
+
+/// Makes `raw` usable inside a Docker object name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
+///
+/// IDs that already fit are kept verbatim so names stay readable. Anything else is rewritten
+/// and suffixed with a hash of the original, because two different IDs (`a/b`, `a:b`) must not
+/// map to the same name.
+fn component(raw: &str) -> String {
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !raw.is_empty() && raw.chars().all(fits) {
+        return raw.to_string();
+    }
+    let cleaned: String = raw.chars().map(|c| if fits(c) { c } else { '_' }).collect();
+    format!("{cleaned}_{:08x}", fnv1a(raw.as_bytes()))
+}
+
+/// 32-bit FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`, so a
+/// sanitised name is the same on every worker.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |hash, b| (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_are_kept_verbatim() {
+        let run = RunId::new("ka1");
+        assert_eq!(step_container(&run, &StepId::new("web"), 1), "kiln-ka1-web-1");
+        assert_eq!(step_container(&run, &StepId::new("acb_step_0"), 12), "kiln-ka1-acb_step_0-12");
+        assert_eq!(run_network(&run), "kiln-ka1");
+        assert_eq!(declared_network(&run, "mynet"), "kiln-ka1-net-mynet");
+        assert_eq!(secret_volume(&run, "sec"), "kiln-ka1-vol-sec");
+        assert_eq!(secret_helper(&run, "sec"), "kiln-ka1-vol-sec-fill");
+    }
+
+    #[test]
+    fn odd_ids_are_sanitised_without_collisions() {
+        let run = RunId::new("ka1");
+        let slash = step_container(&run, &StepId::new("a/b"), 1);
+        let colon = step_container(&run, &StepId::new("a:b"), 1);
+        assert!(slash.starts_with("kiln-ka1-a_b_"), "{slash}");
+        assert_ne!(slash, colon);
+        assert!(slash.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+        // Sanitising is deterministic.
+        assert_eq!(slash, step_container(&run, &StepId::new("a/b"), 1));
+    }
+
+    #[test]
+    fn empty_component_still_yields_a_valid_name() {
+        assert!(component("").starts_with('_'));
+        assert_eq!(component("").len(), 9);
+    }
+
+    #[test]
+    fn labels_carry_exact_ids() {
+        let labels = step_labels(&RunId::new("r 1"), &StepId::new("a/b"));
+        assert_eq!(labels[RUN_LABEL], "r 1");
+        assert_eq!(labels[STEP_LABEL], "a/b");
+        assert_eq!(run_labels(&RunId::new("r")).len(), 1);
+    }
+}

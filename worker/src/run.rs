@@ -1,0 +1,376 @@
+//! A run's lifecycle: set up an isolated environment, drive the step graph, tear it all down.
+//!
+//! Isolation is what ACR lacks on a shared daemon (reference §9 item 20): each run gets its own
+//! workspace directory, its own network (step IDs resolve as DNS aliases on it), run-unique
+//! container, network and volume names, and the `kiln.run` label on everything, so that two
+//! runs of the same plan can share an engine and the end of a run — whatever way it ends —
+//! removes exactly what it created.
+//!
+//! Failure handling follows ACR (§3.1): the first failure without `ignoreErrors` ends the run;
+//! running steps are killed, dependants never start, and the run error names the step.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::NetworkCreateRequest;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cleanup;
+use crate::engine::Engine;
+use crate::event::{Event, Events, RunStatus, StepStatus};
+use crate::image::engine_message;
+use crate::mask::Secrets;
+use crate::names;
+use crate::plan::{Plan, PlanStep, RunId, StepId};
+use crate::schedule::Schedule;
+use crate::step::{self, StepOutcome, millis};
+use crate::volume::SecretVolumes;
+use crate::workspace::Workspace;
+
+/// How to run a plan, beyond the plan itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Directory under which the run's workspace (`kiln-<run id>`) is created; it is
+    /// bind-mounted at `/workspace` in every step and removed when the run ends.
+    pub workspace_root: PathBuf,
+    /// Copied into the workspace before the first step (the build context of `az acr run .`).
+    pub context_dir: Option<PathBuf>,
+    /// Limit for the whole run (ACR's run `--timeout`); on expiry the run ends as `Timeout`.
+    pub timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
+        RunOptions { workspace_root: workspace_root.into(), context_dir: None, timeout: None }
+    }
+}
+
+/// The result of a run, also reported piecewise as events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub status: RunStatus,
+    /// Why the run did not succeed (`failed to run step ID: <id>: <error>` for a step failure).
+    pub error: Option<String>,
+    pub elapsed: Duration,
+    /// Every step of the plan, in plan order.
+    pub steps: Vec<StepSummary>,
+    /// What could not be removed at the end; the run's status does not depend on it.
+    pub cleanup_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSummary {
+    pub id: StepId,
+    pub status: StepStatus,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+/// What every step of a run shares.
+pub(crate) struct RunContext<'a> {
+    pub(crate) docker: &'a Docker,
+    pub(crate) plan: &'a Plan,
+    pub(crate) events: Events,
+    pub(crate) workspace: &'a Workspace,
+    pub(crate) volumes: SecretVolumes,
+    /// Plan network name → engine name, for the networks the plan declares.
+    networks: HashMap<String, String>,
+    /// Engine name of the network steps without `network` join.
+    default_network: String,
+}
+
+impl RunContext<'_> {
+    /// The engine network a step joins: its own `network` (a plan network by its run-unique
+    /// name, anything else such as `host` verbatim), else the run's default network.
+    pub(crate) fn network_for<'s>(&'s self, step: &'s PlanStep) -> &'s str {
+        match step.network.as_deref() {
+            Some(name) => self.networks.get(name).map_or(name, String::as_str),
+            None => &self.default_network,
+        }
+    }
+}
+
+/// Executes `plan` on `engine`, sending events to `events` (bounded: a slow consumer slows the
+/// run down instead of growing memory; a consumer that hangs up does not stop the run).
+/// Cancelling `cancel` kills running steps; the run then ends as `Canceled`. Never panics on
+/// engine or plan problems: they end the run with status `Error`.
+pub async fn execute(
+    engine: &Engine,
+    plan: &Plan,
+    options: RunOptions,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) -> RunSummary {
+    let started = Instant::now();
+    let events = Events::new(events, Secrets::new(&plan.masked));
+    let docker = engine.docker();
+    let run_id = &plan.run_id;
+    events.send(Event::RunStarted { run_id: run_id.clone() }).await;
+
+    let mut outcomes: Vec<Option<StepOutcome>> = vec![None; plan.steps.len()];
+    let (status, error, workspace) = match prepare(docker, plan, &options, &events).await {
+        Err(message) => (RunStatus::Error, Some(message), None),
+        Ok(prepared) => {
+            let ctx = RunContext {
+                docker,
+                plan,
+                events: events.clone(),
+                workspace: &prepared.workspace,
+                volumes: SecretVolumes::new(run_id, &plan.volumes),
+                networks: prepared.networks,
+                default_network: prepared.default_network,
+            };
+            let (status, error) =
+                drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
+            (status, error, Some(prepared.workspace))
+        }
+    };
+
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for (step, outcome) in plan.steps.iter().zip(outcomes) {
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                let skipped = StepOutcome {
+                    status: StepStatus::Skipped,
+                    exit_code: None,
+                    error: None,
+                    elapsed: Duration::ZERO,
+                };
+                events
+                    .send(Event::StepFinished {
+                        step: step.id.clone(),
+                        status: skipped.status,
+                        exit_code: None,
+                        elapsed_ms: 0,
+                        error: None,
+                    })
+                    .await;
+                skipped
+            }
+        };
+        steps.push(StepSummary {
+            id: step.id.clone(),
+            status: outcome.status,
+            exit_code: outcome.exit_code,
+            error: outcome.error,
+            elapsed: outcome.elapsed,
+        });
+    }
+    if status == RunStatus::Succeeded {
+        // ACR prints these for a successful run only, in task-file order (§3.1).
+        for step in &steps {
+            events
+                .system(
+                    Some(&step.id),
+                    format!(
+                        "Step ID: {} marked as successful (elapsed time in seconds: {:.6})",
+                        step.id,
+                        step.elapsed.as_secs_f64()
+                    ),
+                )
+                .await;
+        }
+    }
+
+    // Containers first: detached ones may still be writing into the workspace.
+    let mut cleanup_errors = tear_down(docker, run_id, &events).await;
+    if let Some(workspace) = workspace
+        && let Err(e) = workspace.remove().await
+    {
+        events.system(None, format!("Warning: {e}")).await;
+        cleanup_errors.push(e.to_string());
+    }
+
+    let elapsed = started.elapsed();
+    events
+        .send(Event::RunFinished {
+            run_id: run_id.clone(),
+            status,
+            elapsed_ms: millis(elapsed),
+            error: error.clone(),
+        })
+        .await;
+    RunSummary { run_id: run_id.clone(), status, error, elapsed, steps, cleanup_errors }
+}
+
+/// What a run needs before its first step.
+struct Prepared {
+    schedule: Schedule,
+    workspace: Workspace,
+    networks: HashMap<String, String>,
+    default_network: String,
+}
+
+/// Checks the plan and creates the workspace and networks. Errors are final run errors; what
+/// was created before one is removed by the run's teardown.
+async fn prepare(
+    docker: &Docker,
+    plan: &Plan,
+    options: &RunOptions,
+    events: &Events,
+) -> Result<Prepared, String> {
+    let schedule = Schedule::new(plan.steps.iter().map(|s| (&s.id, s.depends_on.as_slice())))
+        .map_err(|e| e.to_string())?;
+    let workspace =
+        Workspace::create(&options.workspace_root, &plan.run_id, options.context_dir.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+    match create_networks(docker, plan, events).await {
+        Ok((networks, default_network)) => {
+            Ok(Prepared { schedule, workspace, networks, default_network })
+        }
+        Err(message) => {
+            if let Err(e) = workspace.remove().await {
+                events.system(None, format!("Warning: {e}")).await;
+            }
+            Err(message)
+        }
+    }
+}
+
+/// Creates the plan's networks under run-unique names, and the run's own network unless the
+/// plan names a default one. Unlike ACR, declaring networks without `isDefault` does not
+/// leave steps without step-ID DNS (reference §9 item 11): they still get the run network.
+async fn create_networks(
+    docker: &Docker,
+    plan: &Plan,
+    events: &Events,
+) -> Result<(HashMap<String, String>, String), String> {
+    let mut networks = HashMap::new();
+    let mut default = None;
+    for declared in &plan.networks {
+        let name = if declared.skip_creation {
+            declared.name.clone()
+        } else {
+            let name = names::declared_network(&plan.run_id, &declared.name);
+            let driver = declared.driver.clone().unwrap_or_else(|| "bridge".into());
+            create_network(docker, &plan.run_id, &name, &driver, declared.ipv6, events).await?;
+            name
+        };
+        if declared.is_default {
+            // The last default wins, as in ACR.
+            default = Some(name.clone());
+        }
+        networks.insert(declared.name.clone(), name);
+    }
+    let default = match default {
+        Some(name) => name,
+        None => {
+            let name = names::run_network(&plan.run_id);
+            create_network(docker, &plan.run_id, &name, "bridge", false, events).await?;
+            name
+        }
+    };
+    Ok((networks, default))
+}
+
+async fn create_network(
+    docker: &Docker,
+    run: &RunId,
+    name: &str,
+    driver: &str,
+    ipv6: bool,
+    events: &Events,
+) -> Result<(), String> {
+    events.system(None, format!("Creating Docker network: {name}, driver: '{driver}'")).await;
+    docker
+        .create_network(NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some(driver.to_string()),
+            enable_ipv6: ipv6.then_some(true),
+            labels: Some(names::run_labels(run)),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|e| format!("cannot create network {name}: {}", engine_message(e)))
+}
+
+/// Runs the step graph to its end and returns the run's status and error.
+async fn drive(
+    ctx: &RunContext<'_>,
+    mut schedule: Schedule,
+    options: &RunOptions,
+    cancel: &CancellationToken,
+    outcomes: &mut [Option<StepOutcome>],
+) -> (RunStatus, Option<String>) {
+    let steps = &ctx.plan.steps;
+    if cancel.is_cancelled() {
+        return (RunStatus::Canceled, Some("the run was canceled".to_string()));
+    }
+    // Fires for a step failure, a run timeout and (as a child) for `cancel`: every running
+    // step watches it.
+    let abort = cancel.child_token();
+    let launch = |i: usize| {
+        let abort = &abort;
+        async move { (i, step::run(ctx, &steps[i], abort).await) }
+    };
+    let mut running: FuturesUnordered<_> = schedule.initial().into_iter().map(launch).collect();
+    let mut ended: Option<(RunStatus, String)> = None;
+    let deadline = async {
+        match options.timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut deadline = std::pin::pin!(deadline);
+
+    while !running.is_empty() {
+        tokio::select! {
+            Some((i, outcome)) = running.next() => {
+                if ended.is_none() {
+                    if outcome.status.lets_dependants_run() {
+                        running.extend(schedule.release(i).into_iter().map(launch));
+                    } else if outcome.status == StepStatus::Failed {
+                        let error = outcome.error.as_deref().unwrap_or("failed");
+                        ended = Some((
+                            RunStatus::Failed,
+                            format!("failed to run step ID: {}: {error}", steps[i].id),
+                        ));
+                        abort.cancel();
+                    }
+                }
+                outcomes[i] = Some(outcome);
+            }
+            () = cancel.cancelled(), if ended.is_none() => {
+                ended = Some((RunStatus::Canceled, "the run was canceled".to_string()));
+            }
+            () = &mut deadline, if ended.is_none() => {
+                let secs = options.timeout.unwrap_or_default().as_secs();
+                ended = Some((RunStatus::Timeout, format!("the run timed out after {secs} s")));
+                abort.cancel();
+            }
+            else => break,
+        }
+    }
+    if ended.is_none() && cancel.is_cancelled() {
+        // Canceled between the last step finishing and the loop noticing: the work is done,
+        // but the caller asked to stop before the run ended, so say so.
+        ended = Some((RunStatus::Canceled, "the run was canceled".to_string()));
+    }
+    match ended {
+        Some((status, error)) => (status, Some(error)),
+        None => (RunStatus::Succeeded, None),
+    }
+}
+
+/// Removes everything labelled with the run: detached and kept containers, networks, secret
+/// volumes, and anything an interrupted creation left behind.
+async fn tear_down(docker: &Docker, run: &RunId, events: &Events) -> Vec<String> {
+    let errors = match cleanup::sweep_run(docker, run).await {
+        Ok(report) => report.errors,
+        Err(e) => vec![e.to_string()],
+    };
+    for error in &errors {
+        events.system(None, format!("Warning: cleanup could not remove {error}")).await;
+    }
+    errors
+}

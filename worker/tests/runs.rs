@@ -1,0 +1,330 @@
+//! Runs against the real engine (`scripts/test-env.sh`): the step graph, failure propagation,
+//! isolation of concurrent runs, networks, cancellation, timeouts, cleanup and the engine
+//! connection. Each test uses its own run ID and checks that the run left nothing behind.
+
+mod common;
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::CreateContainerOptions;
+use common::*;
+use kiln_worker::names::RUN_LABEL;
+use kiln_worker::plan::{Network, RunId, StepId};
+use kiln_worker::{Engine, EngineError, Event, LogStream, RunStatus, StepStatus, sweep};
+
+#[tokio::test]
+async fn engine_negotiates_down_to_the_local_api() {
+    let engine = engine().await;
+    let expected = setting("KILN_TEST_DOCKER_API_VERSION", "1.41");
+    assert_eq!(engine.api_version(), expected);
+}
+
+#[tokio::test]
+async fn a_missing_engine_is_a_clear_error() {
+    let err = Engine::connect_to("unix:///nonexistent/kiln-docker.sock")
+        .await
+        .expect_err("no engine there");
+    assert!(matches!(err, EngineError::Unreachable { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("no Docker engine answers at unix:///nonexistent/kiln-docker.sock"),
+        "{message}"
+    );
+    assert!(message.contains("scripts/test-env.sh"), "{message}");
+    assert!(matches!(Engine::connect_to("gopher://x").await, Err(EngineError::BadHost { .. })));
+}
+
+#[tokio::test]
+async fn steps_share_the_workspace_and_see_the_context() {
+    let engine = engine().await;
+    let run = run_id("context");
+    let context = tempfile::tempdir().expect("context dir");
+    std::fs::write(context.path().join("input.txt"), "from the context\n").expect("write");
+    let write = sh("write", "cat input.txt > copy.txt && echo more >> copy.txt");
+    let read = after(sh("read", "cat /workspace/copy.txt"), &["write"]);
+    let live = start_with(&engine, plan(&run, vec![write, read]), |o| {
+        o.context_dir = Some(context.path().to_path_buf());
+    });
+    let done = live.finish(&engine).await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert_eq!(done.stdout("read"), "from the context\nmore\n");
+    assert!(
+        std::fs::read_dir(context.path()).expect("context").count() == 1,
+        "the context itself is not written to"
+    );
+}
+
+/// Two steps that each wait for the other's file can only both finish if they run at once.
+#[tokio::test]
+async fn siblings_run_concurrently_and_joins_wait_for_all() {
+    let engine = engine().await;
+    let run = run_id("siblings");
+    let left = sh("left", &format!("touch /workspace/left; {}", wait_for_file("right")));
+    let right = sh("right", &format!("touch /workspace/right; {}", wait_for_file("left")));
+    let join = after(sh("join", "ls /workspace"), &["left", "right"]);
+    let done = run_plan(&engine, plan(&run, vec![left, right, join])).await;
+
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert_eq!(done.stdout("join"), "left\nright\n");
+    let started: Vec<&str> = done
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { step, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.last(), Some(&"join"));
+    let success = done.system("join");
+    assert!(success.contains("Step ID: join marked as successful (elapsed time in seconds: "));
+}
+
+#[tokio::test]
+async fn first_failure_kills_running_steps_and_skips_dependants() {
+    let engine = engine().await;
+    let run = run_id("failfast");
+    let long = sh("long", "touch /workspace/long-started; sleep 60");
+    let fails = sh("fails", &format!("{}; echo broken >&2; exit 1", wait_for_file("long-started")));
+    let after_fails = after(sh("after-fails", "true"), &["fails"]);
+    let after_long = after(sh("after-long", "true"), &["long"]);
+    let done = run_plan(&engine, plan(&run, vec![long, fails, after_fails, after_long])).await;
+
+    assert_eq!(done.summary.status, RunStatus::Failed, "{}", done.dump());
+    assert_eq!(done.summary.error.as_deref(), Some("failed to run step ID: fails: exit status 1"));
+    assert_eq!(done.status("fails"), StepStatus::Failed);
+    assert_eq!(done.status("long"), StepStatus::Canceled);
+    assert_eq!(done.status("after-fails"), StepStatus::Skipped);
+    assert_eq!(done.status("after-long"), StepStatus::Skipped);
+    assert!(done.attempts("after-fails").is_empty());
+    assert_eq!(done.output("fails", LogStream::Stderr), "broken\n");
+    // Every step reports a final status, and the run's end comes last.
+    let finished = done.events.iter().filter(|e| matches!(e, Event::StepFinished { .. })).count();
+    assert_eq!(finished, 4);
+    assert!(matches!(done.events.first(), Some(Event::RunStarted { .. })));
+    assert!(matches!(
+        done.events.last(),
+        Some(Event::RunFinished { status: RunStatus::Failed, .. })
+    ));
+}
+
+fn web_plan(run: &RunId) -> kiln_worker::plan::Plan {
+    let setup = sh("setup", "mkdir -p /workspace/www && echo \"$RUN\" > /workspace/www/index.html");
+    let mut setup = setup;
+    setup.env = vec![kiln_worker::plan::EnvVar { name: "RUN".into(), value: run.to_string() }];
+    let mut web =
+        after(cmd("web", &["httpd", "-f", "-p", "8080", "-h", "/workspace/www"]), &["setup"]);
+    web.detach = true;
+    let probe = after(
+        sh(
+            "probe",
+            "for i in $(seq 100); do timeout 2 wget -q -O - http://web:8080/index.html && exit 0; sleep 0.2; done; exit 1",
+        ),
+        &["web"],
+    );
+    plan(run, vec![setup, web, probe])
+}
+
+/// The same plan twice at once on one engine: same step IDs, same network aliases, no
+/// collisions, and each probe reaches its own run's server.
+#[tokio::test]
+async fn concurrent_runs_of_one_plan_are_isolated() {
+    let engine = engine().await;
+    let first = run_id("twin-a");
+    let second = run_id("twin-b");
+    let (a, b) =
+        tokio::join!(run_plan(&engine, web_plan(&first)), run_plan(&engine, web_plan(&second)));
+    assert_eq!(a.summary.status, RunStatus::Succeeded, "{}", a.dump());
+    assert_eq!(b.summary.status, RunStatus::Succeeded, "{}", b.dump());
+    assert_eq!(a.stdout("probe"), format!("{first}\n"));
+    assert_eq!(b.stdout("probe"), format!("{second}\n"));
+}
+
+#[tokio::test]
+async fn declared_networks_are_created_per_run_and_external_ones_kept() {
+    let engine = engine().await;
+    let run = run_id("networks");
+    let docker = engine.docker();
+    let external = format!("kiln-test-external-{}", std::process::id());
+    docker
+        .create_network(NetworkCreateRequest { name: external.clone(), ..Default::default() })
+        .await
+        .expect("external network");
+
+    let mut plan = web_plan(&run);
+    plan.networks = vec![
+        Network {
+            name: "appnet".into(),
+            driver: None,
+            ipv6: false,
+            skip_creation: false,
+            is_default: true,
+        },
+        Network {
+            name: external.clone(),
+            driver: None,
+            ipv6: false,
+            skip_creation: true,
+            is_default: false,
+        },
+    ];
+    let mut outside = sh("outside", "true");
+    outside.network = Some(external.clone());
+    plan.steps.push(outside);
+    let done = run_plan(&engine, plan).await;
+
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert!(done.system("probe").contains(&format!("Network: 'kiln-{run}-net-appnet'")));
+    assert!(done.system("outside").contains(&format!("Network: '{external}'")));
+    docker.inspect_network(&external, None).await.expect("skip_creation networks are not removed");
+    docker.remove_network(&external).await.expect("remove external");
+}
+
+/// ACR drops step-ID DNS when networks are declared without a default (§9 item 11); kiln
+/// still gives such steps the run network.
+#[tokio::test]
+async fn declared_networks_without_default_keep_step_id_dns() {
+    let engine = engine().await;
+    let run = run_id("nodefault");
+    let mut plan = web_plan(&run);
+    plan.networks = vec![Network {
+        name: "extra".into(),
+        driver: Some("bridge".into()),
+        ipv6: false,
+        skip_creation: false,
+        is_default: false,
+    }];
+    let done = run_plan(&engine, plan).await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert!(done.system("probe").contains(&format!("Network: 'kiln-{run}'")));
+}
+
+#[tokio::test]
+async fn cancel_kills_the_running_step_and_skips_the_rest() {
+    let engine = engine().await;
+    let run = run_id("cancel");
+    let busy = sh("busy", "echo ready; sleep 60");
+    let next = after(sh("next", "true"), &["busy"]);
+    let mut live = start(&engine, plan(&run, vec![busy, next]));
+    live.until("busy is running", |e| {
+        matches!(e, Event::Log { step: Some(s), stream: LogStream::Stdout, data } if s.as_str() == "busy" && data.starts_with(b"ready"))
+    })
+    .await;
+    live.cancel.cancel();
+    let done = live.finish(&engine).await;
+
+    assert_eq!(done.summary.status, RunStatus::Canceled, "{}", done.dump());
+    assert_eq!(done.status("busy"), StepStatus::Canceled);
+    assert_eq!(done.status("next"), StepStatus::Skipped);
+}
+
+#[tokio::test]
+async fn run_timeout_ends_the_run_as_timeout() {
+    let engine = engine().await;
+    let run = run_id("runtimeout");
+    let live = start_with(&engine, plan(&run, vec![sh("slow", "sleep 60")]), |o| {
+        o.timeout = Some(std::time::Duration::from_secs(2));
+    });
+    let done = live.finish(&engine).await;
+    assert_eq!(done.summary.status, RunStatus::Timeout, "{}", done.dump());
+    assert_eq!(done.summary.error.as_deref(), Some("the run timed out after 2 s"));
+    assert_eq!(done.status("slow"), StepStatus::Canceled);
+}
+
+#[tokio::test]
+async fn invalid_plans_end_in_error_without_touching_the_engine() {
+    let engine = engine().await;
+    let run = run_id("invalid");
+    let orphan = after(sh("orphan", "true"), &["nowhere"]);
+    let done = run_plan(&engine, plan(&run, vec![sh("fine", "true"), orphan])).await;
+    assert_eq!(done.summary.status, RunStatus::Error);
+    assert_eq!(
+        done.summary.error.as_deref(),
+        Some("step orphan depends on nowhere, which is not in the plan")
+    );
+    assert_eq!(done.status("fine"), StepStatus::Skipped);
+    assert!(done.events.iter().all(|e| !matches!(e, Event::StepStarted { .. })));
+}
+
+#[tokio::test]
+async fn build_and_push_steps_fail_until_wired() {
+    let engine = engine().await;
+    let run = run_id("unwired");
+    let mut build = sh("build", "unused");
+    build.action =
+        kiln_worker::plan::Action::Build { args: vec!["-t".into(), "x".into(), ".".into()] };
+    let done = run_plan(&engine, plan(&run, vec![build])).await;
+    assert_eq!(done.summary.status, RunStatus::Failed);
+    assert_eq!(
+        done.summary.error.as_deref(),
+        Some("failed to run step ID: build: build steps are not wired yet")
+    );
+}
+
+/// What a crashed worker leaves behind is found by label and removed; other runs' objects
+/// are left alone.
+#[tokio::test]
+async fn sweep_removes_only_the_selected_runs() {
+    let engine = engine().await;
+    let doomed = run_id("sweep-doomed");
+    let spared = run_id("sweep-spared");
+    for run in [&doomed, &spared] {
+        leave_behind(&engine, run).await;
+    }
+    assert_eq!(leftovers(&engine, &doomed).await.len(), 3);
+
+    let report = sweep(&engine, |run| *run == doomed).await.expect("sweep");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.containers.len(), 1, "{report:?}");
+    assert_eq!(report.networks.len(), 1, "{report:?}");
+    assert_eq!(report.volumes.len(), 1, "{report:?}");
+    assert_clean(&engine, &doomed).await;
+    assert_eq!(leftovers(&engine, &spared).await.len(), 3);
+
+    sweep(&engine, |run| *run == spared).await.expect("sweep");
+    assert_clean(&engine, &spared).await;
+}
+
+/// A running container, a network and a volume labelled with `run`, as a crash would leave.
+async fn leave_behind(engine: &Engine, run: &RunId) {
+    let docker = engine.docker();
+    let labels = HashMap::from([
+        (RUN_LABEL.to_string(), run.to_string()),
+        ("kiln.step".to_string(), StepId::new("x").to_string()),
+    ]);
+    let name = format!("kiln-{run}");
+    docker
+        .create_network(NetworkCreateRequest {
+            name: name.clone(),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("network");
+    docker
+        .create_volume(VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("volume");
+    docker
+        .create_container(
+            Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }),
+            ContainerCreateBody {
+                image: Some(image()),
+                cmd: Some(vec!["sleep".into(), "600".into()]),
+                labels: Some(labels),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some(name.clone()),
+                    binds: Some(vec![format!("{name}:/data")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("container");
+    docker.start_container(&name, None).await.expect("start");
+}

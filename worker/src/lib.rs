@@ -5,4 +5,9 @@
 //! control plane (the `kiln` crate) before a plan reaches it, so a remote worker needs nothing but
 //! the plan and an engine.
 
+pub mod auth;
+pub mod backoff;
+pub mod build;
+pub mod image_ref;
 pub mod plan;
+pub mod push;

@@ -166,7 +166,9 @@ pub async fn run(
         cachefrom: (!args.cache_from.is_empty()).then(|| args.cache_from.clone()),
         pull: args.pull.then(|| "1".to_string()),
         rm: args.rm,
-        forcerm: args.force_rm,
+        // Docker keeps the container of a failed step unless --force-rm; on a shared worker
+        // engine those would pile up, so kiln removes them whenever --rm is in force.
+        forcerm: args.force_rm || args.rm,
         buildargs: (!args.build_args.is_empty())
             .then(|| args.build_args.clone().into_iter().collect()),
         labels: Some(labels),

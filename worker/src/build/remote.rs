@@ -362,6 +362,9 @@ fn fetch_into(
     let fetch = |remote: &mut git2::Remote<'_>, refspecs: &[String], depth: Option<i32>| {
         let mut options = git2::FetchOptions::new();
         options.remote_callbacks(callbacks(url, cancel));
+        // With tag auto-following on, libgit2 writes a fetched tag under its own name and
+        // ignores the refspec's destination.
+        options.download_tags(git2::AutotagOption::None);
         if let Some(depth) = depth {
             options.depth(depth);
         }
@@ -616,5 +619,40 @@ mod tests {
         fs::write(&archive, [0xfd, b'7', b'z', b'X', b'Z', 0x00, 1, 2]).unwrap();
         let err = extract("u", &archive, dir.path()).unwrap_err();
         assert!(err.to_string().contains("xz"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod git_tests {
+    use super::*;
+
+    fn commit_all(repo: &git2::Repository, message: &str) -> git2::Oid {
+        let mut index = repo.index().unwrap();
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()
+    }
+
+    #[test]
+    fn fetch_refs_from_a_local_repository() {
+        let origin = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(origin.path()).unwrap();
+        fs::write(origin.path().join("f"), "1").unwrap();
+        let c1 = commit_all(&repo, "one");
+        repo.tag_lightweight("v1", &repo.find_object(c1, None).unwrap(), false).unwrap();
+        fs::write(origin.path().join("f"), "2").unwrap();
+        let c2 = commit_all(&repo, "two");
+        let url = format!("file://{}", origin.path().display());
+        let cancel = AtomicBool::new(false);
+        for (reference, want) in [(Some("v1"), c1), (None, c2), (Some(&c1.to_string()[..8]), c1)] {
+            let dest = tempfile::tempdir().unwrap();
+            let got = git_fetch(&url, reference, dest.path(), &cancel)
+                .unwrap_or_else(|e| panic!("{reference:?}: {e}"));
+            assert_eq!(got, want.to_string(), "{reference:?}");
+        }
     }
 }

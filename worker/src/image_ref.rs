@@ -177,41 +177,39 @@ fn is_registry_component(first: &str) -> bool {
 }
 
 fn valid_registry(registry: &str) -> bool {
-    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
-        // IPv6 literal: `[::1]:5000`.
-        match rest.split_once(']') {
-            Some((addr, after)) => {
-                if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
-                    return false;
-                }
-                match after {
-                    "" => return true,
-                    _ => match after.strip_prefix(':') {
-                        Some(port) => ("ok", Some(port)),
+    // `host[:port]`, where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
+    let (host, port) = match registry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((address, after)) => {
+                let ipv6 = !address.is_empty()
+                    && address.chars().all(|c| c.is_ascii_hexdigit() || c == ':');
+                match (ipv6, after) {
+                    (false, _) => return false,
+                    (true, "") => return true,
+                    (true, after) => match after.strip_prefix(':') {
+                        Some(port) => (None, Some(port)),
                         None => return false,
                     },
                 }
             }
             None => return false,
-        }
-    } else {
-        match registry.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (registry, None),
-        }
+        },
+        None => match registry.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(registry), None),
+        },
     };
-    if let Some(port) = port
-        && (port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()))
-    {
-        return false;
-    }
-    !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    let host_ok = host.is_none_or(|h| {
+        !h.is_empty()
+            && h.split('.').all(|label| {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    });
+    port_ok && host_ok
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`

@@ -185,7 +185,7 @@ pub async fn run(
             Some(auth::registry_config(req.credentials)),
             Some(bollard::body_try_stream(body)),
         );
-        follow_build(docker, stream, log).await
+        follow_build(stream, log).await
     };
     let upload = upload.finish().await;
     let image_id = match (image_id, upload) {
@@ -219,14 +219,12 @@ pub async fn run(
 
 /// Streams the builder's output to `log`; returns the image id.
 async fn follow_build(
-    docker: &Docker,
     mut stream: impl futures_util::Stream<
         Item = Result<bollard::models::BuildInfo, bollard::errors::Error>,
     > + Unpin,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<String, BuildError> {
     let mut image_id = None;
-    let mut short_id = None;
     while let Some(item) = stream.next().await {
         let info = match item {
             Ok(info) => info,
@@ -237,9 +235,6 @@ async fn follow_build(
         };
         if let Some(text) = &info.stream {
             log(text.as_bytes());
-            if let Some(id) = text.trim().strip_prefix("Successfully built ") {
-                short_id = Some(id.to_string());
-            }
         }
         if let Some(status) = &info.status {
             // Base-image pulls: one line per state change, not per byte-progress event.
@@ -256,17 +251,8 @@ async fn follow_build(
             image_id = Some(id);
         }
     }
-    if let Some(id) = image_id {
-        return Ok(id);
-    }
-    // Older engines only print `Successfully built <short id>`.
-    let short_id = short_id.ok_or(BuildError::NoImageId)?;
-    docker
-        .inspect_image(&short_id)
-        .await
-        .ok()
-        .and_then(|image| image.id)
-        .ok_or(BuildError::NoImageId)
+    // The classic builder reports the image id as `{"aux":{"ID":…}}` (API 1.30 and later).
+    image_id.ok_or(BuildError::NoImageId)
 }
 
 async fn dependencies(

@@ -646,13 +646,58 @@ mod git_tests {
         repo.tag_lightweight("v1", &repo.find_object(c1, None).unwrap(), false).unwrap();
         fs::write(origin.path().join("f"), "2").unwrap();
         let c2 = commit_all(&repo, "two");
+        // A pull-request head, as GitHub advertises it.
+        fs::write(origin.path().join("f"), "3").unwrap();
+        let pr = {
+            let mut index = repo.index().unwrap();
+            index.add_path(Path::new("f")).unwrap();
+            let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+            let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+            let head = repo.head().unwrap().peel_to_commit().unwrap();
+            repo.commit(Some("refs/pull/7/head"), &sig, &sig, "pr", &tree, &[&head]).unwrap()
+        };
         let url = format!("file://{}", origin.path().display());
         let cancel = AtomicBool::new(false);
-        for (reference, want) in [(Some("v1"), c1), (None, c2), (Some(&c1.to_string()[..8]), c1)] {
+        let short = c1.to_string()[..8].to_string();
+        for (reference, want) in
+            [(Some("v1"), c1), (None, c2), (Some(short.as_str()), c1), (Some("pull/7/head"), pr)]
+        {
             let dest = tempfile::tempdir().unwrap();
             let got = git_fetch(&url, reference, dest.path(), &cancel)
                 .unwrap_or_else(|e| panic!("{reference:?}: {e}"));
             assert_eq!(got, want.to_string(), "{reference:?}");
         }
+        let dest = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            git_fetch(&url, Some("nope"), dest.path(), &cancel),
+            Err(RemoteError::RefNotFound { .. })
+        ));
+        let cancelled = AtomicBool::new(true);
+        assert!(matches!(
+            git_fetch(&url, None, dest.path(), &cancelled),
+            Err(RemoteError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn submodules_are_checked_out() {
+        let lib = tempfile::tempdir().unwrap();
+        let lib_repo = git2::Repository::init(lib.path()).unwrap();
+        fs::write(lib.path().join("lib.txt"), "library").unwrap();
+        commit_all(&lib_repo, "lib");
+        let lib_url = format!("file://{}", lib.path().display());
+
+        let app = tempfile::tempdir().unwrap();
+        let app_repo = git2::Repository::init(app.path()).unwrap();
+        fs::write(app.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let mut submodule = app_repo.submodule(&lib_url, Path::new("libs/lib"), true).unwrap();
+        submodule.clone(None).unwrap();
+        submodule.add_finalize().unwrap();
+        commit_all(&app_repo, "app");
+
+        let dest = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", app.path().display());
+        git_fetch(&url, None, dest.path(), &AtomicBool::new(false)).unwrap();
+        assert_eq!(fs::read_to_string(dest.path().join("libs/lib/lib.txt")).unwrap(), "library");
     }
 }

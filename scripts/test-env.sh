@@ -48,7 +48,8 @@ REGISTRY=127.0.0.1:5000
 AUTH_REGISTRY=127.0.0.1:5001
 REGISTRY_USER=kiln
 REGISTRY_PASSWORD=kiln-test-password
-PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl)
+# libssl-dev, pkg-config and zlib1g-dev: the worker's git2 (libgit2 with HTTPS) builds against them.
+PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev)
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer
 

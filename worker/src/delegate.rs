@@ -1,48 +1,41 @@
-//! The seam to the build and push modules (`crate::build`, `crate::push`), which are written
-//! separately and wired in here — one match arm each, nothing else to change.
+//! The seam from a step to the build and push modules (`crate::build`, `crate::push`): what
+//! they need from the run, and the events their results become.
 //!
 //! Those modules report output through a synchronous callback (`&dyn Fn(&[u8])`), which cannot
 //! wait for a slow event consumer. [`LogPipe`] bridges the two: it buffers up to a fixed amount
 //! and forwards it as log events; past that it drops output and says how much, so memory stays
 //! bounded either way.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use bollard::Docker;
 use tokio::sync::Notify;
 
+use crate::build::{self, BuildRequest};
 use crate::event::{Event, Events, LogStream};
+use crate::names;
 use crate::plan::{Plan, PlanStep, StepId};
+use crate::push;
+use crate::workspace::CONTAINER_PATH;
 
 /// Output a delegated step may have waiting for the event channel before kiln drops output.
 const PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// What a build or push step does.
 #[derive(Debug, Clone, Copy)]
-#[expect(
-    dead_code,
-    reason = "read by the build/push wiring below; the expectation fails once wired, as a reminder to drop it"
-)]
 pub(crate) enum Job<'a> {
     Build { args: &'a [String] },
     Push { images: &'a [String] },
 }
 
 /// What the build and push modules get from the run besides their own arguments.
-#[derive(Debug)]
-#[expect(
-    dead_code,
-    reason = "read by the build/push wiring below; the expectation fails once wired, as a reminder to drop it"
-)]
 pub(crate) struct Request<'a> {
     pub(crate) docker: &'a Docker,
     pub(crate) plan: &'a Plan,
     pub(crate) step: &'a PlanStep,
     /// The run workspace on the host (`/workspace` in step containers).
     pub(crate) workspace: &'a Path,
-    /// Engine name of the network the step would join.
-    pub(crate) network: &'a str,
 }
 
 /// Runs a build or push job. On success, returns the events describing its results
@@ -52,15 +45,61 @@ pub(crate) async fn run(
     request: &Request<'_>,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Vec<Event>, String> {
-    // Both arms are placeholders until the build/push modules are merged. Wiring (lead):
-    //   Build: crate::build::run(request.docker, &BuildRequest { .. from request, args .. }, log)
-    //          → Event::ImageBuilt per image + Event::DependencyReport
-    //   Push:  crate::push::run(request.docker, images, &request.plan.credentials, log)
-    //          → Event::ImagePushed per pushed image
-    let _ = (request, log);
+    let Request { docker, plan, step, workspace } = *request;
     match job {
-        Job::Build { .. } => Err("build steps are not wired yet".to_string()),
-        Job::Push { .. } => Err("push steps are not wired yet".to_string()),
+        Job::Build { args } => {
+            let working_dir = host_working_dir(workspace, step.working_directory.as_deref());
+            let labels = names::step_labels(&plan.run_id, &step.id);
+            let build = BuildRequest {
+                step_id: step.id.as_str(),
+                args,
+                env: &step.env,
+                working_dir: &working_dir,
+                workspace,
+                labels: &labels,
+                credentials: &plan.credentials,
+            };
+            let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
+            let mut events: Vec<Event> = outcome
+                .images
+                .iter()
+                .map(|image| Event::ImageBuilt {
+                    step: step.id.clone(),
+                    image: image.clone(),
+                    digest: None,
+                })
+                .collect();
+            let report = serde_json::to_value(&outcome.dependencies).map_err(|e| e.to_string())?;
+            events.push(Event::DependencyReport { step: step.id.clone(), report });
+            Ok(events)
+        }
+        Job::Push { images } => {
+            let pushed = push::run(docker, images, &plan.credentials, log)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(pushed
+                .into_iter()
+                .map(|p| Event::ImagePushed {
+                    step: step.id.clone(),
+                    image: p.image,
+                    digest: p.digest,
+                })
+                .collect())
+        }
+    }
+}
+
+/// The host directory behind a step's working directory (`/workspace/sub` ⇒ `<workspace>/sub`);
+/// one outside the workspace falls back to the workspace itself, where the build module's
+/// confinement check reports a context outside it.
+fn host_working_dir(workspace: &Path, dir: Option<&str>) -> PathBuf {
+    let inside = dir
+        .and_then(|d| d.strip_prefix(CONTAINER_PATH))
+        .map(|rest| rest.trim_start_matches('/'))
+        .filter(|rest| !rest.is_empty());
+    match inside {
+        Some(rest) => workspace.join(rest),
+        None => workspace.to_path_buf(),
     }
 }
 

@@ -20,20 +20,27 @@
 //! | [`cleanup`] | removing what runs left, by label |
 //! | [`names`] | engine object names and labels |
 //! | `ports` | `ports`/`expose` syntax |
-//! | `delegate` | the seam to the build and push modules |
+//! | [`build`] | build steps: arguments, context, `.dockerignore`, Dockerfile scan, remote contexts |
+//! | [`push`] | push steps, with [`auth`] (registry logins) and [`image_ref`] (references) |
+//! | `delegate` | the seam from a step to the build and push modules |
 //! | [`event`] | the event stream and status vocabulary |
 //! | `mask` | keeping the plan's secret values out of logs |
 
+pub mod auth;
+pub mod backoff;
+pub mod build;
 pub mod cleanup;
 mod container;
 mod delegate;
 pub mod engine;
 pub mod event;
 mod image;
+pub mod image_ref;
 mod mask;
 pub mod names;
 pub mod plan;
 mod ports;
+pub mod push;
 pub mod run;
 mod schedule;
 mod step;

@@ -402,14 +402,9 @@ async fn run_delegated(
     job: Job<'_>,
     attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
-    let (network, stop) = (attempt.network, attempt.stop);
-    let request = Request {
-        docker: ctx.docker,
-        plan: ctx.plan,
-        step,
-        workspace: ctx.workspace.host_dir(),
-        network,
-    };
+    let stop = attempt.stop;
+    let request =
+        Request { docker: ctx.docker, plan: ctx.plan, step, workspace: ctx.workspace.host_dir() };
     let pipe = LogPipe::default();
     let watch = Mutex::new(&mut *attempt.watch);
     let log = |bytes: &[u8]| {

@@ -10,7 +10,7 @@ use bollard::models::{ContainerCreateBody, NetworkCreateRequest, VolumeCreateReq
 use bollard::query_parameters::CreateContainerOptions;
 use common::*;
 use kiln_worker::names::RUN_LABEL;
-use kiln_worker::plan::{Network, RunId, StepId};
+use kiln_worker::plan::{Action, Network, RunId, StepId};
 use kiln_worker::{Engine, EngineError, Event, LogStream, RunStatus, StepStatus, sweep};
 
 #[tokio::test]
@@ -247,18 +247,62 @@ async fn invalid_plans_end_in_error_without_touching_the_engine() {
 }
 
 #[tokio::test]
-async fn build_and_push_steps_fail_until_wired() {
+async fn build_run_and_push_a_context_in_one_run() {
     let engine = engine().await;
-    let run = run_id("unwired");
+    let run = run_id("build-push");
+    let context = tempfile::tempdir().expect("context");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {}\nCOPY hello.txt /hello.txt\nCMD [\"cat\", \"/hello.txt\"]\n", image()),
+    )
+    .expect("Dockerfile");
+    std::fs::write(context.path().join("hello.txt"), "built by kiln\n").expect("hello.txt");
+    let registry = setting("KILN_TEST_REGISTRY", "127.0.0.1:5000");
+    let tag = format!("{registry}/kiln-worker-test/{}:v1", run.as_str().to_lowercase());
+
     let mut build = sh("build", "unused");
-    build.action =
-        kiln_worker::plan::Action::Build { args: vec!["-t".into(), "x".into(), ".".into()] };
-    let done = run_plan(&engine, plan(&run, vec![build])).await;
-    assert_eq!(done.summary.status, RunStatus::Failed);
-    assert_eq!(
-        done.summary.error.as_deref(),
-        Some("failed to run step ID: build: build steps are not wired yet")
+    build.action = Action::Build { args: vec!["-t".into(), tag.clone(), ".".into()] };
+    let mut test = sh("test", "unused");
+    test.action = Action::Cmd { image: tag.clone(), args: Vec::new() };
+    test.depends_on = vec![StepId::new("build")];
+    let mut push = sh("push", "unused");
+    push.action = Action::Push { images: vec![tag.clone()] };
+    push.depends_on = vec![StepId::new("test")];
+
+    let dir = context.path().to_path_buf();
+    let done = start_with(&engine, plan(&run, vec![build, test, push]), |o| {
+        o.context_dir = Some(dir);
+    })
+    .finish(&engine)
+    .await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{:?}", done.summary.error);
+    let output: Vec<u8> = done
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { step: Some(s), stream: LogStream::Stdout, data }
+                if s.as_str() == "test" =>
+            {
+                Some(data.clone())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&output), "built by kiln\n");
+    assert!(
+        done.events.iter().any(|e| matches!(e, Event::ImageBuilt { image, .. } if *image == tag))
     );
+    assert!(done.events.iter().any(|e| matches!(e, Event::DependencyReport { .. })));
+    let digest = done.events.iter().find_map(|e| match e {
+        Event::ImagePushed { image, digest, .. } if *image == tag => Some(digest.clone()),
+        _ => None,
+    });
+    assert!(digest.is_some_and(|d| d.starts_with("sha256:")), "{:?}", done.events);
+    let _ = engine
+        .docker()
+        .remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await;
 }
 
 /// What a crashed worker leaves behind is found by label and removed; other runs' objects

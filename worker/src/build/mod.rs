@@ -1,0 +1,419 @@
+//! `build` steps: `docker build` through the Engine API's classic builder.
+//!
+//! ACR runs the `docker` CLI in a container for this (§2.1, §8.3) with BuildKit forced off; kiln
+//! does what that CLI does, itself: parse the build arguments ([`args`]), fetch a remote context
+//! ([`remote`]), tar the context honouring `.dockerignore` ([`dockerignore`], [`context`]),
+//! stream it to `POST /build` with the run's registry credentials for `FROM` pulls, stream the
+//! builder's output to the step log, tag the image with every `-t`, and describe what the image
+//! was built from ([`scan`], [`report`]). The classic builder is used for the reason ACR uses it:
+//! BuildKit images are not in the engine's image store with base-image digests to look up.
+//!
+//! Paths in the build string are confined to the run workspace: the context and `-f` are
+//! relative to the step's working directory, `/workspace/…` (ACR's mount point of the shared
+//! volume) maps to the workspace, and anything resolving outside it — `..`, other absolute paths,
+//! symbolic links leading out — is refused, since the worker reads them on the host.
+
+pub mod args;
+pub mod context;
+pub mod dockerignore;
+pub mod remote;
+pub mod report;
+pub mod scan;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
+use futures_util::StreamExt;
+
+pub use report::{Dependency, GitReference, ImageReference, fill_pushed_digests, report_json};
+
+use crate::auth;
+use crate::image_ref::ImageRef;
+use crate::plan::{EnvVar, RegistryCredential};
+use crate::push::engine_message;
+
+/// Where ACR mounts the shared run volume; absolute paths under it name workspace paths.
+const ACR_WORKSPACE: &str = "/workspace";
+/// Label kiln puts on every image it builds, with the step id as value, so images can be found.
+pub const STEP_LABEL: &str = "kiln.step";
+
+/// One build step, as the run executes it.
+pub struct BuildRequest<'a> {
+    pub step_id: &'a str,
+    /// The `docker build` arguments, split shell-style.
+    pub args: &'a [String],
+    /// The step environment (values for bare `--build-arg NAME`).
+    pub env: &'a [EnvVar],
+    /// Host path of the step's working directory inside the run workspace.
+    pub working_dir: &'a Path,
+    /// Host path of the run workspace (the shared volume).
+    pub workspace: &'a Path,
+    /// Labels for the image (e.g. the run id), added after the step's own `--label`s and winning
+    /// over them, so the worker can always find its images.
+    pub labels: &'a HashMap<String, String>,
+    pub credentials: &'a [RegistryCredential],
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOutcome {
+    /// The `-t` references, `:latest` added where they have no tag.
+    pub images: Vec<String>,
+    /// `sha256:…` image id.
+    pub image_id: String,
+    /// One entry per image (one with `image: None` for an untagged build); image digests are
+    /// empty until pushed (see [`fill_pushed_digests`]).
+    pub dependencies: Vec<Dependency>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Args(#[from] args::ArgsError),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("invalid step id {0:?} for a remote context download directory")]
+    StepId(String),
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
+    #[error("{what} {path} not found: {source}")]
+    NotFound { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("{what} {path} is outside the run workspace")]
+    OutsideWorkspace { what: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Context(#[from] context::ContextError),
+    /// The builder reported an error (a failing `RUN`, a missing base image, …).
+    #[error("{message}")]
+    Failed { message: String },
+    #[error("the Docker engine failed the build request: {message}")]
+    Engine { message: String },
+    #[error("the build finished without reporting an image id")]
+    NoImageId,
+    #[error("tagging the image as {image} failed: {message}")]
+    Tag { image: String, message: String },
+}
+
+/// Runs a build step. Output goes to `log` as the builder produces it.
+pub async fn run(
+    docker: &Docker,
+    req: &BuildRequest<'_>,
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> Result<BuildOutcome, BuildError> {
+    let args = args::parse(req.args, req.env)?;
+    for note in &args.ignored {
+        log(format!("Note: {note}\n").as_bytes());
+    }
+    if req.env.iter().any(|e| e.name == "DOCKER_BUILDKIT" && e.value == "1") {
+        log(b"Note: DOCKER_BUILDKIT=1 ignored: kiln builds with the classic builder\n");
+    }
+    if args.add_hosts.len() > 1 {
+        return Err(BuildError::Unsupported(
+            "only one --add-host per build is supported (the engine client sends a single value)"
+                .to_string(),
+        ));
+    }
+
+    let (context_dir, dockerfile, commit) = match remote::detect(&args.context)? {
+        Some(remote) => {
+            let dest = download_dir(req)?;
+            let fetched = remote::fetch(&remote, &dest, log).await?;
+            let dockerfile = match &args.dockerfile {
+                Some(file) => resolve(req.workspace, &fetched.context_dir, file),
+                None => fetched.context_dir.join("Dockerfile"),
+            };
+            (fetched.context_dir, dockerfile, fetched.commit)
+        }
+        None => {
+            let context_dir = resolve(req.workspace, req.working_dir, &args.context);
+            let dockerfile = match &args.dockerfile {
+                Some(file) => resolve(req.workspace, req.working_dir, file),
+                None => context_dir.join("Dockerfile"),
+            };
+            let commit = local_git_head(&context_dir, req.workspace);
+            (context_dir, dockerfile, commit)
+        }
+    };
+    let context_dir = confine(req.workspace, &context_dir, "build context")?;
+    let dockerfile = confine(req.workspace, &dockerfile, "Dockerfile")?;
+    let prepared = context::prepare(&context_dir, &dockerfile)?;
+
+    let dockerfile_text = fs::read(&dockerfile).map_err(|source| BuildError::NotFound {
+        what: "Dockerfile",
+        path: dockerfile.clone(),
+        source,
+    })?;
+    let scanned = scan::scan(
+        &String::from_utf8_lossy(&dockerfile_text),
+        &args.build_args,
+        args.target.as_deref(),
+    );
+    for warning in &scanned.warnings {
+        log(format!("Warning: dependency scan: {warning}\n").as_bytes());
+    }
+
+    let mut labels: HashMap<String, String> = args.labels.clone().into_iter().collect();
+    labels.insert(STEP_LABEL.to_string(), req.step_id.to_string());
+    labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let options = BuildImageOptions {
+        dockerfile: prepared.dockerfile_param().to_string(),
+        extrahosts: args.add_hosts.first().cloned(),
+        q: args.quiet,
+        nocache: args.no_cache,
+        cachefrom: (!args.cache_from.is_empty()).then(|| args.cache_from.clone()),
+        pull: args.pull.then(|| "1".to_string()),
+        rm: args.rm,
+        // Docker keeps the container of a failed step unless --force-rm; on a shared worker
+        // engine those would pile up, so kiln removes them whenever --rm is in force.
+        forcerm: args.force_rm || args.rm,
+        buildargs: (!args.build_args.is_empty())
+            .then(|| args.build_args.clone().into_iter().collect()),
+        labels: Some(labels),
+        networkmode: args.network.clone(),
+        platform: args.platform.clone().unwrap_or_default(),
+        target: args.target.clone().unwrap_or_default(),
+        ..BuildImageOptions::default()
+    };
+
+    let (body, upload) = context::stream(prepared);
+    let image_id = {
+        let stream = docker.build_image(
+            options,
+            Some(auth::registry_config(req.credentials)),
+            Some(bollard::body_try_stream(body)),
+        );
+        follow_build(stream, log).await
+    };
+    let upload = upload.finish().await;
+    let image_id = match (image_id, upload) {
+        (Ok(id), _) => id,
+        // The context could not be sent: that, not the engine's view of a broken body, is
+        // what the user must fix.
+        (Err(_), Err(context)) if !context.is_disconnect() => return Err(context.into()),
+        (Err(build), _) => return Err(build),
+    };
+
+    let mut images = Vec::with_capacity(args.tags.len());
+    let mut tagged = Vec::with_capacity(args.tags.len());
+    for tag in &args.tags {
+        let parsed = ImageRef::parse(tag)
+            .map_err(|e| BuildError::Tag { image: tag.clone(), message: e.to_string() })?;
+        let tag_name = parsed.tag.clone().unwrap_or_else(|| "latest".to_string());
+        let full = format!("{}:{tag_name}", parsed.name());
+        let options = TagImageOptions { repo: Some(parsed.name()), tag: Some(tag_name) };
+        docker
+            .tag_image(&image_id, Some(options))
+            .await
+            .map_err(|e| BuildError::Tag { image: full.clone(), message: engine_message(e) })?;
+        log(format!("Successfully tagged {full}\n").as_bytes());
+        tagged.push(parsed);
+        images.push(full);
+    }
+
+    let dependencies = dependencies(docker, &tagged, &scanned, commit).await;
+    Ok(BuildOutcome { images, image_id, dependencies })
+}
+
+/// Streams the builder's output to `log`; returns the image id.
+async fn follow_build(
+    mut stream: impl futures_util::Stream<
+        Item = Result<bollard::models::BuildInfo, bollard::errors::Error>,
+    > + Unpin,
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> Result<String, BuildError> {
+    let mut image_id = None;
+    while let Some(item) = stream.next().await {
+        let info = match item {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(BuildError::Failed { message: error });
+            }
+            Err(other) => return Err(BuildError::Engine { message: engine_message(other) }),
+        };
+        if let Some(text) = &info.stream {
+            log(text.as_bytes());
+        }
+        if let Some(status) = &info.status {
+            // Base-image pulls: one line per state change, not per byte-progress event.
+            let progress = info.progress_detail.as_ref().is_some_and(|p| p.current.is_some());
+            if !progress {
+                let line = match &info.id {
+                    Some(id) => format!("{id}: {status}\n"),
+                    None => format!("{status}\n"),
+                };
+                log(line.as_bytes());
+            }
+        }
+        if let Some(id) = info.aux.and_then(|aux| aux.id) {
+            image_id = Some(id);
+        }
+    }
+    // The classic builder reports the image id as `{"aux":{"ID":…}}` (API 1.30 and later).
+    image_id.ok_or(BuildError::NoImageId)
+}
+
+async fn dependencies(
+    docker: &Docker,
+    tagged: &[ImageRef],
+    scanned: &scan::Scan,
+    commit: Option<String>,
+) -> Vec<Dependency> {
+    let runtime = match &scanned.runtime {
+        Some(image) => Some(with_local_digest(docker, image).await),
+        None => None,
+    };
+    let mut buildtime = Vec::with_capacity(scanned.buildtime.len());
+    for image in &scanned.buildtime {
+        buildtime.push(with_local_digest(docker, image).await);
+    }
+    let git = Some(GitReference { head_revision: commit.unwrap_or_default() });
+    let entry = |image: Option<ImageReference>| Dependency {
+        image,
+        runtime: runtime.clone(),
+        buildtime: buildtime.clone(),
+        git: git.clone(),
+    };
+    if tagged.is_empty() {
+        vec![entry(None)]
+    } else {
+        tagged.iter().map(|t| entry(Some(ImageReference::from_ref(t)))).collect()
+    }
+}
+
+/// The report entry for a base image, with the registry digest the engine recorded when it
+/// pulled it (`RepoDigests`); empty for images that never came from a registry.
+async fn with_local_digest(docker: &Docker, image: &ImageRef) -> ImageReference {
+    let mut reference = ImageReference::from_ref(image);
+    if reference.digest.is_empty()
+        && let Ok(inspect) = docker.inspect_image(&image.to_string()).await
+    {
+        reference.digest = inspect
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| ImageRef::parse(d).ok())
+            .find(|d| d.same_repository(image))
+            .and_then(|d| d.digest)
+            .unwrap_or_default();
+    }
+    reference
+}
+
+/// `<working dir>/<step id>`, where a remote context is downloaded.
+fn download_dir(req: &BuildRequest<'_>) -> Result<PathBuf, BuildError> {
+    let id = req.step_id;
+    let mut components = Path::new(id).components();
+    match (components.next(), components.next()) {
+        (Some(std::path::Component::Normal(_)), None) => Ok(req.working_dir.join(id)),
+        _ => Err(BuildError::StepId(id.to_string())),
+    }
+}
+
+/// A build-string path on the host: `/workspace/…` is the workspace, other paths are relative to
+/// `base`.
+fn resolve(workspace: &Path, base: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    match path.strip_prefix(ACR_WORKSPACE) {
+        Ok(rest) => workspace.join(rest),
+        Err(_) => base.join(path),
+    }
+}
+
+/// The canonical form of `path`, which must exist inside the workspace.
+fn confine(workspace: &Path, path: &Path, what: &'static str) -> Result<PathBuf, BuildError> {
+    let canonical = fs::canonicalize(path).map_err(|source| BuildError::NotFound {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let root = fs::canonicalize(workspace).map_err(|source| BuildError::NotFound {
+        what: "run workspace",
+        path: workspace.to_path_buf(),
+        source,
+    })?;
+    if canonical.starts_with(&root) {
+        Ok(canonical)
+    } else {
+        Err(BuildError::OutsideWorkspace { what, path: path.to_path_buf() })
+    }
+}
+
+/// The commit a local context is checked out at, when it lies in a Git work tree inside the
+/// workspace (a source-triggered run's checkout).
+fn local_git_head(context_dir: &Path, workspace: &Path) -> Option<String> {
+    let ceiling = workspace.parent()?;
+    let repo = git2::Repository::open_ext(
+        context_dir,
+        git2::RepositoryOpenFlags::empty(),
+        std::iter::once(ceiling),
+    )
+    .ok()?;
+    let commit = repo.head().ok()?.peel_to_commit().ok()?;
+    Some(commit.id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_and_stay_in_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        let wd = ws.join("app");
+        fs::create_dir_all(wd.join("ctx")).unwrap();
+        fs::create_dir_all(dir.path().join("outside")).unwrap();
+        assert_eq!(resolve(&ws, &wd, "ctx"), wd.join("ctx"));
+        assert_eq!(resolve(&ws, &wd, "/workspace/app/ctx"), ws.join("app/ctx"));
+        assert_eq!(resolve(&ws, &wd, "/etc"), PathBuf::from("/etc"));
+        assert!(confine(&ws, &resolve(&ws, &wd, "ctx"), "build context").is_ok());
+        assert!(confine(&ws, &resolve(&ws, &wd, "."), "build context").is_ok());
+        for outside in ["../../outside", "/etc", "/workspace/../outside"] {
+            let err = confine(&ws, &resolve(&ws, &wd, outside), "build context").unwrap_err();
+            assert!(matches!(err, BuildError::OutsideWorkspace { .. }), "{outside}: {err}");
+        }
+        std::os::unix::fs::symlink(dir.path().join("outside"), wd.join("escape")).unwrap();
+        assert!(matches!(
+            confine(&ws, &resolve(&ws, &wd, "escape"), "build context"),
+            Err(BuildError::OutsideWorkspace { .. })
+        ));
+        assert!(matches!(
+            confine(&ws, &resolve(&ws, &wd, "missing"), "build context"),
+            Err(BuildError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn download_dir_needs_a_plain_step_id() {
+        let labels = HashMap::new();
+        let req = |step_id| BuildRequest {
+            step_id,
+            args: &[],
+            env: &[],
+            working_dir: Path::new("/w/app"),
+            workspace: Path::new("/w"),
+            labels: &labels,
+            credentials: &[],
+        };
+        assert_eq!(download_dir(&req("build")).unwrap(), PathBuf::from("/w/app/build"));
+        for bad in ["", "..", "a/b", "/abs", "."] {
+            assert!(matches!(download_dir(&req(bad)), Err(BuildError::StepId(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn git_head_of_a_local_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(ws.join("sub")).unwrap();
+        assert_eq!(local_git_head(&ws.join("sub"), &ws), None);
+        let repo = git2::Repository::init(&ws).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let tree = repo.find_tree(repo.index().unwrap().write_tree().unwrap()).unwrap();
+        let oid = repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+        assert_eq!(local_git_head(&ws.join("sub"), &ws), Some(oid.to_string()));
+    }
+}

@@ -1,0 +1,703 @@
+//! Remote build contexts (§8.4): a Git repository or an HTTP(S) tarball named as the build's
+//! context, downloaded into `<step working dir>/<step id>` before the build.
+//!
+//! ACR downloads there in its scanner container but then builds in `/workspace/<step id>`
+//! (sharp edge 23); kiln downloads and builds in the same directory, so `workingDirectory` works.
+//! The files stay in the run workspace for later steps, as in ACR.
+//!
+//! * Git (`https://…/repo.git`, Azure DevOps `…/_git/repo`, `git://…`, `github.com/o/r`, and
+//!   `file://` for local mirrors and tests) with an optional `#<ref>:<subdir>` fragment: `ref` is
+//!   a branch, tag, full or abbreviated commit, or a ref path such as `pull/7/head`; none means the
+//!   remote's default branch. A named ref is fetched shallow (depth 1) with a full-fetch fallback
+//!   (libgit2 cannot fetch shallow over `file://`, some servers refuse it); a commit needs the full
+//!   history. Submodules are checked out recursively. Credentials in the URL (`https://user:PAT@…`)
+//!   are used for the fetch and masked in logs.
+//! * Other `http(s)` URLs are tarballs: up to 3 attempts (backoff 250 ms × 2^n), then the
+//!   download is unpacked by magic bytes — gzip, bzip2 or plain tar; xz and zstd are refused with a
+//!   clear error, and so is anything that is not an archive (ACR silently leaves it unextracted).
+//! * `oci://` artifacts and SSH remotes (`git@…`, `ssh://`) are not supported and say so.
+//!
+//! Git and HTTP are blocking libraries, so the work runs on a blocking thread; dropping the
+//! future (step timeout, cancellation) raises a flag that aborts the transfer at its next
+//! progress callback or read.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::backoff;
+
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{what} build contexts are not supported by kiln ({context})")]
+    Unsupported { what: &'static str, context: String },
+    #[error("invalid remote context {context}: {reason}")]
+    Invalid { context: String, reason: String },
+    #[error("cannot prepare {path} for the download: {source}")]
+    Destination { path: PathBuf, source: io::Error },
+    #[error("git fetch of {url} failed: {message}")]
+    Git { url: String, message: String },
+    #[error("git ref {reference:?} not found in {url}")]
+    RefNotFound { url: String, reference: String },
+    #[error("download of {url} failed after {attempts} attempt(s): {message}")]
+    Download { url: String, attempts: u32, message: String },
+    #[error("{url} is not a tar archive (gzip, bzip2 or plain tar): {detail}")]
+    NotAnArchive { url: String, detail: String },
+    #[error("extracting {url} failed: {source}")]
+    Extract { url: String, source: io::Error },
+    #[error("subdirectory {subdir:?} does not exist in {url}")]
+    MissingSubdir { url: String, subdir: String },
+    #[error("the download was cancelled")]
+    Cancelled,
+    #[error("the download task failed: {0}")]
+    Task(String),
+}
+
+/// A context argument that names something to download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    Git {
+        /// Fetch URL, fragment removed (`github.com/o/r` gets `https://`).
+        url: String,
+        /// Branch, tag, commit or ref path; `None` is the default branch.
+        reference: Option<String>,
+        /// Directory inside the repository to use as the context.
+        subdir: Option<String>,
+    },
+    Tarball {
+        url: String,
+    },
+}
+
+/// The downloaded context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The build context: the download directory plus the Git subdirectory.
+    pub context_dir: PathBuf,
+    /// The commit checked out, for Git contexts.
+    pub commit: Option<String>,
+}
+
+/// Classifies a context argument. `Ok(None)`: a local path.
+pub fn detect(context: &str) -> Result<Option<Remote>, RemoteError> {
+    let lower = context.to_ascii_lowercase();
+    let unsupported = |what| Err(RemoteError::Unsupported { what, context: redact(context) });
+    if lower.starts_with("oci://") {
+        return unsupported("OCI artifact");
+    }
+    if lower.starts_with("git@") || lower.starts_with("ssh://") {
+        return unsupported("SSH git");
+    }
+    let (base, fragment) = match context.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (context, None),
+    };
+    let is_http = lower.starts_with("http://") || lower.starts_with("https://");
+    let git_url = if lower.starts_with("git://") || lower.starts_with("file://") {
+        Some(base.to_string())
+    } else if lower.starts_with("github.com/") {
+        // Docker's shorthand.
+        Some(format!("https://{base}"))
+    } else if is_http && is_git_http(base) {
+        Some(base.to_string())
+    } else {
+        None
+    };
+    if let Some(url) = git_url {
+        let (reference, subdir) = match fragment {
+            Some(fragment) => {
+                let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+                (non_empty(reference), non_empty(subdir))
+            }
+            None => (None, None),
+        };
+        if let Some(subdir) = &subdir
+            && !is_relative_inside(subdir)
+        {
+            return Err(RemoteError::Invalid {
+                context: redact(context),
+                reason: format!("subdirectory {subdir:?} leaves the repository"),
+            });
+        }
+        return Ok(Some(Remote::Git { url, reference, subdir }));
+    }
+    if is_http {
+        // The fragment is client-side only; it is never sent.
+        return Ok(Some(Remote::Tarball { url: base.to_string() }));
+    }
+    Ok(None)
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Git over HTTP(S): a path ending in `.git`, or Azure DevOps / Visual Studio repositories.
+fn is_git_http(url: &str) -> bool {
+    let without_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (authority, path) = without_scheme.split_once('/').unwrap_or((without_scheme, ""));
+    let host = authority.rsplit('@').next().unwrap_or(authority).to_ascii_lowercase();
+    let host = host.split(':').next().unwrap_or(&host).to_string();
+    let path = path.split('?').next().unwrap_or(path);
+    path.trim_end_matches('/').ends_with(".git")
+        || path.contains("/_git/")
+        || host == "dev.azure.com"
+        || host.ends_with(".visualstudio.com")
+}
+
+fn is_relative_inside(path: &str) -> bool {
+    let mut depth = 0usize;
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".into() };
+            format!("{scheme}://{masked}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Sets the flag when dropped, i.e. when the future awaiting the blocking work goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Downloads `remote` into `dest` (replaced if it exists: it is the step's own download
+/// directory, and a retried step must not build from a half-written previous attempt).
+pub async fn fetch(
+    remote: &Remote,
+    dest: &Path,
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> Result<Fetched, RemoteError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(cancel.clone());
+    let remote_owned = remote.clone();
+    let dest_owned = dest.to_path_buf();
+    let message = match remote {
+        Remote::Git { url, reference, .. } => format!(
+            "Fetching git repository {} ({})\n",
+            redact(url),
+            reference.as_deref().unwrap_or("default branch")
+        ),
+        Remote::Tarball { url } => format!("Downloading build context {}\n", redact(url)),
+    };
+    log(message.as_bytes());
+    let result =
+        tokio::task::spawn_blocking(move || fetch_blocking(&remote_owned, &dest_owned, &cancel))
+            .await
+            .map_err(|e| RemoteError::Task(e.to_string()))?;
+    drop(guard);
+    let fetched = result?;
+    if let Some(commit) = &fetched.commit {
+        log(format!("Checked out commit {commit}\n").as_bytes());
+    }
+    Ok(fetched)
+}
+
+fn fetch_blocking(
+    remote: &Remote,
+    dest: &Path,
+    cancel: &AtomicBool,
+) -> Result<Fetched, RemoteError> {
+    let prepare = |path: &Path| {
+        if path.exists() {
+            fs::remove_dir_all(path)
+                .map_err(|source| RemoteError::Destination { path: path.to_path_buf(), source })?;
+        }
+        fs::create_dir_all(path)
+            .map_err(|source| RemoteError::Destination { path: path.to_path_buf(), source })
+    };
+    prepare(dest)?;
+    match remote {
+        Remote::Git { url, reference, subdir } => {
+            let commit = git_fetch(url, reference.as_deref(), dest, cancel)?;
+            let context_dir = match subdir {
+                Some(subdir) => {
+                    let dir = dest.join(subdir);
+                    if !dir.is_dir() {
+                        return Err(RemoteError::MissingSubdir {
+                            url: redact(url),
+                            subdir: subdir.clone(),
+                        });
+                    }
+                    dir
+                }
+                None => dest.to_path_buf(),
+            };
+            Ok(Fetched { context_dir, commit: Some(commit) })
+        }
+        Remote::Tarball { url } => {
+            let mut download = dest.as_os_str().to_owned();
+            download.push(".download");
+            let download = PathBuf::from(download);
+            let result = download_with_retries(url, &download, cancel)
+                .and_then(|()| extract(url, &download, dest));
+            let _ = fs::remove_file(&download);
+            result?;
+            Ok(Fetched { context_dir: dest.to_path_buf(), commit: None })
+        }
+    }
+}
+
+// --- git -------------------------------------------------------------------------------------
+
+fn git_error<'a>(url: &str, cancel: &'a AtomicBool) -> impl Fn(git2::Error) -> RemoteError + 'a {
+    let url = redact(url);
+    move |e| {
+        // A callback returning false (the cancel flag) surfaces as a `User` error.
+        if cancel.load(Ordering::Relaxed) || e.code() == git2::ErrorCode::User {
+            RemoteError::Cancelled
+        } else {
+            RemoteError::Git { url: url.clone(), message: e.message().to_string() }
+        }
+    }
+}
+
+fn callbacks<'a>(url: &str, cancel: &'a AtomicBool) -> git2::RemoteCallbacks<'a> {
+    let (user, password) = url_credentials(url);
+    let mut callbacks = git2::RemoteCallbacks::new();
+    let mut offered = false;
+    callbacks.credentials(move |_, _, allowed| {
+        // Offer the URL's credentials once; libgit2 calls again after a rejection, and offering
+        // the same ones forever would loop.
+        match (&password, allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT), offered) {
+            (Some(password), true, false) => {
+                offered = true;
+                git2::Cred::userpass_plaintext(user.as_deref().unwrap_or(""), password)
+            }
+            _ => Err(git2::Error::from_str("authentication required (no usable credentials)")),
+        }
+    });
+    callbacks.transfer_progress(move |_| !cancel.load(Ordering::Relaxed));
+    callbacks
+}
+
+fn url_credentials(url: &str) -> (Option<String>, Option<String>) {
+    let Some((_, rest)) = url.split_once("://") else { return (None, None) };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((user, password)) => (Some(user.to_string()), Some(password.to_string())),
+            // A PAT given as the user part (ACR rewrites it to `dummy:<PAT>`).
+            None => (Some("dummy".to_string()), Some(userinfo.to_string())),
+        },
+        None => (None, None),
+    }
+}
+
+fn git_fetch(
+    url: &str,
+    reference: Option<&str>,
+    dest: &Path,
+    cancel: &AtomicBool,
+) -> Result<String, RemoteError> {
+    let err = git_error(url, cancel);
+    let repo = git2::Repository::init(dest).map_err(&err)?;
+    let commit = fetch_into(&repo, url, reference, cancel)?;
+    repo.set_head_detached(commit).map_err(&err)?;
+    repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).map_err(&err)?;
+    update_submodules(&repo, cancel)?;
+    Ok(commit.to_string())
+}
+
+/// Fetches what `reference` names into `repo` (remote `origin`) and returns its commit.
+fn fetch_into(
+    repo: &git2::Repository,
+    url: &str,
+    reference: Option<&str>,
+    cancel: &AtomicBool,
+) -> Result<git2::Oid, RemoteError> {
+    let err = git_error(url, cancel);
+    let mut remote = repo.remote("origin", url).map_err(&err)?;
+    let (advertised, default_branch) = {
+        let connection = remote
+            .connect_auth(git2::Direction::Fetch, Some(callbacks(url, cancel)), None)
+            .map_err(&err)?;
+        let advertised: Vec<String> =
+            connection.list().map_err(&err)?.iter().map(|h| h.name().to_string()).collect();
+        let default_branch =
+            connection.default_branch().ok().and_then(|b| b.as_str().ok().map(str::to_string));
+        (advertised, default_branch)
+    };
+    let wanted = match reference {
+        None => Some(default_branch.unwrap_or_else(|| "HEAD".to_string())),
+        Some(r) => [
+            r.to_string(),
+            format!("refs/heads/{r}"),
+            format!("refs/tags/{r}"),
+            format!("refs/{r}"),
+        ]
+        .into_iter()
+        .find(|candidate| advertised.iter().any(|a| a == candidate)),
+    };
+    const FETCHED: &str = "refs/kiln/fetched";
+    let fetch = |remote: &mut git2::Remote<'_>, refspecs: &[String], depth: Option<i32>| {
+        let mut options = git2::FetchOptions::new();
+        options.remote_callbacks(callbacks(url, cancel));
+        // With tag auto-following on, libgit2 writes a fetched tag under its own name and
+        // ignores the refspec's destination.
+        options.download_tags(git2::AutotagOption::None);
+        if let Some(depth) = depth {
+            options.depth(depth);
+        }
+        remote.fetch(refspecs, Some(&mut options), None).map_err(&err)
+    };
+    if let Some(name) = wanted {
+        let refspec = vec![format!("+{name}:{FETCHED}")];
+        if let Err(shallow) = fetch(&mut remote, &refspec, Some(1)) {
+            if matches!(shallow, RemoteError::Cancelled) {
+                return Err(shallow);
+            }
+            fetch(&mut remote, &refspec, None)?;
+        }
+        let reference = repo.find_reference(FETCHED).map_err(&err)?;
+        return Ok(reference.peel_to_commit().map_err(&err)?.id());
+    }
+    // Not a ref name: a (possibly abbreviated) commit, which needs the history.
+    let reference = reference.unwrap_or_default();
+    let is_hex =
+        (4..=40).contains(&reference.len()) && reference.chars().all(|c| c.is_ascii_hexdigit());
+    if !is_hex {
+        return Err(RemoteError::RefNotFound { url: redact(url), reference: reference.into() });
+    }
+    fetch(
+        &mut remote,
+        &[
+            "+refs/heads/*:refs/remotes/origin/*".to_string(),
+            "+refs/tags/*:refs/tags/*".to_string(),
+        ],
+        None,
+    )?;
+    repo.revparse_single(reference)
+        .and_then(|object| object.peel_to_commit())
+        .map(|commit| commit.id())
+        .map_err(|_| RemoteError::RefNotFound { url: redact(url), reference: reference.into() })
+}
+
+fn update_submodules(repo: &git2::Repository, cancel: &AtomicBool) -> Result<(), RemoteError> {
+    let workdir = repo.workdir().map(Path::display).map(|d| d.to_string()).unwrap_or_default();
+    let err = git_error(&workdir, cancel);
+    for mut submodule in repo.submodules().map_err(&err)? {
+        let url = submodule.url().ok().flatten().unwrap_or_default().to_string();
+        let mut fetch_options = git2::FetchOptions::new();
+        fetch_options.remote_callbacks(callbacks(&url, cancel));
+        let mut options = git2::SubmoduleUpdateOptions::new();
+        options.fetch(fetch_options);
+        submodule.update(true, Some(&mut options)).map_err(git_error(&url, cancel))?;
+        let sub_repo = submodule.open().map_err(git_error(&url, cancel))?;
+        update_submodules(&sub_repo, cancel)?;
+    }
+    Ok(())
+}
+
+// --- tarballs --------------------------------------------------------------------------------
+
+fn download_with_retries(url: &str, to: &Path, cancel: &AtomicBool) -> Result<(), RemoteError> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match download_once(&agent, url, to, cancel) {
+            Ok(()) => return Ok(()),
+            Err(Failure::Cancelled) => return Err(RemoteError::Cancelled),
+            Err(Failure::Permanent(message)) => {
+                return Err(RemoteError::Download { url: redact(url), attempts: attempt, message });
+            }
+            Err(Failure::Transient(message)) if attempt >= DOWNLOAD_ATTEMPTS => {
+                return Err(RemoteError::Download { url: redact(url), attempts: attempt, message });
+            }
+            Err(Failure::Transient(_)) => std::thread::sleep(backoff::delay(attempt - 1)),
+        }
+    }
+}
+
+enum Failure {
+    /// A 4xx answer other than 408/429: asking again will not help.
+    Permanent(String),
+    Transient(String),
+    Cancelled,
+}
+
+fn download_once(
+    agent: &ureq::Agent,
+    url: &str,
+    to: &Path,
+    cancel: &AtomicBool,
+) -> Result<(), Failure> {
+    let response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::StatusCode(code)
+            if (400..500).contains(&code) && code != 408 && code != 429 =>
+        {
+            Failure::Permanent(format!("HTTP {code}"))
+        }
+        ureq::Error::StatusCode(code) => Failure::Transient(format!("HTTP {code}")),
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => Failure::Permanent(e.to_string()),
+        other => Failure::Transient(other.to_string()),
+    })?;
+    let mut body = response.into_body().into_reader();
+    let mut file = File::create(to).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Failure::Cancelled);
+        }
+        let n = body.read(&mut buf).map_err(|e| Failure::Transient(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n]).map_err(|e| Failure::Permanent(e.to_string()))?;
+    }
+    file.sync_all().map_err(|e| Failure::Permanent(e.to_string()))
+}
+
+fn extract(url: &str, archive: &Path, dest: &Path) -> Result<(), RemoteError> {
+    let extract_err = |source| RemoteError::Extract { url: redact(url), source };
+    let mut head = [0u8; 512];
+    let mut file = File::open(archive).map_err(extract_err)?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]).map_err(extract_err)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    let head = &head[..filled];
+    let file = BufReader::new(File::open(archive).map_err(extract_err)?);
+    let not_archive =
+        |detail: &str| RemoteError::NotAnArchive { url: redact(url), detail: detail.into() };
+    let reader: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else if head.starts_with(b"BZh") {
+        Box::new(bzip2::read::MultiBzDecoder::new(file))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        return Err(not_archive("xz compression is not supported"));
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(not_archive("zstd compression is not supported"));
+    } else if head.get(257..262) == Some(b"ustar") {
+        Box::new(file)
+    } else {
+        return Err(not_archive("unrecognised content"));
+    };
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(true);
+    tar.set_overwrite(true);
+    // `unpack` refuses entries that would land outside `dest` (absolute paths, `..`, links).
+    tar.unpack(dest).map_err(extract_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(url: &str, reference: Option<&str>, subdir: Option<&str>) -> Option<Remote> {
+        Some(Remote::Git {
+            url: url.into(),
+            reference: reference.map(Into::into),
+            subdir: subdir.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn detection() {
+        let d = |s: &str| detect(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(d("."), None);
+        assert_eq!(d("sub/dir"), None);
+        assert_eq!(
+            d("https://github.com/o/r.git#main:docker"),
+            git("https://github.com/o/r.git", Some("main"), Some("docker"))
+        );
+        assert_eq!(d("https://github.com/o/r.git"), git("https://github.com/o/r.git", None, None));
+        assert_eq!(
+            d("https://github.com/o/r.git#:sub"),
+            git("https://github.com/o/r.git", None, Some("sub"))
+        );
+        assert_eq!(
+            d("https://github.com/o/r.git#pull/7/head"),
+            git("https://github.com/o/r.git", Some("pull/7/head"), None)
+        );
+        assert_eq!(
+            d("https://dev.azure.com/org/proj/_git/repo#main"),
+            git("https://dev.azure.com/org/proj/_git/repo", Some("main"), None)
+        );
+        assert_eq!(d("git://host/r#v1"), git("git://host/r", Some("v1"), None));
+        assert_eq!(d("github.com/o/r"), git("https://github.com/o/r", None, None));
+        assert_eq!(d("file:///tmp/r"), git("file:///tmp/r", None, None));
+        assert_eq!(
+            d("https://example.com/ctx.tar.gz#ignored"),
+            Some(Remote::Tarball { url: "https://example.com/ctx.tar.gz".into() })
+        );
+        assert!(matches!(detect("oci://reg/a:b"), Err(RemoteError::Unsupported { .. })));
+        assert!(matches!(detect("git@github.com:o/r.git"), Err(RemoteError::Unsupported { .. })));
+        assert!(matches!(
+            detect("https://h/r.git#main:../../etc"),
+            Err(RemoteError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn redaction_and_credentials() {
+        assert_eq!(redact("https://u:secret@h/r.git"), "https://u:***@h/r.git");
+        assert_eq!(redact("https://pat@h/r.git"), "https://***@h/r.git");
+        assert_eq!(redact("https://h/r.git"), "https://h/r.git");
+        assert_eq!(url_credentials("https://u:p@h/x"), (Some("u".into()), Some("p".into())));
+        assert_eq!(url_credentials("https://pat@h/x"), (Some("dummy".into()), Some("pat".into())));
+        assert_eq!(url_credentials("https://h/x"), (None, None));
+    }
+
+    #[test]
+    fn subdir_confinement() {
+        assert!(is_relative_inside("a/b"));
+        assert!(is_relative_inside("a/../b"));
+        assert!(!is_relative_inside("../a"));
+        assert!(!is_relative_inside("/abs"));
+    }
+
+    #[test]
+    fn extraction_by_magic_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plain = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut plain);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(2);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, "Dockerfile", &b"hi"[..]).unwrap();
+            builder.finish().unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bz.write_all(&plain).unwrap();
+        let bz = bz.finish().unwrap();
+        for (name, bytes) in [("plain", &plain), ("gz", &gz), ("bz", &bz)] {
+            let archive = dir.path().join(name);
+            fs::write(&archive, bytes).unwrap();
+            let dest = dir.path().join(format!("{name}-out"));
+            fs::create_dir(&dest).unwrap();
+            extract("u", &archive, &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(fs::read(dest.join("Dockerfile")).unwrap(), b"hi", "{name}");
+        }
+        let archive = dir.path().join("text");
+        fs::write(&archive, "FROM busybox\n").unwrap();
+        assert!(matches!(
+            extract("u", &archive, dir.path()),
+            Err(RemoteError::NotAnArchive { .. })
+        ));
+        fs::write(&archive, [0xfd, b'7', b'z', b'X', b'Z', 0x00, 1, 2]).unwrap();
+        let err = extract("u", &archive, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("xz"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod git_tests {
+    use super::*;
+
+    fn commit_all(repo: &git2::Repository, message: &str) -> git2::Oid {
+        let mut index = repo.index().unwrap();
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).unwrap()
+    }
+
+    #[test]
+    fn fetch_refs_from_a_local_repository() {
+        let origin = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(origin.path()).unwrap();
+        fs::write(origin.path().join("f"), "1").unwrap();
+        let c1 = commit_all(&repo, "one");
+        repo.tag_lightweight("v1", &repo.find_object(c1, None).unwrap(), false).unwrap();
+        fs::write(origin.path().join("f"), "2").unwrap();
+        let c2 = commit_all(&repo, "two");
+        // A pull-request head, as GitHub advertises it.
+        fs::write(origin.path().join("f"), "3").unwrap();
+        let pr = {
+            let mut index = repo.index().unwrap();
+            index.add_path(Path::new("f")).unwrap();
+            let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+            let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+            let head = repo.head().unwrap().peel_to_commit().unwrap();
+            repo.commit(Some("refs/pull/7/head"), &sig, &sig, "pr", &tree, &[&head]).unwrap()
+        };
+        let url = format!("file://{}", origin.path().display());
+        let cancel = AtomicBool::new(false);
+        let short = c1.to_string()[..8].to_string();
+        for (reference, want) in
+            [(Some("v1"), c1), (None, c2), (Some(short.as_str()), c1), (Some("pull/7/head"), pr)]
+        {
+            let dest = tempfile::tempdir().unwrap();
+            let got = git_fetch(&url, reference, dest.path(), &cancel)
+                .unwrap_or_else(|e| panic!("{reference:?}: {e}"));
+            assert_eq!(got, want.to_string(), "{reference:?}");
+        }
+        let dest = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            git_fetch(&url, Some("nope"), dest.path(), &cancel),
+            Err(RemoteError::RefNotFound { .. })
+        ));
+        let cancelled = AtomicBool::new(true);
+        assert!(matches!(
+            git_fetch(&url, None, dest.path(), &cancelled),
+            Err(RemoteError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn submodules_are_checked_out() {
+        let lib = tempfile::tempdir().unwrap();
+        let lib_repo = git2::Repository::init(lib.path()).unwrap();
+        fs::write(lib.path().join("lib.txt"), "library").unwrap();
+        commit_all(&lib_repo, "lib");
+        let lib_url = format!("file://{}", lib.path().display());
+
+        let app = tempfile::tempdir().unwrap();
+        let app_repo = git2::Repository::init(app.path()).unwrap();
+        fs::write(app.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let mut submodule = app_repo.submodule(&lib_url, Path::new("libs/lib"), true).unwrap();
+        submodule.clone(None).unwrap();
+        submodule.add_finalize().unwrap();
+        commit_all(&app_repo, "app");
+
+        let dest = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", app.path().display());
+        git_fetch(&url, None, dest.path(), &AtomicBool::new(false)).unwrap();
+        assert_eq!(fs::read_to_string(dest.path().join("libs/lib/lib.txt")).unwrap(), "library");
+    }
+}

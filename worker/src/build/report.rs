@@ -1,0 +1,184 @@
+//! The dependency report (§6.3): one entry per `-t` of a build step (one with `"image": null` for
+//! an untagged build), in the JSON shape ACR's engine prints after a successful run.
+//!
+//! The shape is ACR's (`acr-builder` `image.Dependencies`): `tag` is left out when empty,
+//! `digest` is always present (empty until known), `git` carries the head revision. Docker Hub
+//! images are reported as registry `registry.hub.docker.com`, repository `library/<name>` for
+//! official images, and `reference` is the image as written with `:latest` added when it has
+//! neither tag nor digest. One deliberate difference: an empty `buildtime-dependency` is `[]`, not
+//! ACR's `null` (Go's nil slice); `null` is still accepted when reading.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::image_ref::{DOCKER_HUB_REPORT_REGISTRY, ImageRef};
+use crate::push::Pushed;
+
+/// One report entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    /// The built image (one of the step's tags); `None` for an untagged build.
+    pub image: Option<ImageReference>,
+    /// The image the built stage starts from; `None` for `FROM scratch` or when unresolved.
+    #[serde(rename = "runtime-dependency")]
+    pub runtime: Option<ImageReference>,
+    #[serde(rename = "buildtime-dependency", default, deserialize_with = "null_as_empty")]
+    pub buildtime: Vec<ImageReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitReference>,
+}
+
+/// An image in the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageReference {
+    pub registry: String,
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+    /// `sha256:…`, or empty when not known (not pushed, or no registry digest locally).
+    #[serde(default)]
+    pub digest: String,
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitReference {
+    /// The commit the context came from; empty when the context is not a Git checkout.
+    #[serde(rename = "git-head-revision")]
+    pub head_revision: String,
+}
+
+impl ImageReference {
+    pub fn from_ref(image: &ImageRef) -> Self {
+        let untagged = image.tag.is_none() && image.digest.is_none();
+        let reference = if untagged { format!("{image}:latest") } else { image.to_string() };
+        Self {
+            registry: if image.is_docker_hub() {
+                DOCKER_HUB_REPORT_REGISTRY.to_string()
+            } else {
+                image.registry_host().to_string()
+            },
+            repository: image.repository(),
+            tag: match (&image.tag, untagged) {
+                (Some(tag), _) => tag.clone(),
+                (None, true) => "latest".to_string(),
+                (None, false) => String::new(),
+            },
+            digest: image.digest.clone().unwrap_or_default(),
+            reference,
+        }
+    }
+
+    /// Whether `image` (as a push step or `-t` names it) is this image.
+    pub fn is(&self, image: &str) -> bool {
+        match ImageRef::parse(image) {
+            Ok(parsed) => {
+                let other = Self::from_ref(&parsed);
+                other.registry == self.registry
+                    && other.repository == self.repository
+                    && other.tag == self.tag
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Dependency {
+    /// The same entry with the built image's registry digest (known after a push).
+    pub fn with_digest(mut self, digest: impl Into<String>) -> Self {
+        if let Some(image) = &mut self.image {
+            image.digest = digest.into();
+        }
+        self
+    }
+}
+
+/// Fills `image.digest` of every entry whose image was pushed.
+pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
+    for dep in deps {
+        if let Some(image) = &mut dep.image
+            && let Some(p) = pushed.iter().find(|p| image.is(&p.image))
+        {
+            image.digest = p.digest.clone();
+        }
+    }
+}
+
+/// The report as the single JSON line ACR prints after `The following dependencies were found:`.
+pub fn report_json(deps: &[Dependency]) -> String {
+    // Serialising plain strings and vectors cannot fail; an empty report is the safe fallback.
+    serde_json::to_string(deps).unwrap_or_else(|_| "[]".to_string())
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ImageReference>, D::Error> {
+    Ok(Option::<Vec<ImageReference>>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(s: &str) -> ImageReference {
+        ImageReference::from_ref(&ImageRef::parse(s).unwrap())
+    }
+
+    #[test]
+    fn normalisation_matches_acr() {
+        let r = reference("busybox");
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str(), r.reference.as_str()),
+            ("registry.hub.docker.com", "library/busybox", "latest", "busybox:latest")
+        );
+        let r = reference("myuser/app:1");
+        assert_eq!((r.repository.as_str(), r.tag.as_str()), ("myuser/app", "1"));
+        let r = reference("myreg.azurecr.io/app:ca1");
+        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("myreg.azurecr.io", "app"));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let r = reference(&format!("alpine@{digest}"));
+        assert_eq!((r.tag.as_str(), r.digest.as_str()), ("", digest.as_str()));
+        assert_eq!(r.reference, format!("alpine@{digest}"));
+    }
+
+    #[test]
+    fn json_shape() {
+        let dep = Dependency {
+            image: Some(reference("myreg.azurecr.io/app:ca1")),
+            runtime: Some(reference("alpine:3.20")),
+            buildtime: vec![reference("golang:1.22")],
+            git: Some(GitReference { head_revision: "abc".into() }),
+        }
+        .with_digest("sha256:1");
+        let json = report_json(std::slice::from_ref(&dep));
+        assert_eq!(
+            json,
+            r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
+        );
+        let back: Vec<Dependency> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, [dep]);
+        let acr = r#"[{"image":null,"runtime-dependency":null,"buildtime-dependency":null}]"#;
+        let parsed: Vec<Dependency> = serde_json::from_str(acr).unwrap();
+        assert!(parsed[0].buildtime.is_empty() && parsed[0].git.is_none());
+    }
+
+    #[test]
+    fn pushed_digests_are_matched_by_image() {
+        let mut deps = vec![
+            Dependency {
+                image: Some(reference("127.0.0.1:5000/a")),
+                runtime: None,
+                buildtime: vec![],
+                git: None,
+            },
+            Dependency {
+                image: Some(reference("127.0.0.1:5000/a:v2")),
+                runtime: None,
+                buildtime: vec![],
+                git: None,
+            },
+        ];
+        let pushed =
+            [Pushed { image: "127.0.0.1:5000/a:latest".into(), digest: "sha256:x".into() }];
+        fill_pushed_digests(&mut deps, &pushed);
+        assert_eq!(deps[0].image.as_ref().map(|i| i.digest.as_str()), Some("sha256:x"));
+        assert_eq!(deps[1].image.as_ref().map(|i| i.digest.as_str()), Some(""));
+    }
+}

@@ -1,6 +1,7 @@
 //! The `kiln` command line: argument parsing and dispatch. Commands live in their own modules
 //! and call the library; nothing here knows a task file's rules.
 
+mod exec;
 mod task_file;
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ enum Command {
     Validate(task_file::ValidateArgs),
     /// Show a task file as one run would see it: the rendered text and the step graph.
     Render(task_file::RenderArgs),
+    /// Run a task file on the local Docker engine, without a server (like ACR's `acb exec`).
+    Exec(exec::ExecArgs),
 }
 
 /// How results are printed.
@@ -40,6 +43,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => task_file::validate(args, cli.config.as_deref()),
         Command::Render(args) => task_file::render(args, cli.config.as_deref()),
+        Command::Exec(args) => exec::exec(args, cli.config.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -39,7 +39,7 @@ pub struct RenderArgs {
 
 /// A task file and everything it renders with.
 #[derive(Debug, Args)]
-struct TaskFileArgs {
+pub(super) struct TaskFileArgs {
     /// The task file; `-` reads it from standard input.
     #[arg(short = 'f', long = "file", value_name = "FILE", default_value = "acb.yaml")]
     file: PathBuf,
@@ -57,13 +57,13 @@ struct TaskFileArgs {
     secrets: Vec<String>,
     /// Treat warnings as errors.
     #[arg(long)]
-    strict: bool,
-    /// The run ID templates see as `{{.Run.ID}}` (default: the first ID of the configured prefix).
+    pub(super) strict: bool,
+    /// The run ID templates see as `{{.Run.ID}}` (default: the configured prefix and the clock).
     #[arg(long, value_name = "ID")]
     run_id: Option<String>,
     /// The registry templates see as `{{.Run.Registry}}`.
     #[arg(long, value_name = "HOST[:PORT]")]
-    registry: Option<String>,
+    pub(super) registry: Option<String>,
     /// `{{.Run.Commit}}`.
     #[arg(long)]
     commit: Option<String>,
@@ -78,17 +78,17 @@ struct TaskFileArgs {
 }
 
 /// The inputs of one load, read from files and flags.
-struct Inputs {
-    name: String,
+pub(super) struct Inputs {
+    pub(super) name: String,
     text: String,
     data: TemplateData,
-    masked: Vec<String>,
+    pub(super) masked: Vec<String>,
     images: BTreeMap<String, String>,
     base_dir: PathBuf,
 }
 
 impl TaskFileArgs {
-    fn inputs(&self, config_path: Option<&Path>) -> anyhow::Result<Inputs> {
+    pub(super) fn inputs(&self, config_path: Option<&Path>) -> anyhow::Result<Inputs> {
         let config = match config_path {
             Some(p) => Config::load(p)?,
             None => Config::default(),
@@ -129,7 +129,12 @@ impl TaskFileArgs {
 
         let run_id = match &self.run_id {
             Some(id) => RunId::new(id.clone()),
-            None => format_run_id(&config.run_id_prefix, 1),
+            // No server issues IDs here: the clock in milliseconds keeps local runs unique and
+            // increasing, so two `kiln exec` runs on one engine never share names.
+            None => {
+                let now = chrono::Utc::now().timestamp_millis();
+                format_run_id(&config.run_id_prefix, u64::try_from(now).unwrap_or_default())
+            }
         };
         let mut run = RunVars::new(run_id, chrono::Utc::now());
         if let Some(r) = self.registry.clone().or(config.default_registry.clone()) {
@@ -154,7 +159,7 @@ impl TaskFileArgs {
     }
 }
 
-fn check(inputs: &Inputs, strict: bool) -> Result<Planned, Diagnostics> {
+pub(super) fn check(inputs: &Inputs, strict: bool) -> Result<Planned, Diagnostics> {
     let opts = LoadOptions {
         data: &inputs.data,
         images: &inputs.images,
@@ -164,13 +169,13 @@ fn check(inputs: &Inputs, strict: bool) -> Result<Planned, Diagnostics> {
     plan_file(&inputs.text, &opts, inputs.masked.clone(), strict)
 }
 
-fn print_diagnostics(name: &str, diags: &Diagnostics) {
+pub(super) fn print_diagnostics(name: &str, diags: &Diagnostics) {
     for d in diags.iter() {
         eprintln!("{}", d.display(name));
     }
 }
 
-fn summary(diags: &Diagnostics) -> String {
+pub(super) fn summary(diags: &Diagnostics) -> String {
     let errors = diags.iter().filter(|d| d.is_error()).count();
     let warnings = diags.iter().count() - errors;
     let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });

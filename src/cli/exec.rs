@@ -1,0 +1,247 @@
+//! `kiln exec`: run a task file on the local Docker engine, without a server, like ACR's
+//! `acb exec`. Logs are printed as they arrive, prefixed by step ID; the run ends with a
+//! per-step summary and the dependency report.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use kiln_worker::plan::{RegistryCredential, StepId};
+use kiln_worker::{Engine, Event, LogStream, RunOptions, RunStatus, RunSummary, StepStatus};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::task_file::{TaskFileArgs, check, print_diagnostics, summary};
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    task: TaskFileArgs,
+    /// The build context copied into the run's /workspace; `/dev/null` (or none) for no context.
+    #[arg(value_name = "CONTEXT")]
+    context: Option<PathBuf>,
+    /// User name for the --registry login.
+    #[arg(long, value_name = "USER", requires = "registry")]
+    registry_user: Option<String>,
+    /// Read the --registry password from standard input.
+    #[arg(long, requires = "registry_user")]
+    registry_password_stdin: bool,
+    /// Where run workspaces are created (default: the system temp directory).
+    #[arg(long, value_name = "DIR")]
+    workspace_root: Option<PathBuf>,
+    /// Limit on the whole run, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+}
+
+pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if args.registry_user.is_some() && !args.registry_password_stdin {
+        bail!(
+            "--registry-user needs --registry-password-stdin (passwords are never taken as arguments)"
+        );
+    }
+    let mut inputs = args.task.inputs(config)?;
+    let password = if args.registry_password_stdin {
+        let mut password = String::new();
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .context("reading the registry password from stdin")?;
+        Some(password.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        None
+    };
+    if let Some(p) = &password
+        && !p.is_empty()
+    {
+        inputs.masked.push(p.clone());
+    }
+    let mut planned = match check(&inputs, args.task.strict) {
+        Ok(planned) => planned,
+        Err(diags) => {
+            print_diagnostics(&inputs.name, &diags);
+            eprintln!("{}: invalid ({})", inputs.name, summary(&diags));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    print_diagnostics(&inputs.name, &planned.diagnostics);
+    if let (Some(registry), Some(username), Some(password)) =
+        (&args.task.registry, &args.registry_user, password)
+    {
+        planned.plan.credentials.push(RegistryCredential {
+            registry: registry.clone(),
+            username: username.clone(),
+            password,
+        });
+    }
+    let context = args.context.filter(|c| c != Path::new("/dev/null"));
+    if let Some(c) = &context
+        && !c.is_dir()
+    {
+        bail!("the context {} is not a directory", c.display());
+    }
+    let mut options = RunOptions::new(
+        args.workspace_root.unwrap_or_else(|| std::env::temp_dir().join("kiln-runs")),
+    );
+    options.context_dir = context;
+    options.timeout = args.timeout.map(Duration::from_secs);
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let status = runtime.block_on(run(planned.plan, options))?;
+    Ok(if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn run(plan: kiln_worker::plan::Plan, options: RunOptions) -> anyhow::Result<RunStatus> {
+    let engine = Engine::connect().await?;
+    let cancel = CancellationToken::new();
+    let on_ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nCanceling the run (Ctrl-C)...");
+            on_ctrl_c.cancel();
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(64);
+    let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
+    let printer = tokio::spawn(async move {
+        let mut out = Printer::new(&order);
+        while let Some(event) = rx.recv().await {
+            out.event(event);
+        }
+        out
+    });
+    let summary = kiln_worker::execute(&engine, &plan, options, tx, cancel).await;
+    let out = printer.await.context("the log printer stopped")?;
+    out.finish(&summary);
+    Ok(summary.status)
+}
+
+/// Turns the event stream into lines on the terminal: `step | text`, one colour per step.
+struct Printer {
+    colour: bool,
+    width: usize,
+    palette: HashMap<StepId, usize>,
+    /// Output of each step and stream that has not reached a newline yet.
+    partial: HashMap<(Option<StepId>, LogStream), Vec<u8>>,
+    reports: Vec<serde_json::Value>,
+    pushed: HashMap<String, String>,
+}
+
+impl Printer {
+    fn new(order: &[StepId]) -> Self {
+        Self {
+            colour: std::io::stdout().is_terminal(),
+            width: order.iter().map(|s| s.as_str().len()).max().unwrap_or(0),
+            palette: order.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
+            partial: HashMap::new(),
+            reports: Vec::new(),
+            pushed: HashMap::new(),
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Log { step, stream, data } => {
+                let buffer = self.partial.entry((step.clone(), stream)).or_default();
+                buffer.extend_from_slice(&data);
+                if let Some(end) = buffer.iter().rposition(|&b| b == b'\n') {
+                    let lines: Vec<u8> = buffer.drain(..=end).collect();
+                    for line in lines[..end].split(|&b| b == b'\n') {
+                        self.line(step.as_ref(), &String::from_utf8_lossy(line));
+                    }
+                }
+            }
+            Event::DependencyReport { report, .. } => self.reports.push(report),
+            Event::ImagePushed { image, digest, .. } => {
+                self.pushed.insert(image, digest);
+            }
+            _ => {}
+        }
+    }
+
+    fn line(&self, step: Option<&StepId>, text: &str) {
+        let name = step.map_or("kiln", StepId::as_str);
+        let mut stdout = std::io::stdout().lock();
+        let result = if self.colour {
+            let colour = step.and_then(|s| self.palette.get(s)).map_or(37, |i| 31 + (i % 6));
+            writeln!(stdout, "\x1b[{colour}m{name:<w$}\x1b[0m | {text}", w = self.width)
+        } else {
+            writeln!(stdout, "{name:<w$} | {text}", w = self.width)
+        };
+        // A closed stdout (a pipe to `head`) must not abort the run: the run still cleans up.
+        let _ = result;
+    }
+
+    fn finish(mut self, summary: &RunSummary) {
+        let rest: Vec<(Option<StepId>, Vec<u8>)> =
+            self.partial.drain().map(|((step, _), bytes)| (step, bytes)).collect();
+        for (step, bytes) in rest {
+            if !bytes.is_empty() {
+                self.line(step.as_ref(), &String::from_utf8_lossy(&bytes));
+            }
+        }
+        println!();
+        println!(
+            "{:<w$}  {:<10}  {:>9}  {:>4}",
+            "STEP",
+            "STATUS",
+            "DURATION",
+            "EXIT",
+            w = self.width.max(4)
+        );
+        for step in &summary.steps {
+            let status = match step.status {
+                StepStatus::Successful => "successful",
+                StepStatus::Failed => "failed",
+                StepStatus::Ignored => "ignored",
+                StepStatus::Skipped => "skipped",
+                StepStatus::Canceled => "canceled",
+            };
+            let exit = step.exit_code.map_or_else(|| "-".to_string(), |c| c.to_string());
+            println!(
+                "{:<w$}  {status:<10}  {:>8.2}s  {exit:>4}",
+                step.id.as_str(),
+                step.elapsed.as_secs_f64(),
+                w = self.width.max(4)
+            );
+        }
+        if summary.status == RunStatus::Succeeded && !self.reports.is_empty() {
+            let mut entries: Vec<serde_json::Value> = self
+                .reports
+                .into_iter()
+                .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+                .collect();
+            for entry in &mut entries {
+                let reference =
+                    entry["image"]["reference"].as_str().unwrap_or_default().to_string();
+                if let Some(digest) = self.pushed.get(&reference) {
+                    entry["image"]["digest"] = serde_json::Value::String(digest.clone());
+                }
+            }
+            println!("\nThe following dependencies were found:");
+            println!("{}", serde_json::Value::Array(entries));
+        }
+        let elapsed = summary.elapsed.as_secs();
+        match (&summary.status, &summary.error) {
+            (RunStatus::Succeeded, _) => {
+                println!("\nRun ID: {} was successful after {elapsed}s", summary.run_id)
+            }
+            (status, error) => eprintln!(
+                "\nRun ID: {} {} after {elapsed}s. Error: {}",
+                summary.run_id,
+                match status {
+                    RunStatus::Canceled => "was canceled",
+                    RunStatus::Timeout => "timed out",
+                    _ => "failed",
+                },
+                error.as_deref().unwrap_or("unknown")
+            ),
+        }
+        for e in &summary.cleanup_errors {
+            eprintln!("warning: cleanup: {e}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `kiln exec` end to end, on the real engine and registries that `scripts/test-env.sh` starts:
+//! every example runs, failures and Ctrl-C end the way ACR's `acb exec` does, and nothing the
+//! run created is left on the engine.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn setting(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+fn registry() -> String {
+    setting("KILN_TEST_REGISTRY", "127.0.0.1:5000")
+}
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn run_id(name: &str) -> String {
+    format!("x{}{name}", std::process::id())
+}
+
+/// Containers, networks and volumes the engine still has for `run`.
+fn leftovers(run: &str) -> String {
+    let filter = format!("label=kiln.run={run}");
+    let mut found = String::new();
+    for what in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"]] {
+        let out = Command::new("docker")
+            .args(what)
+            .args(["--filter", &filter])
+            .output()
+            .expect("docker CLI");
+        found.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    found
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn every_example_runs() {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("acb.yaml").exists())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().replace(['-', '_'], "");
+        let run = run_id(&name);
+        let mut cmd = kiln();
+        cmd.args(["exec", "-f"]).arg(dir.join("acb.yaml")).arg(&dir);
+        cmd.args(["--registry", &registry(), "--run-id", &run]);
+        if dir.join("values.yaml").exists() {
+            cmd.arg("--values").arg(dir.join("values.yaml"));
+        }
+        let out = cmd.output().expect("run kiln");
+        let all = text(&out);
+        assert!(out.status.success(), "{}:\n{all}", dir.display());
+        assert!(all.contains(&format!("Run ID: {run} was successful after")), "{all}");
+        assert_eq!(leftovers(&run), "", "{} left objects behind", dir.display());
+    }
+}
+
+fn write_task(dir: &Path, yaml: &str) -> PathBuf {
+    let file = dir.join("acb.yaml");
+    std::fs::write(&file, yaml).expect("task file");
+    file
+}
+
+#[test]
+fn a_failing_step_fails_the_run_with_its_id_and_a_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_task(
+        dir.path(),
+        "steps:\n  - id: ok\n    cmd: busybox echo fine\n  - id: broken\n    cmd: busybox sh -c 'echo on stderr >&2; exit 3'\n  - id: never\n    cmd: busybox true\n",
+    );
+    let run = run_id("fail");
+    let out =
+        kiln().args(["exec", "-f"]).arg(&file).args(["--run-id", &run]).output().expect("kiln");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("ok     | fine"), "{all}");
+    assert!(all.contains("broken | on stderr"), "{all}");
+    assert!(all.contains(&format!("Run ID: {run} failed after")), "{all}");
+    assert!(all.contains("failed to run step ID: broken"), "{all}");
+    assert!(
+        all.lines().any(|l| l.starts_with("broken") && l.contains("failed") && l.ends_with(" 3")),
+        "{all}"
+    );
+    assert!(all.lines().any(|l| l.starts_with("never") && l.contains("skipped")), "{all}");
+    assert_eq!(leftovers(&run), "");
+}
+
+#[test]
+fn ctrl_c_cancels_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_task(
+        dir.path(),
+        "steps:\n  - id: web\n    cmd: busybox httpd -f -p 8080\n    detach: true\n  - id: long\n    cmd: busybox sh -c 'echo ready; sleep 300'\n",
+    );
+    let run = run_id("ctrlc");
+    let mut child = kiln()
+        .args(["exec", "-f"])
+        .arg(&file)
+        .args(["--run-id", &run])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.ends_with("| ready") {
+            break;
+        }
+    }
+    assert!(seen.contains("ready"), "{seen}");
+    let status =
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().expect("wait");
+    let all = format!("{seen}{}\n{}", rest.join("\n"), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("was canceled"), "{all}");
+    assert_eq!(leftovers(&run), "", "{all}");
+}
+
+#[test]
+fn push_with_credentials_and_with_wrong_ones() {
+    let auth = setting("KILN_TEST_AUTH_REGISTRY", "127.0.0.1:5001");
+    let user = setting("KILN_TEST_REGISTRY_USER", "kiln");
+    let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), "FROM busybox:latest\nRUN echo built > /built\n")
+        .unwrap();
+    let file = write_task(
+        dir.path(),
+        "version: v1.1.0\nsteps:\n  - id: build\n    build: -t $Registry/kiln-exec-test:$ID .\n  - push: [\"$Registry/kiln-exec-test:$ID\"]\n",
+    );
+    let exec = |run: &str, password: &str| {
+        let mut child = kiln()
+            .args(["exec", "-f"])
+            .arg(&file)
+            .arg(dir.path())
+            .args([
+                "--run-id",
+                run,
+                "--registry",
+                &auth,
+                "--registry-user",
+                &user,
+                "--registry-password-stdin",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kiln");
+        child.stdin.take().expect("stdin").write_all(password.as_bytes()).expect("password");
+        child.wait_with_output().expect("wait")
+    };
+
+    let run = run_id("pushok");
+    let out = exec(&run, &password);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("The following dependencies were found:"), "{all}");
+    assert!(all.contains(&format!("\"reference\":\"{auth}/kiln-exec-test:{run}\"")), "{all}");
+    assert!(all.contains("\"digest\":\"sha256:"), "{all}");
+    assert!(!all.contains(&password), "the password reached the output:\n{all}");
+
+    let run = run_id("pushbad");
+    let out = exec(&run, "wrong-password");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("{auth}/kiln-exec-test:{run}")) && all.contains("unauthorized"),
+        "{all}"
+    );
+    assert_eq!(leftovers(&run), "");
+}

@@ -3,7 +3,7 @@
 //! per-step summary and the dependency report.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::{BufWriter, IsTerminal as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -119,6 +119,9 @@ async fn run(plan: kiln_worker::plan::Plan, options: RunOptions) -> anyhow::Resu
     Ok(summary.status)
 }
 
+/// Output held back waiting for a newline, at most.
+const MAX_PARTIAL_LINE: usize = 64 * 1024;
+
 /// Turns the event stream into lines on the terminal: `step | text`, one colour per step.
 struct Printer {
     colour: bool,
@@ -147,12 +150,23 @@ impl Printer {
             Event::Log { step, stream, data } => {
                 let buffer = self.partial.entry((step.clone(), stream)).or_default();
                 buffer.extend_from_slice(&data);
-                if let Some(end) = buffer.iter().rposition(|&b| b == b'\n') {
-                    let lines: Vec<u8> = buffer.drain(..=end).collect();
-                    for line in lines[..end].split(|&b| b == b'\n') {
-                        self.line(step.as_ref(), &String::from_utf8_lossy(line));
-                    }
+                // A whole line is printed at once; output without newlines is printed in pieces
+                // so one endless line cannot fill memory.
+                let end = match buffer.iter().rposition(|&b| b == b'\n') {
+                    Some(end) => end,
+                    None if buffer.len() >= MAX_PARTIAL_LINE => buffer.len(),
+                    None => return,
+                };
+                let lines: Vec<u8> = buffer.drain(..end.min(buffer.len() - 1) + 1).collect();
+                let lines = lines.strip_suffix(b"\n").unwrap_or(&lines);
+                // One write per event, not per line: a step printing 200 MB must not cost a
+                // system call a line.
+                let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+                for line in lines.split(|&b| b == b'\n') {
+                    self.line(&mut out, step.as_ref(), &String::from_utf8_lossy(line));
                 }
+                // A closed stdout (a pipe to `head`) must not abort the run: it still cleans up.
+                let _ = out.flush();
             }
             Event::DependencyReport { report, .. } => self.reports.push(report),
             Event::ImagePushed { image, digest, .. } => {
@@ -162,27 +176,26 @@ impl Printer {
         }
     }
 
-    fn line(&self, step: Option<&StepId>, text: &str) {
+    fn line(&self, out: &mut impl Write, step: Option<&StepId>, text: &str) {
         let name = step.map_or("kiln", StepId::as_str);
-        let mut stdout = std::io::stdout().lock();
-        let result = if self.colour {
+        let _ = if self.colour {
             let colour = step.and_then(|s| self.palette.get(s)).map_or(37, |i| 31 + (i % 6));
-            writeln!(stdout, "\x1b[{colour}m{name:<w$}\x1b[0m | {text}", w = self.width)
+            writeln!(out, "\x1b[{colour}m{name:<w$}\x1b[0m | {text}", w = self.width)
         } else {
-            writeln!(stdout, "{name:<w$} | {text}", w = self.width)
+            writeln!(out, "{name:<w$} | {text}", w = self.width)
         };
-        // A closed stdout (a pipe to `head`) must not abort the run: the run still cleans up.
-        let _ = result;
     }
 
     fn finish(mut self, summary: &RunSummary) {
         let rest: Vec<(Option<StepId>, Vec<u8>)> =
             self.partial.drain().map(|((step, _), bytes)| (step, bytes)).collect();
+        let mut out = std::io::stdout().lock();
         for (step, bytes) in rest {
             if !bytes.is_empty() {
-                self.line(step.as_ref(), &String::from_utf8_lossy(&bytes));
+                self.line(&mut out, step.as_ref(), &String::from_utf8_lossy(&bytes));
             }
         }
+        drop(out);
         println!();
         println!(
             "{:<w$}  {:<10}  {:>9}  {:>4}",

@@ -6,12 +6,13 @@
 //! as the Docker CLI does.
 
 use bollard::Docker;
-use bollard::auth::DockerCredentials;
 use bollard::models::CreateImageInfo;
 use bollard::query_parameters::CreateImageOptions;
 use futures_util::StreamExt;
 
+use crate::auth;
 use crate::event::Events;
+use crate::image_ref::ImageRef;
 use crate::plan::{RegistryCredential, StepId};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,48 +25,6 @@ pub enum ImageError {
         #[source]
         source: bollard::errors::Error,
     },
-}
-
-/// Docker Hub's names; credentials for any of them apply to images without a registry host.
-const DOCKER_HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-
-/// `busybox` → `busybox:latest`; references with a tag or digest are kept.
-pub(crate) fn with_default_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || last.contains('@') {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
-    }
-}
-
-/// The registry an image reference points at: its first path component when that looks like
-/// a host (has a `.` or `:`, or is `localhost`), else Docker Hub, as the Docker CLI decides.
-pub(crate) fn registry_host(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => DOCKER_HUB[0],
-    }
-}
-
-/// The run's login for `image`'s registry, if it has one.
-pub(crate) fn credentials_for(
-    image: &str,
-    credentials: &[RegistryCredential],
-) -> Option<DockerCredentials> {
-    let host = registry_host(image);
-    let hub = DOCKER_HUB.contains(&host);
-    credentials
-        .iter()
-        .find(|c| c.registry == host || (hub && DOCKER_HUB.contains(&c.registry.as_str())))
-        .map(|c| DockerCredentials {
-            username: Some(c.username.clone()),
-            password: Some(c.password.clone()),
-            serveraddress: Some(c.registry.clone()),
-            ..Default::default()
-        })
 }
 
 pub(crate) async fn is_present(docker: &Docker, image: &str) -> Result<bool, ImageError> {
@@ -88,11 +47,13 @@ pub(crate) async fn pull(
     events: &Events,
     step: &StepId,
 ) -> Result<(), ImageError> {
-    let image = with_default_tag(image);
+    let parsed = ImageRef::parse(image)
+        .map_err(|e| ImageError::Pull { image: image.to_string(), message: e.to_string() })?;
+    let login = auth::for_host(credentials, parsed.registry_host());
+    let image = parsed.with_default_tag();
     events.system(Some(step), format!("Pulling image: {image}")).await;
     let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
-    let mut progress =
-        docker.create_image(Some(options), None, credentials_for(&image, credentials));
+    let mut progress = docker.create_image(Some(options), None, login);
     while let Some(item) = progress.next().await {
         match item {
             Ok(info) => {
@@ -140,39 +101,6 @@ pub(crate) fn engine_message(error: bollard::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_tags_default_to_latest() {
-        assert_eq!(with_default_tag("busybox"), "busybox:latest");
-        assert_eq!(with_default_tag("busybox:1.36"), "busybox:1.36");
-        assert_eq!(with_default_tag("127.0.0.1:5000/app"), "127.0.0.1:5000/app:latest");
-        assert_eq!(with_default_tag("127.0.0.1:5000/app:v1"), "127.0.0.1:5000/app:v1");
-        assert_eq!(with_default_tag("app@sha256:0123"), "app@sha256:0123");
-    }
-
-    #[test]
-    fn registry_host_follows_the_docker_cli_rule() {
-        assert_eq!(registry_host("busybox:latest"), "docker.io");
-        assert_eq!(registry_host("library/busybox"), "docker.io");
-        assert_eq!(registry_host("127.0.0.1:5001/app:v1"), "127.0.0.1:5001");
-        assert_eq!(registry_host("myreg.azurecr.io/app"), "myreg.azurecr.io");
-        assert_eq!(registry_host("localhost/app"), "localhost");
-    }
-
-    fn cred(registry: &str) -> RegistryCredential {
-        RegistryCredential { registry: registry.into(), username: "u".into(), password: "p".into() }
-    }
-
-    #[test]
-    fn credentials_match_the_image_registry() {
-        let creds = [cred("127.0.0.1:5001"), cred("index.docker.io")];
-        let found = credentials_for("127.0.0.1:5001/app:v1", &creds).expect("login");
-        assert_eq!(found.serveraddress.as_deref(), Some("127.0.0.1:5001"));
-        assert_eq!(found.password.as_deref(), Some("p"));
-        assert!(credentials_for("127.0.0.1:5000/app", &creds).is_none());
-        let hub = credentials_for("busybox", &creds).expect("hub login");
-        assert_eq!(hub.serveraddress.as_deref(), Some("index.docker.io"));
-    }
 
     #[test]
     fn pull_noise_is_dropped() {

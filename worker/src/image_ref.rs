@@ -136,6 +136,15 @@ impl ImageRef {
         }
     }
 
+    /// The reference with `:latest` added when it has neither tag nor digest (ACR's rule, §2.2).
+    pub fn with_default_tag(&self) -> String {
+        if self.tag.is_none() && self.digest.is_none() {
+            format!("{}:latest", self.name())
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Same registry and repository, whatever the spelling (`busybox` = `docker.io/library/busybox`).
     pub fn same_repository(&self, other: &ImageRef) -> bool {
         self.registry_host() == other.registry_host() && self.repository() == other.repository()

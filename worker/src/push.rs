@@ -56,10 +56,7 @@ pub async fn run(
         if parsed.digest.is_some() {
             return Err(PushError::Digest { image: image.clone() });
         }
-        let full = match parsed.tag {
-            Some(_) => image.clone(),
-            None => format!("{image}:latest"),
-        };
+        let full = parsed.with_default_tag();
         if !targets.iter().any(|(seen, _)| *seen == full) {
             targets.push((full, parsed));
         }

@@ -96,6 +96,19 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
 
 async fn run(plan: kiln_worker::plan::Plan, options: RunOptions) -> anyhow::Result<RunStatus> {
     let engine = Engine::connect().await?;
+    // What crashed kiln processes left on this engine goes first; live runs of others stay.
+    match kiln_worker::sweep_orphans(&engine).await {
+        Ok(report) => {
+            let removed = report.containers.len() + report.networks.len() + report.volumes.len();
+            if removed > 0 {
+                eprintln!("kiln: removed {removed} objects left by crashed kiln runs");
+            }
+            for e in report.errors {
+                eprintln!("warning: cleanup of a crashed run: {e}");
+            }
+        }
+        Err(e) => eprintln!("warning: looking for crashed runs' leftovers failed: {e}"),
+    }
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {

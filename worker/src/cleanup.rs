@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 use futures_util::future::join_all;
 
 use crate::engine::Engine;
-use crate::names::RUN_LABEL;
+use crate::names::{self, OWNER_LABEL, RUN_LABEL};
 use crate::plan::RunId;
 
 /// What a sweep removed, by Docker name, and what it could not remove.
@@ -53,7 +53,20 @@ pub async fn sweep(
     engine: &Engine,
     select: impl Fn(&RunId) -> bool + Sync,
 ) -> Result<SweepReport, CleanupError> {
-    sweep_label(engine.docker(), RUN_LABEL.to_string(), &select).await
+    let by_run = |labels: &HashMap<String, String>| {
+        labels.get(RUN_LABEL).is_some_and(|run| select(&RunId::new(run.as_str())))
+    };
+    sweep_label(engine.docker(), RUN_LABEL.to_string(), &by_run).await
+}
+
+/// Removes what runs of dead kiln processes on this host left behind (a crash, a `kill -9`):
+/// every object records its owner process ([`crate::names::OWNER_LABEL`]), so live runs of other
+/// processes sharing the engine are left alone. What a worker does when it starts.
+pub async fn sweep_orphans(engine: &Engine) -> Result<SweepReport, CleanupError> {
+    let orphaned = |labels: &HashMap<String, String>| {
+        labels.get(OWNER_LABEL).is_some_and(|owner| names::owner_is_gone(owner))
+    };
+    sweep_label(engine.docker(), RUN_LABEL.to_string(), &orphaned).await
 }
 
 /// Removes what one run created (the end of every run).
@@ -64,12 +77,10 @@ pub(crate) async fn sweep_run(docker: &Docker, run: &RunId) -> Result<SweepRepor
 async fn sweep_label(
     docker: &Docker,
     label_filter: String,
-    select: &(dyn Fn(&RunId) -> bool + Sync),
+    select: &(dyn Fn(&HashMap<String, String>) -> bool + Sync),
 ) -> Result<SweepReport, CleanupError> {
     let filters = HashMap::from([("label".to_string(), vec![label_filter])]);
-    let selected = |labels: Option<&HashMap<String, String>>| {
-        labels.and_then(|l| l.get(RUN_LABEL)).is_some_and(|run| select(&RunId::new(run.as_str())))
-    };
+    let selected = |labels: Option<&HashMap<String, String>>| labels.is_some_and(select);
     let mut report = SweepReport::default();
 
     let containers = docker

@@ -47,7 +47,7 @@ mod step;
 mod volume;
 pub mod workspace;
 
-pub use cleanup::{SweepReport, sweep};
+pub use cleanup::{SweepReport, sweep, sweep_orphans};
 pub use engine::{Engine, EngineError};
 pub use event::{Event, LogStream, RunStatus, StepStatus};
 pub use run::{RunOptions, RunSummary, StepSummary, execute};

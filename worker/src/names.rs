@@ -18,6 +18,32 @@ pub const STEP_LABEL: &str = "kiln.step";
 /// Label marking short-lived helper containers (secret-volume filling), so logs and sweeps can
 /// tell them from step containers.
 pub const ROLE_LABEL: &str = "kiln.role";
+/// The process that created an object, `<host>/<pid>`, so a later worker can tell a crashed
+/// run's leftovers from a live run of another process on the same engine.
+pub const OWNER_LABEL: &str = "kiln.owner";
+
+/// This process as an owner: `<host>/<pid>`.
+pub(crate) fn owner() -> &'static str {
+    static OWNER: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{}/{}", host_name(), std::process::id()));
+    &OWNER
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether `owner` names a process of this host that no longer runs. Owners on other hosts, or
+/// unreadable ones, are never judged gone: removing a live run would be worse than a leftover.
+pub(crate) fn owner_is_gone(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once('/') else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    host == host_name()
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
 
 /// The network a run creates for itself when the plan declares no default network.
 pub(crate) fn run_network(run: &RunId) -> String {
@@ -51,7 +77,10 @@ pub(crate) fn workspace_dir(run: &RunId) -> String {
 
 /// Labels of a run-wide object (network, volume).
 pub(crate) fn run_labels(run: &RunId) -> HashMap<String, String> {
-    HashMap::from([(RUN_LABEL.to_string(), run.to_string())])
+    HashMap::from([
+        (RUN_LABEL.to_string(), run.to_string()),
+        (OWNER_LABEL.to_string(), owner().to_string()),
+    ])
 }
 
 /// Labels of a step's container.
@@ -59,6 +88,7 @@ pub(crate) fn step_labels(run: &RunId, step: &StepId) -> HashMap<String, String>
     HashMap::from([
         (RUN_LABEL.to_string(), run.to_string()),
         (STEP_LABEL.to_string(), step.to_string()),
+        (OWNER_LABEL.to_string(), owner().to_string()),
     ])
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Engine benchmarks for issue 4, each against a baseline measured in the same run on the same
 # engine:
-#   1. 20 trivial `cmd` steps in a chain:   kiln exec  vs  a shell loop of 20 `docker run --rm`
+#   1. 20 trivial `cmd` steps in a chain:   kiln exec  vs  a shell loop of 20 `docker run --rm`,
+#      plain and with the isolation kiln gives every step (own network, alias, /workspace bind)
 #   2. 10 parallel trivial steps:            kiln exec  vs  10 backgrounded `docker run --rm`
 #   3. a step printing 200 MB:               kiln exec  vs  `docker run --rm` (both to /dev/null),
 #      with kiln's peak RSS
@@ -15,7 +16,8 @@ cargo build --release --bin kiln -q
 kiln=$PWD/target/release/kiln
 image=busybox:latest
 dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
+docker network create kiln-bench >/dev/null
+trap 'rm -rf "$dir"; docker network rm kiln-bench >/dev/null' EXIT
 
 {
   echo "steps:"
@@ -32,7 +34,9 @@ YAML
 
 hyperfine --style basic --warmup 1 --runs "$runs" --export-markdown "$dir/serial.md" \
   -n "kiln exec, 20 chained steps" "$kiln exec -f $dir/serial.yaml >/dev/null" \
-  -n "docker run --rm x20 (shell loop)" "for i in \$(seq 20); do docker run --rm $image true; done"
+  -n "docker run --rm x20 (shell loop)" "for i in \$(seq 20); do docker run --rm $image true; done" \
+  -n "docker run --rm x20, same isolation as kiln" \
+  "for i in \$(seq 20); do docker run --rm --network kiln-bench --network-alias s$i -v $dir:/workspace -w /workspace $image true; done"
 hyperfine --style basic --warmup 1 --runs "$runs" --export-markdown "$dir/parallel.md" \
   -n "kiln exec, 10 parallel steps" "$kiln exec -f $dir/parallel.yaml >/dev/null" \
   -n "docker run --rm x10 (backgrounded)" "for i in \$(seq 10); do docker run --rm $image true & done; wait"

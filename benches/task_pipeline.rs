@@ -10,6 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+/// The allocator the `kiln` binary ships with, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use kiln::config::Config;
 use kiln::plan::plan_file;
 use kiln::render::{RunVars, TemplateData, render};

@@ -144,8 +144,12 @@ pub(crate) async fn run(
     create(docker, name, body).await?;
     let result = attach_start_wait(docker, name, output, stop).await;
     if !keep {
-        // A failed removal is not the step's failure; the run-end sweep retries it.
-        let _ = remove(docker, name).await;
+        // Off the critical path: the next step need not wait for a removal. A failed or
+        // unfinished removal is not the step's failure; the run-end sweep removes it anyway.
+        let (docker, name) = (docker.clone(), name.to_string());
+        tokio::spawn(async move {
+            let _ = remove(&docker, &name).await;
+        });
     }
     result
 }

@@ -150,6 +150,19 @@ mod tests {
         let labels = step_labels(&RunId::new("r 1"), &StepId::new("a/b"));
         assert_eq!(labels[RUN_LABEL], "r 1");
         assert_eq!(labels[STEP_LABEL], "a/b");
-        assert_eq!(run_labels(&RunId::new("r")).len(), 1);
+        assert_eq!(labels[OWNER_LABEL], format!("{}/{}", host_name(), std::process::id()));
+        assert_eq!(run_labels(&RunId::new("r")).len(), 2);
+    }
+
+    #[test]
+    fn only_dead_processes_of_this_host_are_gone() {
+        assert!(!owner_is_gone(owner()));
+        assert!(!owner_is_gone(&format!("{}/1", host_name())), "pid 1 always runs");
+        assert!(!owner_is_gone("another-host/999999999"));
+        assert!(!owner_is_gone("garbage"));
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        assert!(owner_is_gone(&format!("{}/{pid}", host_name())));
     }
 }

@@ -10,6 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bollard::auth::DockerCredentials;
+use bollard::query_parameters::WaitContainerOptions;
 use bollard::query_parameters::{PushImageOptions, RemoveImageOptions, TagImageOptions};
 use common::*;
 use futures_util::StreamExt;
@@ -190,8 +191,13 @@ async fn keep_leaves_the_container_until_the_run_ends() {
         .await
         .expect("kept container still exists");
     assert_eq!(kept_container.state.and_then(|s| s.exit_code), Some(0), "kept container exited");
+    // Removal runs off the step's critical path: wait for it through the engine's own
+    // "removed" condition (an error means it is gone already).
+    let gone_name = container_name(&run, "gone", 1);
+    let removed = WaitContainerOptions { condition: "removed".to_string() };
+    let _ = docker.wait_container(&gone_name, Some(removed)).collect::<Vec<_>>().await;
     assert!(
-        docker.inspect_container(&container_name(&run, "gone", 1), None).await.is_err(),
+        docker.inspect_container(&gone_name, None).await.is_err(),
         "containers without keep are removed after their step"
     );
     live.touch("go");

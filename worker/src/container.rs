@@ -18,6 +18,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::event::{Events, LogStream};
 use crate::image::engine_message;
@@ -140,14 +141,15 @@ pub(crate) async fn run(
     keep: bool,
     output: Output<'_>,
     stop: &CancellationToken,
+    removals: &TaskTracker,
 ) -> Result<Exit, ContainerError> {
     create(docker, name, body).await?;
     let result = attach_start_wait(docker, name, output, stop).await;
     if !keep {
-        // Off the critical path: the next step need not wait for a removal. A failed or
-        // unfinished removal is not the step's failure; the run-end sweep removes it anyway.
+        // Off the critical path: the next step need not wait for a removal. The run awaits
+        // `removals` before its final sweep, which retries any removal that failed.
         let (docker, name) = (docker.clone(), name.to_string());
-        tokio::spawn(async move {
+        removals.spawn(async move {
             let _ = remove(&docker, &name).await;
         });
     }

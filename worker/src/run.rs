@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cleanup;
 use crate::engine::Engine;
@@ -84,6 +85,8 @@ pub(crate) struct RunContext<'a> {
     networks: HashMap<String, String>,
     /// Engine name of the network steps without `network` join.
     default_network: String,
+    /// Container removals running off the steps' critical path; awaited before teardown.
+    pub(crate) removals: TaskTracker,
 }
 
 impl RunContext<'_> {
@@ -126,9 +129,12 @@ pub async fn execute(
                 volumes: SecretVolumes::new(run_id, &plan.volumes),
                 networks: prepared.networks,
                 default_network: prepared.default_network,
+                removals: TaskTracker::new(),
             };
             let (status, error) =
                 drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
+            ctx.removals.close();
+            ctx.removals.wait().await;
             (status, error, Some(prepared.workspace))
         }
     };

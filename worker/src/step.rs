@@ -381,6 +381,7 @@ async fn run_container(
             observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
         },
         stop,
+        &ctx.removals,
     )
     .await
     .map_err(|e| Failure::new(e.to_string()))?;

@@ -289,31 +289,12 @@ mod tests {
 
     fn step() -> PlanStep {
         PlanStep {
-            id: StepId::new("web"),
-            action: Action::Cmd { image: "busybox:latest".into(), args: vec![] },
-            depends_on: vec![],
             env: vec![EnvVar { name: "A".into(), value: "1 2".into() }],
             working_directory: Some("src".into()),
-            entry_point: None,
-            user: None,
-            privileged: false,
-            network: None,
-            ports: vec![],
-            expose: vec![],
-            cpus: None,
-            isolation: None,
-            timeout_secs: 600,
-            start_delay_secs: 0,
-            retries: 0,
-            retry_delay_secs: 5,
-            retry_on_errors: vec![],
-            repeat: 0,
-            ignore_errors: false,
-            detach: false,
-            keep: false,
-            pull: None,
-            volume_mounts: vec![],
-            cache: false,
+            ..PlanStep::new(
+                StepId::new("web"),
+                Action::Cmd { image: "busybox:latest".into(), args: vec![] },
+            )
         }
     }
 

@@ -143,6 +143,40 @@ pub struct PlanStep {
     pub cache: bool,
 }
 
+impl PlanStep {
+    /// A step doing `action` with ACR's defaults (600 s timeout, 5 s retry delay, working
+    /// directory `/workspace`) and nothing else set: the shape of a `--cmd` quick run.
+    pub fn new(id: StepId, action: Action) -> Self {
+        Self {
+            id,
+            action,
+            depends_on: Vec::new(),
+            env: Vec::new(),
+            working_directory: Some("/workspace".to_string()),
+            entry_point: None,
+            user: None,
+            privileged: false,
+            network: None,
+            ports: Vec::new(),
+            expose: Vec::new(),
+            cpus: None,
+            isolation: None,
+            timeout_secs: 600,
+            start_delay_secs: 0,
+            retries: 0,
+            retry_delay_secs: 5,
+            retry_on_errors: Vec::new(),
+            repeat: 0,
+            ignore_errors: false,
+            detach: false,
+            keep: false,
+            pull: None,
+            volume_mounts: Vec::new(),
+            cache: false,
+        }
+    }
+}
+
 /// What a step does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -53,31 +53,12 @@ pub fn sh(id: &str, script: &str) -> PlanStep {
 
 pub fn cmd(id: &str, args: &[&str]) -> PlanStep {
     PlanStep {
-        id: StepId::new(id),
-        action: Action::Cmd { image: image(), args: args.iter().map(|a| a.to_string()).collect() },
-        depends_on: vec![],
-        env: vec![],
-        working_directory: Some("/workspace".into()),
-        entry_point: None,
-        user: None,
-        privileged: false,
-        network: None,
-        ports: vec![],
-        expose: vec![],
-        cpus: None,
-        isolation: None,
         timeout_secs: 120,
-        start_delay_secs: 0,
-        retries: 0,
         retry_delay_secs: 0,
-        retry_on_errors: vec![],
-        repeat: 0,
-        ignore_errors: false,
-        detach: false,
-        keep: false,
-        pull: None,
-        volume_mounts: vec![],
-        cache: false,
+        ..PlanStep::new(
+            StepId::new(id),
+            Action::Cmd { image: image(), args: args.iter().map(|a| a.to_string()).collect() },
+        )
     }
 }
 

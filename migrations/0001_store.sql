@@ -1,5 +1,6 @@
--- kiln store, schema 1. Plain SQL that PostgreSQL also accepts (BIGINT/TEXT/BOOLEAN only):
--- times are Unix milliseconds (UTC), JSON is TEXT, enums are TEXT.
+-- kiln store, schema 1 (SQLite). Kept to BIGINT/TEXT/BOOLEAN so a PostgreSQL twin of this file
+-- differs only in `BLOB` → `BYTEA`: times are Unix milliseconds (UTC), JSON is TEXT, enums are
+-- TEXT. sqlx checksums applied migrations: never edit a released file, add the next one.
 
 -- The run-ID counter lives in its own row so it survives deleting runs and never goes back.
 CREATE TABLE run_counter (

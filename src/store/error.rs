@@ -23,9 +23,9 @@ pub enum StoreError {
     /// A status change the lifecycle does not allow (e.g. `finish` with a non-terminal status).
     #[error("run {run}: {reason}")]
     InvalidTransition { run: RunId, reason: String },
-    /// The run counter is exhausted (u64 counters: never in practice).
-    #[error("run ID counter exhausted")]
-    CounterExhausted,
+    /// The operating system gave no randomness for a new token.
+    #[error("no randomness for a new token: {0}")]
+    Randomness(String),
     /// A stored value could not be read back (hand-edited or corrupted database).
     #[error("corrupt store data: {0}")]
     Corrupt(String),

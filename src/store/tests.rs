@@ -555,6 +555,25 @@ async fn store_reopen_keeps_everything() {
     assert_eq!((chunk.seq, chunk.offset), (2, 7));
 }
 
+#[tokio::test]
+async fn store_corrupt_rows_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let a = store.create_run(quick_run("a")).await.unwrap();
+    let b = store.create_run(quick_run("b")).await.unwrap();
+    let c = store.create_run(quick_run("c")).await.unwrap();
+    for (id, sql) in [
+        (&a.id, "UPDATE runs SET status = 'Exploded' WHERE id = $1"),
+        (&b.id, "UPDATE runs SET output_images = '{not json' WHERE id = $1"),
+        (&c.id, "UPDATE runs SET created_at = 9223372036854775807 WHERE id = $1"),
+    ] {
+        sqlx::query(sql).bind(id.as_str()).execute(store.pool()).await.unwrap();
+        let err = store.get_run(id).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+    assert!(matches!(store.list_runs(&RunFilter::default()).await, Err(StoreError::Corrupt(_))));
+}
+
 /// Measures (does not assert) how many `create_run` per second one store accepts, sequentially.
 /// `cargo test --lib store_create_run_rate -- --ignored --nocapture`
 #[tokio::test]

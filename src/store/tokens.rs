@@ -29,8 +29,7 @@ fn hash_token(plaintext: &str) -> String {
 
 fn new_token() -> StoreResult<String> {
     let mut bytes = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| StoreError::Corrupt(format!("no randomness for a token: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Randomness(e.to_string()))?;
     let mut token = String::with_capacity(TOKEN_PREFIX.len() + 2 * TOKEN_BYTES);
     token.push_str(TOKEN_PREFIX);
     for b in bytes {

@@ -184,6 +184,24 @@ impl Store {
         Ok(self.sorted_ids(ids))
     }
 
+    /// Every Started/Running run that has been going for its `timeout_secs` at `now` becomes
+    /// Timeout ("run timed out after N seconds"); fenced like [`Store::expire_leases`]. The
+    /// server's backstop for a worker that does not enforce the run timeout itself.
+    pub async fn expire_timeouts(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'Timeout',
+                error_message = 'run timed out after ' || timeout_secs || ' seconds',
+                epoch = epoch + 1, finished_at = $1, updated_at = $1, lease_owner = NULL,
+                lease_expires_at = NULL
+             WHERE status IN ('Started', 'Running') AND started_at + timeout_secs * 1000 <= $1
+             RETURNING id",
+        )
+        .bind(to_millis(now))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(self.sorted_ids(ids))
+    }
+
     /// What a restarted server does first: every Started/Running run, whatever its lease,
     /// becomes Error with [`SERVER_STOPPED_MESSAGE`] (its worker died with the old server).
     /// Fenced like [`Store::expire_leases`].

@@ -306,6 +306,31 @@ async fn store_stale_epoch_cannot_write_after_expiry() {
 }
 
 #[tokio::test]
+async fn store_timeouts_end_runs_and_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut new = quick_run("{}");
+    new.timeout_secs = 300;
+    store.create_run(new).await.unwrap();
+    let claim = store.claim_next("w", Duration::from_secs(3600)).await.unwrap().unwrap();
+    let id = &claim.run.id;
+    let started = claim.run.started_at.unwrap();
+    let queued = store.create_run(quick_run("{}")).await.unwrap();
+    let limit = started + TimeDelta::seconds(300);
+    assert!(store.expire_timeouts(limit - TimeDelta::milliseconds(1)).await.unwrap().is_empty());
+    assert_eq!(store.expire_timeouts(limit).await.unwrap(), vec![id.clone()]);
+    let run = store.get_run(id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Timeout);
+    assert_eq!(run.error_message.as_deref(), Some("run timed out after 300 seconds"));
+    assert_eq!(run.epoch, claim.epoch + 1);
+    assert!(matches!(
+        store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await,
+        Err(StoreError::StaleLease { status: RunStatus::Timeout, .. })
+    ));
+    assert_eq!(store.get_run(&queued.id).await.unwrap().status, RunStatus::Queued);
+}
+
+#[tokio::test]
 async fn store_wrong_epoch_is_stale_while_held() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;

@@ -11,5 +11,6 @@ pub mod plan;
 pub mod render;
 pub mod run_id;
 pub mod source_map;
+pub mod store;
 pub mod task;
 pub mod values;

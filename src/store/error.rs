@@ -1,0 +1,40 @@
+//! The store's error type: every way a store call can fail, typed so the server can map each to
+//! an HTTP status (not found, conflict, stale lease) without parsing messages.
+
+use crate::run_id::RunId;
+
+use super::status::RunStatus;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No run has this ID.
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    /// The caller's lease epoch is no longer the run's (the lease expired, was taken over, or the
+    /// run finished): a worker that lost its lease cannot report into the run any more.
+    #[error(
+        "run {run}: lease epoch {epoch} is stale (the run's epoch is {current}, status {status})"
+    )]
+    StaleLease { run: RunId, epoch: i64, current: i64, status: RunStatus },
+    /// `cancel_run` on a run that already reached a terminal status.
+    #[error("run {run} already finished with status {status}")]
+    AlreadyFinished { run: RunId, status: RunStatus },
+    /// A status change the lifecycle does not allow (e.g. `finish` with a non-terminal status).
+    #[error("run {run}: {reason}")]
+    InvalidTransition { run: RunId, reason: String },
+    /// The operating system gave no randomness for a new token.
+    #[error("no randomness for a new token: {0}")]
+    Randomness(String),
+    /// A stored value could not be read back (hand-edited or corrupted database).
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,0 +1,154 @@
+//! Run logs: append-only chunks, each with a contiguous per-run sequence number (1, 2, …) and
+//! byte offset, committed before `append_log` returns, so nothing is acknowledged or streamed
+//! that is not stored. A follower that reconnects with the offset it has reached reads
+//! everything after it, once: no gaps, no duplicates (§6.4's append blob, without the blob).
+//!
+//! The run row carries the next sequence number and the total length; appending bumps both in
+//! the same fenced `UPDATE` that checks the writer's lease, then inserts the chunk, in one
+//! transaction.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::run_id::RunId;
+
+use super::{Store, StoreError, StoreResult, to_millis};
+
+/// How long logs of finished runs are kept by default (§6.6).
+pub const LOG_RETENTION: TimeDelta = TimeDelta::days(30);
+
+/// Where an appended chunk landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogChunk {
+    /// 1 for the run's first chunk, then +1 per chunk.
+    pub seq: u64,
+    /// Byte offset of the chunk's first byte in the run's log.
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Log bytes read back: `data` starts at byte `offset` of the run's log, inside chunk `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogData {
+    pub seq: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+impl LogData {
+    /// The offset just past this data: where the next read starts.
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+}
+
+fn as_u64(field: &str, v: i64) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("log {field} is negative: {v}")))
+}
+
+impl Store {
+    /// Appends `bytes` to the run's log. Fenced on the lease epoch (and the run must be Started
+    /// or Running). An empty append stores nothing and returns the current end (`len` 0, `seq`
+    /// of the last chunk).
+    pub async fn append_log(&self, run: &RunId, epoch: i64, bytes: &[u8]) -> StoreResult<LogChunk> {
+        let len = i64::try_from(bytes.len())
+            .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
+        let mut tx = self.pool().begin().await?;
+        // First statement a write (takes SQLite's write lock) and the fence in one.
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE runs SET log_seq = log_seq + (CASE WHEN $3 > 0 THEN 1 ELSE 0 END),
+                log_len = log_len + $3
+             WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
+             RETURNING log_seq, log_len",
+        )
+        .bind(run.as_str())
+        .bind(epoch)
+        .bind(len)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((seq, end)) = row else {
+            tx.rollback().await?;
+            return Err(self.fence_error(run, epoch).await);
+        };
+        let offset = end - len;
+        if len > 0 {
+            sqlx::query(
+                "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(run.as_str())
+            .bind(seq)
+            .bind(offset)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(LogChunk {
+            seq: as_u64("seq", seq)?,
+            offset: as_u64("offset", offset)?,
+            len: len as u64,
+        })
+    }
+
+    /// Up to `max_bytes` of the run's log from byte `from_offset` on, in order, as stored chunks
+    /// (the first and last trimmed to the range). Empty when there is nothing past the offset
+    /// (or the logs expired); [`StoreError::NotFound`] for an unknown run.
+    pub async fn read_log(
+        &self,
+        run: &RunId,
+        from_offset: u64,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<LogData>> {
+        let from = i64::try_from(from_offset).unwrap_or(i64::MAX);
+        let until = from.saturating_add(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, byte_offset, data FROM log_chunks
+             WHERE run_id = $1 AND byte_offset < $3 AND byte_offset + length(data) > $2
+             ORDER BY seq",
+        )
+        .bind(run.as_str())
+        .bind(from)
+        .bind(until)
+        .fetch_all(self.pool())
+        .await?;
+        if rows.is_empty() {
+            // Distinguish "nothing new" from "no such run".
+            self.log_len(run).await?;
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, offset, data) in rows {
+            let (seq, offset) = (as_u64("seq", seq)?, as_u64("offset", offset)?);
+            let chunk_end = offset + data.len() as u64;
+            let start = from_offset.max(offset);
+            let end = chunk_end.min(from_offset.saturating_add(max_bytes as u64));
+            if start >= end {
+                continue;
+            }
+            let data = data[(start - offset) as usize..(end - offset) as usize].to_vec();
+            out.push(LogData { seq, offset: start, data });
+        }
+        Ok(out)
+    }
+
+    /// Bytes of log the run has (as appended; expiry does not shrink it).
+    pub async fn log_len(&self, run: &RunId) -> StoreResult<u64> {
+        let len: Option<i64> = sqlx::query_scalar("SELECT log_len FROM runs WHERE id = $1")
+            .bind(run.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        as_u64("length", len.ok_or_else(|| StoreError::NotFound(run.clone()))?)
+    }
+
+    /// Deletes the log chunks of runs that finished before `older_than` (retention; the server
+    /// passes now − [`LOG_RETENTION`]). Returns how many chunks went.
+    pub async fn expire_logs(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM log_chunks WHERE run_id IN
+                (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
+        )
+        .bind(to_millis(older_than))
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,120 @@
+//! The control plane's persistent state: runs, their leases, their logs and API tokens, in one
+//! SQLite file under the data directory (issue 5).
+//!
+//! One idea per module: [`status`] (the run status/type vocabularies), [`runs`] (creating,
+//! reading, listing and cancelling runs, with the persisted run-ID counter), [`lease`] (workers
+//! claiming runs, heartbeats and the fencing epoch that every worker write checks), [`logs`]
+//! (append-only log chunks with contiguous sequence numbers and byte offsets), [`tokens`] (API
+//! tokens stored as SHA-256 hashes) and [`error`].
+//!
+//! Conventions, chosen so a PostgreSQL backend can follow with the same SQL:
+//! * plain SQL with `$1` placeholders; every write that must be atomic is a single statement or
+//!   a transaction whose first statement is a write (so SQLite takes the write lock up front and
+//!   never has to upgrade a read lock, which is what makes concurrent writers deadlock-free);
+//! * times are stored as Unix milliseconds (UTC, `BIGINT`): ordered, portable, and exact;
+//!   the API exposes them as [`chrono::DateTime<Utc>`] (RFC 3339 on the wire is the server's job);
+//! * enums are stored as their names (`TEXT`), JSON as `TEXT`.
+
+pub mod error;
+pub mod lease;
+pub mod logs;
+pub mod runs;
+pub mod status;
+pub mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::run_id::RunIdPrefix;
+
+pub use error::{StoreError, StoreResult};
+pub use lease::{Claim, Heartbeat};
+pub use logs::{LogChunk, LogData};
+pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
+pub use status::{RunStatus, RunType};
+pub use tokens::TokenInfo;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "kiln.db";
+
+/// How long a connection waits for another writer before failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections in the pool: SQLite serialises writers anyway; a few let readers (log
+/// followers, list calls) proceed alongside a writer under WAL.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// The store. Cheap to clone (a connection pool); safe to share between tasks.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    prefix: RunIdPrefix,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `data_dir/kiln.db`, in WAL mode with foreign keys and a busy
+    /// timeout, and applies the embedded migrations. Run IDs are `prefix` + the persisted
+    /// counter; the prefix of a registry should never change (see [`RunIdPrefix`]).
+    pub async fn open(data_dir: &Path, prefix: RunIdPrefix) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
+        let path = data_dir.join(DB_FILE);
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool =
+            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool, prefix, path })
+    }
+
+    /// Closes every connection (checkpointing the WAL). The store is unusable afterwards.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn prefix(&self) -> &RunIdPrefix {
+        &self.prefix
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Unix milliseconds of `t`, as stored.
+pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The stored milliseconds back as a time; out-of-range values are corrupt data, not a panic.
+pub(crate) fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+pub(crate) fn now_millis() -> i64 {
+    to_millis(Utc::now())
+}
+
+/// A `Duration` as whole milliseconds, saturating (a TTL of centuries is still a TTL).
+pub(crate) fn duration_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

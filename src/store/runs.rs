@@ -1,0 +1,325 @@
+//! Runs: creating a run (issuing its ID from the persisted counter in the same transaction),
+//! reading, listing (§6.5 `list-runs`) and cancelling (§6.5 `cancel-run`). The row ↔ record
+//! conversion lives here too, so a corrupt row is a typed error rather than a panic.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::run_id::{RunId, format_run_id};
+
+use super::status::{RunStatus, RunType};
+use super::{Store, StoreError, StoreResult, from_millis, now_millis};
+
+/// Default run timeout (§6.6).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+/// Default platform (§6.2).
+pub const DEFAULT_PLATFORM: &str = "linux/amd64";
+/// Default `--top` of `list-runs` (§6.5).
+pub const DEFAULT_TOP: usize = 15;
+
+/// What the server knows when it queues a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub run_type: RunType,
+    /// What caused the run, as the CLI's TRIGGER column shows it: `Manual`, `Timer`,
+    /// `Image Update`, or a source event type.
+    pub trigger: String,
+    /// The task's name; `None` for quick runs.
+    pub task_name: Option<String>,
+    /// The run's request as opaque JSON text (the server defines it: task text, values, context).
+    pub request: String,
+    pub timeout_secs: u64,
+    /// `os/architecture[/variant]`, e.g. `linux/amd64`.
+    pub platform: String,
+}
+
+impl NewRun {
+    /// A manual run on linux/amd64 with the default timeout.
+    pub fn new(run_type: RunType, request: impl Into<String>) -> Self {
+        Self {
+            run_type,
+            trigger: "Manual".to_string(),
+            task_name: None,
+            request: request.into(),
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            platform: DEFAULT_PLATFORM.to_string(),
+        }
+    }
+}
+
+/// An image a run built and pushed (§6.2 `outputImages[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputImage {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: RunId,
+    /// The counter the ID was issued with: strictly increasing in creation order.
+    pub counter: u64,
+    pub status: RunStatus,
+    pub run_type: RunType,
+    pub trigger: String,
+    pub task_name: Option<String>,
+    pub request: String,
+    pub timeout_secs: u64,
+    pub platform: String,
+    pub created_at: DateTime<Utc>,
+    /// When a worker claimed it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub error_message: Option<String>,
+    pub output_images: Vec<OutputImage>,
+    /// The engine's dependency report (§6.3) as opaque JSON text.
+    pub dependencies: Option<String>,
+    /// Cancellation was asked for while a worker held the run; the worker acts on it.
+    pub cancel_requested: bool,
+    /// The lease epoch: bumped by every claim and every lease expiry.
+    pub epoch: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Bytes of log written so far.
+    pub log_len: u64,
+}
+
+/// `list_runs` filter. `top` 0 means none; `Default` is the CLI's 15.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub task_name: Option<String>,
+    /// `repository:tag` (tag `latest` when omitted): runs that output this image.
+    pub image: Option<String>,
+    pub top: usize,
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        Self { status: None, task_name: None, image: None, top: DEFAULT_TOP }
+    }
+}
+
+/// The `runs` row as SQL sees it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RunRow {
+    id: String,
+    counter: i64,
+    status: String,
+    run_type: String,
+    trigger_kind: String,
+    task_name: Option<String>,
+    request: String,
+    timeout_secs: i64,
+    platform: String,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    updated_at: i64,
+    error_message: Option<String>,
+    output_images: String,
+    dependencies: Option<String>,
+    cancel_requested: bool,
+    epoch: i64,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<i64>,
+    log_len: i64,
+}
+
+fn non_negative(field: &str, value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{field} is negative: {value}")))
+}
+
+impl TryFrom<RunRow> for RunRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RunRow) -> StoreResult<Self> {
+        let corrupt =
+            |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("run {}: {e}", row.id));
+        let status = row.status.parse::<RunStatus>().map_err(|e| corrupt(&e))?;
+        let run_type = row.run_type.parse::<RunType>().map_err(|e| corrupt(&e))?;
+        let output_images = serde_json::from_str(&row.output_images).map_err(|e| corrupt(&e))?;
+        Ok(RunRecord {
+            counter: non_negative("counter", row.counter)?,
+            status,
+            run_type,
+            trigger: row.trigger_kind,
+            task_name: row.task_name,
+            request: row.request,
+            timeout_secs: non_negative("timeout_secs", row.timeout_secs)?,
+            platform: row.platform,
+            created_at: from_millis(row.created_at)?,
+            started_at: row.started_at.map(from_millis).transpose()?,
+            finished_at: row.finished_at.map(from_millis).transpose()?,
+            updated_at: from_millis(row.updated_at)?,
+            error_message: row.error_message,
+            output_images,
+            dependencies: row.dependencies,
+            cancel_requested: row.cancel_requested,
+            epoch: row.epoch,
+            lease_owner: row.lease_owner,
+            lease_expires_at: row.lease_expires_at.map(from_millis).transpose()?,
+            log_len: non_negative("log_len", row.log_len)?,
+            id: RunId::new(row.id),
+        })
+    }
+}
+
+/// Splits `repo:tag` (the tag is after the last `:` that follows the last `/`; `latest` if none).
+fn split_image(image: &str) -> (&str, &str) {
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+fn to_i64(field: &str, value: u64) -> StoreResult<i64> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("{field} {value} does not fit the store")))
+}
+
+impl Store {
+    /// Queues a run. Its ID comes from the persisted counter, incremented in the same
+    /// transaction as the insert: IDs are unique and increase across restarts, and a failed
+    /// insert issues nothing.
+    pub async fn create_run(&self, new: NewRun) -> StoreResult<RunRecord> {
+        let now = now_millis();
+        let timeout_secs = to_i64("timeout_secs", new.timeout_secs)?;
+        let mut tx = self.pool().begin().await?;
+        // First statement a write: the transaction holds the write lock from here on.
+        let counter: i64 = sqlx::query_scalar(
+            "UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let counter_u64 = non_negative("counter", counter)?;
+        let id = format_run_id(self.prefix(), counter_u64);
+        let row: RunRow = sqlx::query_as(
+            "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
+                timeout_secs, platform, created_at, started_at, finished_at, updated_at,
+                error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
+                lease_expires_at, log_seq, log_len)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
+                FALSE, 0, NULL, NULL, 0, 0)
+             RETURNING *",
+        )
+        .bind(id.as_str())
+        .bind(counter)
+        .bind(RunStatus::Queued.as_str())
+        .bind(new.run_type.as_str())
+        .bind(&new.trigger)
+        .bind(&new.task_name)
+        .bind(&new.request)
+        .bind(timeout_secs)
+        .bind(&new.platform)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    /// The run, or `None` when no run has this ID.
+    pub async fn find_run(&self, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        let row: Option<RunRow> = sqlx::query_as("SELECT * FROM runs WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(RunRecord::try_from).transpose()
+    }
+
+    /// The run, or [`StoreError::NotFound`].
+    pub async fn get_run(&self, id: &RunId) -> StoreResult<RunRecord> {
+        self.find_run(id).await?.ok_or_else(|| StoreError::NotFound(id.clone()))
+    }
+
+    /// Runs matching `filter`, newest first, at most `filter.top` (all when 0).
+    pub async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
+        let image = filter.image.as_deref().map(split_image);
+        // With an image filter the SQL only narrows candidates (LIKE on the JSON text; `_` in a
+        // repository name is a wildcard there, so it can over-match, never under-match); the
+        // exact match and `top` are applied below.
+        let like = image.map(|(repo, _)| format!("%\"repository\":\"{repo}\"%"));
+        let limit = if filter.top == 0 || image.is_some() {
+            i64::MAX
+        } else {
+            i64::try_from(filter.top).unwrap_or(i64::MAX)
+        };
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT * FROM runs
+             WHERE ($1 IS NULL OR status = $1)
+               AND ($2 IS NULL OR task_name = $2)
+               AND ($3 IS NULL OR output_images LIKE $3)
+             ORDER BY counter DESC
+             LIMIT $4",
+        )
+        .bind(filter.status.map(RunStatus::as_str))
+        .bind(&filter.task_name)
+        .bind(&like)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        let top = if filter.top == 0 { usize::MAX } else { filter.top };
+        let mut runs = Vec::new();
+        for row in rows {
+            let run = RunRecord::try_from(row)?;
+            let wanted = image.is_none_or(|(repo, tag)| {
+                run.output_images.iter().any(|i| i.repository == repo && i.tag == tag)
+            });
+            if wanted {
+                runs.push(run);
+                if runs.len() == top {
+                    break;
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Cancels a run: a queued run becomes Canceled at once; a started or running one gets
+    /// `cancel_requested` (its worker acts on it and finishes it as Canceled). A finished run is
+    /// [`StoreError::AlreadyFinished`]; an unknown ID [`StoreError::NotFound`]. Returns the run
+    /// as it is afterwards.
+    pub async fn cancel_run(&self, id: &RunId) -> StoreResult<RunRecord> {
+        let now = now_millis();
+        let row: Option<RunRow> = sqlx::query_as(
+            "UPDATE runs SET
+                status = CASE WHEN status = 'Queued' THEN 'Canceled' ELSE status END,
+                finished_at = CASE WHEN status = 'Queued' THEN $2 ELSE finished_at END,
+                cancel_requested = CASE WHEN status = 'Queued' THEN cancel_requested ELSE TRUE END,
+                updated_at = $2
+             WHERE id = $1 AND status IN ('Queued', 'Started', 'Running')
+             RETURNING *",
+        )
+        .bind(id.as_str())
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(row) => row.try_into(),
+            None => {
+                let run = self.get_run(id).await?;
+                Err(StoreError::AlreadyFinished { run: run.id, status: run.status })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::split_image;
+
+    #[test]
+    fn store_split_image() {
+        assert_eq!(split_image("app:v1"), ("app", "v1"));
+        assert_eq!(split_image("team/app"), ("team/app", "latest"));
+        assert_eq!(split_image("host:5000/app:v2"), ("host:5000/app", "v2"));
+        assert_eq!(split_image("host:5000/app"), ("host:5000/app", "latest"));
+    }
+}

@@ -122,10 +122,7 @@ impl Store {
         .bind(now_millis())
         .fetch_optional(self.pool())
         .await?;
-        match row {
-            Some(row) => row.try_into(),
-            None => Err(self.fence_error(run, epoch).await),
-        }
+        self.fenced(row, run, epoch).await
     }
 
     /// Ends a held run with a terminal `status`, its error message, the images it pushed and its
@@ -161,10 +158,7 @@ impl Store {
         .bind(now_millis())
         .fetch_optional(self.pool())
         .await?;
-        match row {
-            Some(row) => row.try_into(),
-            None => Err(self.fence_error(run, epoch).await),
-        }
+        self.fenced(row, run, epoch).await
     }
 
     /// Every Started/Running run whose lease expired at or before `now` becomes Error with
@@ -228,6 +222,14 @@ impl Store {
 
     /// Why a fenced write matched no row: the run does not exist, or the epoch is stale / the run
     /// is no longer held.
+    /// The run a fenced `UPDATE … RETURNING *` returned, or why it matched nothing.
+    async fn fenced(&self, row: Option<RunRow>, run: &RunId, epoch: i64) -> StoreResult<RunRecord> {
+        match row {
+            Some(row) => row.try_into(),
+            None => Err(self.fence_error(run, epoch).await),
+        }
+    }
+
     pub(crate) async fn fence_error(&self, run: &RunId, epoch: i64) -> StoreError {
         match self.find_run(run).await {
             Ok(Some(current)) => StoreError::StaleLease {

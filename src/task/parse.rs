@@ -171,18 +171,13 @@ impl<'a> Cx<'a> {
 
     /// A scalar as text, the way yaml.v2 fills a Go string: numbers and booleans as written.
     fn scalar_text(&self, node: &Node) -> Option<String> {
+        let written = node.raw.and_then(|(s, e)| self.text.get(s..e)).map(str::to_string);
         match &node.value {
             Value::Str(s) => Some(s.clone()),
-            Value::Bool(_) | Value::Int(_) | Value::Float(_) => Some(match node.raw {
-                Some((s, e)) if e <= self.text.len() => self.text[s..e].to_string(),
-                _ => match &node.value {
-                    Value::Bool(b) => b.to_string(),
-                    Value::Int(i) => i.to_string(),
-                    Value::Float(x) => x.to_string(),
-                    _ => unreachable!("matched above"),
-                },
-            }),
-            _ => None,
+            Value::Bool(b) => Some(written.unwrap_or_else(|| b.to_string())),
+            Value::Int(i) => Some(written.unwrap_or_else(|| i.to_string())),
+            Value::Float(x) => Some(written.unwrap_or_else(|| x.to_string())),
+            Value::Null | Value::Seq(_) | Value::Map(_) => None,
         }
     }
 

@@ -4,13 +4,17 @@
 //! ([`render`], with [`values`]), and turns them into the plan a worker (`kiln-worker`)
 //! executes ([`plan`]). It knows no Docker.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
+pub mod log_hub;
 pub mod plan;
 pub mod render;
+pub mod request;
 pub mod run_id;
 pub mod source_map;
 pub mod store;
 pub mod task;
+pub mod uploads;
 pub mod values;

@@ -14,6 +14,9 @@ use super::{Store, StoreError, StoreResult, from_millis, now_millis};
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
 /// Default platform (§6.2).
 pub const DEFAULT_PLATFORM: &str = "linux/amd64";
+/// Every run's log starts with ACR's queue line (§6.1); it is stored with the run, so a
+/// follower of a queued run sees it at once.
+pub const WAITING_LINE: &str = "Waiting for an agent...\n";
 /// Default `--top` of `list-runs` (§6.5).
 pub const DEFAULT_TOP: usize = 15;
 
@@ -185,7 +188,7 @@ fn to_i64(field: &str, value: u64) -> StoreResult<i64> {
 }
 
 impl Store {
-    /// Queues a run. Its ID comes from the persisted counter, incremented in the same
+    /// Queues a run, its log holding [`WAITING_LINE`]. Its ID comes from the persisted counter, incremented in the same
     /// transaction as the insert: IDs are unique and increase across restarts, and a failed
     /// insert issues nothing.
     pub async fn create_run(&self, new: NewRun) -> StoreResult<RunRecord> {
@@ -206,7 +209,7 @@ impl Store {
                 error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
                 lease_expires_at, log_seq, log_len)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
-                FALSE, 0, NULL, NULL, 0, 0)
+                FALSE, 0, NULL, NULL, $11, $12)
              RETURNING *",
         )
         .bind(id.as_str())
@@ -219,7 +222,16 @@ impl Store {
         .bind(timeout_secs)
         .bind(&new.platform)
         .bind(now)
+        .bind(1_i64)
+        .bind(WAITING_LINE.len() as i64)
         .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)",
+        )
+        .bind(id.as_str())
+        .bind(WAITING_LINE.as_bytes())
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         row.try_into()

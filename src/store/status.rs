@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A run's status. Terminal = Succeeded, Failed, Canceled, Error, Timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RunStatus {
     Queued,
     Started,
@@ -75,7 +75,7 @@ impl FromStr for RunStatus {
 }
 
 /// How the run came about (§6.2 `runType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RunType {
     QuickBuild,
     QuickRun,

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 
 use super::lease::SERVER_STOPPED_MESSAGE;
+use super::runs::WAITING_LINE;
 use super::*;
 use crate::run_id::{RunId, RunIdPrefix};
+
+/// Bytes every log starts with.
+const WAITING: u64 = WAITING_LINE.len() as u64;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -65,7 +69,9 @@ async fn store_create_and_get_run() {
     assert_eq!(run.dependencies, None);
     assert!(!run.cancel_requested);
     assert_eq!((run.epoch, run.lease_owner.clone(), run.lease_expires_at), (0, None, None));
-    assert_eq!(run.log_len, 0);
+    assert_eq!(run.log_len, WAITING_LINE.len() as u64);
+    let log = store.read_log(&run.id, 0, usize::MAX).await.unwrap();
+    assert_eq!(log[0].data, WAITING_LINE.as_bytes(), "every log starts with the queue line");
     assert_eq!(store.get_run(&run.id).await.unwrap(), run);
 
     let second = store.create_run(quick_run("{}")).await.unwrap();
@@ -300,7 +306,7 @@ async fn store_stale_epoch_cannot_write_after_expiry() {
     assert!(err.to_string().contains("stale"), "{err}");
     // Nothing the stale worker wrote landed.
     let after = store.get_run(id).await.unwrap();
-    assert_eq!((after.status, after.log_len), (RunStatus::Error, 7));
+    assert_eq!((after.status, after.log_len), (RunStatus::Error, WAITING + 7));
     // A second expiry pass finds nothing more.
     assert!(store.expire_leases(expiry + TimeDelta::days(1)).await.unwrap().is_empty());
 }
@@ -426,7 +432,7 @@ async fn store_log_offsets_contiguous_and_reads_exact() {
     let store = open(dir.path()).await;
     let claim = claimed(&store, "{}").await;
     let id = &claim.run.id;
-    let mut expected = Vec::new();
+    let mut expected = WAITING_LINE.as_bytes().to_vec();
     for (i, size) in [1usize, 7, 0, 300, 2, 500, 13].into_iter().enumerate() {
         let bytes: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
         let chunk = store.append_log(id, claim.epoch, &bytes).await.unwrap();
@@ -437,7 +443,7 @@ async fn store_log_offsets_contiguous_and_reads_exact() {
     assert_eq!(store.log_len(id).await.unwrap(), expected.len() as u64);
     let whole = store.read_log(id, 0, usize::MAX).await.unwrap();
     let seqs: Vec<u64> = whole.iter().map(|c| c.seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6], "the empty append stored no chunk");
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7], "the empty append stored no chunk");
     for pair in whole.windows(2) {
         assert_eq!(pair[0].end(), pair[1].offset, "no gap, no overlap");
     }
@@ -496,10 +502,11 @@ async fn store_expire_logs_of_old_finished_runs() {
     assert_eq!(store.expire_logs(finished_at - logs::LOG_RETENTION).await.unwrap(), 0);
     assert_eq!(store.expire_logs(finished_at).await.unwrap(), 0, "strictly before the cutoff");
     let cutoff = finished_at + TimeDelta::milliseconds(1);
-    assert_eq!(store.expire_logs(cutoff).await.unwrap(), 2);
+    assert_eq!(store.expire_logs(cutoff).await.unwrap(), 3);
     assert!(store.read_log(&finished.run.id, 0, 100).await.unwrap().is_empty());
-    assert_eq!(store.log_len(&finished.run.id).await.unwrap(), 2);
-    assert_eq!(store.read_log(&live.run.id, 0, 100).await.unwrap()[0].data, b"c");
+    assert_eq!(store.log_len(&finished.run.id).await.unwrap(), WAITING + 2);
+    let live_log = store.read_log(&live.run.id, 0, 100).await.unwrap();
+    assert_eq!(live_log.last().unwrap().data, b"c");
 }
 
 #[tokio::test]
@@ -565,7 +572,7 @@ async fn store_reopen_keeps_everything() {
     assert_eq!(store.get_run(&finished.id).await.unwrap(), finished);
     assert_eq!(store.get_run(&queued.id).await.unwrap(), queued);
     let held_now = store.get_run(&held.run.id).await.unwrap();
-    assert_eq!(held_now.log_len, 7);
+    assert_eq!(held_now.log_len, WAITING + 7);
     assert_eq!(held_now.status, RunStatus::Started);
     let log: Vec<u8> = store
         .read_log(&finished.id, 0, usize::MAX)
@@ -574,10 +581,10 @@ async fn store_reopen_keeps_everything() {
         .into_iter()
         .flat_map(|c| c.data)
         .collect();
-    assert_eq!(log, b"hello world\n");
+    assert_eq!(log, [WAITING_LINE.as_bytes(), b"hello world\n"].concat());
     // The lease survives too: the holder can continue after a reopen of the store alone.
     let chunk = store.append_log(&held.run.id, held.epoch, b"!").await.unwrap();
-    assert_eq!((chunk.seq, chunk.offset), (2, 7));
+    assert_eq!((chunk.seq, chunk.offset), (3, WAITING + 7));
 }
 
 #[tokio::test]

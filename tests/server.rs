@@ -1,0 +1,528 @@
+//! `kiln serve` and the `kiln` client end to end: the real binary as server and as CLI, over
+//! loopback HTTP, with a fresh data directory (SQLite file, uploads) per server, on the real
+//! engine and registries that `scripts/test-env.sh` starts.
+//!
+//! Each test starts its own server with its own run-ID prefix, so runs of parallel tests never
+//! share container names on the one engine.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn registry() -> String {
+    std::env::var("KILN_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_string())
+}
+
+/// A running `kiln serve` with its data directory.
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+    data: PathBuf,
+    prefix: String,
+    /// Lines the server printed on stdout after it started.
+    _stdout: mpsc::Receiver<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server with a fresh data directory and `workers` workers.
+    fn start(prefix: &str, workers: usize) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_path_buf();
+        let mut server = Server::spawn(prefix, &data, workers, None);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts `kiln serve` on `data`; `token` is the admin token when the data directory has one
+    /// already (it is printed on the first start only).
+    fn spawn(prefix: &str, data: &Path, workers: usize, token: Option<String>) -> Server {
+        let config = data.join("kiln.toml");
+        std::fs::write(&config, format!("run_id_prefix = \"{prefix}\"\n")).expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .expect("server log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(["--registry", &registry(), "--workers", &workers.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("kiln serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        // Drains stdout for the server's whole life, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut token = token;
+        let url = loop {
+            let line = rx.recv().unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(data.join("server.log")).unwrap_or_default();
+                panic!("kiln serve exited before listening:\n{log}")
+            });
+            if let Some(t) = line.strip_prefix("admin token: ") {
+                assert!(token.is_none(), "the admin token is printed on the first start only");
+                token = Some(t.to_string());
+            }
+            if let Some(url) = line.strip_prefix("kiln listening on ") {
+                break url.to_string();
+            }
+        };
+        Server {
+            child,
+            url,
+            token: token.expect("an admin token on the first start"),
+            data: data.to_path_buf(),
+            prefix: prefix.to_string(),
+            _stdout: rx,
+            _dir: None,
+        }
+    }
+
+    /// The `kiln` CLI pointed at this server, with no client config file of the user's.
+    fn kiln(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.env("KILN_SERVER", &self.url)
+            .env("KILN_TOKEN", &self.token)
+            .env("KILN_CLIENT_CONFIG", self.data.join("client.toml"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.kiln().args(args).output().expect("kiln")
+    }
+
+    fn show(&self, id: &str) -> Value {
+        let out = self.run(&["show-run", id, "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("show-run JSON")
+    }
+
+    /// A raw HTTP call with `token` (none: no Authorization header).
+    fn http(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{path}", self.url);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(body.to_vec()).expect("request");
+        let mut resp = agent.run(req).expect("HTTP");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        (self.data.clone(), self.token.clone(), self._dir.take())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The run ID from `Queued a run with ID: <id>`.
+fn queued_id(out: &Output) -> String {
+    let all = text(out);
+    all.lines()
+        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
+        .unwrap_or_else(|| panic!("no run queued:\n{all}"))
+        .trim()
+        .to_string()
+}
+
+/// Containers the engine still has for `run`.
+fn containers_of(run: &str) -> String {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=kiln.run={run}")])
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The registry's digest of `repo:tag` (HEAD of the manifest).
+fn registry_digest(repo: &str, tag: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let resp = agent
+        .head(format!("http://{}/v2/{repo}/manifests/{tag}", registry()))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .call()
+        .expect("registry");
+    assert_eq!(resp.status().as_u16(), 200, "{repo}:{tag} is in the registry");
+    resp.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .expect("digest header")
+        .to_string()
+}
+
+/// Waits until the run's followed log contains `needle` (the follow ends with the run, so a
+/// run that never prints it fails the test instead of hanging).
+fn wait_for_log(server: &Server, id: &str, needle: &str) {
+    let mut child = server
+        .kiln()
+        .args(["logs", id, "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kiln logs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(needle) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains(needle), "the log never showed {needle:?}:\n{seen}");
+}
+
+#[test]
+fn quick_build_pushes_the_image_and_records_its_digest() {
+    let server = Server::start("eqb", 1);
+    let context = repo().join("examples/quick-build");
+    let out = server
+        .kiln()
+        .args(["build", "-t", "e2e-quick:{{.Run.ID}}", "--build-arg", "GREETING=e2e"])
+        .arg(&context)
+        .output()
+        .expect("kiln build");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let id = queued_id(&out);
+    assert!(all.contains(&format!("Run ID: {id} was successful after")), "{all}");
+    let run = server.show(&id);
+    assert_eq!(run["status"], "Succeeded", "{run}");
+    assert_eq!(run["runType"], "QuickBuild", "{run}");
+    let image = &run["outputImages"][0];
+    assert_eq!(image["repository"], "e2e-quick", "{run}");
+    assert_eq!(image["tag"], id.as_str(), "{run}");
+    assert_eq!(image["registry"], registry().as_str(), "{run}");
+    assert_eq!(image["digest"], registry_digest("e2e-quick", &id).as_str(), "{run}");
+    assert_eq!(containers_of(&id), "");
+}
+
+#[test]
+fn runs_from_a_file_a_command_and_stdin() {
+    let server = Server::start("erun", 2);
+    let dir = repo().join("examples/env-workdir");
+    let out = server.kiln().args(["run", "-f"]).arg(dir.join("acb.yaml")).arg(&dir).output();
+    let out = out.expect("kiln run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("step env wins"), "{}", text(&out));
+
+    let out = server.run(&["run", "--cmd", "busybox echo hello-from-cmd", "/dev/null"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("hello-from-cmd"), "{}", text(&out));
+    let id = queued_id(&out);
+    assert_eq!(server.show(&id)["runType"], "QuickRun");
+
+    let mut child = server
+        .kiln()
+        .args(["run", "-f", "-", "--set", "who=stdin", "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln run -f -");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"steps:\n  - cmd: busybox echo hello-{{.Values.who}}\n")
+        .expect("task on stdin");
+    let out = child.wait_with_output().expect("kiln run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("hello-stdin"), "{}", text(&out));
+}
+
+#[test]
+fn a_failing_run_exits_1_with_acr_wording_and_the_log_is_complete() {
+    let server = Server::start("efail", 1);
+    let out = server.run(&["run", "--cmd", "busybox sh -c 'echo before-exit; exit 3'", "/dev/null"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let id = queued_id(&out);
+    assert!(all.contains(&format!("Run ID: {id} failed after")), "{all}");
+    assert!(all.contains("Error: failed to run step ID: acb_step_0"), "{all}");
+    // The stored log as `kiln logs` prints it after the run has the step's output, once.
+    let logs = server.run(&["logs", &id]);
+    let log = String::from_utf8_lossy(&logs.stdout);
+    assert!(log.starts_with("Waiting for an agent..."), "{log}");
+    assert_eq!(log.matches("before-exit").count(), 1, "{log}");
+    assert_eq!(server.show(&id)["status"], "Failed");
+}
+
+#[test]
+fn secrets_never_reach_the_stored_or_streamed_log() {
+    let server = Server::start("esec", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("acb.yaml");
+    std::fs::write(
+        &file,
+        "steps:\n  - cmd: busybox sh -c 'echo pw={{.Values.pw}}; printf hun; printf \"ter2\\n\"; echo multi-{{.Values.pw}}-line'\n",
+    )
+    .expect("task");
+    let out = server
+        .kiln()
+        .args(["run", "-f"])
+        .arg(&file)
+        .args(["--set-secret", "pw=hunter2", "/dev/null"])
+        .output()
+        .expect("kiln run");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("hunter2"), "streamed log leaked the secret:\n{all}");
+    assert!(all.contains("pw=***"), "{all}");
+    let id = queued_id(&out);
+    let stored = server.run(&["logs", &id]);
+    let stored = String::from_utf8_lossy(&stored.stdout);
+    assert!(!stored.contains("hunter2"), "{stored}");
+    assert!(stored.contains("multi-***-line"), "{stored}");
+    // Split across two writes of the container.
+    assert!(stored.contains("***"), "{stored}");
+    let run = server.show(&id);
+    assert!(!run.to_string().contains("hunter2"), "the run record shows the secret: {run}");
+}
+
+#[test]
+fn a_bad_task_file_is_refused_with_its_position_and_queues_nothing() {
+    let server = Server::start("ebad", 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "steps:\n  - cmd: busybox true\n    when: [nope]\n").expect("task");
+    let out = server.kiln().args(["run", "-f"]).arg(&file).arg("/dev/null").output();
+    let out = out.expect("kiln run");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("bad.yaml:3:"), "the error names file, line and column:\n{all}");
+    assert!(!all.contains("Queued a run"), "{all}");
+    let list = server.run(&["list-runs", "-o", "json"]);
+    assert!(list.status.success(), "{}", text(&list));
+    assert_eq!(serde_json::from_slice::<Value>(&list.stdout).expect("json"), Value::Array(vec![]));
+}
+
+#[test]
+fn tokens_are_required_and_wrong_ones_change_nothing() {
+    let server = Server::start("etok", 0);
+    let task = serde_json::json!({
+        "type": "EncodedTask", "source": {"kind": "none"}, "task": "steps:\n  - cmd: busybox true\n"
+    })
+    .to_string();
+    for token in [None, Some("kiln_wrong")] {
+        let (status, body) = server.http("POST", "/runs", token, task.as_bytes());
+        assert_eq!(status, 401, "{body}");
+        let (status, _) = server.http("POST", "/uploads", token, b"not even gzip");
+        assert_eq!(status, 401);
+    }
+    assert!(!server.data.join("uploads").exists() || std::fs::read_dir(server.data.join("uploads")).expect("dir").next().is_none());
+    let out = server.kiln().env("KILN_TOKEN", "kiln_wrong").args(["list-runs"]).output();
+    let out = out.expect("kiln");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert_eq!(all.trim().lines().count(), 1, "one clear line: {all}");
+    assert!(all.contains("token"), "{all}");
+    // With the right token, nothing was queued by the rejected calls.
+    let (status, body) = server.http("GET", "/runs", Some(&server.token), b"");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    // The API document is public.
+    let (status, body) = server.http("GET", "/openapi.json", None, b"");
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).expect("OpenAPI JSON");
+    assert!(doc["paths"]["/runs"].is_object(), "{doc}");
+}
+
+#[test]
+fn a_truncated_upload_is_refused_and_leaves_nothing() {
+    let server = Server::start("eupl", 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    {
+        let mut tar = tar::Builder::new(&mut gz);
+        let data = vec![b'x'; 100_000];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "big.txt", &data[..]).expect("tar");
+        tar.finish().expect("tar");
+    }
+    let whole = gz.finish().expect("gzip");
+    let (status, body) = server.http("POST", "/uploads", Some(&server.token), &whole[..whole.len() / 2]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a complete .tar.gz"), "{body}");
+    let left: Vec<_> = std::fs::read_dir(server.data.join("uploads"))
+        .map(|d| d.map_while(Result::ok).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let (status, body) = server.http("POST", "/uploads", Some(&server.token), &whole);
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
+fn unknown_runs_and_an_unreachable_server_are_one_clear_line() {
+    let server = Server::start("eunk", 0);
+    for args in [&["show-run", "nope1"][..], &["logs", "nope1"], &["cancel-run", "nope1"]] {
+        let out = server.run(args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(all.contains("run nope1 not found"), "{args:?}: {all}");
+        assert_eq!(all.trim().lines().count(), 1, "{args:?}: {all}");
+    }
+    let out = server.kiln().env("KILN_SERVER", "http://127.0.0.1:9").args(["list-runs"]).output();
+    let out = out.expect("kiln");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("cannot reach the kiln server at http://127.0.0.1:9"), "{all}");
+    assert_eq!(all.trim().lines().count(), 1, "{all}");
+}
+
+#[test]
+fn cancel_stops_a_running_run_and_removes_its_containers() {
+    let server = Server::start("ecan", 1);
+    let out = server.run(&[
+        "run",
+        "--no-wait",
+        "--cmd",
+        "busybox sh -c 'echo cancel-me-now; sleep 600'",
+        "/dev/null",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = queued_id(&out);
+    wait_for_log(&server, &id, "cancel-me-now");
+    let out = server.run(&["cancel-run", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Following the log ends when the run does.
+    let follow = server.run(&["logs", &id, "--follow"]);
+    assert!(follow.status.success(), "{}", text(&follow));
+    let run = server.show(&id);
+    assert_eq!(run["status"], "Canceled", "{run}");
+    assert_eq!(containers_of(&id), "");
+    // A queued run is canceled at once.
+    let out = server.run(&["run", "--no-wait", "--cmd", "busybox sleep 600", "/dev/null"]);
+    let blocker = queued_id(&out);
+    let out = server.run(&["run", "--no-wait", "--cmd", "busybox true", "/dev/null"]);
+    let queued = queued_id(&out);
+    assert!(server.run(&["cancel-run", &queued]).status.success());
+    assert_eq!(server.show(&queued)["status"], "Canceled");
+    assert!(server.run(&["cancel-run", &blocker]).status.success());
+}
+
+#[test]
+fn a_step_timeout_fails_the_run_and_says_so() {
+    let server = Server::start("etim", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("acb.yaml");
+    std::fs::write(&file, "steps:\n  - id: slow\n    cmd: busybox sleep 60\n    timeout: 1\n")
+        .expect("task");
+    let out = server.kiln().args(["run", "-f"]).arg(&file).arg("/dev/null").output();
+    let out = out.expect("kiln run");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("timed out after 1"), "{all}");
+    let id = queued_id(&out);
+    assert_eq!(containers_of(&id), "");
+}
+
+#[test]
+fn kill_9_during_a_run_then_restart_finishes_it_honestly_and_runs_the_queue() {
+    let server = Server::start("ekill", 1);
+    let out = server.run(&[
+        "run",
+        "--no-wait",
+        "--cmd",
+        "busybox sh -c 'echo in-flight; sleep 600'",
+        "/dev/null",
+    ]);
+    let in_flight = queued_id(&out);
+    let out = server.run(&["run", "--no-wait", "--cmd", "busybox echo after-restart", "/dev/null"]);
+    let queued = queued_id(&out);
+    wait_for_log(&server, &in_flight, "in-flight");
+    let prefix = server.prefix.clone();
+    let (data, token, dir) = server.kill9();
+    assert_ne!(containers_of(&in_flight), "", "the killed server's container is still there");
+
+    let mut server = Server::spawn(&prefix, &data, 1, Some(token));
+    server._dir = dir;
+    let run = server.show(&in_flight);
+    assert_eq!(run["status"], "Error", "{run}");
+    assert!(
+        run["runErrorMessage"].as_str().unwrap_or_default().contains("server stopped during the run"),
+        "{run}"
+    );
+    assert_eq!(containers_of(&in_flight), "", "restart removes the dead run's containers");
+    // The stored log survived up to the last persisted byte.
+    let log = server.run(&["logs", &in_flight]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("in-flight"), "{}", text(&log));
+    // The queued run still runs, once.
+    let follow = server.run(&["logs", &queued, "--follow"]);
+    assert_eq!(String::from_utf8_lossy(&follow.stdout).matches("after-restart").count(), 1);
+    assert_eq!(server.show(&queued)["status"], "Succeeded");
+    let list = server.run(&["list-runs", "-o", "json", "--top", "0"]);
+    let runs: Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(runs.as_array().map(Vec::len), Some(2), "nothing lost or duplicated: {runs}");
+}
+
+#[test]
+fn logs_follow_from_a_late_connection_gets_everything_once() {
+    let server = Server::start("elog", 1);
+    let out = server.run(&[
+        "run",
+        "--no-wait",
+        "--cmd",
+        "busybox sh -c 'for i in $(seq 1 2000); do echo line-$i; done'",
+        "/dev/null",
+    ]);
+    let id = queued_id(&out);
+    let follow = server.run(&["logs", &id, "--follow"]);
+    assert!(follow.status.success(), "{}", text(&follow));
+    let log = String::from_utf8_lossy(&follow.stdout);
+    for i in [1, 999, 2000] {
+        assert_eq!(log.matches(&format!("line-{i}\n")).count(), 1, "line-{i}:\n{log}");
+    }
+    let lines: Vec<u32> = log
+        .lines()
+        .filter_map(|l| l.rsplit_once("line-").and_then(|(_, n)| n.parse().ok()))
+        .collect();
+    assert_eq!(lines, (1..=2000).collect::<Vec<_>>(), "in order, no gaps, no duplicates");
+    // The whole log equals what a plain read returns.
+    let plain = server.run(&["logs", &id]);
+    assert_eq!(plain.stdout, follow.stdout);
+    // list-runs shows it with ACR's columns.
+    let table = server.run(&["list-runs"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("RUN ID"), "{table}");
+    assert!(table.contains(&id) && table.contains("Succeeded"), "{table}");
+}

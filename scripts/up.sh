@@ -40,5 +40,7 @@ if token=$(sed -n 's/^admin token: //p' "$LOG.start") && [ -n "$token" ]; then
   printf '%s\n' "$token" | kiln login --server "http://$ADDR" --token-stdin
   echo "admin token (shown once, saved for the CLI): $token"
 fi
+# The token must not stay in a file: the CLI config (0600) holds it now.
+rm -f "$LOG.start"
 echo "kiln is serving on http://$ADDR (data in $DATA_DIR, log in $LOG)"
 echo "try: kiln build -t hello:{{.Run.ID}} examples/quick-build && kiln list-runs"

@@ -5,151 +5,18 @@
 //! Each test starts its own server with its own run-ID prefix, so runs of parallel tests never
 //! share container names on the one engine.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+#[path = "support/server.rs"]
+mod support;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use support::{Server, registry, text};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn registry() -> String {
-    std::env::var("KILN_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_string())
-}
-
-/// A running `kiln serve` with its data directory.
-struct Server {
-    child: Child,
-    url: String,
-    token: String,
-    data: PathBuf,
-    prefix: String,
-    /// Lines the server printed on stdout after it started.
-    _stdout: mpsc::Receiver<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Server {
-    /// A server with a fresh data directory and `workers` workers.
-    fn start(prefix: &str, workers: usize) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().to_path_buf();
-        let mut server = Server::spawn(prefix, &data, workers, None);
-        server._dir = Some(dir);
-        server
-    }
-
-    /// Starts `kiln serve` on `data`; `token` is the admin token when the data directory has one
-    /// already (it is printed on the first start only).
-    fn spawn(prefix: &str, data: &Path, workers: usize, token: Option<String>) -> Server {
-        let config = data.join("kiln.toml");
-        std::fs::write(&config, format!("run_id_prefix = \"{prefix}\"\n")).expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.join("server.log"))
-            .expect("server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--config")
-            .arg(&config)
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(["--registry", &registry(), "--workers", &workers.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("kiln serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        // Drains stdout for the server's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut token = token;
-        let url = loop {
-            let line = rx.recv().unwrap_or_else(|_| {
-                let log = std::fs::read_to_string(data.join("server.log")).unwrap_or_default();
-                panic!("kiln serve exited before listening:\n{log}")
-            });
-            if let Some(t) = line.strip_prefix("admin token: ") {
-                assert!(token.is_none(), "the admin token is printed on the first start only");
-                token = Some(t.to_string());
-            }
-            if let Some(url) = line.strip_prefix("kiln listening on ") {
-                break url.to_string();
-            }
-        };
-        Server {
-            child,
-            url,
-            token: token.expect("an admin token on the first start"),
-            data: data.to_path_buf(),
-            prefix: prefix.to_string(),
-            _stdout: rx,
-            _dir: None,
-        }
-    }
-
-    /// The `kiln` CLI pointed at this server, with no client config file of the user's.
-    fn kiln(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.env("KILN_SERVER", &self.url)
-            .env("KILN_TOKEN", &self.token)
-            .env("KILN_CLIENT_CONFIG", self.data.join("client.toml"))
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.kiln().args(args).output().expect("kiln")
-    }
-
-    fn show(&self, id: &str) -> Value {
-        let out = self.run(&["show-run", id, "-o", "json"]);
-        assert!(out.status.success(), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).expect("show-run JSON")
-    }
-
-    /// A raw HTTP call with `token` (none: no Authorization header).
-    fn http(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let url = format!("{}{path}", self.url);
-        let mut req = ureq::http::Request::builder().method(method).uri(&url);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = req.body(body.to_vec()).expect("request");
-        let mut resp = agent.run(req).expect("HTTP");
-        let status = resp.status().as_u16();
-        (status, resp.body_mut().read_to_string().unwrap_or_default())
-    }
-
-    fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-        (self.data.clone(), self.token.clone(), self._dir.take())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// The run ID from `Queued a run with ID: <id>`.
@@ -173,7 +40,8 @@ fn containers_of(run: &str) -> String {
 
 /// The registry's digest of `repo:tag` (HEAD of the manifest).
 fn registry_digest(repo: &str, tag: &str) -> String {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let resp = agent
         .head(format!("http://{}/v2/{repo}/manifests/{tag}", registry()))
         .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
@@ -272,7 +140,8 @@ fn runs_from_a_file_a_command_and_stdin() {
 #[test]
 fn a_failing_run_exits_1_with_acr_wording_and_the_log_is_complete() {
     let server = Server::start("efail", 1);
-    let out = server.run(&["run", "--cmd", "busybox sh -c 'echo before-exit; exit 3'", "/dev/null"]);
+    let out =
+        server.run(&["run", "--cmd", "busybox sh -c 'echo before-exit; exit 3'", "/dev/null"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     let id = queued_id(&out);
@@ -348,7 +217,10 @@ fn tokens_are_required_and_wrong_ones_change_nothing() {
         let (status, _) = server.http("POST", "/uploads", token, b"not even gzip");
         assert_eq!(status, 401);
     }
-    assert!(!server.data.join("uploads").exists() || std::fs::read_dir(server.data.join("uploads")).expect("dir").next().is_none());
+    assert!(
+        !server.data.join("uploads").exists()
+            || std::fs::read_dir(server.data.join("uploads")).expect("dir").next().is_none()
+    );
     let out = server.kiln().env("KILN_TOKEN", "kiln_wrong").args(["list-runs"]).output();
     let out = out.expect("kiln");
     let all = text(&out);
@@ -380,7 +252,8 @@ fn a_truncated_upload_is_refused_and_leaves_nothing() {
         tar.finish().expect("tar");
     }
     let whole = gz.finish().expect("gzip");
-    let (status, body) = server.http("POST", "/uploads", Some(&server.token), &whole[..whole.len() / 2]);
+    let (status, body) =
+        server.http("POST", "/uploads", Some(&server.token), &whole[..whole.len() / 2]);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not a complete .tar.gz"), "{body}");
     let left: Vec<_> = std::fs::read_dir(server.data.join("uploads"))
@@ -479,7 +352,10 @@ fn kill_9_during_a_run_then_restart_finishes_it_honestly_and_runs_the_queue() {
     let run = server.show(&in_flight);
     assert_eq!(run["status"], "Error", "{run}");
     assert!(
-        run["runErrorMessage"].as_str().unwrap_or_default().contains("server stopped during the run"),
+        run["runErrorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("server stopped during the run"),
         "{run}"
     );
     assert_eq!(containers_of(&in_flight), "", "restart removes the dead run's containers");

@@ -1,0 +1,338 @@
+//! `kiln serve` benchmarks (issue 5), each next to a baseline measured in the same run on the
+//! same machine and engine:
+//!
+//! * submission: `--no-wait` runs accepted over HTTP into SQLite per second (goal ≥ 500/s, none
+//!   lost), against the server's own no-op `GET /healthz` rate (the HTTP floor);
+//! * dispatch latency: submit → first step container started, idle worker (goal p50 ≤ 50 ms),
+//!   against `docker run -d` → started, both read from the engine's own `start` events;
+//! * live log latency: a container line's own timestamp → an HTTP follower has it (goal p50
+//!   ≤ 50 ms), against the same container's output read live by `docker run`;
+//! * log throughput to one follower (goal ≥ 100 MB/s), live and replayed, against `docker run`
+//!   and `docker logs` moving the same bytes.
+//!
+//! `cargo bench --bench server` (needs `scripts/test-env.sh`'s engine and busybox image).
+//! Sizes: `KILN_BENCH_RUNS` (default 2000), `KILN_BENCH_SAMPLES` (20), `KILN_BENCH_LOG_MB` (64).
+
+#[path = "../tests/support/server.rs"]
+mod support;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::Server;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+fn cmd_request(command: &str) -> String {
+    serde_json::json!({
+        "type": "EncodedTask",
+        "source": {"kind": "none"},
+        "task": format!("steps:\n  - cmd: {command}\n"),
+    })
+    .to_string()
+}
+
+fn submit(agent: &ureq::Agent, server: &Server, body: &str) -> String {
+    let mut resp = agent
+        .post(format!("{}/runs", server.url))
+        .header("authorization", format!("Bearer {}", server.token))
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("POST /runs");
+    assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.body_mut().read_to_string());
+    let run: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("run JSON");
+    run["runId"].as_str().expect("runId").to_string()
+}
+
+fn wait_done(agent: &ureq::Agent, server: &Server, id: &str) -> String {
+    loop {
+        let mut resp = agent
+            .get(format!("{}/runs/{id}?wait=60", server.url))
+            .header("authorization", format!("Bearer {}", server.token))
+            .call()
+            .expect("GET run");
+        let run: serde_json::Value =
+            serde_json::from_str(&resp.body_mut().read_to_string().expect("body"))
+                .expect("run JSON");
+        let status = run["status"].as_str().unwrap_or_default().to_string();
+        if !matches!(status.as_str(), "Queued" | "Started" | "Running") {
+            return status;
+        }
+    }
+}
+
+/// Requests per second of `n` calls of `call` from `threads` threads.
+fn rate(n: usize, threads: usize, call: impl Fn(&ureq::Agent) + Sync) -> f64 {
+    let start = Instant::now();
+    thread::scope(|s| {
+        for t in 0..threads {
+            let call = &call;
+            s.spawn(move || {
+                let agent = agent();
+                for _ in (t..n).step_by(threads) {
+                    call(&agent);
+                }
+            });
+        }
+    });
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn submission() {
+    let n = setting("KILN_BENCH_RUNS", 2000);
+    let server = Server::start("bsub", 0);
+    let threads = 8;
+    let healthz = rate(n, threads, |a| {
+        let resp = a.get(format!("{}/healthz", server.url)).call().expect("healthz");
+        assert_eq!(resp.status().as_u16(), 200);
+    });
+    let body = cmd_request("busybox true");
+    let runs = rate(n, threads, |a| {
+        submit(a, &server, &body);
+    });
+    let mut resp = agent()
+        .get(format!("{}/runs?top=0", server.url))
+        .header("authorization", format!("Bearer {}", server.token))
+        .call()
+        .expect("list");
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("list JSON");
+    let mut ids: Vec<&str> = listed.iter().filter_map(|r| r["runId"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "every accepted run is stored, once");
+    println!(
+        "submission: {runs:.0} runs/s accepted ({n} runs, {threads} clients, all {n} stored); \
+         HTTP floor GET /healthz {healthz:.0} req/s; ratio {:.2}",
+        runs / healthz
+    );
+}
+
+/// Engine `start` events: (time in ns, the `kiln.run` label or the container name).
+fn start_events() -> (std::process::Child, mpsc::Receiver<(i128, String)>) {
+    let mut child = Command::new("docker")
+        .args([
+            "events",
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=start",
+            "--format",
+            "{{.TimeNano}} {{index .Actor.Attributes \"kiln.run\"}} {{.Actor.Attributes.name}}",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker events");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let mut parts = line.split_whitespace();
+            let time = parts.next().and_then(|t| t.parse().ok()).unwrap_or_default();
+            let key = parts.next().unwrap_or_default().to_string();
+            if tx.send((time, key)).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_for_start(events: &mpsc::Receiver<(i128, String)>, key: &str) -> i128 {
+    loop {
+        let (time, k) = events.recv_timeout(Duration::from_secs(60)).expect("a start event");
+        if k == key {
+            return time;
+        }
+    }
+}
+
+fn dispatch() {
+    let samples = setting("KILN_BENCH_SAMPLES", 20);
+    let server = Server::start("bdis", 1);
+    let agent = agent();
+    let (mut events, rx) = start_events();
+    let body = cmd_request("busybox true");
+    // Warm-up: the first run pays for image lookups and the engine's caches.
+    let warm = submit(&agent, &server, &body);
+    wait_done(&agent, &server, &warm);
+    let mut kiln = Vec::new();
+    for _ in 0..samples {
+        let t0 = now_ns();
+        let id = submit(&agent, &server, &body);
+        let started = wait_for_start(&rx, &id);
+        kiln.push((started - t0) as f64 / 1e6);
+        wait_done(&agent, &server, &id);
+    }
+    let mut docker = Vec::new();
+    for i in 0..samples {
+        let name = format!("kiln-bench-dispatch-{}-{i}", std::process::id());
+        let t0 = now_ns();
+        let status = Command::new("docker")
+            .args(["run", "-d", "--rm", "--name", &name, "--label", "kiln.run=", "busybox", "true"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("docker run");
+        assert!(status.success());
+        let started = wait_for_start(&rx, "");
+        docker.push((started - t0) as f64 / 1e6);
+    }
+    let _ = events.kill();
+    let (k50, k90) = (percentile(&mut kiln, 0.5), percentile(&mut kiln, 0.9));
+    let (d50, d90) = (percentile(&mut docker, 0.5), percentile(&mut docker, 0.9));
+    println!(
+        "dispatch (submit -> container started), {samples} runs: kiln p50 {k50:.1} ms p90 {k90:.1} ms; \
+         docker run -d p50 {d50:.1} ms p90 {d90:.1} ms; ratio p50 {:.2}",
+        k50 / d50
+    );
+}
+
+/// A shell loop printing `lines` lines, each stamped by busybox `ts` with its own time.
+const TICKS: &str = "for i in $(seq 1 LINES); do echo tick; usleep 20000; done | ts %.s";
+
+/// Latencies (ms) of stamped lines read from `reader` as they arrive.
+fn stamped_latencies(reader: impl std::io::Read) -> Vec<f64> {
+    let mut out = Vec::new();
+    for line in BufReader::new(reader).lines().map_while(Result::ok) {
+        let arrived = now_ns();
+        let Some(stamp) = line.split_whitespace().find_map(|w| w.parse::<f64>().ok()) else {
+            continue;
+        };
+        if line.contains("tick") {
+            out.push((arrived as f64 - stamp * 1e9) / 1e6);
+        }
+    }
+    out
+}
+
+fn log_latency() {
+    let lines = setting("KILN_BENCH_SAMPLES", 20) * 10;
+    let script = TICKS.replace("LINES", &lines.to_string());
+    let server = Server::start("blat", 1);
+    let agent = agent();
+    let body = cmd_request(&format!("busybox sh -c '{script}'"));
+    let id = submit(&agent, &server, &body);
+    let resp = agent
+        .get(format!("{}/runs/{id}/log?follow=true", server.url))
+        .header("authorization", format!("Bearer {}", server.token))
+        .call()
+        .expect("follow");
+    let mut kiln = stamped_latencies(resp.into_body().into_reader());
+    assert_eq!(wait_done(&agent, &server, &id), "Succeeded");
+    let out = Command::new("docker")
+        .args(["run", "--rm", "busybox", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker run");
+    let mut docker = stamped_latencies(out.stdout.expect("stdout"));
+    assert_eq!((kiln.len(), docker.len()), (lines, lines), "every line arrived");
+    let (k50, k90) = (percentile(&mut kiln, 0.5), percentile(&mut kiln, 0.9));
+    let (d50, d90) = (percentile(&mut docker, 0.5), percentile(&mut docker, 0.9));
+    println!(
+        "live log latency (container line -> reader), {lines} lines: kiln HTTP follower p50 \
+         {k50:.1} ms p90 {k90:.1} ms; docker run (attached) p50 {d50:.1} ms p90 {d90:.1} ms; \
+         ratio p50 {:.2}",
+        k50 / d50
+    );
+}
+
+/// Bytes per second of draining `reader`.
+fn drain_rate(reader: impl std::io::Read) -> (u64, f64) {
+    let start = Instant::now();
+    let mut reader = reader;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    (total, total as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+fn log_throughput() {
+    let mb = setting("KILN_BENCH_LOG_MB", 64);
+    let script = format!(
+        "yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu | head -c {}",
+        mb << 20
+    );
+    let server = Server::start("bthr", 1);
+    let agent = agent();
+    let id = submit(&agent, &server, &cmd_request(&format!("busybox sh -c '{script}'")));
+    let follow = |offset: u64| {
+        agent
+            .get(format!("{}/runs/{id}/log?follow=true&offset={offset}", server.url))
+            .header("authorization", format!("Bearer {}", server.token))
+            .call()
+            .expect("follow")
+            .into_body()
+            .into_with_config()
+            .limit(u64::MAX)
+            .reader()
+    };
+    let (live_bytes, live) = drain_rate(follow(0));
+    assert_eq!(wait_done(&agent, &server, &id), "Succeeded");
+    let (replay_bytes, replay) = drain_rate(follow(0));
+    assert_eq!(live_bytes, replay_bytes, "the live follower got every byte");
+    let name = format!("kiln-bench-logs-{}", std::process::id());
+    let run = Command::new("docker")
+        .args(["run", "--name", &name, "busybox", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker run");
+    let (_, docker_live) = drain_rate(run.stdout.expect("stdout"));
+    let logs = Command::new("docker")
+        .args(["logs", &name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker logs");
+    let (_, docker_replay) = drain_rate(logs.stdout.expect("stdout"));
+    let _ = Command::new("docker").args(["rm", "-f", &name]).stdout(Stdio::null()).status();
+    println!(
+        "log throughput ({mb} MiB to one follower): kiln live {live:.0} MB/s, replay {replay:.0} MB/s; \
+         docker run (attached) {docker_live:.0} MB/s, docker logs {docker_replay:.0} MB/s; ratios \
+         live {:.2}, replay {:.2}",
+        live / docker_live,
+        replay / docker_replay
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    if wanted("submission") {
+        submission();
+    }
+    if wanted("dispatch") {
+        dispatch();
+    }
+    if wanted("latency") {
+        log_latency();
+    }
+    if wanted("throughput") {
+        log_throughput();
+    }
+}

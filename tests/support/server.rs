@@ -1,0 +1,145 @@
+//! A `kiln serve` child process for end-to-end tests and benchmarks: started on a loopback port
+//! with its own data directory and run-ID prefix, with the admin token it printed and a CLI
+//! command pointed at it.
+#![allow(dead_code)] // each includer uses its own part
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+
+pub fn registry() -> String {
+    std::env::var("KILN_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".to_string())
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A running `kiln serve` with its data directory.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub token: String,
+    pub data: PathBuf,
+    pub prefix: String,
+    pub _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server with a fresh data directory and `workers` workers.
+    pub fn start(prefix: &str, workers: usize) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_path_buf();
+        let mut server = Server::spawn(prefix, &data, workers, None);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts `kiln serve` on `data`; `token` is the admin token when the data directory has one
+    /// already (it is printed on the first start only).
+    pub fn spawn(prefix: &str, data: &Path, workers: usize, token: Option<String>) -> Server {
+        let config = data.join("kiln.toml");
+        std::fs::write(&config, format!("run_id_prefix = \"{prefix}\"\n")).expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .expect("server log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(["--registry", &registry(), "--workers", &workers.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("kiln serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        // Drains stdout for the server's whole life, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Keep reading after the test stopped listening: the server must never block.
+                let _ = tx.send(line);
+            }
+        });
+        let mut token = token;
+        let url = loop {
+            let line = rx.recv().unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(data.join("server.log")).unwrap_or_default();
+                panic!("kiln serve exited before listening:\n{log}")
+            });
+            if let Some(t) = line.strip_prefix("admin token: ") {
+                assert!(token.is_none(), "the admin token is printed on the first start only");
+                token = Some(t.to_string());
+            }
+            if let Some(url) = line.strip_prefix("kiln listening on ") {
+                break url.to_string();
+            }
+        };
+        Server {
+            child,
+            url,
+            token: token.expect("an admin token on the first start"),
+            data: data.to_path_buf(),
+            prefix: prefix.to_string(),
+            _dir: None,
+        }
+    }
+
+    /// The `kiln` CLI pointed at this server, with no client config file of the user's.
+    pub fn kiln(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.env("KILN_SERVER", &self.url)
+            .env("KILN_TOKEN", &self.token)
+            .env("KILN_CLIENT_CONFIG", self.data.join("client.toml"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.kiln().args(args).output().expect("kiln")
+    }
+
+    pub fn show(&self, id: &str) -> serde_json::Value {
+        let out = self.run(&["show-run", id, "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("show-run JSON")
+    }
+
+    /// A raw HTTP call with `token` (none: no Authorization header).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String) {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{}{path}", self.url);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(body.to_vec()).expect("request");
+        let mut resp = agent.run(req).expect("HTTP");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    pub fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        (self.data.clone(), self.token.clone(), self._dir.take())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}

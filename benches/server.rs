@@ -239,12 +239,13 @@ fn log_latency() {
         .expect("follow");
     let mut kiln = stamped_latencies(resp.into_body().into_reader());
     assert_eq!(wait_done(&agent, &server, &id), "Succeeded");
-    let out = Command::new("docker")
+    let mut out = Command::new("docker")
         .args(["run", "--rm", "busybox", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .expect("docker run");
-    let mut docker = stamped_latencies(out.stdout.expect("stdout"));
+    let mut docker = stamped_latencies(out.stdout.take().expect("stdout"));
+    assert!(out.wait().expect("docker run").success());
     assert_eq!((kiln.len(), docker.len()), (lines, lines), "every line arrived");
     let (k50, k90) = (percentile(&mut kiln, 0.5), percentile(&mut kiln, 0.9));
     let (d50, d90) = (percentile(&mut docker, 0.5), percentile(&mut docker, 0.9));
@@ -297,18 +298,15 @@ fn log_throughput() {
     let (replay_bytes, replay) = drain_rate(follow(0));
     assert_eq!(live_bytes, replay_bytes, "the live follower got every byte");
     let name = format!("kiln-bench-logs-{}", std::process::id());
-    let run = Command::new("docker")
-        .args(["run", "--name", &name, "busybox", "sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("docker run");
-    let (_, docker_live) = drain_rate(run.stdout.expect("stdout"));
-    let logs = Command::new("docker")
-        .args(["logs", &name])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("docker logs");
-    let (_, docker_replay) = drain_rate(logs.stdout.expect("stdout"));
+    let docker = |args: &[&str]| {
+        let mut child =
+            Command::new("docker").args(args).stdout(Stdio::piped()).spawn().expect("docker");
+        let rate = drain_rate(child.stdout.take().expect("stdout")).1;
+        assert!(child.wait().expect("docker").success());
+        rate
+    };
+    let docker_live = docker(&["run", "--name", &name, "busybox", "sh", "-c", &script]);
+    let docker_replay = docker(&["logs", &name]);
     let _ = Command::new("docker").args(["rm", "-f", &name]).stdout(Stdio::null()).status();
     println!(
         "log throughput ({mb} MiB to one follower): kiln live {live:.0} MB/s, replay {replay:.0} MB/s; \

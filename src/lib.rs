@@ -4,6 +4,7 @@
 //! ([`render`], with [`values`]), and turns them into the plan a worker (`kiln-worker`)
 //! executes ([`plan`]). It knows no Docker.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod render;
 pub mod request;
 pub mod run_id;
+pub mod server;
 pub mod source_map;
 pub mod store;
 pub mod task;

@@ -2,6 +2,7 @@
 //! and call the library; nothing here knows a task file's rules.
 
 mod exec;
+mod serve;
 mod task_file;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ enum Command {
     Render(task_file::RenderArgs),
     /// Run a task file on the local Docker engine, without a server (like ACR's `acb exec`).
     Exec(exec::ExecArgs),
+    /// Run the kiln server: the HTTP API and the embedded workers.
+    Serve(serve::ServeArgs),
 }
 
 /// How results are printed.
@@ -44,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => task_file::validate(args, cli.config.as_deref()),
         Command::Render(args) => task_file::render(args, cli.config.as_deref()),
         Command::Exec(args) => exec::exec(args, cli.config.as_deref()),
+        Command::Serve(args) => serve::serve(args, cli.config.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,148 @@
+//! `kiln serve`: flags → [`ServeConfig`], logging to stderr, the async runtime and the shutdown
+//! signals; the server itself is [`crate::server`]. stdout carries only the admin-token line
+//! (first start) and the listening line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use chrono::TimeDelta;
+use clap::Args;
+use kiln_worker::plan::RegistryCredential;
+
+use crate::config::Config;
+use crate::server::{ServeConfig, serve as run_server};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the real address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    addr: SocketAddr,
+    /// Where the database, uploads and run workspaces live
+    /// (default: /var/lib/kiln as root, else ~/.local/share/kiln).
+    #[arg(long, env = "KILN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Default registry (`host[:port]`) for image names without one; overrides the config file.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    registry: Option<String>,
+    /// User name for logging in to --registry.
+    #[arg(long, value_name = "USER", requires = "registry", requires = "registry_password_file")]
+    registry_user: Option<String>,
+    /// File holding the --registry password (never taken as an argument).
+    #[arg(long, value_name = "FILE", requires = "registry_user")]
+    registry_password_file: Option<PathBuf>,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    workers: usize,
+    /// Days logs of finished runs are kept.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    log_retention_days: u32,
+    /// Largest accepted context upload, in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    max_upload_mb: u64,
+}
+
+pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let default_registry = args.registry.clone().or(config.default_registry.clone());
+    let credentials = match (&args.registry, &args.registry_user, &args.registry_password_file) {
+        (Some(registry), Some(username), Some(file)) => {
+            let text = std::fs::read_to_string(file).with_context(|| {
+                format!("reading the registry password from {}", file.display())
+            })?;
+            let password = text.trim_end_matches(['\r', '\n']).to_string();
+            if password.is_empty() {
+                bail!("{} is empty: it should hold the registry password", file.display());
+            }
+            vec![RegistryCredential {
+                registry: registry.clone(),
+                username: username.clone(),
+                password,
+            }]
+        }
+        _ => Vec::new(),
+    };
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let serve_config = ServeConfig {
+        addr: args.addr,
+        data_dir,
+        run_id_prefix: config.run_id_prefix.clone(),
+        default_registry,
+        credentials,
+        images: config.image_aliases(),
+        workers: args.workers,
+        log_retention: TimeDelta::days(i64::from(args.log_retention_days)),
+        max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run_server(serve_config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `/var/lib/kiln` for root, else `~/.local/share/kiln`.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if is_root() {
+        return Ok(PathBuf::from("/var/lib/kiln"));
+    }
+    let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) else {
+        bail!("no data directory: set --data-dir or KILN_DATA_DIR (HOME is not set)");
+    };
+    Ok(PathBuf::from(home).join(".local/share/kiln"))
+}
+
+/// Whether the process runs as root: `/proc/self` belongs to the effective user (Linux).
+fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,41 @@
+//! Bearer-token authentication as a middleware layer, so no protected handler can forget it.
+//! It runs before the handler and therefore before any request body is read: a rejected upload
+//! is never stored. Every request verifies against the store (a hash lookup), so a deleted
+//! token stops working at once; nothing is cached.
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::{AUTHORIZATION, CONNECTION};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// The token of `Authorization: Bearer <token>`, if the header has that form.
+pub fn bearer_token(request: &Request) -> Option<&str> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Lets the request through only with a token the store issued. A refusal closes the
+/// connection: the request body was not read, so the connection cannot carry another request.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let verified = match bearer_token(&request) {
+        Some(token) => state.store.verify_token(token).await,
+        None => Ok(None),
+    };
+    let error = match verified {
+        Ok(Some(_)) => return next.run(request).await,
+        Ok(None) => ApiError::Unauthorized,
+        Err(e) => ApiError::from(e),
+    };
+    let mut response = error.into_response();
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}

@@ -1,0 +1,105 @@
+//! The API's one error type. Every failure a handler can meet becomes an [`ApiError`], and every
+//! `ApiError` answers as JSON [`ErrorBody`] with a fitting status, so clients parse one shape and
+//! handlers never build responses by hand. Causes of 500s are logged here, once.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::ErrorBody;
+use crate::diagnostic::Diagnostic;
+use crate::run_id::RunId;
+use crate::store::{RunStatus, StoreError};
+
+/// What the 401 says (the client tells the user how to fix it).
+pub const UNAUTHORIZED_MESSAGE: &str =
+    "missing or invalid API token (set KILN_TOKEN or run `kiln login`)";
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{UNAUTHORIZED_MESSAGE}")]
+    Unauthorized,
+    /// Bad input: a field out of range, an unknown upload, a request that is not JSON.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A task file sent with the request does not validate; nothing was queued.
+    #[error("{name}: invalid task file ({errors} error{})", if *.errors == 1 { "" } else { "s" })]
+    InvalidTask { name: String, errors: usize, diagnostics: Vec<Diagnostic> },
+    #[error("run {0} not found")]
+    NotFound(RunId),
+    #[error("run {run} already finished with status {status}")]
+    AlreadyFinished { run: RunId, status: RunStatus },
+    #[error("the upload is larger than the server's limit of {limit_mb} MiB")]
+    TooLarge { limit_mb: u64 },
+    /// An extractor's rejection that keeps its own status (e.g. 413 for an oversized JSON body).
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) | ApiError::InvalidTask { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::AlreadyFinished { .. } => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Rejected { status, .. } => *status,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A 500 whose cause is `e`.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(run) => ApiError::NotFound(run),
+            StoreError::AlreadyFinished { run, status } => {
+                ApiError::AlreadyFinished { run, status }
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let message = r.body_text();
+        if status.is_server_error() {
+            ApiError::Internal(message)
+        } else {
+            ApiError::Rejected { status, message }
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let error = self.to_string();
+        let diagnostics = match self {
+            ApiError::InvalidTask { diagnostics, .. } => diagnostics,
+            _ => Vec::new(),
+        };
+        (status, Json(ErrorBody { error, diagnostics })).into_response()
+    }
+}

@@ -1,0 +1,290 @@
+//! `GET /runs/{id}/log`: a run's stored log from a byte offset, as plain text or, for
+//! `follow=true`, as a stream that stays open until the run ends; with `Accept:
+//! text/event-stream` the same stream as server-sent events a browser can resume
+//! (`Last-Event-ID`).
+//!
+//! Every byte sent is read from the store by offset, never taken from a wake-up: the hub only
+//! says "look again". So a follower gets exactly what is stored, in order, without gaps or
+//! duplicates, however wake-ups interleave. Plain bodies are sent as the store's pages (up to
+//! 1 MiB each) with no per-line work.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _, stream};
+use tokio::sync::watch;
+
+use crate::api::{ErrorBody, LOG_OFFSET_HEADER, LogQuery};
+use crate::log_hub::{LogHub, LogProgress};
+use crate::run_id::RunId;
+use crate::store::{RunStatus, Store, StoreError};
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// Largest read from the store at once.
+pub const PAGE_BYTES: usize = 1 << 20;
+/// How often a follower re-reads the store without a wake-up (covers writers in other
+/// processes, which do not publish to this process's hub).
+const RECHECK: Duration = Duration::from_secs(1);
+/// The request header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// A run's log.
+#[utoipa::path(get, path = "/runs/{id}/log", tag = "runs",
+    params(("id" = String, Path, description = "Run ID"),
+        ("offset" = Option<u64>, Query, description = "Byte offset to start from"),
+        ("follow" = Option<bool>, Query, description = "Stream new bytes until the run ends"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume offset; overrides `offset`")),
+    responses(
+        (status = 200, description = "Log bytes from `offset` (header x-kiln-log-offset); \
+            server-sent events (`log`, then `end` with the final status) for \
+            `Accept: text/event-stream`", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn log(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let id = RunId::new(id);
+    let offset_header = HeaderValue::from(query.offset);
+    if wants_sse(&headers) {
+        let offset = match headers.get(LAST_EVENT_ID) {
+            Some(v) => v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+                ApiError::BadRequest("Last-Event-ID must be a byte offset".to_string())
+            })?,
+            None => query.offset,
+        };
+        let reader = LogReader::open(&state.store, &state.hub, id, offset, true).await?;
+        let mut response =
+            Sse::new(sse_events(reader)).keep_alive(KeepAlive::default()).into_response();
+        response.headers_mut().insert(LOG_OFFSET_HEADER, HeaderValue::from(offset));
+        return Ok(response);
+    }
+    let reader = LogReader::open(&state.store, &state.hub, id, query.offset, query.follow).await?;
+    let mut response = Body::from_stream(byte_stream(reader)).into_response();
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(LOG_OFFSET_HEADER, offset_header);
+    if query.follow {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    Ok(response)
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// Reads a run's log in order from an offset; when following, waits for more until the run is
+/// terminal and everything stored was read.
+pub struct LogReader {
+    store: Store,
+    run: RunId,
+    offset: u64,
+    /// Wake-ups while following; `None` when not following or once the hub dropped the channel.
+    rx: Option<watch::Receiver<LogProgress>>,
+    /// Following: the run was seen terminal before the last read began, so an empty read is the
+    /// end. Always true when not following.
+    ended: bool,
+    /// The run's status as last read.
+    status: RunStatus,
+    failed: bool,
+}
+
+impl LogReader {
+    /// Checks the run exists (`NotFound` otherwise) and, when following a run that is not over,
+    /// subscribes to its wake-ups before anything is read.
+    pub async fn open(
+        store: &Store,
+        hub: &LogHub,
+        run: RunId,
+        offset: u64,
+        follow: bool,
+    ) -> Result<LogReader, StoreError> {
+        let record = store.get_run(&run).await?;
+        let ended = !follow || record.status.is_terminal();
+        let rx = (!ended).then(|| hub.subscribe(&run));
+        Ok(LogReader {
+            store: store.clone(),
+            run,
+            offset,
+            rx,
+            ended,
+            status: record.status,
+            failed: false,
+        })
+    }
+
+    /// The next stored bytes and the offset they start at; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<(u64, Bytes)>, StoreError> {
+        loop {
+            let pages = self.store.read_log(&self.run, self.offset, PAGE_BYTES).await?;
+            if let Some(last) = pages.last() {
+                let start = self.offset;
+                self.offset = last.end();
+                return Ok(Some((start, join(pages))));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let record = self.store.get_run(&self.run).await?;
+            self.status = record.status;
+            if record.status.is_terminal() {
+                // One more read: whatever was stored before the end.
+                self.ended = true;
+                continue;
+            }
+            match self.rx.as_mut() {
+                Some(rx) => {
+                    if let Ok(Err(_)) = tokio::time::timeout(RECHECK, rx.changed()).await {
+                        // The hub dropped the channel: the run ended; the next pass sees it.
+                        self.rx = None;
+                    }
+                }
+                None => tokio::time::sleep(RECHECK).await,
+            }
+        }
+    }
+
+    /// The run's status as last read (terminal once a follower reached the end).
+    pub fn status(&self) -> RunStatus {
+        self.status
+    }
+}
+
+/// The pages as one buffer, without copying a single page.
+fn join(mut pages: Vec<crate::store::LogData>) -> Bytes {
+    if pages.len() == 1 {
+        return Bytes::from(pages.remove(0).data);
+    }
+    let mut buf = BytesMut::with_capacity(pages.iter().map(|p| p.data.len()).sum());
+    for p in &pages {
+        buf.extend_from_slice(&p.data);
+    }
+    buf.freeze()
+}
+
+/// The plain body: the reader's pages as they come; a store failure aborts the response.
+fn byte_stream(reader: LogReader) -> impl Stream<Item = Result<Bytes, StoreError>> {
+    stream::unfold(reader, |mut reader| async move {
+        if reader.failed {
+            return None;
+        }
+        match reader.next().await {
+            Ok(Some((_, bytes))) => Some((Ok(bytes), reader)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(run = %reader.run, error = %e, "reading the log failed");
+                reader.failed = true;
+                Some((Err(e), reader))
+            }
+        }
+    })
+}
+
+/// SSE state: the reader, and bytes of an unfinished UTF-8 character held back for the next
+/// event (so no character is split into two replacement characters).
+struct SseState {
+    reader: LogReader,
+    carry: Vec<u8>,
+    /// Offset just past the last byte sent as an event.
+    sent: u64,
+    done: bool,
+}
+
+/// `event: log` per read (`id:` = the offset after it), then `event: end` with the final status.
+fn sse_events(reader: LogReader) -> impl Stream<Item = Result<Event, Infallible>> {
+    let sent = reader.offset;
+    let state = SseState { reader, carry: Vec::new(), sent, done: false };
+    stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        loop {
+            match s.reader.next().await {
+                Ok(Some((_, bytes))) => {
+                    s.carry.extend_from_slice(&bytes);
+                    let keep = incomplete_utf8_tail(&s.carry);
+                    let n = s.carry.len() - keep;
+                    if n == 0 {
+                        continue;
+                    }
+                    let text: Vec<u8> = s.carry.drain(..n).collect();
+                    s.sent += n as u64;
+                    return Some((vec![log_event(&text, s.sent)], s));
+                }
+                Ok(None) => {
+                    let mut events = Vec::new();
+                    if !s.carry.is_empty() {
+                        s.sent += s.carry.len() as u64;
+                        events.push(log_event(&std::mem::take(&mut s.carry), s.sent));
+                    }
+                    events.push(Event::default().event("end").data(s.reader.status().as_str()));
+                    s.done = true;
+                    return Some((events, s));
+                }
+                Err(e) => {
+                    tracing::error!(run = %s.reader.run, error = %e, "reading the log failed");
+                    s.done = true;
+                    return Some((vec![Event::default().event("error").data(e.to_string())], s));
+                }
+            }
+        }
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)))
+}
+
+/// One `log` event. Line ends are normalised to `\n` (SSE treats a lone `\r` as a line end too).
+fn log_event(bytes: &[u8], end: u64) -> Event {
+    let text = String::from_utf8_lossy(bytes).replace("\r\n", "\n").replace('\r', "\n");
+    Event::default().id(end.to_string()).event("log").data(text)
+}
+
+/// How many bytes at the end of `b` begin a UTF-8 character that is not complete yet.
+fn incomplete_utf8_tail(b: &[u8]) -> usize {
+    let n = b.len();
+    for back in 1..=n.min(3) {
+        let byte = b[n - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let need = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if need > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod unit {
+    use super::incomplete_utf8_tail;
+
+    #[test]
+    fn server_utf8_tail_is_held_back() {
+        assert_eq!(incomplete_utf8_tail(b"abc"), 0);
+        let euro = "€".as_bytes();
+        assert_eq!(incomplete_utf8_tail(&euro[..1]), 1);
+        assert_eq!(incomplete_utf8_tail(&[b"a", &euro[..2]].concat()), 2);
+        assert_eq!(incomplete_utf8_tail(euro), 0);
+        assert_eq!(incomplete_utf8_tail(&[0xff]), 0);
+    }
+}

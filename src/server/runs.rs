@@ -1,0 +1,215 @@
+//! Runs over HTTP: submitting (validated before anything is stored), listing, reading (with an
+//! optional long-poll until the run ends) and cancelling. Handlers only extract and answer; the
+//! rules live in the plain functions below them, which tests and other callers can use directly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::api::{
+    self, ErrorBody, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest, RunWait, Source,
+};
+use crate::log_hub::LogHub;
+use crate::render::RunVars;
+use crate::request::task_input;
+use crate::run_id::RunId;
+use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS, DEFAULT_TOP};
+use crate::store::{NewRun, RunFilter, RunRecord, RunStatus, Store};
+use crate::uploads;
+
+use super::error::ApiError;
+use super::state::{AppState, Settings};
+
+/// The longest `GET /runs/{id}?wait=` honoured, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+/// How often a waiting request re-reads the store without a wake-up (writers in other
+/// processes do not publish to this process's hub).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Queue a run.
+#[utoipa::path(post, path = "/runs", tag = "runs", request_body = RunRequest,
+    responses(
+        (status = 201, description = "Queued", body = api::Run),
+        (status = 400, description = "Invalid request or task file", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    request: Result<Json<RunRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::Run>), ApiError> {
+    let Json(request) = request?;
+    let record = submit_run(&state, request).await?;
+    Ok((StatusCode::CREATED, Json(api::Run::from_record(&record))))
+}
+
+/// List runs, newest first.
+#[utoipa::path(get, path = "/runs", tag = "runs",
+    params(
+        ("status" = Option<RunStatus>, Query, description = "Only runs with this status"),
+        ("image" = Option<String>, Query, description = "`repository:tag`: runs that pushed it"),
+        ("task" = Option<String>, Query, description = "Only runs of this task"),
+        ("top" = Option<usize>, Query, description = "At most this many (default 15, 0 = all)")),
+    responses((status = 200, body = Vec<api::Run>), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<RunQuery>, QueryRejection>,
+) -> Result<Json<Vec<api::Run>>, ApiError> {
+    let Query(query) = query?;
+    let runs = state.store.list_runs(&filter(query)).await?;
+    Ok(Json(runs.iter().map(api::Run::from_record).collect()))
+}
+
+/// A run; with `wait`, answer once it is terminal or after that many seconds (at most 60).
+#[utoipa::path(get, path = "/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run ID"),
+        ("wait" = Option<u64>, Query, description = "Long-poll up to this many seconds (max 60)")),
+    responses((status = 200, body = api::Run), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    query: Result<Query<RunWait>, QueryRejection>,
+) -> Result<Json<api::Run>, ApiError> {
+    let Query(query) = query?;
+    let id = RunId::new(id);
+    let record = match query.wait.filter(|w| *w > 0) {
+        Some(wait) => {
+            let wait = Duration::from_secs(wait.min(MAX_WAIT_SECS));
+            wait_for_end(&state.store, &state.hub, &id, wait).await?
+        }
+        None => state.store.get_run(&id).await?,
+    };
+    Ok(Json(api::Run::from_record(&record)))
+}
+
+/// Cancel a run: a queued one at once, a running one through its worker.
+#[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs",
+    params(("id" = String, Path, description = "Run ID")),
+    responses((status = 200, body = api::Run), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<api::Run>, ApiError> {
+    let record = cancel_run(&state, &RunId::new(id)).await?;
+    Ok(Json(api::Run::from_record(&record)))
+}
+
+/// Validates `request` and queues it; wakes the agent.
+pub async fn submit_run(state: &AppState, request: RunRequest) -> Result<RunRecord, ApiError> {
+    let settings = state.settings.clone();
+    let checked = request.clone();
+    // Planning may fetch `alias.src` URLs (blocking, bounded): off the async threads.
+    tokio::task::spawn_blocking(move || validate(&checked, &settings))
+        .await
+        .map_err(ApiError::internal)??;
+    let new = NewRun {
+        run_type: request.run_type(),
+        trigger: "Manual".to_string(),
+        task_name: None,
+        request: serde_json::to_string(&request).map_err(ApiError::internal)?,
+        timeout_secs: request.timeout_secs().unwrap_or(DEFAULT_TIMEOUT_SECS),
+        platform: request.platform().unwrap_or(DEFAULT_PLATFORM).to_string(),
+    };
+    let record = state.store.create_run(new).await?;
+    state.agent.wake();
+    Ok(record)
+}
+
+/// Everything checkable at submission: the timeout's range, that an uploaded context exists, and
+/// for a Docker build or a task file sent in the request that it loads and plans. A file task's
+/// task file is in its context and is checked when the run starts.
+pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiError> {
+    if let Some(t) = request.timeout_secs()
+        && !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&t)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "timeout_secs must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {t}"
+        )));
+    }
+    if let Source::Upload { id } = request.source() {
+        let exists = uploads::path(&settings.data_dir, id).is_some_and(|p| p.is_file());
+        if !exists {
+            return Err(ApiError::BadRequest(format!("unknown upload {id}")));
+        }
+    }
+    if matches!(request, RunRequest::FileTask(_)) {
+        return Ok(());
+    }
+    let registry = settings.default_registry.as_deref();
+    let input =
+        task_input(request, None, registry).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut vars = RunVars::new(RunId::new("validation"), Utc::now());
+    if let Some(r) = registry {
+        vars.registry = r.to_string();
+    }
+    match input.plan(vars, &settings.images, Path::new(".")) {
+        Ok(_) => Ok(()),
+        Err(diagnostics) => {
+            let diagnostics = diagnostics.sorted().0;
+            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+            Err(ApiError::InvalidTask { name: input.name, errors, diagnostics })
+        }
+    }
+}
+
+/// The store filter of a `GET /runs` query.
+pub fn filter(query: RunQuery) -> RunFilter {
+    RunFilter {
+        status: query.status,
+        task_name: query.task,
+        image: query.image,
+        top: query.top.unwrap_or(DEFAULT_TOP),
+    }
+}
+
+/// Cancels `id`. A queued run is Canceled at once (its followers are told it ended); a started
+/// one is flagged and its worker told.
+pub async fn cancel_run(state: &AppState, id: &RunId) -> Result<RunRecord, ApiError> {
+    let record = state.store.cancel_run(id).await?;
+    if record.status == RunStatus::Canceled {
+        state.hub.finish(id);
+    } else {
+        state.agent.cancel(id);
+    }
+    Ok(record)
+}
+
+/// The run once it is terminal, or as it is after `wait`. Wakes on the hub (a log write or
+/// the end) and re-reads the store at least every second.
+pub async fn wait_for_end(
+    store: &Store,
+    hub: &LogHub,
+    id: &RunId,
+    wait: Duration,
+) -> Result<RunRecord, ApiError> {
+    let deadline = Instant::now() + wait;
+    let run = store.get_run(id).await?;
+    if run.status.is_terminal() {
+        return Ok(run);
+    }
+    let mut rx = Some(hub.subscribe(id));
+    loop {
+        // Read after subscribing: an end between the read and the wait still wakes us.
+        let run = store.get_run(id).await?;
+        let now = Instant::now();
+        if run.status.is_terminal() || now >= deadline {
+            return Ok(run);
+        }
+        let until = deadline.min(now + RECHECK);
+        match rx.as_mut() {
+            Some(r) => {
+                if let Ok(Err(_)) = tokio::time::timeout_at(until, r.changed()).await {
+                    // The hub dropped the channel (the run ended): re-read without waiting.
+                    rx = None;
+                }
+            }
+            None => tokio::time::sleep_until(until).await,
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! What every handler shares: the store, the log hub, the agent handle and the server's
+//! settings. Cheap to clone (handles and one `Arc`), as axum clones it per request.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::agent::Agent;
+use crate::log_hub::LogHub;
+use crate::store::Store;
+
+/// Settings handlers read; fixed for the server's lifetime.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// The registry tags without a host get, and `{{.Run.Registry}}` when validating.
+    pub default_registry: Option<String>,
+    /// Image aliases task files are validated with.
+    pub images: BTreeMap<String, String>,
+    /// `POST /uploads` larger than this is a 413.
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: LogHub,
+    pub agent: Agent,
+    pub settings: Arc<Settings>,
+}

@@ -1,0 +1,521 @@
+//! The API over real HTTP on loopback, against a real SQLite store in a temporary directory and
+//! the agent with no workers (so runs stay where the test puts them). Tests are synchronous:
+//! the server runs on its own runtime and the test speaks HTTP with `ureq`, driving the store
+//! (claiming, appending, finishing) through the same runtime. Nothing waits on a timer: every
+//! read blocks until the bytes it expects arrive.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{TimeDelta, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::janitor::{Janitor, Sweep};
+use super::*;
+use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER};
+use crate::run_id::RunId;
+use crate::store::runs::WAITING_LINE;
+use crate::store::{RunStatus, Store};
+
+const TTL: Duration = Duration::from_secs(30);
+
+struct Server {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    token: String,
+    store: Store,
+    hub: LogHub,
+    http: ureq::Agent,
+    dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: u16,
+    offset: Option<String>,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    fn error(&self) -> ErrorBody {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    fn run(&self) -> api::Run {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn start() -> Server {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let (store, hub, token, addr) = rt.block_on(async {
+        let store = Store::open(&data_dir, RunIdPrefix::new("ka").unwrap()).await.unwrap();
+        let token = store.ensure_admin_token().await.unwrap().unwrap();
+        let hub = LogHub::new();
+        let config = AgentConfig { workers: 0, ..AgentConfig::new(data_dir.clone()) };
+        let agent = Agent::start(store.clone(), hub.clone(), config).await.unwrap();
+        let state = AppState {
+            store: store.clone(),
+            hub: hub.clone(),
+            agent,
+            settings: Arc::new(Settings {
+                data_dir: data_dir.clone(),
+                default_registry: Some("registry.local:5000".to_string()),
+                images: crate::config::Config::default().image_aliases(),
+                max_upload_bytes: 1024 * 1024,
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        (store, hub, token, addr)
+    });
+    let http: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    Server { rt, base: format!("http://{addr}"), token, store, hub, http, dir }
+}
+
+fn answer(response: ureq::http::Response<ureq::Body>) -> Answer {
+    let header =
+        |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (status, offset, content_type) =
+        (response.status().as_u16(), header(LOG_OFFSET_HEADER), header("content-type"));
+    let body = response.into_body().read_to_vec().unwrap();
+    Answer { status, offset, content_type, body }
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+    fn get(&self, path: &str) -> Answer {
+        answer(self.http.get(self.url(path)).header("Authorization", self.auth()).call().unwrap())
+    }
+    fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self.http.get(self.url(path)).header("Authorization", self.auth());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        answer(req.call().unwrap())
+    }
+    fn post(&self, path: &str, auth: Option<&str>, content_type: &str, body: &[u8]) -> Answer {
+        let mut req = self.http.post(self.url(path)).header("content-type", content_type);
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        answer(req.send(body).unwrap())
+    }
+    fn submit(&self, request: &Value) -> Answer {
+        let body = serde_json::to_vec(request).unwrap();
+        self.post("/runs", Some(&self.auth()), "application/json", &body)
+    }
+    fn upload(&self, bytes: &[u8]) -> Answer {
+        self.post("/uploads", Some(&self.auth()), "application/gzip", bytes)
+    }
+    fn uploads_dir_files(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(crate::uploads::dir(self.dir.path())) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+    fn runs(&self) -> Vec<api::Run> {
+        let a = self.get("/runs?top=0");
+        assert_eq!(a.status, 200, "{}", a.text());
+        serde_json::from_slice(&a.body).unwrap()
+    }
+}
+
+fn encoded(task: &str) -> Value {
+    json!({"type": "EncodedTask", "source": {"kind": "none"}, "task": task})
+}
+
+const GOOD_TASK: &str = "version: v1.1.0\nsteps:\n  - cmd: bash echo hello\n";
+
+fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, *data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn server_rejects_missing_and_wrong_tokens_and_does_nothing() {
+    let s = start();
+    let body = serde_json::to_vec(&encoded(GOOD_TASK)).unwrap();
+    for auth in [None, Some("Bearer kiln_0000"), Some("Bearer nonsense"), Some("Basic abc")] {
+        let a = s.post("/runs", auth, "application/json", &body);
+        assert_eq!(a.status, 401, "{auth:?}");
+        assert_eq!(a.error().error, error::UNAUTHORIZED_MESSAGE);
+        let a = s.post("/uploads", auth, "application/gzip", &tar_gz(&[("a", b"x")]));
+        assert_eq!(a.status, 401);
+    }
+    let a = answer(s.http.get(s.url("/runs")).call().unwrap());
+    assert_eq!(a.status, 401);
+    assert_eq!(a.error().error, error::UNAUTHORIZED_MESSAGE);
+    assert!(s.runs().is_empty());
+    assert!(s.uploads_dir_files().is_empty());
+    // The public routes need no token.
+    let a = answer(s.http.get(s.url("/healthz")).call().unwrap());
+    assert_eq!((a.status, a.text().as_str()), (200, "ok"));
+}
+
+#[test]
+fn server_submits_an_encoded_task_and_lists_it() {
+    let s = start();
+    let a = s.submit(&encoded(GOOD_TASK));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let run = a.run();
+    assert_eq!(run.run_id, "ka1");
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.timeout, 3600);
+    assert_eq!(run.platform.os, "linux");
+    assert_eq!(run.trigger, "Manual");
+    let listed = s.runs();
+    assert_eq!(listed, vec![run.clone()]);
+    let got = s.get("/runs/ka1");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.run(), run);
+    // A Docker build is planned at submission too (tags get the default registry).
+    let build =
+        json!({"type": "DockerBuild", "source": {"kind": "none"}, "images": ["app:{{.Run.ID}}"]});
+    assert_eq!(s.submit(&build).status, 201);
+    let ids: Vec<String> = s.runs().into_iter().map(|r| r.run_id).collect();
+    assert_eq!(ids, ["ka2", "ka1"]);
+}
+
+#[test]
+fn server_refuses_a_bad_task_file_with_positioned_diagnostics() {
+    let s = start();
+    let task = "version: v1.1.0\nsteps:\n  - cmd: bash echo hi\n    when: [\"nope\"]\n";
+    let mut request = encoded(task);
+    request["task_name"] = json!("bad.yaml");
+    let a = s.submit(&request);
+    assert_eq!(a.status, 400, "{}", a.text());
+    let body = a.error();
+    assert_eq!(body.error, "bad.yaml: invalid task file (1 error)");
+    let d = &body.diagnostics[0];
+    assert!(d.is_error());
+    let pos = d.pos.expect("a position");
+    assert_eq!((pos.line, pos.col), (4, 12));
+    assert!(s.runs().is_empty());
+}
+
+#[test]
+fn server_refuses_bad_timeouts_unknown_uploads_and_bad_json() {
+    let s = start();
+    for t in [5, 299, 28_801] {
+        let mut request = encoded(GOOD_TASK);
+        request["timeout_secs"] = json!(t);
+        let a = s.submit(&request);
+        assert_eq!(a.status, 400);
+        let error = a.error().error;
+        assert!(
+            error.contains("timeout_secs") && error.contains("300") && error.contains("28800"),
+            "{error}"
+        );
+    }
+    let id = "0123456789abcdef0123456789abcdef";
+    let request = json!({"type": "FileTask", "source": {"kind": "upload", "id": id}});
+    let a = s.submit(&request);
+    assert_eq!(a.status, 400);
+    assert_eq!(a.error().error, format!("unknown upload {id}"));
+    let a = s.submit(&json!({"type": "FileTask", "source": {"kind": "upload", "id": "../../x"}}));
+    assert_eq!(a.error().error, "unknown upload ../../x");
+    let a = s.post("/runs", Some(&s.auth()), "application/json", b"{\"type\": \"Encod");
+    assert_eq!(a.status, 400);
+    assert!(a.error().error.contains("EOF"), "{}", a.text());
+    let a = s.submit(&json!({"type": "Nope"}));
+    assert_eq!(a.status, 422, "serde shape errors keep axum's status: {}", a.text());
+    assert!(s.runs().is_empty());
+}
+
+#[test]
+fn server_stores_a_good_upload_and_refuses_a_truncated_one() {
+    let s = start();
+    let archive = tar_gz(&[("acb.yaml", GOOD_TASK.as_bytes()), ("Dockerfile", b"FROM scratch\n")]);
+    let a = s.upload(&archive[..archive.len() - 10]);
+    assert_eq!(a.status, 400);
+    assert!(a.error().error.starts_with("the upload is not a complete .tar.gz: "), "{}", a.text());
+    assert!(s.uploads_dir_files().is_empty());
+    let a = s.upload(b"not gzip at all");
+    assert_eq!(a.status, 400);
+    assert!(s.uploads_dir_files().is_empty());
+    let too_big = vec![0u8; 1024 * 1024 + 1];
+    let a = s.upload(&too_big);
+    assert_eq!(a.status, 413, "{}", a.text());
+    assert!(s.uploads_dir_files().is_empty());
+
+    let a = s.upload(&archive);
+    assert_eq!(a.status, 201, "{}", a.text());
+    let upload: api::Upload = serde_json::from_slice(&a.body).unwrap();
+    let digest: String = Sha256::digest(&archive).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(upload.sha256, digest);
+    assert_eq!(upload.size, archive.len() as u64);
+    let path = crate::uploads::path(s.dir.path(), &upload.id).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), archive);
+    assert_eq!(s.uploads_dir_files(), vec![path]);
+    let request = json!({"type": "FileTask", "source": {"kind": "upload", "id": upload.id}});
+    assert_eq!(s.submit(&request).status, 201);
+}
+
+#[test]
+fn server_cancels_queued_runs_and_knows_unknown_ones() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.run().status, RunStatus::Canceled);
+    let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
+    assert_eq!(a.status, 409);
+    assert_eq!(a.error().error, "run ka1 already finished with status Canceled");
+    for a in [
+        s.get("/runs/ka9"),
+        s.get("/runs/ka9/log"),
+        s.post("/runs/ka9/cancel", Some(&s.auth()), "application/json", b""),
+    ] {
+        assert_eq!(a.status, 404);
+        assert_eq!(a.error().error, "run ka9 not found");
+    }
+}
+
+#[test]
+fn server_long_poll_answers_when_the_run_ends() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| s.get("/runs/ka1?wait=60"));
+        let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
+        assert_eq!(a.status, 200);
+        let waited = waiter.join().unwrap();
+        assert_eq!(waited.status, 200);
+        assert_eq!(waited.run().status, RunStatus::Canceled);
+    });
+}
+
+#[test]
+fn server_log_of_a_queued_run_says_it_waits() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let a = s.get("/runs/ka1/log");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.content_type.as_deref(), Some("text/plain; charset=utf-8"));
+    assert_eq!(a.offset.as_deref(), Some("0"));
+    assert_eq!(a.text(), WAITING_LINE);
+    let a = s.get("/runs/ka1/log?offset=8");
+    assert_eq!(a.offset.as_deref(), Some("8"));
+    assert_eq!(a.text(), &WAITING_LINE[8..]);
+}
+
+/// Claims the only queued run and returns its epoch.
+fn claim(s: &Server, id: &RunId) -> i64 {
+    let claim = s.rt.block_on(s.store.claim_next("test-worker", TTL)).unwrap().unwrap();
+    assert_eq!(&claim.run.id, id);
+    claim.epoch
+}
+
+fn append(s: &Server, id: &RunId, epoch: i64, bytes: &[u8]) {
+    let chunk = s.rt.block_on(s.store.append_log(id, epoch, bytes)).unwrap();
+    s.hub.publish(id, chunk.offset + chunk.len);
+}
+
+fn finish(s: &Server, id: &RunId, epoch: i64, status: RunStatus) {
+    s.rt.block_on(s.store.finish(id, epoch, status, None, &[], None)).unwrap();
+    s.hub.finish(id);
+}
+
+#[test]
+fn server_follow_streams_appended_bytes_exactly_and_ends() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let id = RunId::new("ka1");
+    let response = s
+        .http
+        .get(s.url("/runs/ka1/log?follow=true"))
+        .header("Authorization", s.auth())
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut body = response.into_body().into_reader();
+    let mut received = Vec::new();
+    let mut read = |n: usize, received: &mut Vec<u8>| {
+        let mut buf = vec![0u8; n];
+        body.read_exact(&mut buf).unwrap();
+        received.extend_from_slice(&buf);
+    };
+    read(WAITING_LINE.len(), &mut received);
+    let epoch = claim(&s, &id);
+    let parts: [&[u8]; 3] = [b"Step ID: one\n", b"partial line without end", b" ... done\n"];
+    for part in parts {
+        append(&s, &id, epoch, part);
+        read(part.len(), &mut received);
+    }
+    // Two appends before the follower reads: both arrive, in order, once.
+    append(&s, &id, epoch, b"a\n");
+    append(&s, &id, epoch, b"b\n");
+    read(4, &mut received);
+    finish(&s, &id, epoch, RunStatus::Succeeded);
+    let mut rest = Vec::new();
+    body.read_to_end(&mut rest).unwrap();
+    received.extend_from_slice(&rest);
+    let expected = [WAITING_LINE.as_bytes(), parts[0], parts[1], parts[2], b"a\nb\n"].concat();
+    assert_eq!(String::from_utf8(received).unwrap(), String::from_utf8(expected.clone()).unwrap());
+    // A follower of the finished run gets the same bytes and the stream ends.
+    let a = s.get("/runs/ka1/log?follow=true");
+    assert_eq!(a.body, expected);
+    let a = s.get(&format!("/runs/ka1/log?follow=true&offset={}", WAITING_LINE.len() + 5));
+    assert_eq!(a.body, expected[WAITING_LINE.len() + 5..]);
+}
+
+/// `(id, event, data)` of each event in an SSE body; data lines joined by `\n`.
+fn sse_events(body: &str) -> Vec<(Option<u64>, String, String)> {
+    let mut events = Vec::new();
+    for block in body.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let (mut id, mut event, mut data) = (None, String::new(), Vec::new());
+        for line in block.lines() {
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = Some(value.parse().unwrap()),
+                "event" => event = value.to_string(),
+                "data" => data.push(value),
+                other => panic!("unexpected field {other}"),
+            }
+        }
+        if !event.is_empty() || !data.is_empty() {
+            events.push((id, event, data.join("\n")));
+        }
+    }
+    events
+}
+
+#[test]
+fn server_sse_resumes_exactly_at_last_event_id() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let id = RunId::new("ka1");
+    let epoch = claim(&s, &id);
+    let euro = "€".as_bytes();
+    // A character split across two chunks comes out whole.
+    append(&s, &id, epoch, &[b"line one\nprice: 5".as_slice(), &euro[..1]].concat());
+    append(&s, &id, epoch, &[&euro[1..], b"\nlast\n".as_slice()].concat());
+    finish(&s, &id, epoch, RunStatus::Failed);
+    let full = [WAITING_LINE.as_bytes(), b"line one\nprice: 5", euro, b"\nlast\n"].concat();
+
+    let sse = [("accept", "text/event-stream")];
+    let a = s.get_with("/runs/ka1/log", &sse);
+    assert_eq!(a.status, 200);
+    assert!(a.content_type.as_deref().unwrap().starts_with("text/event-stream"));
+    let events = sse_events(&a.text());
+    let (logs, end) = events.split_at(events.len() - 1);
+    assert_eq!(end[0], (None, "end".to_string(), "Failed".to_string()));
+    let text: String = logs.iter().map(|(_, _, d)| d.as_str()).collect();
+    assert_eq!(text.as_bytes(), full);
+    assert!(logs.iter().all(|(_, e, _)| e == "log"));
+    assert_eq!(logs.last().unwrap().0, Some(full.len() as u64));
+
+    // Resume from each event's ID: the rest arrives exactly; Last-Event-ID beats `offset`.
+    for (resume, _, _) in logs {
+        let resume = resume.unwrap();
+        let resume_text = resume.to_string();
+        let a = s.get_with("/runs/ka1/log?offset=0", &[sse[0], ("last-event-id", &resume_text)]);
+        let events = sse_events(&a.text());
+        let text: String =
+            events.iter().filter(|(_, e, _)| e == "log").map(|(_, _, d)| d.as_str()).collect();
+        assert_eq!(text.as_bytes(), &full[resume as usize..], "resuming at {resume}");
+        assert_eq!(events.last().unwrap().1, "end");
+    }
+}
+
+#[test]
+fn server_openapi_lists_every_path_and_the_bearer_scheme() {
+    let s = start();
+    let a = answer(s.http.get(s.url("/openapi.json")).call().unwrap());
+    assert_eq!(a.status, 200);
+    let doc = a.json();
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/uploads",
+        "/runs",
+        "/runs/{id}",
+        "/runs/{id}/cancel",
+        "/runs/{id}/log",
+        "/healthz",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    assert!(paths["/runs"]["post"].is_object() && paths["/runs"]["get"].is_object());
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(doc["components"]["schemas"]["RunRequest"].is_object());
+}
+
+fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
+    Janitor {
+        store: store.clone(),
+        hub: hub.clone(),
+        data_dir: data_dir.to_path_buf(),
+        log_retention: TimeDelta::days(30),
+        upload_max_age: TimeDelta::days(1),
+    }
+}
+
+#[tokio::test]
+async fn server_janitor_applies_retention_and_expires_lost_runs() {
+    use crate::store::{NewRun, RunType};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), RunIdPrefix::new("ka").unwrap()).await.unwrap();
+    let hub = LogHub::new();
+    let janitor = janitor(&store, &hub, dir.path());
+    let done = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
+    let claim = store.claim_next("w", TTL).await.unwrap().unwrap();
+    store.finish(&done.id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+    let upload_dir = crate::uploads::dir(dir.path());
+    std::fs::create_dir_all(&upload_dir).unwrap();
+    let upload = upload_dir.join(format!("{}.tar.gz", crate::uploads::new_id()));
+    std::fs::write(&upload, b"x").unwrap();
+
+    let now = Utc::now();
+    let sweep = janitor.sweep(now + TimeDelta::days(29)).await.unwrap();
+    assert_eq!(sweep.log_chunks_deleted, 0);
+    assert_eq!(sweep.uploads_deleted, 1, "a day-old upload goes");
+    assert!(!upload.exists());
+    assert_eq!(store.read_log(&done.id, 0, 1 << 20).await.unwrap().len(), 1);
+
+    let running = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
+    let claim = store.claim_next("w", TTL).await.unwrap().unwrap();
+    let mut rx = hub.subscribe(&running.id);
+    let sweep = janitor.sweep(now).await.unwrap();
+    assert_eq!(sweep, Sweep::default(), "nothing is due yet");
+
+    let sweep = janitor.sweep(now + TimeDelta::days(31)).await.unwrap();
+    assert_eq!(sweep.log_chunks_deleted, 1);
+    assert!(store.read_log(&done.id, 0, 1 << 20).await.unwrap().is_empty());
+    assert_eq!(sweep.expired_leases, vec![running.id.clone()]);
+    let after = store.get_run(&running.id).await.unwrap();
+    assert_eq!(after.status, RunStatus::Error);
+    assert!(after.epoch > claim.epoch);
+    rx.changed().await.unwrap();
+    assert!(rx.borrow().finished, "followers are told the run ended");
+}

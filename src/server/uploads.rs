@@ -1,0 +1,102 @@
+//! `POST /uploads`: a context archive streamed to disk while it is hashed and counted, checked to
+//! be a complete `.tar.gz` (decoded to the end, so a truncated upload is refused now rather than
+//! failing a run later), then renamed into place under its ID. Nothing half-written is ever
+//! visible under an upload's final name.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use futures_util::TryStreamExt as _;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::api::{ErrorBody, Upload};
+use crate::uploads;
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// Store a context archive (`.tar.gz`).
+#[utoipa::path(post, path = "/uploads", tag = "uploads",
+    request_body(content = Vec<u8>, content_type = "application/gzip", description = "A .tar.gz"),
+    responses(
+        (status = 201, description = "Stored", body = Upload),
+        (status = 400, description = "Not a complete .tar.gz", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 413, description = "Larger than --max-upload-mb", body = ErrorBody)))]
+pub async fn upload(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<(StatusCode, Json<Upload>), ApiError> {
+    let upload =
+        store_upload(&state.settings.data_dir, state.settings.max_upload_bytes, body).await?;
+    Ok((StatusCode::CREATED, Json(upload)))
+}
+
+/// Removes the temporary file unless disarmed (every early return, including a dropped request).
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Streams `body` into the uploads directory and returns the stored upload.
+pub async fn store_upload(data_dir: &Path, max_bytes: u64, body: Body) -> Result<Upload, ApiError> {
+    let dir = uploads::dir(data_dir);
+    tokio::fs::create_dir_all(&dir).await.map_err(ApiError::internal)?;
+    let id = uploads::new_id();
+    let final_path = uploads::path(data_dir, &id)
+        .ok_or_else(|| ApiError::internal("a new upload ID is not an upload ID"))?;
+    let tmp_path = dir.join(format!("{id}.tmp"));
+    let mut guard = TempFile(Some(tmp_path.clone()));
+    let mut file = tokio::fs::File::create(&tmp_path).await.map_err(ApiError::internal)?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("reading the upload failed: {e}")))?
+    {
+        size += chunk.len() as u64;
+        if size > max_bytes {
+            return Err(ApiError::TooLarge { limit_mb: max_bytes / (1024 * 1024) });
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(ApiError::internal)?;
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    file.sync_all().await.map_err(ApiError::internal)?;
+    drop(file);
+    let check_path = tmp_path.clone();
+    tokio::task::spawn_blocking(move || check_tar_gz(&check_path))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::BadRequest(format!("the upload is not a complete .tar.gz: {e}")))?;
+    tokio::fs::rename(&tmp_path, &final_path).await.map_err(ApiError::internal)?;
+    guard.0 = None;
+    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Upload { id, size, sha256 })
+}
+
+/// Decodes the whole archive: every entry's data and the gzip trailer (its CRC and length).
+pub fn check_tar_gz(path: &Path) -> io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        io::copy(&mut entry, &mut io::sink())?;
+    }
+    // The tar end marker may come before the end of the gzip stream: read it out, so the
+    // decoder checks the trailer.
+    io::copy(&mut archive.into_inner(), &mut io::sink())?;
+    Ok(())
+}

@@ -55,6 +55,12 @@ impl LogHub {
         self.with(|runs| runs.remove(run));
     }
 
+    /// Drops the entries nobody follows any more (a follower that subscribed just as its run
+    /// finished leaves one behind, since receivers do not unsubscribe).
+    pub fn prune(&self) {
+        self.with(|runs| runs.retain(|_, tx| tx.receiver_count() > 0));
+    }
+
     fn send(&self, run: &RunId, update: impl FnOnce(&mut LogProgress)) {
         self.with(|runs| {
             if let Some(tx) = runs.get(run) {
@@ -91,5 +97,11 @@ mod tests {
         // The entry is gone; publishing to a run nobody follows is a no-op.
         hub.publish(&run, 20);
         assert!(hub.runs.lock().expect("lock").is_empty());
+        // A follower gone without a wake-up is pruned.
+        drop(hub.subscribe(&RunId::new("ka2")));
+        let kept = hub.subscribe(&RunId::new("ka3"));
+        hub.prune();
+        assert_eq!(hub.runs.lock().expect("lock").len(), 1);
+        drop(kept);
     }
 }

@@ -59,6 +59,7 @@ impl Janitor {
         for run in expired_leases.iter().chain(&timed_out) {
             self.hub.finish(run);
         }
+        self.hub.prune();
         let uploads_deleted = self.delete_old_uploads(now).await?;
         Ok(Sweep { log_chunks_deleted, uploads_deleted, expired_leases, timed_out })
     }

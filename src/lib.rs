@@ -13,6 +13,7 @@ pub mod plan;
 pub mod render;
 pub mod request;
 pub mod run_id;
+pub mod run_log;
 pub mod source_map;
 pub mod store;
 pub mod task;

@@ -4,6 +4,7 @@
 //! ([`render`], with [`values`]), and turns them into the plan a worker (`kiln-worker`)
 //! executes ([`plan`]). It knows no Docker.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

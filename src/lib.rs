@@ -14,6 +14,7 @@ pub mod plan;
 pub mod render;
 pub mod request;
 pub mod run_id;
+pub mod run_log;
 pub mod server;
 pub mod source_map;
 pub mod store;

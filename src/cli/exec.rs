@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use kiln_worker::plan::{RegistryCredential, StepId};
-use kiln_worker::{Engine, Event, LogStream, RunOptions, RunStatus, RunSummary, StepStatus};
+use kiln_worker::{Engine, Event, RunOptions, RunStatus, RunSummary, StepStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::task_file::{TaskFileArgs, check, print_diagnostics, summary};
+use crate::run_log::{self, Dependencies, LineAssembler};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -132,82 +133,65 @@ async fn run(plan: kiln_worker::plan::Plan, options: RunOptions) -> anyhow::Resu
     Ok(summary.status)
 }
 
-/// Output held back waiting for a newline, at most.
-const MAX_PARTIAL_LINE: usize = 64 * 1024;
-
 /// Turns the event stream into lines on the terminal: `step | text`, one colour per step.
 struct Printer {
+    style: Style,
+    lines: LineAssembler,
+    dependencies: Dependencies,
+}
+
+/// How a line looks on this terminal.
+struct Style {
     colour: bool,
     width: usize,
     palette: HashMap<StepId, usize>,
-    /// Output of each step and stream that has not reached a newline yet.
-    partial: HashMap<(Option<StepId>, LogStream), Vec<u8>>,
-    reports: Vec<serde_json::Value>,
-    pushed: HashMap<String, String>,
+}
+
+impl Style {
+    fn line(&self, out: &mut impl Write, step: Option<&StepId>, text: &str) {
+        let _ = if self.colour {
+            let name = run_log::line_name(step);
+            let colour = step.and_then(|s| self.palette.get(s)).map_or(37, |i| 31 + (i % 6));
+            writeln!(out, "\x1b[{colour}m{name:<w$}\x1b[0m | {text}", w = self.width)
+        } else {
+            run_log::write_line(out, self.width, step, text)
+        };
+    }
 }
 
 impl Printer {
     fn new(order: &[StepId]) -> Self {
+        let lines = LineAssembler::new(order);
         Self {
-            colour: std::io::stdout().is_terminal(),
-            width: order.iter().map(|s| s.as_str().len()).max().unwrap_or(0),
-            palette: order.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
-            partial: HashMap::new(),
-            reports: Vec::new(),
-            pushed: HashMap::new(),
+            style: Style {
+                colour: std::io::stdout().is_terminal(),
+                width: lines.width(),
+                palette: order.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
+            },
+            lines,
+            dependencies: Dependencies::default(),
         }
     }
 
     fn event(&mut self, event: Event) {
-        match event {
-            Event::Log { step, stream, data } => {
-                let buffer = self.partial.entry((step.clone(), stream)).or_default();
-                buffer.extend_from_slice(&data);
-                // A whole line is printed at once; output without newlines is printed in pieces
-                // so one endless line cannot fill memory.
-                let end = match buffer.iter().rposition(|&b| b == b'\n') {
-                    Some(end) => end,
-                    None if buffer.len() >= MAX_PARTIAL_LINE => buffer.len(),
-                    None => return,
-                };
-                let lines: Vec<u8> = buffer.drain(..end.min(buffer.len() - 1) + 1).collect();
-                let lines = lines.strip_suffix(b"\n").unwrap_or(&lines);
-                // One write per event, not per line: a step printing 200 MB must not cost a
-                // system call a line.
-                let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-                for line in lines.split(|&b| b == b'\n') {
-                    self.line(&mut out, step.as_ref(), &String::from_utf8_lossy(line));
-                }
-                // A closed stdout (a pipe to `head`) must not abort the run: it still cleans up.
-                let _ = out.flush();
-            }
-            Event::DependencyReport { report, .. } => self.reports.push(report),
-            Event::ImagePushed { image, digest, .. } => {
-                self.pushed.insert(image, digest);
-            }
-            _ => {}
+        self.dependencies.observe(&event);
+        if let Event::Log { step, stream, data } = event {
+            // One write per event, not per line: a step printing 200 MB must not cost a
+            // system call a line.
+            let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+            let Printer { style, lines, .. } = self;
+            lines.push(step.as_ref(), stream, &data, |step, text| {
+                style.line(&mut out, step, text);
+            });
+            // A closed stdout (a pipe to `head`) must not abort the run: it still cleans up.
+            let _ = out.flush();
         }
-    }
-
-    fn line(&self, out: &mut impl Write, step: Option<&StepId>, text: &str) {
-        let name = step.map_or("kiln", StepId::as_str);
-        let _ = if self.colour {
-            let colour = step.and_then(|s| self.palette.get(s)).map_or(37, |i| 31 + (i % 6));
-            writeln!(out, "\x1b[{colour}m{name:<w$}\x1b[0m | {text}", w = self.width)
-        } else {
-            writeln!(out, "{name:<w$} | {text}", w = self.width)
-        };
     }
 
     fn finish(mut self, summary: &RunSummary) {
-        let rest: Vec<(Option<StepId>, Vec<u8>)> =
-            self.partial.drain().map(|((step, _), bytes)| (step, bytes)).collect();
         let mut out = std::io::stdout().lock();
-        for (step, bytes) in rest {
-            if !bytes.is_empty() {
-                self.line(&mut out, step.as_ref(), &String::from_utf8_lossy(&bytes));
-            }
-        }
+        let Printer { style, lines, .. } = &mut self;
+        lines.flush(|step, text| style.line(&mut out, step, text));
         drop(out);
         println!();
         println!(
@@ -216,7 +200,7 @@ impl Printer {
             "STATUS",
             "DURATION",
             "EXIT",
-            w = self.width.max(4)
+            w = self.style.width.max(4)
         );
         for step in &summary.steps {
             let status = match step.status {
@@ -231,40 +215,25 @@ impl Printer {
                 "{:<w$}  {status:<10}  {:>8.2}s  {exit:>4}",
                 step.id.as_str(),
                 step.elapsed.as_secs_f64(),
-                w = self.width.max(4)
+                w = self.style.width.max(4)
             );
         }
-        if summary.status == RunStatus::Succeeded && !self.reports.is_empty() {
-            let mut entries: Vec<serde_json::Value> = self
-                .reports
-                .into_iter()
-                .flat_map(|r| r.as_array().cloned().unwrap_or_default())
-                .collect();
-            for entry in &mut entries {
-                let reference =
-                    entry["image"]["reference"].as_str().unwrap_or_default().to_string();
-                if let Some(digest) = self.pushed.get(&reference) {
-                    entry["image"]["digest"] = serde_json::Value::String(digest.clone());
-                }
-            }
-            println!("\nThe following dependencies were found:");
-            println!("{}", serde_json::Value::Array(entries));
+        if summary.status == RunStatus::Succeeded
+            && let Some(report) = self.dependencies.report()
+        {
+            println!("\n{}", run_log::DEPENDENCIES_HEADER);
+            println!("{report}");
         }
-        let elapsed = summary.elapsed.as_secs();
-        match (&summary.status, &summary.error) {
-            (RunStatus::Succeeded, _) => {
-                println!("\nRun ID: {} was successful after {elapsed}s", summary.run_id)
-            }
-            (status, error) => eprintln!(
-                "\nRun ID: {} {} after {elapsed}s. Error: {}",
-                summary.run_id,
-                match status {
-                    RunStatus::Canceled => "was canceled",
-                    RunStatus::Timeout => "timed out",
-                    _ => "failed",
-                },
-                error.as_deref().unwrap_or("unknown")
-            ),
+        let outcome = run_log::outcome_line(
+            summary.run_id.as_str(),
+            summary.status,
+            summary.elapsed.as_secs(),
+            summary.error.as_deref(),
+        );
+        if summary.status == RunStatus::Succeeded {
+            println!("\n{outcome}");
+        } else {
+            eprintln!("\n{outcome}");
         }
         for e in &summary.cleanup_errors {
             eprintln!("warning: cleanup: {e}");

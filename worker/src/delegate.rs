@@ -1,13 +1,19 @@
 //! The seam from a step to the build and push modules (`crate::build`, `crate::push`): what
 //! they need from the run, and the events their results become.
 //!
-//! Those modules report output through a synchronous callback (`&dyn Fn(&[u8])`), which cannot
-//! wait for a slow event consumer. [`LogPipe`] bridges the two: it buffers up to a fixed amount
-//! and forwards it as log events; past that it drops output and says how much, so memory stays
-//! bounded either way.
+//! Those modules report output through a synchronous callback (`&dyn Fn(&[u8])`), called from
+//! inside their own futures, in the same task as the consumer: the callback can neither block
+//! (it would block the task that drains it) nor await. [`LogPipe`] bridges the two without
+//! losing output: the callback always appends, and [`LogPipe::throttle`] stops polling the
+//! build/push future while the buffer is over capacity, so the engine's stream is not read and
+//! the producer waits for the consumer (back-pressure). Memory stays bounded by the capacity
+//! plus what one poll of the job decodes from bytes the engine already delivered.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::{Mutex, PoisonError};
+use std::task::{Poll, Waker};
 
 use bollard::Docker;
 use tokio::sync::Notify;
@@ -19,7 +25,7 @@ use crate::plan::{Plan, PlanStep, StepId};
 use crate::push;
 use crate::workspace::CONTAINER_PATH;
 
-/// Output a delegated step may have waiting for the event channel before kiln drops output.
+/// Output a delegated step may have waiting for the event channel before its job is paused.
 const PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// What a build or push step does.
@@ -113,21 +119,40 @@ pub(crate) struct LogPipe {
 #[derive(Debug, Default)]
 struct PipeState {
     pending: Vec<u8>,
-    dropped: usize,
     closed: bool,
+    /// The throttled job, parked while `pending` is over capacity.
+    producer: Option<Waker>,
+    /// Largest `pending` seen (tests check the bound).
+    peak: usize,
 }
 
 impl LogPipe {
-    /// The callback side: never blocks, never grows past [`PIPE_CAPACITY`].
+    /// The callback side: never blocks and never drops; [`LogPipe::throttle`] keeps the
+    /// buffer bounded by pausing the producer.
     pub(crate) fn write(&self, bytes: &[u8]) {
         {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let room = PIPE_CAPACITY.saturating_sub(state.pending.len());
-            let taken = bytes.len().min(room);
-            state.pending.extend_from_slice(&bytes[..taken]);
-            state.dropped += bytes.len() - taken;
+            state.pending.extend_from_slice(bytes);
+            state.peak = state.peak.max(state.pending.len());
         }
         self.wake.notify_one();
+    }
+
+    /// Polls `job` (the future whose callback writes into this pipe) only while the buffer
+    /// has room: a full buffer parks the job until [`LogPipe::forward`] takes the output.
+    pub(crate) async fn throttle<F: Future>(&self, job: F) -> F::Output {
+        let mut job = pin!(job);
+        std::future::poll_fn(|cx| {
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if state.pending.len() >= PIPE_CAPACITY {
+                    state.producer = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+            job.as_mut().poll(cx)
+        })
+        .await
     }
 
     /// No more writes will come; [`LogPipe::forward`] returns once the buffer is empty.
@@ -140,28 +165,21 @@ impl LogPipe {
     pub(crate) async fn forward(&self, events: &Events, step: &StepId) {
         let mut mask = events.masker();
         loop {
-            let (chunk, dropped, closed) = {
+            let (chunk, closed, producer) = {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
                 let chunk = std::mem::take(&mut state.pending);
-                let dropped = std::mem::take(&mut state.dropped);
-                (chunk, dropped, state.closed)
+                (chunk, state.closed, state.producer.take())
             };
+            // Room again: the job may go on producing while this chunk is sent.
+            if let Some(producer) = producer {
+                producer.wake();
+            }
             let mut safe = mask.push(&chunk).into_owned();
             if closed {
                 safe.extend(mask.finish());
             }
             if !safe.is_empty() {
                 events.log(Some(step), LogStream::Stdout, &safe).await;
-            }
-            if dropped > 0 {
-                events
-                    .system(
-                        Some(step),
-                        format!(
-                            "[{dropped} bytes of output dropped: the log consumer fell behind]"
-                        ),
-                    )
-                    .await;
             }
             if closed {
                 return;
@@ -170,6 +188,11 @@ impl LogPipe {
             // and this await is not missed.
             self.wake.notified().await;
         }
+    }
+
+    #[cfg(test)]
+    fn peak(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).peak
     }
 }
 
@@ -201,25 +224,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pipe_drops_past_capacity_and_says_so() {
-        let (tx, mut rx) = mpsc::channel(64);
+    async fn a_stalled_consumer_pauses_the_producer_and_loses_nothing() {
+        // A one-slot channel: the consumer takes one event per turn while the producer writes
+        // four times what the pipe holds; the producer must wait instead of dropping output or
+        // growing the buffer.
+        let (tx, mut rx) = mpsc::channel(1);
         let events = Events::new(tx, crate::mask::Secrets::default());
         let pipe = LogPipe::default();
-        // Nothing forwards while these are written, as with a stalled consumer.
-        pipe.write(&vec![b'x'; PIPE_CAPACITY]);
-        pipe.write(b"lost");
-        pipe.close();
-        pipe.forward(&events, &StepId::new("b")).await;
-        drop(events);
-        let mut stdout = 0;
-        let mut notes = Vec::new();
-        while let Some(Event::Log { stream, data, .. }) = rx.recv().await {
-            match stream {
-                LogStream::Stdout => stdout += data.len(),
-                _ => notes.push(String::from_utf8_lossy(&data).into_owned()),
+        let step = StepId::new("b");
+        let piece = vec![b'x'; 64 * 1024];
+        let pieces = 4 * PIPE_CAPACITY / piece.len();
+        let producer = async {
+            pipe.throttle(async {
+                for _ in 0..pieces {
+                    pipe.write(&piece);
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await;
+            pipe.close();
+        };
+        let consumer = async {
+            let mut received = 0;
+            while let Some(Event::Log { data, .. }) = rx.recv().await {
+                received += data.len();
             }
-        }
-        assert_eq!(stdout, PIPE_CAPACITY);
-        assert_eq!(notes, vec!["[4 bytes of output dropped: the log consumer fell behind]\n"]);
+            received
+        };
+        let run = async {
+            tokio::join!(producer, pipe.forward(&events, &step));
+            drop(events);
+        };
+        let ((), received) = tokio::join!(run, consumer);
+        assert_eq!(received, pieces * piece.len());
+        assert!(pipe.peak() < PIPE_CAPACITY + piece.len(), "peak {}", pipe.peak());
     }
 }

@@ -24,7 +24,7 @@
 //! | [`push`] | push steps, with [`auth`] (registry logins) and [`image_ref`] (references) |
 //! | `delegate` | the seam from a step to the build and push modules |
 //! | [`event`] | the event stream and status vocabulary |
-//! | `mask` | keeping the plan's secret values out of logs |
+//! | [`mask`] | keeping the plan's secret values out of logs |
 
 pub mod auth;
 pub mod backoff;
@@ -36,7 +36,7 @@ pub mod engine;
 pub mod event;
 mod image;
 pub mod image_ref;
-mod mask;
+pub mod mask;
 pub mod names;
 pub mod plan;
 mod ports;

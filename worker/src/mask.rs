@@ -5,6 +5,9 @@
 //! travel to a remote control plane. Container output arrives in arbitrary pieces, so a
 //! [`MaskedStream`] holds back the few trailing bytes that might be the start of a secret
 //! until the next piece (or the end of the stream) decides.
+//!
+//! Public because the control plane masks again where it stores logs (defence in depth: a
+//! remote worker's events are not trusted to be masked), with this one implementation.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -14,13 +17,13 @@ pub const MASK: &[u8] = b"***";
 
 /// The run's secret values; cheap to share.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Secrets {
+pub struct Secrets {
     /// Longest first, so a secret containing another is masked whole.
     values: Arc<Vec<Vec<u8>>>,
 }
 
 impl Secrets {
-    pub(crate) fn new(masked: &[String]) -> Self {
+    pub fn new(masked: &[String]) -> Self {
         let mut values: Vec<Vec<u8>> =
             masked.iter().filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec()).collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
@@ -29,7 +32,7 @@ impl Secrets {
     }
 
     /// Masks a complete text (a system line, an error message).
-    pub(crate) fn text(&self, text: &str) -> String {
+    pub fn text(&self, text: &str) -> String {
         if self.values.is_empty() {
             return text.to_string();
         }
@@ -40,14 +43,14 @@ impl Secrets {
     }
 
     /// A masker for one output stream.
-    pub(crate) fn stream(&self) -> MaskedStream {
+    pub fn stream(&self) -> MaskedStream {
         MaskedStream { secrets: self.clone(), held: Vec::new() }
     }
 }
 
 /// Masks one stream of output delivered in pieces.
 #[derive(Debug)]
-pub(crate) struct MaskedStream {
+pub struct MaskedStream {
     secrets: Secrets,
     /// Bytes that may be the beginning of a secret, kept until more output decides.
     held: Vec<u8>,
@@ -56,7 +59,7 @@ pub(crate) struct MaskedStream {
 impl MaskedStream {
     /// Returns the part of `held + data` that is safe to emit now (`data` itself, uncopied,
     /// when the run has no secrets).
-    pub(crate) fn push<'d>(&mut self, data: &'d [u8]) -> Cow<'d, [u8]> {
+    pub fn push<'d>(&mut self, data: &'d [u8]) -> Cow<'d, [u8]> {
         if self.secrets.values.is_empty() {
             return Cow::Borrowed(data);
         }
@@ -66,7 +69,7 @@ impl MaskedStream {
     }
 
     /// The end of the stream: what was held back is masked as far as it goes and released.
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
+    pub fn finish(&mut self) -> Vec<u8> {
         let held = std::mem::take(&mut self.held);
         self.scan(&held, true)
     }

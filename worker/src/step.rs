@@ -414,7 +414,7 @@ async fn run_delegated(
     };
     let work = async {
         let result = tokio::select! {
-            result = delegate::run(job, &request, &log) => result,
+            result = pipe.throttle(delegate::run(job, &request, &log)) => result,
             // Dropping the job's future closes its engine connections, which ends the build
             // or push on the engine side.
             () = stop.cancelled() => Err("interrupted".to_string()),

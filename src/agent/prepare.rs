@@ -1,0 +1,174 @@
+//! Everything between a claimed run and a plan the worker can execute: decoding the stored
+//! request, fetching its context into the run's own directory (an uploaded archive, a Git
+//! repository or a tarball URL), and planning the task with the server's settings.
+//!
+//! Every failure here is the request's problem, not the server's: it becomes one line (naming
+//! the file and position where there is one) that ends the run as `Error`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use chrono::Utc;
+use flate2::read::GzDecoder;
+use kiln_worker::build::remote;
+use kiln_worker::plan::Plan;
+
+use crate::api::{RunRequest, Source};
+use crate::render::RunVars;
+use crate::request;
+use crate::run_id::RunId;
+use crate::store::RunRecord;
+use crate::uploads;
+
+use super::log_writer::LogWriter;
+
+/// Why a run could not be prepared; the message is the run's error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrepareError {
+    #[error("the run's request cannot be read: {0}")]
+    Request(#[from] serde_json::Error),
+    #[error("upload {id} not found (it may have expired)")]
+    MissingUpload { id: String },
+    #[error("cannot extract upload {id}: {message}")]
+    Extract { id: String, message: String },
+    #[error("cannot fetch the source: {0}")]
+    Fetch(#[from] remote::RemoteError),
+    #[error("{url} is not a git or tarball URL")]
+    NotRemote { url: String },
+    #[error("cannot create {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("the context extraction failed: {0}")]
+    Task(String),
+    #[error(transparent)]
+    Input(#[from] request::RequestError),
+    /// The task file's first error, as `file:line:col: error: …`.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The agent's settings planning needs.
+pub(crate) struct Settings<'a> {
+    pub(crate) default_registry: Option<&'a str>,
+    pub(crate) images: &'a BTreeMap<String, String>,
+}
+
+/// A run ready to execute.
+pub(crate) struct Ready {
+    pub(crate) plan: Plan,
+    /// Copied into the run's workspace by the worker.
+    pub(crate) context_dir: Option<PathBuf>,
+    /// The request's secret values (`--set-secret`, secret build args).
+    pub(crate) secrets: Vec<String>,
+}
+
+/// Decodes `run`'s request, fetches its context under `run_dir` and plans it. Progress,
+/// warnings and diagnostics go to `log`; secrets are registered with it as soon as known.
+pub(crate) async fn prepare(
+    run: &RunRecord,
+    data_dir: &Path,
+    run_dir: &Path,
+    settings: &Settings<'_>,
+    log: &mut LogWriter,
+) -> Result<Ready, PrepareError> {
+    let request: RunRequest = serde_json::from_str(&run.request)?;
+    let secrets = request.secret_values();
+    log.mask(secrets.iter().cloned());
+    let mut commit = String::new();
+    let context_dir = match request.source() {
+        Source::None => None,
+        Source::Upload { id } => {
+            let archive = uploads::path(data_dir, id)
+                .filter(|p| p.is_file())
+                .ok_or_else(|| PrepareError::MissingUpload { id: id.clone() })?;
+            log.line("Downloading source code...");
+            let dest = run_dir.join("context");
+            extract(archive, dest.clone(), id.clone()).await?;
+            log.line("Finished downloading source code");
+            Some(dest)
+        }
+        Source::Git { url } | Source::Tarball { url } => {
+            let remote = remote::detect(url)?
+                .ok_or_else(|| PrepareError::NotRemote { url: remote::redact(url) })?;
+            log.line("Downloading source code...");
+            let output = Mutex::new(Vec::new());
+            let collect = |bytes: &[u8]| {
+                output.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
+            };
+            let fetched = remote::fetch(&remote, &run_dir.join("context"), &collect).await;
+            // The fetch's own lines name the URL redacted; the writer masks them again.
+            let output = output.into_inner().unwrap_or_else(PoisonError::into_inner);
+            for line in String::from_utf8_lossy(&output).lines() {
+                log.line(line);
+            }
+            let fetched = fetched?;
+            log.line("Finished downloading source code");
+            commit = fetched.commit.unwrap_or_default();
+            Some(fetched.context_dir)
+        }
+    };
+
+    let input = request::task_input(&request, context_dir.as_deref(), settings.default_registry)?;
+    log.mask(input.masked.iter().cloned());
+    let mut vars = RunVars::new(RunId::new(run.id.as_str()), Utc::now());
+    vars.registry = settings.default_registry.unwrap_or_default().to_string();
+    vars.commit = commit;
+    let base_dir = context_dir.clone().unwrap_or_else(|| run_dir.to_path_buf());
+    match input.plan(vars, settings.images, &base_dir) {
+        Ok(planned) => {
+            for d in planned.diagnostics.iter() {
+                log.line(&d.display(&input.name).to_string());
+            }
+            Ok(Ready { plan: planned.plan, context_dir, secrets })
+        }
+        Err(diagnostics) => {
+            for d in diagnostics.iter() {
+                log.line(&d.display(&input.name).to_string());
+            }
+            let errors: Vec<_> = diagnostics.iter().filter(|d| d.is_error()).collect();
+            let mut message = match errors.first() {
+                Some(first) => first.display(&input.name).to_string(),
+                None => format!("{}: invalid task file", input.name),
+            };
+            if errors.len() > 1 {
+                message.push_str(&format!(" (and {} more errors)", errors.len() - 1));
+            }
+            Err(PrepareError::Invalid(message))
+        }
+    }
+}
+
+/// Extracts an uploaded `.tar.gz` into `dest`, refusing entries that would land outside it.
+async fn extract(archive: PathBuf, dest: PathBuf, id: String) -> Result<(), PrepareError> {
+    let failed = {
+        let id = id.clone();
+        move |message: String| PrepareError::Extract { id: id.clone(), message }
+    };
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dest)
+            .map_err(|source| PrepareError::Dir { path: dest.clone(), source })?;
+        let file = File::open(&archive).map_err(|_| PrepareError::MissingUpload { id })?;
+        let mut tar = tar::Archive::new(GzDecoder::new(io::BufReader::new(file)));
+        tar.set_preserve_permissions(true);
+        tar.set_overwrite(true);
+        for entry in tar.entries().map_err(|e| failed(e.to_string()))? {
+            let mut entry = entry.map_err(|e| failed(e.to_string()))?;
+            let path = entry.path().map_err(|e| failed(e.to_string()))?.into_owned();
+            let inside =
+                path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+            if !inside {
+                return Err(failed(format!("entry {} escapes the context", path.display())));
+            }
+            // `unpack_in` also refuses entries reached through a symlink pointing outside.
+            let unpacked = entry.unpack_in(&dest).map_err(|e| failed(e.to_string()))?;
+            if !unpacked {
+                return Err(failed(format!("entry {} escapes the context", path.display())));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| PrepareError::Task(e.to_string()))?
+}

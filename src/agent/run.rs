@@ -1,0 +1,230 @@
+//! One held run, from claim to finished record: heartbeats (which carry cancellation and detect
+//! a lost lease), preparation, execution with `kiln_worker`, the log, and the final record.
+//!
+//! The record is written once, at the end, fenced on the claim's epoch: if the lease was taken
+//! away meanwhile, someone else already recorded the run and this worker only cleans up.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kiln_worker::image_ref::ImageRef;
+use kiln_worker::plan::StepId;
+use kiln_worker::{Engine, RunOptions, RunStatus as WorkerStatus};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::run_log::{self, Dependencies};
+use crate::store::lease::SERVER_STOPPED_MESSAGE;
+use crate::store::{Claim, OutputImage, RunStatus, StoreError};
+
+use super::log_writer::LogWriter;
+use super::prepare::{self, Settings};
+use super::{Held, Shared};
+
+/// Events the worker may have in flight before it waits for the log writer.
+const EVENT_CHANNEL: usize = 256;
+
+/// Runs a claimed run to its finished record.
+pub(super) async fn run_claimed(shared: &Shared, claim: Claim) {
+    let Claim { run, epoch } = claim;
+    let held = shared.hold(&run.id);
+    let done = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(
+        shared.store.clone(),
+        run.id.clone(),
+        epoch,
+        shared.config.lease_ttl,
+        held.clone(),
+        done.clone(),
+    ));
+    let run_dir = shared.config.work_dir().join(format!("ctx-{}", run.id));
+    let mut log = LogWriter::new(
+        shared.store.clone(),
+        shared.hub.clone(),
+        run.id.clone(),
+        epoch,
+        held.cancel.clone(),
+    );
+    log.mask(shared.config.credentials.iter().map(|c| c.password.clone()));
+
+    let (status, error, dependencies) =
+        execute(shared, &run, epoch, &run_dir, &held, &mut log).await;
+
+    done.cancel();
+    if let Err(e) = heartbeat.await {
+        tracing::error!(run = %run.id, "heartbeat task failed: {e}");
+    }
+    // A stop the user did not ask for is the server going away, whatever the worker saw.
+    let (status, error) = if status == RunStatus::Canceled && !held.by_user.load(Ordering::SeqCst) {
+        (RunStatus::Error, Some(SERVER_STOPPED_MESSAGE.to_string()))
+    } else {
+        (status, error)
+    };
+    let error = error.map(|e| log.mask_text(&e));
+    if log.lost().is_none() {
+        let images = output_images(&dependencies);
+        let report = dependencies.report().map(|r| r.to_string());
+        match shared
+            .store
+            .finish(&run.id, epoch, status, error.as_deref(), &images, report.as_deref())
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::StaleLease { .. }) => {
+                tracing::warn!(run = %run.id, "run was finished by someone else (lease lost)");
+            }
+            Err(e) => tracing::error!(run = %run.id, "recording the run's result failed: {e}"),
+        }
+        shared.hub.finish(&run.id);
+    }
+    shared.release(&run.id);
+    if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(run = %run.id, "removing {} failed: {e}", run_dir.display());
+    }
+}
+
+/// Prepares and executes the run, writing its log; returns its status, error and results.
+async fn execute(
+    shared: &Shared,
+    run: &crate::store::RunRecord,
+    epoch: i64,
+    run_dir: &Path,
+    held: &Held,
+    log: &mut LogWriter,
+) -> (RunStatus, Option<String>, Dependencies) {
+    let mut dependencies = Dependencies::default();
+    let settings = Settings {
+        default_registry: shared.config.default_registry.as_deref(),
+        images: &shared.config.images,
+    };
+    let fail = |message: String| (RunStatus::Error, Some(message), Dependencies::default());
+    let Some(engine) = &shared.engine else {
+        return fail("this server has no workers".to_string());
+    };
+    let ready = match prepare::prepare(run, &shared.config.data_dir, run_dir, &settings, log).await
+    {
+        Ok(ready) => ready,
+        Err(e) => {
+            let message = e.to_string();
+            log.line(&run_log::outcome_line(
+                run.id.as_str(),
+                WorkerStatus::Error,
+                0,
+                Some(&message),
+            ));
+            log.flush().await;
+            return fail(message);
+        }
+    };
+    let mut plan = ready.plan;
+    plan.credentials.extend(shared.config.credentials.iter().cloned());
+    plan.masked.extend(shared.config.credentials.iter().map(|c| c.password.clone()));
+    plan.masked.extend(ready.secrets);
+    log.mask(plan.masked.iter().cloned());
+    let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
+    log.steps(&order);
+    // Lines written so far are stored before the steps start, so followers see them first.
+    log.flush().await;
+    match shared.store.set_status(&run.id, epoch, RunStatus::Running).await {
+        Ok(_) => {}
+        Err(StoreError::StaleLease { .. }) => held.cancel.cancel(),
+        Err(e) => tracing::error!(run = %run.id, "marking the run Running failed: {e}"),
+    }
+
+    let mut options = RunOptions::new(shared.config.work_dir());
+    options.context_dir = ready.context_dir;
+    options.timeout = Some(Duration::from_secs(run.timeout_secs));
+    let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL);
+    let (summary, ()) = tokio::join!(
+        run_plan(engine, &plan, options, tx, held.cancel.clone()),
+        log.consume(&mut rx, &mut dependencies),
+    );
+    log.end_streams();
+    if summary.status == WorkerStatus::Succeeded
+        && let Some(report) = dependencies.report()
+    {
+        log.line("");
+        log.line(run_log::DEPENDENCIES_HEADER);
+        log.line(&report.to_string());
+    }
+    log.line("");
+    log.line(&run_log::outcome_line(
+        run.id.as_str(),
+        summary.status,
+        summary.elapsed.as_secs(),
+        summary.error.as_deref(),
+    ));
+    log.flush().await;
+    (store_status(summary.status), summary.error, dependencies)
+}
+
+/// `kiln_worker::execute`, owning its sender so the log writer sees the channel close.
+async fn run_plan(
+    engine: &Engine,
+    plan: &kiln_worker::plan::Plan,
+    options: RunOptions,
+    events: mpsc::Sender<kiln_worker::Event>,
+    cancel: CancellationToken,
+) -> kiln_worker::RunSummary {
+    kiln_worker::execute(engine, plan, options, events, cancel).await
+}
+
+fn store_status(status: WorkerStatus) -> RunStatus {
+    match status {
+        WorkerStatus::Succeeded => RunStatus::Succeeded,
+        WorkerStatus::Failed => RunStatus::Failed,
+        WorkerStatus::Canceled => RunStatus::Canceled,
+        WorkerStatus::Timeout => RunStatus::Timeout,
+        WorkerStatus::Error => RunStatus::Error,
+    }
+}
+
+/// §6.2 `outputImages`: every pushed image, split into registry, repository and tag.
+fn output_images(dependencies: &Dependencies) -> Vec<OutputImage> {
+    dependencies
+        .pushed()
+        .iter()
+        .filter_map(|(image, digest)| {
+            let parsed = ImageRef::parse(image).ok()?;
+            Some(OutputImage {
+                registry: parsed.registry_host().to_string(),
+                repository: parsed.repository(),
+                tag: parsed.tag.clone().unwrap_or_else(|| "latest".to_string()),
+                digest: digest.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Extends the lease every third of its length; a cancel request cancels the run, a lost
+/// lease cancels it too (nobody may record it from here).
+async fn heartbeat(
+    store: crate::store::Store,
+    run: crate::run_id::RunId,
+    epoch: i64,
+    ttl: Duration,
+    held: Held,
+    done: CancellationToken,
+) {
+    // A zero TTL (misconfiguration) must not turn this into a busy loop.
+    let every = (ttl / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match store.heartbeat(&run, epoch, ttl).await {
+            Ok(beat) if beat.cancel_requested => held.cancel_by_user(),
+            Ok(_) => {}
+            Err(StoreError::StaleLease { .. }) => {
+                tracing::warn!(run = %run, "lease lost; stopping the run");
+                held.cancel.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(run = %run, "heartbeat failed: {e}"),
+        }
+    }
+}

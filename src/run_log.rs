@@ -1,0 +1,227 @@
+//! A run's log as people read it: the worker's [`Event`]s turned into `step | text` lines, and
+//! the closing lines (dependency report, outcome). `kiln exec` prints it to a terminal (adding
+//! colour) and the agent stores it for `kiln serve`; both use this one implementation, so a
+//! stored log reads exactly like a local run's output.
+//!
+//! Containers write arbitrary pieces, not lines: [`LineAssembler`] keeps the unfinished line of
+//! each step and stream until its newline arrives (or it grows past [`MAX_PARTIAL_LINE`], so one
+//! endless line cannot fill memory), then prefixes it with the step ID padded to the widest ID.
+//! [`Dependencies`] collects the build steps' dependency reports and the pushed digests.
+
+use std::io::{self, Write};
+
+use kiln_worker::plan::StepId;
+use kiln_worker::{Event, LogStream, RunStatus};
+
+/// Output held back waiting for a newline, at most.
+pub const MAX_PARTIAL_LINE: usize = 64 * 1024;
+
+/// The name run-level lines (network setup, cleanup) are prefixed with.
+pub const RUN_LINE_NAME: &str = "kiln";
+
+/// One output stream of a run: a step's (or the run's own) stdout, stderr or system lines.
+pub type StreamKey = (Option<StepId>, LogStream);
+
+/// Assembles log pieces into whole lines, per step and stream.
+#[derive(Debug, Clone, Default)]
+pub struct LineAssembler {
+    width: usize,
+    /// Output of each step and stream that has not reached a newline yet, in first-seen order
+    /// (a handful of entries: a linear search beats hashing, and the final flush is ordered).
+    partial: Vec<(StreamKey, Vec<u8>)>,
+}
+
+impl LineAssembler {
+    /// For a plan whose steps are `order`: the prefix is padded to the longest step ID.
+    pub fn new(order: &[StepId]) -> Self {
+        Self {
+            width: order.iter().map(|s| s.as_str().len()).max().unwrap_or(0),
+            partial: Vec::new(),
+        }
+    }
+
+    /// The prefix width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Adds `data` of `step`'s `stream`; calls `line` with each line it completes (without
+    /// its newline), in order. Output without newlines is passed on in pieces of
+    /// [`MAX_PARTIAL_LINE`].
+    pub fn push(
+        &mut self,
+        step: Option<&StepId>,
+        stream: LogStream,
+        data: &[u8],
+        mut line: impl FnMut(Option<&StepId>, &str),
+    ) {
+        let key = (step.cloned(), stream);
+        let index = match self.partial.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.partial.push((key, Vec::new()));
+                self.partial.len() - 1
+            }
+        };
+        let buffer = &mut self.partial[index].1;
+        buffer.extend_from_slice(data);
+        let end = match buffer.iter().rposition(|&b| b == b'\n') {
+            Some(end) => end,
+            None if buffer.len() >= MAX_PARTIAL_LINE => buffer.len(),
+            None => return,
+        };
+        let lines: Vec<u8> = buffer.drain(..end.min(buffer.len() - 1) + 1).collect();
+        let lines = lines.strip_suffix(b"\n").unwrap_or(&lines);
+        for text in lines.split(|&b| b == b'\n') {
+            line(step, &String::from_utf8_lossy(text));
+        }
+    }
+
+    /// The end of the run: every unfinished line is passed to `line` as it is.
+    pub fn flush(&mut self, mut line: impl FnMut(Option<&StepId>, &str)) {
+        for ((step, _), bytes) in std::mem::take(&mut self.partial) {
+            if !bytes.is_empty() {
+                line(step.as_ref(), &String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}
+
+/// Writes `step | text` and a newline, without colour; `width` is [`LineAssembler::width`].
+pub fn write_line(
+    out: &mut impl Write,
+    width: usize,
+    step: Option<&StepId>,
+    text: &str,
+) -> io::Result<()> {
+    writeln!(out, "{:<width$} | {text}", line_name(step))
+}
+
+/// The prefix of a line of `step` (run-level lines have none).
+pub fn line_name(step: Option<&StepId>) -> &str {
+    step.map_or(RUN_LINE_NAME, StepId::as_str)
+}
+
+/// The dependency report (reference §6.3) and pushed images of a run, gathered from its events.
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    reports: Vec<serde_json::Value>,
+    /// `(image as pushed, digest)`, in push order.
+    pushed: Vec<(String, String)>,
+}
+
+impl Dependencies {
+    /// Takes note of the events that matter here; others are ignored.
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::DependencyReport { report, .. } => self.reports.push(report.clone()),
+            Event::ImagePushed { image, digest, .. } => {
+                self.pushed.push((image.clone(), digest.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Images pushed, with their digests, in push order.
+    pub fn pushed(&self) -> &[(String, String)] {
+        &self.pushed
+    }
+
+    /// The build steps' reports merged into one array, each image's digest filled in when it
+    /// was pushed (a build alone knows no digest); `None` when no build reported.
+    pub fn report(&self) -> Option<serde_json::Value> {
+        if self.reports.is_empty() {
+            return None;
+        }
+        let mut entries: Vec<serde_json::Value> =
+            self.reports.iter().flat_map(|r| r.as_array().cloned().unwrap_or_default()).collect();
+        for entry in &mut entries {
+            let reference = entry["image"]["reference"].as_str().unwrap_or_default().to_string();
+            // The last push of an image wins, as its digest is what the registry now serves.
+            if let Some((_, digest)) = self.pushed.iter().rev().find(|(i, _)| *i == reference) {
+                entry["image"]["digest"] = serde_json::Value::String(digest.clone());
+            }
+        }
+        Some(serde_json::Value::Array(entries))
+    }
+}
+
+/// The header line of the dependency report.
+pub const DEPENDENCIES_HEADER: &str = "The following dependencies were found:";
+
+/// ACR's last line of a run: `Run ID: X was successful after 19s` or
+/// `Run ID: X failed after 9s. Error: …`.
+pub fn outcome_line(
+    run_id: &str,
+    status: RunStatus,
+    elapsed_secs: u64,
+    error: Option<&str>,
+) -> String {
+    match status {
+        RunStatus::Succeeded => format!("Run ID: {run_id} was successful after {elapsed_secs}s"),
+        status => format!(
+            "Run ID: {run_id} {} after {elapsed_secs}s. Error: {}",
+            match status {
+                RunStatus::Canceled => "was canceled",
+                RunStatus::Timeout => "timed out",
+                _ => "failed",
+            },
+            error.unwrap_or("unknown")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(assembler: &mut LineAssembler, step: Option<&StepId>, data: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        assembler.push(step, LogStream::Stdout, data, |s, t| {
+            out.push(format!("{}|{t}", line_name(s)));
+        });
+        out
+    }
+
+    #[test]
+    fn pieces_become_lines_per_step() {
+        let (a, bb) = (StepId::new("a"), StepId::new("bb"));
+        let mut asm = LineAssembler::new(&[a.clone(), bb.clone()]);
+        assert_eq!(asm.width(), 2);
+        assert!(lines(&mut asm, Some(&a), b"one ").is_empty());
+        assert_eq!(lines(&mut asm, Some(&bb), b"x\ny\nz"), ["bb|x", "bb|y"]);
+        assert_eq!(lines(&mut asm, Some(&a), b"two\n"), ["a|one two"]);
+        let mut rest = Vec::new();
+        asm.flush(|s, t| rest.push(format!("{}|{t}", line_name(s))));
+        assert_eq!(rest, ["bb|z"]);
+        let mut out = Vec::new();
+        write_line(&mut out, asm.width(), None, "net").expect("write");
+        assert_eq!(out, b"kiln | net\n");
+    }
+
+    #[test]
+    fn endless_lines_are_passed_on_in_pieces() {
+        let mut asm = LineAssembler::new(&[]);
+        let long = vec![b'x'; MAX_PARTIAL_LINE];
+        let out = lines(&mut asm, None, &long);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), MAX_PARTIAL_LINE + "kiln|".len());
+    }
+
+    #[test]
+    fn reports_get_pushed_digests() {
+        let mut deps = Dependencies::default();
+        assert_eq!(deps.report(), None);
+        let step = StepId::new("build");
+        let report = serde_json::json!([{"image": {"reference": "r/app:1", "digest": ""}}]);
+        deps.observe(&Event::DependencyReport { step: step.clone(), report });
+        deps.observe(&Event::ImagePushed {
+            step,
+            image: "r/app:1".into(),
+            digest: "sha256:ab".into(),
+        });
+        let merged = deps.report().expect("report");
+        assert_eq!(merged[0]["image"]["digest"], "sha256:ab");
+        assert_eq!(deps.pushed(), [("r/app:1".to_string(), "sha256:ab".to_string())]);
+    }
+}

@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod diagnostic;
 pub mod log_hub;
+pub mod pack;
 pub mod plan;
 pub mod render;
 pub mod request;

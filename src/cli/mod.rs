@@ -1,7 +1,13 @@
 //! The `kiln` command line: argument parsing and dispatch. Commands live in their own modules
 //! and call the library; nothing here knows a task file's rules.
 
+mod build;
 mod exec;
+mod login;
+mod logs;
+mod remote;
+mod run;
+mod runs;
 mod serve;
 mod task_file;
 
@@ -16,6 +22,10 @@ pub struct Cli {
     /// kiln's configuration file (image aliases, run-ID prefix, default registry).
     #[arg(long, global = true, env = "KILN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The kiln server the client commands talk to (else KILN_SERVER, the client
+    /// configuration, http://127.0.0.1:8080).
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +40,20 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Run the kiln server: the HTTP API and the embedded workers.
     Serve(serve::ServeArgs),
+    /// Build (and push) an image on the server, like `az acr build`.
+    Build(build::BuildArgs),
+    /// Run a task file or a command once on the server, like `az acr run`.
+    Run(run::RunArgs),
+    /// Print a run's log; --follow streams it until the run ends.
+    Logs(logs::LogsArgs),
+    /// Show one run's record.
+    ShowRun(runs::ShowRunArgs),
+    /// List runs, newest first.
+    ListRuns(runs::ListRunsArgs),
+    /// Cancel a queued or running run.
+    CancelRun(runs::CancelRunArgs),
+    /// Check an API token (read from stdin) against the server and save it.
+    Login(login::LoginArgs),
 }
 
 /// How results are printed.
@@ -48,6 +72,13 @@ pub fn main() -> ExitCode {
         Command::Render(args) => task_file::render(args, cli.config.as_deref()),
         Command::Exec(args) => exec::exec(args, cli.config.as_deref()),
         Command::Serve(args) => serve::serve(args, cli.config.as_deref()),
+        Command::Build(args) => build::build(args, cli.server.as_deref()),
+        Command::Run(args) => run::run(args, cli.server.as_deref()),
+        Command::Logs(args) => logs::logs(args, cli.server.as_deref()),
+        Command::ShowRun(args) => runs::show_run(args, cli.server.as_deref()),
+        Command::ListRuns(args) => runs::list_runs(args, cli.server.as_deref()),
+        Command::CancelRun(args) => runs::cancel_run(args, cli.server.as_deref()),
+        Command::Login(args) => login::login(args, cli.server.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -84,29 +84,65 @@ impl PreparedContext {
 /// The ignore file is `<Dockerfile>.dockerignore` when that exists (BuildKit's and `az acr
 /// build`'s rule, so one context can serve several Dockerfiles), else `<context>/.dockerignore`.
 pub fn prepare(root: &Path, dockerfile: &Path) -> Result<PreparedContext, ContextError> {
+    prepare_with(root, Some(dockerfile), &[])
+}
+
+/// [`prepare`] for a client packing a context to upload (`kiln build`, `kiln run`): the
+/// Dockerfile is optional (a task-file run has none, so only `<context>/.dockerignore` applies),
+/// and `default_excludes` are ignore patterns read *before* the ignore file's own, so the file's
+/// `!` exceptions can re-include them (`az acr build`'s always-excluded `.git` & co., which
+/// `!.git/**` brings back).
+pub fn prepare_with(
+    root: &Path,
+    dockerfile: Option<&Path>,
+    default_excludes: &[&str],
+) -> Result<PreparedContext, ContextError> {
     let root = fs::canonicalize(root)
         .ok()
         .filter(|p| p.is_dir())
         .ok_or_else(|| ContextError::NotADirectory { path: root.to_path_buf() })?;
-    let dockerfile = fs::canonicalize(dockerfile)
-        .and_then(|p| if p.is_file() { Ok(p) } else { Err(io::Error::other("not a file")) })
-        .map_err(|source| ContextError::Dockerfile { path: dockerfile.to_path_buf(), source })?;
+    let dockerfile = dockerfile
+        .map(|dockerfile| {
+            fs::canonicalize(dockerfile)
+                .and_then(|p| if p.is_file() { Ok(p) } else { Err(io::Error::other("not a file")) })
+                .map_err(|source| ContextError::Dockerfile {
+                    path: dockerfile.to_path_buf(),
+                    source,
+                })
+        })
+        .transpose()?;
 
-    let mut ignore_path = dockerfile.as_os_str().to_owned();
-    ignore_path.push(".dockerignore");
-    let specific = PathBuf::from(ignore_path);
     let context_ignore = root.join(".dockerignore");
-    let ignore_file = [specific, context_ignore.clone()].into_iter().find(|p| p.is_file());
-    let ignore_content = match &ignore_file {
-        Some(path) => Some(
+    let specific = dockerfile.as_ref().map(|dockerfile| {
+        let mut ignore_path = dockerfile.as_os_str().to_owned();
+        ignore_path.push(".dockerignore");
+        PathBuf::from(ignore_path)
+    });
+    let ignore_file = specific.into_iter().chain([context_ignore.clone()]).find(|p| p.is_file());
+    let mut ignore_content = Vec::new();
+    for pattern in default_excludes {
+        ignore_content.extend_from_slice(pattern.as_bytes());
+        ignore_content.push(b'\n');
+    }
+    if let Some(path) = &ignore_file {
+        ignore_content.extend(
             fs::read(path).map_err(|source| ContextError::Read { path: path.clone(), source })?,
-        ),
-        None => None,
-    };
-    let mut ignore = match (&ignore_file, &ignore_content) {
-        (Some(path), Some(content)) => DockerIgnore::parse(content)
-            .map_err(|source| ContextError::Ignore { path: path.clone(), source })?,
-        _ => DockerIgnore::default(),
+        );
+    }
+    let mut ignore = DockerIgnore::parse(&ignore_content).map_err(|source| {
+        // Line numbers of the file itself, not of the defaults in front of it.
+        let source = source.shifted_up(default_excludes.len());
+        ContextError::Ignore { path: ignore_file.clone().unwrap_or(context_ignore.clone()), source }
+    })?;
+
+    let Some(dockerfile) = dockerfile else {
+        ignore.keep_build_files(None);
+        return Ok(PreparedContext {
+            root,
+            ignore,
+            dockerfile_param: String::new(),
+            outside: None,
+        });
     };
 
     match dockerfile.strip_prefix(&root) {
@@ -126,10 +162,13 @@ pub fn prepare(root: &Path, dockerfile: &Path) -> Result<PreparedContext, Contex
                 .unwrap_or_else(|| "Dockerfile".to_string());
             // A name derived from the content, not a random one: the same inputs give the same
             // stream, and the engine never keeps the file anyway.
+            // 32 hex digits, the length of the uuid hex `az acr build` uses.
             let mut hasher = DefaultHasher::new();
             content.hash(&mut hasher);
             base.hash(&mut hasher);
-            let name = format!("{:016x}_{base}", hasher.finish());
+            let high = hasher.finish();
+            high.hash(&mut hasher);
+            let name = format!("{high:016x}{:016x}_{base}", hasher.finish());
             // The stream's `.dockerignore` is the context's own one, whichever file the patterns
             // came from, since that is the one the engine reads.
             let (mut dockerignore, dockerignore_mode) = match fs::symlink_metadata(&context_ignore)
@@ -488,7 +527,7 @@ mod tests {
         write(&dir.path().join("build/Dockerfile.prod"), "FROM scratch\nCOPY . /\n");
         let (param, got) = tar_of(&root, &dir.path().join("build/Dockerfile.prod"));
         assert!(param.ends_with("_Dockerfile.prod"), "{param}");
-        assert_eq!(param.len(), 16 + 1 + "Dockerfile.prod".len());
+        assert_eq!(param.len(), 32 + 1 + "Dockerfile.prod".len());
         let by_name: BTreeMap<_, _> =
             got.iter().map(|(n, _, _, c)| (n.as_str(), c.as_str())).collect();
         assert_eq!(by_name[param.as_str()], "FROM scratch\nCOPY . /\n");

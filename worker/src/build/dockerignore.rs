@@ -33,6 +33,21 @@ pub enum IgnoreError {
     BadPattern { pattern: String, line: usize, reason: String },
 }
 
+impl IgnoreError {
+    /// The same error with its line number `lines` lower: for content that had `lines` lines
+    /// put in front of the file's own.
+    pub fn shifted_up(self, lines: usize) -> Self {
+        match self {
+            IgnoreError::BareExclusion { line } => {
+                IgnoreError::BareExclusion { line: line.saturating_sub(lines) }
+            }
+            IgnoreError::BadPattern { pattern, line, reason } => {
+                IgnoreError::BadPattern { pattern, line: line.saturating_sub(lines), reason }
+            }
+        }
+    }
+}
+
 /// A compiled ignore file.
 #[derive(Debug, Clone, Default)]
 pub struct DockerIgnore {

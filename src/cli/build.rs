@@ -1,0 +1,111 @@
+//! `kiln build`: a quick build (and push) on the server, like `az acr build` (§5.4, §7.1).
+//! A local context is packed and uploaded; a git or tarball URL is fetched by the server.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::remote::{self, SourceArg, WaitArgs};
+use crate::api::{Argument, DockerBuildRequest, RunRequest};
+use crate::pack::resolve_dockerfile;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Image to build and push, `repo[:tag]`; may use templates like `{{.Run.ID}}` (repeatable).
+    #[arg(short = 't', long = "image", value_name = "IMG")]
+    images: Vec<String>,
+    /// The Dockerfile, relative to SOURCE for a local directory (may lie outside it).
+    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE", default_value = "Dockerfile")]
+    file: String,
+    /// A build argument; `K` alone takes K's value from the environment when set (repeatable).
+    #[arg(long = "build-arg", value_name = "K[=V]")]
+    build_args: Vec<String>,
+    /// A build argument masked in the run's log (repeatable).
+    #[arg(long = "secret-build-arg", value_name = "K[=V]")]
+    secret_build_args: Vec<String>,
+    /// The build stage to stop at.
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// The platform to build for, `os/arch[/variant]`.
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<String>,
+    /// Build without pushing.
+    #[arg(long)]
+    no_push: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+    /// Limit on the run, in seconds (300 to 28800).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// The context: a local directory, a git URL (`https://host/repo.git#ref:dir`), a
+    /// tarball URL, or `/dev/null` for none.
+    #[arg(value_name = "SOURCE")]
+    source: String,
+}
+
+pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+    let client = remote::connect(server)?;
+    let source = SourceArg::classify(&args.source);
+    let mut build_args: Vec<Argument> = Vec::new();
+    let env = |name: &str| std::env::var(name).ok();
+    build_args.extend(args.build_args.iter().map(|a| build_arg(a, false, env)));
+    build_args.extend(args.secret_build_args.iter().map(|a| build_arg(a, true, env)));
+    if args.images.is_empty() && !args.no_push {
+        eprintln!("Warning: no image name given with -t: the image is built but not pushed.");
+    }
+    let (source, dockerfile) = match &source {
+        SourceArg::Local(dir) => {
+            let dockerfile = resolve_dockerfile(dir, Path::new(&args.file));
+            let (source, in_archive) =
+                remote::upload_context(&client, dir, Some(&dockerfile), "build_archive_")?;
+            (source, in_archive.unwrap_or(args.file.clone()))
+        }
+        other => match remote::remote_source(other) {
+            Some(source) => (source, args.file.clone()),
+            None => anyhow::bail!("cannot use {} as a build context", args.source),
+        },
+    };
+    let request = RunRequest::DockerBuild(DockerBuildRequest {
+        source,
+        images: args.images,
+        dockerfile,
+        build_args,
+        target: args.target,
+        platform: args.platform,
+        no_push: args.no_push,
+        timeout_secs: args.timeout,
+    });
+    // Diagnostics of the synthesised task name it as the server does.
+    remote::submit(&client, &request, "quick build", args.wait)
+}
+
+/// `K=V`, or `K` alone: K's value from the environment when set (newer az), else no value,
+/// so Docker reads it from the build's own environment.
+fn build_arg(arg: &str, secret: bool, env: impl Fn(&str) -> Option<String>) -> Argument {
+    match arg.split_once('=') {
+        Some((name, value)) => {
+            Argument { name: name.to_string(), value: Some(value.to_string()), secret }
+        }
+        None => Argument { name: arg.to_string(), value: env(arg), secret },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_take_missing_values_from_the_environment() {
+        let env = |name: &str| (name == "HOME_DIR").then(|| "/home/u".to_string());
+        let arg = |name: &str, value: Option<&str>, secret| Argument {
+            name: name.to_string(),
+            value: value.map(str::to_string),
+            secret,
+        };
+        assert_eq!(build_arg("A=1=2", false, env), arg("A", Some("1=2"), false));
+        assert_eq!(build_arg("EMPTY=", true, env), arg("EMPTY", Some(""), true));
+        assert_eq!(build_arg("HOME_DIR", false, env), arg("HOME_DIR", Some("/home/u"), false));
+        assert_eq!(build_arg("UNSET", false, env), arg("UNSET", None, false));
+    }
+}

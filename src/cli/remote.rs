@@ -1,0 +1,294 @@
+//! What the commands that talk to `kiln serve` share: connecting with the user's settings,
+//! classifying a SOURCE argument, packing and uploading a local context, and queueing a run
+//! then following it to its verdict the way `az acr build` / `az acr run` do (§6.1).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Once;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::api::{Run, RunRequest, Source};
+use crate::client::{Client, ClientConfig, ClientError, Settings, config_path};
+use crate::diagnostic::Diagnostics;
+use crate::pack::{self, human_size};
+use crate::store::RunStatus;
+
+use super::task_file::{print_diagnostics, summary};
+
+/// `--no-logs` / `--no-wait`, as in az.
+#[derive(Debug, Clone, Copy, Args)]
+pub(super) struct WaitArgs {
+    /// Do not show the run's log; still wait for the run and report how it ended.
+    #[arg(long)]
+    no_logs: bool,
+    /// Return as soon as the run is queued.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// The user's settings: `--server`, the environment, the client configuration file.
+pub(super) fn settings(server: Option<&str>) -> Result<(Settings, Option<PathBuf>), ClientError> {
+    let path = config_path(|name| std::env::var(name).ok());
+    let file = match &path {
+        Some(p) => ClientConfig::load(p)?,
+        None => ClientConfig::default(),
+    };
+    Ok((Settings::resolve(server, |name| std::env::var(name).ok(), &file), path))
+}
+
+pub(super) fn connect(server: Option<&str>) -> Result<Client, ClientError> {
+    Ok(Client::new(&settings(server)?.0))
+}
+
+/// A SOURCE argument (§5.4 "Remote contexts").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SourceArg {
+    None,
+    Git(String),
+    Tarball(String),
+    Local(PathBuf),
+}
+
+impl SourceArg {
+    /// `/dev/null` is no context; a git URL ends in `.git` (optionally `#ref:folder`), or is
+    /// `git@…`, `git://…`, or an Azure DevOps repository; another http(s) URL is a tarball;
+    /// anything else is a local directory.
+    pub(super) fn classify(source: &str) -> SourceArg {
+        if source == "/dev/null" {
+            return SourceArg::None;
+        }
+        let lower = source.to_ascii_lowercase();
+        if lower.starts_with("git@") || lower.starts_with("git://") {
+            return SourceArg::Git(source.to_string());
+        }
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let base = lower.split('#').next().unwrap_or_default();
+            let devops = ["visualstudio.com", "dev.azure.com"]
+                .iter()
+                .any(|h| base.split('/').nth(2).is_some_and(|host| host.ends_with(h)));
+            return if base.trim_end_matches('/').ends_with(".git") || devops {
+                SourceArg::Git(source.to_string())
+            } else {
+                SourceArg::Tarball(source.to_string())
+            };
+        }
+        SourceArg::Local(PathBuf::from(source))
+    }
+
+    pub(super) fn is_remote(&self) -> bool {
+        matches!(self, SourceArg::Git(_) | SourceArg::Tarball(_))
+    }
+}
+
+/// The wire source for a non-local SOURCE.
+pub(super) fn remote_source(source: &SourceArg) -> Option<Source> {
+    match source {
+        SourceArg::None => Some(Source::None),
+        SourceArg::Git(url) => Some(Source::Git { url: url.clone() }),
+        SourceArg::Tarball(url) => Some(Source::Tarball { url: url.clone() }),
+        SourceArg::Local(_) => None,
+    }
+}
+
+/// Packs and uploads a local context, telling the user what happens as az does. Returns the
+/// source and the Dockerfile's path inside the archive.
+pub(super) fn upload_context(
+    client: &Client,
+    dir: &Path,
+    dockerfile: Option<&Path>,
+    prefix: &str,
+) -> anyhow::Result<(Source, Option<String>)> {
+    eprintln!("Packing source code into tar to upload...");
+    let packed = pack::pack(dir, dockerfile, prefix)?;
+    eprintln!("Uploading archived source code from '{}'...", packed.path().display());
+    eprintln!("Sending context ({}) to registry: {}...", human_size(packed.size), client.server());
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(packed.size), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "Uploading context: {bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let result = client.upload(packed.path(), packed.size, |sent| bar.set_position(sent));
+    bar.finish_and_clear();
+    let upload = result?;
+    Ok((Source::Upload { id: upload.id }, packed.dockerfile))
+}
+
+/// Queues `request` and, unless `--no-wait`, follows it to its end. `task_name` names the
+/// task file in diagnostics when the server rejects it.
+pub(super) fn submit(
+    client: &Client,
+    request: &RunRequest,
+    task_name: &str,
+    wait: WaitArgs,
+) -> anyhow::Result<ExitCode> {
+    let run = match client.create_run(request) {
+        Ok(run) => run,
+        Err(ClientError::InvalidTask { diagnostics, .. }) => {
+            let diags = Diagnostics(diagnostics);
+            print_diagnostics(task_name, &diags);
+            eprintln!("{task_name}: invalid ({})", summary(&diags));
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("Queued a run with ID: {}", run.run_id);
+    if wait.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(client, &run.run_id, !wait.no_logs)
+}
+
+/// Shows the log live (when `logs`), waits for the run's end and reports it.
+pub(super) fn follow(client: &Client, id: &str, logs: bool) -> anyhow::Result<ExitCode> {
+    stop_following_on_interrupt(id);
+    let mut stdout = std::io::stdout().lock();
+    let mut have = 0;
+    if logs {
+        have = client.copy_log(id, 0, true, &mut stdout)?;
+    }
+    let run = client.wait_for_run(id)?;
+    // Bytes written after the follow ended (a server that closed the stream early).
+    if logs && run.log_length > have {
+        client.copy_log(id, have, false, &mut stdout)?;
+    }
+    stdout.flush().ok();
+    drop(stdout);
+    let (line, ok) = verdict(&run);
+    if ok {
+        println!("{line}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{line}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The closing line of a followed run, and whether it succeeded.
+pub(super) fn verdict(run: &Run) -> (String, bool) {
+    let secs = run
+        .duration()
+        .or_else(|| Some(run.finish_time? - run.create_time))
+        .map(|d| d.num_seconds().max(0))
+        .unwrap_or(0);
+    let id = &run.run_id;
+    let error = match &run.run_error_message {
+        Some(m) if !m.is_empty() => format!(". Error: {m}"),
+        _ => String::new(),
+    };
+    match run.status {
+        RunStatus::Succeeded => (format!("Run ID: {id} was successful after {secs}s"), true),
+        RunStatus::Canceled => (format!("Run ID: {id} was canceled after {secs}s{error}"), false),
+        RunStatus::Timeout => (format!("Run ID: {id} timed out after {secs}s{error}"), false),
+        _ => (format!("Run ID: {id} failed after {secs}s{error}"), false),
+    }
+}
+
+/// Ctrl-C while following stops following, not the run (as with az): say how to pick it up.
+fn stop_following_on_interrupt(id: &str) {
+    static INSTALLED: Once = Once::new();
+    let id = id.to_string();
+    INSTALLED.call_once(move || {
+        std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+            else {
+                return;
+            };
+            if runtime.block_on(tokio::signal::ctrl_c()).is_ok() {
+                eprintln!(
+                    "\nStopped following run {id}; it keeps running on the server. \
+                     Follow it again with `kiln logs {id} --follow`."
+                );
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_classified_like_az() {
+        use SourceArg::*;
+        let git = |s: &str| Git(s.to_string());
+        assert_eq!(SourceArg::classify("/dev/null"), None);
+        for url in [
+            "https://github.com/org/app.git",
+            "https://github.com/org/app.git#main:src",
+            "https://github.com/org/app.git#refs/pull/1/head",
+            "git@github.com:org/app.git",
+            "git://example.com/app",
+            "https://dev.azure.com/org/proj/_git/app",
+            "https://org.visualstudio.com/proj/_git/app#main",
+        ] {
+            assert_eq!(SourceArg::classify(url), git(url), "{url}");
+        }
+        assert_eq!(
+            SourceArg::classify("https://example.com/ctx.tar.gz"),
+            Tarball("https://example.com/ctx.tar.gz".to_string())
+        );
+        assert_eq!(
+            SourceArg::classify("http://example.com/app.git.tar.gz"),
+            Tarball("http://example.com/app.git.tar.gz".to_string())
+        );
+        assert_eq!(SourceArg::classify("."), Local(PathBuf::from(".")));
+        // A local directory named like a repository is still local.
+        assert_eq!(SourceArg::classify("app.git"), Local(PathBuf::from("app.git")));
+    }
+
+    fn run(status: RunStatus, secs: i64, error: Option<&str>) -> Run {
+        let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        Run {
+            run_id: "ka9".into(),
+            status,
+            run_type: crate::store::RunType::QuickRun,
+            trigger: "Manual".into(),
+            task: None,
+            create_time: start,
+            start_time: Some(start),
+            finish_time: Some(start + chrono::TimeDelta::seconds(secs)),
+            last_updated_time: start,
+            platform: crate::api::Platform::parse("linux/amd64"),
+            timeout: 3600,
+            output_images: vec![],
+            dependencies: None,
+            run_error_message: error.map(str::to_string),
+            log_length: 0,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn verdicts_read_like_az() {
+        assert_eq!(
+            verdict(&run(RunStatus::Succeeded, 19, None)),
+            ("Run ID: ka9 was successful after 19s".to_string(), true)
+        );
+        assert_eq!(
+            verdict(&run(RunStatus::Failed, 9, Some("failed during run, err: exit status 1"))).0,
+            "Run ID: ka9 failed after 9s. Error: failed during run, err: exit status 1"
+        );
+        assert_eq!(
+            verdict(&run(RunStatus::Canceled, 3, None)).0,
+            "Run ID: ka9 was canceled after 3s"
+        );
+        assert_eq!(
+            verdict(&run(RunStatus::Timeout, 300, None)).0,
+            "Run ID: ka9 timed out after 300s"
+        );
+        let (_, ok) = verdict(&run(RunStatus::Error, 1, Some("agent lost")));
+        assert!(!ok);
+    }
+}

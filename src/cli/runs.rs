@@ -1,0 +1,201 @@
+//! `kiln show-run`, `kiln list-runs` and `kiln cancel-run`: run records as `az acr task
+//! show-run` / `list-runs` / `cancel-run` show them (§6.2, §6.5), as JSON, a table or TSV.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use super::remote;
+use crate::api::{Run, RunQuery};
+use crate::client::format_duration;
+use crate::store::RunStatus;
+
+/// How records are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunsOutput {
+    Json,
+    Table,
+    /// Tab-separated, no header: for scripts (`… -o tsv | cut -f1`).
+    Tsv,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowRunArgs {
+    /// The run's ID.
+    #[arg(value_name = "RUN_ID")]
+    run_id: String,
+    #[arg(short = 'o', long, value_enum, default_value = "json")]
+    output: RunsOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct ListRunsArgs {
+    /// Only runs with this status (Queued, Started, Running, Succeeded, Failed, Canceled,
+    /// Error, Timeout).
+    #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+    status: Option<RunStatus>,
+    /// Only runs that pushed this image, `repository:tag`.
+    #[arg(long, value_name = "REPO:TAG")]
+    image: Option<String>,
+    /// Only runs of this task.
+    #[arg(long, value_name = "NAME")]
+    task: Option<String>,
+    /// At most this many runs, newest first (default 15; 0 for all).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: RunsOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelRunArgs {
+    /// The run's ID.
+    #[arg(value_name = "RUN_ID")]
+    run_id: String,
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(text)).ok_or_else(|| {
+        let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
+pub fn show_run(args: ShowRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+    let run = remote::connect(server)?.get_run(&args.run_id, None)?;
+    match args.output {
+        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&run)?),
+        RunsOutput::Table => print!("{}", table(std::slice::from_ref(&run))),
+        RunsOutput::Tsv => print!("{}", tsv(std::slice::from_ref(&run))),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list_runs(args: ListRunsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+    let query = RunQuery { status: args.status, image: args.image, task: args.task, top: args.top };
+    let runs = remote::connect(server)?.list_runs(&query)?;
+    match args.output {
+        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+        RunsOutput::Table => print!("{}", table(&runs)),
+        RunsOutput::Tsv => print!("{}", tsv(&runs)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cancel_run(args: CancelRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+    let run = remote::connect(server)?.cancel_run(&args.run_id)?;
+    eprintln!("Run {} is {}", run.run_id, run.status.as_str());
+    Ok(ExitCode::SUCCESS)
+}
+
+const HEADERS: [&str; 7] =
+    ["RUN ID", "TASK", "PLATFORM", "STATUS", "TRIGGER", "STARTED", "DURATION"];
+
+/// One run's columns, as az's run table: PLATFORM is the OS, STARTED the start time in UTC,
+/// DURATION finish − start.
+fn row(run: &Run) -> [String; 7] {
+    [
+        run.run_id.clone(),
+        run.task.clone().unwrap_or_default(),
+        run.platform.os.clone(),
+        run.status.as_str().to_string(),
+        run.trigger.clone(),
+        run.start_time.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default(),
+        run.duration().map(format_duration).unwrap_or_default(),
+    ]
+}
+
+/// az's table: a header, a rule of dashes, columns two spaces apart.
+fn table(runs: &[Run]) -> String {
+    let rows: Vec<[String; 7]> = runs.iter().map(row).collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> =
+            cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&HEADERS.map(str::to_string));
+    out.push_str(&line(&widths.map(|w| "-".repeat(w))));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn tsv(runs: &[Run]) -> String {
+    runs.iter().map(|run| format!("{}\n", row(run).join("\t"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Platform;
+    use crate::store::RunType;
+    use chrono::{TimeDelta, TimeZone as _, Utc};
+
+    fn run(id: &str, task: Option<&str>, status: RunStatus, secs: Option<i64>) -> Run {
+        let start = Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap();
+        Run {
+            run_id: id.into(),
+            status,
+            run_type: RunType::QuickRun,
+            trigger: "Manual".into(),
+            task: task.map(str::to_string),
+            create_time: start,
+            start_time: secs.map(|_| start),
+            finish_time: secs.map(|s| start + TimeDelta::seconds(s)),
+            last_updated_time: start,
+            platform: Platform::parse("linux/amd64"),
+            timeout: 3600,
+            output_images: vec![],
+            dependencies: None,
+            run_error_message: None,
+            log_length: 0,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn table_has_az_columns() {
+        let runs = [
+            run("ka2", Some("nightly"), RunStatus::Succeeded, Some(3723)),
+            run("ka1", None, RunStatus::Queued, None),
+        ];
+        assert_eq!(
+            table(&runs),
+            "RUN ID  TASK     PLATFORM  STATUS     TRIGGER  STARTED               DURATION\n\
+             ------  -------  --------  ---------  -------  --------------------  --------\n\
+             ka2     nightly  linux     Succeeded  Manual   2024-05-01T10:00:00Z  01:02:03\n\
+             ka1              linux     Queued     Manual\n"
+        );
+        assert_eq!(
+            table(&[]),
+            "RUN ID  TASK  PLATFORM  STATUS  TRIGGER  STARTED  DURATION\n\
+             ------  ----  --------  ------  -------  -------  --------\n"
+        );
+    }
+
+    #[test]
+    fn tsv_has_no_header() {
+        let runs = [
+            run("ka2", Some("nightly"), RunStatus::Failed, Some(19)),
+            run("ka1", None, RunStatus::Running, None),
+        ];
+        assert_eq!(
+            tsv(&runs),
+            "ka2\tnightly\tlinux\tFailed\tManual\t2024-05-01T10:00:00Z\t00:00:19\n\
+             ka1\t\tlinux\tRunning\tManual\t\t\n"
+        );
+    }
+
+    #[test]
+    fn statuses_parse_case_insensitively() {
+        assert_eq!(parse_status("running"), Ok(RunStatus::Running));
+        assert!(parse_status("done").unwrap_err().contains("Succeeded"));
+    }
+}

@@ -11,7 +11,9 @@
 use std::io::{self, Write};
 
 use kiln_worker::plan::StepId;
-use kiln_worker::{Event, LogStream, RunStatus};
+use kiln_worker::{Event, LogStream};
+
+use crate::store::RunStatus;
 
 /// Output held back waiting for a newline, at most.
 pub const MAX_PARTIAL_LINE: usize = 64 * 1024;
@@ -149,25 +151,24 @@ impl Dependencies {
 /// The header line of the dependency report.
 pub const DEPENDENCIES_HEADER: &str = "The following dependencies were found:";
 
-/// ACR's last line of a run: `Run ID: X was successful after 19s` or
-/// `Run ID: X failed after 9s. Error: …`.
+/// ACR's last line of a run (§6.1): `Run ID: X was successful after 19s` or
+/// `Run ID: X failed after 9s. Error: …` (`was canceled`, `timed out` for those statuses). The
+/// agent ends stored logs with it; `kiln exec` and the client print it.
 pub fn outcome_line(
     run_id: &str,
     status: RunStatus,
     elapsed_secs: u64,
     error: Option<&str>,
 ) -> String {
-    match status {
-        RunStatus::Succeeded => format!("Run ID: {run_id} was successful after {elapsed_secs}s"),
-        status => format!(
-            "Run ID: {run_id} {} after {elapsed_secs}s. Error: {}",
-            match status {
-                RunStatus::Canceled => "was canceled",
-                RunStatus::Timeout => "timed out",
-                _ => "failed",
-            },
-            error.unwrap_or("unknown")
-        ),
+    let verb = match status {
+        RunStatus::Succeeded => "was successful",
+        RunStatus::Canceled => "was canceled",
+        RunStatus::Timeout => "timed out",
+        _ => "failed",
+    };
+    match error.filter(|e| !e.is_empty() && status != RunStatus::Succeeded) {
+        Some(error) => format!("Run ID: {run_id} {verb} after {elapsed_secs}s. Error: {error}"),
+        None => format!("Run ID: {run_id} {verb} after {elapsed_secs}s"),
     }
 }
 

@@ -109,12 +109,7 @@ async fn execute(
         Ok(ready) => ready,
         Err(e) => {
             let message = e.to_string();
-            log.line(&run_log::outcome_line(
-                run.id.as_str(),
-                WorkerStatus::Error,
-                0,
-                Some(&message),
-            ));
+            log.line(&run_log::outcome_line(run.id.as_str(), RunStatus::Error, 0, Some(&message)));
             log.flush().await;
             return fail(message);
         }
@@ -153,12 +148,12 @@ async fn execute(
     log.line("");
     log.line(&run_log::outcome_line(
         run.id.as_str(),
-        summary.status,
+        summary.status.into(),
         summary.elapsed.as_secs(),
         summary.error.as_deref(),
     ));
     log.flush().await;
-    (store_status(summary.status), summary.error, dependencies)
+    (summary.status.into(), summary.error, dependencies)
 }
 
 /// `kiln_worker::execute`, owning its sender so the log writer sees the channel close.
@@ -170,16 +165,6 @@ async fn run_plan(
     cancel: CancellationToken,
 ) -> kiln_worker::RunSummary {
     kiln_worker::execute(engine, plan, options, events, cancel).await
-}
-
-fn store_status(status: WorkerStatus) -> RunStatus {
-    match status {
-        WorkerStatus::Succeeded => RunStatus::Succeeded,
-        WorkerStatus::Failed => RunStatus::Failed,
-        WorkerStatus::Canceled => RunStatus::Canceled,
-        WorkerStatus::Timeout => RunStatus::Timeout,
-        WorkerStatus::Error => RunStatus::Error,
-    }
 }
 
 /// §6.2 `outputImages`: every pushed image, split into registry, repository and tag.

@@ -226,7 +226,7 @@ impl Printer {
         }
         let outcome = run_log::outcome_line(
             summary.run_id.as_str(),
-            summary.status,
+            summary.status.into(),
             summary.elapsed.as_secs(),
             summary.error.as_deref(),
         );

@@ -2,7 +2,7 @@
 //! classifying a SOURCE argument, packing and uploading a local context, and queueing a run
 //! then following it to its verdict the way `az acr build` / `az acr run` do (§6.1).
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Once;
@@ -14,6 +14,7 @@ use crate::api::{Run, RunRequest, Source};
 use crate::client::{Client, ClientConfig, ClientError, Settings, config_path};
 use crate::diagnostic::Diagnostics;
 use crate::pack::{self, human_size};
+use crate::run_log;
 use crate::store::RunStatus;
 
 use super::task_file::{print_diagnostics, summary};
@@ -150,7 +151,7 @@ pub(super) fn submit(
 /// Shows the log live (when `logs`), waits for the run's end and reports it.
 pub(super) fn follow(client: &Client, id: &str, logs: bool) -> anyhow::Result<ExitCode> {
     stop_following_on_interrupt(id);
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = Tail::new(std::io::stdout().lock());
     let mut have = 0;
     if logs {
         have = client.copy_log(id, 0, true, &mut stdout)?;
@@ -161,15 +162,18 @@ pub(super) fn follow(client: &Client, id: &str, logs: bool) -> anyhow::Result<Ex
         client.copy_log(id, have, false, &mut stdout)?;
     }
     stdout.flush().ok();
-    drop(stdout);
     let (line, ok) = verdict(&run);
-    if ok {
-        println!("{line}");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("{line}");
-        Ok(ExitCode::FAILURE)
+    // A run's stored log ends with this line already; it is printed when the log did not
+    // show it (no logs asked for, or a run that ended without an agent: canceled in the queue,
+    // or its server died).
+    let shown = stdout.last_line().starts_with(&format!("Run ID: {id} "));
+    drop(stdout);
+    match (ok, shown) {
+        (_, true) => {}
+        (true, false) => println!("{line}"),
+        (false, false) => eprintln!("{line}"),
     }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The closing line of a followed run, and whether it succeeded.
@@ -179,16 +183,53 @@ pub(super) fn verdict(run: &Run) -> (String, bool) {
         .or_else(|| Some(run.finish_time? - run.create_time))
         .map(|d| d.num_seconds().max(0))
         .unwrap_or(0);
-    let id = &run.run_id;
-    let error = match &run.run_error_message {
-        Some(m) if !m.is_empty() => format!(". Error: {m}"),
-        _ => String::new(),
-    };
-    match run.status {
-        RunStatus::Succeeded => (format!("Run ID: {id} was successful after {secs}s"), true),
-        RunStatus::Canceled => (format!("Run ID: {id} was canceled after {secs}s{error}"), false),
-        RunStatus::Timeout => (format!("Run ID: {id} timed out after {secs}s{error}"), false),
-        _ => (format!("Run ID: {id} failed after {secs}s{error}"), false),
+    let line = run_log::outcome_line(
+        &run.run_id,
+        run.status,
+        u64::try_from(secs).unwrap_or(0),
+        run.run_error_message.as_deref(),
+    );
+    (line, run.status == RunStatus::Succeeded)
+}
+
+/// A writer that remembers the last complete line written through it.
+struct Tail<W> {
+    inner: W,
+    last: Vec<u8>,
+    current: Vec<u8>,
+}
+
+/// Longest line [`Tail`] keeps; the outcome line is far shorter.
+const TAIL_LINE: usize = 4096;
+
+impl<W: Write> Tail<W> {
+    fn new(inner: W) -> Self {
+        Self { inner, last: Vec::new(), current: Vec::new() }
+    }
+
+    fn last_line(&self) -> String {
+        String::from_utf8_lossy(if self.current.is_empty() { &self.last } else { &self.current })
+            .into_owned()
+    }
+}
+
+impl<W: Write> Write for Tail<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                if !self.current.is_empty() {
+                    self.last = std::mem::take(&mut self.current);
+                }
+            } else if self.current.len() < TAIL_LINE {
+                self.current.push(b);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -280,6 +321,9 @@ mod tests {
             verdict(&run(RunStatus::Failed, 9, Some("failed during run, err: exit status 1"))).0,
             "Run ID: ka9 failed after 9s. Error: failed during run, err: exit status 1"
         );
+        let mut tail = Tail::new(Vec::new());
+        tail.write_all(b"a\nRun ID: ka9 was successful after 1s\n\n").unwrap();
+        assert_eq!(tail.last_line(), "Run ID: ka9 was successful after 1s");
         assert_eq!(
             verdict(&run(RunStatus::Canceled, 3, None)).0,
             "Run ID: ka9 was canceled after 3s"

@@ -50,6 +50,19 @@ impl RunStatus {
     }
 }
 
+impl From<kiln_worker::RunStatus> for RunStatus {
+    /// The worker's verdict on a run it executed (always terminal).
+    fn from(status: kiln_worker::RunStatus) -> Self {
+        match status {
+            kiln_worker::RunStatus::Succeeded => RunStatus::Succeeded,
+            kiln_worker::RunStatus::Failed => RunStatus::Failed,
+            kiln_worker::RunStatus::Canceled => RunStatus::Canceled,
+            kiln_worker::RunStatus::Timeout => RunStatus::Timeout,
+            kiln_worker::RunStatus::Error => RunStatus::Error,
+        }
+    }
+}
+
 impl fmt::Display for RunStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -2,7 +2,9 @@
 //!
 //! This crate is the control plane: it reads task files ([`task`]), renders them for one run
 //! ([`render`], with [`values`]), and turns them into the plan a worker (`kiln-worker`)
-//! executes ([`plan`]). It knows no Docker.
+//! executes ([`plan`]). It serves runs over HTTP ([`server`], wire types in [`api`]), keeps them
+//! in SQLite ([`store`]) and hands them to the embedded worker pool ([`agent`]), the one module
+//! that calls the worker crate; nothing here speaks to Docker itself.
 
 pub mod agent;
 pub mod api;

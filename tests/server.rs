@@ -402,3 +402,49 @@ fn logs_follow_from_a_late_connection_gets_everything_once() {
     assert!(table.starts_with("RUN ID"), "{table}");
     assert!(table.contains(&id) && table.contains("Succeeded"), "{table}");
 }
+
+/// A git repository with `files`, committed on branch `main`.
+fn git_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).expect("file");
+    }
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &["-c", "user.name=kiln", "-c", "user.email=kiln@localhost", "commit", "-qm", "ctx"],
+    ] {
+        let status = Command::new("git").args(args).current_dir(dir.path()).status();
+        assert!(status.expect("git").success(), "git {args:?}");
+    }
+    dir
+}
+
+#[test]
+fn git_sources_build_and_run_from_the_repository() {
+    let server = Server::start("egit", 1);
+    let repo = git_repo(&[
+        ("Dockerfile", "FROM busybox\nCOPY msg.txt /msg.txt\nCMD [\"cat\", \"/msg.txt\"]\n"),
+        ("msg.txt", "from-git\n"),
+        ("acb.yaml", "steps:\n  - cmd: busybox cat /workspace/msg.txt\n"),
+    ]);
+    let url = format!("file://{}#main", repo.path().display());
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    // The task file is read from the fetched repository, as ACR's FileTaskRunRequest does.
+    let out = server
+        .kiln()
+        .current_dir(elsewhere.path())
+        .args(["run", "-f", "acb.yaml", &url])
+        .output()
+        .expect("kiln run");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("from-git"), "{all}");
+
+    let out = server.run(&["build", "-t", "e2e-git:{{.Run.ID}}", &url]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let id = queued_id(&out);
+    let run = server.show(&id);
+    assert_eq!(run["outputImages"][0]["digest"], registry_digest("e2e-git", &id).as_str(), "{run}");
+}

@@ -46,7 +46,7 @@ pub struct BuildArgs {
 
 pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
-    let source = SourceArg::classify(&args.source);
+    let source = SourceArg::classify(&args.source)?;
     let mut build_args: Vec<Argument> = Vec::new();
     let env = |name: &str| std::env::var(name).ok();
     build_args.extend(args.build_args.iter().map(|a| build_arg(a, false, env)));

@@ -10,6 +10,8 @@ use std::sync::Once;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use kiln_worker::build::remote::{self, Remote, RemoteError};
+
 use crate::api::{Run, RunRequest, Source};
 use crate::client::{Client, ClientConfig, ClientError, Settings, config_path};
 use crate::diagnostic::Diagnostics;
@@ -54,29 +56,19 @@ pub(super) enum SourceArg {
 }
 
 impl SourceArg {
-    /// `/dev/null` is no context; a git URL ends in `.git` (optionally `#ref:folder`), or is
-    /// `git@…`, `git://…`, or an Azure DevOps repository; another http(s) URL is a tarball;
-    /// anything else is a local directory.
-    pub(super) fn classify(source: &str) -> SourceArg {
+    /// `/dev/null` is no context; URLs are classified by the worker's own rules (the ones the
+    /// agent fetches them with): git URLs end in `.git` (optionally `#ref:folder`), or are
+    /// `git://`, `file://` or Azure DevOps repositories; another http(s) URL is a tarball;
+    /// anything else is a local directory. SSH and OCI sources are refused here, clearly.
+    pub(super) fn classify(source: &str) -> Result<SourceArg, RemoteError> {
         if source == "/dev/null" {
-            return SourceArg::None;
+            return Ok(SourceArg::None);
         }
-        let lower = source.to_ascii_lowercase();
-        if lower.starts_with("git@") || lower.starts_with("git://") {
-            return SourceArg::Git(source.to_string());
-        }
-        if lower.starts_with("http://") || lower.starts_with("https://") {
-            let base = lower.split('#').next().unwrap_or_default();
-            let devops = ["visualstudio.com", "dev.azure.com"]
-                .iter()
-                .any(|h| base.split('/').nth(2).is_some_and(|host| host.ends_with(h)));
-            return if base.trim_end_matches('/').ends_with(".git") || devops {
-                SourceArg::Git(source.to_string())
-            } else {
-                SourceArg::Tarball(source.to_string())
-            };
-        }
-        SourceArg::Local(PathBuf::from(source))
+        Ok(match remote::detect(source)? {
+            Some(Remote::Git { .. }) => SourceArg::Git(source.to_string()),
+            Some(Remote::Tarball { .. }) => SourceArg::Tarball(source.to_string()),
+            None => SourceArg::Local(PathBuf::from(source)),
+        })
     }
 
     pub(super) fn is_remote(&self) -> bool {
@@ -261,30 +253,33 @@ mod tests {
     #[test]
     fn sources_are_classified_like_az() {
         use SourceArg::*;
-        let git = |s: &str| Git(s.to_string());
-        assert_eq!(SourceArg::classify("/dev/null"), None);
+        let git = |s: &str| Some(Git(s.to_string()));
+        assert_eq!(SourceArg::classify("/dev/null").ok(), Some(None));
         for url in [
             "https://github.com/org/app.git",
             "https://github.com/org/app.git#main:src",
             "https://github.com/org/app.git#refs/pull/1/head",
-            "git@github.com:org/app.git",
+            "file:///srv/git/app.git",
             "git://example.com/app",
             "https://dev.azure.com/org/proj/_git/app",
             "https://org.visualstudio.com/proj/_git/app#main",
         ] {
-            assert_eq!(SourceArg::classify(url), git(url), "{url}");
+            assert_eq!(SourceArg::classify(url).ok(), git(url), "{url}");
         }
         assert_eq!(
-            SourceArg::classify("https://example.com/ctx.tar.gz"),
-            Tarball("https://example.com/ctx.tar.gz".to_string())
+            SourceArg::classify("https://example.com/ctx.tar.gz").ok(),
+            Some(Tarball("https://example.com/ctx.tar.gz".to_string()))
         );
         assert_eq!(
-            SourceArg::classify("http://example.com/app.git.tar.gz"),
-            Tarball("http://example.com/app.git.tar.gz".to_string())
+            SourceArg::classify("http://example.com/app.git.tar.gz").ok(),
+            Some(Tarball("http://example.com/app.git.tar.gz".to_string()))
         );
-        assert_eq!(SourceArg::classify("."), Local(PathBuf::from(".")));
+        assert_eq!(SourceArg::classify(".").ok(), Some(Local(PathBuf::from("."))));
         // A local directory named like a repository is still local.
-        assert_eq!(SourceArg::classify("app.git"), Local(PathBuf::from("app.git")));
+        assert_eq!(SourceArg::classify("app.git").ok(), Some(Local(PathBuf::from("app.git"))));
+        // The worker cannot fetch over SSH: said before anything is uploaded.
+        let err = SourceArg::classify("git@github.com:org/app.git").unwrap_err();
+        assert!(err.to_string().contains("SSH"), "{err}");
     }
 
     fn run(status: RunStatus, secs: i64, error: Option<&str>) -> Run {

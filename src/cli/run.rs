@@ -51,7 +51,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
-    let source_arg = SourceArg::classify(&args.source);
+    let source_arg = SourceArg::classify(&args.source)?;
     let values = set_values(&args.set, &args.set_secret)?;
     let local_dir = match &source_arg {
         SourceArg::Local(dir) => Some(dir.as_path()),

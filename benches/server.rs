@@ -128,19 +128,17 @@ fn submission() {
     );
 }
 
-/// Engine `start` events: (time in ns, the `kiln.run` label or the container name).
-fn start_events() -> (std::process::Child, mpsc::Receiver<(i128, String)>) {
+/// An engine container event: its time in ns, its action, the container's `kiln.run` label.
+type EngineEvent = (i128, String, String);
+
+/// The engine's `create` and `start` events, as the engine timestamps them.
+fn container_events() -> (std::process::Child, mpsc::Receiver<EngineEvent>) {
     let mut child = Command::new("docker")
-        .args([
-            "events",
-            "--filter",
-            "type=container",
-            "--filter",
-            "event=start",
-            "--format",
-            "{{.TimeNano}} {{index .Actor.Attributes \"kiln.run\"}} {{.Actor.Attributes.name}}",
-        ])
+        .args(["events", "--filter", "type=container", "--filter", "event=create"])
+        .args(["--filter", "event=start", "--format"])
+        .arg("{{.TimeNano}} {{.Action}} {{index .Actor.Attributes \"kiln.run\"}}")
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("docker events");
     let out = child.stdout.take().expect("stdout");
@@ -149,8 +147,9 @@ fn start_events() -> (std::process::Child, mpsc::Receiver<(i128, String)>) {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             let mut parts = line.split_whitespace();
             let time = parts.next().and_then(|t| t.parse().ok()).unwrap_or_default();
+            let action = parts.next().unwrap_or_default().to_string();
             let key = parts.next().unwrap_or_default().to_string();
-            if tx.send((time, key)).is_err() {
+            if tx.send((time, action, key)).is_err() {
                 break;
             }
         }
@@ -158,57 +157,80 @@ fn start_events() -> (std::process::Child, mpsc::Receiver<(i128, String)>) {
     (child, rx)
 }
 
-fn wait_for_start(events: &mpsc::Receiver<(i128, String)>, key: &str) -> i128 {
+/// Milliseconds from `t0` to the `create` and to the `start` of the container labelled `key`.
+fn created_and_started(events: &mpsc::Receiver<EngineEvent>, key: &str, t0: i128) -> (f64, f64) {
+    let mut created = None;
     loop {
-        let (time, k) = events.recv_timeout(Duration::from_secs(60)).expect("a start event");
-        if k == key {
-            return time;
+        let (time, action, k) = events.recv_timeout(Duration::from_secs(60)).expect("an event");
+        if k != key {
+            continue;
+        }
+        let ms = (time - t0) as f64 / 1e6;
+        match action.as_str() {
+            "create" => created = Some(ms),
+            "start" => return (created.expect("create comes before start"), ms),
+            _ => {}
         }
     }
+}
+
+/// p50 and p90 of `samples`, as text.
+fn p50_p90(samples: &mut [f64]) -> (f64, String) {
+    let (p50, p90) = (percentile(samples, 0.5), percentile(samples, 0.9));
+    (p50, format!("p50 {p50:.1} ms p90 {p90:.1} ms"))
 }
 
 fn dispatch() {
     let samples = setting("KILN_BENCH_SAMPLES", 20);
     let server = Server::start("bdis", 1);
     let agent = agent();
-    let (mut events, rx) = start_events();
+    let (mut events, rx) = container_events();
     let body = cmd_request("busybox true");
     // Warm-up: the first run pays for image lookups and the engine's caches.
     let warm = submit(&agent, &server, &body);
     wait_done(&agent, &server, &warm);
-    let mut kiln = Vec::new();
+    let (mut kiln_create, mut kiln_start) = (Vec::new(), Vec::new());
     for _ in 0..samples {
         let t0 = now_ns();
         let id = submit(&agent, &server, &body);
-        let started = wait_for_start(&rx, &id);
-        kiln.push((started - t0) as f64 / 1e6);
+        let (created, started) = created_and_started(&rx, &id, t0);
+        kiln_create.push(created);
+        kiln_start.push(started);
         wait_done(&agent, &server, &id);
     }
-    let mut docker = Vec::new();
+    let (mut docker_create, mut docker_start) = (Vec::new(), Vec::new());
     for i in 0..samples {
         let name = format!("kiln-bench-dispatch-{}-{i}", std::process::id());
         let t0 = now_ns();
         let status = Command::new("docker")
-            .args(["run", "-d", "--rm", "--name", &name, "--label", "kiln.run=", "busybox", "true"])
+            .args(["run", "-d", "--rm", "--name", &name, "--label", &format!("kiln.run={name}")])
+            .args(["busybox", "true"])
             .stdout(Stdio::null())
             .status()
             .expect("docker run");
         assert!(status.success());
-        let started = wait_for_start(&rx, "");
-        docker.push((started - t0) as f64 / 1e6);
+        let (created, started) = created_and_started(&rx, &name, t0);
+        docker_create.push(created);
+        docker_start.push(started);
     }
     let _ = events.kill();
-    let (k50, k90) = (percentile(&mut kiln, 0.5), percentile(&mut kiln, 0.9));
-    let (d50, d90) = (percentile(&mut docker, 0.5), percentile(&mut docker, 0.9));
+    let _ = events.wait();
+    let (ks, kiln_start) = p50_p90(&mut kiln_start);
+    let (ds, docker_start) = p50_p90(&mut docker_start);
+    let (kc, kiln_create) = p50_p90(&mut kiln_create);
+    let (dc, docker_create) = p50_p90(&mut docker_create);
     println!(
-        "dispatch (submit -> container started), {samples} runs: kiln p50 {k50:.1} ms p90 {k90:.1} ms; \
-         docker run -d p50 {d50:.1} ms p90 {d90:.1} ms; ratio p50 {:.2}",
-        k50 / d50
+        "dispatch, {samples} runs, idle worker: submit -> container started: kiln {kiln_start}, \
+         docker run -d {docker_start}, ratio p50 {:.2}; submit -> container created: kiln \
+         {kiln_create}, docker run -d {docker_create}, ratio p50 {:.2}",
+        ks / ds,
+        kc / dc
     );
 }
 
-/// A shell loop printing `lines` lines, each stamped by busybox `ts` with its own time.
-const TICKS: &str = "for i in $(seq 1 LINES); do echo tick; usleep 20000; done | ts %.s";
+/// A shell loop printing LINES lines, each stamped with the time it was written (`echo` is a
+/// builtin, so nothing buffers the line inside the container).
+const TICKS: &str = "for i in $(seq 1 LINES); do echo \"$EPOCHREALTIME tick\"; usleep 20000; done";
 
 /// Latencies (ms) of stamped lines read from `reader` as they arrive.
 fn stamped_latencies(reader: impl std::io::Read) -> Vec<f64> {
@@ -247,12 +269,11 @@ fn log_latency() {
     let mut docker = stamped_latencies(out.stdout.take().expect("stdout"));
     assert!(out.wait().expect("docker run").success());
     assert_eq!((kiln.len(), docker.len()), (lines, lines), "every line arrived");
-    let (k50, k90) = (percentile(&mut kiln, 0.5), percentile(&mut kiln, 0.9));
-    let (d50, d90) = (percentile(&mut docker, 0.5), percentile(&mut docker, 0.9));
+    let (k50, kiln) = p50_p90(&mut kiln);
+    let (d50, docker) = p50_p90(&mut docker);
     println!(
-        "live log latency (container line -> reader), {lines} lines: kiln HTTP follower p50 \
-         {k50:.1} ms p90 {k90:.1} ms; docker run (attached) p50 {d50:.1} ms p90 {d90:.1} ms; \
-         ratio p50 {:.2}",
+        "live log latency (container line -> reader), {lines} lines: kiln HTTP follower {kiln}; \
+         docker run (attached) {docker}; ratio p50 {:.2}",
         k50 / d50
     );
 }

@@ -448,3 +448,23 @@ fn git_sources_build_and_run_from_the_repository() {
     let run = server.show(&id);
     assert_eq!(run["outputImages"][0]["digest"], registry_digest("e2e-git", &id).as_str(), "{run}");
 }
+
+#[test]
+fn a_busy_port_fails_the_start_without_spending_the_admin_token() {
+    let busy = Server::start("ebusy", 0);
+    let addr = busy.url.trim_start_matches("http://").to_string();
+    let data = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--workers", "0", "--addr", &addr, "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("kiln serve");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains(&format!("cannot listen on {addr}")), "{all}");
+    assert_eq!(all.matches("Address already in use").count(), 1, "said once: {all}");
+    assert!(!all.contains("admin token"), "{all}");
+    // The next start on a free port prints the token (the harness insists on it).
+    let server = Server::spawn("ebusy", data.path(), 0, None);
+    assert!(server.token.starts_with("kiln_"));
+}

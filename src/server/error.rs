@@ -73,7 +73,11 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        let status = r.status();
+        // A body of the wrong shape is bad input like any other: 400, not axum's 422.
+        let status = match r.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            status => status,
+        };
         let message = r.body_text();
         if status.is_server_error() {
             ApiError::Internal(message)

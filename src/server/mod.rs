@@ -70,8 +70,9 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("starting the agent: {0}")]
     Agent(#[from] AgentError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    // The cause is in the message and not a `source`, so the CLI prints it once.
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -107,17 +108,19 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     }
 }
 
-/// Runs the server until `shutdown` completes: store (migrations) → admin token (printed on
-/// first start) → agent (which recovers runs a previous process left) → janitor → listen
-/// (`kiln listening on http://ADDR` printed) → serve → stop the agent.
+/// Runs the server until `shutdown` completes: store (migrations) → listen → agent (which
+/// recovers runs a previous process left) → admin token (printed on first start) → janitor →
+/// `kiln listening on http://ADDR` printed → serve → stop the agent.
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store = Store::open(&config.data_dir, config.run_id_prefix.clone()).await?;
-    if let Some(token) = store.ensure_admin_token().await? {
-        say(&format!("admin token: {token}"))?;
-    }
+    // Listen before anything is created: a busy port must not cost the first start its
+    // one-time admin token. Connections wait in the backlog until serving starts.
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|cause| ServeError::Bind { addr: config.addr, cause })?;
     let hub = LogHub::new();
     let agent_config = AgentConfig {
         workers: config.workers,
@@ -128,6 +131,9 @@ pub async fn serve(
         ..AgentConfig::new(config.data_dir.clone())
     };
     let agent = Agent::start(store.clone(), hub.clone(), agent_config).await?;
+    if let Some(token) = store.ensure_admin_token().await? {
+        say(&format!("admin token: {token}"))?;
+    }
     let stop = CancellationToken::new();
     let janitor = janitor::Janitor {
         store: store.clone(),
@@ -148,9 +154,6 @@ pub async fn serve(
             max_upload_bytes: config.max_upload_bytes,
         }),
     };
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
     let addr = listener.local_addr()?;
     say(&format!("kiln listening on http://{addr}"))?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");

@@ -468,3 +468,48 @@ fn a_busy_port_fails_the_start_without_spending_the_admin_token() {
     let server = Server::spawn("ebusy", data.path(), 0, None);
     assert!(server.token.starts_with("kiln_"));
 }
+
+#[test]
+fn a_quick_build_logs_in_to_an_authenticated_registry_and_never_logs_the_password() {
+    let registry = std::env::var("KILN_TEST_AUTH_REGISTRY").unwrap_or("127.0.0.1:5001".into());
+    let user = std::env::var("KILN_TEST_REGISTRY_USER").unwrap_or("kiln".into());
+    let password =
+        std::env::var("KILN_TEST_REGISTRY_PASSWORD").unwrap_or("kiln-test-password".into());
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let password_file = secrets.path().join("password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+    let password_file = password_file.to_string_lossy().into_owned();
+    let server = Server::start_with(
+        "eauth",
+        1,
+        &[
+            "--registry",
+            &registry,
+            "--registry-user",
+            &user,
+            "--registry-password-file",
+            &password_file,
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), "FROM busybox\nRUN echo built\n").expect("file");
+    let out = server
+        .kiln()
+        .args(["build", "-t", "e2e-auth:{{.Run.ID}}"])
+        .arg(dir.path())
+        .output()
+        .expect("kiln build");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let id = queued_id(&out);
+    let run = server.show(&id);
+    assert_eq!(run["outputImages"][0]["registry"], registry.as_str(), "{run}");
+    assert!(run["outputImages"][0]["digest"].as_str().unwrap_or_default().starts_with("sha256:"));
+    // A step that prints the password finds it masked in the streamed and the stored log.
+    let out = server.run(&["run", "--cmd", &format!("busybox echo pw={password}"), "/dev/null"]);
+    let all = text(&out);
+    assert!(all.contains("pw=***") && !all.contains(&password), "{all}");
+    let id = queued_id(&out);
+    let stored = server.run(&["logs", &id]);
+    assert!(!String::from_utf8_lossy(&stored.stdout).contains(&password));
+}

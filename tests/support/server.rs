@@ -29,9 +29,14 @@ pub struct Server {
 impl Server {
     /// A server with a fresh data directory and `workers` workers.
     pub fn start(prefix: &str, workers: usize) -> Server {
+        Server::start_with(prefix, workers, &["--registry", &registry()])
+    }
+
+    /// Like [`Server::start`], with these registry arguments (`--registry`, its login).
+    pub fn start_with(prefix: &str, workers: usize, registry_args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().to_path_buf();
-        let mut server = Server::spawn(prefix, &data, workers, None);
+        let mut server = Server::spawn_with(prefix, &data, workers, None, registry_args);
         server._dir = Some(dir);
         server
     }
@@ -39,6 +44,16 @@ impl Server {
     /// Starts `kiln serve` on `data`; `token` is the admin token when the data directory has one
     /// already (it is printed on the first start only).
     pub fn spawn(prefix: &str, data: &Path, workers: usize, token: Option<String>) -> Server {
+        Server::spawn_with(prefix, data, workers, token, &["--registry", &registry()])
+    }
+
+    pub fn spawn_with(
+        prefix: &str,
+        data: &Path,
+        workers: usize,
+        token: Option<String>,
+        registry_args: &[&str],
+    ) -> Server {
         let config = data.join("kiln.toml");
         std::fs::write(&config, format!("run_id_prefix = \"{prefix}\"\n")).expect("config");
         let log = std::fs::OpenOptions::new()
@@ -51,7 +66,8 @@ impl Server {
             .arg(&config)
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data)
-            .args(["--registry", &registry(), "--workers", &workers.to_string()])
+            .args(registry_args)
+            .args(["--workers", &workers.to_string()])
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

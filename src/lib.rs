@@ -23,5 +23,6 @@ pub mod server;
 pub mod source_map;
 pub mod store;
 pub mod task;
+pub mod trigger;
 pub mod uploads;
 pub mod values;

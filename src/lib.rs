@@ -19,6 +19,7 @@ pub mod render;
 pub mod request;
 pub mod run_id;
 pub mod run_log;
+pub mod secret_box;
 pub mod server;
 pub mod source_map;
 pub mod store;

@@ -7,11 +7,13 @@
 //! when it stops. Runs queued by other processes are found by polling once a second.
 //!
 //! Modules: [`run`] (one held run, from claim to finish), `prepare` (request → context → plan),
-//! `log_writer` (events → masked, batched, fenced log appends).
+//! `log_writer` (events → masked, batched, fenced log appends), `spare` (each worker loop's
+//! pre-created run network, which keeps `docker network create` off dispatch).
 
 mod log_writer;
 mod prepare;
 mod run;
+mod spare;
 
 #[cfg(test)]
 mod tests;
@@ -228,12 +230,14 @@ impl Agent {
     }
 }
 
-/// Claims runs while there are any, then waits for a wake-up or the poll interval.
+/// Claims runs while there are any, then waits for a wake-up or the poll interval. Keeps a
+/// spare run network ready for the next run and removes it when stopping.
 async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
+    let mut spare = spare::Spare::new(shared.engine.clone());
     while !shared.stopping.is_cancelled() {
         match shared.store.claim_next(&worker_id, shared.config.lease_ttl).await {
             Ok(Some(claim)) => {
-                run::run_claimed(&shared, claim).await;
+                run::run_claimed(&shared, claim, &mut spare).await;
                 // Drain: look again at once, more may be queued.
                 continue;
             }
@@ -246,6 +250,7 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
             () = shared.stopping.cancelled() => {}
         }
     }
+    spare.discard().await;
 }
 
 /// This host's name, for worker IDs (only informative: leases are what matter).

@@ -20,13 +20,14 @@ use crate::store::{Claim, OutputImage, RunStatus, StoreError};
 
 use super::log_writer::LogWriter;
 use super::prepare::{self, Settings};
+use super::spare::Spare;
 use super::{Held, Shared};
 
 /// Events the worker may have in flight before it waits for the log writer.
 const EVENT_CHANNEL: usize = 256;
 
 /// Runs a claimed run to its finished record.
-pub(super) async fn run_claimed(shared: &Shared, claim: Claim) {
+pub(super) async fn run_claimed(shared: &Shared, claim: Claim, spare: &mut Spare) {
     let Claim { run, epoch } = claim;
     let held = shared.hold(&run.id);
     let done = CancellationToken::new();
@@ -49,7 +50,7 @@ pub(super) async fn run_claimed(shared: &Shared, claim: Claim) {
     log.mask(shared.config.credentials.iter().map(|c| c.password.clone()));
 
     let (status, error, dependencies) =
-        execute(shared, &run, epoch, &run_dir, &held, &mut log).await;
+        execute(shared, &run, epoch, &run_dir, &held, &mut log, spare).await;
 
     done.cancel();
     if let Err(e) = heartbeat.await {
@@ -87,6 +88,7 @@ pub(super) async fn run_claimed(shared: &Shared, claim: Claim) {
 }
 
 /// Prepares and executes the run, writing its log; returns its status, error and results.
+/// A run that needs a network of its own gets `spare`'s.
 async fn execute(
     shared: &Shared,
     run: &crate::store::RunRecord,
@@ -94,6 +96,7 @@ async fn execute(
     run_dir: &Path,
     held: &Held,
     log: &mut LogWriter,
+    spare: &mut Spare,
 ) -> (RunStatus, Option<String>, Dependencies) {
     let mut dependencies = Dependencies::default();
     let settings = Settings {
@@ -132,6 +135,12 @@ async fn execute(
     let mut options = RunOptions::new(shared.config.work_dir());
     options.context_dir = ready.context_dir;
     options.timeout = Some(Duration::from_secs(run.timeout_secs));
+    if plan.uses_run_network() {
+        options.network = spare.take().await;
+        // The next run's, made now so it is ready when that run comes; the engine creates it
+        // alongside this run's containers without holding them up noticeably.
+        spare.refill();
+    }
     let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL);
     let (summary, ()) = tokio::join!(
         run_plan(engine, &plan, options, tx, held.cancel.clone()),

@@ -169,6 +169,39 @@ async fn agent_runs_a_task_and_stores_its_log() {
     env.stop().await;
 }
 
+/// A run gets the worker's pre-created network (named in its log), step IDs resolve on it, and
+/// the run's end removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_runs_on_a_spare_network_and_removes_it() {
+    let env = env('n', 1, |_| {}).await;
+    let task = "steps:\n  - id: web\n    cmd: busybox httpd -f -p 8080 -h /etc\n    detach: true\n  \
+                - id: probe\n    cmd: busybox sh -c \"for i in $(seq 100); do wget -q -O /dev/null \
+                http://web:8080/hostname && echo reached-web && exit 0; sleep 0.2; done; exit 1\"\n";
+    let id = env.queue(&encoded(task, vec![]), None).await;
+    let (run, log) = env.finished(&id).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{log}");
+    assert!(log.contains("probe | reached-web\n"), "{log}");
+    let network = log
+        .lines()
+        .find_map(|l| l.split_once("Using Docker network: ").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no spare network named in the log:\n{log}"))
+        .to_string();
+    assert!(network.starts_with("kiln-spare-"), "{log}");
+    assert!(log.contains(&format!("Network: '{network}'")), "{log}");
+    let engine = kiln_worker::Engine::connect().await.expect("engine");
+    let gone = engine.docker().inspect_network(&network, None).await;
+    assert!(
+        matches!(
+            gone,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+        ),
+        "{gone:?}"
+    );
+    assert!(containers_of(&id).await.is_empty());
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_quick_build_from_an_upload_pushes_and_records_images() {
     let registry = setting("KILN_TEST_REGISTRY", "127.0.0.1:5000");

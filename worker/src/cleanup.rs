@@ -16,8 +16,9 @@ use bollard::query_parameters::{
 use futures_util::future::join_all;
 
 use crate::engine::Engine;
-use crate::names::{self, OWNER_LABEL, RUN_LABEL};
+use crate::names::{self, OWNER_LABEL, ROLE_LABEL, RUN_LABEL};
 use crate::plan::RunId;
+use crate::spare::SPARE_ROLE;
 
 /// What a sweep removed, by Docker name, and what it could not remove.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -61,12 +62,21 @@ pub async fn sweep(
 
 /// Removes what runs of dead kiln processes on this host left behind (a crash, a `kill -9`):
 /// every object records its owner process ([`crate::names::OWNER_LABEL`]), so live runs of other
-/// processes sharing the engine are left alone. What a worker does when it starts.
+/// processes sharing the engine are left alone. Spare run networks ([`crate::spare`]) of dead
+/// processes go too. What a worker does when it starts.
 pub async fn sweep_orphans(engine: &Engine) -> Result<SweepReport, CleanupError> {
     let orphaned = |labels: &HashMap<String, String>| {
         labels.get(OWNER_LABEL).is_some_and(|owner| names::owner_is_gone(owner))
     };
-    sweep_label(engine.docker(), RUN_LABEL.to_string(), &orphaned).await
+    let mut report = sweep_label(engine.docker(), RUN_LABEL.to_string(), &orphaned).await?;
+    // Spare run networks carry no run label (their run was unknown when they were made).
+    let spares = format!("{ROLE_LABEL}={SPARE_ROLE}");
+    let more = sweep_label(engine.docker(), spares, &orphaned).await?;
+    report.containers.extend(more.containers);
+    report.networks.extend(more.networks);
+    report.volumes.extend(more.volumes);
+    report.errors.extend(more.errors);
+    Ok(report)
 }
 
 /// Removes what one run created (the end of every run).

@@ -17,6 +17,7 @@
 //! | `image` | pulling a step's image with the run's registry logins |
 //! | `volume` | secret volumes |
 //! | [`workspace`] | the run's `/workspace` directory |
+//! | [`spare`] | run networks created ahead of their run |
 //! | [`cleanup`] | removing what runs left, by label |
 //! | [`names`] | engine object names and labels |
 //! | `ports` | `ports`/`expose` syntax |
@@ -43,6 +44,7 @@ mod ports;
 pub mod push;
 pub mod run;
 mod schedule;
+pub mod spare;
 mod step;
 mod volume;
 pub mod workspace;
@@ -51,3 +53,4 @@ pub use cleanup::{SweepReport, sweep, sweep_orphans};
 pub use engine::{Engine, EngineError};
 pub use event::{Event, LogStream, RunStatus, StepStatus};
 pub use run::{RunOptions, RunSummary, StepSummary, execute};
+pub use spare::{SpareError, SpareNetwork};

@@ -67,6 +67,14 @@ pub struct Plan {
     pub credentials: Vec<RegistryCredential>,
 }
 
+impl Plan {
+    /// Whether the run gets a network of its own (no declared network `isDefault`), the one
+    /// a [`crate::RunOptions::network`] spare can stand in for.
+    pub fn uses_run_network(&self) -> bool {
+        !self.networks.iter().any(|n| n.is_default)
+    }
+}
+
 /// Basic-auth login to one registry.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryCredential {

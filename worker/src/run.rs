@@ -29,6 +29,7 @@ use crate::mask::Secrets;
 use crate::names;
 use crate::plan::{Plan, PlanStep, RunId, StepId};
 use crate::schedule::Schedule;
+use crate::spare::{self, SpareNetwork};
 use crate::step::{self, StepOutcome, millis};
 use crate::volume::SecretVolumes;
 use crate::workspace::Workspace;
@@ -43,11 +44,21 @@ pub struct RunOptions {
     pub context_dir: Option<PathBuf>,
     /// Limit for the whole run (ACR's run `--timeout`); on expiry the run ends as `Timeout`.
     pub timeout: Option<Duration>,
+    /// A network created ahead of the run (see [`crate::spare`]) to use as the run's own
+    /// network instead of creating one, which saves a `docker network create` before the
+    /// first step. The run owns it from here: its teardown removes it, whether or not the plan
+    /// used it (a plan with its own default network does not).
+    pub network: Option<SpareNetwork>,
 }
 
 impl RunOptions {
     pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
-        RunOptions { workspace_root: workspace_root.into(), context_dir: None, timeout: None }
+        RunOptions {
+            workspace_root: workspace_root.into(),
+            context_dir: None,
+            timeout: None,
+            network: None,
+        }
     }
 }
 
@@ -187,7 +198,7 @@ pub async fn execute(
     }
 
     // Containers first: detached ones may still be writing into the workspace.
-    let mut cleanup_errors = tear_down(docker, run_id, &events).await;
+    let mut cleanup_errors = tear_down(docker, run_id, options.network.as_ref(), &events).await;
     if let Some(workspace) = workspace
         && let Err(e) = workspace.remove().await
     {
@@ -225,15 +236,19 @@ async fn prepare(
 ) -> Result<Prepared, String> {
     let schedule = Schedule::new(plan.steps.iter().map(|s| (&s.id, s.depends_on.as_slice())))
         .map_err(|e| e.to_string())?;
-    let workspace =
-        Workspace::create(&options.workspace_root, &plan.run_id, options.context_dir.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-    match create_networks(docker, plan, events).await {
-        Ok((networks, default_network)) => {
+    // Independent of each other, and the network is an engine round trip: overlap them.
+    let (workspace, networks) = tokio::join!(
+        Workspace::create(&options.workspace_root, &plan.run_id, options.context_dir.as_deref()),
+        create_networks(docker, plan, options.network.as_ref(), events),
+    );
+    // Networks that were created are removed by the teardown (by label, or by name for a
+    // handed-over one); a workspace that was created is removed here.
+    match (workspace, networks) {
+        (Ok(workspace), Ok((networks, default_network))) => {
             Ok(Prepared { schedule, workspace, networks, default_network })
         }
-        Err(message) => {
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(workspace), Err(message)) => {
             if let Err(e) = workspace.remove().await {
                 events.system(None, format!("Warning: {e}")).await;
             }
@@ -243,11 +258,13 @@ async fn prepare(
 }
 
 /// Creates the plan's networks under run-unique names, and the run's own network unless the
-/// plan names a default one. Unlike ACR, declaring networks without `isDefault` does not
-/// leave steps without step-ID DNS (reference §9 item 11): they still get the run network.
+/// plan names a default one (or a network was handed over for it: `spare`). Unlike ACR,
+/// declaring networks without `isDefault` does not leave steps without step-ID DNS (reference
+/// §9 item 11): they still get the run network.
 async fn create_networks(
     docker: &Docker,
     plan: &Plan,
+    spare: Option<&SpareNetwork>,
     events: &Events,
 ) -> Result<(HashMap<String, String>, String), String> {
     let mut networks = HashMap::new();
@@ -267,9 +284,14 @@ async fn create_networks(
         }
         networks.insert(declared.name.clone(), name);
     }
-    let default = match default {
-        Some(name) => name,
-        None => {
+    let default = match (default, spare) {
+        (Some(name), _) => name,
+        (None, Some(spare)) => {
+            let name = spare.name().to_string();
+            events.system(None, format!("Using Docker network: {name}, driver: 'bridge'")).await;
+            name
+        }
+        (None, None) => {
             let name = names::run_network(&plan.run_id);
             create_network(docker, &plan.run_id, &name, "bridge", false, events).await?;
             name
@@ -369,12 +391,24 @@ async fn drive(
 }
 
 /// Removes everything labelled with the run: detached and kept containers, networks, secret
-/// volumes, and anything an interrupted creation left behind.
-async fn tear_down(docker: &Docker, run: &RunId, events: &Events) -> Vec<String> {
-    let errors = match cleanup::sweep_run(docker, run).await {
+/// volumes, and anything an interrupted creation left behind; then the network handed to the
+/// run, which carries no run label (its containers are gone by then).
+async fn tear_down(
+    docker: &Docker,
+    run: &RunId,
+    network: Option<&SpareNetwork>,
+    events: &Events,
+) -> Vec<String> {
+    let mut errors = match cleanup::sweep_run(docker, run).await {
         Ok(report) => report.errors,
         Err(e) => vec![e.to_string()],
     };
+    if let Some(network) = network
+        && let Err(message) = spare::remove(docker, network.name()).await
+    {
+        // Worded like the sweep's errors: `<name>: <engine message>`.
+        errors.push(format!("{}: {message}", network.name()));
+    }
     for error in &errors {
         events.system(None, format!("Warning: cleanup could not remove {error}")).await;
     }

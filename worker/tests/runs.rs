@@ -10,8 +10,13 @@ use bollard::models::{ContainerCreateBody, NetworkCreateRequest, VolumeCreateReq
 use bollard::query_parameters::CreateContainerOptions;
 use common::*;
 use kiln_worker::names::RUN_LABEL;
+use kiln_worker::names::{OWNER_LABEL, ROLE_LABEL};
 use kiln_worker::plan::{Action, Network, RunId, StepId};
-use kiln_worker::{Engine, EngineError, Event, LogStream, RunStatus, StepStatus, sweep};
+use kiln_worker::spare::SPARE_ROLE;
+use kiln_worker::{
+    Engine, EngineError, Event, LogStream, RunStatus, SpareNetwork, StepStatus, sweep,
+    sweep_orphans,
+};
 
 #[tokio::test]
 async fn engine_negotiates_down_to_the_local_api() {
@@ -138,6 +143,95 @@ async fn concurrent_runs_of_one_plan_are_isolated() {
     assert_eq!(b.summary.status, RunStatus::Succeeded, "{}", b.dump());
     assert_eq!(a.stdout("probe"), format!("{first}\n"));
     assert_eq!(b.stdout("probe"), format!("{second}\n"));
+}
+
+/// Two runs at once on networks created ahead of them: each says which network it uses, each
+/// probe reaches its own run's server by step ID, and each run removes its network.
+#[tokio::test]
+async fn runs_on_spare_networks_are_isolated_and_remove_them() {
+    let engine = engine().await;
+    let (first, second) = (run_id("spare-a"), run_id("spare-b"));
+    let net_a = SpareNetwork::create(&engine).await.expect("spare");
+    let net_b = SpareNetwork::create(&engine).await.expect("spare");
+    let (a, b) = tokio::join!(
+        start_with(&engine, web_plan(&first), |o| o.network = Some(net_a.clone())).finish(&engine),
+        start_with(&engine, web_plan(&second), |o| o.network = Some(net_b.clone())).finish(&engine),
+    );
+    for (done, run, net) in [(&a, &first, &net_a), (&b, &second, &net_b)] {
+        assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+        assert_eq!(done.stdout("probe"), format!("{run}\n"));
+        let log = run_log(&done.events);
+        assert!(
+            log.contains(&format!("Using Docker network: {}, driver: 'bridge'", net.name())),
+            "{log}"
+        );
+        assert!(!log.contains("Creating Docker network"), "{log}");
+        assert!(done.system("probe").contains(&format!("Network: '{}'", net.name())));
+        assert!(!network_exists(&engine, net.name()).await, "{} removed", net.name());
+    }
+}
+
+/// A network handed to a run whose plan declares its own default goes unused, and is still
+/// removed with the run.
+#[tokio::test]
+async fn an_unused_spare_network_is_removed_with_the_run() {
+    let engine = engine().await;
+    let run = run_id("spare-unused");
+    let net = SpareNetwork::create(&engine).await.expect("spare");
+    let mut plan = web_plan(&run);
+    plan.networks = vec![Network {
+        name: "appnet".into(),
+        driver: None,
+        ipv6: false,
+        skip_creation: false,
+        is_default: true,
+    }];
+    assert!(!plan.uses_run_network());
+    let done = start_with(&engine, plan, |o| o.network = Some(net.clone())).finish(&engine).await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert!(done.system("probe").contains(&format!("Network: 'kiln-{run}-net-appnet'")));
+    assert!(!network_exists(&engine, net.name()).await);
+}
+
+/// Spare networks of a dead process are swept; those of live processes are not.
+#[tokio::test]
+async fn orphaned_spare_networks_are_swept() {
+    let engine = engine().await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let dead = child.id();
+    child.wait().expect("wait");
+    let orphan = format!("kiln-spare-test-orphan-{}", std::process::id());
+    let labels = HashMap::from([
+        (OWNER_LABEL.to_string(), format!("{}/{dead}", host.trim())),
+        (ROLE_LABEL.to_string(), SPARE_ROLE.to_string()),
+    ]);
+    engine
+        .docker()
+        .create_network(NetworkCreateRequest {
+            name: orphan.clone(),
+            labels: Some(labels),
+            ..Default::default()
+        })
+        .await
+        .expect("orphan network");
+    let live = SpareNetwork::create(&engine).await.expect("spare");
+
+    let report = sweep_orphans(&engine).await.expect("sweep");
+    assert!(report.networks.contains(&orphan), "{report:?}");
+    assert!(!network_exists(&engine, &orphan).await);
+    assert!(network_exists(&engine, live.name()).await, "a live process's spare stays");
+    let name = live.name().to_string();
+    live.remove(&engine).await.expect("remove");
+    assert!(!network_exists(&engine, &name).await);
+}
+
+async fn network_exists(engine: &Engine, name: &str) -> bool {
+    match engine.docker().inspect_network(name, None).await {
+        Ok(_) => true,
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => false,
+        Err(e) => panic!("inspecting {name}: {e}"),
+    }
 }
 
 #[tokio::test]

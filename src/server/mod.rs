@@ -4,7 +4,8 @@
 //! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`error`] — the one
 //!   error type and its JSON answer;
 //! * [`runs`] — submit/list/get/cancel; [`uploads`] — context archives; [`logs`] — plain,
-//!   followed and SSE logs; [`openapi`] — the generated API document;
+//!   followed and SSE logs; [`openapi`] — the generated API document; [`page`] — the run page
+//!   for browsers;
 //! * [`janitor`] — retention and the backstops for lost or overrunning runs.
 //!
 //! [`serve`] is the whole server process (startup order, printing the admin token and the
@@ -15,6 +16,7 @@ pub mod error;
 pub mod janitor;
 pub mod logs;
 pub mod openapi;
+pub mod page;
 pub mod runs;
 pub mod state;
 pub mod uploads;
@@ -77,7 +79,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// The HTTP app. Every route but `/healthz` and `/openapi.json` needs a token.
+/// The HTTP app. Every route but `/healthz`, `/openapi.json` and the (data-free) run page needs
+/// a token.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route(paths::UPLOADS, post(uploads::upload))
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
+        .route("/ui/runs/{id}", get(page::run_page))
         .merge(protected)
         .fallback(not_found)
         .with_state(state)

@@ -22,6 +22,7 @@ pub const BEARER: &str = "bearer";
         super::runs::cancel,
         super::logs::log,
         super::health,
+        super::page::run_page,
         openapi_json,
     ),
     components(schemas(

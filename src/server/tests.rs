@@ -464,6 +464,7 @@ fn server_openapi_lists_every_path_and_the_bearer_scheme() {
         "/runs/{id}/log",
         "/healthz",
         "/openapi.json",
+        "/ui/runs/{id}",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
@@ -519,4 +520,15 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     assert!(after.epoch > claim.epoch);
     rx.changed().await.unwrap();
     assert!(rx.borrow().finished, "followers are told the run ended");
+}
+
+#[test]
+fn server_run_page_is_public_html_without_run_data() {
+    let s = start();
+    let a = answer(s.http.get(s.url("/ui/runs/ka1")).call().unwrap());
+    assert_eq!(a.status, 200);
+    let page = a.text();
+    assert!(page.contains(r#"const runId = "ka1";"#), "{page}");
+    assert!(page.contains("/log?follow=true&offset="), "the page follows the log by offset");
+    assert!(page.contains("Authorization"), "it reads the API with the user's token");
 }

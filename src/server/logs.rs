@@ -142,6 +142,11 @@ impl LogReader {
             if self.ended {
                 return Ok(None);
             }
+            if self.wait_for_news().await {
+                continue;
+            }
+            // No word from the hub (a writer in another process, the recheck timer, the run's
+            // end): the record says whether more can come.
             let record = self.store.get_run(&self.run).await?;
             self.status = record.status;
             if record.status.is_terminal() {
@@ -149,15 +154,37 @@ impl LogReader {
                 self.ended = true;
                 continue;
             }
-            match self.rx.as_mut() {
-                Some(rx) => {
-                    if let Ok(Err(_)) = tokio::time::timeout(RECHECK, rx.changed()).await {
-                        // The hub dropped the channel: the run ended; the next pass sees it.
-                        self.rx = None;
-                    }
-                }
-                None => tokio::time::sleep(RECHECK).await,
+            if self.rx.is_none() {
+                tokio::time::sleep(RECHECK).await;
             }
+        }
+    }
+
+    /// Waits (at most [`RECHECK`]) for the hub to announce bytes past what was read; `true`
+    /// when it did. While the hub vouches that nothing new was written and the run goes on,
+    /// a follower waits without asking the store for the record again, so a followed batch
+    /// costs one read instead of three queries.
+    async fn wait_for_news(&mut self) -> bool {
+        let Some(rx) = self.rx.as_mut() else { return false };
+        let progress = *rx.borrow_and_update();
+        if progress.finished {
+            // Nothing more will be announced: from here on the record decides (and the
+            // recheck timer paces it).
+            self.rx = None;
+            return false;
+        }
+        // Published between the read and now: read again at once.
+        if progress.len > self.offset {
+            return true;
+        }
+        match tokio::time::timeout(RECHECK, rx.changed()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => {
+                // The hub dropped the channel: the run ended; the record will say so.
+                self.rx = None;
+                false
+            }
+            Err(_) => false,
         }
     }
 

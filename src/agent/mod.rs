@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log_hub::LogHub;
 use crate::run_id::RunId;
+use crate::secret_box::SecretBox;
 use crate::store::{Store, StoreError};
 
 /// How often an idle worker looks for runs queued by other processes.
@@ -86,6 +87,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("cannot create the work directory {path}: {source}")]
     WorkDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    SecretKey(#[from] crate::secret_box::SecretBoxError),
 }
 
 /// A run a local worker holds, and how to stop it.
@@ -113,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) hub: LogHub,
     pub(crate) config: AgentConfig,
     pub(crate) engine: Option<Engine>,
+    /// Opens the sealed run requests.
+    pub(crate) secrets: SecretBox,
     wake: Notify,
     /// Stop claiming; held runs are cancelled through their own tokens.
     stopping: CancellationToken,
@@ -184,11 +189,13 @@ impl Agent {
             None
         };
         let workers = config.workers;
+        let secrets = SecretBox::open_or_create(&config.data_dir)?;
         let shared = Arc::new(Shared {
             store,
             hub,
             config,
             engine,
+            secrets,
             wake: Notify::new(),
             stopping: CancellationToken::new(),
             held: Mutex::new(HashMap::new()),

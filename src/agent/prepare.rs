@@ -16,7 +16,8 @@ use flate2::read::GzDecoder;
 use kiln_worker::build::remote;
 use kiln_worker::plan::Plan;
 
-use crate::api::{RunRequest, Source};
+use crate::api::Source;
+use crate::queue;
 use crate::render::RunVars;
 use crate::request;
 use crate::run_id::RunId;
@@ -28,8 +29,8 @@ use super::log_writer::LogWriter;
 /// Why a run could not be prepared; the message is the run's error.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PrepareError {
-    #[error("the run's request cannot be read: {0}")]
-    Request(#[from] serde_json::Error),
+    #[error(transparent)]
+    Request(#[from] crate::queue::QueueError),
     #[error("upload {id} not found (it may have expired)")]
     MissingUpload { id: String },
     #[error("cannot extract upload {id}: {message}")]
@@ -51,6 +52,7 @@ pub(crate) enum PrepareError {
 
 /// The agent's settings planning needs.
 pub(crate) struct Settings<'a> {
+    pub(crate) secrets: &'a crate::secret_box::SecretBox,
     pub(crate) default_registry: Option<&'a str>,
     pub(crate) images: &'a BTreeMap<String, String>,
 }
@@ -73,10 +75,12 @@ pub(crate) async fn prepare(
     settings: &Settings<'_>,
     log: &mut LogWriter,
 ) -> Result<Ready, PrepareError> {
-    let request: RunRequest = serde_json::from_str(&run.request)?;
+    let request = queue::open_request(settings.secrets, run)?;
+    let trigger = queue::trigger_detail(run);
     let secrets = request.secret_values();
     log.mask(secrets.iter().cloned());
     let mut commit = String::new();
+    let mut branch = trigger.source_trigger.map(|s| s.branch_name).unwrap_or_default();
     let context_dir = match request.source() {
         Source::None => None,
         Source::Upload { id } => {
@@ -92,6 +96,11 @@ pub(crate) async fn prepare(
         Source::Git { url } | Source::Tarball { url } => {
             let remote = remote::detect(url)?
                 .ok_or_else(|| PrepareError::NotRemote { url: remote::redact(url) })?;
+            if let (remote::Remote::Git { reference: Some(r), .. }, true) =
+                (&remote, branch.is_empty())
+            {
+                branch = r.clone();
+            }
             log.line("Downloading source code...");
             let output = Mutex::new(Vec::new());
             let collect = |bytes: &[u8]| {
@@ -115,6 +124,9 @@ pub(crate) async fn prepare(
     let mut vars = RunVars::new(RunId::new(run.id.as_str()), Utc::now());
     vars.registry = settings.default_registry.unwrap_or_default().to_string();
     vars.commit = commit;
+    vars.branch = branch;
+    vars.task_name = run.task_name.clone().unwrap_or_default();
+    vars.triggered_by = run.trigger.clone();
     let base_dir = context_dir.clone().unwrap_or_else(|| run_dir.to_path_buf());
     match input.plan(vars, settings.images, &base_dir) {
         Ok(planned) => {

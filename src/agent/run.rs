@@ -100,6 +100,7 @@ async fn execute(
 ) -> (RunStatus, Option<String>, Dependencies) {
     let mut dependencies = Dependencies::default();
     let settings = Settings {
+        secrets: &shared.secrets,
         default_registry: shared.config.default_registry.as_deref(),
         images: &shared.config.images,
     };

@@ -66,7 +66,7 @@ fn encoded(task: &str, values: Vec<Argument>) -> RunRequest {
 impl Env {
     async fn queue(&self, request: &RunRequest, timeout_secs: Option<u64>) -> RunId {
         let mut new =
-            NewRun::new(request.run_type(), serde_json::to_string(request).expect("json"));
+            NewRun::new(request.run_type(false), serde_json::to_string(request).expect("json"));
         if let Some(t) = timeout_secs {
             new.timeout_secs = t;
         }

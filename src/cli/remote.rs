@@ -291,6 +291,7 @@ mod tests {
             status,
             run_type: crate::store::RunType::QuickRun,
             trigger: "Manual".into(),
+            trigger_detail: Default::default(),
             task: None,
             create_time: start,
             start_time: Some(start),

@@ -145,6 +145,7 @@ mod tests {
             status,
             run_type: RunType::QuickRun,
             trigger: "Manual".into(),
+            trigger_detail: Default::default(),
             task: task.map(str::to_string),
             create_time: start,
             start_time: secs.map(|_| start),

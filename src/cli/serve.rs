@@ -41,6 +41,13 @@ pub struct ServeArgs {
     /// Largest accepted context upload, in MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     max_upload_mb: u64,
+    /// The server's URL as git hosts reach it, the base of task webhook URLs
+    /// (default: http://ADDR).
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// Seconds between checks of the registries for moved base-image tags.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    base_image_poll: u64,
 }
 
 pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -81,6 +88,8 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         workers: args.workers,
         log_retention: TimeDelta::days(i64::from(args.log_retention_days)),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+        public_url: args.public_url,
+        base_image_poll: std::time::Duration::from_secs(args.base_image_poll),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run_server(serve_config, shutdown_signal()))?;

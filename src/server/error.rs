@@ -21,6 +21,9 @@ pub const UNAUTHORIZED_MESSAGE: &str =
 pub enum ApiError {
     #[error("{UNAUTHORIZED_MESSAGE}")]
     Unauthorized,
+    /// A webhook delivery whose signature does not verify.
+    #[error("{0}")]
+    BadSignature(String),
     /// Bad input: a field out of range, an unknown upload, a request that is not JSON.
     #[error("{0}")]
     BadRequest(String),
@@ -29,6 +32,12 @@ pub enum ApiError {
     InvalidTask { name: String, errors: usize, diagnostics: Vec<Diagnostic> },
     #[error("run {0} not found")]
     NotFound(RunId),
+    /// A task, a timer or another named thing does not exist.
+    #[error("{0}")]
+    Missing(String),
+    /// The name is taken.
+    #[error("{0}")]
+    Conflict(String),
     #[error("run {run} already finished with status {status}")]
     AlreadyFinished { run: RunId, status: RunStatus },
     #[error("the upload is larger than the server's limit of {limit_mb} MiB")]
@@ -43,10 +52,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) | ApiError::InvalidTask { .. } => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyFinished { .. } => StatusCode::CONFLICT,
+            ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::AlreadyFinished { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,6 +74,12 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(run) => ApiError::NotFound(run),
             StoreError::AlreadyFinished { run, status } => {
                 ApiError::AlreadyFinished { run, status }
+            }
+            e @ (StoreError::TaskNotFound(_) | StoreError::TimerNotFound { .. }) => {
+                ApiError::Missing(e.to_string())
+            }
+            e @ (StoreError::TaskExists(_) | StoreError::TimerExists { .. }) => {
+                ApiError::Conflict(e.to_string())
             }
             other => ApiError::internal(other),
         }

@@ -6,6 +6,8 @@
 //! * [`runs`] — submit/list/get/cancel; [`uploads`] — context archives; [`logs`] — plain,
 //!   followed and SSE logs; [`openapi`] — the generated API document; [`page`] — the run page
 //!   for browsers;
+//! * [`tasks`] — task and timer management and manual task runs; [`webhooks`] — git hosts'
+//!   deliveries; [`timers`] — the loop that fires timer triggers;
 //! * [`janitor`] — retention and the backstops for lost or overrunning runs.
 //!
 //! [`serve`] is the whole server process (startup order, printing the admin token and the
@@ -19,7 +21,10 @@ pub mod openapi;
 pub mod page;
 pub mod runs;
 pub mod state;
+pub mod tasks;
+pub mod timers;
 pub mod uploads;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;
@@ -33,16 +38,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use chrono::TimeDelta;
 use kiln_worker::plan::RegistryCredential;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentConfig, AgentError};
 use crate::api::paths;
 use crate::log_hub::LogHub;
 use crate::run_id::RunIdPrefix;
+use crate::secret_box::SecretBox;
 use crate::store::{Store, StoreError};
 
 pub use error::ApiError;
@@ -63,6 +71,10 @@ pub struct ServeConfig {
     pub workers: usize,
     pub log_retention: TimeDelta,
     pub max_upload_bytes: u64,
+    /// The server's address as git hosts reach it (webhook URLs); `http://ADDR` by default.
+    pub public_url: Option<String>,
+    /// How often registries are asked whether watched base-image tags moved.
+    pub base_image_poll: Duration,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -77,6 +89,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, cause: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    SecretKey(#[from] crate::secret_box::SecretBoxError),
 }
 
 /// The HTTP app. Every route but `/healthz`, `/openapi.json` and the (data-free) run page needs
@@ -88,11 +102,23 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/log", get(logs::log))
+        .route(paths::TASKS, post(tasks::create).get(tasks::list))
+        .route("/tasks/{name}", get(tasks::get).patch(tasks::update).delete(tasks::delete))
+        .route("/tasks/{name}/runs", post(tasks::run))
+        .route("/tasks/{name}/timers", post(tasks::add_timer).get(tasks::list_timers))
+        .route(
+            "/tasks/{name}/timers/{timer}",
+            patch(tasks::update_timer).delete(tasks::remove_timer),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
         .route("/ui/runs/{id}", get(page::run_page))
+        .route(
+            "/webhooks/{task}",
+            post(webhooks::deliver).layer(DefaultBodyLimit::max(webhooks::MAX_DELIVERY_BYTES)),
+        )
         .merge(protected)
         .fallback(not_found)
         .with_state(state)
@@ -135,6 +161,7 @@ pub async fn serve(
         ..AgentConfig::new(config.data_dir.clone())
     };
     let agent = Agent::start(store.clone(), hub.clone(), agent_config).await?;
+    let secrets = Arc::new(SecretBox::open_or_create(&config.data_dir)?);
     if let Some(token) = store.ensure_admin_token().await? {
         say(&format!("admin token: {token}"))?;
     }
@@ -147,18 +174,32 @@ pub async fn serve(
         upload_max_age: janitor::UPLOAD_MAX_AGE,
     }
     .spawn(janitor::INTERVAL, chrono::Utc::now, stop.clone());
+    let timers_changed = Arc::new(Notify::new());
+    let timer_loop = {
+        let agent = agent.clone();
+        timers::spawn(
+            store.clone(),
+            secrets.clone(),
+            timers_changed.clone(),
+            move || agent.wake(),
+            stop.clone(),
+        )
+    };
+    let addr = listener.local_addr()?;
     let state = AppState {
         store: store.clone(),
         hub,
         agent: agent.clone(),
+        secrets,
+        timers: timers_changed,
         settings: Arc::new(Settings {
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")),
             data_dir: config.data_dir.clone(),
             default_registry: config.default_registry.clone(),
             images: config.images.clone(),
             max_upload_bytes: config.max_upload_bytes,
         }),
     };
-    let addr = listener.local_addr()?;
     say(&format!("kiln listening on http://{addr}"))?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
 
@@ -178,6 +219,7 @@ pub async fn serve(
     };
     stop.cancel();
     let _ = janitor.await;
+    let _ = timer_loop.await;
     agent.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

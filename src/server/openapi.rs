@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api;
+use crate::api::{self, task};
 use crate::store::{RunStatus, RunType};
 
 /// The scheme name operations refer to.
@@ -13,7 +13,7 @@ pub const BEARER: &str = "bearer";
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "kiln", description = "Self-hosted ACR Tasks: queue runs, follow their logs."),
+    info(title = "kiln", description = "Self-hosted ACR Tasks: queue runs, follow their logs, keep triggered tasks."),
     paths(
         super::uploads::upload,
         super::runs::submit,
@@ -21,6 +21,17 @@ pub const BEARER: &str = "bearer";
         super::runs::get,
         super::runs::cancel,
         super::logs::log,
+        super::tasks::create,
+        super::tasks::list,
+        super::tasks::get,
+        super::tasks::update,
+        super::tasks::delete,
+        super::tasks::run,
+        super::tasks::add_timer,
+        super::tasks::list_timers,
+        super::tasks::update_timer,
+        super::tasks::remove_timer,
+        super::webhooks::deliver,
         super::health,
         super::page::run_page,
         openapi_json,
@@ -28,7 +39,11 @@ pub const BEARER: &str = "bearer";
     components(schemas(
         api::RunRequest, api::DockerBuildRequest, api::FileTaskRequest, api::EncodedTaskRequest,
         api::Source, api::Argument, api::Upload, api::Run, api::Platform, api::Image,
-        api::ErrorBody, RunStatus, RunType,
+        api::ErrorBody, RunStatus, RunType, task::CreateTask, task::UpdateTask, task::Task,
+        task::TaskDefinition, task::TaskStep, task::TaskStatus, task::BaseImageTriggerType,
+        task::TimerSpec, task::UpdateTimer, task::Timer, task::Webhook, task::TaskRunRequest,
+        task::BaseImageDependency, task::TaskEvent, task::WebhookAnswer, task::TriggerDetail,
+        task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

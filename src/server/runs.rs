@@ -16,11 +16,12 @@ use crate::api::{
     self, ErrorBody, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest, RunWait, Source,
 };
 use crate::log_hub::LogHub;
+use crate::queue;
 use crate::render::RunVars;
 use crate::request::task_input;
 use crate::run_id::RunId;
-use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS, DEFAULT_TOP};
-use crate::store::{NewRun, RunFilter, RunRecord, RunStatus, Store};
+use crate::store::runs::DEFAULT_TOP;
+use crate::store::{RunFilter, RunRecord, RunStatus, Store};
 use crate::uploads;
 
 use super::error::ApiError;
@@ -43,7 +44,7 @@ pub async fn submit(
     request: Result<Json<RunRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(request) = request?;
-    let record = submit_run(&state, request).await?;
+    let record = submit_run(&state, request, queue::Origin::default()).await?;
     Ok((StatusCode::CREATED, Json(api::Run::from_record(&record))))
 }
 
@@ -100,22 +101,19 @@ pub async fn cancel(
     Ok(Json(api::Run::from_record(&record)))
 }
 
-/// Validates `request` and queues it; wakes the agent.
-pub async fn submit_run(state: &AppState, request: RunRequest) -> Result<RunRecord, ApiError> {
+/// Validates `request` and queues it for `origin`; wakes the agent.
+pub async fn submit_run(
+    state: &AppState,
+    request: RunRequest,
+    origin: queue::Origin,
+) -> Result<RunRecord, ApiError> {
     let settings = state.settings.clone();
     let checked = request.clone();
     // Planning may fetch `alias.src` URLs (blocking, bounded): off the async threads.
     tokio::task::spawn_blocking(move || validate(&checked, &settings))
         .await
         .map_err(ApiError::internal)??;
-    let new = NewRun {
-        run_type: request.run_type(),
-        trigger: "Manual".to_string(),
-        task_name: None,
-        request: serde_json::to_string(&request).map_err(ApiError::internal)?,
-        timeout_secs: request.timeout_secs().unwrap_or(DEFAULT_TIMEOUT_SECS),
-        platform: request.platform().unwrap_or(DEFAULT_PLATFORM).to_string(),
-    };
+    let new = queue::new_run(&state.secrets, &request, origin).map_err(ApiError::internal)?;
     let record = state.store.create_run(new).await?;
     state.agent.wake();
     Ok(record)

@@ -7,11 +7,15 @@ use std::sync::Arc;
 
 use crate::agent::Agent;
 use crate::log_hub::LogHub;
+use crate::secret_box::SecretBox;
 use crate::store::Store;
+use tokio::sync::Notify;
 
 /// Settings handlers read; fixed for the server's lifetime.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Where git hosts reach this server (the base of webhook URLs).
+    pub public_url: String,
     pub data_dir: PathBuf,
     /// The registry tags without a host get, and `{{.Run.Registry}}` when validating.
     pub default_registry: Option<String>,
@@ -26,5 +30,9 @@ pub struct AppState {
     pub store: Store,
     pub hub: LogHub,
     pub agent: Agent,
+    /// Seals run requests and task definitions.
+    pub secrets: Arc<SecretBox>,
+    /// Notified when timers change, so the timer loop looks again.
+    pub timers: Arc<Notify>,
     pub settings: Arc<Settings>,
 }

@@ -68,7 +68,10 @@ fn start() -> Server {
             store: store.clone(),
             hub: hub.clone(),
             agent,
+            secrets: Arc::new(crate::secret_box::SecretBox::open_or_create(&data_dir).unwrap()),
+            timers: Arc::default(),
             settings: Arc::new(Settings {
+                public_url: "http://kiln.invalid".to_string(),
                 data_dir: data_dir.clone(),
                 default_registry: Some("registry.local:5000".to_string()),
                 images: crate::config::Config::default().image_aliases(),

@@ -23,6 +23,14 @@ pub enum StoreError {
     /// A status change the lifecycle does not allow (e.g. `finish` with a non-terminal status).
     #[error("run {run}: {reason}")]
     InvalidTransition { run: RunId, reason: String },
+    #[error("task {0} not found")]
+    TaskNotFound(String),
+    #[error("a task named {0} already exists")]
+    TaskExists(String),
+    #[error("task {task} has no timer named {timer}")]
+    TimerNotFound { task: String, timer: String },
+    #[error("task {task} already has a timer named {timer}")]
+    TimerExists { task: String, timer: String },
     /// The operating system gave no randomness for a new token.
     #[error("no randomness for a new token: {0}")]
     Randomness(String),

@@ -5,7 +5,8 @@
 //! reading, listing and cancelling runs, with the persisted run-ID counter), [`lease`] (workers
 //! claiming runs, heartbeats and the fencing epoch that every worker write checks), [`logs`]
 //! (append-only log chunks with contiguous sequence numbers and byte offsets), [`tokens`] (API
-//! tokens stored as SHA-256 hashes) and [`error`].
+//! tokens stored as SHA-256 hashes), [`tasks`] (tasks, their timers and history), [`triggers`]
+//! (the claims that make each trigger queue its run once) and [`error`].
 //!
 //! Conventions, chosen so a PostgreSQL backend can follow with the same SQL:
 //! * plain SQL with `$1` placeholders; every write that must be atomic is a single statement or
@@ -20,7 +21,9 @@ pub mod lease;
 pub mod logs;
 pub mod runs;
 pub mod status;
+pub mod tasks;
 pub mod tokens;
+pub mod triggers;
 
 #[cfg(test)]
 mod tests;
@@ -39,7 +42,9 @@ pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
 pub use status::{RunStatus, RunType};
+pub use tasks::{TaskEventRecord, TaskRecord, TaskWrite, TimerRecord};
 pub use tokens::TokenInfo;
+pub use triggers::{BaseImageRecord, ClaimOutcome, SourceOutcome, TimerClaim};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "kiln.db";

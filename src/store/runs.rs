@@ -29,8 +29,13 @@ pub struct NewRun {
     pub trigger: String,
     /// The task's name; `None` for quick runs.
     pub task_name: Option<String>,
-    /// The run's request as opaque JSON text (the server defines it: task text, values, context).
+    /// The run's request as opaque JSON text (the server defines it: task text, values, context),
+    /// secrets redacted when `sealed_request` carries them.
     pub request: String,
+    /// The whole request, secrets included, sealed with the server key.
+    pub sealed_request: Option<Vec<u8>>,
+    /// What triggered the run, as opaque JSON text.
+    pub trigger_detail: Option<String>,
     pub timeout_secs: u64,
     /// `os/architecture[/variant]`, e.g. `linux/amd64`.
     pub platform: String,
@@ -44,6 +49,8 @@ impl NewRun {
             trigger: "Manual".to_string(),
             task_name: None,
             request: request.into(),
+            sealed_request: None,
+            trigger_detail: None,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             platform: DEFAULT_PLATFORM.to_string(),
         }
@@ -70,6 +77,8 @@ pub struct RunRecord {
     pub trigger: String,
     pub task_name: Option<String>,
     pub request: String,
+    pub sealed_request: Option<Vec<u8>>,
+    pub trigger_detail: Option<String>,
     pub timeout_secs: u64,
     pub platform: String,
     pub created_at: DateTime<Utc>,
@@ -118,6 +127,8 @@ pub(crate) struct RunRow {
     trigger_kind: String,
     task_name: Option<String>,
     request: String,
+    sealed_request: Option<Vec<u8>>,
+    trigger_detail: Option<String>,
     timeout_secs: i64,
     platform: String,
     created_at: i64,
@@ -154,6 +165,8 @@ impl TryFrom<RunRow> for RunRecord {
             trigger: row.trigger_kind,
             task_name: row.task_name,
             request: row.request,
+            sealed_request: row.sealed_request,
+            trigger_detail: row.trigger_detail,
             timeout_secs: non_negative("timeout_secs", row.timeout_secs)?,
             platform: row.platform,
             created_at: from_millis(row.created_at)?,
@@ -188,53 +201,14 @@ fn to_i64(field: &str, value: u64) -> StoreResult<i64> {
 }
 
 impl Store {
-    /// Queues a run, its log holding [`WAITING_LINE`]. Its ID comes from the persisted counter, incremented in the same
-    /// transaction as the insert: IDs are unique and increase across restarts, and a failed
-    /// insert issues nothing.
+    /// Queues a run, its log holding [`WAITING_LINE`]. Its ID comes from the persisted counter,
+    /// incremented in the same transaction as the insert: IDs are unique and increase across
+    /// restarts, and a failed insert issues nothing.
     pub async fn create_run(&self, new: NewRun) -> StoreResult<RunRecord> {
-        let now = now_millis();
-        let timeout_secs = to_i64("timeout_secs", new.timeout_secs)?;
         let mut tx = self.pool().begin().await?;
-        // First statement a write: the transaction holds the write lock from here on.
-        let counter: i64 = sqlx::query_scalar(
-            "UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let counter_u64 = non_negative("counter", counter)?;
-        let id = format_run_id(self.prefix(), counter_u64);
-        let row: RunRow = sqlx::query_as(
-            "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
-                timeout_secs, platform, created_at, started_at, finished_at, updated_at,
-                error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
-                lease_expires_at, log_seq, log_len)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
-                FALSE, 0, NULL, NULL, $11, $12)
-             RETURNING *",
-        )
-        .bind(id.as_str())
-        .bind(counter)
-        .bind(RunStatus::Queued.as_str())
-        .bind(new.run_type.as_str())
-        .bind(&new.trigger)
-        .bind(&new.task_name)
-        .bind(&new.request)
-        .bind(timeout_secs)
-        .bind(&new.platform)
-        .bind(now)
-        .bind(1_i64)
-        .bind(WAITING_LINE.len() as i64)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)",
-        )
-        .bind(id.as_str())
-        .bind(WAITING_LINE.as_bytes())
-        .execute(&mut *tx)
-        .await?;
+        let run = insert_run(&mut tx, self.prefix(), new).await?;
         tx.commit().await?;
-        row.try_into()
+        Ok(run)
     }
 
     /// The run, or `None` when no run has this ID.
@@ -321,6 +295,53 @@ impl Store {
             }
         }
     }
+}
+
+/// Inserts a queued run inside `tx`, for callers that queue a run together with other writes
+/// (a trigger's claim). Its first statement is a write, so it may open a transaction.
+pub(crate) async fn insert_run(
+    tx: &mut sqlx::SqliteConnection,
+    prefix: &crate::run_id::RunIdPrefix,
+    new: NewRun,
+) -> StoreResult<RunRecord> {
+    let now = now_millis();
+    let timeout_secs = to_i64("timeout_secs", new.timeout_secs)?;
+    let counter: i64 =
+        sqlx::query_scalar("UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last")
+            .fetch_one(&mut *tx)
+            .await?;
+    let id = format_run_id(prefix, non_negative("counter", counter)?);
+    let row: RunRow = sqlx::query_as(
+        "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
+            timeout_secs, platform, created_at, started_at, finished_at, updated_at,
+            error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
+            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
+            FALSE, 0, NULL, NULL, $11, $12, $13, $14)
+         RETURNING *",
+    )
+    .bind(id.as_str())
+    .bind(counter)
+    .bind(RunStatus::Queued.as_str())
+    .bind(new.run_type.as_str())
+    .bind(&new.trigger)
+    .bind(&new.task_name)
+    .bind(&new.request)
+    .bind(timeout_secs)
+    .bind(&new.platform)
+    .bind(now)
+    .bind(1_i64)
+    .bind(WAITING_LINE.len() as i64)
+    .bind(&new.trigger_detail)
+    .bind(&new.sealed_request)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)")
+        .bind(id.as_str())
+        .bind(WAITING_LINE.as_bytes())
+        .execute(&mut *tx)
+        .await?;
+    row.try_into()
 }
 
 #[cfg(test)]

@@ -27,8 +27,9 @@ pub enum Provider {
 /// What a delivery asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
-    /// Commits pushed to `branch`; `commit` is the new head.
-    Push { branch: String, commit: String, repository: String },
+    /// Commits pushed to `branch`; `commit` is the new head. `default_branch` is the
+    /// repository's, when the delivery names it (a task without a branch follows it).
+    Push { branch: String, commit: String, repository: String, default_branch: Option<String> },
     /// A pull (merge) request opened or updated: build `commit` of request `number` against
     /// `base_branch`.
     PullRequest { number: u64, commit: String, base_branch: String, repository: String },
@@ -175,25 +176,32 @@ pub fn parse(
             .and_then(Value::as_u64)
             .ok_or(WebhookError::Missing { event: event.clone(), field })
     };
-    let push = |repository: &str| -> Result<Option<SourceEvent>, WebhookError> {
-        let reference = text("/ref", "ref")?;
-        let Some(branch) = reference.strip_prefix("refs/heads/") else {
-            return Ok(None);
+    let push =
+        |repository: &str, default_branch: &str| -> Result<Option<SourceEvent>, WebhookError> {
+            let reference = text("/ref", "ref")?;
+            let Some(branch) = reference.strip_prefix("refs/heads/") else {
+                return Ok(None);
+            };
+            let commit = text("/after", "after")?;
+            // A deleted branch pushes the all-zero commit: nothing to build.
+            if commit.bytes().all(|b| b == b'0') {
+                return Ok(None);
+            }
+            Ok(Some(SourceEvent::Push {
+                branch: branch.to_string(),
+                commit,
+                repository: text(repository, "repository clone URL")?,
+                default_branch: json
+                    .pointer(default_branch)
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            }))
         };
-        let commit = text("/after", "after")?;
-        // A deleted branch pushes the all-zero commit: nothing to build.
-        if commit.bytes().all(|b| b == b'0') {
-            return Ok(None);
-        }
-        Ok(Some(SourceEvent::Push {
-            branch: branch.to_string(),
-            commit,
-            repository: text(repository, "repository clone URL")?,
-        }))
-    };
     match (provider, event.as_str()) {
-        (Provider::GitHub | Provider::Gitea, "push") => push("/repository/clone_url"),
-        (Provider::GitLab, "Push Hook") => push("/project/git_http_url"),
+        (Provider::GitHub | Provider::Gitea, "push") => {
+            push("/repository/clone_url", "/repository/default_branch")
+        }
+        (Provider::GitLab, "Push Hook") => push("/project/git_http_url", "/project/default_branch"),
         (Provider::GitHub | Provider::Gitea, "pull_request") => {
             let action = text("/action", "action")?;
             if !["opened", "synchronize", "synchronized", "reopened"].contains(&action.as_str()) {
@@ -260,7 +268,7 @@ mod tests {
 
     #[test]
     fn github_push_and_pull_request() {
-        let push = br#"{"ref":"refs/heads/main","before":"6113728f27ae82c7b1a177c8d03f9e96e0adf246","after":"59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5","repository":{"full_name":"octo/app","clone_url":"https://github.com/octo/app.git"}}"#;
+        let push = br#"{"ref":"refs/heads/main","before":"6113728f27ae82c7b1a177c8d03f9e96e0adf246","after":"59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5","repository":{"full_name":"octo/app","clone_url":"https://github.com/octo/app.git","default_branch":"main"}}"#;
         let headers: &[(&str, &str)] = &[
             ("X-GitHub-Event", "push"),
             ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
@@ -271,6 +279,7 @@ mod tests {
                 branch: "main".into(),
                 commit: "59b20b8d5c6ff8d09518454d4dd8b7b30f095ab5".into(),
                 repository: "https://github.com/octo/app.git".into(),
+                default_branch: Some("main".into()),
             }))
         );
         assert_eq!(
@@ -321,6 +330,7 @@ mod tests {
                 branch: "develop".into(),
                 commit: "da1560886d4f094c3e6c9ef40349f7d38b5d27d7".into(),
                 repository: "http://example.com/mike/diaspora.git".into(),
+                default_branch: None,
             }))
         );
         assert!(delivery_id(Provider::GitLab, headers).is_some());

@@ -14,12 +14,18 @@ use utoipa::ToSchema;
 use crate::diagnostic::Diagnostic;
 use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
 
+pub mod task;
+
+pub use task::TriggerDetail;
+
 /// Routes, shared by the router and the client.
 pub mod paths {
     pub const UPLOADS: &str = "/uploads";
     pub const RUNS: &str = "/runs";
     pub const OPENAPI: &str = "/openapi.json";
     pub const HEALTH: &str = "/healthz";
+    pub const TASKS: &str = "/tasks";
+    pub const REGISTRY_EVENTS: &str = "/registry/events";
 
     pub fn run(id: &str) -> String {
         format!("/runs/{id}")
@@ -29,6 +35,22 @@ pub mod paths {
     }
     pub fn log(id: &str) -> String {
         format!("/runs/{id}/log")
+    }
+    pub fn task(name: &str) -> String {
+        format!("/tasks/{name}")
+    }
+    pub fn task_runs(name: &str) -> String {
+        format!("/tasks/{name}/runs")
+    }
+    pub fn timers(task: &str) -> String {
+        format!("/tasks/{task}/timers")
+    }
+    pub fn timer(task: &str, timer: &str) -> String {
+        format!("/tasks/{task}/timers/{timer}")
+    }
+    /// A task's webhook: public, authenticated by the delivery's signature.
+    pub fn webhook(task: &str) -> String {
+        format!("/webhooks/{task}")
     }
 }
 
@@ -95,7 +117,7 @@ pub struct DockerBuildRequest {
     pub timeout_secs: Option<u64>,
 }
 
-fn default_dockerfile() -> String {
+pub(crate) fn default_dockerfile() -> String {
     "Dockerfile".to_string()
 }
 
@@ -118,7 +140,7 @@ pub struct FileTaskRequest {
     pub timeout_secs: Option<u64>,
 }
 
-fn default_task_file() -> String {
+pub(crate) fn default_task_file() -> String {
     "acb.yaml".to_string()
 }
 
@@ -168,11 +190,14 @@ impl RunRequest {
         }
     }
 
-    /// QuickBuild for a Docker build, QuickRun otherwise (§6.2).
-    pub fn run_type(&self) -> RunType {
-        match self {
-            RunRequest::DockerBuild(_) => RunType::QuickBuild,
-            _ => RunType::QuickRun,
+    /// §6.2: QuickBuild / QuickRun for a quick run, AutoBuild / AutoRun for a task's run; a
+    /// Docker build is a build.
+    pub fn run_type(&self, of_task: bool) -> RunType {
+        match (self, of_task) {
+            (RunRequest::DockerBuild(_), false) => RunType::QuickBuild,
+            (RunRequest::DockerBuild(_), true) => RunType::AutoBuild,
+            (_, false) => RunType::QuickRun,
+            (_, true) => RunType::AutoRun,
         }
     }
 
@@ -186,20 +211,29 @@ impl RunRequest {
         args.iter().filter(|a| a.secret).filter_map(|a| a.value.clone()).collect()
     }
 
-    /// The request with every secret value replaced by `***`, for showing it back.
+    /// The request with every secret value replaced by `***` and credentials removed from
+    /// its source URL, for storing in the clear and showing back.
     pub fn redacted(&self) -> RunRequest {
         let mut copy = self.clone();
-        let args = match &mut copy {
-            RunRequest::DockerBuild(r) => &mut r.build_args,
-            RunRequest::FileTask(r) => &mut r.values,
-            RunRequest::EncodedTask(r) => &mut r.values,
+        let (args, source) = match &mut copy {
+            RunRequest::DockerBuild(r) => (&mut r.build_args, &mut r.source),
+            RunRequest::FileTask(r) => (&mut r.values, &mut r.source),
+            RunRequest::EncodedTask(r) => (&mut r.values, &mut r.source),
         };
-        for a in args.iter_mut().filter(|a| a.secret) {
-            if a.value.is_some() {
-                a.value = Some("***".to_string());
-            }
+        redact_arguments(args);
+        if let Source::Git { url } | Source::Tarball { url } = source {
+            *url = kiln_worker::build::remote::redact(url);
         }
         copy
+    }
+}
+
+/// Replaces the value of every secret argument with [`task::REDACTED`].
+pub(crate) fn redact_arguments(args: &mut [Argument]) {
+    for a in args.iter_mut().filter(|a| a.secret) {
+        if a.value.is_some() {
+            a.value = Some(task::REDACTED.to_string());
+        }
     }
 }
 
@@ -260,6 +294,9 @@ pub struct Run {
     pub run_type: RunType,
     /// `Manual`, `Commit`, `Pull Request`, `Timer`, `Image Update`.
     pub trigger: String,
+    /// What exactly triggered it (§6.2 `sourceTrigger`, `timerTrigger`, `imageUpdateTrigger`).
+    #[serde(flatten)]
+    pub trigger_detail: TriggerDetail,
     /// The task's name; absent for quick runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
@@ -294,6 +331,7 @@ impl Run {
             status: record.status,
             run_type: record.run_type,
             trigger: record.trigger.clone(),
+            trigger_detail: crate::queue::trigger_detail(record),
             task: record.task_name.clone(),
             create_time: record.created_at,
             start_time: record.started_at,

@@ -1,0 +1,66 @@
+//! A run request on its way into the store and back out: the store keeps the request redacted
+//! in the clear (what the API shows and lists filter on) and whole under the server key (what
+//! the agent runs), so secrets (`--set-secret` values, secret build args, git tokens in a
+//! context URL) are never stored readable. Quick runs and task runs go through here alike.
+
+use crate::api::{RunRequest, TriggerDetail};
+use crate::secret_box::{SecretBox, SecretBoxError};
+use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
+use crate::store::{NewRun, RunRecord};
+
+/// Associated data of a sealed run request: a sealed task definition cannot pass for one.
+const PURPOSE: &str = "kiln run request v1";
+
+/// Why a stored request cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the run's sealed request cannot be opened: {0}")]
+    Sealed(#[from] SecretBoxError),
+    #[error("the run's request cannot be read: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Who queues the run and why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Origin {
+    /// The task's name; `None` for quick runs.
+    pub task_name: Option<String>,
+    pub trigger: TriggerDetail,
+}
+
+/// The store's [`NewRun`] for `request`. Quick runs are QuickBuild/QuickRun, task runs
+/// AutoBuild/AutoRun (§6.2).
+pub fn new_run(
+    secrets: &SecretBox,
+    request: &RunRequest,
+    origin: Origin,
+) -> Result<NewRun, QueueError> {
+    let whole = serde_json::to_vec(request)?;
+    let detail = (origin.trigger != TriggerDetail::default())
+        .then(|| serde_json::to_string(&origin.trigger))
+        .transpose()?;
+    Ok(NewRun {
+        run_type: request.run_type(origin.task_name.is_some()),
+        trigger: origin.trigger.column().to_string(),
+        request: serde_json::to_string(&request.redacted())?,
+        sealed_request: Some(secrets.seal(PURPOSE, &whole)?),
+        trigger_detail: detail,
+        task_name: origin.task_name,
+        timeout_secs: request.timeout_secs().unwrap_or(DEFAULT_TIMEOUT_SECS),
+        platform: request.platform().unwrap_or(DEFAULT_PLATFORM).to_string(),
+    })
+}
+
+/// The whole request of a stored run (runs stored before requests were sealed are read as
+/// they are).
+pub fn open_request(secrets: &SecretBox, run: &RunRecord) -> Result<RunRequest, QueueError> {
+    match &run.sealed_request {
+        Some(sealed) => Ok(serde_json::from_slice(&secrets.open(PURPOSE, sealed)?)?),
+        None => Ok(serde_json::from_str(&run.request)?),
+    }
+}
+
+/// The run's trigger detail (none for manual runs and unreadable data).
+pub fn trigger_detail(run: &RunRecord) -> TriggerDetail {
+    run.trigger_detail.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default()
+}

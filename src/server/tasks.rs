@@ -1,0 +1,329 @@
+//! Tasks over HTTP (`az acr task create|update|show|list|delete|run`, `timer add|update|remove|
+//! list`). Handlers extract and answer; the functions below them hold the rules: a definition
+//! is checked (and a task file kept in the task planned) before anything is stored, secrets
+//! are sealed ([`crate::task_def`]), and answers never carry a secret other than the webhook's.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+
+use crate::api::task::{
+    BaseImageDependency, CreateTask, Task, TaskDefinition, TaskEvent, TaskRunRequest, Timer,
+    TimerSpec, UpdateTask, UpdateTimer, Webhook,
+};
+use crate::api::{self, ErrorBody, paths};
+use crate::queue::Origin;
+use crate::store::{RunRecord, TaskRecord, TimerRecord};
+use crate::task_def::{self, TaskDefError};
+use crate::task_run::{self, Firing};
+use crate::trigger::cron::Schedule;
+
+use super::error::ApiError;
+use super::runs::{submit_run, validate};
+use super::state::AppState;
+
+/// History entries `task show` includes.
+const HISTORY_SHOWN: i64 = 20;
+
+impl From<TaskDefError> for ApiError {
+    fn from(e: TaskDefError) -> Self {
+        match e {
+            e @ (TaskDefError::Sealed(_) | TaskDefError::Corrupt { .. }) => ApiError::internal(e),
+            e => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+/// Create a task.
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = CreateTask,
+    responses((status = 201, body = Task), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, description = "Name taken", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<CreateTask>, JsonRejection>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    let Json(create) = body?;
+    let record = create_task(&state, create).await?;
+    Ok((StatusCode::CREATED, Json(task_view(&state, &record).await?)))
+}
+
+/// List tasks.
+#[utoipa::path(get, path = "/tasks", tag = "tasks",
+    responses((status = 200, body = Vec<Task>), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Task>>, ApiError> {
+    let mut tasks = Vec::new();
+    for record in state.store.list_tasks().await? {
+        tasks.push(task_view(&state, &record).await?);
+    }
+    Ok(Json(tasks))
+}
+
+/// A task, with its webhook URL and secret.
+#[utoipa::path(get, path = "/tasks/{name}", tag = "tasks",
+    params(("name" = String, Path, description = "Task name")),
+    responses((status = 200, body = Task), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Task>, ApiError> {
+    let record = state.store.get_task(&name).await?;
+    Ok(Json(task_view(&state, &record).await?))
+}
+
+/// Change some of a task's settings.
+#[utoipa::path(patch, path = "/tasks/{name}", tag = "tasks", request_body = UpdateTask,
+    params(("name" = String, Path, description = "Task name")),
+    responses((status = 200, body = Task), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<UpdateTask>, JsonRejection>,
+) -> Result<Json<Task>, ApiError> {
+    let Json(update) = body?;
+    let record = update_task(&state, &name, update).await?;
+    Ok(Json(task_view(&state, &record).await?))
+}
+
+/// Delete a task (its runs stay).
+#[utoipa::path(delete, path = "/tasks/{name}", tag = "tasks",
+    params(("name" = String, Path, description = "Task name")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.store.delete_task(&name).await?;
+    state.timers.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run a task now (TRIGGER `Manual`).
+#[utoipa::path(post, path = "/tasks/{name}/runs", tag = "tasks", request_body = TaskRunRequest,
+    params(("name" = String, Path, description = "Task name")),
+    responses((status = 201, body = api::Run), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<TaskRunRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::Run>), ApiError> {
+    let Json(overrides) = body?;
+    let record = run_task(&state, &name, &overrides).await?;
+    Ok((StatusCode::CREATED, Json(api::Run::from_record(&record))))
+}
+
+/// Add a timer.
+#[utoipa::path(post, path = "/tasks/{name}/timers", tag = "tasks", request_body = TimerSpec,
+    params(("name" = String, Path, description = "Task name")),
+    responses((status = 201, body = Vec<Timer>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn add_timer(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<TimerSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Vec<Timer>>), ApiError> {
+    let Json(spec) = body?;
+    state.store.get_task(&name).await?;
+    let mut specs: Vec<TimerSpec> =
+        state.store.timers(&name).await?.into_iter().map(spec_of).collect();
+    specs.push(spec.clone());
+    let schedules = task_def::check_timers(&specs)?;
+    let schedule = schedules.last().ok_or_else(|| ApiError::internal("no timer"))?;
+    state.store.add_timer(&task_def::timer_record(&name, &spec, schedule, Utc::now())).await?;
+    state.timers.notify_one();
+    Ok((StatusCode::CREATED, Json(timers(&state, &name).await?)))
+}
+
+/// A task's timers.
+#[utoipa::path(get, path = "/tasks/{name}/timers", tag = "tasks",
+    params(("name" = String, Path, description = "Task name")),
+    responses((status = 200, body = Vec<Timer>), (status = 404, body = ErrorBody)))]
+pub async fn list_timers(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Vec<Timer>>, ApiError> {
+    state.store.get_task(&name).await?;
+    Ok(Json(timers(&state, &name).await?))
+}
+
+/// Change a timer's schedule or state.
+#[utoipa::path(patch, path = "/tasks/{name}/timers/{timer}", tag = "tasks", request_body = UpdateTimer,
+    params(("name" = String, Path, description = "Task name"), ("timer" = String, Path, description = "Timer name")),
+    responses((status = 200, body = Vec<Timer>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_timer(
+    State(state): State<AppState>,
+    UrlPath((name, timer)): UrlPath<(String, String)>,
+    body: Result<Json<UpdateTimer>, JsonRejection>,
+) -> Result<Json<Vec<Timer>>, ApiError> {
+    let Json(update) = body?;
+    let stored = state.store.timers(&name).await?;
+    let mut specs: Vec<TimerSpec> = stored.iter().cloned().map(spec_of).collect();
+    let i = specs
+        .iter()
+        .position(|t| t.name == timer)
+        .ok_or_else(|| ApiError::Missing(format!("task {name} has no timer named {timer}")))?;
+    if let Some(schedule) = update.schedule {
+        specs[i].schedule = schedule;
+    }
+    if let Some(enabled) = update.enabled {
+        specs[i].enabled = enabled;
+    }
+    let schedules = task_def::check_timers(&specs)?;
+    let mut record = task_def::timer_record(&name, &specs[i], &schedules[i], Utc::now());
+    // An unchanged enabled timer keeps its pending occurrence.
+    if specs[i].schedule == stored[i].schedule && stored[i].enabled && specs[i].enabled {
+        record.next_fire_at = stored[i].next_fire_at;
+    }
+    state.store.update_timer(&record).await?;
+    state.timers.notify_one();
+    Ok(Json(timers(&state, &name).await?))
+}
+
+/// Remove a timer.
+#[utoipa::path(delete, path = "/tasks/{name}/timers/{timer}", tag = "tasks",
+    params(("name" = String, Path, description = "Task name"), ("timer" = String, Path, description = "Timer name")),
+    responses((status = 200, body = Vec<Timer>), (status = 404, body = ErrorBody)))]
+pub async fn remove_timer(
+    State(state): State<AppState>,
+    UrlPath((name, timer)): UrlPath<(String, String)>,
+) -> Result<Json<Vec<Timer>>, ApiError> {
+    state.store.remove_timer(&name, &timer).await?;
+    state.timers.notify_one();
+    Ok(Json(timers(&state, &name).await?))
+}
+
+fn spec_of(t: TimerRecord) -> TimerSpec {
+    TimerSpec { name: t.name, schedule: t.schedule, enabled: t.enabled }
+}
+
+/// Checks and stores a new task with its timers.
+pub async fn create_task(state: &AppState, create: CreateTask) -> Result<TaskRecord, ApiError> {
+    let CreateTask { name, mut definition, timers } = create;
+    task_def::check_name("task", &name)?;
+    check_definition(state, &mut definition).await?;
+    let schedules = task_def::check_timers(&timers)?;
+    let now = Utc::now();
+    let timer_records: Vec<TimerRecord> = timers
+        .iter()
+        .zip(&schedules)
+        .map(|(spec, schedule)| task_def::timer_record(&name, spec, schedule, now))
+        .collect();
+    let write = task_def::seal(&state.secrets, &name, &definition)?;
+    let (_, webhook_secret) = task_def::new_webhook_secret(&state.secrets, &name)?;
+    let record = state.store.create_task(&name, write, webhook_secret, &timer_records).await?;
+    state.timers.notify_one();
+    Ok(record)
+}
+
+/// Applies `update` to a stored task. Re-enabling a task restarts its timers from now, so the
+/// occurrences it slept through are not reported as missed.
+pub async fn update_task(
+    state: &AppState,
+    name: &str,
+    update: UpdateTask,
+) -> Result<TaskRecord, ApiError> {
+    let record = state.store.get_task(name).await?;
+    let mut definition = task_def::open(&state.secrets, &record)?;
+    let was_enabled = task_def::is_enabled(&definition);
+    task_def::apply(&mut definition, update);
+    check_definition(state, &mut definition).await?;
+    let write = task_def::seal(&state.secrets, name, &definition)?;
+    let record = state.store.update_task(name, write).await?;
+    if !was_enabled && task_def::is_enabled(&definition) {
+        let now = Utc::now();
+        for mut timer in state.store.timers(name).await? {
+            if let Ok(schedule) = Schedule::parse(&timer.schedule) {
+                timer.next_fire_at = schedule.next_after(now);
+                state.store.update_timer(&timer).await?;
+            }
+        }
+    }
+    state.timers.notify_one();
+    Ok(record)
+}
+
+/// The rules of [`task_def::check`], and a task file kept in the task must plan.
+async fn check_definition(state: &AppState, def: &mut TaskDefinition) -> Result<(), ApiError> {
+    task_def::check(def)?;
+    task_def::normalise(def);
+    let (request, _) = task_run::request_for(def, &Firing::Manual(&TaskRunRequest::default()))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let settings = state.settings.clone();
+    tokio::task::spawn_blocking(move || validate(&request, &settings))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Queues a manual run of task `name`.
+pub async fn run_task(
+    state: &AppState,
+    name: &str,
+    overrides: &TaskRunRequest,
+) -> Result<RunRecord, ApiError> {
+    let record = state.store.get_task(name).await?;
+    let definition = task_def::open(&state.secrets, &record)?;
+    let (request, trigger) = task_run::request_for(&definition, &Firing::Manual(overrides))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    submit_run(state, request, Origin { task_name: Some(name.to_string()), trigger }).await
+}
+
+async fn timers(state: &AppState, name: &str) -> Result<Vec<Timer>, ApiError> {
+    Ok(state
+        .store
+        .timers(name)
+        .await?
+        .into_iter()
+        .map(|t| Timer {
+            name: t.name,
+            schedule: t.schedule,
+            enabled: t.enabled,
+            next_fire_time: t.next_fire_at.filter(|_| t.enabled),
+        })
+        .collect())
+}
+
+/// The API view of a stored task.
+pub async fn task_view(state: &AppState, record: &TaskRecord) -> Result<Task, ApiError> {
+    let definition: TaskDefinition =
+        serde_json::from_str(&record.definition).map_err(ApiError::internal)?;
+    let base_image_dependencies = state
+        .store
+        .base_images(&record.name)
+        .await?
+        .into_iter()
+        .map(|b| BaseImageDependency {
+            kind: b.kind,
+            registry: b.registry,
+            repository: b.repository,
+            tag: b.tag,
+            digest: b.digest,
+        })
+        .collect();
+    let history = state
+        .store
+        .task_events(&record.name, HISTORY_SHOWN)
+        .await?
+        .into_iter()
+        .map(|e| TaskEvent { time: e.at, kind: e.kind, detail: e.detail })
+        .collect();
+    Ok(Task {
+        name: record.name.clone(),
+        definition,
+        timers: timers(state, &record.name).await?,
+        webhook: Webhook {
+            url: format!(
+                "{}{}",
+                state.settings.public_url.trim_end_matches('/'),
+                paths::webhook(&record.name)
+            ),
+            secret: task_def::webhook_secret(&state.secrets, record)?,
+        },
+        base_image_dependencies,
+        history,
+        creation_date: record.created_at,
+        last_updated_time: record.updated_at,
+    })
+}

@@ -37,7 +37,8 @@ pub(crate) async fn is_present(docker: &Docker, image: &str) -> Result<bool, Ima
     }
 }
 
-/// Pulls `image` once, reporting the engine's progress lines as system log lines of `step`.
+/// Pulls `image` once, reporting the engine's progress lines as system log lines of `step`
+/// (run-level lines without one).
 /// Fails with the registry's own message (e.g. `manifest unknown`, or a DNS error when the
 /// registry is unreachable), which the engine reports promptly rather than hanging.
 pub(crate) async fn pull(
@@ -45,20 +46,20 @@ pub(crate) async fn pull(
     image: &str,
     credentials: &[RegistryCredential],
     events: &Events,
-    step: &StepId,
+    step: Option<&StepId>,
 ) -> Result<(), ImageError> {
     let parsed = ImageRef::parse(image)
         .map_err(|e| ImageError::Pull { image: image.to_string(), message: e.to_string() })?;
     let login = auth::for_host(credentials, parsed.registry_host());
     let image = parsed.with_default_tag();
-    events.system(Some(step), format!("Pulling image: {image}")).await;
+    events.system(step, format!("Pulling image: {image}")).await;
     let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
     let mut progress = docker.create_image(Some(options), None, login);
     while let Some(item) = progress.next().await {
         match item {
             Ok(info) => {
                 if let Some(line) = progress_line(&info) {
-                    events.system(Some(step), line).await;
+                    events.system(step, line).await;
                 }
             }
             Err(e) => {

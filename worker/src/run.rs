@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::cleanup;
 use crate::engine::Engine;
 use crate::event::{Event, Events, RunStatus, StepStatus};
-use crate::image::engine_message;
+use crate::image::{self, engine_message};
 use crate::mask::Secrets;
 use crate::names;
 use crate::plan::{Plan, PlanStep, RunId, StepId};
@@ -49,6 +49,9 @@ pub struct RunOptions {
     /// first step. The run owns it from here: its teardown removes it, whether or not the plan
     /// used it (a plan with its own default network does not).
     pub network: Option<SpareNetwork>,
+    /// Images pulled before the first step even if the engine has them: a run triggered by a
+    /// base-image update must build on the tag's new digest, not on the engine's old copy.
+    pub refresh_images: Vec<String>,
 }
 
 impl RunOptions {
@@ -58,6 +61,7 @@ impl RunOptions {
             context_dir: None,
             timeout: None,
             network: None,
+            refresh_images: Vec::new(),
         }
     }
 }
@@ -236,6 +240,11 @@ async fn prepare(
 ) -> Result<Prepared, String> {
     let schedule = Schedule::new(plan.steps.iter().map(|s| (&s.id, s.depends_on.as_slice())))
         .map_err(|e| e.to_string())?;
+    for image in &options.refresh_images {
+        image::pull(docker, image, &plan.credentials, events, None)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     // Independent of each other, and the network is an engine round trip: overlap them.
     let (workspace, networks) = tokio::join!(
         Workspace::create(&options.workspace_root, &plan.run_id, options.context_dir.as_deref()),

@@ -281,7 +281,7 @@ async fn explicit_pull(
     let mut tries_left = pull.retries;
     loop {
         let pulled = tokio::select! {
-            result = image::pull(ctx.docker, image, &ctx.plan.credentials, &ctx.events, &step.id) => result,
+            result = image::pull(ctx.docker, image, &ctx.plan.credentials, &ctx.events, Some(&step.id)) => result,
             () = stop.cancelled() => return Err(Failure::new(format!("pulling {image} was interrupted"))),
         };
         match pulled {
@@ -337,7 +337,7 @@ async fn run_container(
         image::is_present(ctx.docker, image).await.map_err(|e| Failure::new(e.to_string()))?;
     if !present {
         tokio::select! {
-            result = image::pull(ctx.docker, image, &ctx.plan.credentials, &ctx.events, id) => {
+            result = image::pull(ctx.docker, image, &ctx.plan.credentials, &ctx.events, Some(id)) => {
                 result.map_err(|e| Failure::new(e.to_string()))?;
             }
             () = stop.cancelled() => return Err(Failure::new(format!("pulling {image} was interrupted"))),

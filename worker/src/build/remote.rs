@@ -10,8 +10,10 @@
 //!   a branch, tag, full or abbreviated commit, or a ref path such as `pull/7/head`; none means the
 //!   remote's default branch. A named ref is fetched shallow (depth 1) with a full-fetch fallback
 //!   (libgit2 cannot fetch shallow over `file://`, some servers refuse it); a commit needs the full
-//!   history. Submodules are checked out recursively. Credentials in the URL (`https://user:PAT@…`)
-//!   are used for the fetch and masked in logs.
+//!   history of the branches and tags, and if it is on none of them, of the other refs too (a pull
+//!   request's commit from a fork is only under `refs/pull/<n>/head`). Submodules are checked out
+//!   recursively. Credentials in the URL (`https://user:PAT@…`) are used for the fetch and masked
+//!   in logs.
 //! * Other `http(s)` URLs are tarballs: up to 3 attempts (backoff 250 ms × 2^n), then the
 //!   download is unpacked by magic bytes — gzip, bzip2 or plain tar; xz and zstd are refused with a
 //!   clear error, and so is anything that is not an archive (ACR silently leaves it unextracted).
@@ -388,6 +390,9 @@ fn fetch_into(
     if !is_hex {
         return Err(RemoteError::RefNotFound { url: redact(url), reference: reference.into() });
     }
+    let find = || {
+        repo.revparse_single(reference).and_then(|object| object.peel_to_commit()).map(|c| c.id())
+    };
     fetch(
         &mut remote,
         &[
@@ -396,10 +401,18 @@ fn fetch_into(
         ],
         None,
     )?;
-    repo.revparse_single(reference)
-        .and_then(|object| object.peel_to_commit())
-        .map(|commit| commit.id())
-        .map_err(|_| RemoteError::RefNotFound { url: redact(url), reference: reference.into() })
+    if let Ok(commit) = find() {
+        return Ok(commit);
+    }
+    // A pull or merge request's commit is on no branch when it comes from a fork: only
+    // `refs/pull/<n>/head` (GitHub) or `refs/merge-requests/<n>/head` (GitLab) reach it, and
+    // once the request moved on, only as an ancestor. So fetch the other refs too.
+    if advertised.iter().any(|a| {
+        a.starts_with("refs/") && !a.starts_with("refs/heads/") && !a.starts_with("refs/tags/")
+    }) {
+        fetch(&mut remote, &["+refs/*:refs/kiln/all/*".to_string()], None)?;
+    }
+    find().map_err(|_| RemoteError::RefNotFound { url: redact(url), reference: reference.into() })
 }
 
 fn update_submodules(repo: &git2::Repository, cancel: &AtomicBool) -> Result<(), RemoteError> {
@@ -659,9 +672,15 @@ mod git_tests {
         let url = format!("file://{}", origin.path().display());
         let cancel = AtomicBool::new(false);
         let short = c1.to_string()[..8].to_string();
-        for (reference, want) in
-            [(Some("v1"), c1), (None, c2), (Some(short.as_str()), c1), (Some("pull/7/head"), pr)]
-        {
+        // The pull request's commit is on no branch: only `refs/pull/7/head` reaches it.
+        let pr_commit = pr.to_string();
+        for (reference, want) in [
+            (Some("v1"), c1),
+            (None, c2),
+            (Some(short.as_str()), c1),
+            (Some("pull/7/head"), pr),
+            (Some(pr_commit.as_str()), pr),
+        ] {
             let dest = tempfile::tempdir().unwrap();
             let got = git_fetch(&url, reference, dest.path(), &cancel)
                 .unwrap_or_else(|e| panic!("{reference:?}: {e}"));

@@ -148,7 +148,7 @@ async fn each_push_builds_its_own_commit_after_the_branch_moved() {
         let provider = webhook::provider(&headers[..]).expect("a known host");
         webhook::verify(provider, &headers[..], &delivery.body, SECRET).expect("authentic");
         let event = webhook::parse(provider, &headers[..], &delivery.body).expect("parses");
-        let Some(SourceEvent::Push { branch, commit: pushed, repository }) = event else {
+        let Some(SourceEvent::Push { branch, commit: pushed, repository, .. }) = event else {
             panic!("a push: {event:?}");
         };
         assert_eq!((branch.as_str(), &pushed, &repository), ("main", &commit, &url));
@@ -325,6 +325,7 @@ fn webhook_fixtures_verify_and_parse() {
         branch: "main".into(),
         commit: sha.into(),
         repository: url.into(),
+        default_branch: Some("main".into()),
     });
     let request = |number| {
         Some(SourceEvent::PullRequest {

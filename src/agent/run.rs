@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::run_log::{self, Dependencies};
 use crate::store::lease::SERVER_STOPPED_MESSAGE;
-use crate::store::{Claim, OutputImage, RunStatus, StoreError};
+use crate::store::{BaseImageRecord, Claim, OutputImage, RunStatus, StoreError};
+use crate::trigger::base_image;
 
 use super::log_writer::LogWriter;
 use super::prepare::{self, Settings};
@@ -71,7 +72,13 @@ pub(super) async fn run_claimed(shared: &Shared, claim: Claim, spare: &mut Spare
             .finish(&run.id, epoch, status, error.as_deref(), &images, report.as_deref())
             .await
         {
-            Ok(_) => {}
+            Ok(_) => {
+                if let (Some(task), RunStatus::Succeeded, Some(report)) =
+                    (&run.task_name, status, dependencies.report())
+                {
+                    track_base_images(&shared.store, task, &report).await;
+                }
+            }
             Err(StoreError::StaleLease { .. }) => {
                 tracing::warn!(run = %run.id, "run was finished by someone else (lease lost)");
             }
@@ -135,6 +142,13 @@ async fn execute(
 
     let mut options = RunOptions::new(shared.config.work_dir());
     options.context_dir = ready.context_dir;
+    if let Some(update) = crate::queue::trigger_detail(run).image_update_trigger {
+        options.refresh_images = update
+            .images
+            .iter()
+            .map(|i| base_image::pull_reference(&i.registry, &i.repository, &i.tag))
+            .collect();
+    }
     options.timeout = Some(Duration::from_secs(run.timeout_secs));
     if plan.uses_run_network() {
         options.network = spare.take().await;
@@ -192,6 +206,25 @@ fn output_images(dependencies: &Dependencies) -> Vec<OutputImage> {
             })
         })
         .collect()
+}
+
+/// Keeps the base images of a task's successful build for its base-image trigger (§5.2: a
+/// task must run once before its base images are watched).
+async fn track_base_images(store: &crate::store::Store, task: &str, report: &serde_json::Value) {
+    let images: Vec<BaseImageRecord> = base_image::from_report(report)
+        .into_iter()
+        .map(|b| BaseImageRecord {
+            task_name: task.to_string(),
+            registry: b.registry,
+            repository: b.repository,
+            tag: b.tag,
+            kind: b.kind.to_string(),
+            digest: b.digest,
+        })
+        .collect();
+    if let Err(e) = store.set_base_images(task, &images).await {
+        tracing::error!(task, "recording the task's base images failed: {e}");
+    }
 }
 
 /// Extends the lease every third of its length; a cancel request cancels the run, a lost

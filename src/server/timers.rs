@@ -148,3 +148,136 @@ pub fn spawn(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+
+    use super::*;
+    use crate::api::task::{TaskDefinition, TimerSpec};
+    use crate::run_id::RunIdPrefix;
+    use crate::store::TimerRecord;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        secrets: SecretBox,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let secrets = SecretBox::open_or_create(dir.path()).unwrap();
+            Fixture { dir, secrets }
+        }
+
+        /// A store on the fixture's database file: a second call is a restarted server (or
+        /// a second one sharing the database).
+        async fn store(&self) -> Store {
+            Store::open(self.dir.path(), RunIdPrefix::new("tt").unwrap()).await.unwrap()
+        }
+
+        async fn task(&self, store: &Store, name: &str, timers: &[(&str, &str, DateTime<Utc>)]) {
+            let def: TaskDefinition = serde_json::from_value(serde_json::json!({
+                "context": "/dev/null",
+                "step": {"type": "EncodedTask", "task": "steps:\n  - cmd: busybox true\n"},
+            }))
+            .unwrap();
+            let write = task_def::seal(&self.secrets, name, &def).unwrap();
+            let (_, webhook) = task_def::new_webhook_secret(&self.secrets, name).unwrap();
+            let timers: Vec<TimerRecord> = timers
+                .iter()
+                .map(|(timer, schedule, next)| {
+                    let spec = TimerSpec {
+                        name: timer.to_string(),
+                        schedule: schedule.to_string(),
+                        enabled: true,
+                    };
+                    let schedule = Schedule::parse(schedule).unwrap();
+                    TimerRecord {
+                        next_fire_at: Some(*next),
+                        ..task_def::timer_record(name, &spec, &schedule, *next)
+                    }
+                })
+                .collect();
+            store.create_task(name, write, webhook, &timers).await.unwrap();
+        }
+    }
+
+    fn at(h: u32, m: u32, s: u32, ms: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, h, m, s).unwrap() + chrono::TimeDelta::milliseconds(ms)
+    }
+
+    #[tokio::test]
+    async fn timers_fire_each_occurrence_once_across_restarts_and_record_missed_ones() {
+        let f = Fixture::new();
+        let store = f.store().await;
+        f.task(&store, "nightly", &[("t1", "* * * * *", at(10, 0, 0, 0))]).await;
+
+        assert!(tick(&store, &f.secrets, at(9, 59, 59, 900)).await.unwrap().is_empty());
+        let runs = tick(&store, &f.secrets, at(10, 0, 0, 300)).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        let run = &runs[0];
+        assert_eq!((run.trigger.as_str(), run.task_name.as_deref()), ("Timer", Some("nightly")));
+        let detail = queue::trigger_detail(run).timer_trigger.unwrap();
+        assert_eq!(detail.timer_trigger_name, "t1");
+        assert_eq!(detail.schedule_occurrence, at(10, 0, 0, 0));
+        assert!(tick(&store, &f.secrets, at(10, 0, 0, 400)).await.unwrap().is_empty());
+
+        // A restart: the next fire time is stored, so the occurrence that fired stays fired.
+        store.close().await;
+        let store = f.store().await;
+        assert!(tick(&store, &f.secrets, at(10, 0, 30, 0)).await.unwrap().is_empty());
+        // Down from 10:00:30 to 10:05:10: 10:05 fires (10 s late), 10:01-10:04 are history.
+        let runs = tick(&store, &f.secrets, at(10, 5, 10, 0)).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        let occurrence = queue::trigger_detail(&runs[0]).timer_trigger.unwrap().schedule_occurrence;
+        assert_eq!(occurrence, at(10, 5, 0, 0));
+        let history = store.task_events("nightly", 10).await.unwrap();
+        let missed: Vec<&str> = history.iter().map(|e| e.detail.as_str()).collect();
+        assert_eq!(missed.len(), 4, "{missed:?}");
+        assert!(missed.iter().all(|d| d.contains("not replayed")));
+        assert!(missed[0].contains("10:04:00") && missed[3].contains("10:01:00"), "{missed:?}");
+        let everything = crate::store::RunFilter { top: 0, ..Default::default() };
+        assert_eq!(store.list_runs(&everything).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn timers_two_servers_one_database_fire_once() {
+        let f = Fixture::new();
+        let (a, b) = (f.store().await, f.store().await);
+        let names: Vec<String> = (0..20).map(|i| format!("task-{i}")).collect();
+        for name in &names {
+            f.task(
+                &a,
+                name,
+                &[("t1", "* * * * *", at(10, 0, 0, 0)), ("t2", "*/2 * * * *", at(10, 0, 0, 0))],
+            )
+            .await;
+        }
+        let now = at(10, 0, 0, 200);
+        let (ra, rb) = tokio::join!(tick(&a, &f.secrets, now), tick(&b, &f.secrets, now));
+        let fired = ra.unwrap().len() + rb.unwrap().len();
+        assert_eq!(fired, 40, "each of 20 tasks' two timers fires once");
+        let everything = crate::store::RunFilter { top: 0, ..Default::default() };
+        assert_eq!(a.list_runs(&everything).await.unwrap().len(), 40);
+    }
+
+    #[tokio::test]
+    async fn timers_disabled_timers_and_tasks_do_not_fire() {
+        let f = Fixture::new();
+        let store = f.store().await;
+        f.task(&store, "a", &[("t1", "* * * * *", at(10, 0, 0, 0))]).await;
+        let mut timer = store.timers("a").await.unwrap().remove(0);
+        timer.enabled = false;
+        store.update_timer(&timer).await.unwrap();
+        assert!(tick(&store, &f.secrets, at(10, 0, 1, 0)).await.unwrap().is_empty());
+
+        f.task(&store, "b", &[("t1", "* * * * *", at(10, 0, 0, 0))]).await;
+        let record = store.get_task("b").await.unwrap();
+        let mut def = task_def::open(&f.secrets, &record).unwrap();
+        def.status = crate::api::task::TaskStatus::Disabled;
+        store.update_task("b", task_def::seal(&f.secrets, "b", &def).unwrap()).await.unwrap();
+        assert!(tick(&store, &f.secrets, at(10, 0, 1, 0)).await.unwrap().is_empty());
+        assert_eq!(store.next_timer_fire().await.unwrap(), None);
+    }
+}

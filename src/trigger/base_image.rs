@@ -84,7 +84,9 @@ mod tests {
         let images = from_report(&report);
         let names: Vec<_> = images
             .iter()
-            .map(|i| (i.kind, pull_reference(&i.registry, &i.repository, &i.tag), i.digest.as_str()))
+            .map(|i| {
+                (i.kind, pull_reference(&i.registry, &i.repository, &i.tag), i.digest.as_str())
+            })
             .collect();
         assert_eq!(
             names,

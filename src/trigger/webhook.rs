@@ -79,14 +79,15 @@ impl Headers for axum::http::HeaderMap {
     }
 }
 
-/// The provider, from the event header each one sends.
+/// The provider, from the event header each one sends. Gitea and Forgejo also send GitHub's
+/// headers (for GitHub-compatible receivers), so theirs are looked at first.
 pub fn provider(headers: &(impl Headers + ?Sized)) -> Result<Provider, WebhookError> {
-    if headers.get("x-github-event").is_some() {
+    if headers.get("x-gitea-event").is_some() || headers.get("x-forgejo-event").is_some() {
+        Ok(Provider::Gitea)
+    } else if headers.get("x-github-event").is_some() {
         Ok(Provider::GitHub)
     } else if headers.get("x-gitlab-event").is_some() {
         Ok(Provider::GitLab)
-    } else if headers.get("x-gitea-event").is_some() || headers.get("x-forgejo-event").is_some() {
-        Ok(Provider::Gitea)
     } else {
         Err(WebhookError::UnknownProvider)
     }

@@ -1,0 +1,193 @@
+//! Base-image update triggers (reference §5.2): a task whose build's base image tag now points
+//! at another manifest runs again, once per change.
+//!
+//! Two ways to learn of a change, one rule to act on it ([`tag_moved`]):
+//! * polling: every `--base-image-poll` seconds each watched tag is resolved to its digest at
+//!   its registry ([`crate::trigger::registry`]), with the server's registry login if it has
+//!   one for that host;
+//! * `POST /registry/events`: the CNCF distribution registry's push notifications (configured
+//!   with an `Authorization: Bearer <kiln token>` header), for immediate triggering.
+//!
+//! A digest moves by compare-and-set in the store, in the transaction that queues the run, so a
+//! notification and a poll (or two servers) seeing the same change queue one run, and pushing
+//! identical content again (same digest) triggers nothing (Azure/acr#373). A tag first seen
+//! without a digest gets one recorded, without a run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use kiln_worker::plan::RegistryCredential;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::task::WebhookAnswer;
+use crate::api::{ErrorBody, Image};
+use crate::queue::{self, Origin};
+use crate::secret_box::SecretBox;
+use crate::store::{BaseImageRecord, ClaimOutcome, RunRecord, Store, StoreError};
+use crate::task_def;
+use crate::task_run::{self, Firing};
+use crate::trigger::notification;
+use crate::trigger::registry::{self, RegistryAuth, TagRef};
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// How long one registry lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Receive the distribution registry's notifications.
+#[utoipa::path(post, path = "/registry/events", tag = "tasks",
+    request_body(content = String, description = "A distribution notification envelope", content_type = "application/vnd.docker.distribution.events.v1+json"),
+    responses(
+        (status = 200, description = "Runs queued for moved tags, if any", body = WebhookAnswer),
+        (status = 400, description = "Not a notification envelope", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody)))]
+pub async fn registry_events(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<WebhookAnswer>, ApiError> {
+    let pushed = notification::pushed_tags(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut queued = Vec::new();
+    for tag in pushed {
+        let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
+        queued.extend(tag_moved(&state.store, &state.secrets, &moved, &tag.digest).await?);
+    }
+    if !queued.is_empty() {
+        state.agent.wake();
+    }
+    Ok(Json(WebhookAnswer {
+        status: if queued.is_empty() { "ignored" } else { "queued" }.to_string(),
+        run_id: queued.first().map(|r| r.id.to_string()),
+        reason: (queued.len() > 1).then(|| {
+            let ids: Vec<String> = queued.iter().map(|r| r.id.to_string()).collect();
+            format!("runs queued: {}", ids.join(", "))
+        }),
+    }))
+}
+
+/// Acts on `tag` now pointing at `digest`: every enabled task watching it whose stored digest
+/// differs runs (or, with no digest stored yet, records it). Returns the runs queued.
+pub async fn tag_moved(
+    store: &Store,
+    secrets: &SecretBox,
+    tag: &TagRef,
+    digest: &str,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let watchers: Vec<BaseImageRecord> = store
+        .watched_base_images()
+        .await?
+        .into_iter()
+        .filter(|b| same_image(b, tag) && b.digest != digest)
+        .collect();
+    let mut queued = Vec::new();
+    for watcher in watchers {
+        let run = if watcher.digest.is_empty() {
+            None
+        } else {
+            let image = Image {
+                registry: watcher.registry.clone(),
+                repository: watcher.repository.clone(),
+                tag: watcher.tag.clone(),
+                digest: digest.to_string(),
+            };
+            match new_run(store, secrets, &watcher.task_name, image).await {
+                Ok(run) => Some(run),
+                Err(e) => {
+                    tracing::error!(task = %watcher.task_name, "cannot queue the image update run: {e}");
+                    continue;
+                }
+            }
+        };
+        let change = [(watcher, digest.to_string())];
+        if let ClaimOutcome::Claimed(Some(run)) = store.claim_base_image_change(&change, run).await? {
+            tracing::info!(task = ?run.task_name, run = %run.id, image = %tag, "base image updated");
+            queued.push(*run);
+        }
+    }
+    Ok(queued)
+}
+
+/// A notification names the registry as its clients reach it; `localhost` and `127.0.0.1`
+/// are one host.
+fn same_image(b: &BaseImageRecord, tag: &TagRef) -> bool {
+    let host = |h: &str| h.replace("localhost", "127.0.0.1");
+    b.repository == tag.repository && b.tag == tag.tag && host(&b.registry) == host(&tag.registry)
+}
+
+async fn new_run(
+    store: &Store,
+    secrets: &SecretBox,
+    task: &str,
+    image: Image,
+) -> Result<crate::store::NewRun, String> {
+    let record = store.get_task(task).await.map_err(|e| e.to_string())?;
+    let def = task_def::open(secrets, &record).map_err(|e| e.to_string())?;
+    let (request, trigger) =
+        task_run::request_for(&def, &Firing::ImageUpdate { images: vec![image] })
+            .map_err(|e| e.to_string())?;
+    queue::new_run(secrets, &request, Origin { task_name: Some(task.to_string()), trigger })
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves every watched tag once and acts on those that moved; returns the runs queued.
+/// A registry that cannot be asked is logged and skipped until the next poll.
+pub async fn poll_once(
+    store: &Store,
+    secrets: &SecretBox,
+    credentials: &[RegistryCredential],
+) -> Result<Vec<RunRecord>, StoreError> {
+    let mut tags: BTreeMap<(String, String, String), ()> = BTreeMap::new();
+    for b in store.watched_base_images().await? {
+        tags.insert((b.registry, b.repository, b.tag), ());
+    }
+    let logins: HashMap<&str, RegistryAuth> = credentials
+        .iter()
+        .map(|c| {
+            (c.registry.as_str(), RegistryAuth { username: c.username.clone(), password: c.password.clone() })
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for (registry, repository, tag) in tags.into_keys() {
+        let auth = logins.get(registry.as_str()).cloned();
+        let tag = TagRef { registry, repository, tag };
+        let lookup = tag.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            registry::current_digest(&lookup, auth.as_ref(), LOOKUP_TIMEOUT)
+        })
+        .await;
+        match digest {
+            Ok(Ok(digest)) => queued.extend(tag_moved(store, secrets, &tag, &digest).await?),
+            Ok(Err(e)) => tracing::warn!("base image check: {e}"),
+            Err(e) => tracing::error!("base image check of {tag} failed: {e}"),
+        }
+    }
+    Ok(queued)
+}
+
+/// Polls every `interval` until `stop`; `queued` is called when runs were queued.
+pub fn spawn(
+    store: Store,
+    secrets: Arc<SecretBox>,
+    credentials: Vec<RegistryCredential>,
+    interval: Duration,
+    queued: impl Fn() + Send + 'static,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match poll_once(&store, &secrets, &credentials).await {
+                Ok(runs) if !runs.is_empty() => queued(),
+                Ok(_) => {}
+                Err(e) => tracing::error!("base image poll: {e}"),
+            }
+        }
+    })
+}

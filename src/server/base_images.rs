@@ -50,7 +50,8 @@ pub async fn registry_events(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<WebhookAnswer>, ApiError> {
-    let pushed = notification::pushed_tags(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let pushed =
+        notification::pushed_tags(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut queued = Vec::new();
     for tag in pushed {
         let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
@@ -103,7 +104,9 @@ pub async fn tag_moved(
             }
         };
         let change = [(watcher, digest.to_string())];
-        if let ClaimOutcome::Claimed(Some(run)) = store.claim_base_image_change(&change, run).await? {
+        if let ClaimOutcome::Claimed(Some(run)) =
+            store.claim_base_image_change(&change, run).await?
+        {
             tracing::info!(task = ?run.task_name, run = %run.id, image = %tag, "base image updated");
             queued.push(*run);
         }
@@ -147,7 +150,10 @@ pub async fn poll_once(
     let logins: HashMap<&str, RegistryAuth> = credentials
         .iter()
         .map(|c| {
-            (c.registry.as_str(), RegistryAuth { username: c.username.clone(), password: c.password.clone() })
+            (
+                c.registry.as_str(),
+                RegistryAuth { username: c.username.clone(), password: c.password.clone() },
+            )
         })
         .collect();
     let mut queued = Vec::new();

@@ -7,13 +7,15 @@
 //!   followed and SSE logs; [`openapi`] — the generated API document; [`page`] — the run page
 //!   for browsers;
 //! * [`tasks`] — task and timer management and manual task runs; [`webhooks`] — git hosts'
-//!   deliveries; [`timers`] — the loop that fires timer triggers;
+//!   deliveries; [`timers`] — the loop that fires timer triggers; [`base_images`] — registry
+//!   polling and push notifications for base-image triggers;
 //! * [`janitor`] — retention and the backstops for lost or overrunning runs.
 //!
 //! [`serve`] is the whole server process (startup order, printing the admin token and the
 //! listening line, graceful shutdown); [`router`] is the app alone, so tests run it in-process.
 
 pub mod auth;
+pub mod base_images;
 pub mod error;
 pub mod janitor;
 pub mod logs;
@@ -103,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/log", get(logs::log))
         .route(paths::TASKS, post(tasks::create).get(tasks::list))
+        .route(paths::REGISTRY_EVENTS, post(base_images::registry_events))
         .route("/tasks/{name}", get(tasks::get).patch(tasks::update).delete(tasks::delete))
         .route("/tasks/{name}/runs", post(tasks::run))
         .route("/tasks/{name}/timers", post(tasks::add_timer).get(tasks::list_timers))
@@ -185,6 +188,17 @@ pub async fn serve(
             stop.clone(),
         )
     };
+    let poller = {
+        let agent = agent.clone();
+        base_images::spawn(
+            store.clone(),
+            secrets.clone(),
+            config.credentials.clone(),
+            config.base_image_poll,
+            move || agent.wake(),
+            stop.clone(),
+        )
+    };
     let addr = listener.local_addr()?;
     let state = AppState {
         store: store.clone(),
@@ -220,6 +234,7 @@ pub async fn serve(
     stop.cancel();
     let _ = janitor.await;
     let _ = timer_loop.await;
+    let _ = poller.await;
     agent.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

@@ -32,6 +32,7 @@ pub const BEARER: &str = "bearer";
         super::tasks::update_timer,
         super::tasks::remove_timer,
         super::webhooks::deliver,
+        super::base_images::registry_events,
         super::health,
         super::page::run_page,
         openapi_json,

@@ -11,6 +11,7 @@
 //! not depend on who runs them.
 //!
 //! Include with `#[path = "support/git.rs"] mod git;`.
+#![allow(dead_code)] // each includer uses its own part
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -133,17 +133,44 @@ impl Server {
         token: Option<&str>,
         body: &[u8],
     ) -> (u16, String) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.as_deref().map(|a| ("authorization", a)).into_iter().collect();
+        self.http_with(method, path, &headers, body)
+    }
+
+    /// A raw HTTP call with these headers (a git host's delivery, a registry's notification).
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let url = format!("{}{path}", self.url);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req.body(body.to_vec()).expect("request");
         let mut resp = agent.run(req).expect("HTTP");
         let status = resp.status().as_u16();
         (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// An API call with the admin token and a JSON body; the status and the JSON answer.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", self.token);
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let (status, text) = self.http_with(method, path, &headers, body.to_string().as_bytes());
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
     pub fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {

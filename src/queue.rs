@@ -3,6 +3,9 @@
 //! the agent runs), so secrets (`--set-secret` values, secret build args, git tokens in a
 //! context URL) are never stored readable. Quick runs and task runs go through here alike.
 
+use serde::{Deserialize, Serialize};
+
+use crate::api::task::{RegistryLogin, TaskDefinition};
 use crate::api::{RunRequest, TriggerDetail};
 use crate::secret_box::{SecretBox, SecretBoxError};
 use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
@@ -26,6 +29,30 @@ pub struct Origin {
     /// The task's name; `None` for quick runs.
     pub task_name: Option<String>,
     pub trigger: TriggerDetail,
+    /// The task's registry logins, sealed with the request.
+    pub credentials: Vec<RegistryLogin>,
+}
+
+impl Origin {
+    /// A run of task `name` (with its registry logins) caused by `trigger`.
+    pub fn task(name: &str, def: &TaskDefinition, trigger: TriggerDetail) -> Origin {
+        Origin { task_name: Some(name.to_string()), trigger, credentials: def.credentials.clone() }
+    }
+}
+
+/// What is sealed: the whole request and the logins it runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sealed {
+    request: RunRequest,
+    #[serde(default)]
+    credentials: Vec<RegistryLogin>,
+}
+
+/// A stored run's request and logins, secrets included.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    pub request: RunRequest,
+    pub credentials: Vec<RegistryLogin>,
 }
 
 /// The store's [`NewRun`] for `request`. Quick runs are QuickBuild/QuickRun, task runs
@@ -35,7 +62,10 @@ pub fn new_run(
     request: &RunRequest,
     origin: Origin,
 ) -> Result<NewRun, QueueError> {
-    let whole = serde_json::to_vec(request)?;
+    let whole = serde_json::to_vec(&Sealed {
+        request: request.clone(),
+        credentials: origin.credentials.clone(),
+    })?;
     let detail = (origin.trigger != TriggerDetail::default())
         .then(|| serde_json::to_string(&origin.trigger))
         .transpose()?;
@@ -53,10 +83,16 @@ pub fn new_run(
 
 /// The whole request of a stored run (runs stored before requests were sealed are read as
 /// they are).
-pub fn open_request(secrets: &SecretBox, run: &RunRecord) -> Result<RunRequest, QueueError> {
+pub fn open_request(secrets: &SecretBox, run: &RunRecord) -> Result<Opened, QueueError> {
     match &run.sealed_request {
-        Some(sealed) => Ok(serde_json::from_slice(&secrets.open(PURPOSE, sealed)?)?),
-        None => Ok(serde_json::from_str(&run.request)?),
+        Some(sealed) => {
+            let Sealed { request, credentials } =
+                serde_json::from_slice(&secrets.open(PURPOSE, sealed)?)?;
+            Ok(Opened { request, credentials })
+        }
+        None => {
+            Ok(Opened { request: serde_json::from_str(&run.request)?, credentials: Vec::new() })
+        }
     }
 }
 

@@ -193,6 +193,8 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
         base_image_trigger_enabled,
         base_image_trigger_type,
         git_access_token,
+        credentials,
+        remove_credentials,
     } = update;
     if let Some(c) = context {
         def.context = c;
@@ -228,6 +230,11 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
     if let Some(token) = git_access_token {
         def.git_access_token = (!token.is_empty()).then_some(token);
     }
+    def.credentials.retain(|c| {
+        !remove_credentials.contains(&c.login_server)
+            && !credentials.iter().any(|n| n.login_server == c.login_server)
+    });
+    def.credentials.extend(credentials);
 }
 
 /// Whether the task acts on triggers.

@@ -350,3 +350,45 @@ fn polling_notices_a_moved_base_image_tag() {
     let run = finished(&server, runs[0]["runId"].as_str().unwrap());
     assert_eq!(run["status"], "Succeeded", "{run}");
 }
+
+#[test]
+fn a_task_pushes_with_its_own_registry_login_and_never_shows_the_password() {
+    let registry = std::env::var("KILN_TEST_AUTH_REGISTRY").unwrap_or("127.0.0.1:5001".into());
+    let user = std::env::var("KILN_TEST_REGISTRY_USER").unwrap_or("kiln".into());
+    let password =
+        std::env::var("KILN_TEST_REGISTRY_PASSWORD").unwrap_or("kiln-test-password".into());
+    let server = Server::start_with("wcred", 1, &[]);
+    let root = git::Root::new();
+    let bare = root.bare("pushed");
+    let repo = git::Repo::init();
+    repo.commit_file("Dockerfile", "FROM busybox\nRUN echo built\n", "df");
+    repo.push(&bare, "main:main");
+    let task = create_task(
+        &server,
+        json!({"name": "pushed", "context": format!("{}#main", root.file_url("pushed")),
+               "step": {"type": "Docker", "images": [format!("{registry}/kiln-cred:{{{{.Run.ID}}}}")]},
+               "credentials": [{"login_server": registry, "username": user, "password": password}]}),
+    );
+    assert_eq!(task["credentials"][0]["password"], "***", "{task}");
+    let (status, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
+    assert_eq!(status, 201, "{run}");
+    let id = run["runId"].as_str().unwrap();
+    let run = finished(&server, id);
+    let text = log(&server, id);
+    assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
+    assert_eq!(run["runType"], "AutoBuild", "{run}");
+    assert_eq!(run["outputImages"][0]["repository"], "kiln-cred", "{run}");
+    let (_, shown) = server.api("GET", "/tasks/pushed", Value::Null);
+    let (_, listed) = server.api("GET", "/tasks", Value::Null);
+    for seen in [text, run.to_string(), shown.to_string(), listed.to_string()] {
+        assert!(!seen.contains(&password), "the password shows: {seen}");
+    }
+    // Removing the login makes the next push fail: the login was what let it through.
+    let (status, task) =
+        server.api("PATCH", "/tasks/pushed", json!({"remove_credentials": [registry]}));
+    assert_eq!(status, 200, "{task}");
+    assert!(task.get("credentials").is_none(), "{task}");
+    let (_, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
+    let run = finished(&server, run["runId"].as_str().unwrap());
+    assert_eq!(run["status"], "Failed", "{run}");
+}

@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use chrono::Utc;
 use flate2::read::GzDecoder;
 use kiln_worker::build::remote;
-use kiln_worker::plan::Plan;
+use kiln_worker::plan::{Plan, RegistryCredential};
 
 use crate::api::Source;
 use crate::queue;
@@ -64,6 +64,8 @@ pub(crate) struct Ready {
     pub(crate) context_dir: Option<PathBuf>,
     /// The request's secret values (`--set-secret`, secret build args).
     pub(crate) secrets: Vec<String>,
+    /// The task's registry logins.
+    pub(crate) credentials: Vec<RegistryCredential>,
 }
 
 /// Decodes `run`'s request, fetches its context under `run_dir` and plans it. Progress,
@@ -75,7 +77,16 @@ pub(crate) async fn prepare(
     settings: &Settings<'_>,
     log: &mut LogWriter,
 ) -> Result<Ready, PrepareError> {
-    let request = queue::open_request(settings.secrets, run)?;
+    let queue::Opened { request, credentials } = queue::open_request(settings.secrets, run)?;
+    let credentials: Vec<RegistryCredential> = credentials
+        .into_iter()
+        .map(|c| RegistryCredential {
+            registry: c.login_server,
+            username: c.username,
+            password: c.password,
+        })
+        .collect();
+    log.mask(credentials.iter().map(|c| c.password.clone()));
     let trigger = queue::trigger_detail(run);
     let secrets = request.secret_values();
     log.mask(secrets.iter().cloned());
@@ -133,7 +144,7 @@ pub(crate) async fn prepare(
             for d in planned.diagnostics.iter() {
                 log.line(&d.display(&input.name).to_string());
             }
-            Ok(Ready { plan: planned.plan, context_dir, secrets })
+            Ok(Ready { plan: planned.plan, context_dir, secrets, credentials })
         }
         Err(diagnostics) => {
             for d in diagnostics.iter() {

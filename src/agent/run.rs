@@ -126,6 +126,9 @@ async fn execute(
         }
     };
     let mut plan = ready.plan;
+    // The task's own logins first: they win over the server's for the same registry.
+    plan.masked.extend(ready.credentials.iter().map(|c| c.password.clone()));
+    plan.credentials.extend(ready.credentials);
     plan.credentials.extend(shared.config.credentials.iter().cloned());
     plan.masked.extend(shared.config.credentials.iter().map(|c| c.password.clone()));
     plan.masked.extend(ready.secrets);

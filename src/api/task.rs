@@ -89,6 +89,16 @@ fn enabled() -> bool {
     true
 }
 
+/// A registry login a task's runs use (`az acr task credential add`); the password is
+/// write-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegistryLogin {
+    /// `host[:port]`.
+    pub login_server: String,
+    pub username: String,
+    pub password: String,
+}
+
 /// A task's recipe and trigger settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskDefinition {
@@ -116,6 +126,9 @@ pub struct TaskDefinition {
     /// Token for a private repository; write-only (shown as `***`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
+    /// Registry logins for the task's runs, besides the server's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<RegistryLogin>,
 }
 
 fn default_platform() -> String {
@@ -137,6 +150,9 @@ impl TaskDefinition {
         if copy.git_access_token.is_some() {
             copy.git_access_token = Some(REDACTED.to_string());
         }
+        for login in &mut copy.credentials {
+            login.password = REDACTED.to_string();
+        }
         copy.context = kiln_worker::build::remote::redact(&copy.context);
         copy
     }
@@ -155,6 +171,7 @@ impl TaskDefinition {
             .filter_map(|a| a.value.clone())
             .collect();
         secrets.extend(self.git_access_token.clone());
+        secrets.extend(self.credentials.iter().map(|c| c.password.clone()));
         secrets
     }
 
@@ -205,6 +222,12 @@ pub struct UpdateTask {
     /// A new token; an empty string removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
+    /// Logins added, or replaced by login server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<RegistryLogin>,
+    /// Login servers whose logins are removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_credentials: Vec<String>,
 }
 
 /// `PATCH /tasks/{name}/timers/{timer}`.

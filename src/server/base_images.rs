@@ -132,8 +132,7 @@ async fn new_run(
     let (request, trigger) =
         task_run::request_for(&def, &Firing::ImageUpdate { images: vec![image] })
             .map_err(|e| e.to_string())?;
-    queue::new_run(secrets, &request, Origin { task_name: Some(task.to_string()), trigger })
-        .map_err(|e| e.to_string())
+    queue::new_run(secrets, &request, Origin::task(task, &def, trigger)).map_err(|e| e.to_string())
 }
 
 /// Resolves every watched tag once and acts on those that moved; returns the runs queued.

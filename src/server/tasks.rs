@@ -267,7 +267,7 @@ pub async fn run_task(
     let definition = task_def::open(&state.secrets, &record)?;
     let (request, trigger) = task_run::request_for(&definition, &Firing::Manual(overrides))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    submit_run(state, request, Origin { task_name: Some(name.to_string()), trigger }).await
+    submit_run(state, request, Origin::task(name, &definition, trigger)).await
 }
 
 async fn timers(state: &AppState, name: &str) -> Result<Vec<Timer>, ApiError> {

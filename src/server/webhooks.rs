@@ -79,12 +79,8 @@ pub async fn handle(
     let firing = Firing::Source { provider, delivery: delivery.clone(), event: &event };
     let (request, trigger) = task_run::request_for(&definition, &firing)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let new = queue::new_run(
-        &state.secrets,
-        &request,
-        Origin { task_name: Some(task.to_string()), trigger },
-    )
-    .map_err(ApiError::internal)?;
+    let new = queue::new_run(&state.secrets, &request, Origin::task(task, &definition, trigger))
+        .map_err(ApiError::internal)?;
     let (event_type, commit) = match &event {
         SourceEvent::Push { commit, .. } => ("commit", commit),
         SourceEvent::PullRequest { commit, .. } => ("pullrequest", commit),

@@ -1,5 +1,5 @@
 //! The HTTP client of `kiln serve`, used by `kiln build`, `run`, `logs`, `show-run`,
-//! `list-runs`, `cancel-run` and `login`.
+//! `list-runs`, `cancel-run`, `login` and `task …`.
 //!
 //! It owns three things the commands share: where the server is and which token to send
 //! ([`ClientConfig`], [`Settings`]), the calls themselves ([`Client`], one method per route of
@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use ureq::http::Response;
 use ureq::{Body, SendBody};
 
+use crate::api::task::{
+    CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer,
+};
 use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, Run, RunQuery, RunRequest, paths};
 use crate::diagnostic::Diagnostic;
 
@@ -42,6 +45,9 @@ pub enum ClientError {
     Unauthorized,
     #[error("run {id} not found")]
     RunNotFound { id: String },
+    /// A task, a timer or another named thing the server does not have.
+    #[error("{error}")]
+    NotFound { error: String },
     #[error("{error}")]
     InvalidTask { error: String, diagnostics: Vec<Diagnostic> },
     #[error("the server refused the request: {error}")]
@@ -70,6 +76,22 @@ impl ClientError {
     /// Failures a retry may cure: the server restarted or the network hiccuped.
     pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. } | ClientError::Dropped { .. })
+    }
+
+    /// Whether the server answered and said no (a bad request, an unknown or taken name, a
+    /// refused token), as opposed to a failure to reach it or to read its answer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unauthorized
+                | ClientError::RunNotFound { .. }
+                | ClientError::NotFound { .. }
+                | ClientError::InvalidTask { .. }
+                | ClientError::BadRequest { .. }
+                | ClientError::TooLarge { .. }
+                | ClientError::Conflict { .. }
+                | ClientError::Server { .. }
+        )
     }
 }
 
@@ -286,6 +308,96 @@ impl Client {
         self.json(self.check(response, Some(id))?, "the cancel request")
     }
 
+    /// `POST /tasks`.
+    pub fn create_task(&self, task: &CreateTask) -> Result<Task, ClientError> {
+        let body = self.body(task, "the task")?;
+        let response = self
+            .authorize(self.agent.post(self.url(paths::TASKS)))
+            .header("Content-Type", "application/json")
+            .send(body);
+        self.json(self.check(response, None)?, "the task")
+    }
+
+    /// `GET /tasks`.
+    pub fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
+        let response = self.authorize(self.agent.get(self.url(paths::TASKS))).call();
+        self.json(self.check(response, None)?, "the task list")
+    }
+
+    /// `GET /tasks/{name}`: the task with its webhook's URL and secret.
+    pub fn get_task(&self, name: &str) -> Result<Task, ClientError> {
+        let response =
+            self.authorize(self.agent.get(self.url(&paths::task(&segment(name))))).call();
+        self.json(self.check(response, None)?, "the task")
+    }
+
+    /// `PATCH /tasks/{name}`: only the fields `update` holds change.
+    pub fn update_task(&self, name: &str, update: &UpdateTask) -> Result<Task, ClientError> {
+        let body = self.body(update, "the task update")?;
+        let response = self
+            .authorize(self.agent.patch(self.url(&paths::task(&segment(name)))))
+            .header("Content-Type", "application/json")
+            .send(body);
+        self.json(self.check(response, None)?, "the task")
+    }
+
+    /// `DELETE /tasks/{name}`.
+    pub fn delete_task(&self, name: &str) -> Result<(), ClientError> {
+        let response =
+            self.authorize(self.agent.delete(self.url(&paths::task(&segment(name))))).call();
+        self.check(response, None).map(drop)
+    }
+
+    /// `POST /tasks/{name}/runs`: a manual run with `overrides`.
+    pub fn run_task(&self, name: &str, overrides: &TaskRunRequest) -> Result<Run, ClientError> {
+        let body = self.body(overrides, "the task run request")?;
+        let response = self
+            .authorize(self.agent.post(self.url(&paths::task_runs(&segment(name)))))
+            .header("Content-Type", "application/json")
+            .send(body);
+        self.json(self.check(response, None)?, "the task run request")
+    }
+
+    /// `POST /tasks/{task}/timers`: the task's timers after the addition.
+    pub fn add_timer(&self, task: &str, timer: &TimerSpec) -> Result<Vec<Timer>, ClientError> {
+        let body = self.body(timer, "the timer")?;
+        let response = self
+            .authorize(self.agent.post(self.url(&paths::timers(&segment(task)))))
+            .header("Content-Type", "application/json")
+            .send(body);
+        self.json(self.check(response, None)?, "the timers")
+    }
+
+    /// `GET /tasks/{task}/timers`.
+    pub fn list_timers(&self, task: &str) -> Result<Vec<Timer>, ClientError> {
+        let response =
+            self.authorize(self.agent.get(self.url(&paths::timers(&segment(task))))).call();
+        self.json(self.check(response, None)?, "the timers")
+    }
+
+    /// `PATCH /tasks/{task}/timers/{timer}`: the task's timers after the change.
+    pub fn update_timer(
+        &self,
+        task: &str,
+        timer: &str,
+        update: &UpdateTimer,
+    ) -> Result<Vec<Timer>, ClientError> {
+        let body = self.body(update, "the timer update")?;
+        let url = self.url(&paths::timer(&segment(task), &segment(timer)));
+        let response = self
+            .authorize(self.agent.patch(url))
+            .header("Content-Type", "application/json")
+            .send(body);
+        self.json(self.check(response, None)?, "the timers")
+    }
+
+    /// `DELETE /tasks/{task}/timers/{timer}`: the task's timers after the removal.
+    pub fn remove_timer(&self, task: &str, timer: &str) -> Result<Vec<Timer>, ClientError> {
+        let url = self.url(&paths::timer(&segment(task), &segment(timer)));
+        let response = self.authorize(self.agent.delete(url)).call();
+        self.json(self.check(response, None)?, "the timers")
+    }
+
     /// `GET /runs/{id}/log?offset=&follow=`: the offset the body starts at and the body.
     pub fn open_log(
         &self,
@@ -326,6 +438,12 @@ impl Client {
         self.check(self.agent.get(self.url(paths::HEALTH)).call(), None).map(|_| ())
     }
 
+    /// A request body as JSON.
+    fn body<T: Serialize>(&self, value: &T, what: &str) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(value)
+            .map_err(|e| ClientError::Decode { what: what.to_string(), reason: e.to_string() })
+    }
+
     /// Turns transport failures and error statuses into [`ClientError`]s.
     fn check(
         &self,
@@ -356,6 +474,19 @@ impl Client {
         serde_json::from_slice(&bytes)
             .map_err(|e| ClientError::Decode { what: what.to_string(), reason: e.to_string() })
     }
+}
+
+/// A name as one URL path segment: anything but unreserved characters percent-encoded, so a
+/// name with `/` or `?` reaches the server as the name it is (which the server then refuses).
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Counts bytes as ureq reads the upload.
@@ -410,7 +541,7 @@ fn status_error(status: u16, body: &str, run_id: Option<&str>) -> ClientError {
         401 => ClientError::Unauthorized,
         404 => match run_id {
             Some(id) => ClientError::RunNotFound { id: id.to_string() },
-            None => ClientError::Server { status, error },
+            None => ClientError::NotFound { error },
         },
         400 | 422 => match parsed {
             Some(b) if !b.diagnostics.is_empty() => {
@@ -617,6 +748,9 @@ mod tests {
             "run ka9 not found"
         );
         assert!(matches!(status_error(413, "", None), ClientError::TooLarge { .. }));
+        let e = status_error(404, r#"{"error":"task nightly not found"}"#, None);
+        assert_eq!(e.to_string(), "task nightly not found");
+        assert!(e.is_refusal());
         let e = status_error(502, "<html>\n<h1>Bad Gateway</h1>\n</html>", None);
         assert_eq!(e.to_string(), "the server answered 502: <html>");
         let e = status_error(409, r#"{"error":"run ka9 already finished"}"#, Some("ka9"));
@@ -718,6 +852,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "run ka9 not found");
+    }
+
+    #[test]
+    fn names_are_one_path_segment() {
+        assert_eq!(segment("nightly_build-2"), "nightly_build-2");
+        assert_eq!(segment("a/b?c d"), "a%2Fb%3Fc%20d");
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn followed_branch(def: &TaskDefinition, default_branch: Option<&str>) -> St
 }
 
 /// Later arguments replace earlier ones of the same name.
-fn overlay(base: &[Argument], over: &[Argument]) -> Vec<Argument> {
+pub fn overlay(base: &[Argument], over: &[Argument]) -> Vec<Argument> {
     let mut merged: Vec<Argument> =
         base.iter().filter(|a| !over.iter().any(|o| o.name == a.name)).cloned().collect();
     merged.extend(over.iter().cloned());

@@ -82,7 +82,7 @@ pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
 
 /// `K=V`, or `K` alone: K's value from the environment when set (newer az), else no value,
 /// so Docker reads it from the build's own environment.
-fn build_arg(arg: &str, secret: bool, env: impl Fn(&str) -> Option<String>) -> Argument {
+pub(super) fn build_arg(arg: &str, secret: bool, env: impl Fn(&str) -> Option<String>) -> Argument {
     match arg.split_once('=') {
         Some((name, value)) => {
             Argument { name: name.to_string(), value: Some(value.to_string()), secret }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::remote;
+use crate::client::Client;
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
@@ -20,8 +21,13 @@ pub struct LogsArgs {
 
 pub fn logs(args: LogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
+    print_log(&client, &args.run_id, args.follow)
+}
+
+/// Prints run `id`'s log from the start; with `follow`, until the run ends.
+pub(super) fn print_log(client: &Client, id: &str, follow: bool) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
-    client.copy_log(&args.run_id, 0, args.follow, &mut stdout)?;
+    client.copy_log(id, 0, follow, &mut stdout)?;
     stdout.flush().ok();
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod remote;
 mod run;
 mod runs;
 mod serve;
+mod task;
 mod task_file;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum Command {
     CancelRun(runs::CancelRunArgs),
     /// Check an API token (read from stdin) against the server and save it.
     Login(login::LoginArgs),
+    /// Tasks kept on the server and what triggers them, like `az acr task`: create, update,
+    /// show, list, delete, run, logs, list-runs, timer.
+    Task(task::TaskArgs),
 }
 
 /// How results are printed.
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::ListRuns(args) => runs::list_runs(args, cli.server.as_deref()),
         Command::CancelRun(args) => runs::cancel_run(args, cli.server.as_deref()),
         Command::Login(args) => login::login(args, cli.server.as_deref()),
+        Command::Task(args) => task::task(args, cli.server.as_deref()),
     };
     match result {
         Ok(code) => code,

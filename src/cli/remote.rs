@@ -123,7 +123,19 @@ pub(super) fn submit(
     task_name: &str,
     wait: WaitArgs,
 ) -> anyhow::Result<ExitCode> {
-    let run = match client.create_run(request) {
+    queue(client, || client.create_run(request), task_name, wait)
+}
+
+/// Queues a run with `create` (a quick run, or a task's manual run) and, unless `--no-wait`,
+/// follows it to its end. A task file the server rejects is reported with its diagnostics,
+/// named `task_name`, and exit status 2.
+pub(super) fn queue(
+    client: &Client,
+    create: impl FnOnce() -> Result<Run, ClientError>,
+    task_name: &str,
+    wait: WaitArgs,
+) -> anyhow::Result<ExitCode> {
+    let run = match create() {
         Ok(run) => run,
         Err(ClientError::InvalidTask { diagnostics, .. }) => {
             let diags = Diagnostics(diagnostics);

@@ -175,7 +175,7 @@ fn read_local(path: &str, local_dir: Option<&Path>) -> anyhow::Result<Option<(Pa
 }
 
 /// `--set` then `--set-secret`, as `kiln validate` orders them (a later one wins).
-fn set_values(set: &[String], set_secret: &[String]) -> anyhow::Result<Vec<Argument>> {
+pub(super) fn set_values(set: &[String], set_secret: &[String]) -> anyhow::Result<Vec<Argument>> {
     let sets = set
         .iter()
         .map(|a| SetValue::parse(SetFlag::Set, a))

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use super::remote;
 use crate::api::{Run, RunQuery};
-use crate::client::format_duration;
+use crate::client::{Client, format_duration};
 use crate::store::RunStatus;
 
 /// How records are printed.
@@ -54,7 +54,7 @@ pub struct CancelRunArgs {
     run_id: String,
 }
 
-fn parse_status(text: &str) -> Result<RunStatus, String> {
+pub(super) fn parse_status(text: &str) -> Result<RunStatus, String> {
     RunStatus::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(text)).ok_or_else(|| {
         let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
         format!("expected one of {}", names.join(", "))
@@ -73,8 +73,17 @@ pub fn show_run(args: ShowRunArgs, server: Option<&str>) -> anyhow::Result<ExitC
 
 pub fn list_runs(args: ListRunsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let query = RunQuery { status: args.status, image: args.image, task: args.task, top: args.top };
-    let runs = remote::connect(server)?.list_runs(&query)?;
-    match args.output {
+    print_runs(&remote::connect(server)?, &query, args.output)
+}
+
+/// The runs `query` selects, printed as `output`.
+pub(super) fn print_runs(
+    client: &Client,
+    query: &RunQuery,
+    output: RunsOutput,
+) -> anyhow::Result<ExitCode> {
+    let runs = client.list_runs(query)?;
+    match output {
         RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
         RunsOutput::Table => print!("{}", table(&runs)),
         RunsOutput::Tsv => print!("{}", tsv(&runs)),
@@ -105,11 +114,15 @@ fn row(run: &Run) -> [String; 7] {
     ]
 }
 
-/// az's table: a header, a rule of dashes, columns two spaces apart.
 fn table(runs: &[Run]) -> String {
     let rows: Vec<[String; 7]> = runs.iter().map(row).collect();
-    let mut widths = HEADERS.map(str::len);
-    for row in &rows {
+    format_table(&HEADERS, &rows)
+}
+
+/// az's table: a header, a rule of dashes, columns two spaces apart.
+pub(super) fn format_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = headers.map(str::len);
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -119,16 +132,21 @@ fn table(runs: &[Run]) -> String {
             cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    let mut out = line(&HEADERS.map(str::to_string));
+    let mut out = line(&headers.map(str::to_string));
     out.push_str(&line(&widths.map(|w| "-".repeat(w))));
-    for row in &rows {
+    for row in rows {
         out.push_str(&line(row));
     }
     out
 }
 
 fn tsv(runs: &[Run]) -> String {
-    runs.iter().map(|run| format!("{}\n", row(run).join("\t"))).collect()
+    format_tsv(&runs.iter().map(row).collect::<Vec<_>>())
+}
+
+/// Tab-separated rows, no header.
+pub(super) fn format_tsv<const N: usize>(rows: &[[String; N]]) -> String {
+    rows.iter().map(|row| format!("{}\n", row.join("\t"))).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,264 @@
+//! `kiln task …` end to end: the real binary as server and as CLI, over loopback HTTP, with a
+//! fresh data directory per server, on the engine `scripts/test-env.sh` starts (the image of
+//! `KILN_TEST_IMAGE`, busybox).
+
+#[path = "support/server.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use support::{Server, text};
+
+fn image() -> String {
+    std::env::var("KILN_TEST_IMAGE").unwrap_or_else(|_| "busybox:latest".to_string())
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "exit {:?}:\n{}", out.status.code(), text(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&ok(out)).unwrap_or_else(|e| panic!("{e}:\n{}", text(out)))
+}
+
+/// A refusal: exit status `code` and one line naming `needle`.
+fn refused(out: &Output, code: i32, needle: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(code), "{all}");
+    assert_eq!(all.trim().lines().count(), 1, "one line: {all}");
+    assert!(all.contains(needle), "{needle:?} not in: {all}");
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").map_while(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn assert_nowhere_on_disk(server: &Server, secret: &str) {
+    let files = files(&server.data);
+    assert!(files.iter().any(|f| f.to_string_lossy().contains(".db")), "{files:?}");
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read");
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "{} holds the secret in the clear", file.display());
+    }
+}
+
+#[test]
+fn a_cmd_task_with_timers_runs_manually_and_keeps_its_secret() {
+    let server = Server::start("etk", 1);
+    let secret = "sup3r-s3cret-task-value";
+    let cmd = format!("{} echo hello-from-task", image());
+    let out = server.run(&[
+        "task",
+        "create",
+        "-n",
+        "hello",
+        "-c",
+        "/dev/null",
+        "--cmd",
+        &cmd,
+        "--schedule",
+        "0 3 1 1 *",
+        "--schedule",
+        "30 4 2 1 *",
+        "--set",
+        "plain=visible",
+        "--set-secret",
+        &format!("pw={secret}"),
+    ]);
+    let created = json(&out);
+    assert_eq!(created["name"], "hello", "{created}");
+
+    let task = json(&server.run(&["task", "show", "-n", "hello", "-o", "json"]));
+    let timers = task["timers"].as_array().expect("timers");
+    let names: Vec<&str> = timers.iter().map(|t| t["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["t1", "t2"], "{task}");
+    for timer in timers {
+        assert!(timer["nextFireTime"].is_string(), "{task}");
+    }
+    assert_eq!(timers[0]["schedule"], "0 3 1 1 *", "{task}");
+    let url = task["webhook"]["url"].as_str().expect("webhook url");
+    assert!(url.ends_with("/webhooks/hello"), "{task}");
+    let webhook_secret = task["webhook"]["secret"].as_str().expect("webhook secret");
+    assert!(webhook_secret.len() >= 16, "{task}");
+    assert_eq!(task["step"]["type"], "EncodedTask", "{task}");
+
+    // The table shows the webhook's URL, not its secret.
+    let table = ok(&server.run(&["task", "show", "-n", "hello", "-o", "table"]));
+    assert!(table.contains(url), "{table}");
+    assert!(!table.contains(webhook_secret), "{table}");
+    assert!(table.contains("plain=visible"), "{table}");
+    let list = ok(&server.run(&["task", "list"]));
+    assert!(list.contains("NAME   PLATFORM  STATUS   SOURCE REPOSITORY  TRIGGERS"), "{list}");
+    assert!(
+        list.contains("hello  linux     Enabled  /dev/null          BASE_IMAGE, TIMER"),
+        "{list}"
+    );
+
+    let out = server.run(&["task", "run", "-n", "hello"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("hello-from-task"), "{all}");
+    let id = all
+        .lines()
+        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
+        .unwrap_or_else(|| panic!("no run queued:\n{all}"))
+        .trim()
+        .to_string();
+    assert!(all.contains(&format!("Run ID: {id} was successful after")), "{all}");
+
+    let runs = ok(&server.run(&["task", "list-runs", "-n", "hello", "-o", "tsv"]));
+    let row: Vec<&str> = runs.lines().next().expect("a run").split('\t').collect();
+    assert_eq!((row[0], row[1], row[3], row[4]), (id.as_str(), "hello", "Succeeded", "Manual"));
+    let table = ok(&server.run(&["task", "list-runs", "-n", "hello"]));
+    assert!(table.starts_with("RUN ID"), "{table}");
+    assert!(table.contains("Manual"), "{table}");
+    assert_eq!(server.show(&id)["runType"], "AutoRun");
+
+    let logs = ok(&server.run(&["task", "logs", "-n", "hello"]));
+    assert!(logs.contains("hello-from-task"), "{logs}");
+    assert!(logs.contains(&format!("Run ID: {id}")), "{logs}");
+    let by_id = ok(&server.run(&["task", "logs", "--run-id", &id]));
+    assert_eq!(by_id, logs);
+
+    // The secret value is write-only: not in any answer, not on disk in the clear.
+    for args in [
+        &["task", "show", "-n", "hello", "-o", "json"][..],
+        &["task", "show", "-n", "hello", "-o", "table"],
+        &["task", "list", "-o", "json"],
+        &["task", "list", "-o", "table"],
+        &["task", "list", "-o", "tsv"],
+        &["show-run", &id],
+    ] {
+        let out = text(&server.run(args));
+        assert!(!out.contains(secret), "{args:?} shows the secret:\n{out}");
+    }
+    assert!(text(&server.run(&["task", "show", "-n", "hello", "-o", "table"])).contains("pw=***"));
+    assert_nowhere_on_disk(&server, secret);
+}
+
+#[test]
+fn timers_are_added_changed_listed_and_removed() {
+    let server = Server::start("etm", 0);
+    let out = server.run(&["task", "create", "-n", "tick", "-c", "/dev/null", "--cmd", "x y"]);
+    ok(&out);
+    let list = ok(&server.run(&["task", "timer", "list", "-n", "tick"]));
+    assert_eq!(
+        list,
+        "NAME  SCHEDULE  ENABLED  NEXT FIRE (UTC)\n----  --------  -------  ---------------\n"
+    );
+
+    let out = server.run(&[
+        "task",
+        "timer",
+        "add",
+        "-n",
+        "tick",
+        "--timer-name",
+        "nightly",
+        "--schedule",
+        "0 2 * * *",
+    ]);
+    assert!(ok(&out).contains("nightly  0 2 * * *  true"), "{}", text(&out));
+    let timers = json(&server.run(&["task", "timer", "list", "-n", "tick", "-o", "json"]));
+    assert_eq!(timers[0]["name"], "nightly", "{timers}");
+    assert!(timers[0]["nextFireTime"].as_str().unwrap_or("").ends_with("T02:00:00Z"), "{timers}");
+
+    let out = server.run(&[
+        "task",
+        "timer",
+        "update",
+        "-n",
+        "tick",
+        "--timer-name",
+        "nightly",
+        "--schedule",
+        "15 5 * * Mon-Fri",
+        "--enabled",
+        "false",
+    ]);
+    ok(&out);
+    let list = ok(&server.run(&["task", "timer", "list", "-n", "tick"]));
+    let row = list.lines().nth(2).expect("a timer");
+    assert_eq!(row, "nightly  15 5 * * Mon-Fri  false", "{list}");
+    let tasks = ok(&server.run(&["task", "list", "-o", "tsv"]));
+    assert_eq!(tasks, "tick\tlinux\tEnabled\t/dev/null\tBASE_IMAGE\n", "a disabled timer");
+
+    let out = server.run(&["task", "timer", "update", "-n", "tick", "--timer-name", "nightly"]);
+    refused(&out, 2, "nothing to change");
+    let out = server.run(&[
+        "task",
+        "timer",
+        "add",
+        "-n",
+        "tick",
+        "--timer-name",
+        "bad",
+        "--schedule",
+        "0 2 * *",
+    ]);
+    refused(&out, 2, "has 4 fields");
+    let out = server.run(&["task", "timer", "remove", "-n", "tick", "--timer-name", "nope"]);
+    refused(&out, 1, "nope");
+
+    let out = server.run(&["task", "timer", "remove", "-n", "tick", "--timer-name", "nightly"]);
+    ok(&out);
+    let timers = json(&server.run(&["task", "timer", "list", "-n", "tick", "-o", "json"]));
+    assert_eq!(timers, Value::Array(vec![]));
+}
+
+#[test]
+fn refusals_are_one_line_with_the_right_exit_status() {
+    let server = Server::start("eter", 0);
+    // A bad schedule is caught before any request: exit 2, the field count named.
+    let out = server.run(&[
+        "task",
+        "create",
+        "-n",
+        "bad",
+        "-c",
+        "/dev/null",
+        "--cmd",
+        "x y",
+        "--schedule",
+        "* * * * * *",
+    ]);
+    refused(&out, 2, "has 6 fields");
+    assert_eq!(json(&server.run(&["task", "list", "-o", "json"])), Value::Array(vec![]));
+
+    refused(&server.run(&["task", "show", "-n", "nope"]), 1, "task nope not found");
+    refused(&server.run(&["task", "run", "-n", "nope"]), 1, "task nope not found");
+    refused(&server.run(&["task", "logs", "-n", "nope"]), 1, "task nope not found");
+
+    let create = ["task", "create", "-n", "dup", "-c", "/dev/null", "--cmd", "x y"];
+    ok(&server.run(&create));
+    refused(&server.run(&create), 1, "already exists");
+    refused(&server.run(&["task", "logs", "-n", "dup"]), 1, "has no runs");
+    // The server's own checks: a timeout out of range is its 400, one line.
+    let out = server.run(&["task", "update", "-n", "dup", "--timeout", "5"]);
+    refused(&out, 1, "timeout_secs must be between");
+
+    ok(&server.run(&["task", "update", "-n", "dup", "--status", "Disabled"]));
+    let list = ok(&server.run(&["task", "list"]));
+    assert!(list.lines().any(|l| l.starts_with("dup ") && l.contains("Disabled")), "{list}");
+
+    // Standard input is no terminal here: deleting needs --yes.
+    refused(&server.run(&["task", "delete", "-n", "dup"]), 2, "--yes");
+    ok(&server.run(&["task", "show", "-n", "dup"]));
+    ok(&server.run(&["task", "delete", "-n", "dup", "--yes"]));
+    refused(&server.run(&["task", "show", "-n", "dup"]), 1, "task dup not found");
+    refused(&server.run(&["task", "delete", "-n", "dup", "-y"]), 1, "task dup not found");
+}

@@ -245,6 +245,7 @@ mod tests {
             base_image_trigger_enabled: true,
             base_image_trigger_type: BaseImageTriggerType::Runtime,
             git_access_token: token.map(str::to_string),
+            credentials: Vec::new(),
         }
     }
 

@@ -262,3 +262,36 @@ fn refusals_are_one_line_with_the_right_exit_status() {
     refused(&server.run(&["task", "show", "-n", "dup"]), 1, "task dup not found");
     refused(&server.run(&["task", "delete", "-n", "dup", "-y"]), 1, "task dup not found");
 }
+
+#[test]
+fn registry_logins_are_added_listed_and_removed_without_showing_passwords() {
+    let server = Server::start("ecrd", 0);
+    ok(&server.run(&["task", "create", "-n", "cred", "-c", "/dev/null", "--cmd", "x y"]));
+    let password = "pa55-w0rd-never-shown";
+    let mut add = server.kiln();
+    add.args(["task", "credential", "add", "-n", "cred", "--login-server", "reg.local:5000"])
+        .args(["-u", "builder", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = add.spawn().expect("kiln");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(ok(&out).contains("reg.local:5000  builder"), "{}", text(&out));
+    let listed = json(&server.run(&["task", "credential", "list", "-n", "cred", "-o", "json"]));
+    assert_eq!(listed[0]["password"], "***", "{listed}");
+    let shown = ok(&server.run(&["task", "show", "-n", "cred", "-o", "json"]));
+    assert!(!shown.contains(password), "{shown}");
+    assert_nowhere_on_disk(&server, password);
+    let out = server.run(&[
+        "task",
+        "credential",
+        "remove",
+        "-n",
+        "cred",
+        "--login-server",
+        "reg.local:5000",
+    ]);
+    assert!(!ok(&out).contains("reg.local"), "{}", text(&out));
+}

@@ -22,8 +22,8 @@ use super::remote::{self, SourceArg, WaitArgs};
 use super::run::set_values;
 use super::runs::{RunsOutput, format_table, format_tsv, parse_status, print_runs};
 use crate::api::task::{
-    BaseImageTriggerType, CreateTask, REDACTED, Task, TaskDefinition, TaskRunRequest, TaskStatus,
-    TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
+    BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
+    TaskRunRequest, TaskStatus, TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
 use crate::api::{Argument, RunQuery, Source};
 use crate::client::ClientError;
@@ -61,6 +61,9 @@ enum TaskCommand {
     /// Add, change, remove and list a task's timers.
     #[command(subcommand)]
     Timer(TimerCommand),
+    /// Add, change, remove and list the registry logins a task's runs use.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
 }
 
 /// How a task (or timers) is printed.
@@ -339,6 +342,51 @@ pub struct TimerListArgs {
     output: ShowOutput,
 }
 
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Add a registry login (replacing one for the same login server).
+    Add(CredentialArgs),
+    /// Change a registry login.
+    Update(CredentialArgs),
+    /// Remove a registry login.
+    Remove(CredentialRemoveArgs),
+    /// List the task's registry logins: LOGIN SERVER, USERNAME (passwords are never shown).
+    List(TimerListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
+    /// The task.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    name: String,
+    /// The registry, `host[:port]`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    login_server: String,
+    #[arg(short = 'u', long, value_name = "USER")]
+    username: String,
+    /// The password (prefer --password-stdin: arguments show in process lists).
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "PASSWORD",
+        conflicts_with = "password_stdin",
+        required_unless_present = "password_stdin"
+    )]
+    password: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialRemoveArgs {
+    /// The task.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    name: String,
+    #[arg(long, value_name = "HOST[:PORT]")]
+    login_server: String,
+}
+
 /// `true` or `false`, as az's three-state flags take them.
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
@@ -376,6 +424,7 @@ pub fn task(args: TaskArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         TaskCommand::Logs(args) => logs(args, server),
         TaskCommand::ListRuns(args) => list_runs(args, server),
         TaskCommand::Timer(command) => timer(command, server),
+        TaskCommand::Credential(command) => credential(command, server),
     };
     match result {
         Err(e) => match e.downcast_ref::<ClientError>() {
@@ -413,6 +462,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
         base_image_trigger_enabled: flags.base_image_trigger_enabled.unwrap_or(true),
         base_image_trigger_type: flags.base_image_trigger_type.unwrap_or_default(),
         git_access_token: flags.git_access_token.clone(),
+        credentials: Vec::new(),
     };
     Ok(CreateTask { name: args.name.clone(), definition, timers })
 }
@@ -458,6 +508,7 @@ fn update_request(
         base_image_trigger_enabled: flags.base_image_trigger_enabled,
         base_image_trigger_type: flags.base_image_trigger_type,
         git_access_token: flags.git_access_token.clone(),
+        ..Default::default()
     };
     if update == UpdateTask::default() {
         bail!("nothing to change: give a setting to update (see `kiln task update --help`)");
@@ -937,6 +988,54 @@ fn timer(command: TimerCommand, server: Option<&str>) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+fn credential(command: CredentialCommand, server: Option<&str>) -> anyhow::Result<ExitCode> {
+    let (name, update) = match command {
+        CredentialCommand::Add(args) | CredentialCommand::Update(args) => {
+            let password = match args.password {
+                Some(password) => password,
+                None => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                    text.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            if password.is_empty() {
+                bail!("the password is empty");
+            }
+            let login = RegistryLogin {
+                login_server: args.login_server,
+                username: args.username,
+                password,
+            };
+            (args.name, UpdateTask { credentials: vec![login], ..Default::default() })
+        }
+        CredentialCommand::Remove(args) => {
+            let update =
+                UpdateTask { remove_credentials: vec![args.login_server], ..Default::default() };
+            (args.name, update)
+        }
+        CredentialCommand::List(args) => {
+            let task = remote::connect(server)?.get_task(&args.name)?;
+            return print_credentials(&task, args.output);
+        }
+    };
+    let task = remote::connect(server)?.update_task(&name, &update)?;
+    print_credentials(&task, ShowOutput::Table)
+}
+
+fn print_credentials(task: &Task, output: ShowOutput) -> anyhow::Result<ExitCode> {
+    let logins = &task.definition.credentials;
+    match output {
+        ShowOutput::Json => println!("{}", serde_json::to_string_pretty(logins)?),
+        ShowOutput::Table => {
+            let rows: Vec<[String; 2]> =
+                logins.iter().map(|c| [c.login_server.clone(), c.username.clone()]).collect();
+            print!("{}", format_table(&["LOGIN SERVER", "USERNAME"], &rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A `--schedule CRON` checked here, in the form the server stores.
 fn check_schedule(text: &str) -> anyhow::Result<String> {
     Ok(Schedule::parse(text).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?.to_string())
@@ -1170,6 +1269,7 @@ mod tests {
             base_image_trigger_enabled: true,
             base_image_trigger_type: BaseImageTriggerType::Runtime,
             git_access_token: None,
+            credentials: Vec::new(),
         }
     }
 

@@ -106,7 +106,7 @@ fn new_run(
 ) -> Result<crate::store::NewRun, String> {
     let (request, trigger) = task_run::request_for(def, &Firing::Timer { name: timer, occurrence })
         .map_err(|e| e.to_string())?;
-    queue::new_run(secrets, &request, Origin::task(task, &def, trigger)).map_err(|e| e.to_string())
+    queue::new_run(secrets, &request, Origin::task(task, def, trigger)).map_err(|e| e.to_string())
 }
 
 /// Runs [`tick`] at every due time until `stop`. `changed` is notified when timers change

@@ -1,5 +1,6 @@
 //! Housekeeping the server does on a timer (once at start, then every minute): log retention
-//! (§6.4, 30 days by default), removal of stale uploads (older than a day), and the backstops
+//! (§6.4, 30 days by default), removal of stale uploads (older than a day) and of webhook
+//! delivery IDs older than the log retention (git hosts redeliver within hours), and the backstops
 //! for runs whose worker vanished (expired leases) or overran (run timeouts). Runs the janitor
 //! ends are announced on the log hub so their followers finish.
 //!
@@ -36,6 +37,7 @@ pub enum JanitorError {
 pub struct Sweep {
     pub log_chunks_deleted: u64,
     pub uploads_deleted: usize,
+    pub deliveries_deleted: u64,
     pub expired_leases: Vec<RunId>,
     pub timed_out: Vec<RunId>,
 }
@@ -54,6 +56,7 @@ impl Janitor {
     /// One pass, as if the time were `now`.
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Sweep, JanitorError> {
         let log_chunks_deleted = self.store.expire_logs(now - self.log_retention).await?;
+        let deliveries_deleted = self.store.forget_deliveries(now - self.log_retention).await?;
         let expired_leases = self.store.expire_leases(now).await?;
         let timed_out = self.store.expire_timeouts(now).await?;
         for run in expired_leases.iter().chain(&timed_out) {
@@ -61,7 +64,13 @@ impl Janitor {
         }
         self.hub.prune();
         let uploads_deleted = self.delete_old_uploads(now).await?;
-        Ok(Sweep { log_chunks_deleted, uploads_deleted, expired_leases, timed_out })
+        Ok(Sweep {
+            log_chunks_deleted,
+            uploads_deleted,
+            deliveries_deleted,
+            expired_leases,
+            timed_out,
+        })
     }
 
     /// Deletes uploads (and abandoned partial uploads) last modified before `now - max age`.

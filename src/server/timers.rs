@@ -41,26 +41,25 @@ pub async fn tick(
     if due.is_empty() {
         return Ok(Vec::new());
     }
-    let mut definitions: HashMap<String, Option<TaskDefinition>> = HashMap::new();
+    let definitions: HashMap<String, TaskDefinition> = store
+        .tasks_with_due_timers(now)
+        .await?
+        .iter()
+        .filter_map(|record| match task_def::open(secrets, record) {
+            Ok(def) => Some((record.name.clone(), def)),
+            Err(e) => {
+                tracing::error!(task = %record.name, "{e}");
+                None
+            }
+        })
+        .collect();
     let mut claims = Vec::with_capacity(due.len());
     for t in due {
         let Some(expected) = t.next_fire_at else { continue };
-        if !definitions.contains_key(&t.task_name) {
-            let def = match store.get_task(&t.task_name).await {
-                Ok(record) => task_def::open(secrets, &record)
-                    .inspect_err(|e| tracing::error!(task = %t.task_name, "{e}"))
-                    .ok(),
-                Err(e) => {
-                    tracing::error!(task = %t.task_name, "reading the task: {e}");
-                    None
-                }
-            };
-            definitions.insert(t.task_name.clone(), def);
-        }
         let (decision, run) = match Schedule::parse(&t.schedule) {
             Ok(schedule) => {
                 let decision = timer::decide(&schedule, Some(expected), now);
-                let def = definitions.get(&t.task_name).and_then(Option::as_ref);
+                let def = definitions.get(&t.task_name);
                 let run = match (decision.fire, def) {
                     (Some(occurrence), Some(def)) => {
                         new_run(secrets, def, &t.task_name, &t.name, occurrence)

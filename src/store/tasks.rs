@@ -46,7 +46,7 @@ pub struct TaskEventRecord {
 }
 
 #[derive(sqlx::FromRow)]
-struct TaskRow {
+pub(super) struct TaskRow {
     name: String,
     status: String,
     base_image_trigger: String,

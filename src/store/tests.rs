@@ -626,3 +626,79 @@ async fn store_create_run_rate() {
         f64::from(N) / elapsed.as_secs_f64()
     );
 }
+
+async fn task(store: &Store, name: &str) {
+    let write = TaskWrite {
+        status: "Enabled".into(),
+        base_image_trigger: "Runtime".into(),
+        definition: "{}".into(),
+        sealed: vec![1, 2, 3],
+    };
+    store.create_task(name, write, vec![4], &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn store_source_events_queue_once_per_delivery_and_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    task(&store, "app").await;
+    let queue = |delivery: &'static str, commit: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .queue_source_event("app", Some(delivery), "commit", commit, quick_run("{}"))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(queue("d1", "c1").await, SourceOutcome::Queued(_)));
+    assert_eq!(queue("d1", "c2").await, SourceOutcome::DuplicateDelivery);
+    assert_eq!(queue("d2", "c1").await, SourceOutcome::DuplicateCommit);
+    // Forgetting old delivery IDs keeps the commit key: a late redelivery still queues nothing.
+    assert_eq!(store.forget_deliveries(Utc::now() + TimeDelta::days(1)).await.unwrap(), 2);
+    assert_eq!(queue("d1", "c1").await, SourceOutcome::DuplicateCommit);
+    assert!(matches!(queue("d3", "c3").await, SourceOutcome::Queued(_)));
+    assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
+    // Deleting the task forgets its trigger state; its runs stay.
+    store.delete_task("app").await.unwrap();
+    assert!(matches!(store.get_task("app").await, Err(StoreError::TaskNotFound(_))));
+    assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn store_base_image_changes_are_claimed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path()).await, open(dir.path()).await);
+    task(&a, "app").await;
+    let base = BaseImageRecord {
+        task_name: "app".into(),
+        registry: "r:5000".into(),
+        repository: "base".into(),
+        tag: "1".into(),
+        kind: "RunTime".into(),
+        digest: "sha256:old".into(),
+    };
+    a.set_base_images("app", std::slice::from_ref(&base)).await.unwrap();
+    assert_eq!(a.watched_base_images().await.unwrap(), [base.clone()]);
+    let change = [(base.clone(), "sha256:new".to_string())];
+    let (x, y) = tokio::join!(
+        a.claim_base_image_change(&change, Some(quick_run("{}"))),
+        b.claim_base_image_change(&change, Some(quick_run("{}")))
+    );
+    let claimed = [x.unwrap(), y.unwrap()]
+        .into_iter()
+        .filter(|o| matches!(o, ClaimOutcome::Claimed(Some(_))))
+        .count();
+    assert_eq!(claimed, 1, "one run per change, whoever sees it");
+    assert_eq!(a.base_images("app").await.unwrap()[0].digest, "sha256:new");
+    assert_eq!(a.list_runs(&RunFilter::default()).await.unwrap().len(), 1);
+    // A task not watching runtime bases (trigger disabled) is not watched.
+    let write = TaskWrite {
+        status: "Enabled".into(),
+        base_image_trigger: "Disabled".into(),
+        definition: "{}".into(),
+        sealed: vec![1],
+    };
+    a.update_task("app", write).await.unwrap();
+    assert!(a.watched_base_images().await.unwrap().is_empty());
+}

@@ -75,6 +75,21 @@ impl Store {
         rows.into_iter().map(TimerRecord::try_from).collect()
     }
 
+    /// The tasks that have a due timer at `now` (one query for a whole minute's worth).
+    pub async fn tasks_with_due_timers(
+        &self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<super::TaskRecord>> {
+        let rows: Vec<super::tasks::TaskRow> = sqlx::query_as(
+            "SELECT * FROM tasks WHERE status = 'Enabled' AND name IN (
+                SELECT task_name FROM timers WHERE enabled AND next_fire_at <= $1)",
+        )
+        .bind(to_millis(now))
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(super::TaskRecord::try_from).collect()
+    }
+
     /// The earliest next fire time of an enabled timer of an enabled task.
     pub async fn next_timer_fire(&self) -> StoreResult<Option<DateTime<Utc>>> {
         let next: Option<i64> = sqlx::query_scalar(
@@ -182,6 +197,16 @@ impl Store {
         }
         tx.commit().await?;
         Ok(SourceOutcome::Queued(Box::new(record)))
+    }
+
+    /// Forgets delivery IDs received before `before` (the task + event + commit key stays, so
+    /// a very late redelivery still queues nothing).
+    pub async fn forget_deliveries(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
+            .bind(to_millis(before))
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Replaces a task's base images with those of its latest successful run.

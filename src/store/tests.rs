@@ -679,7 +679,7 @@ async fn store_base_image_changes_are_claimed_once() {
         digest: "sha256:old".into(),
     };
     a.set_base_images("app", std::slice::from_ref(&base)).await.unwrap();
-    assert_eq!(a.watched_base_images().await.unwrap(), [base.clone()]);
+    assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&base));
     let change = [(base.clone(), "sha256:new".to_string())];
     let (x, y) = tokio::join!(
         a.claim_base_image_change(&change, Some(quick_run("{}"))),

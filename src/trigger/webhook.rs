@@ -164,8 +164,20 @@ pub fn parse(
     }
     .unwrap_or_default()
     .to_string();
+    // GitHub's and Gitea's default content type for a new hook is a form whose `payload`
+    // field holds the JSON; the signature covers the form as sent.
+    let form = headers
+        .get("content-type")
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let payload = match form {
+        true => form_urlencoded::parse(body)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, value)| value.into_owned().into_bytes())
+            .ok_or_else(|| WebhookError::Json("the form has no payload field".to_string()))?,
+        false => body.to_vec(),
+    };
     let json: Value =
-        serde_json::from_slice(body).map_err(|e| WebhookError::Json(e.to_string()))?;
+        serde_json::from_slice(&payload).map_err(|e| WebhookError::Json(e.to_string()))?;
     let text = |pointer: &str, field: &'static str| {
         json.pointer(pointer)
             .and_then(Value::as_str)
@@ -294,6 +306,18 @@ mod tests {
         assert!(matches!(event, SourceEvent::PullRequest { number: 42, .. }));
         let closed = br#"{"action":"closed","number":42}"#;
         assert_eq!(parse(Provider::GitHub, headers, closed), Ok(None));
+    }
+
+    #[test]
+    fn form_encoded_deliveries_carry_the_json_in_payload() {
+        let json = r#"{"ref":"refs/heads/main","after":"abc","repository":{"clone_url":"https://h/r.git"}}"#;
+        let body: String =
+            form_urlencoded::Serializer::new(String::new()).append_pair("payload", json).finish();
+        let headers: &[(&str, &str)] =
+            &[("X-GitHub-Event", "push"), ("Content-Type", "application/x-www-form-urlencoded")];
+        let event = parse(Provider::GitHub, headers, body.as_bytes()).expect("parses");
+        assert!(matches!(event, Some(SourceEvent::Push { ref commit, .. }) if commit == "abc"));
+        assert!(matches!(parse(Provider::GitHub, headers, b"other=1"), Err(WebhookError::Json(_))));
     }
 
     #[test]

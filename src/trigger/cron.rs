@@ -94,6 +94,12 @@ impl Schedule {
         let naive: NaiveDateTime = t.naive_utc();
         self.cron.find_next_occurrence(&naive, false).ok().map(|n| n.and_utc())
     }
+
+    /// The last occurrence at or before `t` (`inclusive`), or strictly before it.
+    pub fn previous(&self, t: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
+        let naive: NaiveDateTime = t.naive_utc();
+        self.cron.find_previous_occurrence(&naive, inclusive).ok().map(|n| n.and_utc())
+    }
 }
 
 /// One field alone: NCrontab's character set and day-of-week range, then croner's own parse of

@@ -7,7 +7,8 @@
 //!   running server checks every second, so a live timer is never later than that);
 //! * older passed occurrences were missed while the server was down: they are recorded, not
 //!   replayed (peers burst every missed cron at start-up: Woodpecker#2188), the most recent
-//!   [`MAX_MISSED_RECORDED`] of them;
+//!   [`MAX_MISSED_RECORDED`] of them, found by searching backwards from now (a year-long outage
+//!   costs what a minute's does);
 //! * either way the next fire time moves to the first occurrence after `now`, which the store
 //!   writes in the same transaction that queues the run, so each occurrence fires once even
 //!   across restarts and several servers.
@@ -42,16 +43,18 @@ pub fn decide(schedule: &Schedule, stored: Option<DateTime<Utc>>, now: DateTime<
         // Nothing due: keep what is stored, or schedule a new timer's first occurrence.
         return Decision { fire: None, missed: Vec::new(), next: stored.or(upcoming) };
     };
-    // Every occurrence that has passed, oldest first: the due one and any later ones (only
-    // when nobody checked for a while). The newest fires if it is recent; the rest were missed.
-    let mut passed = vec![due];
-    while let Some(later) = schedule.next_after(passed[passed.len() - 1]).filter(|&t| t <= now) {
-        passed.push(later);
+    // The newest passed occurrence fires if it is recent; older ones back to the due one were
+    // missed. Both are found by searching backwards from now, so a long outage costs no more
+    // than a short one.
+    let newest = schedule.previous(now, true).filter(|&t| t >= due).unwrap_or(due);
+    let fire = (now - newest <= LATE_LIMIT).then_some(newest);
+    let mut missed = Vec::new();
+    let mut cursor = if fire.is_some() { schedule.previous(newest, false) } else { Some(newest) };
+    while let Some(t) = cursor.filter(|&t| t >= due && missed.len() < MAX_MISSED_RECORDED) {
+        missed.push(t);
+        cursor = schedule.previous(t, false);
     }
-    let fire = passed.pop_if(|newest| now - *newest <= LATE_LIMIT);
-    // The most recent misses are the ones worth recording.
-    let skip = passed.len().saturating_sub(MAX_MISSED_RECORDED);
-    let missed = passed.split_off(skip);
+    missed.reverse();
     Decision { fire, missed, next: upcoming }
 }
 
@@ -121,6 +124,16 @@ mod tests {
         let hourly = Schedule::parse("0 * * * *").expect("schedule");
         let d = decide(&hourly, Some(at(10, 0, 0)), at(10, 1, 1));
         assert_eq!((d.fire, d.missed, d.next), (None, vec![at(10, 0, 0)], Some(at(11, 0, 0))));
+    }
+
+    #[test]
+    fn a_year_long_outage_is_decided_at_once() {
+        let down = Utc.with_ymd_and_hms(2025, 11, 23, 10, 0, 0).single().expect("valid time");
+        let d = decide(&every_minute(), Some(down), at(10, 0, 5));
+        assert_eq!(d.fire, Some(at(10, 0, 0)));
+        assert_eq!(d.missed.len(), MAX_MISSED_RECORDED);
+        assert_eq!(d.missed[0], at(8, 20, 0), "the 100 most recent misses, oldest first");
+        assert_eq!(d.missed[99], at(9, 59, 0));
     }
 
     #[test]

@@ -187,11 +187,15 @@ fn pull_requests_build_their_head_refs() {
     let gitlab_head = repo.commit_file("msg.txt", "merge request 2\n", "mr 2");
     repo.push(&bare, "topic:refs/merge-requests/2/head");
     let url = daemon.url("lib");
-    let task = create_task(
-        &server,
-        json!({"name": "lib", "context": format!("{url}#main"),
-               "step": {"type": "FileTask"}, "pull_request_trigger_enabled": true}),
-    );
+    // Through the CLI this time, as an admin sets up a hook.
+    let context = format!("{url}#main");
+    let out = server.run(&["task", "create", "-n", "lib", "-c", &context, "-f", "acb.yaml"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let out =
+        server.run(&["task", "update", "-n", "lib", "--pull-request-trigger-enabled", "true"]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let out = server.run(&["task", "show", "-n", "lib", "-o", "json"]);
+    let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
     let secret = secret(&task);
     let cases = [
         (webhooks::github_pull_request(&url, 1, &github_head, "main", "opened"), "pull request 1"),
@@ -218,6 +222,10 @@ fn pull_requests_build_their_head_refs() {
     let (status, answer) = deliver(&server, &task, &again.signed(&secret));
     assert_eq!((status, answer["status"].as_str()), (200, Some("ignored")), "{answer}");
     assert_eq!(runs_of(&server, "lib").len(), 2);
+    let out = server.run(&["task", "list-runs", "-n", "lib", "-o", "tsv"]);
+    let listed = support::text(&out);
+    let triggers: Vec<&str> = listed.lines().filter_map(|l| l.split('\t').nth(4)).collect();
+    assert_eq!(triggers, ["Pull Request", "Pull Request"], "{listed}");
 }
 
 #[test]

@@ -276,6 +276,11 @@ fn base_image_task(server: &Server, name: &str, registry: &str, base: &str) -> g
 
 /// Pushes a new image (different content each call) as `reference`.
 fn push_new_content(reference: &str, label: &str) -> String {
+    push_new_content_as(None, reference, label)
+}
+
+/// [`push_new_content`] with the docker CLI configuration in `config` (a registry login).
+fn push_new_content_as(config: Option<&std::path::Path>, reference: &str, label: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("Dockerfile"),
@@ -283,7 +288,17 @@ fn push_new_content(reference: &str, label: &str) -> String {
     )
     .unwrap();
     registry_support::docker(&["build", "-q", "-t", reference, &dir.path().to_string_lossy()]);
-    registry_support::docker_push(reference)
+    let Some(config) = config else { return registry_support::docker_push(reference) };
+    let out = std::process::Command::new("docker")
+        .arg("--config")
+        .arg(config)
+        .args(["push", reference])
+        .output()
+        .expect("docker push");
+    let text = support::text(&out);
+    assert!(out.status.success(), "{text}");
+    let digest = text.split_whitespace().skip_while(|w| *w != "digest:").nth(1);
+    digest.unwrap_or_else(|| panic!("no digest: {text}")).to_string()
 }
 
 fn image_update_runs(server: &Server, task: &str) -> Vec<Value> {
@@ -399,4 +414,52 @@ fn a_task_pushes_with_its_own_registry_login_and_never_shows_the_password() {
     let (_, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
     let run = finished(&server, run["runId"].as_str().unwrap());
     assert_eq!(run["status"], "Failed", "{run}");
+}
+
+#[test]
+fn polling_asks_a_private_registry_with_the_tasks_login() {
+    let registry = std::env::var("KILN_TEST_AUTH_REGISTRY").unwrap_or("127.0.0.1:5001".into());
+    let user = std::env::var("KILN_TEST_REGISTRY_USER").unwrap_or("kiln".into());
+    let password =
+        std::env::var("KILN_TEST_REGISTRY_PASSWORD").unwrap_or("kiln-test-password".into());
+    let config = tempfile::tempdir().unwrap();
+    let mut login = std::process::Command::new("docker")
+        .arg("--config")
+        .arg(config.path())
+        .args(["login", &registry, "-u", &user, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("docker login");
+    std::io::Write::write_all(&mut login.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    assert!(login.wait().unwrap().success());
+    let base = format!("{registry}/kiln-private-{}:1", std::process::id());
+    push_new_content_as(Some(config.path()), &base, "first");
+
+    // The server has no login for this registry: the task's own is what the poll must use.
+    let server = Server::start_with("wpriv", 1, &["--base-image-poll", "1"]);
+    let root = git::Root::new();
+    let bare = root.bare("private");
+    let repo = git::Repo::init();
+    repo.commit_file("Dockerfile", &format!("FROM {base}\nRUN echo built\n"), "df");
+    repo.push(&bare, "main:main");
+    create_task(
+        &server,
+        json!({"name": "private", "context": format!("{}#main", root.file_url("private")),
+               "step": {"type": "Docker", "images": []},
+               "credentials": [{"login_server": registry, "username": user, "password": password}]}),
+    );
+    let (_, run) = server.api("POST", "/tasks/private/runs", json!({}));
+    let id = run["runId"].as_str().unwrap().to_string();
+    let run = finished(&server, &id);
+    assert_eq!(run["status"], "Succeeded", "{run}\n{}", log(&server, &id));
+    let moved = push_new_content_as(Some(config.path()), &base, "second");
+    let runs = wait_for_runs(&server, "private", 2);
+    assert_eq!(runs[0]["trigger"], "Image Update", "{runs:?}");
+    assert_eq!(runs[0]["imageUpdateTrigger"]["images"][0]["digest"], moved.as_str());
+    let id = runs[0]["runId"].as_str().unwrap().to_string();
+    let run = finished(&server, &id);
+    let text = log(&server, &id);
+    assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
+    assert!(!text.contains(&password), "{text}");
 }

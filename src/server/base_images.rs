@@ -136,28 +136,46 @@ async fn new_run(
 }
 
 /// Resolves every watched tag once and acts on those that moved; returns the runs queued.
-/// A registry that cannot be asked is logged and skipped until the next poll.
+/// A tag's registry is asked with the login of a task watching it (`task credential`), else
+/// the server's own. A registry that cannot be asked is logged and skipped until the next poll.
 pub async fn poll_once(
     store: &Store,
     secrets: &SecretBox,
     credentials: &[RegistryCredential],
 ) -> Result<Vec<RunRecord>, StoreError> {
-    let mut tags: BTreeMap<(String, String, String), ()> = BTreeMap::new();
-    for b in store.watched_base_images().await? {
-        tags.insert((b.registry, b.repository, b.tag), ());
-    }
-    let logins: HashMap<&str, RegistryAuth> = credentials
+    let watched = store.watched_base_images().await?;
+    let mut logins: HashMap<String, RegistryAuth> = credentials
         .iter()
         .map(|c| {
-            (
-                c.registry.as_str(),
-                RegistryAuth { username: c.username.clone(), password: c.password.clone() },
-            )
+            let auth = RegistryAuth { username: c.username.clone(), password: c.password.clone() };
+            (c.registry.clone(), auth)
         })
         .collect();
+    let mut tags: BTreeMap<(String, String, String), ()> = BTreeMap::new();
+    let mut tasks: Vec<&str> = Vec::new();
+    for b in &watched {
+        tags.insert((b.registry.clone(), b.repository.clone(), b.tag.clone()), ());
+        if !tasks.contains(&b.task_name.as_str()) {
+            tasks.push(&b.task_name);
+        }
+    }
+    for task in tasks {
+        let def = match store.get_task(task).await.map(|r| task_def::open(secrets, &r)) {
+            Ok(Ok(def)) => def,
+            Ok(Err(e)) => {
+                tracing::error!(task, "{e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for login in def.credentials {
+            let auth = RegistryAuth { username: login.username, password: login.password };
+            logins.insert(login.login_server, auth);
+        }
+    }
     let mut queued = Vec::new();
     for (registry, repository, tag) in tags.into_keys() {
-        let auth = logins.get(registry.as_str()).cloned();
+        let auth = logins.get(&registry).cloned();
         let tag = TagRef { registry, repository, tag };
         let lookup = tag.clone();
         let digest = tokio::task::spawn_blocking(move || {

@@ -59,7 +59,10 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), TaskDefError> {
 pub fn check(def: &TaskDefinition) -> Result<(), TaskDefError> {
     let context_error =
         |reason: String| TaskDefError::Context { context: remote::redact(&def.context), reason };
-    let detected = remote::detect(&def.context).map_err(|e| context_error(e.to_string()))?;
+    let detected = remote::detect(&def.context).map_err(|e| match e {
+        remote::RemoteError::Invalid { reason, .. } => context_error(reason),
+        e => context_error(e.to_string()),
+    })?;
     match &detected {
         None if def.context != "/dev/null" => {
             return Err(context_error(
@@ -275,8 +278,13 @@ mod tests {
         assert!(check(&def("git://127.0.0.1/r.git#main:app")).is_ok());
         let err = check(&def("./local")).unwrap_err().to_string();
         assert!(err.contains("a task's context is a git URL"), "{err}");
-        let err = check(&def("git@github.com:o/r.git")).unwrap_err().to_string();
-        assert!(err.contains("SSH git"), "{err}");
+        let err = check(&def("git@github.com:o/r.git#main")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "context \"git@github.com:o/r.git#main\": SSH remotes are not supported; use \
+             https://github.com/o/r.git#main (a private repository's token goes in \
+             --git-access-token)"
+        );
         let mut t = def("/dev/null");
         t.timeout_secs = 10;
         assert!(matches!(check(&t), Err(TaskDefError::Timeout(10))));

@@ -692,7 +692,21 @@ async fn store_base_image_changes_are_claimed_once() {
     assert_eq!(claimed, 1, "one run per change, whoever sees it");
     assert_eq!(a.base_images("app").await.unwrap()[0].digest, "sha256:new");
     assert_eq!(a.list_runs(&RunFilter::default()).await.unwrap().len(), 1);
-    // A task not watching runtime bases (trigger disabled) is not watched.
+    // Build-time bases are watched only with the trigger type All.
+    let buildtime =
+        BaseImageRecord { repository: "builder".into(), kind: "BuildTime".into(), ..base };
+    let runtime = a.base_images("app").await.unwrap().remove(0);
+    a.set_base_images("app", &[runtime.clone(), buildtime.clone()]).await.unwrap();
+    assert_eq!(a.watched_base_images().await.unwrap(), [runtime.clone()]);
+    let all = TaskWrite {
+        status: "Enabled".into(),
+        base_image_trigger: "All".into(),
+        definition: "{}".into(),
+        sealed: vec![1],
+    };
+    a.update_task("app", all).await.unwrap();
+    assert_eq!(a.watched_base_images().await.unwrap().len(), 2);
+    // A task whose base-image trigger is off watches nothing.
     let write = TaskWrite {
         status: "Enabled".into(),
         base_image_trigger: "Disabled".into(),

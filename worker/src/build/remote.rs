@@ -17,7 +17,8 @@
 //! * Other `http(s)` URLs are tarballs: up to 3 attempts (backoff 250 ms × 2^n), then the
 //!   download is unpacked by magic bytes — gzip, bzip2 or plain tar; xz and zstd are refused with a
 //!   clear error, and so is anything that is not an archive (ACR silently leaves it unextracted).
-//! * `oci://` artifacts and SSH remotes (`git@…`, `ssh://`) are not supported and say so.
+//! * `oci://` artifacts and SSH remotes (`git@…`, `ssh://`) are not supported and say so (for
+//!   `git@host:path`, naming the `https://host/path` to use instead).
 //!
 //! Git and HTTP are blocking libraries, so the work runs on a blocking thread; dropping the
 //! future (step timeout, cancellation) raises a flag that aborts the transfer at its next
@@ -93,7 +94,21 @@ pub fn detect(context: &str) -> Result<Option<Remote>, RemoteError> {
         return unsupported("OCI artifact");
     }
     if lower.starts_with("git@") || lower.starts_with("ssh://") {
-        return unsupported("SSH git");
+        // The same repository is served over HTTPS by every host people use.
+        let https = context
+            .strip_prefix("git@")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(host, path)| format!("https://{host}/{path}"));
+        return match https {
+            Some(https) => Err(RemoteError::Invalid {
+                context: redact(context),
+                reason: format!(
+                    "SSH remotes are not supported; use {https} (a private repository's token \
+                     goes in --git-access-token)"
+                ),
+            }),
+            None => unsupported("SSH git"),
+        };
     }
     let (base, fragment) = match context.split_once('#') {
         Some((base, fragment)) => (base, Some(fragment)),
@@ -572,7 +587,9 @@ mod tests {
             Some(Remote::Tarball { url: "https://example.com/ctx.tar.gz".into() })
         );
         assert!(matches!(detect("oci://reg/a:b"), Err(RemoteError::Unsupported { .. })));
-        assert!(matches!(detect("git@github.com:o/r.git"), Err(RemoteError::Unsupported { .. })));
+        let ssh = detect("git@github.com:o/r.git#main").unwrap_err().to_string();
+        assert!(ssh.contains("use https://github.com/o/r.git#main"), "{ssh}");
+        assert!(matches!(detect("ssh://git@h/r.git"), Err(RemoteError::Unsupported { .. })));
         assert!(matches!(
             detect("https://h/r.git#main:../../etc"),
             Err(RemoteError::Invalid { .. })

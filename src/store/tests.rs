@@ -697,7 +697,7 @@ async fn store_base_image_changes_are_claimed_once() {
         BaseImageRecord { repository: "builder".into(), kind: "BuildTime".into(), ..base };
     let runtime = a.base_images("app").await.unwrap().remove(0);
     a.set_base_images("app", &[runtime.clone(), buildtime.clone()]).await.unwrap();
-    assert_eq!(a.watched_base_images().await.unwrap(), [runtime.clone()]);
+    assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&runtime));
     let all = TaskWrite {
         status: "Enabled".into(),
         base_image_trigger: "All".into(),

@@ -185,6 +185,11 @@ fn secrets_never_reach_the_stored_or_streamed_log() {
     assert!(stored.contains("***"), "{stored}");
     let run = server.show(&id);
     assert!(!run.to_string().contains("hunter2"), "the run record shows the secret: {run}");
+    // The stored request keeps it sealed: no file of the data directory has it in the clear.
+    for name in ["kiln.db", "kiln.db-wal"] {
+        let bytes = std::fs::read(server.data.join(name)).unwrap_or_default();
+        assert!(!bytes.windows(7).any(|w| w == b"hunter2"), "{name} holds the secret");
+    }
 }
 
 #[test]

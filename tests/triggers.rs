@@ -348,9 +348,18 @@ fn registry_notifications_trigger_once_per_base_image_change() {
     let (_, task) = server.api("GET", "/tasks/onbase", Value::Null);
     assert_eq!(task["baseImageDependencies"][0]["digest"], second.as_str(), "{task}");
 
-    // A notification without the token is refused and changes nothing.
+    // A notification without the token is refused, a malformed one rejected; neither changes
+    // anything.
     let (status, _) = server.http_with("POST", "/registry/events", &[], b"{\"events\":[]}");
     assert_eq!(status, 401);
+    let (status, answer) = server.http_with(
+        "POST",
+        "/registry/events",
+        &[("authorization", &auth)],
+        b"{\"events\": [",
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("line 1"), "the error says where: {answer}");
     assert_eq!(runs_of(&server, "onbase").len(), 2, "{}", registry.log().len());
 }
 

@@ -5,11 +5,9 @@
 //! redacted copy beside it is what the API shows. The webhook secret is sealed the same way.
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::remote::{self, Remote};
 
-use crate::api::MAX_TIMEOUT_SECS;
-use crate::api::MIN_TIMEOUT_SECS;
 use crate::api::task::{BaseImageTriggerType, TaskDefinition, TaskStatus, TimerSpec, UpdateTask};
+use crate::api::{MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS};
 use crate::secret_box::{SecretBox, SecretBoxError};
 use crate::store::{TaskRecord, TaskWrite, TimerRecord};
 use crate::trigger::cron::{CronError, Schedule};
@@ -22,8 +20,8 @@ pub const MAX_NAME_LEN: usize = 50;
 pub enum TaskDefError {
     #[error("{what} name {name:?} is invalid: use 1-{MAX_NAME_LEN} letters, digits, '-' or '_'")]
     Name { what: &'static str, name: String },
-    #[error("context {context:?}: {reason}")]
-    Context { context: String, reason: String },
+    #[error(transparent)]
+    Context(#[from] crate::task_run::TaskRunError),
     #[error(
         "timeout_secs must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {0}"
     )]
@@ -34,8 +32,6 @@ pub enum TaskDefError {
     SameSchedule { first: String, second: String, schedule: String },
     #[error("two timers are named {0}")]
     SameTimerName(String),
-    #[error("the git access token is only used with an http(s) git context")]
-    TokenWithoutHttp,
     #[error(transparent)]
     Sealed(#[from] SecretBoxError),
     #[error("the stored definition of task {task} cannot be read: {source}")]
@@ -54,34 +50,13 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), TaskDefError> {
     if ok { Ok(()) } else { Err(TaskDefError::Name { what, name: name.to_string() }) }
 }
 
-/// Checks what can be checked without running: the context, the timeout, the token's use.
-/// (A task file kept in the task is checked by planning it, which the caller does.)
+/// Checks what can be checked without running: the context and the timeout. (The token's use
+/// is checked by making the task's run request, [`crate::task_run::request_for`], and a task
+/// file kept in the task by planning it; the caller does both.)
 pub fn check(def: &TaskDefinition) -> Result<(), TaskDefError> {
-    let context_error =
-        |reason: String| TaskDefError::Context { context: remote::redact(&def.context), reason };
-    let detected = remote::detect(&def.context).map_err(|e| match e {
-        remote::RemoteError::Invalid { reason, .. } => context_error(reason),
-        e => context_error(e.to_string()),
-    })?;
-    match &detected {
-        None if def.context != "/dev/null" => {
-            return Err(context_error(
-                "a task's context is a git URL (https://host/org/repo.git#branch:folder, \
-                 git://…), a tarball URL or /dev/null"
-                    .to_string(),
-            ));
-        }
-        _ => {}
-    }
+    crate::task_run::classify(&def.context)?;
     if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&def.timeout_secs) {
         return Err(TaskDefError::Timeout(def.timeout_secs));
-    }
-    if def.git_access_token.is_some() {
-        let http = matches!(&detected, Some(Remote::Git { url, .. })
-            if url.starts_with("https://") || url.starts_with("http://"));
-        if !http {
-            return Err(TaskDefError::TokenWithoutHttp);
-        }
     }
     Ok(())
 }
@@ -290,7 +265,11 @@ mod tests {
         assert!(matches!(check(&t), Err(TaskDefError::Timeout(10))));
         let mut token = def("git://h/r.git");
         token.git_access_token = Some("x".into());
-        assert!(matches!(check(&token), Err(TaskDefError::TokenWithoutHttp)));
+        let made = crate::task_run::request_for(
+            &token,
+            &crate::task_run::Firing::Manual(&Default::default()),
+        );
+        assert!(matches!(made, Err(crate::task_run::TaskRunError::TokenWithoutHttp(_))));
         assert!(check_name("task", "build-app_2").is_ok());
         assert!(check_name("task", "a/b").is_err());
         assert!(check_name("task", "").is_err());

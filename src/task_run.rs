@@ -20,6 +20,9 @@ use crate::api::{
     Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, Image, RunRequest, Source,
     TriggerDetail,
 };
+use crate::queue::{self, Origin};
+use crate::secret_box::SecretBox;
+use crate::store::NewRun;
 use crate::trigger::webhook::{Provider, SourceEvent};
 
 /// The branch a task follows when its context names none (ACR's default, §5.1).
@@ -37,10 +40,30 @@ pub enum Firing<'a> {
 /// Why a task cannot make its run request.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskRunError {
-    #[error("context: {0}")]
-    Context(#[from] remote::RemoteError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error("context {context:?}: {reason}")]
+    Context { context: String, reason: String },
     #[error("a git access token needs an http(s) git context, not {0}")]
     TokenWithoutHttp(String),
+}
+
+/// What a task's context names: something to download, or nothing (`/dev/null`). A task keeps
+/// no uploaded directory for later runs, so a local path is refused.
+pub fn classify(context: &str) -> Result<Option<Remote>, TaskRunError> {
+    let error = |reason: String| TaskRunError::Context { context: remote::redact(context), reason };
+    let detected = remote::detect(context).map_err(|e| match e {
+        remote::RemoteError::Invalid { reason, .. } => error(reason),
+        e => error(e.to_string()),
+    })?;
+    if detected.is_none() && context != "/dev/null" {
+        return Err(error(
+            "a task's context is a git URL (https://host/org/repo.git#branch:folder, \
+             git://…), a tarball URL or /dev/null, not a local directory"
+                .to_string(),
+        ));
+    }
+    Ok(detected)
 }
 
 /// The task's context as the worker fetches it, after `reference` replaced the context's own
@@ -50,13 +73,8 @@ fn source(
     context: &str,
     reference: Option<&str>,
 ) -> Result<Source, TaskRunError> {
-    match remote::detect(context)? {
-        None if context == "/dev/null" => Ok(Source::None),
-        None => Err(remote::RemoteError::Invalid {
-            context: remote::redact(context),
-            reason: "a task's context is a git URL, a tarball URL or /dev/null".to_string(),
-        }
-        .into()),
+    match classify(context)? {
+        None => Ok(Source::None),
         Some(Remote::Tarball { url }) => Ok(Source::Tarball { url }),
         Some(Remote::Git { url, reference: own, subdir }) => {
             let url = match &def.git_access_token {
@@ -145,29 +163,22 @@ pub fn request_for(
             None
         }
         Firing::Source { provider, delivery, event } => {
-            let (event_type, commit, pr, branch, repository, reference) = match event {
+            let (pr, branch, repository, reference) = match event {
                 SourceEvent::Push { branch, commit, repository, .. } => {
-                    ("commit", commit, None, branch, repository, commit.clone())
+                    (None, branch, repository, commit.clone())
                 }
-                SourceEvent::PullRequest { number, commit, base_branch, repository } => {
+                SourceEvent::PullRequest { number, base_branch, repository, .. } => {
                     let reference = match provider {
                         Provider::GitLab => format!("merge-requests/{number}/head"),
                         Provider::GitHub | Provider::Gitea => format!("pull/{number}/head"),
                     };
-                    (
-                        "pullrequest",
-                        commit,
-                        Some(number.to_string()),
-                        base_branch,
-                        repository,
-                        reference,
-                    )
+                    (Some(number.to_string()), base_branch, repository, reference)
                 }
             };
             detail.source_trigger = Some(SourceTrigger {
                 id: delivery.clone(),
-                event_type: event_type.to_string(),
-                commit_id: commit.clone(),
+                event_type: event.event_type().to_string(),
+                commit_id: event.commit().to_string(),
                 pull_request_id: pr,
                 repository_url: repository.clone(),
                 branch_name: branch.clone(),
@@ -225,6 +236,18 @@ pub fn request_for(
         }
     };
     Ok((request, detail))
+}
+
+/// The stored run of task `name` fired by `firing`, as a trigger queues it: the definition
+/// was checked when it was stored, so the task file is planned when the run starts.
+pub fn new_run(
+    secrets: &SecretBox,
+    name: &str,
+    def: &TaskDefinition,
+    firing: &Firing<'_>,
+) -> Result<NewRun, TaskRunError> {
+    let (request, trigger) = request_for(def, firing)?;
+    Ok(queue::new_run(secrets, &request, Origin::task(name, def, trigger))?)
 }
 
 #[cfg(test)]

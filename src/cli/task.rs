@@ -519,15 +519,8 @@ fn update_request(
 /// A task's context must be something the server can fetch on its own: it keeps no uploaded
 /// directory for later runs.
 fn check_context(context: &str) -> anyhow::Result<SourceArg> {
-    let source = SourceArg::classify(context)?;
-    if let SourceArg::Local(_) = source {
-        bail!(
-            "context {context}: a task's context is a git URL \
-             (https://host/org/repo.git#branch:folder), a tarball URL or /dev/null, \
-             not a local directory"
-        );
-    }
-    Ok(source)
+    crate::task_run::classify(context)?;
+    Ok(SourceArg::classify(context)?)
 }
 
 /// `--schedule [NAME:]CRON` arguments as timers, each checked here: an unnamed one is named

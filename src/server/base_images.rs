@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::task::WebhookAnswer;
 use crate::api::{ErrorBody, Image};
-use crate::queue::{self, Origin};
 use crate::secret_box::SecretBox;
 use crate::store::{BaseImageRecord, ClaimOutcome, RunRecord, Store, StoreError};
 use crate::task_def;
@@ -52,10 +51,12 @@ pub async fn registry_events(
 ) -> Result<Json<WebhookAnswer>, ApiError> {
     let pushed =
         notification::pushed_tags(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let watched = state.store.watched_base_images().await?;
     let mut queued = Vec::new();
     for tag in pushed {
         let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
-        queued.extend(tag_moved(&state.store, &state.secrets, &moved, &tag.digest).await?);
+        queued
+            .extend(tag_moved(&state.store, &state.secrets, &watched, &moved, &tag.digest).await?);
     }
     if !queued.is_empty() {
         state.agent.wake();
@@ -70,20 +71,17 @@ pub async fn registry_events(
     }))
 }
 
-/// Acts on `tag` now pointing at `digest`: every enabled task watching it whose stored digest
-/// differs runs (or, with no digest stored yet, records it). Returns the runs queued.
+/// Acts on `tag` now pointing at `digest`: every task among `watched` (the store's watched
+/// base images, read once per batch of tags) whose stored digest for it differs runs (or, with
+/// no digest stored yet, records it). Returns the runs queued.
 pub async fn tag_moved(
     store: &Store,
     secrets: &SecretBox,
+    watched: &[BaseImageRecord],
     tag: &TagRef,
     digest: &str,
 ) -> Result<Vec<RunRecord>, StoreError> {
-    let watchers: Vec<BaseImageRecord> = store
-        .watched_base_images()
-        .await?
-        .into_iter()
-        .filter(|b| same_image(b, tag) && b.digest != digest)
-        .collect();
+    let watchers = watched.iter().filter(|b| same_image(b, tag) && b.digest != digest).cloned();
     let mut queued = Vec::new();
     for watcher in watchers {
         let run = if watcher.digest.is_empty() {
@@ -129,10 +127,8 @@ async fn new_run(
 ) -> Result<crate::store::NewRun, String> {
     let record = store.get_task(task).await.map_err(|e| e.to_string())?;
     let def = task_def::open(secrets, &record).map_err(|e| e.to_string())?;
-    let (request, trigger) =
-        task_run::request_for(&def, &Firing::ImageUpdate { images: vec![image] })
-            .map_err(|e| e.to_string())?;
-    queue::new_run(secrets, &request, Origin::task(task, &def, trigger)).map_err(|e| e.to_string())
+    task_run::new_run(secrets, task, &def, &Firing::ImageUpdate { images: vec![image] })
+        .map_err(|e| e.to_string())
 }
 
 /// Resolves every watched tag once and acts on those that moved; returns the runs queued.
@@ -183,7 +179,9 @@ pub async fn poll_once(
         })
         .await;
         match digest {
-            Ok(Ok(digest)) => queued.extend(tag_moved(store, secrets, &tag, &digest).await?),
+            Ok(Ok(digest)) => {
+                queued.extend(tag_moved(store, secrets, &watched, &tag, &digest).await?);
+            }
             Ok(Err(e)) => tracing::warn!("base image check: {e}"),
             Err(e) => tracing::error!("base image check of {tag} failed: {e}"),
         }

@@ -17,7 +17,7 @@ use crate::api::{self, ErrorBody, paths};
 use crate::queue::Origin;
 use crate::store::{RunRecord, TaskRecord, TimerRecord};
 use crate::task_def::{self, TaskDefError};
-use crate::task_run::{self, Firing};
+use crate::task_run::{self, Firing, TaskRunError};
 use crate::trigger::cron::Schedule;
 
 use super::error::ApiError;
@@ -31,6 +31,15 @@ impl From<TaskDefError> for ApiError {
     fn from(e: TaskDefError) -> Self {
         match e {
             e @ (TaskDefError::Sealed(_) | TaskDefError::Corrupt { .. }) => ApiError::internal(e),
+            e => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<TaskRunError> for ApiError {
+    fn from(e: TaskRunError) -> Self {
+        match e {
+            e @ TaskRunError::Queue(_) => ApiError::internal(e),
             e => ApiError::BadRequest(e.to_string()),
         }
     }
@@ -249,8 +258,7 @@ pub async fn update_task(
 async fn check_definition(state: &AppState, def: &mut TaskDefinition) -> Result<(), ApiError> {
     task_def::check(def)?;
     task_def::normalise(def);
-    let (request, _) = task_run::request_for(def, &Firing::Manual(&TaskRunRequest::default()))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (request, _) = task_run::request_for(def, &Firing::Manual(&TaskRunRequest::default()))?;
     let settings = state.settings.clone();
     tokio::task::spawn_blocking(move || validate(&request, &settings))
         .await
@@ -265,8 +273,7 @@ pub async fn run_task(
 ) -> Result<RunRecord, ApiError> {
     let record = state.store.get_task(name).await?;
     let definition = task_def::open(&state.secrets, &record)?;
-    let (request, trigger) = task_run::request_for(&definition, &Firing::Manual(overrides))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (request, trigger) = task_run::request_for(&definition, &Firing::Manual(overrides))?;
     submit_run(state, request, Origin::task(name, &definition, trigger)).await
 }
 

@@ -16,7 +16,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::task::TaskDefinition;
-use crate::queue::{self, Origin};
 use crate::secret_box::SecretBox;
 use crate::store::{ClaimOutcome, RunRecord, Store, StoreResult, TimerClaim};
 use crate::task_def;
@@ -62,7 +61,8 @@ pub async fn tick(
                 let def = definitions.get(&t.task_name);
                 let run = match (decision.fire, def) {
                     (Some(occurrence), Some(def)) => {
-                        new_run(secrets, def, &t.task_name, &t.name, occurrence)
+                        let firing = Firing::Timer { name: &t.name, occurrence };
+                        task_run::new_run(secrets, &t.task_name, def, &firing)
                             .inspect_err(|e| {
                                 tracing::error!(task = %t.task_name, timer = %t.name, "cannot queue the timer's run: {e}");
                             })
@@ -94,18 +94,6 @@ pub async fn tick(
             ClaimOutcome::Lost => None,
         })
         .collect())
-}
-
-fn new_run(
-    secrets: &SecretBox,
-    def: &TaskDefinition,
-    task: &str,
-    timer: &str,
-    occurrence: DateTime<Utc>,
-) -> Result<crate::store::NewRun, String> {
-    let (request, trigger) = task_run::request_for(def, &Firing::Timer { name: timer, occurrence })
-        .map_err(|e| e.to_string())?;
-    queue::new_run(secrets, &request, Origin::task(task, def, trigger)).map_err(|e| e.to_string())
 }
 
 /// Runs [`tick`] at every due time until `stop`. `changed` is notified when timers change
@@ -153,6 +141,7 @@ mod tests {
 
     use super::*;
     use crate::api::task::{TaskDefinition, TimerSpec};
+    use crate::queue;
     use crate::run_id::RunIdPrefix;
     use crate::store::TimerRecord;
 

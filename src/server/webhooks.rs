@@ -15,7 +15,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 
 use crate::api::task::{TaskDefinition, WebhookAnswer};
-use crate::queue::{self, Origin};
 use crate::store::SourceOutcome;
 use crate::task_def;
 use crate::task_run::{self, Firing};
@@ -77,14 +76,8 @@ pub async fn handle(
     }
     let delivery = webhook::delivery_id(provider, headers);
     let firing = Firing::Source { provider, delivery: delivery.clone(), event: &event };
-    let (request, trigger) = task_run::request_for(&definition, &firing)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let new = queue::new_run(&state.secrets, &request, Origin::task(task, &definition, trigger))
-        .map_err(ApiError::internal)?;
-    let (event_type, commit) = match &event {
-        SourceEvent::Push { commit, .. } => ("commit", commit),
-        SourceEvent::PullRequest { commit, .. } => ("pullrequest", commit),
-    };
+    let new = task_run::new_run(&state.secrets, task, &definition, &firing)?;
+    let (event_type, commit) = (event.event_type(), event.commit());
     // Deliveries are keyed per provider: two hosts may reuse an ID format.
     let delivery = delivery.map(|id| format!("{provider:?}/{id}"));
     let outcome =

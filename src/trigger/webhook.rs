@@ -36,11 +36,18 @@ pub enum SourceEvent {
 }
 
 impl SourceEvent {
-    /// The run record's trigger vocabulary (§6.2).
-    pub fn trigger(&self) -> &'static str {
+    /// ACR's source trigger event (§5.1 `sourceTriggerEvents`, §6.2 `sourceTrigger.eventType`).
+    pub fn event_type(&self) -> &'static str {
         match self {
-            SourceEvent::Push { .. } => "Commit",
-            SourceEvent::PullRequest { .. } => "Pull Request",
+            SourceEvent::Push { .. } => "commit",
+            SourceEvent::PullRequest { .. } => "pullrequest",
+        }
+    }
+
+    /// The commit to build.
+    pub fn commit(&self) -> &str {
+        match self {
+            SourceEvent::Push { commit, .. } | SourceEvent::PullRequest { commit, .. } => commit,
         }
     }
 }
@@ -302,7 +309,7 @@ mod tests {
         let pr = br#"{"action":"synchronize","number":42,"pull_request":{"head":{"sha":"abc123"},"base":{"ref":"main"}},"repository":{"clone_url":"https://github.com/octo/app.git"}}"#;
         let headers: &[(&str, &str)] = &[("X-GitHub-Event", "pull_request")];
         let event = parse(Provider::GitHub, headers, pr).expect("parses").expect("builds");
-        assert_eq!(event.trigger(), "Pull Request");
+        assert_eq!((event.event_type(), event.commit()), ("pullrequest", "abc123"));
         assert!(matches!(event, SourceEvent::PullRequest { number: 42, .. }));
         let closed = br#"{"action":"closed","number":42}"#;
         assert_eq!(parse(Provider::GitHub, headers, closed), Ok(None));
@@ -387,7 +394,7 @@ mod tests {
                 Err(WebhookError::BadSignature)
             );
             let event = parse(Provider::Gitea, headers, body).expect("parses").expect("builds");
-            assert_eq!(event.trigger(), "Commit");
+            assert_eq!(event.event_type(), "commit");
         }
         assert_eq!(
             provider(&[("Content-Type", "application/json")][..]),

@@ -43,16 +43,6 @@ fn time(value: &Value) -> DateTime<Utc> {
     value.as_str().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("a time: {value}"))
 }
 
-/// The run once it is terminal.
-fn finished(server: &Server, id: &str) -> Value {
-    loop {
-        let (_, run) = server.api("GET", &format!("/runs/{id}?wait=60"), Value::Null);
-        if !matches!(run["status"].as_str(), Some("Queued" | "Started" | "Running")) {
-            return run;
-        }
-    }
-}
-
 fn webhook() {
     let samples = setting("KILN_BENCH_SAMPLES", 20);
     let server = Server::start("bhook", 1);
@@ -82,14 +72,14 @@ fn webhook() {
         let answer_ms = clock.elapsed().as_secs_f64() * 1e3;
         assert_eq!(status, 202, "{answer}");
         let answer: Value = serde_json::from_str(&answer).unwrap();
-        let run = finished(&server, answer["runId"].as_str().unwrap());
+        let run = server.finished(answer["runId"].as_str().unwrap());
         assert_eq!(run["status"], "Succeeded", "{run}");
         let to_start = (time(&run["startTime"]) - sent).num_microseconds().unwrap() as f64 / 1e3;
 
         let sent = Utc::now();
         let (status, run) = server.api("POST", "/tasks/app/runs", json!({}));
         assert_eq!(status, 201, "{run}");
-        let run = finished(&server, run["runId"].as_str().unwrap());
+        let run = server.finished(run["runId"].as_str().unwrap());
         let by_hand = (time(&run["startTime"]) - sent).num_microseconds().unwrap() as f64 / 1e3;
         // The first round warms the engine and the caches.
         if i > 0 {

@@ -21,20 +21,6 @@ use webhooks::Delivery;
 
 const TOKEN: &str = "glpat-s3cr3t-t0ken";
 
-/// The run once it is terminal (long-polls the API).
-fn finished(server: &Server, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let (status, run) = server.api("GET", &format!("/runs/{id}?wait=30"), Value::Null);
-        assert_eq!(status, 200, "{run}");
-        let state = run["status"].as_str().unwrap_or_default().to_string();
-        if !["Queued", "Started", "Running"].contains(&state.as_str()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
-    }
-}
-
 fn log(server: &Server, id: &str) -> String {
     let auth = format!("Bearer {}", server.token);
     server.http_with("GET", &format!("/runs/{id}/log"), &[("authorization", &auth)], b"").1
@@ -121,7 +107,7 @@ fn pushes_build_each_commit_once_through_a_private_http_repository() {
         ids.push(answer["runId"].as_str().expect("run id").to_string());
     }
     for ((version, sha), id) in commits.iter().zip(&ids) {
-        let run = finished(&server, id);
+        let run = server.finished(id);
         let text = log(&server, id);
         assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
         assert!(text.contains(&format!("message {version}")), "{text}");
@@ -205,7 +191,7 @@ fn pull_requests_build_their_head_refs() {
         let (status, answer) = deliver(&server, &task, &delivery.signed(&secret));
         assert_eq!(status, 202, "{answer}");
         let id = answer["runId"].as_str().unwrap();
-        let run = finished(&server, id);
+        let run = server.finished(id);
         let text = log(&server, id);
         assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
         assert!(text.contains(expected), "{text}");
@@ -242,7 +228,7 @@ fn a_context_that_does_not_resolve_ends_its_run_in_error() {
     assert_eq!(run["trigger"], "Manual");
     assert_eq!(run["runType"], "AutoRun");
     let id = run["runId"].as_str().unwrap();
-    let run = finished(&server, id);
+    let run = server.finished(id);
     assert_eq!(run["status"], "Error", "{run}");
     let message = run["runErrorMessage"].as_str().unwrap();
     assert!(message.contains("cannot fetch the source: git fetch of"), "{message}");
@@ -318,7 +304,7 @@ fn registry_notifications_trigger_once_per_base_image_change() {
     let _repo = base_image_task(&server, "onbase", &registry.addr, "kiln-base:1");
     let (status, run) = server.api("POST", "/tasks/onbase/runs", json!({}));
     assert_eq!(status, 201, "{run}");
-    let run = finished(&server, run["runId"].as_str().unwrap());
+    let run = server.finished(run["runId"].as_str().unwrap());
     assert_eq!(
         run["status"],
         "Succeeded",
@@ -340,7 +326,7 @@ fn registry_notifications_trigger_once_per_base_image_change() {
     let updates = image_update_runs(&server, "onbase");
     assert_eq!(updates.len(), 1, "{runs:?}");
     let id = updates[0]["runId"].as_str().unwrap();
-    let run = finished(&server, id);
+    let run = server.finished(id);
     let text = log(&server, id);
     assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
     assert_eq!(run["imageUpdateTrigger"]["images"][0]["digest"], second.as_str(), "{run}");
@@ -373,13 +359,13 @@ fn polling_notices_a_moved_base_image_tag() {
     push_new_content(&base, "first");
     let _repo = base_image_task(&server, "polled", &registry, &format!("{unique}:1"));
     let (_, run) = server.api("POST", "/tasks/polled/runs", json!({}));
-    let run = finished(&server, run["runId"].as_str().unwrap());
+    let run = server.finished(run["runId"].as_str().unwrap());
     assert_eq!(run["status"], "Succeeded", "{run}");
     let moved = push_new_content(&base, "second");
     let runs = wait_for_runs(&server, "polled", 2);
     assert_eq!(runs[0]["trigger"], "Image Update", "{runs:?}");
     assert_eq!(runs[0]["imageUpdateTrigger"]["images"][0]["digest"], moved.as_str());
-    let run = finished(&server, runs[0]["runId"].as_str().unwrap());
+    let run = server.finished(runs[0]["runId"].as_str().unwrap());
     assert_eq!(run["status"], "Succeeded", "{run}");
 }
 
@@ -405,7 +391,7 @@ fn a_task_pushes_with_its_own_registry_login_and_never_shows_the_password() {
     let (status, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
     assert_eq!(status, 201, "{run}");
     let id = run["runId"].as_str().unwrap();
-    let run = finished(&server, id);
+    let run = server.finished(id);
     let text = log(&server, id);
     assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
     assert_eq!(run["runType"], "AutoBuild", "{run}");
@@ -421,7 +407,7 @@ fn a_task_pushes_with_its_own_registry_login_and_never_shows_the_password() {
     assert_eq!(status, 200, "{task}");
     assert!(task.get("credentials").is_none(), "{task}");
     let (_, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
-    let run = finished(&server, run["runId"].as_str().unwrap());
+    let run = server.finished(run["runId"].as_str().unwrap());
     assert_eq!(run["status"], "Failed", "{run}");
 }
 
@@ -460,14 +446,14 @@ fn polling_asks_a_private_registry_with_the_tasks_login() {
     );
     let (_, run) = server.api("POST", "/tasks/private/runs", json!({}));
     let id = run["runId"].as_str().unwrap().to_string();
-    let run = finished(&server, &id);
+    let run = server.finished(&id);
     assert_eq!(run["status"], "Succeeded", "{run}\n{}", log(&server, &id));
     let moved = push_new_content_as(Some(config.path()), &base, "second");
     let runs = wait_for_runs(&server, "private", 2);
     assert_eq!(runs[0]["trigger"], "Image Update", "{runs:?}");
     assert_eq!(runs[0]["imageUpdateTrigger"]["images"][0]["digest"], moved.as_str());
     let id = runs[0]["runId"].as_str().unwrap().to_string();
-    let run = finished(&server, &id);
+    let run = server.finished(&id);
     let text = log(&server, &id);
     assert_eq!(run["status"], "Succeeded", "{run}\n{text}");
     assert!(!text.contains(&password), "{text}");

@@ -135,14 +135,7 @@ pub async fn add_timer(
     body: Result<Json<TimerSpec>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Vec<Timer>>), ApiError> {
     let Json(spec) = body?;
-    state.store.get_task(&name).await?;
-    let mut specs: Vec<TimerSpec> =
-        state.store.timers(&name).await?.into_iter().map(spec_of).collect();
-    specs.push(spec.clone());
-    let schedules = task_def::check_timers(&specs)?;
-    let schedule = schedules.last().ok_or_else(|| ApiError::internal("no timer"))?;
-    state.store.add_timer(&task_def::timer_record(&name, &spec, schedule, Utc::now())).await?;
-    state.timers.notify_one();
+    add_task_timer(&state, &name, spec).await?;
     Ok((StatusCode::CREATED, Json(timers(&state, &name).await?)))
 }
 
@@ -168,26 +161,7 @@ pub async fn update_timer(
     body: Result<Json<UpdateTimer>, JsonRejection>,
 ) -> Result<Json<Vec<Timer>>, ApiError> {
     let Json(update) = body?;
-    let stored = state.store.timers(&name).await?;
-    let mut specs: Vec<TimerSpec> = stored.iter().cloned().map(spec_of).collect();
-    let i = specs
-        .iter()
-        .position(|t| t.name == timer)
-        .ok_or_else(|| ApiError::Missing(format!("task {name} has no timer named {timer}")))?;
-    if let Some(schedule) = update.schedule {
-        specs[i].schedule = schedule;
-    }
-    if let Some(enabled) = update.enabled {
-        specs[i].enabled = enabled;
-    }
-    let schedules = task_def::check_timers(&specs)?;
-    let mut record = task_def::timer_record(&name, &specs[i], &schedules[i], Utc::now());
-    // An unchanged enabled timer keeps its pending occurrence.
-    if specs[i].schedule == stored[i].schedule && stored[i].enabled && specs[i].enabled {
-        record.next_fire_at = stored[i].next_fire_at;
-    }
-    state.store.update_timer(&record).await?;
-    state.timers.notify_one();
+    update_task_timer(&state, &name, &timer, update).await?;
     Ok(Json(timers(&state, &name).await?))
 }
 
@@ -202,6 +176,53 @@ pub async fn remove_timer(
     state.store.remove_timer(&name, &timer).await?;
     state.timers.notify_one();
     Ok(Json(timers(&state, &name).await?))
+}
+
+/// Adds a timer to task `name`: its schedule must parse and differ from the task's others
+/// (§5.3); it first fires at its next occurrence.
+pub async fn add_task_timer(state: &AppState, name: &str, spec: TimerSpec) -> Result<(), ApiError> {
+    state.store.get_task(name).await?;
+    let mut specs: Vec<TimerSpec> =
+        state.store.timers(name).await?.into_iter().map(spec_of).collect();
+    specs.push(spec);
+    let schedules = task_def::check_timers(&specs)?;
+    let (Some(spec), Some(schedule)) = (specs.last(), schedules.last()) else {
+        return Err(ApiError::internal("the new timer went missing"));
+    };
+    state.store.add_timer(&task_def::timer_record(name, spec, schedule, Utc::now())).await?;
+    state.timers.notify_one();
+    Ok(())
+}
+
+/// Changes a timer's schedule or state. A changed or re-enabled timer next fires at its next
+/// occurrence from now; an unchanged enabled one keeps its pending occurrence.
+pub async fn update_task_timer(
+    state: &AppState,
+    name: &str,
+    timer: &str,
+    update: UpdateTimer,
+) -> Result<(), ApiError> {
+    state.store.get_task(name).await?;
+    let stored = state.store.timers(name).await?;
+    let mut specs: Vec<TimerSpec> = stored.iter().cloned().map(spec_of).collect();
+    let i = specs
+        .iter()
+        .position(|t| t.name == timer)
+        .ok_or_else(|| ApiError::Missing(format!("task {name} has no timer named {timer}")))?;
+    if let Some(schedule) = update.schedule {
+        specs[i].schedule = schedule;
+    }
+    if let Some(enabled) = update.enabled {
+        specs[i].enabled = enabled;
+    }
+    let schedules = task_def::check_timers(&specs)?;
+    let mut record = task_def::timer_record(name, &specs[i], &schedules[i], Utc::now());
+    if specs[i].schedule == stored[i].schedule && stored[i].enabled && specs[i].enabled {
+        record.next_fire_at = stored[i].next_fire_at;
+    }
+    state.store.update_timer(&record).await?;
+    state.timers.notify_one();
+    Ok(())
 }
 
 fn spec_of(t: TimerRecord) -> TimerSpec {

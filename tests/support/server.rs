@@ -173,6 +173,20 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
+    /// The run once it is terminal (long-polls `GET /runs/{id}?wait=`; gives up after 3 min).
+    pub fn finished(&self, id: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let (status, run) =
+                self.api("GET", &format!("/runs/{id}?wait=30"), serde_json::Value::Null);
+            assert_eq!(status, 200, "{run}");
+            if !matches!(run["status"].as_str(), Some("Queued" | "Started" | "Running")) {
+                return run;
+            }
+            assert!(std::time::Instant::now() < deadline, "run {id} did not finish: {run}");
+        }
+    }
+
     pub fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");

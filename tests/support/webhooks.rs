@@ -626,25 +626,17 @@ pub fn gitea_push(repo_url: &str, branch: &str, commit: &str) -> Delivery {
     Delivery::new(Host::Gitea, headers, &gitea_push_body(repo_url, branch, commit))
 }
 
-/// Forgejo `push` of `commit` to `branch`: Gitea's format, with `X-Forgejo-*` headers besides
+/// Forgejo `push` of `commit` to `branch`: Gitea's delivery, with `X-Forgejo-*` headers besides
 /// the Gitea, Gogs and GitHub twins.
 pub fn forgejo_push(repo_url: &str, branch: &str, commit: &str) -> Delivery {
-    let id = uuid();
-    let headers = vec![
-        ("Content-Type", "application/json".to_string()),
-        ("User-Agent", "Go-http-client/1.1".to_string()),
-        ("X-Forgejo-Delivery", id.clone()),
-        ("X-Forgejo-Event", "push".to_string()),
-        ("X-Forgejo-Event-Type", "push".to_string()),
-        ("X-Gitea-Delivery", id.clone()),
-        ("X-Gitea-Event", "push".to_string()),
-        ("X-Gitea-Event-Type", "push".to_string()),
-        ("X-Gogs-Delivery", id.clone()),
-        ("X-Gogs-Event", "push".to_string()),
-        ("X-Gogs-Event-Type", "push".to_string()),
-        ("X-GitHub-Delivery", id),
-        ("X-GitHub-Event", "push".to_string()),
-        ("X-GitHub-Event-Type", "push".to_string()),
+    let mut delivery = gitea_push(repo_url, branch, commit);
+    let id = delivery.header("X-Gitea-Delivery").expect("a delivery ID").to_string();
+    let forgejo = [
+        ("X-Forgejo-Delivery".to_string(), id),
+        ("X-Forgejo-Event".to_string(), "push".to_string()),
+        ("X-Forgejo-Event-Type".to_string(), "push".to_string()),
     ];
-    Delivery::new(Host::Forgejo, headers, &gitea_push_body(repo_url, branch, commit))
+    delivery.headers.splice(2..2, forgejo);
+    delivery.host = Host::Forgejo;
+    delivery
 }

@@ -2,48 +2,13 @@
 //! every example runs, failures and Ctrl-C end the way ACR's `acb exec` does, and nothing the
 //! run created is left on the engine.
 
+#[path = "support/exec.rs"]
+mod support;
+
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn setting(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_string())
-}
-
-fn registry() -> String {
-    setting("KILN_TEST_REGISTRY", "127.0.0.1:5000")
-}
-
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn run_id(name: &str) -> String {
-    format!("x{}{name}", std::process::id())
-}
-
-/// Containers, networks and volumes the engine still has for `run`.
-fn leftovers(run: &str) -> String {
-    let filter = format!("label=kiln.run={run}");
-    let mut found = String::new();
-    for what in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"]] {
-        let out = Command::new("docker")
-            .args(what)
-            .args(["--filter", &filter])
-            .output()
-            .expect("docker CLI");
-        found.push_str(&String::from_utf8_lossy(&out.stdout));
-    }
-    found
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use support::{kiln, leftovers, registry, repo, run_id, setting, text, write_task};
 
 #[test]
 fn every_example_runs() {
@@ -68,12 +33,6 @@ fn every_example_runs() {
         assert!(all.contains(&format!("Run ID: {run} was successful after")), "{all}");
         assert_eq!(leftovers(&run), "", "{} left objects behind", dir.display());
     }
-}
-
-fn write_task(dir: &Path, yaml: &str) -> PathBuf {
-    let file = dir.join("acb.yaml");
-    std::fs::write(&file, yaml).expect("task file");
-    file
 }
 
 #[test]
@@ -192,45 +151,4 @@ fn push_with_credentials_and_with_wrong_ones() {
         "{all}"
     );
     assert_eq!(leftovers(&run), "");
-}
-
-/// A worker that starts removes what a crashed predecessor left (its owner process is gone) and
-/// leaves alone what a live process owns.
-#[test]
-fn a_new_run_sweeps_what_crashed_runs_left() {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    let dead = {
-        let mut child = Command::new("true").spawn().expect("true");
-        let pid = child.id();
-        child.wait().expect("wait");
-        pid
-    };
-    let crashed = run_id("crashed");
-    let alive = run_id("alive");
-    for (run, pid) in [(&crashed, dead), (&alive, std::process::id())] {
-        let owner = format!("kiln.owner={}/{pid}", host.trim());
-        let out = Command::new("docker")
-            .args([
-                "create",
-                "--label",
-                &format!("kiln.run={run}"),
-                "--label",
-                &owner,
-                "busybox:latest",
-                "true",
-            ])
-            .output()
-            .expect("docker create");
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    assert_ne!(leftovers(&crashed), "");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = write_task(dir.path(), "steps:\n  - cmd: busybox true\n");
-    let out = kiln().args(["exec", "-f"]).arg(&file).output().expect("kiln");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("objects left by crashed kiln runs"), "{}", text(&out));
-    assert_eq!(leftovers(&crashed), "");
-    assert_ne!(leftovers(&alive), "", "a live process's run was swept");
-    Command::new("docker").args(["rm", "-f"]).arg(leftovers(&alive).trim()).output().expect("rm");
 }

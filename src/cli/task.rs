@@ -189,6 +189,7 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
+    /// The task's name.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
     /// A new context (git URL, tarball URL or `/dev/null`).
@@ -202,6 +203,7 @@ pub struct UpdateArgs {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
+    /// The task's name.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
     #[arg(short = 'o', long, value_enum, default_value = "json")]
@@ -216,6 +218,7 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// The task's name.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
     /// Do not ask for confirmation (needed when standard input is not a terminal).
@@ -225,6 +228,7 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct TaskRunArgs {
+    /// The task's name.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
     /// A value over the task's own (repeatable).
@@ -259,6 +263,7 @@ pub struct TaskLogsArgs {
 
 #[derive(Debug, Args)]
 pub struct TaskListRunsArgs {
+    /// The task's name.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
     /// Only runs with this status (Queued, Started, Running, Succeeded, Failed, Canceled,
@@ -292,6 +297,7 @@ pub struct TimerAddArgs {
     /// The task.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
+    /// The timer's name, unique within the task.
     #[arg(long, value_name = "TIMER")]
     timer_name: String,
     /// 5-field cron, UTC: minute hour day-of-month month day-of-week.
@@ -310,11 +316,13 @@ pub struct TimerUpdateArgs {
     /// The task.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
+    /// The timer to change.
     #[arg(long, value_name = "TIMER")]
     timer_name: String,
     /// A new 5-field cron schedule, UTC.
     #[arg(long, value_name = "CRON")]
     schedule: Option<String>,
+    /// Turn the timer on (true) or off (false).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
         value_parser = parse_bool)]
     enabled: Option<bool>,
@@ -327,6 +335,7 @@ pub struct TimerRemoveArgs {
     /// The task.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
+    /// The timer to remove.
     #[arg(long, value_name = "TIMER")]
     timer_name: String,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -362,6 +371,7 @@ pub struct CredentialArgs {
     /// The registry, `host[:port]`.
     #[arg(long, value_name = "HOST[:PORT]")]
     login_server: String,
+    /// The registry user.
     #[arg(short = 'u', long, value_name = "USER")]
     username: String,
     /// The password (prefer --password-stdin: arguments show in process lists).
@@ -383,6 +393,7 @@ pub struct CredentialRemoveArgs {
     /// The task.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
+    /// The registry whose login goes, `host[:port]`.
     #[arg(long, value_name = "HOST[:PORT]")]
     login_server: String,
 }

@@ -36,10 +36,35 @@ pub enum TaskDefError {
     Sealed(#[from] SecretBoxError),
     #[error("the stored definition of task {task} cannot be read: {source}")]
     Corrupt { task: String, source: serde_json::Error },
+    #[error(
+        "{file}: ACR reserves .{ext} for task files but runs only YAML ones (.yaml, .yml); \
+         a Dockerfile needs another name"
+    )]
+    ReservedExtension { file: String, ext: String },
 }
 
 fn purpose(task: &str, what: &str) -> String {
     format!("kiln task/{task}/{what}")
+}
+
+/// §1.4: whether `-f FILE` names a task file (else a Dockerfile). ACR reserves more
+/// extensions for task files than YAML, but runs only YAML: those are refused.
+pub fn is_task_file(file: &str) -> Result<bool, TaskDefError> {
+    const RESERVED: [&str; 15] = [
+        "toml", "json", "sh", "bash", "zsh", "ps1", "ps", "cmd", "bat", "ts", "js", "php", "py",
+        "rb", "lua",
+    ];
+    let ext = std::path::Path::new(file)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "yaml" | "yml" => Ok(true),
+        e if RESERVED.contains(&e) => {
+            Err(TaskDefError::ReservedExtension { file: file.to_string(), ext: ext.clone() })
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Checks a task or timer name.
@@ -225,6 +250,19 @@ mod tests {
     use super::*;
     use crate::api::Argument;
     use crate::api::task::TaskStep;
+
+    #[test]
+    fn task_files_go_by_extension_others_are_dockerfiles() {
+        assert!(is_task_file("acb.yaml").unwrap());
+        assert!(is_task_file("ci/Build.YML").unwrap());
+        assert!(!is_task_file("Dockerfile").unwrap());
+        assert!(!is_task_file("docker/app.dockerfile").unwrap());
+        let err = is_task_file("build.sh").unwrap_err().to_string();
+        assert!(
+            err.contains("build.sh: ACR reserves .sh for task files but runs only YAML"),
+            "{err}"
+        );
+    }
 
     fn def(context: &str) -> TaskDefinition {
         serde_json::from_value(serde_json::json!({

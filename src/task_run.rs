@@ -9,6 +9,10 @@
 //! * Other firings build the context as the task names it (its branch, shallow).
 //! * The git access token goes into the fetch URL as its password, which the worker masks in
 //!   every line and error; the stored run keeps it only sealed ([`crate::queue`]).
+//! * A manual run may name another file of the task's own kind (`-f`) or build stage
+//!   (`--target`), as `az acr task run` does.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use kiln_worker::build::remote::{self, Remote};
@@ -46,6 +50,8 @@ pub enum TaskRunError {
     Context { context: String, reason: String },
     #[error("a git access token needs an http(s) git context, not {0}")]
     TokenWithoutHttp(String),
+    #[error("{0}")]
+    Override(String),
 }
 
 /// What a task's context names: something to download, or nothing (`/dev/null`). A task keeps
@@ -144,6 +150,57 @@ pub fn overlay(base: &[Argument], over: &[Argument]) -> Vec<Argument> {
     merged
 }
 
+fn task_file_kind(file: &str) -> Result<bool, TaskRunError> {
+    crate::task_def::is_task_file(file).map_err(|e| TaskRunError::Override(format!("--file {e}")))
+}
+
+/// The task's step with a manual run's `-f` and `--target` applied. `-f` names another file of
+/// the step's own kind: a Dockerfile build stays a build, a task file stays a task file.
+fn step_override(step: &TaskStep, overrides: &TaskRunRequest) -> Result<TaskStep, TaskRunError> {
+    let mut step = step.clone();
+    match &mut step {
+        TaskStep::Docker { dockerfile, target, .. } => {
+            if let Some(file) = &overrides.file {
+                if task_file_kind(file)? {
+                    return Err(TaskRunError::Override(format!(
+                        "--file {file:?} is a task file, but this task builds a Dockerfile"
+                    )));
+                }
+                *dockerfile = file.clone();
+            }
+            if let Some(stage) = &overrides.target {
+                *target = Some(stage.clone());
+            }
+        }
+        TaskStep::FileTask { task_file, .. } => {
+            if let Some(file) = &overrides.file {
+                if !task_file_kind(file)? {
+                    return Err(TaskRunError::Override(format!(
+                        "--file {file:?} is not a task file (.yaml, .yml, .toml), but this task \
+                         runs one"
+                    )));
+                }
+                *task_file = file.clone();
+            }
+        }
+        TaskStep::EncodedTask { .. } => {
+            if overrides.file.is_some() {
+                return Err(TaskRunError::Override(
+                    "--file: this task keeps its task file in itself (--cmd, or a /dev/null \
+                     context); change it with `kiln task update --file`"
+                        .to_string(),
+                ));
+            }
+        }
+    }
+    if overrides.target.is_some() && !matches!(step, TaskStep::Docker { .. }) {
+        return Err(TaskRunError::Override(
+            "--target names a Dockerfile stage, and this task runs a task file".to_string(),
+        ));
+    }
+    Ok(step)
+}
+
 /// The run request and trigger record of `def` fired by `firing`.
 pub fn request_for(
     def: &TaskDefinition,
@@ -153,10 +210,12 @@ pub fn request_for(
     let mut values = def.values.clone();
     let mut extra_build_args: &[Argument] = &[];
     let mut context = def.context.as_str();
+    let mut step = Cow::Borrowed(&def.step);
     let reference = match firing {
         Firing::Manual(overrides) => {
             values = overlay(&values, &overrides.values);
             extra_build_args = &overrides.build_args;
+            step = Cow::Owned(step_override(&def.step, overrides)?);
             if let Some(c) = &overrides.context {
                 context = c;
             }
@@ -202,7 +261,7 @@ pub fn request_for(
     let source = source(def, context, reference.as_deref())?;
     let platform = Some(def.platform.clone());
     let timeout_secs = Some(def.timeout_secs);
-    let request = match &def.step {
+    let request = match step.as_ref() {
         TaskStep::Docker { dockerfile, images, no_push, build_args, target } => {
             RunRequest::DockerBuild(DockerBuildRequest {
                 source,
@@ -339,6 +398,61 @@ mod tests {
             request_for(&def, &Firing::Manual(&overrides)).unwrap().0.run_type(true).as_str(),
             "AutoRun"
         );
+    }
+
+    #[test]
+    fn task_run_manual_file_and_target_stay_of_the_task_kind() {
+        let run = |def: &TaskDefinition, file: Option<&str>, target: Option<&str>| {
+            let overrides = TaskRunRequest {
+                file: file.map(str::to_string),
+                target: target.map(str::to_string),
+                ..Default::default()
+            };
+            request_for(def, &Firing::Manual(&overrides)).map(|(request, _)| request)
+        };
+        let build = TaskDefinition {
+            step: TaskStep::Docker {
+                dockerfile: "Dockerfile".into(),
+                images: vec!["app:1".into()],
+                no_push: false,
+                build_args: Vec::new(),
+                target: None,
+            },
+            ..def("https://h/r.git", None)
+        };
+        let RunRequest::DockerBuild(request) =
+            run(&build, Some("ci/Other.dockerfile"), Some("test")).unwrap()
+        else {
+            panic!("a build stays a build")
+        };
+        assert_eq!(request.dockerfile, "ci/Other.dockerfile");
+        assert_eq!(request.target.as_deref(), Some("test"));
+        let err = run(&build, Some("ci/acb.yaml"), None).unwrap_err().to_string();
+        assert!(err.contains("\"ci/acb.yaml\" is a task file, but this task builds a Dockerfile"));
+
+        let file_task = def("https://h/r.git", None);
+        let RunRequest::FileTask(request) = run(&file_task, Some("ci/nightly.yml"), None).unwrap()
+        else {
+            panic!("a task file stays a task file")
+        };
+        assert_eq!(request.task_file, "ci/nightly.yml");
+        let err = run(&file_task, Some("Dockerfile"), None).unwrap_err().to_string();
+        assert!(err.contains("is not a task file"), "{err}");
+        let err = run(&file_task, Some("build.sh"), None).unwrap_err().to_string();
+        assert!(err.contains("--file build.sh: ACR reserves .sh"), "{err}");
+        let err = run(&file_task, None, Some("test")).unwrap_err().to_string();
+        assert!(err.contains("--target names a Dockerfile stage"), "{err}");
+
+        let encoded = TaskDefinition {
+            step: TaskStep::EncodedTask {
+                task: "steps: []".into(),
+                task_name: "acb.yaml".into(),
+                values_content: None,
+            },
+            ..def("/dev/null", None)
+        };
+        let err = run(&encoded, Some("other.yaml"), None).unwrap_err().to_string();
+        assert!(err.contains("kiln task update --file"), "{err}");
     }
 
     #[test]

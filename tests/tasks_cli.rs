@@ -2,6 +2,8 @@
 //! fresh data directory per server, on the engine `scripts/test-env.sh` starts (the image of
 //! `KILN_TEST_IMAGE`, busybox).
 
+#[path = "support/git.rs"]
+mod git;
 #[path = "support/server.rs"]
 mod support;
 
@@ -294,4 +296,37 @@ fn registry_logins_are_added_listed_and_removed_without_showing_passwords() {
         "reg.local:5000",
     ]);
     assert!(!ok(&out).contains("reg.local"), "{}", text(&out));
+}
+
+/// `task run -f` and `--target` pick another Dockerfile and stage in the task's own context for
+/// one run, as `az acr task run` does; a file of the other kind is refused and queues nothing.
+#[test]
+fn a_manual_run_takes_another_dockerfile_and_stage() {
+    let server = Server::start("etf", 1);
+    let root = git::Root::new();
+    let repo = git::Repo::init();
+    let base = image();
+    repo.commit_file("Dockerfile", &format!("FROM {base}\nRUN echo from-the-default\n"), "a");
+    let other = format!(
+        "FROM {base} AS one\nRUN echo built-stage-one\nFROM {base} AS two\nRUN echo built-stage-two\n"
+    );
+    repo.commit_file("ci/Other.dockerfile", &other, "b");
+    repo.push(&root.bare("app"), "main");
+    let context = format!("{}#main", root.file_url("app"));
+    let tag = "kiln-task-file:{{.Run.ID}}";
+    let create = ["task", "create", "-n", "app", "-c", &context, "-f", "Dockerfile", "-t", tag];
+    ok(&server.run(&[&create[..], &["--no-push"]].concat()));
+
+    let run = ["task", "run", "-n", "app", "-f", "ci/Other.dockerfile", "--target", "one"];
+    let log = ok(&server.run(&run));
+    assert!(log.contains("built-stage-one"), "{log}");
+    assert!(!log.contains("built-stage-two") && !log.contains("from-the-default"), "{log}");
+    // The override was for that run only.
+    let log = ok(&server.run(&["task", "run", "-n", "app"]));
+    assert!(log.contains("from-the-default"), "{log}");
+
+    let out = server.run(&["task", "run", "-n", "app", "-f", "ci/acb.yaml"]);
+    refused(&out, 1, "\"ci/acb.yaml\" is a task file, but this task builds a Dockerfile");
+    let runs = json(&server.run(&["task", "list-runs", "-n", "app", "-o", "json"]));
+    assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
 }

@@ -305,6 +305,12 @@ pub struct TaskRunRequest {
     /// Another context for this run (`-c`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// Another Dockerfile or task file in the context (`-f`), of the task's own kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Another build stage (`--target`) for a Dockerfile build task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// The answer to a webhook delivery.

@@ -10,7 +10,6 @@
 //! and exit status 1.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -30,7 +29,7 @@ use crate::client::ClientError;
 use crate::request::cmd_request;
 use crate::store::RunStatus;
 use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
-use crate::task_def::check_name;
+use crate::task_def::{check_name, is_task_file};
 use crate::task_run::overlay;
 use crate::trigger::cron::{Schedule, parse_timer_arg};
 
@@ -246,6 +245,12 @@ pub struct TaskRunArgs {
     /// Another context for this run (git URL, tarball URL or `/dev/null`).
     #[arg(short = 'c', long, value_name = "CONTEXT")]
     context: Option<String>,
+    /// Another Dockerfile or task file in the context, of the task's own kind.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    file: Option<String>,
+    /// Another build stage, for a Dockerfile build task.
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
 }
@@ -546,27 +551,6 @@ fn timer_specs(schedules: &[String]) -> anyhow::Result<Vec<TimerSpec>> {
         timers.push(TimerSpec { name, schedule: schedule.to_string(), enabled: true });
     }
     Ok(timers)
-}
-
-/// §1.4: whether `-f FILE` names a task file (else a Dockerfile). ACR reserves more
-/// extensions for task files than YAML, but runs only YAML: those are refused here.
-fn is_task_file(file: &str) -> anyhow::Result<bool> {
-    const RESERVED: [&str; 16] = [
-        "toml", "json", "sh", "bash", "zsh", "ps1", "ps", "cmd", "bat", "ts", "js", "php", "py",
-        "rb", "lua", "yml",
-    ];
-    let ext = Path::new(file)
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "yaml" | "yml" => Ok(true),
-        e if RESERVED.contains(&e) => bail!(
-            "{file}: ACR reserves .{e} for task files but runs only YAML ones (.yaml, .yml); \
-             a Dockerfile needs another name"
-        ),
-        _ => Ok(false),
-    }
 }
 
 /// The step `-f`/`--cmd` and the flags beside them make, for a task on `context`.
@@ -921,6 +905,8 @@ fn run_request(args: &TaskRunArgs) -> anyhow::Result<TaskRunRequest> {
         values: set_values(&args.set, &args.set_secret)?,
         build_args,
         context: args.context.clone(),
+        file: args.file.clone(),
+        target: args.target.clone(),
     })
 }
 
@@ -1105,13 +1091,8 @@ mod tests {
 
     #[test]
     fn task_files_go_by_extension_others_are_dockerfiles() {
-        assert!(is_task_file("acb.yaml").unwrap());
-        assert!(is_task_file("ci/Build.YML").unwrap());
-        assert!(!is_task_file("Dockerfile").unwrap());
-        assert!(!is_task_file("docker/app.dockerfile").unwrap());
-        let err = is_task_file("build.sh").unwrap_err().to_string();
+        let err = create("-n a -c $GIT -f build.sh").unwrap_err().to_string();
         assert!(err.contains("runs only YAML"), "{err}");
-
         assert_eq!(
             create("-n a -c $GIT -f ci/acb.yaml").unwrap().definition.step,
             TaskStep::FileTask { task_file: "ci/acb.yaml".into(), values_file: None }

@@ -15,7 +15,7 @@ use crate::api::task::{
 };
 use crate::api::{self, ErrorBody, paths};
 use crate::queue::Origin;
-use crate::store::{RunRecord, TaskRecord, TimerRecord};
+use crate::store::{RunRecord, TaskParts, TaskRecord, TimerRecord};
 use crate::task_def::{self, TaskDefError};
 use crate::task_run::{self, Firing, TaskRunError};
 use crate::trigger::cron::Schedule;
@@ -62,11 +62,12 @@ pub async fn create(
 #[utoipa::path(get, path = "/tasks", tag = "tasks",
     responses((status = 200, body = Vec<Task>), (status = 401, body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Task>>, ApiError> {
-    let mut tasks = Vec::new();
-    for record in state.store.list_tasks().await? {
-        tasks.push(task_view(&state, &record).await?);
-    }
-    Ok(Json(tasks))
+    let mut parts = state.store.task_parts(None, HISTORY_SHOWN).await?;
+    let tasks = state.store.list_tasks().await?.into_iter().map(|record| {
+        let parts = parts.remove(&record.name).unwrap_or_default();
+        view_of(&state, &record, parts)
+    });
+    Ok(Json(tasks.collect::<Result<_, _>>()?))
 }
 
 /// A task, with its webhook URL and secret.
@@ -299,28 +300,30 @@ pub async fn run_task(
 }
 
 async fn timers(state: &AppState, name: &str) -> Result<Vec<Timer>, ApiError> {
-    Ok(state
-        .store
-        .timers(name)
-        .await?
-        .into_iter()
-        .map(|t| Timer {
-            name: t.name,
-            schedule: t.schedule,
-            enabled: t.enabled,
-            next_fire_time: t.next_fire_at.filter(|_| t.enabled),
-        })
-        .collect())
+    Ok(state.store.timers(name).await?.into_iter().map(timer_view).collect())
+}
+
+fn timer_view(t: TimerRecord) -> Timer {
+    Timer {
+        name: t.name,
+        schedule: t.schedule,
+        enabled: t.enabled,
+        next_fire_time: t.next_fire_at.filter(|_| t.enabled),
+    }
 }
 
 /// The API view of a stored task.
 pub async fn task_view(state: &AppState, record: &TaskRecord) -> Result<Task, ApiError> {
+    let mut parts = state.store.task_parts(Some(&record.name), HISTORY_SHOWN).await?;
+    view_of(state, record, parts.remove(&record.name).unwrap_or_default())
+}
+
+/// The API view of a stored task with its timers, base images and history.
+fn view_of(state: &AppState, record: &TaskRecord, parts: TaskParts) -> Result<Task, ApiError> {
     let definition: TaskDefinition =
         serde_json::from_str(&record.definition).map_err(ApiError::internal)?;
-    let base_image_dependencies = state
-        .store
-        .base_images(&record.name)
-        .await?
+    let base_image_dependencies = parts
+        .base_images
         .into_iter()
         .map(|b| BaseImageDependency {
             kind: b.kind,
@@ -330,17 +333,15 @@ pub async fn task_view(state: &AppState, record: &TaskRecord) -> Result<Task, Ap
             digest: b.digest,
         })
         .collect();
-    let history = state
-        .store
-        .task_events(&record.name, HISTORY_SHOWN)
-        .await?
+    let history = parts
+        .history
         .into_iter()
         .map(|e| TaskEvent { time: e.at, kind: e.kind, detail: e.detail })
         .collect();
     Ok(Task {
         name: record.name.clone(),
         definition,
-        timers: timers(state, &record.name).await?,
+        timers: parts.timers.into_iter().map(timer_view).collect(),
         webhook: Webhook {
             url: format!(
                 "{}{}",

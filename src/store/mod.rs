@@ -42,7 +42,7 @@ pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
 pub use status::{RunStatus, RunType};
-pub use tasks::{TaskEventRecord, TaskRecord, TaskWrite, TimerRecord};
+pub use tasks::{TaskEventRecord, TaskParts, TaskRecord, TaskWrite, TimerRecord};
 pub use tokens::TokenInfo;
 pub use triggers::{BaseImageRecord, ClaimOutcome, SourceOutcome, TimerClaim};
 

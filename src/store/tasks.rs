@@ -2,8 +2,11 @@
 //! definition as opaque JSON (redacted) and the sealed whole, the sealed webhook secret; it
 //! never sees a secret in the clear.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
+use super::triggers::BaseImageRecord;
 use super::{Store, StoreError, StoreResult, from_millis, now_millis, to_millis};
 
 /// Task history entries worth keeping per task (older ones are dropped as new ones come).
@@ -35,6 +38,15 @@ pub struct TimerRecord {
     pub enabled: bool,
     /// The next occurrence nobody has fired yet; `None` when the schedule never fires again.
     pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// What [`Store::task_parts`] gives for one task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskParts {
+    pub timers: Vec<TimerRecord>,
+    pub base_images: Vec<BaseImageRecord>,
+    /// Newest first.
+    pub history: Vec<TaskEventRecord>,
 }
 
 /// A history entry.
@@ -188,12 +200,39 @@ impl Store {
 
     /// A task's timers, by name.
     pub async fn timers(&self, task: &str) -> StoreResult<Vec<TimerRecord>> {
-        let rows: Vec<TimerRow> =
-            sqlx::query_as("SELECT * FROM timers WHERE task_name = $1 ORDER BY name")
-                .bind(task)
-                .fetch_all(self.pool())
-                .await?;
+        self.timers_of(Some(task)).await
+    }
+
+    /// The timers of `task`, or of every task, by task and name.
+    async fn timers_of(&self, task: Option<&str>) -> StoreResult<Vec<TimerRecord>> {
+        let rows: Vec<TimerRow> = sqlx::query_as(
+            "SELECT * FROM timers WHERE $1 IS NULL OR task_name = $1 ORDER BY task_name, name",
+        )
+        .bind(task)
+        .fetch_all(self.pool())
+        .await?;
         rows.into_iter().map(TimerRecord::try_from).collect()
+    }
+
+    /// What a task's API view shows besides its definition: timers, base images and the last
+    /// `history` history entries, for `task` or for every task (keyed by task name). Three
+    /// queries whatever the number of tasks, so listing many tasks stays one round of reads.
+    pub async fn task_parts(
+        &self,
+        task: Option<&str>,
+        history: i64,
+    ) -> StoreResult<BTreeMap<String, TaskParts>> {
+        let mut parts: BTreeMap<String, TaskParts> = BTreeMap::new();
+        for timer in self.timers_of(task).await? {
+            parts.entry(timer.task_name.clone()).or_default().timers.push(timer);
+        }
+        for image in self.base_images_of(task).await? {
+            parts.entry(image.task_name.clone()).or_default().base_images.push(image);
+        }
+        for (name, event) in self.task_events_of(task, history).await? {
+            parts.entry(name).or_default().history.push(event);
+        }
+        Ok(parts)
     }
 
     /// Adds a timer; [`StoreError::TimerExists`] if the task has one of that name.
@@ -243,16 +282,31 @@ impl Store {
 
     /// The task's most recent history entries, newest first.
     pub async fn task_events(&self, task: &str, limit: i64) -> StoreResult<Vec<TaskEventRecord>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT at, kind, detail FROM task_events WHERE task_name = $1
-             ORDER BY id DESC LIMIT $2",
+        let events = self.task_events_of(Some(task), limit).await?;
+        Ok(events.into_iter().map(|(_, event)| event).collect())
+    }
+
+    /// The `limit` most recent history entries of `task`, or of every task, newest first per
+    /// task, with the task's name.
+    async fn task_events_of(
+        &self,
+        task: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, TaskEventRecord)>> {
+        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT task_name, at, kind, detail FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY task_name ORDER BY id DESC) AS recent
+                FROM task_events WHERE $1 IS NULL OR task_name = $1)
+             WHERE recent <= $2 ORDER BY task_name, recent",
         )
         .bind(task)
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
         rows.into_iter()
-            .map(|(at, kind, detail)| Ok(TaskEventRecord { at: from_millis(at)?, kind, detail }))
+            .map(|(name, at, kind, detail)| {
+                Ok((name, TaskEventRecord { at: from_millis(at)?, kind, detail }))
+            })
             .collect()
     }
 }

@@ -716,3 +716,55 @@ async fn store_base_image_changes_are_claimed_once() {
     a.update_task("app", write).await.unwrap();
     assert!(a.watched_base_images().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn store_task_parts_group_timers_images_and_recent_history_by_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for name in ["a", "b", "c"] {
+        task(&store, name).await;
+    }
+    let timer = |task: &str, name: &str| TimerRecord {
+        task_name: task.into(),
+        name: name.into(),
+        schedule: "* * * * *".into(),
+        enabled: true,
+        next_fire_at: None,
+    };
+    for (task, name) in [("b", "t2"), ("a", "t1"), ("b", "t1")] {
+        store.add_timer(&timer(task, name)).await.unwrap();
+    }
+    let base = BaseImageRecord {
+        task_name: "a".into(),
+        registry: "r:5000".into(),
+        repository: "base".into(),
+        tag: "1".into(),
+        kind: "RunTime".into(),
+        digest: String::new(),
+    };
+    store.set_base_images("a", std::slice::from_ref(&base)).await.unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let start = Utc::now();
+    for i in 0..5 {
+        let at = start + TimeDelta::seconds(i);
+        tasks::insert_event(&mut conn, "a", at, "TimerMissed", &format!("a{i}")).await.unwrap();
+        tasks::insert_event(&mut conn, "b", at, "TimerMissed", &format!("b{i}")).await.unwrap();
+    }
+    drop(conn);
+
+    let all = store.task_parts(None, 3).await.unwrap();
+    assert_eq!(all.keys().collect::<Vec<_>>(), ["a", "b"], "c has nothing to show");
+    let names = |parts: &TaskParts| parts.timers.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&all["b"]), ["t1", "t2"]);
+    let history =
+        |parts: &TaskParts| parts.history.iter().map(|e| e.detail.clone()).collect::<Vec<_>>();
+    assert_eq!(history(&all["a"]), ["a4", "a3", "a2"], "the last 3 of each task, newest first");
+    assert_eq!(history(&all["b"]), ["b4", "b3", "b2"]);
+    assert_eq!(all["a"].base_images, [base]);
+    assert!(all["b"].base_images.is_empty());
+
+    let one = store.task_parts(Some("b"), 10).await.unwrap();
+    assert_eq!(one.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(history(&one["b"]).len(), 5);
+    assert_eq!(store.task_events("b", 2).await.unwrap()[0].detail, "b4");
+}

@@ -237,9 +237,18 @@ impl Store {
 
     /// A task's base images.
     pub async fn base_images(&self, task: &str) -> StoreResult<Vec<BaseImageRecord>> {
+        self.base_images_of(Some(task)).await
+    }
+
+    /// The base images of `task`, or of every task, by task (runtime first, then by image).
+    pub(super) async fn base_images_of(
+        &self,
+        task: Option<&str>,
+    ) -> StoreResult<Vec<BaseImageRecord>> {
         let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
             "SELECT task_name, registry, repository, tag, kind, digest FROM base_images
-             WHERE task_name = $1 ORDER BY kind DESC, registry, repository, tag",
+             WHERE $1 IS NULL OR task_name = $1
+             ORDER BY task_name, kind DESC, registry, repository, tag",
         )
         .bind(task)
         .fetch_all(self.pool())

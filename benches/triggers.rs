@@ -183,6 +183,25 @@ fn timers() {
     );
     println!("  baseline: {tasks} runs queued via POST /runs, 8 clients: {api_ms:.0} ms");
     println!("  ratio (slowest timer run queued / API batch): {:.2}", max / api_ms);
+
+    // Listing: every task with its timers and history, against listing as many runs.
+    let list = |path: &str| {
+        let mut samples: Vec<f64> = (0..11)
+            .map(|_| {
+                let clock = Instant::now();
+                let (status, body) = server.api("GET", path, Value::Null);
+                assert_eq!(status, 200, "{body}");
+                let listed = body.as_array().map(Vec::len);
+                assert_eq!(listed, Some(tasks), "{path}: {:.300}", body.to_string());
+                clock.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        percentile(&mut samples, 0.5)
+    };
+    let (tasks_ms, runs_ms) = (list("/tasks"), list(&format!("/runs?top={tasks}")));
+    println!("  GET /tasks ({tasks} tasks): p50 {tasks_ms:.1} ms");
+    println!("  baseline: GET /runs?top={tasks}: p50 {runs_ms:.1} ms");
+    println!("  ratio tasks / runs listing: {:.2}", tasks_ms / runs_ms);
 }
 
 fn main() {

@@ -367,6 +367,18 @@ fn polling_notices_a_moved_base_image_tag() {
     assert_eq!(runs[0]["imageUpdateTrigger"]["images"][0]["digest"], moved.as_str());
     let run = server.finished(runs[0]["runId"].as_str().unwrap());
     assert_eq!(run["status"], "Succeeded", "{run}");
+
+    // A tag that moves while no server runs is noticed by the first poll after the start, not
+    // an interval later (an hour here).
+    let prefix = server.prefix.clone();
+    let (data, token, dir) = server.kill9();
+    let moved = push_new_content(&base, "third");
+    let args = ["--registry", registry.as_str(), "--base-image-poll", "3600"];
+    let mut server = Server::spawn_with(&prefix, &data, 1, Some(token), &args);
+    server._dir = dir;
+    let runs = wait_for_runs(&server, "polled", 3);
+    assert_eq!(runs[0]["trigger"], "Image Update", "{runs:?}");
+    assert_eq!(runs[0]["imageUpdateTrigger"]["images"][0]["digest"], moved.as_str());
 }
 
 #[test]

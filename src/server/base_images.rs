@@ -13,7 +13,7 @@
 //! identical content again (same digest) triggers nothing (Azure/acr#373). A tag first seen
 //! without a digest gets one recorded, without a run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,10 +147,10 @@ pub async fn poll_once(
             (c.registry.clone(), auth)
         })
         .collect();
-    let mut tags: BTreeMap<(String, String, String), ()> = BTreeMap::new();
+    let mut tags: BTreeSet<(String, String, String)> = BTreeSet::new();
     let mut tasks: Vec<&str> = Vec::new();
     for b in &watched {
-        tags.insert((b.registry.clone(), b.repository.clone(), b.tag.clone()), ());
+        tags.insert((b.registry.clone(), b.repository.clone(), b.tag.clone()));
         if !tasks.contains(&b.task_name.as_str()) {
             tasks.push(&b.task_name);
         }
@@ -170,7 +170,7 @@ pub async fn poll_once(
         }
     }
     let mut queued = Vec::new();
-    for (registry, repository, tag) in tags.into_keys() {
+    for (registry, repository, tag) in tags {
         let auth = logins.get(&registry).cloned();
         let tag = TagRef { registry, repository, tag };
         let lookup = tag.clone();
@@ -189,7 +189,8 @@ pub async fn poll_once(
     Ok(queued)
 }
 
-/// Polls every `interval` until `stop`; `queued` is called when runs were queued.
+/// Polls at once, then every `interval`, until `stop`; `queued` is called when runs were
+/// queued. The first poll catches what moved while no server ran.
 pub fn spawn(
     store: Store,
     secrets: Arc<SecretBox>,
@@ -199,10 +200,13 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        // A slow poll delays the next one rather than bunching them up.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                _ = ticks.tick() => {}
             }
             match poll_once(&store, &secrets, &credentials).await {
                 Ok(runs) if !runs.is_empty() => queued(),

@@ -157,7 +157,8 @@ impl Server {
         let req = req.body(body.to_vec()).expect("request");
         let mut resp = agent.run(req).expect("HTTP");
         let status = resp.status().as_u16();
-        (status, resp.body_mut().read_to_string().unwrap_or_default())
+        let text = resp.body_mut().read_to_string();
+        (status, text.unwrap_or_else(|e| panic!("reading the answer to {method} {path}: {e}")))
     }
 
     /// An API call with the admin token and a JSON body; the status and the JSON answer.

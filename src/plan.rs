@@ -173,6 +173,7 @@ pub fn build(
             .collect(),
         masked,
         credentials: Vec::new(),
+        git_ssh: None,
     };
     Ok((plan, diags))
 }

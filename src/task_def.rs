@@ -291,12 +291,12 @@ mod tests {
         assert!(check(&def("git://127.0.0.1/r.git#main:app")).is_ok());
         let err = check(&def("./local")).unwrap_err().to_string();
         assert!(err.contains("a task's context is a git URL"), "{err}");
-        let err = check(&def("git@github.com:o/r.git#main")).unwrap_err().to_string();
+        assert!(check(&def("git@github.com:o/r.git#main")).is_ok());
+        let err = check(&def("git@github.com#main")).unwrap_err().to_string();
         assert_eq!(
             err,
-            "context \"git@github.com:o/r.git#main\": SSH remotes are not supported; use \
-             https://github.com/o/r.git#main (a private repository's token goes in \
-             --git-access-token)"
+            "context \"git@github.com#main\": an SSH remote is git@host:path or \
+             ssh://[user@]host[:port]/path"
         );
         let mut t = def("/dev/null");
         t.timeout_secs = 10;

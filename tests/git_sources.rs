@@ -15,9 +15,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use git::{GitDaemon, GitHttp, Repo, Root};
+use git::{GitDaemon, GitHttp, Repo, Root, SshServer};
 use kiln::trigger::webhook::{self, Provider, SourceEvent, WebhookError};
 use kiln_worker::build::remote::{Fetched, Remote, RemoteError, detect, fetch};
+use kiln_worker::plan::GitSsh;
 use webhooks::Delivery;
 
 const SECRET: &str = "It's a Secret to Everybody";
@@ -60,12 +61,22 @@ impl Log {
 
 /// Fetches `context` (a URL with an optional `#ref:subdir`) into a fresh directory under `work`.
 async fn fetch_context(context: &str, work: &Path, log: &Log) -> Result<Fetched, RemoteError> {
+    fetch_with(context, work, log, None).await
+}
+
+/// [`fetch_context`] with an SSH identity.
+async fn fetch_with(
+    context: &str,
+    work: &Path,
+    log: &Log,
+    ssh: Option<&GitSsh>,
+) -> Result<Fetched, RemoteError> {
     let remote = detect(context)?.unwrap_or_else(|| panic!("{context} is not remote"));
     assert!(matches!(remote, Remote::Git { .. }), "{context} is a git context: {remote:?}");
     static FETCHES: AtomicUsize = AtomicUsize::new(0);
     let dest = work.join(format!("context-{}", FETCHES.fetch_add(1, Ordering::Relaxed)));
     let sink = |bytes: &[u8]| log.0.lock().unwrap().extend_from_slice(bytes);
-    fetch(&remote, &dest, &sink).await
+    fetch(&remote, &dest, ssh, &sink).await
 }
 
 async fn fetch_ok(context: &str, work: &Path) -> Fetched {
@@ -297,6 +308,77 @@ async fn token_auth_over_http_backend() {
 }
 
 /// `#<ref>:<dir>` builds in a folder of the repository; a folder that is not there is an error.
+/// SSH remotes: fetched with the identity's key, by branch and by commit, from a host whose key
+/// the identity's known_hosts lists (plain or hashed as Debian's ssh writes it); an unknown or
+/// changed host key, a key the server refuses, or no identity at all stop the fetch with what
+/// to do.
+#[tokio::test]
+async fn ssh_remotes_need_the_key_and_a_known_host() {
+    let root = Root::new();
+    let app = push_app(&root, "app");
+    let sshd = SshServer::start();
+    let url = sshd.url(&root.bare("app"));
+    let work = tempfile::tempdir().unwrap();
+    let identity = |key: &Path, known_hosts: &str| GitSsh {
+        private_key: std::fs::read_to_string(key).unwrap(),
+        known_hosts: known_hosts.to_string(),
+        known_hosts_file: "/etc/kiln/known_hosts".to_string(),
+    };
+    let known = identity(&sshd.client_key(), &sshd.known_hosts_line());
+    for (fragment, commit) in
+        [("#main", &app.main[2]), (&format!("#{}", app.main[0]), &app.main[0])]
+    {
+        let log = Log::default();
+        let context = format!("{url}{fragment}");
+        let fetched = fetch_with(&context, work.path(), &log, Some(&known))
+            .await
+            .unwrap_or_else(|e| panic!("{context}: {e}\n{}", log.text()));
+        assert_eq!(fetched.commit.as_ref(), Some(commit), "{context}");
+    }
+
+    // A hashed known_hosts, as `ssh-keygen -H` (and Debian's default HashKnownHosts) writes it.
+    let file = work.path().join("known_hosts");
+    std::fs::write(&file, sshd.known_hosts_line()).unwrap();
+    let status = std::process::Command::new("ssh-keygen").arg("-Hf").arg(&file).output().unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let hashed = std::fs::read_to_string(&file).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    let context = format!("{url}#main");
+    let log = Log::default();
+    fetch_with(&context, work.path(), &log, Some(&identity(&sshd.client_key(), &hashed)))
+        .await
+        .unwrap_or_else(|e| panic!("hashed known_hosts: {e}"));
+
+    let refused = |ssh: Option<GitSsh>| {
+        let (context, work) = (context.clone(), work.path().to_path_buf());
+        async move {
+            let log = Log::default();
+            let err = fetch_with(&context, &work, &log, ssh.as_ref()).await.unwrap_err();
+            err.to_string()
+        }
+    };
+    let port = sshd.port();
+    let shown = format!("[127.0.0.1]:{port} (ssh-ed25519 {})", sshd.fingerprint());
+    let err = refused(Some(identity(&sshd.client_key(), ""))).await;
+    assert!(
+        err.contains(&format!(
+            "the host key of {shown} is not in /etc/kiln/known_hosts; if that is the server's \
+             key, add it: ssh-keyscan -p {port} 127.0.0.1 >> /etc/kiln/known_hosts"
+        )),
+        "{err}"
+    );
+    let impostor = tempfile::tempdir().unwrap();
+    git::keygen(&impostor.path().join("key"));
+    let public = std::fs::read_to_string(impostor.path().join("key.pub")).unwrap();
+    let other_line = format!("[127.0.0.1]:{port} {public}");
+    let err = refused(Some(identity(&sshd.client_key(), &other_line))).await;
+    assert!(err.contains(&format!("the host key of {shown} is not the one")), "{err}");
+    let err = refused(Some(identity(&impostor.path().join("key"), &sshd.known_hosts_line()))).await;
+    assert!(err.contains("the server's SSH key was refused for user"), "{err}");
+    let err = refused(None).await;
+    assert!(err.contains("kiln serve --git-ssh-key FILE --git-known-hosts FILE"), "{err}");
+}
+
 #[tokio::test]
 async fn subfolder_context() {
     let root = Root::new();

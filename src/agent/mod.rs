@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kiln_worker::Engine;
-use kiln_worker::plan::RegistryCredential;
+use kiln_worker::plan::{GitSsh, RegistryCredential};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,8 +55,43 @@ pub struct AgentConfig {
     pub credentials: Vec<RegistryCredential>,
     /// Image aliases from the configuration.
     pub images: BTreeMap<String, String>,
+    /// The identity and known hosts for SSH git contexts.
+    pub git_ssh: Option<GitSshFiles>,
     /// Lease length; heartbeats go every third of it.
     pub lease_ttl: Duration,
+}
+
+/// The files of the SSH identity for git contexts (`kiln serve --git-ssh-key`,
+/// `--git-known-hosts`). They are read for each run, so a host added to `known_hosts` counts
+/// from the next run on, without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSshFiles {
+    pub private_key: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+impl GitSshFiles {
+    /// Reads both files; a missing `known_hosts` is an empty one (every host is then refused,
+    /// with the command that adds it).
+    pub fn load(&self) -> Result<GitSsh, AgentError> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map_err(|source| AgentError::GitSsh { path: path.clone(), source })
+        };
+        let known_hosts = match read(&self.known_hosts) {
+            Err(AgentError::GitSsh { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                String::new()
+            }
+            other => other?,
+        };
+        Ok(GitSsh {
+            private_key: read(&self.private_key)?,
+            known_hosts,
+            known_hosts_file: self.known_hosts.display().to_string(),
+        })
+    }
 }
 
 impl AgentConfig {
@@ -68,6 +103,7 @@ impl AgentConfig {
             default_registry: None,
             credentials: Vec::new(),
             images: BTreeMap::new(),
+            git_ssh: None,
             lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
@@ -89,6 +125,8 @@ pub enum AgentError {
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     SecretKey(#[from] crate::secret_box::SecretBoxError),
+    #[error("cannot read {path} (git SSH identity): {source}")]
+    GitSsh { path: PathBuf, source: std::io::Error },
 }
 
 /// A run a local worker holds, and how to stop it.

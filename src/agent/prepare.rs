@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use chrono::Utc;
 use flate2::read::GzDecoder;
 use kiln_worker::build::remote;
-use kiln_worker::plan::{Plan, RegistryCredential};
+use kiln_worker::plan::{GitSsh, Plan, RegistryCredential};
 
 use crate::api::Source;
 use crate::queue;
@@ -55,6 +55,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) secrets: &'a crate::secret_box::SecretBox,
     pub(crate) default_registry: Option<&'a str>,
     pub(crate) images: &'a BTreeMap<String, String>,
+    pub(crate) git_ssh: Option<&'a GitSsh>,
 }
 
 /// A run ready to execute.
@@ -117,7 +118,8 @@ pub(crate) async fn prepare(
             let collect = |bytes: &[u8]| {
                 output.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
             };
-            let fetched = remote::fetch(&remote, &run_dir.join("context"), &collect).await;
+            let dest = run_dir.join("context");
+            let fetched = remote::fetch(&remote, &dest, settings.git_ssh, &collect).await;
             // The fetch's own lines name the URL redacted; the writer masks them again.
             let output = output.into_inner().unwrap_or_else(PoisonError::into_inner);
             for line in String::from_utf8_lossy(&output).lines() {

@@ -289,9 +289,13 @@ mod tests {
         assert_eq!(SourceArg::classify(".").ok(), Some(Local(PathBuf::from("."))));
         // A local directory named like a repository is still local.
         assert_eq!(SourceArg::classify("app.git").ok(), Some(Local(PathBuf::from("app.git"))));
-        // The worker cannot fetch over SSH: said before anything is uploaded.
-        let err = SourceArg::classify("git@github.com:org/app.git").unwrap_err();
-        assert!(err.to_string().contains("SSH"), "{err}");
+        assert_eq!(
+            SourceArg::classify("git@github.com:org/app.git").ok(),
+            Some(Git("git@github.com:org/app.git".to_string()))
+        );
+        // A malformed SSH remote is said before anything is uploaded.
+        let err = SourceArg::classify("git@github.com").unwrap_err();
+        assert!(err.to_string().contains("an SSH remote is"), "{err}");
     }
 
     fn run(status: RunStatus, secs: i64, error: Option<&str>) -> Run {

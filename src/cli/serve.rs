@@ -11,6 +11,7 @@ use chrono::TimeDelta;
 use clap::Args;
 use kiln_worker::plan::RegistryCredential;
 
+use crate::agent::GitSshFiles;
 use crate::config::Config;
 use crate::server::{ServeConfig, serve as run_server};
 
@@ -48,6 +49,14 @@ pub struct ServeArgs {
     /// Seconds between checks of the registries for moved base-image tags.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     base_image_poll: u64,
+    /// Private key (OpenSSH, unencrypted) for SSH git contexts (`git@host:org/repo.git`,
+    /// `ssh://…`); the deploy key the git host knows.
+    #[arg(long, value_name = "FILE")]
+    git_ssh_key: Option<PathBuf>,
+    /// The known_hosts file SSH git hosts must be in (default: ~/.ssh/known_hosts). Read for
+    /// each run: a host added to it counts without a restart.
+    #[arg(long, value_name = "FILE", requires = "git_ssh_key")]
+    git_known_hosts: Option<PathBuf>,
 }
 
 pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -74,6 +83,21 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         }
         _ => Vec::new(),
     };
+    let git_ssh = match args.git_ssh_key {
+        Some(private_key) => {
+            let files = GitSshFiles {
+                private_key,
+                known_hosts: match args.git_known_hosts {
+                    Some(file) => file,
+                    None => home()?.join(".ssh/known_hosts"),
+                },
+            };
+            // Read once now, so a wrong path stops the start instead of every SSH run.
+            files.load()?;
+            Some(files)
+        }
+        None => None,
+    };
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
@@ -90,6 +114,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         public_url: args.public_url,
         base_image_poll: std::time::Duration::from_secs(args.base_image_poll),
+        git_ssh,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run_server(serve_config, shutdown_signal()))?;
@@ -101,10 +126,17 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     if is_root() {
         return Ok(PathBuf::from("/var/lib/kiln"));
     }
-    let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) else {
+    let Ok(home) = home() else {
         bail!("no data directory: set --data-dir or KILN_DATA_DIR (HOME is not set)");
     };
-    Ok(PathBuf::from(home).join(".local/share/kiln"))
+    Ok(home.join(".local/share/kiln"))
+}
+
+fn home() -> anyhow::Result<PathBuf> {
+    let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) else {
+        bail!("HOME is not set");
+    };
+    Ok(PathBuf::from(home))
 }
 
 /// Whether the process runs as root: `/proc/self` belongs to the effective user (Linux).

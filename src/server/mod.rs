@@ -48,7 +48,7 @@ use kiln_worker::plan::RegistryCredential;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, AgentConfig, AgentError};
+use crate::agent::{Agent, AgentConfig, AgentError, GitSshFiles};
 use crate::api::paths;
 use crate::log_hub::LogHub;
 use crate::run_id::RunIdPrefix;
@@ -77,6 +77,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// How often registries are asked whether watched base-image tags moved.
     pub base_image_poll: Duration,
+    /// The SSH identity for git contexts.
+    pub git_ssh: Option<GitSshFiles>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -161,6 +163,7 @@ pub async fn serve(
         default_registry: config.default_registry.clone(),
         credentials: config.credentials.clone(),
         images: config.images.clone(),
+        git_ssh: config.git_ssh.clone(),
         ..AgentConfig::new(config.data_dir.clone())
     };
     let agent = Agent::start(store.clone(), hub.clone(), agent_config).await?;

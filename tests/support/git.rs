@@ -6,6 +6,8 @@
 //! * [`GitDaemon`]: `git daemon` on a free port (`git://127.0.0.1:P/<name>.git`).
 //! * [`GitHttp`]: the smart HTTP protocol, `git http-backend` run as a CGI behind a small axum
 //!   server, optionally behind Basic auth whose password must equal a token.
+//! * [`SshServer`]: OpenSSH's `sshd` on a free port with its own host key, letting in one client
+//!   key as the user running the tests (`ssh://<user>@127.0.0.1:P/<path>`).
 //!
 //! Every `git` runs with the machine's system and global configuration ignored, so the tests do
 //! not depend on who runs them.
@@ -189,6 +191,111 @@ impl Drop for GitDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `sshd` on 127.0.0.1 with a host key and an authorised client key of its own, made in its
+/// tempdir; git runs over it as the user running the tests. Stopped on drop.
+pub struct SshServer {
+    child: Child,
+    port: u16,
+    user: String,
+    dir: tempfile::TempDir,
+}
+
+impl SshServer {
+    pub fn start() -> SshServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for key in ["host_key", "client_key"] {
+            keygen(&dir.path().join(key));
+        }
+        std::fs::copy(dir.path().join("client_key.pub"), dir.path().join("authorized_keys"))
+            .expect("authorized_keys");
+        // sshd refuses to start without its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let out = Command::new("id").arg("-un").output().expect("id");
+        let user = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("sshd_config");
+            let d = dir.path().display();
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nPidFile none\nStrictModes no\n\
+                     UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PermitRootLogin prohibit-password\nAllowUsers {user}\n"
+                ),
+            )
+            .expect("sshd_config");
+            let mut child = Command::new("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sshd starts (apt-get install openssh-server)");
+            if accepts_connections(&mut child, port) {
+                return SshServer { child, port, user, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sshd did not start on any of 5 ports");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `ssh://<user>@127.0.0.1:P<path>` for a repository at the absolute `path`.
+    pub fn url(&self, path: &Path) -> String {
+        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, path.display())
+    }
+
+    /// The authorised client's private key file.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// The `known_hosts` line of this server's host key.
+    pub fn known_hosts_line(&self) -> String {
+        let public = std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("key");
+        let mut fields = public.split_whitespace();
+        let (kind, key) = (fields.next().expect("type"), fields.next().expect("key"));
+        format!("[127.0.0.1]:{} {kind} {key}\n", self.port)
+    }
+
+    /// The host key's fingerprint as `ssh-keygen -l` prints it (`SHA256:…`).
+    pub fn fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.dir.path().join("host_key.pub"))
+            .output()
+            .expect("ssh-keygen -l");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.split_whitespace().nth(1).expect("a fingerprint").to_string()
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new ed25519 key pair without a passphrase: `path` and `path.pub`.
+pub fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success(), "ssh-keygen {}", path.display());
 }
 
 /// Readiness polling: connection attempts until `port` accepts one (true), the daemon exits or

@@ -64,6 +64,7 @@ pub(crate) async fn run(
                 workspace,
                 labels: &labels,
                 credentials: &plan.credentials,
+                git_ssh: plan.git_ssh.as_ref(),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
             let mut events: Vec<Event> = outcome

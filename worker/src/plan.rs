@@ -65,6 +65,29 @@ pub struct Plan {
     /// Registry logins for pulls, builds and pushes, by registry host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<RegistryCredential>,
+    /// The identity for SSH git remotes of build steps (`build … git@host:repo.git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ssh: Option<GitSsh>,
+}
+
+/// The SSH identity git fetches use, and the host keys they trust.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitSsh {
+    /// An OpenSSH private key, unencrypted.
+    pub private_key: String,
+    /// The text of a `known_hosts` file: a host whose key is not in it is refused.
+    pub known_hosts: String,
+    /// Where `known_hosts` was read from, for the refusal's advice.
+    pub known_hosts_file: String,
+}
+
+impl fmt::Debug for GitSsh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitSsh")
+            .field("private_key", &"***")
+            .field("known_hosts_file", &self.known_hosts_file)
+            .finish()
+    }
 }
 
 impl Plan {

@@ -16,6 +16,7 @@
 pub mod args;
 pub mod context;
 pub mod dockerignore;
+pub mod known_hosts;
 pub mod remote;
 pub mod report;
 pub mod scan;
@@ -33,7 +34,7 @@ pub use report::{Dependency, GitReference, ImageReference, fill_pushed_digests, 
 
 use crate::auth;
 use crate::image_ref::ImageRef;
-use crate::plan::{EnvVar, RegistryCredential};
+use crate::plan::{EnvVar, GitSsh, RegistryCredential};
 use crate::push::engine_message;
 
 /// Where ACR mounts the shared run volume; absolute paths under it name workspace paths.
@@ -56,6 +57,8 @@ pub struct BuildRequest<'a> {
     /// over them, so the worker can always find its images.
     pub labels: &'a HashMap<String, String>,
     pub credentials: &'a [RegistryCredential],
+    /// The identity for an SSH git context.
+    pub git_ssh: Option<&'a GitSsh>,
 }
 
 /// What a successful build produced.
@@ -120,7 +123,7 @@ pub async fn run(
     let (context_dir, dockerfile, commit) = match remote::detect(&args.context)? {
         Some(remote) => {
             let dest = download_dir(req)?;
-            let fetched = remote::fetch(&remote, &dest, log).await?;
+            let fetched = remote::fetch(&remote, &dest, req.git_ssh, log).await?;
             let dockerfile = match &args.dockerfile {
                 Some(file) => resolve(req.workspace, &fetched.context_dir, file),
                 None => fetched.context_dir.join("Dockerfile"),
@@ -397,6 +400,7 @@ mod tests {
             workspace: Path::new("/w"),
             labels: &labels,
             credentials: &[],
+            git_ssh: None,
         };
         assert_eq!(download_dir(&req("build")).unwrap(), PathBuf::from("/w/app/build"));
         for bad in ["", "..", "a/b", "/abs", "."] {

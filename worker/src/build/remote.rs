@@ -17,8 +17,10 @@
 //! * Other `http(s)` URLs are tarballs: up to 3 attempts (backoff 250 ms × 2^n), then the
 //!   download is unpacked by magic bytes — gzip, bzip2 or plain tar; xz and zstd are refused with a
 //!   clear error, and so is anything that is not an archive (ACR silently leaves it unextracted).
-//! * `oci://` artifacts and SSH remotes (`git@…`, `ssh://`) are not supported and say so (for
-//!   `git@host:path`, naming the `https://host/path` to use instead).
+//! * SSH git remotes (`git@host:org/repo.git`, `ssh://[user@]host[:port]/path`) use the
+//!   identity given as [`GitSsh`], and only reach hosts whose key its `known_hosts` lists
+//!   ([`super::known_hosts`]); without one the fetch says how to configure it.
+//! * `oci://` artifacts are not supported and say so.
 //!
 //! Git and HTTP are blocking libraries, so the work runs on a blocking thread; dropping the
 //! future (step timeout, cancellation) raises a flag that aborts the transfer at its next
@@ -27,11 +29,13 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::known_hosts::{self, KnownHosts, Verdict};
 use crate::backoff;
+use crate::plan::GitSsh;
 
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 
@@ -93,29 +97,19 @@ pub fn detect(context: &str) -> Result<Option<Remote>, RemoteError> {
     if lower.starts_with("oci://") {
         return unsupported("OCI artifact");
     }
-    if lower.starts_with("git@") || lower.starts_with("ssh://") {
-        // The same repository is served over HTTPS by every host people use.
-        let https = context
-            .strip_prefix("git@")
-            .and_then(|rest| rest.split_once(':'))
-            .map(|(host, path)| format!("https://{host}/{path}"));
-        return match https {
-            Some(https) => Err(RemoteError::Invalid {
-                context: redact(context),
-                reason: format!(
-                    "SSH remotes are not supported; use {https} (a private repository's token \
-                     goes in --git-access-token)"
-                ),
-            }),
-            None => unsupported("SSH git"),
-        };
-    }
     let (base, fragment) = match context.split_once('#') {
         Some((base, fragment)) => (base, Some(fragment)),
         None => (context, None),
     };
     let is_http = lower.starts_with("http://") || lower.starts_with("https://");
-    let git_url = if lower.starts_with("git://") || lower.starts_with("file://") {
+    let is_ssh = lower.starts_with("git@") || lower.starts_with("ssh://");
+    if is_ssh && ssh_host(base).is_none() {
+        return Err(RemoteError::Invalid {
+            context: redact(context),
+            reason: "an SSH remote is git@host:path or ssh://[user@]host[:port]/path".to_string(),
+        });
+    }
+    let git_url = if is_ssh || lower.starts_with("git://") || lower.starts_with("file://") {
         Some(base.to_string())
     } else if lower.starts_with("github.com/") {
         // Docker's shorthand.
@@ -148,6 +142,24 @@ pub fn detect(context: &str) -> Result<Option<Remote>, RemoteError> {
         return Ok(Some(Remote::Tarball { url: base.to_string() }));
     }
     Ok(None)
+}
+
+/// The host and port an SSH remote (`git@host:path`, `ssh://[user@]host[:port]/path`) names;
+/// `None` when it names no host or path, or is not an SSH remote.
+pub fn ssh_host(url: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = url.strip_prefix("ssh://").or_else(|| url.strip_prefix("SSH://")) {
+        let (authority, path) = rest.split_once('/')?;
+        let host_port = authority.rsplit('@').next()?;
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port.parse().ok()?)),
+            None => (host_port, None),
+        };
+        return (!host.is_empty() && !path.is_empty()).then(|| (host.to_string(), port));
+    }
+    let (user_host, path) = url.split_once(':')?;
+    let (_, host) = user_host.split_once('@')?;
+    (!host.is_empty() && !path.is_empty() && !path.starts_with("//"))
+        .then(|| (host.to_string(), None))
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -183,15 +195,21 @@ fn is_relative_inside(path: &str) -> bool {
     true
 }
 
-/// The URL with any password replaced by `***`, for logs and errors.
+/// The URL with any password replaced by `***`, for logs and errors. An SSH URL's user is a
+/// login name (`git`), not a token, and stays.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let keeps_user = scheme.eq_ignore_ascii_case("ssh");
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".into() };
+            let masked = match (userinfo.contains(':'), keeps_user) {
+                (true, _) => format!("{user}:***"),
+                (false, true) => user.to_string(),
+                (false, false) => "***".into(),
+            };
             format!("{scheme}://{masked}@{host}{}", &rest[authority_end..])
         }
         None => url.to_string(),
@@ -212,12 +230,14 @@ impl Drop for CancelOnDrop {
 pub async fn fetch(
     remote: &Remote,
     dest: &Path,
+    ssh: Option<&GitSsh>,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Fetched, RemoteError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let remote_owned = remote.clone();
     let dest_owned = dest.to_path_buf();
+    let ssh = ssh.cloned();
     let message = match remote {
         Remote::Git { url, reference, .. } => format!(
             "Fetching git repository {} ({})\n",
@@ -227,10 +247,11 @@ pub async fn fetch(
         Remote::Tarball { url } => format!("Downloading build context {}\n", redact(url)),
     };
     log(message.as_bytes());
-    let result =
-        tokio::task::spawn_blocking(move || fetch_blocking(&remote_owned, &dest_owned, &cancel))
-            .await
-            .map_err(|e| RemoteError::Task(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        fetch_blocking(&remote_owned, &dest_owned, ssh.as_ref(), &cancel)
+    })
+    .await
+    .map_err(|e| RemoteError::Task(e.to_string()))?;
     drop(guard);
     let fetched = result?;
     if let Some(commit) = &fetched.commit {
@@ -242,6 +263,7 @@ pub async fn fetch(
 fn fetch_blocking(
     remote: &Remote,
     dest: &Path,
+    ssh: Option<&GitSsh>,
     cancel: &AtomicBool,
 ) -> Result<Fetched, RemoteError> {
     let prepare = |path: &Path| {
@@ -255,7 +277,8 @@ fn fetch_blocking(
     prepare(dest)?;
     match remote {
         Remote::Git { url, reference, subdir } => {
-            let commit = git_fetch(url, reference.as_deref(), dest, cancel)?;
+            let session = GitSession { ssh, cancel, refusal: Mutex::new(None) };
+            let commit = git_fetch(url, reference.as_deref(), dest, &session)?;
             let context_dir = match subdir {
                 Some(subdir) => {
                     let dir = dest.join(subdir);
@@ -286,25 +309,57 @@ fn fetch_blocking(
 
 // --- git -------------------------------------------------------------------------------------
 
-fn git_error<'a>(url: &str, cancel: &'a AtomicBool) -> impl Fn(git2::Error) -> RemoteError + 'a {
+/// What one git fetch (with its submodules) shares between its callbacks and its errors.
+struct GitSession<'a> {
+    ssh: Option<&'a GitSsh>,
+    cancel: &'a AtomicBool,
+    /// Why the SSH host key was refused: libgit2 replaces the callback's message with its own
+    /// ("invalid or unknown remote ssh hostkey"), which says nothing of what to do.
+    refusal: Mutex<Option<String>>,
+}
+
+fn git_error<'a>(
+    url: &str,
+    session: &'a GitSession<'_>,
+) -> impl Fn(git2::Error) -> RemoteError + 'a {
     let url = redact(url);
     move |e| {
         // A callback returning false (the cancel flag) surfaces as a `User` error.
-        if cancel.load(Ordering::Relaxed) || e.code() == git2::ErrorCode::User {
-            RemoteError::Cancelled
-        } else {
-            RemoteError::Git { url: url.clone(), message: e.message().to_string() }
+        if session.cancel.load(Ordering::Relaxed) || e.code() == git2::ErrorCode::User {
+            return RemoteError::Cancelled;
         }
+        let refusal = session.refusal.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let message = refusal.unwrap_or_else(|| e.message().to_string());
+        RemoteError::Git { url: url.clone(), message }
     }
 }
 
-fn callbacks<'a>(url: &str, cancel: &'a AtomicBool) -> git2::RemoteCallbacks<'a> {
+fn callbacks<'a>(url: &str, session: &'a GitSession<'_>) -> git2::RemoteCallbacks<'a> {
+    let ssh = session.ssh;
     let (user, password) = url_credentials(url);
     let mut callbacks = git2::RemoteCallbacks::new();
-    let mut offered = false;
-    callbacks.credentials(move |_, _, allowed| {
-        // Offer the URL's credentials once; libgit2 calls again after a rejection, and offering
-        // the same ones forever would loop.
+    let (mut offered, mut offered_key) = (false, false);
+    callbacks.credentials(move |_, ssh_user, allowed| {
+        // Offer each credential once; libgit2 calls again after a rejection, and offering the
+        // same one forever would loop.
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            let user = ssh_user.unwrap_or("git");
+            return match (ssh, offered_key) {
+                (Some(ssh), false) => {
+                    offered_key = true;
+                    git2::Cred::ssh_key_from_memory(user, None, &ssh.private_key, None)
+                }
+                (Some(_), true) => Err(git2::Error::from_str(&format!(
+                    "the server's SSH key was refused for user {user}"
+                ))),
+                (None, _) => Err(git2::Error::from_str(
+                    "an SSH remote needs the server's SSH key (kiln serve --git-ssh-key FILE)",
+                )),
+            };
+        }
+        if allowed.contains(git2::CredentialType::USERNAME) {
+            return git2::Cred::username(ssh_user.unwrap_or("git"));
+        }
         match (&password, allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT), offered) {
             (Some(password), true, false) => {
                 offered = true;
@@ -313,12 +368,76 @@ fn callbacks<'a>(url: &str, cancel: &'a AtomicBool) -> git2::RemoteCallbacks<'a>
             _ => Err(git2::Error::from_str("authentication required (no usable credentials)")),
         }
     });
-    callbacks.transfer_progress(move |_| !cancel.load(Ordering::Relaxed));
+    let host = ssh_host(url);
+    callbacks.certificate_check(move |cert, _| {
+        // TLS certificates keep libgit2's own verification; SSH host keys are checked here.
+        let (Some(hostkey), Some((host, port))) = (cert.as_hostkey(), &host) else {
+            return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
+        };
+        match check_host_key(hostkey, &known_hosts::host_name(host, *port), ssh) {
+            Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
+            Err(message) => {
+                let error = git2::Error::from_str(&message);
+                *session.refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(message);
+                Err(error)
+            }
+        }
+    });
+    callbacks.transfer_progress(move |_| !session.cancel.load(Ordering::Relaxed));
     callbacks
 }
 
+/// Accepts `hostkey` for `name` only if the identity's `known_hosts` lists it.
+fn check_host_key(
+    hostkey: &git2::cert::CertHostkey<'_>,
+    name: &str,
+    ssh: Option<&GitSsh>,
+) -> Result<(), String> {
+    let (Some(key), Some(kind)) = (hostkey.hostkey(), hostkey.hostkey_type()) else {
+        return Err(format!("the SSH server {name} sent no host key kiln can check"));
+    };
+    let shown = format!(
+        "{} {}",
+        kind.name(),
+        hostkey.hash_sha256().map(|h| known_hosts::fingerprint(h)).unwrap_or_default()
+    );
+    let Some(ssh) = ssh else {
+        return Err(format!(
+            "the host key of {name} ({shown}) cannot be checked: an SSH remote needs the \
+             server's SSH key and known hosts (kiln serve --git-ssh-key FILE --git-known-hosts FILE)"
+        ));
+    };
+    let file = &ssh.known_hosts_file;
+    match KnownHosts::parse(&ssh.known_hosts).check(name, kind.name(), key) {
+        Verdict::Known => Ok(()),
+        Verdict::Unknown => {
+            let (host, port) = name
+                .strip_prefix('[')
+                .and_then(|n| n.split_once("]:"))
+                .map_or((name, None), |(h, p)| (h, Some(p)));
+            let keyscan = match port {
+                Some(port) => format!("ssh-keyscan -p {port} {host}"),
+                None => format!("ssh-keyscan {host}"),
+            };
+            Err(format!(
+                "the host key of {name} ({shown}) is not in {file}; if that is the server's \
+                 key, add it: {keyscan} >> {file}"
+            ))
+        }
+        Verdict::Mismatch => Err(format!(
+            "the host key of {name} ({shown}) is not the one {file} lists for it: the server's \
+             key changed, or something else answers in its name; the fetch was refused"
+        )),
+        Verdict::Revoked => Err(format!("the host key of {name} ({shown}) is revoked in {file}")),
+    }
+}
+
 fn url_credentials(url: &str) -> (Option<String>, Option<String>) {
-    let Some((_, rest)) = url.split_once("://") else { return (None, None) };
+    let Some((scheme, rest)) = url.split_once("://") else { return (None, None) };
+    if scheme.eq_ignore_ascii_case("ssh") {
+        // Only the key authenticates over SSH; the user part is the login name.
+        return (None, None);
+    }
     let authority = rest.split('/').next().unwrap_or(rest);
     match authority.rsplit_once('@') {
         Some((userinfo, _)) => match userinfo.split_once(':') {
@@ -334,14 +453,14 @@ fn git_fetch(
     url: &str,
     reference: Option<&str>,
     dest: &Path,
-    cancel: &AtomicBool,
+    session: &GitSession<'_>,
 ) -> Result<String, RemoteError> {
-    let err = git_error(url, cancel);
+    let err = git_error(url, session);
     let repo = git2::Repository::init(dest).map_err(&err)?;
-    let commit = fetch_into(&repo, url, reference, cancel)?;
+    let commit = fetch_into(&repo, url, reference, session)?;
     repo.set_head_detached(commit).map_err(&err)?;
     repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).map_err(&err)?;
-    update_submodules(&repo, cancel)?;
+    update_submodules(&repo, session)?;
     Ok(commit.to_string())
 }
 
@@ -350,13 +469,13 @@ fn fetch_into(
     repo: &git2::Repository,
     url: &str,
     reference: Option<&str>,
-    cancel: &AtomicBool,
+    session: &GitSession<'_>,
 ) -> Result<git2::Oid, RemoteError> {
-    let err = git_error(url, cancel);
+    let err = git_error(url, session);
     let mut remote = repo.remote("origin", url).map_err(&err)?;
     let (advertised, default_branch) = {
         let connection = remote
-            .connect_auth(git2::Direction::Fetch, Some(callbacks(url, cancel)), None)
+            .connect_auth(git2::Direction::Fetch, Some(callbacks(url, session)), None)
             .map_err(&err)?;
         let advertised: Vec<String> =
             connection.list().map_err(&err)?.iter().map(|h| h.name().to_string()).collect();
@@ -378,7 +497,7 @@ fn fetch_into(
     const FETCHED: &str = "refs/kiln/fetched";
     let fetch = |remote: &mut git2::Remote<'_>, refspecs: &[String], depth: Option<i32>| {
         let mut options = git2::FetchOptions::new();
-        options.remote_callbacks(callbacks(url, cancel));
+        options.remote_callbacks(callbacks(url, session));
         // With tag auto-following on, libgit2 writes a fetched tag under its own name and
         // ignores the refspec's destination.
         options.download_tags(git2::AutotagOption::None);
@@ -430,18 +549,18 @@ fn fetch_into(
     find().map_err(|_| RemoteError::RefNotFound { url: redact(url), reference: reference.into() })
 }
 
-fn update_submodules(repo: &git2::Repository, cancel: &AtomicBool) -> Result<(), RemoteError> {
+fn update_submodules(repo: &git2::Repository, session: &GitSession<'_>) -> Result<(), RemoteError> {
     let workdir = repo.workdir().map(Path::display).map(|d| d.to_string()).unwrap_or_default();
-    let err = git_error(&workdir, cancel);
+    let err = git_error(&workdir, session);
     for mut submodule in repo.submodules().map_err(&err)? {
         let url = submodule.url().ok().flatten().unwrap_or_default().to_string();
         let mut fetch_options = git2::FetchOptions::new();
-        fetch_options.remote_callbacks(callbacks(&url, cancel));
+        fetch_options.remote_callbacks(callbacks(&url, session));
         let mut options = git2::SubmoduleUpdateOptions::new();
         options.fetch(fetch_options);
-        submodule.update(true, Some(&mut options)).map_err(git_error(&url, cancel))?;
-        let sub_repo = submodule.open().map_err(git_error(&url, cancel))?;
-        update_submodules(&sub_repo, cancel)?;
+        submodule.update(true, Some(&mut options)).map_err(git_error(&url, session))?;
+        let sub_repo = submodule.open().map_err(git_error(&url, session))?;
+        update_submodules(&sub_repo, session)?;
     }
     Ok(())
 }
@@ -587,9 +706,21 @@ mod tests {
             Some(Remote::Tarball { url: "https://example.com/ctx.tar.gz".into() })
         );
         assert!(matches!(detect("oci://reg/a:b"), Err(RemoteError::Unsupported { .. })));
-        let ssh = detect("git@github.com:o/r.git#main").unwrap_err().to_string();
-        assert!(ssh.contains("use https://github.com/o/r.git#main"), "{ssh}");
-        assert!(matches!(detect("ssh://git@h/r.git"), Err(RemoteError::Unsupported { .. })));
+        assert_eq!(
+            d("git@github.com:o/r.git#main:app"),
+            git("git@github.com:o/r.git", Some("main"), Some("app"))
+        );
+        assert_eq!(d("ssh://git@h:2222/srv/r.git"), git("ssh://git@h:2222/srv/r.git", None, None));
+        for bad in ["git@github.com", "git@:o/r.git", "ssh://h", "ssh://h:port/r.git"] {
+            let err = detect(bad).unwrap_err().to_string();
+            assert!(err.contains("an SSH remote is git@host:path or ssh://"), "{bad}: {err}");
+        }
+        assert_eq!(ssh_host("git@github.com:o/r.git"), Some(("github.com".into(), None)));
+        assert_eq!(
+            ssh_host("ssh://u@127.0.0.1:2222/r.git"),
+            Some(("127.0.0.1".into(), Some(2222)))
+        );
+        assert_eq!(ssh_host("https://h/r.git"), None);
         assert!(matches!(
             detect("https://h/r.git#main:../../etc"),
             Err(RemoteError::Invalid { .. })
@@ -604,6 +735,9 @@ mod tests {
         assert_eq!(url_credentials("https://u:p@h/x"), (Some("u".into()), Some("p".into())));
         assert_eq!(url_credentials("https://pat@h/x"), (Some("dummy".into()), Some("pat".into())));
         assert_eq!(url_credentials("https://h/x"), (None, None));
+        assert_eq!(redact("ssh://git@h:2222/r.git"), "ssh://git@h:2222/r.git");
+        assert_eq!(redact("ssh://git:pw@h/r.git"), "ssh://git:***@h/r.git");
+        assert_eq!(url_credentials("ssh://git@h/r.git"), (None, None));
     }
 
     #[test]
@@ -688,6 +822,7 @@ mod git_tests {
         };
         let url = format!("file://{}", origin.path().display());
         let cancel = AtomicBool::new(false);
+        let session = GitSession { ssh: None, cancel: &cancel, refusal: Mutex::new(None) };
         let short = c1.to_string()[..8].to_string();
         // The pull request's commit is on no branch: only `refs/pull/7/head` reaches it.
         let pr_commit = pr.to_string();
@@ -699,18 +834,19 @@ mod git_tests {
             (Some(pr_commit.as_str()), pr),
         ] {
             let dest = tempfile::tempdir().unwrap();
-            let got = git_fetch(&url, reference, dest.path(), &cancel)
+            let got = git_fetch(&url, reference, dest.path(), &session)
                 .unwrap_or_else(|e| panic!("{reference:?}: {e}"));
             assert_eq!(got, want.to_string(), "{reference:?}");
         }
         let dest = tempfile::tempdir().unwrap();
         assert!(matches!(
-            git_fetch(&url, Some("nope"), dest.path(), &cancel),
+            git_fetch(&url, Some("nope"), dest.path(), &session),
             Err(RemoteError::RefNotFound { .. })
         ));
         let cancelled = AtomicBool::new(true);
+        let session = GitSession { ssh: None, cancel: &cancelled, refusal: Mutex::new(None) };
         assert!(matches!(
-            git_fetch(&url, None, dest.path(), &cancelled),
+            git_fetch(&url, None, dest.path(), &session),
             Err(RemoteError::Cancelled)
         ));
     }
@@ -733,7 +869,9 @@ mod git_tests {
 
         let dest = tempfile::tempdir().unwrap();
         let url = format!("file://{}", app.path().display());
-        git_fetch(&url, None, dest.path(), &AtomicBool::new(false)).unwrap();
+        let cancel = AtomicBool::new(false);
+        let session = GitSession { ssh: None, cancel: &cancel, refusal: Mutex::new(None) };
+        git_fetch(&url, None, dest.path(), &session).unwrap();
         assert_eq!(fs::read_to_string(dest.path().join("libs/lib/lib.txt")).unwrap(), "library");
     }
 }

@@ -48,8 +48,11 @@ REGISTRY=127.0.0.1:5000
 AUTH_REGISTRY=127.0.0.1:5001
 REGISTRY_USER=kiln
 REGISTRY_PASSWORD=kiln-test-password
-# libssl-dev, pkg-config and zlib1g-dev: the worker's git2 (libgit2 with HTTPS) builds against them.
-PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev)
+# libssl-dev, pkg-config and zlib1g-dev: the worker's git2 (libgit2 with HTTPS and SSH) builds
+# against them. openssh-server: the tests' own sshd (and ssh-keygen, ssh-keyscan) for SSH git
+# remotes; its service is not started (policy-rc.d below), tests start sshd on free ports.
+PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
+  openssh-server)
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer
 

@@ -330,3 +330,50 @@ fn a_manual_run_takes_another_dockerfile_and_stage() {
     let runs = json(&server.run(&["task", "list-runs", "-n", "app", "-o", "json"]));
     assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
 }
+
+/// A task on an SSH remote (`ssh://user@host:port/path`): with the server's key but the host not
+/// yet in its known_hosts, the run ends in Error with the command that adds it; once that command
+/// ran, the next run fetches over SSH, without a restart.
+#[test]
+fn a_task_on_an_ssh_remote_runs_once_its_host_is_known() {
+    let root = git::Root::new();
+    let repo = git::Repo::init();
+    repo.commit_file("msg.txt", "fetched-over-ssh\n", "msg");
+    repo.commit_file("acb.yaml", "steps:\n  - cmd: busybox cat /workspace/msg.txt\n", "task");
+    repo.push(&root.bare("app"), "main");
+    let sshd = git::SshServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known_hosts = dir.path().join("known_hosts");
+    let key = sshd.client_key();
+    let args = [
+        "--registry",
+        &support::registry(),
+        "--git-ssh-key",
+        key.to_str().expect("UTF-8 path"),
+        "--git-known-hosts",
+        known_hosts.to_str().expect("UTF-8 path"),
+    ];
+    let server = Server::start_with("essh", 1, &args);
+    let context = format!("{}#main", sshd.url(&root.bare("app")));
+    ok(&server.run(&["task", "create", "-n", "viassh", "-c", &context, "-f", "acb.yaml"]));
+
+    let out = server.run(&["task", "run", "-n", "viassh"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let advice = format!("ssh-keyscan -p {} 127.0.0.1 >> {}", sshd.port(), known_hosts.display());
+    assert!(all.contains(&format!("is not in {}", known_hosts.display())), "{all}");
+    assert!(all.contains(&advice), "{all}");
+    let keyscan = std::process::Command::new("sh").args(["-c", &advice]).output().expect("sh");
+    assert!(keyscan.status.success(), "{}", text(&keyscan));
+
+    let log = ok(&server.run(&["task", "run", "-n", "viassh"]));
+    assert!(log.contains("fetched-over-ssh"), "{log}");
+    let runs = json(&server.run(&["task", "list-runs", "-n", "viassh", "-o", "json"]));
+    let statuses: Vec<&str> = runs
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(statuses, ["Succeeded", "Error"], "{runs}");
+}

@@ -107,6 +107,11 @@ async fn check_branches(url: &str, app: &App) {
         assert_eq!(read(&fetched.context_dir, "Dockerfile"), content, "{context}");
         assert!(is_shallow(&fetched), "{context} is fetched shallow");
     }
+    // A push names its commit in full: while it is the branch's tip, that ref is fetched shallow.
+    let context = format!("{url}#{}", app.main[2]);
+    let fetched = fetch_ok(&context, work.path()).await;
+    assert_eq!(fetched.commit.as_ref(), Some(&app.main[2]), "{context}");
+    assert!(is_shallow(&fetched), "{context}: a tip commit is fetched shallow");
     // An abbreviated commit needs the history: a full fetch.
     let context = format!("{url}#{}", &app.main[0][..10]);
     let fetched = fetch_ok(&context, work.path()).await;
@@ -130,6 +135,28 @@ async fn shallow_branch_fetch_over_http_backend() {
     check_branches(&http.url("app"), &app).await;
     assert!(http.requests() > 0);
     assert_eq!(http.rejected(), 0);
+}
+
+/// A commit behind every tip is asked for alone where the server allows it (GitHub and GitLab
+/// do; git with `uploadpack.allowReachableSHA1InWant`): one commit, no history.
+#[tokio::test]
+async fn a_commit_behind_the_tips_is_fetched_alone_where_the_server_allows_it() {
+    let root = Root::new();
+    let app = push_app(&root, "app");
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root.bare("app"))
+        .args(["config", "uploadpack.allowReachableSHA1InWant", "true"])
+        .status()
+        .expect("git config");
+    assert!(status.success());
+    let daemon = GitDaemon::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let context = format!("{}#{}", daemon.url("app"), app.main[0]);
+    let fetched = fetch_ok(&context, work.path()).await;
+    assert_eq!(fetched.commit.as_ref(), Some(&app.main[0]), "{context}");
+    assert_eq!(read(&fetched.context_dir, "Dockerfile"), "main 1\n", "{context}");
+    assert!(is_shallow(&fetched), "{context}: fetched alone, without the history");
 }
 
 /// Azure/acr#152: ACR builds the branch head when the webhook arrives, so two quick pushes build

@@ -9,9 +9,12 @@
 //!   `file://` for local mirrors and tests) with an optional `#<ref>:<subdir>` fragment: `ref` is
 //!   a branch, tag, full or abbreviated commit, or a ref path such as `pull/7/head`; none means the
 //!   remote's default branch. A named ref is fetched shallow (depth 1) with a full-fetch fallback
-//!   (libgit2 cannot fetch shallow over `file://`, some servers refuse it); a commit needs the full
-//!   history of the branches and tags, and if it is on none of them, of the other refs too (a pull
-//!   request's commit from a fork is only under `refs/pull/<n>/head`). Submodules are checked out
+//!   (libgit2 cannot fetch shallow over `file://`, some servers refuse it). So is a full commit id
+//!   that is a ref's tip, which is what a push names: webhook-triggered runs do not download the
+//!   history. Another full commit id is asked for alone (servers that allow it send only that
+//!   commit); failing that, and for abbreviated ids, the full history of the branches and tags is
+//!   fetched, and if the commit is on none of them, of the other refs too (a pull request's
+//!   commit from a fork is only under `refs/pull/<n>/head`). Submodules are checked out
 //!   recursively. Credentials in the URL (`https://user:PAT@…`) are used for the fetch and masked
 //!   in logs.
 //! * Other `http(s)` URLs are tarballs: up to 3 attempts (backoff 250 ms × 2^n), then the
@@ -477,8 +480,9 @@ fn fetch_into(
         let connection = remote
             .connect_auth(git2::Direction::Fetch, Some(callbacks(url, session)), None)
             .map_err(&err)?;
-        let advertised: Vec<String> =
-            connection.list().map_err(&err)?.iter().map(|h| h.name().to_string()).collect();
+        let heads = connection.list().map_err(&err)?;
+        let advertised: Vec<(String, git2::Oid)> =
+            heads.iter().map(|h| (h.name().to_string(), h.oid())).collect();
         let default_branch =
             connection.default_branch().ok().and_then(|b| b.as_str().ok().map(str::to_string));
         (advertised, default_branch)
@@ -492,7 +496,16 @@ fn fetch_into(
             format!("refs/{r}"),
         ]
         .into_iter()
-        .find(|candidate| advertised.iter().any(|a| a == candidate)),
+        .find(|candidate| advertised.iter().any(|(a, _)| a == candidate))
+        // A full commit id that is some ref's tip (a push's commit, unless the branch moved on
+        // since) is fetched as that ref: shallow, from any server.
+        .or_else(|| {
+            let oid = git2::Oid::from_str(r).ok().filter(|_| r.len() == 40)?;
+            advertised
+                .iter()
+                .find(|(name, tip)| *tip == oid && name != "HEAD")
+                .map(|(n, _)| n.clone())
+        }),
     };
     const FETCHED: &str = "refs/kiln/fetched";
     let fetch = |remote: &mut git2::Remote<'_>, refspecs: &[String], depth: Option<i32>| {
@@ -517,7 +530,7 @@ fn fetch_into(
         let reference = repo.find_reference(FETCHED).map_err(&err)?;
         return Ok(reference.peel_to_commit().map_err(&err)?.id());
     }
-    // Not a ref name: a (possibly abbreviated) commit, which needs the history.
+    // Not a ref name: a (possibly abbreviated) commit, which may need the history.
     let reference = reference.unwrap_or_default();
     let is_hex =
         (4..=40).contains(&reference.len()) && reference.chars().all(|c| c.is_ascii_hexdigit());
@@ -527,6 +540,19 @@ fn fetch_into(
     let find = || {
         repo.revparse_single(reference).and_then(|object| object.peel_to_commit()).map(|c| c.id())
     };
+    // A full commit id behind the tips: servers that allow it (GitHub, GitLab, git with
+    // uploadpack.allowReachableSHA1InWant) send just that commit; others refuse it.
+    if reference.len() == 40 {
+        match fetch(&mut remote, &[format!("+{reference}:{FETCHED}")], Some(1)) {
+            Err(RemoteError::Cancelled) => return Err(RemoteError::Cancelled),
+            Ok(()) => {
+                if let Ok(commit) = find() {
+                    return Ok(commit);
+                }
+            }
+            Err(_) => {}
+        }
+    }
     fetch(
         &mut remote,
         &[
@@ -541,7 +567,7 @@ fn fetch_into(
     // A pull or merge request's commit is on no branch when it comes from a fork: only
     // `refs/pull/<n>/head` (GitHub) or `refs/merge-requests/<n>/head` (GitLab) reach it, and
     // once the request moved on, only as an ancestor. So fetch the other refs too.
-    if advertised.iter().any(|a| {
+    if advertised.iter().any(|(a, _)| {
         a.starts_with("refs/") && !a.starts_with("refs/heads/") && !a.starts_with("refs/tags/")
     }) {
         fetch(&mut remote, &["+refs/*:refs/kiln/all/*".to_string()], None)?;

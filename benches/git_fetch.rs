@@ -95,7 +95,9 @@ fn main() {
     let abbreviated_ms = kiln(&tip[..12]);
     let cli_shallow_ms = cli(Some("--depth=1"));
     let cli_full_ms = cli(None);
-    println!("git fetch of a pushed commit, {commits} commits of 64 KiB, git daemon, median of {samples}:");
+    println!(
+        "git fetch of a pushed commit, {commits} commits of 64 KiB, git daemon, median of {samples}:"
+    );
     println!("  kiln, full commit id (a push's tip):  {tip_ms:8.1} ms");
     println!("  kiln, abbreviated id (full history):  {abbreviated_ms:8.1} ms");
     println!("  git CLI, fetch --depth 1 + checkout:  {cli_shallow_ms:8.1} ms");

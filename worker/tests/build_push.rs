@@ -125,6 +125,7 @@ async fn run_build(
         workspace: ws,
         labels: &labels,
         credentials,
+        git_ssh: None,
     };
     let result = build::run(docker, &req, &sink).await;
     (result, log.text())

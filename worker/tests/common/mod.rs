@@ -75,6 +75,7 @@ pub fn plan(run: &RunId, steps: Vec<PlanStep>) -> Plan {
         volumes: vec![],
         masked: vec![],
         credentials: vec![],
+        git_ssh: None,
     }
 }
 

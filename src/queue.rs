@@ -31,12 +31,19 @@ pub struct Origin {
     pub trigger: TriggerDetail,
     /// The task's registry logins, sealed with the request.
     pub credentials: Vec<RegistryLogin>,
+    /// The task's SSH key for its git context, sealed with the request.
+    pub git_ssh_key: Option<String>,
 }
 
 impl Origin {
     /// A run of task `name` (with its registry logins) caused by `trigger`.
     pub fn task(name: &str, def: &TaskDefinition, trigger: TriggerDetail) -> Origin {
-        Origin { task_name: Some(name.to_string()), trigger, credentials: def.credentials.clone() }
+        Origin {
+            task_name: Some(name.to_string()),
+            trigger,
+            credentials: def.credentials.clone(),
+            git_ssh_key: def.git_ssh_key.clone(),
+        }
     }
 }
 
@@ -46,6 +53,8 @@ struct Sealed {
     request: RunRequest,
     #[serde(default)]
     credentials: Vec<RegistryLogin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    git_ssh_key: Option<String>,
 }
 
 /// A stored run's request and logins, secrets included.
@@ -53,6 +62,7 @@ struct Sealed {
 pub struct Opened {
     pub request: RunRequest,
     pub credentials: Vec<RegistryLogin>,
+    pub git_ssh_key: Option<String>,
 }
 
 /// The store's [`NewRun`] for `request`. Quick runs are QuickBuild/QuickRun, task runs
@@ -65,6 +75,7 @@ pub fn new_run(
     let whole = serde_json::to_vec(&Sealed {
         request: request.clone(),
         credentials: origin.credentials.clone(),
+        git_ssh_key: origin.git_ssh_key.clone(),
     })?;
     let detail = (origin.trigger != TriggerDetail::default())
         .then(|| serde_json::to_string(&origin.trigger))
@@ -86,13 +97,15 @@ pub fn new_run(
 pub fn open_request(secrets: &SecretBox, run: &RunRecord) -> Result<Opened, QueueError> {
     match &run.sealed_request {
         Some(sealed) => {
-            let Sealed { request, credentials } =
+            let Sealed { request, credentials, git_ssh_key } =
                 serde_json::from_slice(&secrets.open(PURPOSE, sealed)?)?;
-            Ok(Opened { request, credentials })
+            Ok(Opened { request, credentials, git_ssh_key })
         }
-        None => {
-            Ok(Opened { request: serde_json::from_str(&run.request)?, credentials: Vec::new() })
-        }
+        None => Ok(Opened {
+            request: serde_json::from_str(&run.request)?,
+            credentials: Vec::new(),
+            git_ssh_key: None,
+        }),
     }
 }
 

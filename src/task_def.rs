@@ -196,6 +196,7 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
         base_image_trigger_enabled,
         base_image_trigger_type,
         git_access_token,
+        git_ssh_key,
         credentials,
         remove_credentials,
     } = update;
@@ -232,6 +233,9 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
     }
     if let Some(token) = git_access_token {
         def.git_access_token = (!token.is_empty()).then_some(token);
+    }
+    if let Some(key) = git_ssh_key {
+        def.git_ssh_key = (!key.is_empty()).then_some(key);
     }
     def.credentials.retain(|c| {
         !remove_credentials.contains(&c.login_server)

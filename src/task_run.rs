@@ -50,6 +50,8 @@ pub enum TaskRunError {
     Context { context: String, reason: String },
     #[error("a git access token needs an http(s) git context, not {0}")]
     TokenWithoutHttp(String),
+    #[error("an SSH key needs an SSH git context (git@host:path, ssh://…), not {0}")]
+    KeyWithoutSsh(String),
     #[error("{0}")]
     Override(String),
 }
@@ -73,13 +75,18 @@ pub fn classify(context: &str) -> Result<Option<Remote>, TaskRunError> {
 }
 
 /// The task's context as the worker fetches it, after `reference` replaced the context's own
-/// ref (when given) and the token was put into the URL.
+/// ref (when given) and the token was put into the URL. An SSH key travels beside the request
+/// ([`crate::queue::Origin`]), never in it.
 fn source(
     def: &TaskDefinition,
     context: &str,
     reference: Option<&str>,
 ) -> Result<Source, TaskRunError> {
-    match classify(context)? {
+    let detected = classify(context)?;
+    if def.git_ssh_key.is_some() && remote::ssh_host(context).is_none() {
+        return Err(TaskRunError::KeyWithoutSsh(remote::redact(context)));
+    }
+    match detected {
         None => Ok(Source::None),
         Some(Remote::Tarball { url }) => Ok(Source::Tarball { url }),
         Some(Remote::Git { url, reference: own, subdir }) => {
@@ -327,6 +334,7 @@ mod tests {
             base_image_trigger_enabled: true,
             base_image_trigger_type: BaseImageTriggerType::Runtime,
             git_access_token: token.map(str::to_string),
+            git_ssh_key: None,
             credentials: Vec::new(),
         }
     }
@@ -453,6 +461,20 @@ mod tests {
         };
         let err = run(&encoded, Some("other.yaml"), None).unwrap_err().to_string();
         assert!(err.contains("kiln task update --file"), "{err}");
+    }
+
+    #[test]
+    fn task_run_ssh_key_needs_an_ssh_context_and_stays_out_of_the_request() {
+        let key = Some("-----BEGIN OPENSSH PRIVATE KEY-----\nk\n".to_string());
+        let ssh = TaskDefinition { git_ssh_key: key.clone(), ..def("git@h:o/r.git#main", None) };
+        let (request, _) = request_for(&ssh, &Firing::Manual(&TaskRunRequest::default())).unwrap();
+        assert_eq!(url(&request), "git@h:o/r.git#main");
+        assert!(!serde_json::to_string(&request).unwrap().contains("PRIVATE KEY"));
+        for context in ["https://h/o/r.git", "/dev/null"] {
+            let other = TaskDefinition { git_ssh_key: key.clone(), ..def(context, None) };
+            let manual = Firing::Manual(&TaskRunRequest::default());
+            assert!(matches!(request_for(&other, &manual), Err(TaskRunError::KeyWithoutSsh(_))));
+        }
     }
 
     #[test]

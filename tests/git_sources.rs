@@ -403,7 +403,7 @@ async fn ssh_remotes_need_the_key_and_a_known_host() {
     let err = refused(Some(identity(&impostor.path().join("key"), &sshd.known_hosts_line()))).await;
     assert!(err.contains("the server's SSH key was refused for user"), "{err}");
     let err = refused(None).await;
-    assert!(err.contains("kiln serve --git-ssh-key FILE --git-known-hosts FILE"), "{err}");
+    assert!(err.contains("an SSH remote needs an SSH key: the task's"), "{err}");
 }
 
 #[tokio::test]

@@ -331,17 +331,25 @@ fn a_manual_run_takes_another_dockerfile_and_stage() {
     assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
 }
 
-/// A task on an SSH remote (`ssh://user@host:port/path`): with the server's key but the host not
-/// yet in its known_hosts, the run ends in Error with the command that adds it; once that command
-/// ran, the next run fetches over SSH, without a restart.
-#[test]
-fn a_task_on_an_ssh_remote_runs_once_its_host_is_known() {
+/// A repository whose task file prints `fetched-over-ssh`, served by its own sshd; the context
+/// naming its `main` branch.
+fn ssh_repository() -> (git::Root, git::SshServer, String) {
     let root = git::Root::new();
     let repo = git::Repo::init();
     repo.commit_file("msg.txt", "fetched-over-ssh\n", "msg");
     repo.commit_file("acb.yaml", "steps:\n  - cmd: busybox cat /workspace/msg.txt\n", "task");
     repo.push(&root.bare("app"), "main");
     let sshd = git::SshServer::start();
+    let context = format!("{}#main", sshd.url(&root.bare("app")));
+    (root, sshd, context)
+}
+
+/// A task on an SSH remote (`ssh://user@host:port/path`): with the server's key but the host not
+/// yet in its known_hosts, the run ends in Error with the command that adds it; once that command
+/// ran, the next run fetches over SSH, without a restart.
+#[test]
+fn a_task_on_an_ssh_remote_runs_once_its_host_is_known() {
+    let (_root, sshd, context) = ssh_repository();
     let dir = tempfile::tempdir().expect("tempdir");
     let known_hosts = dir.path().join("known_hosts");
     let key = sshd.client_key();
@@ -354,7 +362,6 @@ fn a_task_on_an_ssh_remote_runs_once_its_host_is_known() {
         known_hosts.to_str().expect("UTF-8 path"),
     ];
     let server = Server::start_with("essh", 1, &args);
-    let context = format!("{}#main", sshd.url(&root.bare("app")));
     ok(&server.run(&["task", "create", "-n", "viassh", "-c", &context, "-f", "acb.yaml"]));
 
     let out = server.run(&["task", "run", "-n", "viassh"]);
@@ -376,4 +383,41 @@ fn a_task_on_an_ssh_remote_runs_once_its_host_is_known() {
         .map(|r| r["status"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(statuses, ["Succeeded", "Error"], "{runs}");
+}
+
+/// A task's own SSH key (`--ssh-key-file`, e.g. a repository's deploy key) fetches where the
+/// server has none. It is write-only and sealed at rest; a task without a key is told what to
+/// configure; `--ssh-key-file ""` removes it.
+#[test]
+fn a_tasks_own_ssh_key_fetches_and_stays_secret() {
+    let (_root, sshd, context) = ssh_repository();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, sshd.known_hosts_line()).expect("known_hosts");
+    let known_hosts = known_hosts.to_str().expect("UTF-8 path");
+    let args = ["--registry", &support::registry(), "--git-known-hosts", known_hosts];
+    let server = Server::start_with("esshk", 1, &args);
+    let key = sshd.client_key();
+    let key = key.to_str().expect("UTF-8 path");
+    let create = ["task", "create", "-c", &context, "-f", "acb.yaml", "-n"];
+    ok(&server.run(&[&create[..], &["keyed", "--ssh-key-file", key]].concat()));
+    ok(&server.run(&[&create[..], &["keyless"]].concat()));
+
+    let log = ok(&server.run(&["task", "run", "-n", "keyed"]));
+    assert!(log.contains("fetched-over-ssh"), "{log}");
+    let out = server.run(&["task", "run", "-n", "keyless"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("an SSH remote needs an SSH key: the task's"), "{}", text(&out));
+
+    let shown = json(&server.run(&["task", "show", "-n", "keyed", "-o", "json"]));
+    assert_eq!(shown["git_ssh_key"], "***", "{shown}");
+    let table = ok(&server.run(&["task", "show", "-n", "keyed", "-o", "table"]));
+    assert!(table.contains("Git SSH key:"), "{table}");
+    let private = std::fs::read_to_string(key).expect("key");
+    let body = private.lines().nth(1).expect("the key's first base64 line");
+    assert_nowhere_on_disk(&server, body);
+
+    ok(&server.run(&["task", "update", "-n", "keyed", "--ssh-key-file", ""]));
+    let shown = json(&server.run(&["task", "show", "-n", "keyed", "-o", "json"]));
+    assert!(shown.get("git_ssh_key").is_none(), "{shown}");
 }

@@ -7,9 +7,11 @@
 //! when it stops. Runs queued by other processes are found by polling once a second.
 //!
 //! Modules: [`run`] (one held run, from claim to finish), `prepare` (request → context → plan),
-//! `log_writer` (events → masked, batched, fenced log appends), `spare` (each worker loop's
+//! `git_ssh` (the SSH identity of a run's git fetches), `log_writer` (events → masked, batched,
+//! fenced log appends), `spare` (each worker loop's
 //! pre-created run network, which keeps `docker network create` off dispatch).
 
+mod git_ssh;
 mod log_writer;
 mod prepare;
 mod run;
@@ -18,6 +20,8 @@ mod spare;
 #[cfg(test)]
 mod tests;
 
+pub use git_ssh::{GitSshError, GitSshFiles};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kiln_worker::Engine;
-use kiln_worker::plan::{GitSsh, RegistryCredential};
+use kiln_worker::plan::RegistryCredential;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,43 +59,10 @@ pub struct AgentConfig {
     pub credentials: Vec<RegistryCredential>,
     /// Image aliases from the configuration.
     pub images: BTreeMap<String, String>,
-    /// The identity and known hosts for SSH git contexts.
-    pub git_ssh: Option<GitSshFiles>,
+    /// Where SSH git contexts' identity and known hosts come from.
+    pub git_ssh: GitSshFiles,
     /// Lease length; heartbeats go every third of it.
     pub lease_ttl: Duration,
-}
-
-/// The files of the SSH identity for git contexts (`kiln serve --git-ssh-key`,
-/// `--git-known-hosts`). They are read for each run, so a host added to `known_hosts` counts
-/// from the next run on, without a restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GitSshFiles {
-    pub private_key: PathBuf,
-    pub known_hosts: PathBuf,
-}
-
-impl GitSshFiles {
-    /// Reads both files; a missing `known_hosts` is an empty one (every host is then refused,
-    /// with the command that adds it).
-    pub fn load(&self) -> Result<GitSsh, AgentError> {
-        let read = |path: &PathBuf| {
-            std::fs::read_to_string(path)
-                .map_err(|source| AgentError::GitSsh { path: path.clone(), source })
-        };
-        let known_hosts = match read(&self.known_hosts) {
-            Err(AgentError::GitSsh { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                String::new()
-            }
-            other => other?,
-        };
-        Ok(GitSsh {
-            private_key: read(&self.private_key)?,
-            known_hosts,
-            known_hosts_file: self.known_hosts.display().to_string(),
-        })
-    }
 }
 
 impl AgentConfig {
@@ -103,7 +74,7 @@ impl AgentConfig {
             default_registry: None,
             credentials: Vec::new(),
             images: BTreeMap::new(),
-            git_ssh: None,
+            git_ssh: GitSshFiles::default(),
             lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
@@ -125,8 +96,6 @@ pub enum AgentError {
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     SecretKey(#[from] crate::secret_box::SecretBoxError),
-    #[error("cannot read {path} (git SSH identity): {source}")]
-    GitSsh { path: PathBuf, source: std::io::Error },
 }
 
 /// A run a local worker holds, and how to stop it.

@@ -24,6 +24,7 @@ use crate::run_id::RunId;
 use crate::store::RunRecord;
 use crate::uploads;
 
+use super::GitSshFiles;
 use super::log_writer::LogWriter;
 
 /// Why a run could not be prepared; the message is the run's error.
@@ -45,6 +46,8 @@ pub(crate) enum PrepareError {
     Task(String),
     #[error(transparent)]
     Input(#[from] request::RequestError),
+    #[error(transparent)]
+    GitSsh(#[from] super::GitSshError),
     /// The task file's first error, as `file:line:col: error: …`.
     #[error("{0}")]
     Invalid(String),
@@ -55,7 +58,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) secrets: &'a crate::secret_box::SecretBox,
     pub(crate) default_registry: Option<&'a str>,
     pub(crate) images: &'a BTreeMap<String, String>,
-    pub(crate) git_ssh: Option<&'a GitSsh>,
+    pub(crate) git_ssh: &'a GitSshFiles,
 }
 
 /// A run ready to execute.
@@ -67,6 +70,8 @@ pub(crate) struct Ready {
     pub(crate) secrets: Vec<String>,
     /// The task's registry logins.
     pub(crate) credentials: Vec<RegistryCredential>,
+    /// The identity for SSH git contexts (the task's key or the server's).
+    pub(crate) git_ssh: Option<GitSsh>,
 }
 
 /// Decodes `run`'s request, fetches its context under `run_dir` and plans it. Progress,
@@ -78,7 +83,9 @@ pub(crate) async fn prepare(
     settings: &Settings<'_>,
     log: &mut LogWriter,
 ) -> Result<Ready, PrepareError> {
-    let queue::Opened { request, credentials } = queue::open_request(settings.secrets, run)?;
+    let queue::Opened { request, credentials, git_ssh_key } =
+        queue::open_request(settings.secrets, run)?;
+    let git_ssh = settings.git_ssh.identity(git_ssh_key)?;
     let credentials: Vec<RegistryCredential> = credentials
         .into_iter()
         .map(|c| RegistryCredential {
@@ -119,7 +126,7 @@ pub(crate) async fn prepare(
                 output.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
             };
             let dest = run_dir.join("context");
-            let fetched = remote::fetch(&remote, &dest, settings.git_ssh, &collect).await;
+            let fetched = remote::fetch(&remote, &dest, git_ssh.as_ref(), &collect).await;
             // The fetch's own lines name the URL redacted; the writer masks them again.
             let output = output.into_inner().unwrap_or_else(PoisonError::into_inner);
             for line in String::from_utf8_lossy(&output).lines() {
@@ -146,7 +153,7 @@ pub(crate) async fn prepare(
             for d in planned.diagnostics.iter() {
                 log.line(&d.display(&input.name).to_string());
             }
-            Ok(Ready { plan: planned.plan, context_dir, secrets, credentials })
+            Ok(Ready { plan: planned.plan, context_dir, secrets, credentials, git_ssh })
         }
         Err(diagnostics) => {
             for d in diagnostics.iter() {

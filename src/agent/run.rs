@@ -22,7 +22,7 @@ use crate::trigger::base_image;
 use super::log_writer::LogWriter;
 use super::prepare::{self, Settings};
 use super::spare::Spare;
-use super::{GitSshFiles, Held, Shared};
+use super::{Held, Shared};
 
 /// Events the worker may have in flight before it waits for the log writer.
 const EVENT_CHANNEL: usize = 256;
@@ -110,23 +110,17 @@ async fn execute(
     let Some(engine) = &shared.engine else {
         return fail("this server has no workers".to_string());
     };
-    let git_ssh = shared.config.git_ssh.as_ref().map(GitSshFiles::load).transpose();
-    let prepared = match git_ssh {
-        Ok(git_ssh) => {
-            let settings = Settings {
-                secrets: &shared.secrets,
-                default_registry: shared.config.default_registry.as_deref(),
-                images: &shared.config.images,
-                git_ssh: git_ssh.as_ref(),
-            };
-            let ready = prepare::prepare(run, &shared.config.data_dir, run_dir, &settings, log);
-            ready.await.map(|ready| (ready, git_ssh)).map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
+    let settings = Settings {
+        secrets: &shared.secrets,
+        default_registry: shared.config.default_registry.as_deref(),
+        images: &shared.config.images,
+        git_ssh: &shared.config.git_ssh,
     };
-    let (ready, git_ssh) = match prepared {
-        Ok(prepared) => prepared,
-        Err(message) => {
+    let ready = match prepare::prepare(run, &shared.config.data_dir, run_dir, &settings, log).await
+    {
+        Ok(ready) => ready,
+        Err(e) => {
+            let message = e.to_string();
             log.line(&run_log::outcome_line(run.id.as_str(), RunStatus::Error, 0, Some(&message)));
             log.flush().await;
             return fail(message);
@@ -139,7 +133,7 @@ async fn execute(
     plan.credentials.extend(shared.config.credentials.iter().cloned());
     plan.masked.extend(shared.config.credentials.iter().map(|c| c.password.clone()));
     plan.masked.extend(ready.secrets);
-    plan.git_ssh = git_ssh;
+    plan.git_ssh = ready.git_ssh;
     log.mask(plan.masked.iter().cloned());
     let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
     log.steps(&order);

@@ -126,6 +126,10 @@ pub struct TaskDefinition {
     /// Token for a private repository; write-only (shown as `***`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
+    /// OpenSSH private key (unencrypted) for an SSH git context, e.g. the repository's deploy
+    /// key; it wins over the server's `--git-ssh-key`. Write-only (shown as `***`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ssh_key: Option<String>,
     /// Registry logins for the task's runs, besides the server's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<RegistryLogin>,
@@ -147,8 +151,10 @@ impl TaskDefinition {
         if let TaskStep::Docker { build_args, .. } = &mut copy.step {
             redact_arguments(build_args);
         }
-        if copy.git_access_token.is_some() {
-            copy.git_access_token = Some(REDACTED.to_string());
+        for secret in [&mut copy.git_access_token, &mut copy.git_ssh_key] {
+            if secret.is_some() {
+                *secret = Some(REDACTED.to_string());
+            }
         }
         for login in &mut copy.credentials {
             login.password = REDACTED.to_string();
@@ -222,6 +228,9 @@ pub struct UpdateTask {
     /// A new token; an empty string removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
+    /// A new SSH private key; an empty string removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ssh_key: Option<String>,
     /// Logins added, or replaced by login server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<RegistryLogin>,

@@ -50,12 +50,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     base_image_poll: u64,
     /// Private key (OpenSSH, unencrypted) for SSH git contexts (`git@host:org/repo.git`,
-    /// `ssh://…`); the deploy key the git host knows.
+    /// `ssh://…`) of tasks without a key of their own (`kiln task create --ssh-key-file`).
     #[arg(long, value_name = "FILE")]
     git_ssh_key: Option<PathBuf>,
     /// The known_hosts file SSH git hosts must be in (default: ~/.ssh/known_hosts). Read for
     /// each run: a host added to it counts without a restart.
-    #[arg(long, value_name = "FILE", requires = "git_ssh_key")]
+    #[arg(long, value_name = "FILE")]
     git_known_hosts: Option<PathBuf>,
 }
 
@@ -83,21 +83,12 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         }
         _ => Vec::new(),
     };
-    let git_ssh = match args.git_ssh_key {
-        Some(private_key) => {
-            let files = GitSshFiles {
-                private_key,
-                known_hosts: match args.git_known_hosts {
-                    Some(file) => file,
-                    None => home()?.join(".ssh/known_hosts"),
-                },
-            };
-            // Read once now, so a wrong path stops the start instead of every SSH run.
-            files.load()?;
-            Some(files)
-        }
-        None => None,
+    let git_ssh = GitSshFiles {
+        private_key: args.git_ssh_key,
+        known_hosts: args.git_known_hosts.or_else(|| Some(home().ok()?.join(".ssh/known_hosts"))),
     };
+    // Read once now, so a wrong path stops the start instead of every SSH run.
+    git_ssh.identity(None)?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,

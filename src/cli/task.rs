@@ -126,6 +126,10 @@ struct DefinitionFlags {
     /// Token for a private http(s) git repository (write-only; "" removes it on update).
     #[arg(long, value_name = "TOKEN")]
     git_access_token: Option<String>,
+    /// OpenSSH private key (unencrypted) for an SSH git context, e.g. the repository's deploy
+    /// key; it wins over the server's --git-ssh-key (write-only; "" removes it on update).
+    #[arg(long, value_name = "FILE")]
+    ssh_key_file: Option<String>,
     /// Limit on each run, in seconds (300 to 28800; default 3600). With --cmd also the step's.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
@@ -478,6 +482,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
         base_image_trigger_enabled: flags.base_image_trigger_enabled.unwrap_or(true),
         base_image_trigger_type: flags.base_image_trigger_type.unwrap_or_default(),
         git_access_token: flags.git_access_token.clone(),
+        git_ssh_key: ssh_key(flags)?,
         credentials: Vec::new(),
     };
     Ok(CreateTask { name: args.name.clone(), definition, timers })
@@ -524,12 +529,29 @@ fn update_request(
         base_image_trigger_enabled: flags.base_image_trigger_enabled,
         base_image_trigger_type: flags.base_image_trigger_type,
         git_access_token: flags.git_access_token.clone(),
+        git_ssh_key: ssh_key(flags)?,
         ..Default::default()
     };
     if update == UpdateTask::default() {
         bail!("nothing to change: give a setting to update (see `kiln task update --help`)");
     }
     Ok(update)
+}
+
+/// The key `--ssh-key-file` names; `""` is an empty key, which removes the stored one.
+fn ssh_key(flags: &DefinitionFlags) -> anyhow::Result<Option<String>> {
+    match &flags.ssh_key_file {
+        Some(file) if file.is_empty() => Ok(Some(String::new())),
+        Some(file) => {
+            let key =
+                std::fs::read_to_string(file).with_context(|| format!("--ssh-key-file {file}"))?;
+            if !key.contains("PRIVATE KEY-----") {
+                bail!("--ssh-key-file {file}: not an OpenSSH private key");
+            }
+            Ok(Some(key))
+        }
+        None => Ok(None),
+    }
 }
 
 /// A task's context must be something the server can fetch on its own: it keeps no uploaded
@@ -818,6 +840,9 @@ fn task_table(task: &Task) -> String {
     if def.git_access_token.is_some() {
         lines.push(("Git access token", "set".to_string()));
     }
+    if def.git_ssh_key.is_some() {
+        lines.push(("Git SSH key", "set".to_string()));
+    }
     lines.extend([
         ("Webhook", task.webhook.url.clone()),
         ("Created", utc(task.creation_date)),
@@ -1090,6 +1115,22 @@ mod tests {
     }
 
     #[test]
+    fn ssh_key_file_is_read_and_checked_before_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id");
+        std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n").unwrap();
+        let req =
+            create(&format!("-n a -c git@h:o/r.git --cmd x --ssh-key-file {}", key.display()));
+        assert!(req.unwrap().definition.git_ssh_key.unwrap().contains("abc"));
+        let public = dir.path().join("id.pub");
+        std::fs::write(&public, "ssh-ed25519 AAAA kiln\n").unwrap();
+        let err =
+            create(&format!("-n a -c git@h:o/r.git --cmd x --ssh-key-file {}", public.display()))
+                .unwrap_err();
+        assert!(err.to_string().ends_with("not an OpenSSH private key"), "{err}");
+    }
+
+    #[test]
     fn task_files_go_by_extension_others_are_dockerfiles() {
         let err = create("-n a -c $GIT -f build.sh").unwrap_err().to_string();
         assert!(err.contains("runs only YAML"), "{err}");
@@ -1254,6 +1295,7 @@ mod tests {
             base_image_trigger_enabled: true,
             base_image_trigger_type: BaseImageTriggerType::Runtime,
             git_access_token: None,
+            git_ssh_key: None,
             credentials: Vec::new(),
         }
     }

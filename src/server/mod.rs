@@ -77,8 +77,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// How often registries are asked whether watched base-image tags moved.
     pub base_image_poll: Duration,
-    /// The SSH identity for git contexts.
-    pub git_ssh: Option<GitSshFiles>,
+    /// Where SSH git contexts' identity and known hosts come from.
+    pub git_ssh: GitSshFiles,
 }
 
 /// Why the server could not start or stopped with an error.

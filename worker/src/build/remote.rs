@@ -355,9 +355,7 @@ fn callbacks<'a>(url: &str, session: &'a GitSession<'_>) -> git2::RemoteCallback
                 (Some(_), true) => Err(git2::Error::from_str(&format!(
                     "the server's SSH key was refused for user {user}"
                 ))),
-                (None, _) => Err(git2::Error::from_str(
-                    "an SSH remote needs the server's SSH key (kiln serve --git-ssh-key FILE)",
-                )),
+                (None, _) => Err(git2::Error::from_str(NO_SSH_IDENTITY)),
             };
         }
         if allowed.contains(git2::CredentialType::USERNAME) {
@@ -390,6 +388,10 @@ fn callbacks<'a>(url: &str, session: &'a GitSession<'_>) -> git2::RemoteCallback
     callbacks
 }
 
+/// Why an SSH fetch without an identity stops, and what to configure.
+const NO_SSH_IDENTITY: &str = "an SSH remote needs an SSH key: the task's (kiln task update \
+     --ssh-key-file FILE) or the server's (kiln serve --git-ssh-key FILE [--git-known-hosts FILE])";
+
 /// Accepts `hostkey` for `name` only if the identity's `known_hosts` lists it.
 fn check_host_key(
     hostkey: &git2::cert::CertHostkey<'_>,
@@ -405,10 +407,7 @@ fn check_host_key(
         hostkey.hash_sha256().map(|h| known_hosts::fingerprint(h)).unwrap_or_default()
     );
     let Some(ssh) = ssh else {
-        return Err(format!(
-            "the host key of {name} ({shown}) cannot be checked: an SSH remote needs the \
-             server's SSH key and known hosts (kiln serve --git-ssh-key FILE --git-known-hosts FILE)"
-        ));
+        return Err(format!("the host key of {name} ({shown}) was not checked: {NO_SSH_IDENTITY}"));
     };
     let file = &ssh.known_hosts_file;
     match KnownHosts::parse(&ssh.known_hosts).check(name, kind.name(), key) {

@@ -150,7 +150,8 @@ pub fn detect(context: &str) -> Result<Option<Remote>, RemoteError> {
 /// The host and port an SSH remote (`git@host:path`, `ssh://[user@]host[:port]/path`) names;
 /// `None` when it names no host or path, or is not an SSH remote.
 pub fn ssh_host(url: &str) -> Option<(String, Option<u16>)> {
-    if let Some(rest) = url.strip_prefix("ssh://").or_else(|| url.strip_prefix("SSH://")) {
+    let scheme = url.get(..6).filter(|s| s.eq_ignore_ascii_case("ssh://"));
+    if let Some(rest) = scheme.map(|s| &url[s.len()..]) {
         let (authority, path) = rest.split_once('/')?;
         let host_port = authority.rsplit('@').next()?;
         let (host, port) = match host_port.rsplit_once(':') {
@@ -746,6 +747,7 @@ mod tests {
             Some(("127.0.0.1".into(), Some(2222)))
         );
         assert_eq!(ssh_host("https://h/r.git"), None);
+        assert_eq!(ssh_host("SSH://h/r.git"), Some(("h".into(), None)));
         assert!(matches!(
             detect("https://h/r.git#main:../../etc"),
             Err(RemoteError::Invalid { .. })

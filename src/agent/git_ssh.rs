@@ -3,7 +3,7 @@
 //! The files are read for each run, so a host added to known_hosts counts from the next run on,
 //! without a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_worker::plan::GitSsh;
 
@@ -46,8 +46,8 @@ impl GitSshFiles {
     }
 }
 
-fn read(path: &PathBuf) -> Result<String, GitSshError> {
-    std::fs::read_to_string(path).map_err(|source| GitSshError { path: path.clone(), source })
+fn read(path: &Path) -> Result<String, GitSshError> {
+    std::fs::read_to_string(path).map_err(|source| GitSshError { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

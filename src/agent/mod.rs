@@ -8,8 +8,8 @@
 //!
 //! Modules: [`run`] (one held run, from claim to finish), `prepare` (request → context → plan),
 //! `git_ssh` (the SSH identity of a run's git fetches), `log_writer` (events → masked, batched,
-//! fenced log appends), `spare` (each worker loop's
-//! pre-created run network, which keeps `docker network create` off dispatch).
+//! fenced log appends), `spare` (each worker loop's pre-created run network, which keeps
+//! `docker network create` off dispatch).
 
 mod git_ssh;
 mod log_writer;

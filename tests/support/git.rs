@@ -228,13 +228,14 @@ impl SshServer {
                 ),
             )
             .expect("sshd_config");
+            let log = std::fs::File::create(dir.path().join("sshd.log")).expect("sshd log");
             let mut child = Command::new("/usr/sbin/sshd")
                 .arg("-D")
                 .arg("-f")
                 .arg(&config)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("sshd starts (apt-get install openssh-server)");
             if accepts_connections(&mut child, port) {
@@ -243,7 +244,8 @@ impl SshServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("sshd did not start on any of 5 ports");
+        let log = std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default();
+        panic!("sshd did not start on any of 5 ports; its last words:\n{log}");
     }
 
     pub fn port(&self) -> u16 {

@@ -12,11 +12,9 @@
 #[path = "../tests/support/git.rs"]
 mod git;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use git::{GitDaemon, Repo, Root};
+use git::{GitDaemon, Repo, Root, git};
 use kiln_worker::build::remote::{detect, fetch};
 
 fn setting(name: &str, default: usize) -> usize {
@@ -39,11 +37,6 @@ fn noise(seed: u64, len: usize) -> String {
             char::from(b'!' + (x % 90) as u8)
         })
         .collect()
-}
-
-fn git_cli(dir: &Path, args: &[&str]) {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn main() {
@@ -80,12 +73,12 @@ fn main() {
             .map(|_| {
                 let dest = tempfile::tempdir().unwrap();
                 let clock = Instant::now();
-                git_cli(dest.path(), &["init", "-q"]);
+                git(dest.path(), &["init", "-q"]);
                 let mut args = vec!["fetch", "-q"];
                 args.extend(depth);
                 args.extend([url.as_str(), "main"]);
-                git_cli(dest.path(), &args);
-                git_cli(dest.path(), &["checkout", "-q", "FETCH_HEAD"]);
+                git(dest.path(), &args);
+                git(dest.path(), &["checkout", "-q", "FETCH_HEAD"]);
                 clock.elapsed().as_secs_f64() * 1e3
             })
             .collect();

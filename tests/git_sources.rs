@@ -143,13 +143,7 @@ async fn shallow_branch_fetch_over_http_backend() {
 async fn a_commit_behind_the_tips_is_fetched_alone_where_the_server_allows_it() {
     let root = Root::new();
     let app = push_app(&root, "app");
-    let status = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root.bare("app"))
-        .args(["config", "uploadpack.allowReachableSHA1InWant", "true"])
-        .status()
-        .expect("git config");
-    assert!(status.success());
+    git::git(&root.bare("app"), &["config", "uploadpack.allowReachableSHA1InWant", "true"]);
     let daemon = GitDaemon::start(root.path());
     let work = tempfile::tempdir().unwrap();
     let context = format!("{}#{}", daemon.url("app"), app.main[0]);

@@ -43,7 +43,7 @@ fn git_command() -> Command {
 }
 
 /// Runs `git args` in `dir` and returns its trimmed standard output; panics on failure.
-fn git(dir: &Path, args: &[&str]) -> String {
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = git_command().current_dir(dir).args(args).output().expect("the git CLI runs");
     assert!(
         out.status.success(),

@@ -281,7 +281,7 @@ fn fetch_blocking(
     prepare(dest)?;
     match remote {
         Remote::Git { url, reference, subdir } => {
-            let session = GitSession { ssh, cancel, refusal: Mutex::new(None) };
+            let session = GitSession::new(ssh, cancel);
             let commit = git_fetch(url, reference.as_deref(), dest, &session)?;
             let context_dir = match subdir {
                 Some(subdir) => {
@@ -316,10 +316,19 @@ fn fetch_blocking(
 /// What one git fetch (with its submodules) shares between its callbacks and its errors.
 struct GitSession<'a> {
     ssh: Option<&'a GitSsh>,
+    /// The identity's known_hosts, read once for all the fetch's connections.
+    known_hosts: Option<KnownHosts>,
     cancel: &'a AtomicBool,
     /// Why the SSH host key was refused: libgit2 replaces the callback's message with its own
     /// ("invalid or unknown remote ssh hostkey"), which says nothing of what to do.
     refusal: Mutex<Option<String>>,
+}
+
+impl<'a> GitSession<'a> {
+    fn new(ssh: Option<&'a GitSsh>, cancel: &'a AtomicBool) -> Self {
+        let known_hosts = ssh.map(|ssh| KnownHosts::parse(&ssh.known_hosts));
+        GitSession { ssh, known_hosts, cancel, refusal: Mutex::new(None) }
+    }
 }
 
 fn git_error<'a>(
@@ -376,7 +385,7 @@ fn callbacks<'a>(url: &str, session: &'a GitSession<'_>) -> git2::RemoteCallback
         let (Some(hostkey), Some((host, port))) = (cert.as_hostkey(), &host) else {
             return Ok(git2::CertificateCheckStatus::CertificatePassthrough);
         };
-        match check_host_key(hostkey, &known_hosts::host_name(host, *port), ssh) {
+        match check_host_key(hostkey, host, *port, session) {
             Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
             Err(message) => {
                 let error = git2::Error::from_str(&message);
@@ -393,12 +402,14 @@ fn callbacks<'a>(url: &str, session: &'a GitSession<'_>) -> git2::RemoteCallback
 const NO_SSH_IDENTITY: &str = "an SSH remote needs an SSH key: the task's (kiln task update \
      --ssh-key-file FILE) or the server's (kiln serve --git-ssh-key FILE [--git-known-hosts FILE])";
 
-/// Accepts `hostkey` for `name` only if the identity's `known_hosts` lists it.
+/// Accepts `hostkey` of `host` (on `port`) only if the identity's `known_hosts` lists it.
 fn check_host_key(
     hostkey: &git2::cert::CertHostkey<'_>,
-    name: &str,
-    ssh: Option<&GitSsh>,
+    host: &str,
+    port: Option<u16>,
+    session: &GitSession<'_>,
 ) -> Result<(), String> {
+    let name = known_hosts::host_name(host, port);
     let (Some(key), Some(kind)) = (hostkey.hostkey(), hostkey.hostkey_type()) else {
         return Err(format!("the SSH server {name} sent no host key kiln can check"));
     };
@@ -407,20 +418,16 @@ fn check_host_key(
         kind.name(),
         hostkey.hash_sha256().map(|h| known_hosts::fingerprint(h)).unwrap_or_default()
     );
-    let Some(ssh) = ssh else {
+    let (Some(ssh), Some(known_hosts)) = (session.ssh, &session.known_hosts) else {
         return Err(format!("the host key of {name} ({shown}) was not checked: {NO_SSH_IDENTITY}"));
     };
     let file = &ssh.known_hosts_file;
-    match KnownHosts::parse(&ssh.known_hosts).check(name, kind.name(), key) {
+    match known_hosts.check(&name, kind.name(), key) {
         Verdict::Known => Ok(()),
         Verdict::Unknown => {
-            let (host, port) = name
-                .strip_prefix('[')
-                .and_then(|n| n.split_once("]:"))
-                .map_or((name, None), |(h, p)| (h, Some(p)));
             let keyscan = match port {
-                Some(port) => format!("ssh-keyscan -p {port} {host}"),
-                None => format!("ssh-keyscan {host}"),
+                Some(port) if port != 22 => format!("ssh-keyscan -p {port} {host}"),
+                _ => format!("ssh-keyscan {host}"),
             };
             Err(format!(
                 "the host key of {name} ({shown}) is not in {file}; if that is the server's \
@@ -849,7 +856,7 @@ mod git_tests {
         };
         let url = format!("file://{}", origin.path().display());
         let cancel = AtomicBool::new(false);
-        let session = GitSession { ssh: None, cancel: &cancel, refusal: Mutex::new(None) };
+        let session = GitSession::new(None, &cancel);
         let short = c1.to_string()[..8].to_string();
         // The pull request's commit is on no branch: only `refs/pull/7/head` reaches it.
         let pr_commit = pr.to_string();
@@ -871,7 +878,7 @@ mod git_tests {
             Err(RemoteError::RefNotFound { .. })
         ));
         let cancelled = AtomicBool::new(true);
-        let session = GitSession { ssh: None, cancel: &cancelled, refusal: Mutex::new(None) };
+        let session = GitSession::new(None, &cancelled);
         assert!(matches!(
             git_fetch(&url, None, dest.path(), &session),
             Err(RemoteError::Cancelled)
@@ -897,7 +904,7 @@ mod git_tests {
         let dest = tempfile::tempdir().unwrap();
         let url = format!("file://{}", app.path().display());
         let cancel = AtomicBool::new(false);
-        let session = GitSession { ssh: None, cancel: &cancel, refusal: Mutex::new(None) };
+        let session = GitSession::new(None, &cancel);
         git_fetch(&url, None, dest.path(), &session).unwrap();
         assert_eq!(fs::read_to_string(dest.path().join("libs/lib/lib.txt")).unwrap(), "library");
     }

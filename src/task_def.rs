@@ -5,6 +5,7 @@
 //! redacted copy beside it is what the API shows. The webhook secret is sealed the same way.
 
 use chrono::{DateTime, Utc};
+use kiln_worker::plan::{GitSsh, PrivateKeyError};
 
 use crate::api::task::{BaseImageTriggerType, TaskDefinition, TaskStatus, TimerSpec, UpdateTask};
 use crate::api::{MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS};
@@ -36,6 +37,8 @@ pub enum TaskDefError {
     Sealed(#[from] SecretBoxError),
     #[error("the stored definition of task {task} cannot be read: {source}")]
     Corrupt { task: String, source: serde_json::Error },
+    #[error("git_ssh_key: {0}")]
+    SshKey(#[from] PrivateKeyError),
     #[error(
         "{file}: ACR reserves .{ext} for task files but runs only YAML ones (.yaml, .yml); \
          a Dockerfile needs another name"
@@ -75,13 +78,16 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), TaskDefError> {
     if ok { Ok(()) } else { Err(TaskDefError::Name { what, name: name.to_string() }) }
 }
 
-/// Checks what can be checked without running: the context and the timeout. (The token's use
+/// Checks what can be checked without running: the context, the timeout and an SSH key. (The token's use
 /// is checked by making the task's run request, [`crate::task_run::request_for`], and a task
 /// file kept in the task by planning it; the caller does both.)
 pub fn check(def: &TaskDefinition) -> Result<(), TaskDefError> {
     crate::task_run::classify(&def.context)?;
     if !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&def.timeout_secs) {
         return Err(TaskDefError::Timeout(def.timeout_secs));
+    }
+    if let Some(key) = &def.git_ssh_key {
+        GitSsh::check_private_key(key)?;
     }
     Ok(())
 }

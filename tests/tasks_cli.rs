@@ -417,6 +417,24 @@ fn a_tasks_own_ssh_key_fetches_and_stays_secret() {
     let body = private.lines().nth(1).expect("the key's first base64 line");
     assert_nowhere_on_disk(&server, body);
 
+    // Keys an unattended fetch cannot use are refused when given, by the CLI and by the API.
+    let locked = dir.path().join("locked");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
+        .arg(&locked)
+        .output()
+        .expect("ssh-keygen");
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let locked = locked.to_str().expect("UTF-8 path");
+    let out = server.run(&["task", "update", "-n", "keyed", "--ssh-key-file", locked]);
+    refused(&out, 2, "the key is protected by a passphrase");
+    let (status, answer) = server.api(
+        "PATCH",
+        "/tasks/keyed",
+        serde_json::json!({"git_ssh_key": "ssh-ed25519 AAAA a public key"}),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("git_ssh_key: not an OpenSSH private key"), "{answer}");
     ok(&server.run(&["task", "update", "-n", "keyed", "--ssh-key-file", ""]));
     let shown = json(&server.run(&["task", "show", "-n", "keyed", "-o", "json"]));
     assert!(shown.get("git_ssh_key").is_none(), "{shown}");

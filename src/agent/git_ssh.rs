@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use kiln_worker::plan::GitSsh;
 
-/// A file of the identity could not be read.
+/// A file of the identity could not be read. The cause is in the message and not a `source`,
+/// so the CLI prints it once.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path} (git SSH identity): {source}")]
+#[error("cannot read {path} (git SSH identity): {cause}")]
 pub struct GitSshError {
     pub path: PathBuf,
-    pub source: std::io::Error,
+    pub cause: std::io::Error,
 }
 
 /// Where the server's part of the identity lives.
@@ -35,7 +36,7 @@ impl GitSshFiles {
         };
         let (known_hosts, known_hosts_file) = match &self.known_hosts {
             Some(path) => match read(path) {
-                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                Err(e) if e.cause.kind() == std::io::ErrorKind::NotFound => {
                     (String::new(), path.display().to_string())
                 }
                 other => (other?, path.display().to_string()),
@@ -47,7 +48,7 @@ impl GitSshFiles {
 }
 
 fn read(path: &Path) -> Result<String, GitSshError> {
-    std::fs::read_to_string(path).map_err(|source| GitSshError { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|cause| GitSshError { path: path.to_path_buf(), cause })
 }
 
 #[cfg(test)]

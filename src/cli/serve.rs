@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use chrono::TimeDelta;
 use clap::Args;
-use kiln_worker::plan::RegistryCredential;
+use kiln_worker::plan::{GitSsh, RegistryCredential};
 
 use crate::agent::GitSshFiles;
 use crate::config::Config;
@@ -87,8 +87,12 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         private_key: args.git_ssh_key,
         known_hosts: args.git_known_hosts.or_else(|| Some(home().ok()?.join(".ssh/known_hosts"))),
     };
-    // Read once now, so a wrong path stops the start instead of every SSH run.
-    git_ssh.identity(None)?;
+    // Read once now, so a wrong path or key stops the start instead of every SSH run.
+    if let (Some(ssh), Some(file)) = (git_ssh.identity(None)?, &git_ssh.private_key)
+        && let Err(e) = GitSsh::check_private_key(&ssh.private_key)
+    {
+        bail!("--git-ssh-key {}: {e}", file.display());
+    }
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,

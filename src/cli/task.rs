@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use kiln_worker::plan::GitSsh;
 
 use super::build::build_arg;
 use super::logs::print_log;
@@ -545,8 +546,8 @@ fn ssh_key(flags: &DefinitionFlags) -> anyhow::Result<Option<String>> {
         Some(file) => {
             let key =
                 std::fs::read_to_string(file).with_context(|| format!("--ssh-key-file {file}"))?;
-            if !key.contains("PRIVATE KEY-----") {
-                bail!("--ssh-key-file {file}: not an OpenSSH private key");
+            if let Err(e) = GitSsh::check_private_key(&key) {
+                bail!("--ssh-key-file {file}: {e}");
             }
             Ok(Some(key))
         }
@@ -1118,7 +1119,11 @@ mod tests {
     fn ssh_key_file_is_read_and_checked_before_sending() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("id");
-        std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let req =
             create(&format!("-n a -c git@h:o/r.git --cmd x --ssh-key-file {}", key.display()));
         assert!(req.unwrap().definition.git_ssh_key.unwrap().contains("abc"));

@@ -81,6 +81,51 @@ pub struct GitSsh {
     pub known_hosts_file: String,
 }
 
+/// Why a text is not a private key an unattended fetch can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrivateKeyError {
+    #[error("not an OpenSSH private key")]
+    NotAKey,
+    #[error(
+        "the key is protected by a passphrase, which no one is there to type when a run fetches: \
+         use a key without one (`ssh-keygen -p -N '' -f COPY` removes it from a copy)"
+    )]
+    Encrypted,
+}
+
+impl GitSsh {
+    /// Checks that `text` is a PEM-armoured private key without a passphrase (OpenSSH's own
+    /// format, or PEM/PKCS#8), so a bad key is refused when it is given, not when a run fetches.
+    pub fn check_private_key(text: &str) -> Result<(), PrivateKeyError> {
+        use base64::Engine as _;
+        let mut lines = text.lines().map(str::trim);
+        let begin = lines
+            .find(|l| l.starts_with("-----BEGIN ") && l.ends_with("PRIVATE KEY-----"))
+            .ok_or(PrivateKeyError::NotAKey)?;
+        let body: Vec<&str> = lines.take_while(|l| !l.starts_with("-----END ")).collect();
+        // PKCS#8 says so in the armour, legacy PEM in a header.
+        if begin.contains("ENCRYPTED") || body.iter().any(|l| l.contains("Proc-Type: 4,ENCRYPTED"))
+        {
+            return Err(PrivateKeyError::Encrypted);
+        }
+        if begin != "-----BEGIN OPENSSH PRIVATE KEY-----" {
+            return Ok(());
+        }
+        // openssh-key-v1: the magic, then the cipher's name as a length-prefixed string.
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(body.concat())
+            .map_err(|_| PrivateKeyError::NotAKey)?;
+        let rest = blob.strip_prefix(b"openssh-key-v1\0").ok_or(PrivateKeyError::NotAKey)?;
+        let len = rest.get(..4).ok_or(PrivateKeyError::NotAKey)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        match rest.get(4..4 + len) {
+            Some(b"none") => Ok(()),
+            Some(_) => Err(PrivateKeyError::Encrypted),
+            None => Err(PrivateKeyError::NotAKey),
+        }
+    }
+}
+
 impl fmt::Debug for GitSsh {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitSsh")
@@ -265,4 +310,39 @@ pub struct SecretFile {
     pub name: String,
     /// Decoded bytes, base64 again in JSON so binary secrets survive.
     pub content_base64: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    /// An OpenSSH-format key whose cipher is `cipher` (the rest of the blob is not read).
+    fn openssh(cipher: &str) -> String {
+        let mut blob = b"openssh-key-v1\0".to_vec();
+        blob.extend((cipher.len() as u32).to_be_bytes());
+        blob.extend(cipher.as_bytes());
+        blob.extend([0u8; 16]);
+        let body = base64::engine::general_purpose::STANDARD.encode(blob);
+        format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n")
+    }
+
+    #[test]
+    fn private_keys_without_a_passphrase_only() {
+        assert_eq!(GitSsh::check_private_key(&openssh("none")), Ok(()));
+        let encrypted = Err(PrivateKeyError::Encrypted);
+        assert_eq!(GitSsh::check_private_key(&openssh("aes256-ctr")), encrypted);
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n";
+        assert_eq!(GitSsh::check_private_key(pem), Ok(()));
+        let legacy =
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES\n\nMIIE\n";
+        assert_eq!(GitSsh::check_private_key(legacy), encrypted);
+        let pkcs8 =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIE\n-----END ENCRYPTED PRIVATE KEY-----";
+        assert_eq!(GitSsh::check_private_key(pkcs8), encrypted);
+        for bad in ["ssh-ed25519 AAAA kiln", "", "-----BEGIN OPENSSH PRIVATE KEY-----\n!!\n"] {
+            assert_eq!(GitSsh::check_private_key(bad), Err(PrivateKeyError::NotAKey), "{bad:?}");
+        }
+    }
 }

@@ -147,22 +147,20 @@ pub async fn poll_once(
             (c.registry.clone(), auth)
         })
         .collect();
-    let mut tags: BTreeSet<(String, String, String)> = BTreeSet::new();
-    let mut tasks: Vec<&str> = Vec::new();
-    for b in &watched {
-        tags.insert((b.registry.clone(), b.repository.clone(), b.tag.clone()));
-        if !tasks.contains(&b.task_name.as_str()) {
-            tasks.push(&b.task_name);
+    let tags: BTreeSet<(String, String, String)> =
+        watched.iter().map(|b| (b.registry.clone(), b.repository.clone(), b.tag.clone())).collect();
+    let watching: BTreeSet<&str> = watched.iter().map(|b| b.task_name.as_str()).collect();
+    // One read of the tasks for the whole poll, not one per watching task.
+    for record in store.list_tasks().await? {
+        if !watching.contains(record.name.as_str()) {
+            continue;
         }
-    }
-    for task in tasks {
-        let def = match store.get_task(task).await.map(|r| task_def::open(secrets, &r)) {
-            Ok(Ok(def)) => def,
-            Ok(Err(e)) => {
-                tracing::error!(task, "{e}");
+        let def = match task_def::open(secrets, &record) {
+            Ok(def) => def,
+            Err(e) => {
+                tracing::error!(task = record.name, "{e}");
                 continue;
             }
-            Err(e) => return Err(e),
         };
         for login in def.credentials {
             let auth = RegistryAuth { username: login.username, password: login.password };

@@ -60,6 +60,34 @@ fn a_failing_step_fails_the_run_with_its_id_and_a_summary() {
 }
 
 #[test]
+fn task_files_acr_accepts_run_as_in_acr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No steps: nothing runs and the run succeeds, with a warning.
+    let file = write_task(dir.path(), "version: v1.1.0\n");
+    let run = run_id("nosteps");
+    let out =
+        kiln().args(["exec", "-f"]).arg(&file).args(["--run-id", &run]).output().expect("kiln");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("warning: steps: the task has no `steps`"), "{all}");
+    assert!(all.contains(&format!("Run ID: {run} was successful after")), "{all}");
+
+    // `when: [-]`, as Go's YAML decoder reads it: the step starts with the run.
+    let file = write_task(
+        dir.path(),
+        "steps:\n  - id: slow\n    cmd: busybox true\n  - id: dash\n    cmd: busybox echo started\n    when: [-]\n",
+    );
+    let run = run_id("baredash");
+    let out =
+        kiln().args(["exec", "-f"]).arg(&file).args(["--run-id", &run]).output().expect("kiln");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("a bare `-` in a flow list"), "{all}");
+    assert!(all.contains("dash | started"), "{all}");
+    assert_eq!(leftovers(&run), "");
+}
+
+#[test]
 fn ctrl_c_cancels_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_task(

@@ -82,6 +82,34 @@ fn every_valid_case_plans() {
     }
 }
 
+/// The value of a `# name: value` header line of a case.
+fn header<'t>(text: &'t str, name: &str, path: &Path) -> &'t str {
+    let prefix = format!("# {name}: ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{}: no `{prefix}` header", path.display()))
+}
+
+#[test]
+fn every_acr_parity_case_plans() {
+    for path in yaml_files(&repo().join("tests/cases/acr")) {
+        let text = fs::read_to_string(&path).expect("case");
+        header(&text, "after", &path);
+        let warns = header(&text, "warns", &path);
+        let planned = plan(&path, false).unwrap_or_else(|d| panic!("{}: {d:#?}", path.display()));
+        let warnings: Vec<&str> = planned.diagnostics.iter().map(|d| d.message.as_str()).collect();
+        if warns == "none" {
+            assert!(warnings.is_empty(), "{}: {warnings:#?}", path.display());
+        } else {
+            assert!(
+                warnings.iter().any(|w| w.contains(warns)),
+                "{}: {warnings:#?}",
+                path.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn every_invalid_case_is_rejected_with_its_message() {
     for path in yaml_files(&repo().join("tests/cases/invalid")) {

@@ -7,7 +7,9 @@
 //! - added: `now`, `date`, `split`, `splitList`, `join`, `trimall`;
 //! - replaced, to behave as Sprig does: `title` (Go's `strings.Title`, word breaks at any
 //!   non-alphanumeric), `trimAll` (a cutset, not one character), `trimPrefix`/`trimSuffix`
-//!   (remove once, not repeatedly), `quote`/`squote` (Go `%q` escaping, nil arguments skipped);
+//!   (remove once, not repeatedly), `quote`/`squote` (Go `%q` escaping, nil arguments skipped),
+//!   `substr` (an end past the string clamps, so `{{ .Run.Commit | substr 0 7 }}` of a run
+//!   without a commit is empty, not an error);
 //! - `b64enc` returns `""` for a missing value, ACR's own override;
 //! - functions whose Go signature takes strings refuse a missing value instead of working on
 //!   the text `<no value>`: Go fails there too ("wrong type for value; expected string"), and
@@ -43,6 +45,7 @@ const KILN: &[(&str, Func)] = &[
     ("quote", quote),
     ("squote", squote),
     ("b64enc", b64enc),
+    ("substr", substr),
 ];
 
 /// Wraps Helm functions whose Sprig signature takes only strings and integers so that a
@@ -65,7 +68,6 @@ strict! {
     "upper" => strict_upper = string::upper;
     "untitle" => strict_untitle = string::untitle;
     "repeat" => strict_repeat = string::repeat;
-    "substr" => strict_substr = string::substr;
     "nospace" => strict_nospace = string::nospace;
     "trunc" => strict_trunc = string::trunc;
     "abbrev" => strict_abbrev = string::abbrev;
@@ -207,6 +209,38 @@ fn trim_all(args: &[Value]) -> Result<Value, FuncError> {
     Ok(s.trim_matches(|c| cutset.contains(c)).into())
 }
 
+/// `substr START END STRING`, Sprig's `substring`: a negative START means from the beginning,
+/// a negative END or one past the string means to its end. What Go's slicing would panic on (a
+/// START past the end or after END) is an error, as ACR's render fails there.
+fn substr(args: &[Value]) -> Result<Value, FuncError> {
+    arity("substr", args, 3)?;
+    let index = |i: usize| match &args[i] {
+        Value::Number(n) => n.as_i64().ok_or_else(|| {
+            FuncError::Generic(format!("substr: argument {} must be an integer", i + 1))
+        }),
+        other => Err(FuncError::Generic(format!(
+            "substr: argument {} must be an integer, found {other}",
+            i + 1
+        ))),
+    };
+    let (start, end) = (index(0)?, index(1)?);
+    let [s] = strings::<1>("substr", &args[2..])?;
+    let len = s.len() as i64;
+    let (from, to) = match (start, end) {
+        (start, end) if start < 0 => (0, end),
+        (start, end) if end < 0 || end > len => (start, len),
+        range => range,
+    };
+    usize::try_from(from)
+        .ok()
+        .zip(usize::try_from(to).ok())
+        .and_then(|(from, to)| s.get(from..to))
+        .map(Value::from)
+        .ok_or_else(|| {
+            FuncError::Generic(format!("substr: [{start}:{end}] is out of range for {s:?}"))
+        })
+}
+
 /// `trimPrefix PREFIX STRING`: removes the prefix once.
 fn trim_prefix(args: &[Value]) -> Result<Value, FuncError> {
     let [prefix, s] = strings::<2>("trimPrefix", args)?;
@@ -302,6 +336,18 @@ mod tests {
         let err = strict_upper(&[Value::NoValue]).unwrap_err().to_string();
         assert!(err.starts_with("upper: argument 1 is a missing value"), "{err}");
         assert!(strict_contains(&[s("a"), Value::Nil]).is_err());
+    }
+
+    #[test]
+    fn substr_clamps_like_sprig() {
+        let n = |i: i64| Value::from(i);
+        assert_eq!(substr(&[n(0), n(7), s("")]).unwrap(), s(""));
+        assert_eq!(substr(&[n(0), n(7), s("0123456789abc")]).unwrap(), s("0123456"));
+        assert_eq!(substr(&[n(-1), n(3), s("abcdef")]).unwrap(), s("abc"));
+        assert_eq!(substr(&[n(2), n(-1), s("abcdef")]).unwrap(), s("cdef"));
+        assert!(substr(&[n(9), n(10), s("abc")]).is_err());
+        assert!(substr(&[n(2), n(1), s("abc")]).is_err());
+        assert!(substr(&[n(0), n(1), Value::NoValue]).is_err());
     }
 
     #[test]

@@ -140,6 +140,18 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A task without steps is valid in ACR (its run does nothing and succeeds), but it is
+    /// probably a mistake: a warning, an error under `--strict`.
+    fn no_steps(&mut self, pos: Pos, what: &str) {
+        self.warn(
+            pos,
+            "steps",
+            format!(
+                "{what}: the run does nothing and succeeds (as in ACR); add a build, push or cmd step"
+            ),
+        );
+    }
+
     /// Warns about every key of `f` that was not read, suggesting the closest of `known`.
     fn unknown_keys(&mut self, f: &Fields<'_>, known: &[&str], what: &str) {
         for (i, (k, _)) in f.entries.iter().enumerate() {
@@ -314,10 +326,9 @@ impl<'a> Cx<'a> {
     }
 
     fn task(&mut self, root: &Node) -> Option<Task> {
-        if matches!(root.value, Value::Null) {
-            self.error(root.pos, "", "the task file is empty: it needs at least a `steps` list");
-            return None;
-        }
+        // ACR decodes an empty file into a task without steps, runs nothing and succeeds.
+        let empty = Node { value: Value::Map(Vec::new()), pos: root.pos, raw: None };
+        let root = if matches!(root.value, Value::Null) { &empty } else { root };
         let mut f = self.fields(root, String::new(), "a task file")?;
 
         let version = match self.string(&mut f, "version") {
@@ -370,21 +381,17 @@ impl<'a> Cx<'a> {
             StepDefaults { step_timeout, working_directory: &working_directory, env: &env };
         let steps = match f.get("steps") {
             None => {
-                self.error(
-                    root.pos,
-                    "steps",
-                    "the task has no `steps`: add at least one build, push or cmd step",
-                );
+                self.no_steps(root.pos, "the task has no `steps`");
                 Vec::new()
             }
             Some(node) => match &node.value {
+                Value::Null => {
+                    self.no_steps(node.pos, "`steps` is empty");
+                    Vec::new()
+                }
                 Value::Seq(items) => {
                     if items.is_empty() {
-                        self.error(
-                            node.pos,
-                            "steps",
-                            "the task has no steps: add at least one build, push or cmd step",
-                        );
+                        self.no_steps(node.pos, "`steps` is empty");
                     }
                     let volume_names: Vec<&str> =
                         volumes.iter().map(|v| v.name.value.as_str()).collect();
@@ -1159,11 +1166,15 @@ mod tests {
         }
 
         #[test]
-        fn empty_file_and_missing_steps_are_errors() {
-            let (_, d) = parse("");
-            assert!(d.iter().any(|d| d.message.contains("empty")));
-            one_error("version: v1.1.0\n", "has no `steps`");
-            one_error("steps: []\n", "has no steps");
+        fn a_task_without_steps_runs_nothing_with_a_warning() {
+            // ACR accepts all of these and runs nothing (its own test data has such files).
+            for text in ["", "version: v1.1.0\n", "steps: []\n", "steps:\n", "secrets: []\n"] {
+                let t = task(text);
+                assert!(t.steps.is_empty(), "{text:?}");
+                let w = warnings(text);
+                assert_eq!(w.len(), 1, "{text:?}: {w:?}");
+                assert!(w[0].contains("the run does nothing and succeeds"), "{text:?}: {w:?}");
+            }
             one_error("steps: {cmd: a}\n", "expected a list, found a mapping");
             one_error("- cmd: a\n", "must be a mapping");
         }

@@ -76,6 +76,52 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     }
 }
 
+/// A task file parsed the way ACR's decoder reads it, see [`parse_like_go`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoParsed<'a> {
+    pub root: Node,
+    /// The text the tree's positions refer to: the input, or with each lone dash quoted.
+    pub text: Cow<'a, str>,
+    /// Where the input had a lone `-` in a flow collection, in the input's coordinates.
+    pub bare_dashes: Vec<Pos>,
+}
+
+/// [`parse`], but a lone `-` in a flow collection (`when: [-]`) is the string `-`, as Go's
+/// yaml.v2 (ACR's decoder) reads it; YAML 1.2, and granit-parser, refuse it, and real ACR task
+/// files contain it. Each such dash is quoted and the text parsed again, so the callers can warn
+/// at the positions returned.
+pub fn parse_like_go(text: &str) -> Result<GoParsed<'_>, YamlError> {
+    const BARE_DASH: &str = "plain scalar cannot start with '-' followed by";
+    let mut current = Cow::Borrowed(text);
+    let mut bare_dashes: Vec<Pos> = Vec::new();
+    loop {
+        let err = match parse(&current) {
+            Ok(root) => return Ok(GoParsed { root, text: current, bare_dashes }),
+            Err(e) => e,
+        };
+        let at = match err.pos {
+            Some(p) if err.message.starts_with(BARE_DASH) => p,
+            _ => return Err(err),
+        };
+        let Some(offset) = byte_offset(&current, at).filter(|&o| current[o..].starts_with('-'))
+        else {
+            return Err(err);
+        };
+        // Earlier quotes on this line moved it right by two columns each.
+        let shift = 2 * bare_dashes.iter().filter(|p| p.line == at.line).count() as u32;
+        bare_dashes.push(Pos::new(at.line, at.col - shift));
+        current.to_mut().replace_range(offset..offset + 1, "\"-\"");
+    }
+}
+
+/// The byte offset of a 1-based line and (character) column.
+fn byte_offset(text: &str, at: Pos) -> Option<usize> {
+    let line_start =
+        if at.line <= 1 { 0 } else { text.match_indices('\n').nth(at.line as usize - 2)?.0 + 1 };
+    let line = &text[line_start..];
+    line.char_indices().nth(at.col.checked_sub(1)? as usize).map(|(i, _)| line_start + i)
+}
+
 fn null_at(pos: Pos) -> Node {
     Node { value: Value::Null, pos, raw: None }
 }
@@ -401,6 +447,30 @@ mod tests {
     fn syntax_errors_have_a_position() {
         let err = parse("steps:\n  - cmd: [unclosed\n").unwrap_err();
         assert!(err.pos.is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn lone_dashes_in_flow_collections_read_as_go_reads_them() {
+        let text = "a: [-]\nb: [x, -, -]\nc: {k: -}\nd: [-x, \"-\"]\n";
+        assert!(parse(text).is_err(), "YAML 1.2 refuses a lone dash in a flow list");
+        let parsed = parse_like_go(text).unwrap();
+        let dashes: Vec<(u32, u32)> = parsed.bare_dashes.iter().map(|p| (p.line, p.col)).collect();
+        assert_eq!(dashes, vec![(1, 5), (2, 8), (2, 11), (3, 8)]);
+        let Value::Map(entries) = parsed.root.value else { panic!() };
+        let strings = |n: &Node| match &n.value {
+            Value::Seq(items) => items.iter().map(|i| i.value.clone()).collect::<Vec<_>>(),
+            Value::Map(kv) => kv.iter().map(|(_, v)| v.value.clone()).collect(),
+            other => panic!("{other:?}"),
+        };
+        let dash = || Value::Str("-".into());
+        assert_eq!(strings(&entries[0].1), vec![dash()]);
+        assert_eq!(strings(&entries[1].1), vec![Value::Str("x".into()), dash(), dash()]);
+        assert_eq!(strings(&entries[2].1), vec![dash()]);
+        assert_eq!(strings(&entries[3].1), vec![Value::Str("-x".into()), dash()]);
+        // Other errors stay errors, and a valid file is untouched.
+        assert!(parse_like_go("a: [-\n").is_err());
+        let plain = parse_like_go("a: [\"-\"]\n").unwrap();
+        assert!(plain.bare_dashes.is_empty() && matches!(plain.text, Cow::Borrowed(_)));
     }
 
     #[test]

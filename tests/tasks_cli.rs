@@ -410,7 +410,7 @@ fn a_tasks_own_ssh_key_fetches_and_stays_secret() {
     assert!(text(&out).contains("an SSH remote needs an SSH key: the task's"), "{}", text(&out));
 
     let shown = json(&server.run(&["task", "show", "-n", "keyed", "-o", "json"]));
-    assert_eq!(shown["git_ssh_key"], "***", "{shown}");
+    assert_eq!(shown["gitSshKey"], "***", "{shown}");
     let table = ok(&server.run(&["task", "show", "-n", "keyed", "-o", "table"]));
     assert!(table.contains("Git SSH key:"), "{table}");
     let private = std::fs::read_to_string(key).expect("key");
@@ -431,11 +431,11 @@ fn a_tasks_own_ssh_key_fetches_and_stays_secret() {
     let (status, answer) = server.api(
         "PATCH",
         "/tasks/keyed",
-        serde_json::json!({"git_ssh_key": "ssh-ed25519 AAAA a public key"}),
+        serde_json::json!({"gitSshKey": "ssh-ed25519 AAAA a public key"}),
     );
     assert_eq!(status, 400, "{answer}");
-    assert!(answer.to_string().contains("git_ssh_key: not an OpenSSH private key"), "{answer}");
+    assert!(answer.to_string().contains("gitSshKey: not an OpenSSH private key"), "{answer}");
     ok(&server.run(&["task", "update", "-n", "keyed", "--ssh-key-file", ""]));
     let shown = json(&server.run(&["task", "show", "-n", "keyed", "-o", "json"]));
-    assert!(shown.get("git_ssh_key").is_none(), "{shown}");
+    assert!(shown.get("gitSshKey").is_none(), "{shown}");
 }

@@ -210,6 +210,39 @@ fn server_submits_an_encoded_task_and_lists_it() {
 }
 
 #[test]
+fn server_run_list_pages_follow_next_link_each_run_once_newest_first() {
+    let s = start();
+    for _ in 0..5 {
+        assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    }
+    let page = |path: &str| -> api::List<api::Run> {
+        let a = s.get(path);
+        assert_eq!(a.status, 200, "{}", a.text());
+        serde_json::from_slice(&a.body).unwrap()
+    };
+    let first = page("/runs?top=2");
+    let ids = |p: &api::List<api::Run>| p.value.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ["ka5", "ka4"]);
+    // A run queued between pages shifts nothing: the continuation is a keyset, not an offset.
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let mut seen = ids(&first);
+    let mut next = first.next_link;
+    while let Some(link) = next {
+        assert!(link.starts_with("/runs?"), "{link}");
+        let p = page(&link);
+        seen.extend(ids(&p));
+        next = p.next_link;
+    }
+    assert_eq!(seen, ["ka5", "ka4", "ka3", "ka2", "ka1"]);
+    // Filters carry over to the next page; the default page is ACR's 15.
+    let failed = page("/runs?status=Failed&top=1");
+    assert!(failed.value.is_empty() && failed.next_link.is_none());
+    assert_eq!(page("/runs").value.len(), 6);
+    let a = s.get("/runs?skipToken=nope");
+    assert_eq!((a.status, a.error().error.code.as_str()), (400, "BadRequest"));
+}
+
+#[test]
 fn server_refuses_a_bad_task_file_with_positioned_diagnostics() {
     let s = start();
     let task = "version: v1.1.0\nsteps:\n  - cmd: bash echo hi\n    when: [\"nope\"]\n";

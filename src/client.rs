@@ -765,12 +765,20 @@ mod tests {
             "run ka9 not found"
         );
         assert!(matches!(status_error(413, "", None), ClientError::TooLarge { .. }));
-        let e = status_error(404, r#"{"error":{"code":"TaskNotFound","message":"task nightly not found","details":[]}}"#, None);
+        let e = status_error(
+            404,
+            r#"{"error":{"code":"TaskNotFound","message":"task nightly not found","details":[]}}"#,
+            None,
+        );
         assert_eq!(e.to_string(), "task nightly not found");
         assert!(e.is_refusal());
         let e = status_error(502, "<html>\n<h1>Bad Gateway</h1>\n</html>", None);
         assert_eq!(e.to_string(), "the server answered 502: <html>");
-        let e = status_error(409, r#"{"error":{"code":"RunAlreadyFinished","message":"run ka9 already finished"}}"#, Some("ka9"));
+        let e = status_error(
+            409,
+            r#"{"error":{"code":"RunAlreadyFinished","message":"run ka9 already finished"}}"#,
+            Some("ka9"),
+        );
         assert_eq!(e.to_string(), "run ka9 already finished");
     }
 

@@ -23,9 +23,7 @@ pub enum TaskDefError {
     Name { what: &'static str, name: String },
     #[error(transparent)]
     Context(#[from] crate::task_run::TaskRunError),
-    #[error(
-        "timeout must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {0}"
-    )]
+    #[error("timeout must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {0}")]
     Timeout(u64),
     #[error("timer {name}: {source}")]
     Cron { name: String, source: CronError },

@@ -50,13 +50,11 @@ impl Document {
         let declared = &self.doc["paths"][path][method]["responses"][status.to_string()];
         let schema = &declared["content"]["application/json"]["schema"];
         assert!(schema.is_object(), "{method} {path}: no JSON schema for {status} in the document");
-        let mut root = schema.as_object().cloned().unwrap_or_default();
-        let mut schema = Value::Object(root.clone());
-        close(&mut schema, false);
-        root = schema.as_object().cloned().unwrap_or_default();
-        root.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
-        root.insert("components".into(), self.components.clone());
-        let validator = jsonschema::validator_for(&Value::Object(root)).expect("a valid schema");
+        let mut root = schema.clone();
+        close(&mut root, false);
+        root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+        root["components"] = self.components.clone();
+        let validator = jsonschema::validator_for(&root).expect("a valid schema");
         validator.iter_errors(answer).map(|e| format!("{} at {}", e, e.instance_path)).collect()
     }
 }
@@ -97,9 +95,11 @@ fn close(node: &mut Value, member: bool) {
             "oneOf" | "anyOf" => {
                 child.as_array_mut().into_iter().flatten().for_each(|c| close(c, member))
             }
-            "properties" => {
-                child.as_object_mut().into_iter().flat_map(|m| m.values_mut()).for_each(|c| close(c, false))
-            }
+            "properties" => child
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+                .for_each(|c| close(c, false)),
             "items" | "additionalProperties" => close(child, false),
             _ => {}
         }
@@ -191,11 +191,8 @@ fn every_answer_matches_the_openapi_document() {
     doc.check("post", "/tasks/{name}/timers", status, &timers);
     let (status, updated) = server.api("PATCH", "/tasks/shape", json!({"timeout": 900}));
     doc.check("patch", "/tasks/{name}", status, &updated);
-    let (status, timers) = server.api(
-        "PATCH",
-        "/tasks/shape/timers/hourly",
-        json!({"status": "Enabled"}),
-    );
+    let (status, timers) =
+        server.api("PATCH", "/tasks/shape/timers/hourly", json!({"status": "Enabled"}));
     doc.check("patch", "/tasks/{name}/timers/{timer}", status, &timers);
     let (status, run) = server.api("POST", "/tasks/shape/runs", json!({}));
     doc.check("post", "/tasks/{name}/runs", status, &run);

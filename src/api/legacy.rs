@@ -132,7 +132,10 @@ mod tests {
             panic!("not an encoded task")
         };
         assert_eq!(e.task, "steps:\n  - cmd: busybox true\n");
-        assert_eq!((e.task_name.as_str(), e.values_content.as_deref()), ("<stdin>", Some("a: 1\n")));
+        assert_eq!(
+            (e.task_name.as_str(), e.values_content.as_deref()),
+            ("<stdin>", Some("a: 1\n"))
+        );
 
         let file = json!({"type": "FileTask", "source": {"kind": "git", "url": "git://h/r"},
             "task_file": "ci/acb.yaml", "values_file": "v.yaml", "values": []});
@@ -140,7 +143,10 @@ mod tests {
             panic!("not a file task")
         };
         assert_eq!(f.source, Source::Git { url: "git://h/r".into() });
-        assert_eq!((f.task_file.as_str(), f.values_file.as_deref()), ("ci/acb.yaml", Some("v.yaml")));
+        assert_eq!(
+            (f.task_file.as_str(), f.values_file.as_deref()),
+            ("ci/acb.yaml", Some("v.yaml"))
+        );
     }
 
     #[test]

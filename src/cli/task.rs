@@ -571,7 +571,11 @@ fn timer_specs(schedules: &[String]) -> anyhow::Result<Vec<TimerSpec>> {
             parse_timer_arg(arg).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
         let name = name.unwrap_or_else(|| format!("t{}", i + 1));
         check_name("timer", &name)?;
-        timers.push(TimerSpec { name, schedule: schedule.to_string(), status: TaskStatus::Enabled });
+        timers.push(TimerSpec {
+            name,
+            schedule: schedule.to_string(),
+            status: TaskStatus::Enabled,
+        });
     }
     Ok(timers)
 }
@@ -1240,8 +1244,11 @@ mod tests {
     #[test]
     fn unnamed_schedules_are_named_by_position() {
         let timers = timer_specs(&words("'0 * * * *' 'nightly:0  2 * * *' '*/5 * * * Mon-Fri'"));
-        let timers: Vec<_> =
-            timers.unwrap().into_iter().map(|t| (t.name, t.schedule, t.status.is_enabled())).collect();
+        let timers: Vec<_> = timers
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.schedule, t.status.is_enabled()))
+            .collect();
         let expected = [("t1", "0 * * * *"), ("nightly", "0 2 * * *"), ("t3", "*/5 * * * Mon-Fri")]
             .map(|(n, s)| (n.to_string(), s.to_string(), true));
         assert_eq!(timers, expected);

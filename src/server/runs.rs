@@ -166,7 +166,9 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
     let before = query
         .skip_token
         .as_deref()
-        .map(|t| t.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid skipToken {t:?}"))))
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid skipToken {t:?}")))
+        })
         .transpose()?;
     let filter = RunFilter {
         status: query.status,
@@ -181,7 +183,8 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
     if top != 0 && runs.len() > top {
         runs.truncate(top);
         if let Some(last) = runs.last() {
-            let next = RunQuery { top: Some(top), skip_token: Some(last.counter.to_string()), ..query };
+            let next =
+                RunQuery { top: Some(top), skip_token: Some(last.counter.to_string()), ..query };
             next_link = Some(format!("{}?{}", paths::RUNS, query_string(&next)));
         }
     }
@@ -194,7 +197,9 @@ fn query_string(query: &RunQuery) -> String {
     if let Some(status) = query.status {
         out.append_pair("status", status.as_str());
     }
-    for (key, value) in [("image", &query.image), ("task", &query.task), ("skipToken", &query.skip_token)] {
+    for (key, value) in
+        [("image", &query.image), ("task", &query.task), ("skipToken", &query.skip_token)]
+    {
         if let Some(value) = value {
             out.append_pair(key, value);
         }

@@ -10,7 +10,8 @@ use axum::http::StatusCode;
 use chrono::Utc;
 
 use crate::api::task::{
-    BaseImageDependency, CreateTask, Task, TaskDefinition, TaskEvent, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer, Webhook,
+    BaseImageDependency, CreateTask, Task, TaskDefinition, TaskEvent, TaskRunRequest, Timer,
+    TimerSpec, UpdateTask, UpdateTimer, Webhook,
 };
 use crate::api::{self, ErrorBody, List, legacy, paths};
 use crate::queue::Origin;
@@ -205,13 +206,10 @@ pub async fn update_task_timer(
     state.store.get_task(name).await?;
     let stored = state.store.timers(name).await?;
     let mut specs: Vec<TimerSpec> = stored.iter().cloned().map(spec_of).collect();
-    let i = specs
-        .iter()
-        .position(|t| t.name == timer)
-        .ok_or_else(|| ApiError::Missing {
-            code: "TimerNotFound",
-            message: format!("task {name} has no timer named {timer}"),
-        })?;
+    let i = specs.iter().position(|t| t.name == timer).ok_or_else(|| ApiError::Missing {
+        code: "TimerNotFound",
+        message: format!("task {name} has no timer named {timer}"),
+    })?;
     if let Some(schedule) = update.schedule {
         specs[i].schedule = schedule;
     }
@@ -220,9 +218,7 @@ pub async fn update_task_timer(
     }
     let schedules = task_def::check_timers(&specs)?;
     let mut record = task_def::timer_record(name, &specs[i], &schedules[i], Utc::now());
-    if specs[i].schedule == stored[i].schedule
-        && stored[i].enabled
-        && specs[i].status.is_enabled()
+    if specs[i].schedule == stored[i].schedule && stored[i].enabled && specs[i].status.is_enabled()
     {
         record.next_fire_at = stored[i].next_fire_at;
     }

@@ -202,8 +202,7 @@ fn server_submits_an_encoded_task_and_lists_it() {
     assert_eq!(got.status, 200);
     assert_eq!(got.run(), run);
     // A Docker build is planned at submission too (tags get the default registry).
-    let build =
-        json!({"type": "DockerBuildRequest", "source": {"kind": "none"}, "imageNames": ["app:{{.Run.ID}}"]});
+    let build = json!({"type": "DockerBuildRequest", "source": {"kind": "none"}, "imageNames": ["app:{{.Run.ID}}"]});
     assert_eq!(s.submit(&build).status, 201);
     let ids: Vec<String> = s.runs().into_iter().map(|r| r.run_id).collect();
     assert_eq!(ids, ["ka2", "ka1"]);
@@ -221,7 +220,8 @@ fn server_run_list_pages_follow_next_link_each_run_once_newest_first() {
         serde_json::from_slice(&a.body).unwrap()
     };
     let first = page("/runs?top=2");
-    let ids = |p: &api::List<api::Run>| p.value.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+    let ids =
+        |p: &api::List<api::Run>| p.value.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&first), ["ka5", "ka4"]);
     // A run queued between pages shifts nothing: the continuation is a keyset, not an offset.
     assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
@@ -280,7 +280,9 @@ fn server_refuses_bad_timeouts_unknown_uploads_and_bad_json() {
     let a = s.submit(&request);
     assert_eq!(a.status, 400);
     assert_eq!(a.error().error.message, format!("unknown upload {id}"));
-    let a = s.submit(&json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": "../../x"}}));
+    let a = s.submit(
+        &json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": "../../x"}}),
+    );
     assert_eq!(a.error().error.message, "unknown upload ../../x");
     let a = s.post("/runs", Some(&s.auth()), "application/json", b"{\"type\": \"Encod");
     assert_eq!(a.status, 400);
@@ -297,7 +299,11 @@ fn server_stores_a_good_upload_and_refuses_a_truncated_one() {
     let archive = tar_gz(&[("acb.yaml", GOOD_TASK.as_bytes()), ("Dockerfile", b"FROM scratch\n")]);
     let a = s.upload(&archive[..archive.len() - 10]);
     assert_eq!(a.status, 400);
-    assert!(a.error().error.message.starts_with("the upload is not a complete .tar.gz: "), "{}", a.text());
+    assert!(
+        a.error().error.message.starts_with("the upload is not a complete .tar.gz: "),
+        "{}",
+        a.text()
+    );
     assert!(s.uploads_dir_files().is_empty());
     let a = s.upload(b"not gzip at all");
     assert_eq!(a.status, 400);
@@ -316,7 +322,8 @@ fn server_stores_a_good_upload_and_refuses_a_truncated_one() {
     let path = crate::uploads::path(s.dir.path(), &upload.id).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), archive);
     assert_eq!(s.uploads_dir_files(), vec![path]);
-    let request = json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": upload.id}});
+    let request =
+        json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": upload.id}});
     assert_eq!(s.submit(&request).status, 201);
 }
 

@@ -194,7 +194,7 @@ mod tests {
             r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
         );
         let back: Vec<Dependency> = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, [dep.clone()]);
+        assert_eq!(back, std::slice::from_ref(&dep));
         let api = serde_json::to_value(&dep).unwrap();
         assert!(api.get("runtimeDependency").is_some() && api.get("buildtimeDependency").is_some());
         assert_eq!(api["git"]["gitHeadRevision"], "abc");

@@ -8,10 +8,9 @@
 //! neither tag nor digest. One deliberate difference: an empty `buildtime-dependency` is `[]`, not
 //! ACR's `null` (Go's nil slice); `null` is still accepted when reading.
 //!
-//! Two spellings of the same keys: the API's (and the store's) are camelCase like the rest of
-//! the API (`runtimeDependency`, `buildtimeDependency`, `gitHeadRevision`); the line printed in
-//! the log keeps ACR's kebab-case ([`report_json`]). Reading accepts both, so reports stored by
-//! older releases and ACR's own output parse.
+//! Two spellings of the same keys: serde's are the API's camelCase (`runtimeDependency`,
+//! `buildtimeDependency`, `gitHeadRevision`); the line printed in the log, which the run also
+//! stores, keeps ACR's kebab-case ([`report_json`]). Reading accepts both.
 
 use serde::{Deserialize, Deserializer, Serialize};
 

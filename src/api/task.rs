@@ -97,6 +97,7 @@ pub enum TaskStep {
 
 /// A timer trigger (§5.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TimerSpec {
     pub name: String,
     /// 5-field cron, UTC.
@@ -221,9 +222,10 @@ pub struct CreateTask {
     pub timers: Vec<TimerSpec>,
 }
 
-/// `PATCH /tasks/{name}`: only the fields given change. Lists replace the stored list.
+/// `PATCH /tasks/{name}`: only the fields given change. Lists replace the stored list. An
+/// unknown field is refused: a misspelt (or pre-camelCase) one would otherwise change nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateTask {
     #[serde(default, rename = "contextPath", skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
@@ -263,6 +265,7 @@ pub struct UpdateTask {
 
 /// `PATCH /tasks/{name}/timers/{timer}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateTimer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
@@ -330,7 +333,7 @@ pub struct Task {
 /// `POST /tasks/{name}/runs`: a manual run, optionally with overrides (§5.4 `az acr task run`,
 /// ACR's `overrideTaskStepProperties`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskRunRequest {
     /// `--set` / `--set-secret`, over the task's own (later wins).
     #[serde(default)]
@@ -419,5 +422,21 @@ impl TriggerDetail {
             (None, None, Some(_)) => "Image Update",
             (None, None, None) => "Manual",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn changes_with_an_unknown_field_are_refused_not_ignored() {
+        assert!(serde_json::from_value::<UpdateTask>(json!({"timeout_secs": 900})).is_err());
+        assert!(serde_json::from_value::<UpdateTimer>(json!({"enabled": false})).is_err());
+        assert!(serde_json::from_value::<TaskRunRequest>(json!({"build_args": []})).is_err());
+        let update: UpdateTask = serde_json::from_value(json!({"timeout": 900})).unwrap();
+        assert_eq!(update.timeout_secs, Some(900));
     }
 }

@@ -24,7 +24,7 @@ use ureq::{Body, SendBody};
 use crate::api::task::{
     CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
-use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, Run, RunQuery, RunRequest, paths};
+use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, List, Run, RunQuery, RunRequest, paths};
 use crate::diagnostic::Diagnostic;
 
 /// The server when nothing names one.
@@ -259,7 +259,7 @@ impl Client {
         self.json(self.check(response, None)?, "the run request")
     }
 
-    /// `GET /runs?…`.
+    /// `GET /runs?…`: the first page, at most `top` runs (the server's 15 by default).
     pub fn list_runs(&self, query: &RunQuery) -> Result<Vec<Run>, ClientError> {
         let mut request = self.authorize(self.agent.get(self.url(paths::RUNS)));
         if let Some(status) = query.status {
@@ -274,7 +274,8 @@ impl Client {
         if let Some(top) = query.top {
             request = request.query("top", top.to_string());
         }
-        self.json(self.check(request.call(), None)?, "the run list")
+        let page: List<Run> = self.json(self.check(request.call(), None)?, "the run list")?;
+        Ok(page.value)
     }
 
     /// `GET /runs/{id}`, long-polling up to `wait` seconds for the run to end.
@@ -321,7 +322,7 @@ impl Client {
     /// `GET /tasks`.
     pub fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
         let response = self.authorize(self.agent.get(self.url(paths::TASKS))).call();
-        self.json(self.check(response, None)?, "the task list")
+        self.every_page(response, "the task list")
     }
 
     /// `GET /tasks/{name}`: the task with its webhook's URL and secret.
@@ -365,14 +366,14 @@ impl Client {
             .authorize(self.agent.post(self.url(&paths::timers(&segment(task)))))
             .header("Content-Type", "application/json")
             .send(body);
-        self.json(self.check(response, None)?, "the timers")
+        self.every_page(response, "the timers")
     }
 
     /// `GET /tasks/{task}/timers`.
     pub fn list_timers(&self, task: &str) -> Result<Vec<Timer>, ClientError> {
         let response =
             self.authorize(self.agent.get(self.url(&paths::timers(&segment(task))))).call();
-        self.json(self.check(response, None)?, "the timers")
+        self.every_page(response, "the timers")
     }
 
     /// `PATCH /tasks/{task}/timers/{timer}`: the task's timers after the change.
@@ -388,14 +389,14 @@ impl Client {
             .authorize(self.agent.patch(url))
             .header("Content-Type", "application/json")
             .send(body);
-        self.json(self.check(response, None)?, "the timers")
+        self.every_page(response, "the timers")
     }
 
     /// `DELETE /tasks/{task}/timers/{timer}`: the task's timers after the removal.
     pub fn remove_timer(&self, task: &str, timer: &str) -> Result<Vec<Timer>, ClientError> {
         let url = self.url(&paths::timer(&segment(task), &segment(timer)));
         let response = self.authorize(self.agent.delete(url)).call();
-        self.json(self.check(response, None)?, "the timers")
+        self.every_page(response, "the timers")
     }
 
     /// `GET /runs/{id}/log?offset=&follow=`: the offset the body starts at and the body.
@@ -458,6 +459,22 @@ impl Client {
         let text =
             response.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
         Err(status_error(status, &text, run_id))
+    }
+
+    /// A list answer's items, following `nextLink` to the last page.
+    fn every_page<T: serde::de::DeserializeOwned>(
+        &self,
+        first: Result<Response<Body>, ureq::Error>,
+        what: &str,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut page: List<T> = self.json(self.check(first, None)?, what)?;
+        let mut items = std::mem::take(&mut page.value);
+        while let Some(next) = page.next_link.take() {
+            let response = self.authorize(self.agent.get(self.url(&next))).call();
+            page = self.json(self.check(response, None)?, what)?;
+            items.append(&mut page.value);
+        }
+        Ok(items)
     }
 
     fn json<T: serde::de::DeserializeOwned>(
@@ -532,7 +549,7 @@ fn transport_error(server: &str, error: ureq::Error) -> ClientError {
 fn status_error(status: u16, body: &str, run_id: Option<&str>) -> ClientError {
     let parsed: Option<ErrorBody> = serde_json::from_str(body).ok();
     let error = match &parsed {
-        Some(b) => b.error.clone(),
+        Some(b) => b.error.message.clone(),
         // One line of a non-JSON body, never the whole page.
         None => body.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string(),
     };
@@ -544,8 +561,8 @@ fn status_error(status: u16, body: &str, run_id: Option<&str>) -> ClientError {
             None => ClientError::NotFound { error },
         },
         400 | 422 => match parsed {
-            Some(b) if !b.diagnostics.is_empty() => {
-                ClientError::InvalidTask { error: b.error, diagnostics: b.diagnostics }
+            Some(b) if !b.error.details.is_empty() => {
+                ClientError::InvalidTask { error: b.error.message, diagnostics: b.error.details }
             }
             _ => ClientError::BadRequest { error },
         },
@@ -731,7 +748,7 @@ mod tests {
 
     #[test]
     fn error_statuses_become_typed_errors() {
-        let body = r#"{"error":"acb.yaml is invalid","diagnostics":[{"severity":"error","line":3,"col":5,"field":"steps[0]","message":"bad"}]}"#;
+        let body = r#"{"error":{"code":"InvalidTaskFile","message":"acb.yaml is invalid","details":[{"severity":"error","line":3,"col":5,"field":"steps[0]","message":"bad"}]}}"#;
         match status_error(400, body, None) {
             ClientError::InvalidTask { diagnostics, .. } => {
                 assert_eq!(diagnostics.len(), 1);
@@ -748,12 +765,20 @@ mod tests {
             "run ka9 not found"
         );
         assert!(matches!(status_error(413, "", None), ClientError::TooLarge { .. }));
-        let e = status_error(404, r#"{"error":"task nightly not found"}"#, None);
+        let e = status_error(
+            404,
+            r#"{"error":{"code":"TaskNotFound","message":"task nightly not found","details":[]}}"#,
+            None,
+        );
         assert_eq!(e.to_string(), "task nightly not found");
         assert!(e.is_refusal());
         let e = status_error(502, "<html>\n<h1>Bad Gateway</h1>\n</html>", None);
         assert_eq!(e.to_string(), "the server answered 502: <html>");
-        let e = status_error(409, r#"{"error":"run ka9 already finished"}"#, Some("ka9"));
+        let e = status_error(
+            409,
+            r#"{"error":{"code":"RunAlreadyFinished","message":"run ka9 already finished"}}"#,
+            Some("ka9"),
+        );
         assert_eq!(e.to_string(), "run ka9 already finished");
     }
 

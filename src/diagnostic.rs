@@ -8,9 +8,12 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema as _, ToSchema};
 
 /// How bad a diagnostic is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Warning,
@@ -43,6 +46,30 @@ pub struct Diagnostic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     pub message: String,
+}
+
+/// The API's schema of a diagnostic: the flattened position is two optional fields, which a
+/// derived schema cannot say of a flattened `Option`.
+impl utoipa::PartialSchema for Diagnostic {
+    fn schema() -> RefOr<Schema> {
+        let integer = || ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+        ObjectBuilder::new()
+            .property("severity", Ref::from_schema_name("Severity"))
+            .required("severity")
+            .property("line", integer())
+            .property("col", integer())
+            .property("field", ObjectBuilder::new().schema_type(Type::String))
+            .property("message", ObjectBuilder::new().schema_type(Type::String))
+            .required("message")
+            .description(Some("One finding about a task file; `line` and `col` are 1-based."))
+            .into()
+    }
+}
+
+impl ToSchema for Diagnostic {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Severity::name().into_owned(), Severity::schema()));
+    }
 }
 
 impl Diagnostic {

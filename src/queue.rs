@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::task::{RegistryLogin, TaskDefinition};
-use crate::api::{RunRequest, TriggerDetail};
+use crate::api::{RunRequest, TriggerDetail, legacy};
 use crate::secret_box::{SecretBox, SecretBoxError};
 use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
 use crate::store::{NewRun, RunRecord};
@@ -49,6 +49,7 @@ impl Origin {
 
 /// What is sealed: the whole request and the logins it runs with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Sealed {
     request: RunRequest,
     #[serde(default)]
@@ -88,21 +89,26 @@ pub fn new_run(
         trigger_detail: detail,
         task_name: origin.task_name,
         timeout_secs: request.timeout_secs().unwrap_or(DEFAULT_TIMEOUT_SECS),
-        platform: request.platform().unwrap_or(DEFAULT_PLATFORM).to_string(),
+        platform: request.platform().map_or(DEFAULT_PLATFORM.to_string(), ToString::to_string),
     })
 }
 
 /// The whole request of a stored run (runs stored before requests were sealed are read as
-/// they are).
+/// they are), in the current shape whichever release stored it ([`legacy`]).
 pub fn open_request(secrets: &SecretBox, run: &RunRecord) -> Result<Opened, QueueError> {
     match &run.sealed_request {
         Some(sealed) => {
-            let Sealed { request, credentials, git_ssh_key } =
+            let mut whole: serde_json::Value =
                 serde_json::from_slice(&secrets.open(PURPOSE, sealed)?)?;
+            if let Some(request) = whole.get_mut("request") {
+                *request = legacy::upgrade_request(request.take());
+            }
+            let Sealed { request, credentials, git_ssh_key } =
+                serde_json::from_value(legacy::upgrade_keys(whole))?;
             Ok(Opened { request, credentials, git_ssh_key })
         }
         None => Ok(Opened {
-            request: serde_json::from_str(&run.request)?,
+            request: legacy::read_request(&run.request)?,
             credentials: Vec::new(),
             git_ssh_key: None,
         }),

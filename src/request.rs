@@ -141,7 +141,7 @@ fn quick_build(
         images.push(match default_registry {
             _ if has_registry(image) => image.clone(),
             Some(registry) => format!("{}/{image}", registry.trim_end_matches('/')),
-            None if build.no_push => image.clone(),
+            None if !build.is_push_enabled => image.clone(),
             None => return Err(RequestError::NoRegistry { image: image.clone() }),
         });
     }
@@ -170,7 +170,7 @@ fn quick_build(
         literal("--target", target);
     }
     if let Some(platform) = &build.platform {
-        literal("--platform", platform);
+        literal("--platform", &platform.to_string());
     }
     args.push(".".to_string());
 
@@ -178,7 +178,7 @@ fn quick_build(
         "version: v1.1.0\nsteps:\n  - id: build\n    build: {}\n    timeout: {QUICK_BUILD_STEP_TIMEOUT}\n",
         yaml_string(&args.join(" "))
     );
-    if !build.no_push && !images.is_empty() {
+    if build.is_push_enabled && !images.is_empty() {
         text.push_str("  - id: push\n    push:\n");
         for image in &images {
             text.push_str(&format!("      - {}\n", yaml_string(image)));
@@ -256,7 +256,7 @@ mod tests {
             build_args: vec![],
             target: None,
             platform: None,
-            no_push: false,
+            is_push_enabled: true,
             timeout_secs: None,
         }
     }
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn quick_build_args_cannot_inject_yaml_or_split() {
         let mut b = build(&[]);
-        b.no_push = true;
+        b.is_push_enabled = false;
         b.build_args = vec![
             Argument { name: "A".into(), value: Some("x y: 'z'\n- q".into()), secret: false },
             Argument { name: "TOKEN".into(), value: Some("s3cret".into()), secret: true },

@@ -23,9 +23,7 @@ pub enum TaskDefError {
     Name { what: &'static str, name: String },
     #[error(transparent)]
     Context(#[from] crate::task_run::TaskRunError),
-    #[error(
-        "timeout_secs must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {0}"
-    )]
+    #[error("timeout must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {0}")]
     Timeout(u64),
     #[error("timer {name}: {source}")]
     Cron { name: String, source: CronError },
@@ -37,7 +35,7 @@ pub enum TaskDefError {
     Sealed(#[from] SecretBoxError),
     #[error("the stored definition of task {task} cannot be read: {source}")]
     Corrupt { task: String, source: serde_json::Error },
-    #[error("git_ssh_key: {0}")]
+    #[error("gitSshKey: {0}")]
     SshKey(#[from] PrivateKeyError),
     #[error(
         "{file}: ACR reserves .{ext} for task files but runs only YAML ones (.yaml, .yml); \
@@ -134,7 +132,7 @@ pub fn timer_record(
         task_name: task.to_string(),
         name: spec.name.clone(),
         schedule: spec.schedule.clone(),
-        enabled: spec.enabled,
+        enabled: spec.status.is_enabled(),
         next_fire_at: schedule.next_after(now),
     }
 }
@@ -165,7 +163,7 @@ pub fn seal(
 /// The whole definition of a stored task.
 pub fn open(secrets: &SecretBox, task: &TaskRecord) -> Result<TaskDefinition, TaskDefError> {
     let bytes = secrets.open(&purpose(&task.name, "definition"), &task.sealed)?;
-    serde_json::from_slice(&bytes)
+    crate::api::legacy::read(&bytes)
         .map_err(|source| TaskDefError::Corrupt { task: task.name.clone(), source })
 }
 
@@ -276,8 +274,9 @@ mod tests {
 
     fn def(context: &str) -> TaskDefinition {
         serde_json::from_value(serde_json::json!({
-            "context": context,
-            "step": {"type": "EncodedTask", "task": "steps:\n  - cmd: busybox true\n"},
+            "contextPath": context,
+            "step": {"type": "EncodedTask",
+                "encodedTaskContent": crate::api::base64_text::encode("steps:\n  - cmd: busybox true\n")},
         }))
         .unwrap()
     }
@@ -328,7 +327,7 @@ mod tests {
         let t = |name: &str, schedule: &str| TimerSpec {
             name: name.into(),
             schedule: schedule.into(),
-            enabled: true,
+            status: TaskStatus::Enabled,
         };
         assert_eq!(check_timers(&[t("t1", "* * * * *"), t("t2", "0 * * * *")]).unwrap().len(), 2);
         let err = check_timers(&[t("t1", "* * * * * *")]).unwrap_err().to_string();

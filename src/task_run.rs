@@ -269,7 +269,7 @@ pub fn request_for(
     let platform = Some(def.platform.clone());
     let timeout_secs = Some(def.timeout_secs);
     let request = match step.as_ref() {
-        TaskStep::Docker { dockerfile, images, no_push, build_args, target } => {
+        TaskStep::Docker { dockerfile, images, is_push_enabled, build_args, target } => {
             RunRequest::DockerBuild(DockerBuildRequest {
                 source,
                 images: images.clone(),
@@ -277,7 +277,7 @@ pub fn request_for(
                 build_args: overlay(build_args, extra_build_args),
                 target: target.clone(),
                 platform,
-                no_push: *no_push,
+                is_push_enabled: *is_push_enabled,
                 timeout_secs,
             })
         }
@@ -326,7 +326,7 @@ mod tests {
             context: context.to_string(),
             step: TaskStep::FileTask { task_file: "acb.yaml".to_string(), values_file: None },
             values: vec![Argument { name: "a".into(), value: Some("1".into()), secret: false }],
-            platform: "linux/amd64".to_string(),
+            platform: crate::api::Platform::parse("linux/amd64"),
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
             commit_trigger_enabled: true,
@@ -422,7 +422,7 @@ mod tests {
             step: TaskStep::Docker {
                 dockerfile: "Dockerfile".into(),
                 images: vec!["app:1".into()],
-                no_push: false,
+                is_push_enabled: true,
                 build_args: Vec::new(),
                 target: None,
             },

@@ -213,7 +213,8 @@ fn a_bad_task_file_is_refused_with_its_position_and_queues_nothing() {
 fn tokens_are_required_and_wrong_ones_change_nothing() {
     let server = Server::start("etok", 0);
     let task = serde_json::json!({
-        "type": "EncodedTask", "source": {"kind": "none"}, "task": "steps:\n  - cmd: busybox true\n"
+        "type": "EncodedTaskRunRequest", "source": {"kind": "none"},
+        "encodedTaskContent": "c3RlcHM6CiAgLSBjbWQ6IGJ1c3lib3ggdHJ1ZQo="
     })
     .to_string();
     for token in [None, Some("kiln_wrong")] {
@@ -234,7 +235,7 @@ fn tokens_are_required_and_wrong_ones_change_nothing() {
     assert!(all.contains("token"), "{all}");
     // With the right token, nothing was queued by the rejected calls.
     let (status, body) = server.http("GET", "/runs", Some(&server.token), b"");
-    assert_eq!((status, body.as_str()), (200, "[]"));
+    assert_eq!((status, body.as_str()), (200, r#"{"value":[],"nextLink":null}"#));
     // The API document is public.
     let (status, body) = server.http("GET", "/openapi.json", None, b"");
     assert_eq!(status, 200);

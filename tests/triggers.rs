@@ -30,7 +30,7 @@ fn log(server: &Server, id: &str) -> String {
 fn runs_of(server: &Server, task: &str) -> Vec<Value> {
     let (status, runs) = server.api("GET", &format!("/runs?task={task}&top=0"), Value::Null);
     assert_eq!(status, 200, "{runs}");
-    runs.as_array().cloned().unwrap_or_default()
+    runs["value"].as_array().cloned().unwrap_or_default()
 }
 
 /// Waits (bounded) until the task has `n` runs; they are returned newest first.
@@ -85,11 +85,11 @@ fn pushes_build_each_commit_once_through_a_private_http_repository() {
     let url = http.url("app");
     let task = create_task(
         &server,
-        json!({"name": "app", "context": format!("{url}#main"),
-               "step": {"type": "FileTask", "task_file": "acb.yaml"},
-               "git_access_token": TOKEN}),
+        json!({"name": "app", "contextPath": format!("{url}#main"),
+               "step": {"type": "FileTask", "taskFilePath": "acb.yaml"},
+               "contextAccessToken": TOKEN}),
     );
-    assert_eq!(task["git_access_token"], "***", "{task}");
+    assert_eq!(task["contextAccessToken"], "***", "{task}");
     let secret = secret(&task);
 
     // The deliveries of three pushes arrive after the last push (each names its own commit):
@@ -141,14 +141,14 @@ fn pushes_build_each_commit_once_through_a_private_http_repository() {
     let forged = webhooks::github_push(&url, "main", "f".repeat(40).as_str()).signed("guess");
     let (status, answer) = deliver(&server, &task, &forged);
     assert_eq!(status, 401, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("bad signature"), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("bad signature"), "{answer}");
     let unsigned = webhooks::github_push(&url, "main", "e".repeat(40).as_str());
     assert_eq!(deliver(&server, &task, &unsigned).0, 401);
     let mut malformed = webhooks::github_push(&url, "main", &commits[0].1);
     malformed.body = b"{\"ref\": \"refs/heads/main\",".to_vec();
     let (status, answer) = deliver(&server, &task, &malformed.signed(&secret));
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("not valid JSON"), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{answer}");
     let stranger = json!({"webhook": {"url": format!("{}/webhooks/nobody", server.url)}});
     let (status, answer) = deliver(&server, &stranger, &deliveries[0]);
     assert_eq!(status, 404, "{answer}");
@@ -202,7 +202,7 @@ fn pull_requests_build_their_head_refs() {
     let (status, answer) = deliver(&server, &task, &elsewhere.signed(&secret));
     assert_eq!((status, answer["status"].as_str()), (200, Some("ignored")), "{answer}");
     let (status, _) =
-        server.api("PATCH", "/tasks/lib", json!({"pull_request_trigger_enabled": false}));
+        server.api("PATCH", "/tasks/lib", json!({"pullRequestTriggerEnabled": false}));
     assert_eq!(status, 200);
     let again = webhooks::github_pull_request(&url, 1, &gitlab_head, "main", "synchronize");
     let (status, answer) = deliver(&server, &task, &again.signed(&secret));
@@ -219,8 +219,8 @@ fn a_context_that_does_not_resolve_ends_its_run_in_error() {
     let server = Server::start("wgone", 1);
     let task = create_task(
         &server,
-        json!({"name": "gone", "context": "http://127.0.0.1:9/nothing.git#main",
-               "step": {"type": "FileTask"}, "git_access_token": TOKEN}),
+        json!({"name": "gone", "contextPath": "http://127.0.0.1:9/nothing.git#main",
+               "step": {"type": "FileTask"}, "contextAccessToken": TOKEN}),
     );
     assert_eq!(task["name"], "gone");
     let (status, run) = server.api("POST", "/tasks/gone/runs", json!({}));
@@ -254,8 +254,8 @@ fn base_image_task(server: &Server, name: &str, registry: &str, base: &str) -> g
     repo.push(&bare, "main:main");
     create_task(
         server,
-        json!({"name": name, "context": format!("{}#main", root.file_url(name)),
-               "step": {"type": "Docker", "images": [format!("{registry}/{name}-app:{{{{.Run.ID}}}}")]}}),
+        json!({"name": name, "contextPath": format!("{}#main", root.file_url(name)),
+               "step": {"type": "Docker", "imageNames": [format!("{registry}/{name}-app:{{{{.Run.ID}}}}")]}}),
     );
     root
 }
@@ -395,9 +395,9 @@ fn a_task_pushes_with_its_own_registry_login_and_never_shows_the_password() {
     repo.push(&bare, "main:main");
     let task = create_task(
         &server,
-        json!({"name": "pushed", "context": format!("{}#main", root.file_url("pushed")),
-               "step": {"type": "Docker", "images": [format!("{registry}/kiln-cred:{{{{.Run.ID}}}}")]},
-               "credentials": [{"login_server": registry, "username": user, "password": password}]}),
+        json!({"name": "pushed", "contextPath": format!("{}#main", root.file_url("pushed")),
+               "step": {"type": "Docker", "imageNames": [format!("{registry}/kiln-cred:{{{{.Run.ID}}}}")]},
+               "credentials": [{"loginServer": registry, "username": user, "password": password}]}),
     );
     assert_eq!(task["credentials"][0]["password"], "***", "{task}");
     let (status, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
@@ -415,7 +415,7 @@ fn a_task_pushes_with_its_own_registry_login_and_never_shows_the_password() {
     }
     // Removing the login makes the next push fail: the login was what let it through.
     let (status, task) =
-        server.api("PATCH", "/tasks/pushed", json!({"remove_credentials": [registry]}));
+        server.api("PATCH", "/tasks/pushed", json!({"removeCredentials": [registry]}));
     assert_eq!(status, 200, "{task}");
     assert!(task.get("credentials").is_none(), "{task}");
     let (_, run) = server.api("POST", "/tasks/pushed/runs", json!({}));
@@ -452,9 +452,9 @@ fn polling_asks_a_private_registry_with_the_tasks_login() {
     repo.push(&bare, "main:main");
     create_task(
         &server,
-        json!({"name": "private", "context": format!("{}#main", root.file_url("private")),
-               "step": {"type": "Docker", "images": []},
-               "credentials": [{"login_server": registry, "username": user, "password": password}]}),
+        json!({"name": "private", "contextPath": format!("{}#main", root.file_url("private")),
+               "step": {"type": "Docker", "imageNames": []},
+               "credentials": [{"loginServer": registry, "username": user, "password": password}]}),
     );
     let (_, run) = server.api("POST", "/tasks/private/runs", json!({}));
     let id = run["runId"].as_str().unwrap().to_string();

@@ -215,7 +215,7 @@ async fn agent_quick_build_from_an_upload_pushes_and_records_images() {
         build_args: vec![],
         target: None,
         platform: None,
-        no_push: false,
+        is_push_enabled: true,
         timeout_secs: None,
     });
     let id = env.queue(&request, None).await;

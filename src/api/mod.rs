@@ -6,6 +6,12 @@
 //! `az acr build`), a task file inside the context ([`FileTaskRequest`], `az acr run -f F ctx`)
 //! and a task file sent in the request ([`EncodedTaskRequest`], `az acr run -f F /dev/null`,
 //! `-f -`, `--cmd`). Records use §6.2's field names.
+//!
+//! One vocabulary: every field is camelCase, with ACR's REST name where the concept is ACR's
+//! (`imageNames`, `dockerFilePath`, `arguments`, `isSecret`, `timeout`, …); a platform is always
+//! a [`Platform`] object, a timeout always seconds named `timeout`, every timestamp RFC 3339 with
+//! milliseconds ([`millis`]), lists a [`List`] and errors an [`ErrorBody`]. Stored requests and
+//! definitions of older releases are read through [`legacy`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,6 +20,9 @@ use utoipa::ToSchema;
 use crate::diagnostic::Diagnostic;
 use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
 
+pub use kiln_worker::build::Dependency;
+
+pub mod legacy;
 pub mod task;
 
 pub use task::TriggerDetail;
@@ -72,7 +81,7 @@ pub enum Source {
     Tarball { url: String },
 }
 
-/// A named value; `secret` ones are masked in logs and never shown back
+/// A named value; `isSecret` ones are masked in logs and never shown back
 /// (`--set-secret`, `--secret-build-arg`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Argument {
@@ -80,40 +89,47 @@ pub struct Argument {
     /// `None` for a build arg given without `=`: Docker reads it from the build environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    #[serde(default)]
+    #[serde(default, rename = "isSecret")]
     pub secret: bool,
 }
 
-/// What to run. Tagged by `type`, like ACR's run request kinds.
+/// What to run. Tagged by `type` with ACR's run request kinds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type")]
 pub enum RunRequest {
+    #[serde(rename = "DockerBuildRequest")]
     DockerBuild(DockerBuildRequest),
+    #[serde(rename = "FileTaskRunRequest")]
     FileTask(FileTaskRequest),
+    #[serde(rename = "EncodedTaskRunRequest")]
     EncodedTask(EncodedTaskRequest),
 }
 
 /// `kiln build`: the server synthesises ACR's quick-build task (a `build` step, then a `push`
-/// step with `when: [build]` unless `no_push` or no image is named).
+/// step with `when: [build]` when push is enabled and an image is named).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct DockerBuildRequest {
     pub source: Source,
     /// `-t` references; may contain templates (`app:{{.Run.ID}}`). Without a registry host
     /// they get the server's default registry.
-    #[serde(default)]
+    #[serde(default, rename = "imageNames")]
     pub images: Vec<String>,
     /// The Dockerfile's path inside the context.
-    #[serde(default = "default_dockerfile")]
+    #[serde(default = "default_dockerfile", rename = "dockerFilePath")]
     pub dockerfile: String,
-    #[serde(default)]
+    /// Build arguments (`--build-arg`, `--secret-build-arg`).
+    #[serde(default, rename = "arguments")]
     pub build_args: Vec<Argument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    #[serde(default)]
-    pub no_push: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Push the images after the build (`--no-push` turns it off).
+    #[serde(default = "yes")]
+    pub is_push_enabled: bool,
+    /// Seconds.
+    #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
 }
 
@@ -121,22 +137,28 @@ pub(crate) fn default_dockerfile() -> String {
     "Dockerfile".to_string()
 }
 
+pub(crate) fn yes() -> bool {
+    true
+}
+
 /// `kiln run -f FILE SOURCE` where FILE lives in the (remote) context: read when the run starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct FileTaskRequest {
     pub source: Source,
     /// The task file's path inside the context (default `acb.yaml`).
-    #[serde(default = "default_task_file")]
+    #[serde(default = "default_task_file", rename = "taskFilePath")]
     pub task_file: String,
     /// A values file's path inside the context.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "valuesFilePath", skip_serializing_if = "Option::is_none")]
     pub values_file: Option<String>,
     /// `--set` / `--set-secret`, in order (later wins).
     #[serde(default)]
     pub values: Vec<Argument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Seconds.
+    #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
 }
 
@@ -147,21 +169,31 @@ pub(crate) fn default_task_file() -> String {
 /// A task file sent in the request (`-f local.yaml`, `-f -`, `--cmd`): validated when it is
 /// submitted, so a bad file is a 400 naming line and column and no run is queued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct EncodedTaskRequest {
     pub source: Source,
-    /// The task file's text.
+    /// The task file's text; base64 on the wire, as in ACR.
+    #[serde(rename = "encodedTaskContent", with = "base64_text")]
+    #[schema(value_type = String, format = Byte)]
     pub task: String,
     /// Its name in messages (`acb.yaml`, `<stdin>`, `--cmd`).
-    #[serde(default = "default_task_file")]
+    #[serde(default = "default_task_file", rename = "taskFileName")]
     pub task_name: String,
-    /// A values file's text (YAML).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A values file's text (YAML); base64 on the wire.
+    #[serde(
+        default,
+        rename = "encodedValuesContent",
+        with = "base64_text::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = Byte)]
     pub values_content: Option<String>,
     #[serde(default)]
     pub values: Vec<Argument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Seconds.
+    #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
 }
 
@@ -182,11 +214,11 @@ impl RunRequest {
         }
     }
 
-    pub fn platform(&self) -> Option<&str> {
+    pub fn platform(&self) -> Option<&Platform> {
         match self {
-            RunRequest::DockerBuild(r) => r.platform.as_deref(),
-            RunRequest::FileTask(r) => r.platform.as_deref(),
-            RunRequest::EncodedTask(r) => r.platform.as_deref(),
+            RunRequest::DockerBuild(r) => r.platform.as_ref(),
+            RunRequest::FileTask(r) => r.platform.as_ref(),
+            RunRequest::EncodedTask(r) => r.platform.as_ref(),
         }
     }
 
@@ -245,7 +277,7 @@ pub struct Upload {
     pub sha256: String,
 }
 
-/// §6.2 platform.
+/// §6.2 platform: the same object in requests, tasks and runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Platform {
     pub os: String,
@@ -262,6 +294,17 @@ impl Platform {
         let architecture = parts.next().unwrap_or("amd64").to_string();
         let variant = parts.next().map(str::to_string);
         Platform { os, architecture, variant }
+    }
+}
+
+/// `os/arch[/variant]`, as `--platform` and the store write it.
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -300,19 +343,21 @@ pub struct Run {
     /// The task's name; absent for quick runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    #[serde(with = "millis")]
     pub create_time: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "millis::option", skip_serializing_if = "Option::is_none")]
     pub start_time: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "millis::option", skip_serializing_if = "Option::is_none")]
     pub finish_time: Option<DateTime<Utc>>,
+    #[serde(with = "millis")]
     pub last_updated_time: DateTime<Utc>,
     pub platform: Platform,
+    /// Seconds.
     pub timeout: u64,
     pub output_images: Vec<Image>,
-    /// The engine's dependency report (§6.3).
+    /// The engine's dependency report (§6.3): one entry per image a build step tagged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub dependencies: Option<serde_json::Value>,
+    pub dependencies: Option<Vec<Dependency>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_error_message: Option<String>,
     /// Bytes of log stored so far.
@@ -323,8 +368,8 @@ pub struct Run {
 }
 
 impl Run {
-    /// The API view of a stored run. The stored request is redacted; a request that no longer
-    /// parses (an older format) is left out rather than failing the read.
+    /// The API view of a stored run. The stored request is redacted (and read through
+    /// [`legacy`]); one that still does not parse is left out rather than failing the read.
     pub fn from_record(record: &RunRecord) -> Run {
         Run {
             run_id: record.id.to_string(),
@@ -343,7 +388,7 @@ impl Run {
             dependencies: record.dependencies.as_deref().and_then(|d| serde_json::from_str(d).ok()),
             run_error_message: record.error_message.clone(),
             log_length: record.log_len,
-            request: serde_json::from_str::<RunRequest>(&record.request).ok().map(|r| r.redacted()),
+            request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
         }
     }
 
@@ -363,9 +408,12 @@ pub struct RunQuery {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    /// At most this many, newest first (default 15; 0 = all).
+    /// At most this many per page, newest first (default 15; 0 = all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<usize>,
+    /// Where the page starts: the opaque token of a previous page's `nextLink`.
+    #[serde(default, rename = "skipToken", skip_serializing_if = "Option::is_none")]
+    pub skip_token: Option<String>,
 }
 
 /// `GET /runs/{id}` query.
@@ -387,14 +435,120 @@ pub struct LogQuery {
     pub follow: bool,
 }
 
-/// Every error answer: one line for humans, and for a bad task file its diagnostics.
+/// A list answer: one page of `value`, newest first where order matters, and where the next
+/// page is (`null` on the last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct List<T> {
+    pub value: Vec<T>,
+    /// An absolute-path URL (`/runs?top=15&skipToken=…`) of the next page.
+    #[serde(default)]
+    pub next_link: Option<String>,
+}
+
+impl<T> List<T> {
+    /// Everything in one page.
+    pub fn all(value: Vec<T>) -> List<T> {
+        List { value, next_link: None }
+    }
+}
+
+/// Every error answer (ACR's shape): `{"error": {"code", "message", "details"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    pub error: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Object>)]
-    pub diagnostics: Vec<Diagnostic>,
+    pub error: ErrorDetail,
+}
+
+/// What failed: a PascalCase `code` for programs (`TaskNotFound`, `InvalidTaskFile`,
+/// `BadRequest`, `Unauthorized`, `PayloadTooLarge`, …), one line for humans, and for a bad task
+/// file its diagnostics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub details: Vec<Diagnostic>,
 }
 
 /// Response header of `GET /runs/{id}/log`: the byte offset the body starts at.
 pub const LOG_OFFSET_HEADER: &str = "x-kiln-log-offset";
+
+/// Timestamps on the wire: RFC 3339, UTC, always with milliseconds (what the store keeps), so
+/// every time in every document has the same precision.
+pub mod millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(d)
+    }
+
+    /// The same for an optional time.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<DateTime<Utc>>::deserialize(d)
+        }
+    }
+}
+
+/// Text carried base64-encoded (standard alphabet), as ACR's `encodedTaskContent` and
+/// `encodedValuesContent` are; the Rust side holds the decoded UTF-8 text.
+pub mod base64_text {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn encode(text: &str) -> String {
+        STANDARD.encode(text)
+    }
+
+    pub fn decode(encoded: &str) -> Result<String, String> {
+        let bytes = STANDARD.decode(encoded.trim()).map_err(|e| format!("not base64: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| "the decoded text is not UTF-8".to_string())
+    }
+
+    pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(text))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        decode(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// The same for optional text.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(text: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+            match text {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|e| super::decode(&e).map_err(D::Error::custom))
+                .transpose()
+        }
+    }
+}

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Argument, Image, redact_arguments};
+use super::{Argument, Image, Platform, millis, redact_arguments};
 
 /// Shown instead of a secret.
 pub const REDACTED: &str = "***";
@@ -22,7 +22,18 @@ pub enum TaskStatus {
     Disabled,
 }
 
+/// `true` is `Enabled`.
+impl From<bool> for TaskStatus {
+    fn from(enabled: bool) -> Self {
+        if enabled { TaskStatus::Enabled } else { TaskStatus::Disabled }
+    }
+}
+
 impl TaskStatus {
+    pub fn is_enabled(self) -> bool {
+        self == TaskStatus::Enabled
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Enabled => "Enabled",
@@ -45,53 +56,60 @@ pub enum BaseImageTriggerType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type")]
 pub enum TaskStep {
-    /// A Dockerfile build, pushed unless `no_push` (`--file` that is not a task file).
+    /// A Dockerfile build, pushed when `isPushEnabled` (`--file` that is not a task file).
     Docker {
-        #[serde(default = "super::default_dockerfile")]
+        #[serde(default = "super::default_dockerfile", rename = "dockerFilePath")]
         dockerfile: String,
-        #[serde(default)]
+        #[serde(default, rename = "imageNames")]
         images: Vec<String>,
-        #[serde(default)]
-        no_push: bool,
-        #[serde(default)]
+        #[serde(default = "super::yes", rename = "isPushEnabled")]
+        is_push_enabled: bool,
+        #[serde(default, rename = "arguments")]
         build_args: Vec<Argument>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target: Option<String>,
     },
     /// A task file read from the context when the run starts.
     FileTask {
-        #[serde(default = "super::default_task_file")]
+        #[serde(default = "super::default_task_file", rename = "taskFilePath")]
         task_file: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, rename = "valuesFilePath", skip_serializing_if = "Option::is_none")]
         values_file: Option<String>,
     },
-    /// A task file kept in the task (`--cmd`, or `--file` with a `/dev/null` context).
+    /// A task file kept in the task (`--cmd`, or `--file` with a `/dev/null` context); its
+    /// text is base64 on the wire, as in ACR.
     EncodedTask {
+        #[serde(rename = "encodedTaskContent", with = "super::base64_text")]
+        #[schema(value_type = String, format = Byte)]
         task: String,
-        #[serde(default = "super::default_task_file")]
+        #[serde(default = "super::default_task_file", rename = "taskFileName")]
         task_name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            rename = "encodedValuesContent",
+            with = "super::base64_text::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schema(value_type = Option<String>, format = Byte)]
         values_content: Option<String>,
     },
 }
 
 /// A timer trigger (§5.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TimerSpec {
     pub name: String,
     /// 5-field cron, UTC.
     pub schedule: String,
-    #[serde(default = "enabled")]
-    pub enabled: bool,
-}
-
-fn enabled() -> bool {
-    true
+    #[serde(default)]
+    pub status: TaskStatus,
 }
 
 /// A registry login a task's runs use (`az acr task credential add`); the password is
 /// write-only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RegistryLogin {
     /// `host[:port]`.
     pub login_server: String,
@@ -101,30 +119,33 @@ pub struct RegistryLogin {
 
 /// A task's recipe and trigger settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskDefinition {
     /// A git URL (`https://host/org/repo.git#branch:folder`, `git://…`), a tarball URL, or
     /// `/dev/null`.
+    #[serde(rename = "contextPath")]
     pub context: String,
     pub step: TaskStep,
     /// `--set` / `--set-secret` values.
     #[serde(default)]
     pub values: Vec<Argument>,
     #[serde(default = "default_platform")]
-    pub platform: String,
-    #[serde(default = "default_timeout")]
+    pub platform: Platform,
+    /// Seconds.
+    #[serde(default = "default_timeout", rename = "timeout")]
     pub timeout_secs: u64,
     #[serde(default)]
     pub status: TaskStatus,
-    #[serde(default = "enabled")]
+    #[serde(default = "super::yes")]
     pub commit_trigger_enabled: bool,
     #[serde(default)]
     pub pull_request_trigger_enabled: bool,
-    #[serde(default = "enabled")]
+    #[serde(default = "super::yes")]
     pub base_image_trigger_enabled: bool,
     #[serde(default)]
     pub base_image_trigger_type: BaseImageTriggerType,
     /// Token for a private repository; write-only (shown as `***`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "contextAccessToken", skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
     /// OpenSSH private key (unencrypted) for an SSH git context, e.g. the repository's deploy
     /// key; it wins over the server's `--git-ssh-key`. Write-only (shown as `***`).
@@ -135,8 +156,8 @@ pub struct TaskDefinition {
     pub credentials: Vec<RegistryLogin>,
 }
 
-fn default_platform() -> String {
-    crate::store::runs::DEFAULT_PLATFORM.to_string()
+fn default_platform() -> Platform {
+    Platform::parse(crate::store::runs::DEFAULT_PLATFORM)
 }
 
 fn default_timeout() -> u64 {
@@ -201,10 +222,12 @@ pub struct CreateTask {
     pub timers: Vec<TimerSpec>,
 }
 
-/// `PATCH /tasks/{name}`: only the fields given change. Lists replace the stored list.
+/// `PATCH /tasks/{name}`: only the fields given change. Lists replace the stored list. An
+/// unknown field is refused: a misspelt (or pre-camelCase) one would otherwise change nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateTask {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "contextPath", skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<TaskStep>,
@@ -212,8 +235,9 @@ pub struct UpdateTask {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<Argument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Seconds.
+    #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
@@ -226,7 +250,7 @@ pub struct UpdateTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image_trigger_type: Option<BaseImageTriggerType>,
     /// A new token; an empty string removes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "contextAccessToken", skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
     /// A new SSH private key; an empty string removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,11 +265,12 @@ pub struct UpdateTask {
 
 /// `PATCH /tasks/{name}/timers/{timer}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateTimer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
+    pub status: Option<TaskStatus>,
 }
 
 /// A timer as `task show` and `timer list` answer it.
@@ -254,8 +279,8 @@ pub struct UpdateTimer {
 pub struct Timer {
     pub name: String,
     pub schedule: String,
-    pub enabled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: TaskStatus,
+    #[serde(default, with = "millis::option", skip_serializing_if = "Option::is_none")]
     pub next_fire_time: Option<DateTime<Utc>>,
 }
 
@@ -281,6 +306,7 @@ pub struct BaseImageDependency {
 /// Something that happened to a task besides a run (a missed timer occurrence).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskEvent {
+    #[serde(with = "millis")]
     pub time: DateTime<Utc>,
     pub kind: String,
     pub detail: String,
@@ -298,21 +324,25 @@ pub struct Task {
     pub base_image_dependencies: Vec<BaseImageDependency>,
     /// The most recent events, newest first.
     pub history: Vec<TaskEvent>,
+    #[serde(with = "millis")]
     pub creation_date: DateTime<Utc>,
+    #[serde(with = "millis")]
     pub last_updated_time: DateTime<Utc>,
 }
 
-/// `POST /tasks/{name}/runs`: a manual run, optionally with overrides (§5.4 `az acr task run`).
+/// `POST /tasks/{name}/runs`: a manual run, optionally with overrides (§5.4 `az acr task run`,
+/// ACR's `overrideTaskStepProperties`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskRunRequest {
     /// `--set` / `--set-secret`, over the task's own (later wins).
     #[serde(default)]
     pub values: Vec<Argument>,
     /// `--arg` / `--secret-arg` for a Docker build task.
-    #[serde(default)]
+    #[serde(default, rename = "arguments")]
     pub build_args: Vec<Argument>,
     /// Another context for this run (`-c`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "contextPath", skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
     /// Another Dockerfile or task file in the context (`-f`), of the task's own kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,12 +387,14 @@ pub struct SourceTrigger {
 #[serde(rename_all = "camelCase")]
 pub struct TimerTrigger {
     pub timer_trigger_name: String,
+    #[serde(with = "millis")]
     pub schedule_occurrence: DateTime<Utc>,
 }
 
 /// §6.2 `imageUpdateTrigger`: the base images whose tags moved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImageUpdateTrigger {
+    #[serde(with = "millis")]
     pub timestamp: DateTime<Utc>,
     pub images: Vec<Image>,
 }
@@ -390,5 +422,21 @@ impl TriggerDetail {
             (None, None, Some(_)) => "Image Update",
             (None, None, None) => "Manual",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn changes_with_an_unknown_field_are_refused_not_ignored() {
+        assert!(serde_json::from_value::<UpdateTask>(json!({"timeout_secs": 900})).is_err());
+        assert!(serde_json::from_value::<UpdateTimer>(json!({"enabled": false})).is_err());
+        assert!(serde_json::from_value::<TaskRunRequest>(json!({"build_args": []})).is_err());
+        let update: UpdateTask = serde_json::from_value(json!({"timeout": 900})).unwrap();
+        assert_eq!(update.timeout_secs, Some(900));
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::remote::{self, SourceArg, WaitArgs};
-use crate::api::{Argument, DockerBuildRequest, RunRequest};
+use crate::api::{Argument, DockerBuildRequest, Platform, RunRequest};
 use crate::pack::resolve_dockerfile;
 
 #[derive(Debug, Args)]
@@ -72,8 +72,8 @@ pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
         dockerfile,
         build_args,
         target: args.target,
-        platform: args.platform,
-        no_push: args.no_push,
+        platform: args.platform.as_deref().map(Platform::parse),
+        is_push_enabled: !args.no_push,
         timeout_secs: args.timeout,
     });
     // Diagnostics of the synthesised task name it as the server does.

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::remote::{self, SourceArg, WaitArgs};
-use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, RunRequest, Source};
+use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
 use crate::request::cmd_request;
 use crate::values::{SetFlag, SetValue};
 
@@ -87,12 +87,13 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         (_, None) => Source::None,
     };
 
+    let platform = args.platform.as_deref().map(Platform::parse);
     let (request, name) = match (args.cmd, task) {
         (Some(cmd), _) => {
             let mut request = cmd_request(&cmd, args.timeout, source);
             request.values_content = values_content;
             request.values = values;
-            request.platform = args.platform;
+            request.platform = platform;
             (RunRequest::EncodedTask(request), "--cmd".to_string())
         }
         (None, Some(Task::Local { name, text })) => (
@@ -102,7 +103,7 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
                 task_name: name.clone(),
                 values_content,
                 values,
-                platform: args.platform,
+                platform,
                 timeout_secs: args.timeout,
             }),
             name,
@@ -125,7 +126,7 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
                     task_file: path.clone(),
                     values_file,
                     values,
-                    platform: args.platform,
+                    platform,
                     timeout_secs: args.timeout,
                 }),
                 path,

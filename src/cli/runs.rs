@@ -72,7 +72,13 @@ pub fn show_run(args: ShowRunArgs, server: Option<&str>) -> anyhow::Result<ExitC
 }
 
 pub fn list_runs(args: ListRunsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
-    let query = RunQuery { status: args.status, image: args.image, task: args.task, top: args.top };
+    let query = RunQuery {
+        status: args.status,
+        image: args.image,
+        task: args.task,
+        top: args.top,
+        ..RunQuery::default()
+    };
     print_runs(&remote::connect(server)?, &query, args.output)
 }
 

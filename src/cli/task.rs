@@ -25,7 +25,7 @@ use crate::api::task::{
     BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
     TaskRunRequest, TaskStatus, TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
-use crate::api::{Argument, RunQuery, Source};
+use crate::api::{Argument, Platform, RunQuery, Source};
 use crate::client::ClientError;
 use crate::request::cmd_request;
 use crate::store::RunStatus;
@@ -475,7 +475,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
         context: args.context.clone(),
         step: new_step(flags, &context)?,
         values: set_values(&flags.set, &flags.set_secret)?,
-        platform: flags.platform.clone().unwrap_or_else(|| DEFAULT_PLATFORM.to_string()),
+        platform: Platform::parse(flags.platform.as_deref().unwrap_or(DEFAULT_PLATFORM)),
         timeout_secs: flags.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         status: flags.status.unwrap_or_default(),
         commit_trigger_enabled: flags.commit_trigger_enabled.unwrap_or(true),
@@ -522,7 +522,7 @@ fn update_request(
         context: args.context.clone(),
         step,
         values: set_values(&flags.set, &flags.set_secret)?,
-        platform: flags.platform.clone(),
+        platform: flags.platform.as_deref().map(Platform::parse),
         timeout_secs: flags.timeout,
         status: flags.status,
         commit_trigger_enabled: flags.commit_trigger_enabled,
@@ -571,7 +571,11 @@ fn timer_specs(schedules: &[String]) -> anyhow::Result<Vec<TimerSpec>> {
             parse_timer_arg(arg).map_err(|e| anyhow::anyhow!("--schedule: {e}"))?;
         let name = name.unwrap_or_else(|| format!("t{}", i + 1));
         check_name("timer", &name)?;
-        timers.push(TimerSpec { name, schedule: schedule.to_string(), enabled: true });
+        timers.push(TimerSpec {
+            name,
+            schedule: schedule.to_string(),
+            status: TaskStatus::Enabled,
+        });
     }
     Ok(timers)
 }
@@ -597,7 +601,7 @@ fn new_step(flags: &DefinitionFlags, context: &SourceArg) -> anyhow::Result<Task
         return Ok(TaskStep::Docker {
             dockerfile: file.to_string(),
             images: flags.images.clone(),
-            no_push: flags.no_push.unwrap_or(false),
+            is_push_enabled: !flags.no_push.unwrap_or(false),
             build_args: flags.build_args(),
             target: flags.target.clone(),
         });
@@ -626,10 +630,10 @@ fn updated_step(
         let mut step = new_step(flags, context)?;
         match (&mut step, current) {
             (
-                TaskStep::Docker { images, no_push, build_args, target, .. },
+                TaskStep::Docker { images, is_push_enabled, build_args, target, .. },
                 TaskStep::Docker {
                     images: old_images,
-                    no_push: old_no_push,
+                    is_push_enabled: old_push,
                     build_args: old_args,
                     target: old_target,
                     ..
@@ -639,7 +643,7 @@ fn updated_step(
                     images.clone_from(old_images);
                 }
                 if flags.no_push.is_none() {
-                    *no_push = *old_no_push;
+                    *is_push_enabled = *old_push;
                 }
                 if flags.target.is_none() {
                     target.clone_from(old_target);
@@ -659,14 +663,14 @@ fn updated_step(
         step
     } else {
         match current.clone() {
-            TaskStep::Docker { dockerfile, images, no_push, build_args, target } => {
+            TaskStep::Docker { dockerfile, images, is_push_enabled, build_args, target } => {
                 if flags.values.is_some() {
                     bail!("--values is for task files; this task builds {dockerfile}");
                 }
                 TaskStep::Docker {
                     dockerfile,
                     images: if flags.images.is_empty() { images } else { flags.images.clone() },
-                    no_push: flags.no_push.unwrap_or(no_push),
+                    is_push_enabled: flags.no_push.map_or(is_push_enabled, |no| !no),
                     build_args: overlay(&build_args, &flags.build_args()),
                     target: flags.target.clone().or(target),
                 }
@@ -745,7 +749,7 @@ fn list_row(task: &Task) -> [String; 5] {
     let def = &task.definition;
     [
         task.name.clone(),
-        def.platform.split('/').next().unwrap_or_default().to_string(),
+        def.platform.os.clone(),
         def.status.as_str().to_string(),
         def.context.clone(),
         triggers(task),
@@ -758,7 +762,7 @@ fn triggers(task: &Task) -> String {
     let kinds = [
         (def.base_image_trigger_enabled, "BASE_IMAGE"),
         (def.commit_trigger_enabled || def.pull_request_trigger_enabled, "SOURCE"),
-        (task.timers.iter().any(|t| t.enabled), "TIMER"),
+        (task.timers.iter().any(|t| t.status.is_enabled()), "TIMER"),
     ];
     let on: Vec<&str> = kinds.into_iter().filter_map(|(on, kind)| on.then_some(kind)).collect();
     on.join(", ")
@@ -790,15 +794,15 @@ fn task_table(task: &Task) -> String {
     let mut lines: Vec<(&str, String)> = vec![
         ("Name", task.name.clone()),
         ("Status", def.status.as_str().to_string()),
-        ("Platform", def.platform.clone()),
+        ("Platform", def.platform.to_string()),
         ("Timeout", format!("{}s", def.timeout_secs)),
         ("Context", def.context.clone()),
     ];
     match &def.step {
-        TaskStep::Docker { dockerfile, images, no_push, build_args, target } => {
+        TaskStep::Docker { dockerfile, images, is_push_enabled, build_args, target } => {
             lines.push(("Step", format!("Dockerfile build of {dockerfile}")));
             lines.push(("Images", images.join(", ")));
-            lines.push(("Push", (!no_push && !images.is_empty()).to_string()));
+            lines.push(("Push", (*is_push_enabled && !images.is_empty()).to_string()));
             if let Some(target) = target {
                 lines.push(("Target", target.clone()));
             }
@@ -881,7 +885,7 @@ fn timer_table(timers: &[Timer]) -> String {
             [
                 t.name.clone(),
                 t.schedule.clone(),
-                t.enabled.to_string(),
+                t.status.is_enabled().to_string(),
                 t.next_fire_time.map(utc).unwrap_or_default(),
             ]
         })
@@ -965,6 +969,7 @@ fn list_runs(args: TaskListRunsArgs, server: Option<&str>) -> anyhow::Result<Exi
         image: args.image,
         task: Some(args.name),
         top: args.top,
+        ..RunQuery::default()
     };
     print_runs(&remote::connect(server)?, &query, args.output)
 }
@@ -977,13 +982,13 @@ fn timer(command: TimerCommand, server: Option<&str>) -> anyhow::Result<ExitCode
             let spec = TimerSpec {
                 name: args.timer_name,
                 schedule,
-                enabled: args.enabled.unwrap_or(true),
+                status: args.enabled.unwrap_or(true).into(),
             };
             (remote::connect(server)?.add_timer(&args.name, &spec)?, args.output)
         }
         TimerCommand::Update(args) => {
             let schedule = args.schedule.as_deref().map(check_schedule).transpose()?;
-            let update = UpdateTimer { schedule, enabled: args.enabled };
+            let update = UpdateTimer { schedule, status: args.enabled.map(TaskStatus::from) };
             if update == UpdateTimer::default() {
                 bail!("nothing to change: give --schedule or --enabled");
             }
@@ -1152,7 +1157,7 @@ mod tests {
             TaskStep::Docker {
                 dockerfile: "app/Dockerfile".into(),
                 images: vec!["app:{{.Run.ID}}".into(), "app:latest".into()],
-                no_push: false,
+                is_push_enabled: true,
                 build_args: vec![arg("A", "1", false), arg("PW", "s3", true)],
                 target: Some("prod".into()),
             }
@@ -1212,7 +1217,7 @@ mod tests {
             }
         );
         let def = &req.definition;
-        assert_eq!((def.platform.as_str(), def.timeout_secs), ("linux/amd64", 3600));
+        assert_eq!((def.platform.to_string().as_str(), def.timeout_secs), ("linux/amd64", 3600));
         assert_eq!(def.status, TaskStatus::Enabled);
         assert!(def.commit_trigger_enabled && !def.pull_request_trigger_enabled);
         assert!(def.base_image_trigger_enabled);
@@ -1239,8 +1244,11 @@ mod tests {
     #[test]
     fn unnamed_schedules_are_named_by_position() {
         let timers = timer_specs(&words("'0 * * * *' 'nightly:0  2 * * *' '*/5 * * * Mon-Fri'"));
-        let timers: Vec<_> =
-            timers.unwrap().into_iter().map(|t| (t.name, t.schedule, t.enabled)).collect();
+        let timers: Vec<_> = timers
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.schedule, t.status.is_enabled()))
+            .collect();
         let expected = [("t1", "0 * * * *"), ("nightly", "0 2 * * *"), ("t3", "*/5 * * * Mon-Fri")]
             .map(|(n, s)| (n.to_string(), s.to_string(), true));
         assert_eq!(timers, expected);
@@ -1281,7 +1289,7 @@ mod tests {
         assert_eq!(def.status, TaskStatus::Disabled);
         // A flag alone is true, as az's three-state flags.
         let step = create("-n a -c $GIT -f D --no-push -t i").unwrap().definition.step;
-        assert!(matches!(step, TaskStep::Docker { no_push: true, .. }), "{step:?}");
+        assert!(matches!(step, TaskStep::Docker { is_push_enabled: false, .. }), "{step:?}");
         let err = parse("create -n a -c $GIT --cmd x --commit-trigger-enabled yes").unwrap_err();
         assert!(err.to_string().contains("expected true or false"), "{err}");
         assert_eq!(parse_bool("False"), Ok(false));
@@ -1292,7 +1300,7 @@ mod tests {
             context: GIT.into(),
             step,
             values: vec![],
-            platform: "linux/amd64".into(),
+            platform: Platform::parse("linux/amd64"),
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
             commit_trigger_enabled: true,
@@ -1328,7 +1336,7 @@ mod tests {
         let docker = stored(TaskStep::Docker {
             dockerfile: "Dockerfile".into(),
             images: vec!["app:v1".into()],
-            no_push: false,
+            is_push_enabled: true,
             build_args: vec![arg("A", "1", false)],
             target: None,
         });
@@ -1337,7 +1345,7 @@ mod tests {
             Some(TaskStep::Docker {
                 dockerfile: "Dockerfile".into(),
                 images: vec!["app:v2".into()],
-                no_push: false,
+                is_push_enabled: true,
                 build_args: vec![arg("A", "2", false)],
                 target: None,
             })
@@ -1396,7 +1404,7 @@ mod tests {
         Timer {
             name: "t1".into(),
             schedule: "0 1 * * *".into(),
-            enabled,
+            status: enabled.into(),
             next_fire_time: enabled.then_some(next),
         }
     }

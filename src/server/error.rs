@@ -1,13 +1,14 @@
 //! The API's one error type. Every failure a handler can meet becomes an [`ApiError`], and every
-//! `ApiError` answers as JSON [`ErrorBody`] with a fitting status, so clients parse one shape and
-//! handlers never build responses by hand. Causes of 500s are logged here, once.
+//! `ApiError` answers as JSON [`ErrorBody`] (`{"error": {"code", "message", "details"}}`) with a
+//! fitting status and a PascalCase code, so clients parse one shape and handlers never build
+//! responses by hand. Causes of 500s are logged here, once.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, ErrorDetail};
 use crate::diagnostic::Diagnostic;
 use crate::run_id::RunId;
 use crate::store::{RunStatus, StoreError};
@@ -32,12 +33,13 @@ pub enum ApiError {
     InvalidTask { name: String, errors: usize, diagnostics: Vec<Diagnostic> },
     #[error("run {0} not found")]
     NotFound(RunId),
-    /// A task, a timer or another named thing does not exist.
-    #[error("{0}")]
-    Missing(String),
-    /// The name is taken.
-    #[error("{0}")]
-    Conflict(String),
+    /// A task, a timer or another named thing does not exist; `code` names what
+    /// (`TaskNotFound`, `TimerNotFound`).
+    #[error("{message}")]
+    Missing { code: &'static str, message: String },
+    /// The name is taken (`TaskExists`, `TimerExists`).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("run {run} already finished with status {status}")]
     AlreadyFinished { run: RunId, status: RunStatus },
     #[error("the upload is larger than the server's limit of {limit_mb} MiB")]
@@ -54,11 +56,33 @@ impl ApiError {
         match self {
             ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) | ApiError::InvalidTask { .. } => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyFinished { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotFound(_) | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
+            ApiError::AlreadyFinished { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The answer's PascalCase `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::BadSignature(_) => "InvalidSignature",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::InvalidTask { .. } => "InvalidTaskFile",
+            ApiError::NotFound(_) => "RunNotFound",
+            ApiError::Missing { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::AlreadyFinished { .. } => "RunAlreadyFinished",
+            ApiError::TooLarge { .. } => "PayloadTooLarge",
+            ApiError::Rejected { status, .. } => match *status {
+                StatusCode::PAYLOAD_TOO_LARGE => "PayloadTooLarge",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+                StatusCode::NOT_FOUND => "NotFound",
+                StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+                _ => "BadRequest",
+            },
+            ApiError::Internal(_) => "InternalError",
         }
     }
 
@@ -75,11 +99,17 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyFinished { run, status } => {
                 ApiError::AlreadyFinished { run, status }
             }
-            e @ (StoreError::TaskNotFound(_) | StoreError::TimerNotFound { .. }) => {
-                ApiError::Missing(e.to_string())
+            e @ StoreError::TaskNotFound(_) => {
+                ApiError::Missing { code: "TaskNotFound", message: e.to_string() }
             }
-            e @ (StoreError::TaskExists(_) | StoreError::TimerExists { .. }) => {
-                ApiError::Conflict(e.to_string())
+            e @ StoreError::TimerNotFound { .. } => {
+                ApiError::Missing { code: "TimerNotFound", message: e.to_string() }
+            }
+            e @ StoreError::TaskExists(_) => {
+                ApiError::Conflict { code: "TaskExists", message: e.to_string() }
+            }
+            e @ StoreError::TimerExists { .. } => {
+                ApiError::Conflict { code: "TimerExists", message: e.to_string() }
             }
             other => ApiError::internal(other),
         }
@@ -114,11 +144,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let error = self.to_string();
-        let diagnostics = match self {
+        let code = self.code().to_string();
+        let message = self.to_string();
+        let details = match self {
             ApiError::InvalidTask { diagnostics, .. } => diagnostics,
             _ => Vec::new(),
         };
-        (status, Json(ErrorBody { error, diagnostics })).into_response()
+        (status, Json(ErrorBody { error: ErrorDetail { code, message, details } })).into_response()
     }
 }

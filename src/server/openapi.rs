@@ -5,6 +5,8 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use kiln_worker::build::{Dependency, GitReference, ImageReference};
+
 use crate::api::{self, task};
 use crate::store::{RunStatus, RunType};
 
@@ -40,7 +42,8 @@ pub const BEARER: &str = "bearer";
     components(schemas(
         api::RunRequest, api::DockerBuildRequest, api::FileTaskRequest, api::EncodedTaskRequest,
         api::Source, api::Argument, api::Upload, api::Run, api::Platform, api::Image,
-        api::ErrorBody, RunStatus, RunType, task::CreateTask, task::UpdateTask, task::Task,
+        api::ErrorBody, api::ErrorDetail, Dependency, ImageReference, GitReference, RunStatus,
+        RunType, task::CreateTask, task::UpdateTask, task::Task,
         task::TaskDefinition, task::TaskStep, task::TaskStatus, task::BaseImageTriggerType,
         task::TimerSpec, task::UpdateTimer, task::Timer, task::Webhook, task::TaskRunRequest,
         task::BaseImageDependency, task::TaskEvent, task::WebhookAnswer, task::TriggerDetail,

@@ -13,7 +13,8 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::api::{
-    self, ErrorBody, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest, RunWait, Source,
+    self, ErrorBody, List, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest, RunWait,
+    Source, paths,
 };
 use crate::log_hub::LogHub;
 use crate::queue;
@@ -48,21 +49,22 @@ pub async fn submit(
     Ok((StatusCode::CREATED, Json(api::Run::from_record(&record))))
 }
 
-/// List runs, newest first.
+/// List runs, newest first, a page at a time (`nextLink` points at the next page).
 #[utoipa::path(get, path = "/runs", tag = "runs",
     params(
         ("status" = Option<RunStatus>, Query, description = "Only runs with this status"),
         ("image" = Option<String>, Query, description = "`repository:tag`: runs that pushed it"),
         ("task" = Option<String>, Query, description = "Only runs of this task"),
-        ("top" = Option<usize>, Query, description = "At most this many (default 15, 0 = all)")),
-    responses((status = 200, body = Vec<api::Run>), (status = 401, body = ErrorBody)))]
+        ("top" = Option<usize>, Query, description = "At most this many per page (default 15, 0 = all)"),
+        ("skipToken" = Option<String>, Query, description = "Continuation token from a `nextLink`")),
+    responses((status = 200, body = List<api::Run>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<RunQuery>, QueryRejection>,
-) -> Result<Json<Vec<api::Run>>, ApiError> {
+) -> Result<Json<List<api::Run>>, ApiError> {
     let Query(query) = query?;
-    let runs = state.store.list_runs(&filter(query)).await?;
-    Ok(Json(runs.iter().map(api::Run::from_record).collect()))
+    Ok(Json(list_page(&state.store, query).await?))
 }
 
 /// A run; with `wait`, answer once it is terminal or after that many seconds (at most 60).
@@ -127,7 +129,7 @@ pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiErro
         && !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&t)
     {
         return Err(ApiError::BadRequest(format!(
-            "timeout_secs must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {t}"
+            "timeout must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {t}"
         )));
     }
     if let Source::Upload { id } = request.source() {
@@ -156,14 +158,56 @@ pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiErro
     }
 }
 
-/// The store filter of a `GET /runs` query.
-pub fn filter(query: RunQuery) -> RunFilter {
-    RunFilter {
+/// One page of `GET /runs`: up to `top` runs below the skip token, and the link to the next
+/// page when there are more. The token is the counter of the page's last run, so following the
+/// links yields each run once, newest first, however many runs are queued meanwhile.
+pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>, ApiError> {
+    let top = query.top.unwrap_or(DEFAULT_TOP);
+    let before = query
+        .skip_token
+        .as_deref()
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid skipToken {t:?}")))
+        })
+        .transpose()?;
+    let filter = RunFilter {
         status: query.status,
-        task_name: query.task,
-        image: query.image,
-        top: query.top.unwrap_or(DEFAULT_TOP),
+        task_name: query.task.clone(),
+        image: query.image.clone(),
+        // One more than a page tells whether there is a next one.
+        top: if top == 0 { 0 } else { top + 1 },
+        before,
+    };
+    let mut runs = store.list_runs(&filter).await?;
+    let mut next_link = None;
+    if top != 0 && runs.len() > top {
+        runs.truncate(top);
+        if let Some(last) = runs.last() {
+            let next =
+                RunQuery { top: Some(top), skip_token: Some(last.counter.to_string()), ..query };
+            next_link = Some(format!("{}?{}", paths::RUNS, query_string(&next)));
+        }
     }
+    Ok(List { value: runs.iter().map(api::Run::from_record).collect(), next_link })
+}
+
+/// `query` as a URL query string.
+fn query_string(query: &RunQuery) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    if let Some(status) = query.status {
+        out.append_pair("status", status.as_str());
+    }
+    for (key, value) in
+        [("image", &query.image), ("task", &query.task), ("skipToken", &query.skip_token)]
+    {
+        if let Some(value) = value {
+            out.append_pair(key, value);
+        }
+    }
+    if let Some(top) = query.top {
+        out.append_pair("top", &top.to_string());
+    }
+    out.finish()
 }
 
 /// Cancels `id`. A queued run is Canceled at once (its followers are told it ended); a started

@@ -13,7 +13,7 @@ use crate::api::task::{
     BaseImageDependency, CreateTask, Task, TaskDefinition, TaskEvent, TaskRunRequest, Timer,
     TimerSpec, UpdateTask, UpdateTimer, Webhook,
 };
-use crate::api::{self, ErrorBody, paths};
+use crate::api::{self, ErrorBody, List, legacy, paths};
 use crate::queue::Origin;
 use crate::store::{RunRecord, TaskParts, TaskRecord, TimerRecord};
 use crate::task_def::{self, TaskDefError};
@@ -60,14 +60,14 @@ pub async fn create(
 
 /// List tasks.
 #[utoipa::path(get, path = "/tasks", tag = "tasks",
-    responses((status = 200, body = Vec<Task>), (status = 401, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<Task>>, ApiError> {
+    responses((status = 200, body = List<Task>), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<List<Task>>, ApiError> {
     let mut parts = state.store.task_parts(None, HISTORY_SHOWN).await?;
     let tasks = state.store.list_tasks().await?.into_iter().map(|record| {
         let parts = parts.remove(&record.name).unwrap_or_default();
         view_of(&state, &record, parts)
     });
-    Ok(Json(tasks.collect::<Result<_, _>>()?))
+    Ok(Json(List::all(tasks.collect::<Result<_, _>>()?)))
 }
 
 /// A task, with its webhook URL and secret.
@@ -128,13 +128,13 @@ pub async fn run(
 /// Add a timer.
 #[utoipa::path(post, path = "/tasks/{name}/timers", tag = "tasks", request_body = TimerSpec,
     params(("name" = String, Path, description = "Task name")),
-    responses((status = 201, body = Vec<Timer>), (status = 400, body = ErrorBody),
+    responses((status = 201, body = List<Timer>), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn add_timer(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
     body: Result<Json<TimerSpec>, JsonRejection>,
-) -> Result<(StatusCode, Json<Vec<Timer>>), ApiError> {
+) -> Result<(StatusCode, Json<List<Timer>>), ApiError> {
     let Json(spec) = body?;
     add_task_timer(&state, &name, spec).await?;
     Ok((StatusCode::CREATED, Json(timers(&state, &name).await?)))
@@ -143,11 +143,11 @@ pub async fn add_timer(
 /// A task's timers.
 #[utoipa::path(get, path = "/tasks/{name}/timers", tag = "tasks",
     params(("name" = String, Path, description = "Task name")),
-    responses((status = 200, body = Vec<Timer>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = List<Timer>), (status = 404, body = ErrorBody)))]
 pub async fn list_timers(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
-) -> Result<Json<Vec<Timer>>, ApiError> {
+) -> Result<Json<List<Timer>>, ApiError> {
     state.store.get_task(&name).await?;
     Ok(Json(timers(&state, &name).await?))
 }
@@ -155,12 +155,12 @@ pub async fn list_timers(
 /// Change a timer's schedule or state.
 #[utoipa::path(patch, path = "/tasks/{name}/timers/{timer}", tag = "tasks", request_body = UpdateTimer,
     params(("name" = String, Path, description = "Task name"), ("timer" = String, Path, description = "Timer name")),
-    responses((status = 200, body = Vec<Timer>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = List<Timer>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update_timer(
     State(state): State<AppState>,
     UrlPath((name, timer)): UrlPath<(String, String)>,
     body: Result<Json<UpdateTimer>, JsonRejection>,
-) -> Result<Json<Vec<Timer>>, ApiError> {
+) -> Result<Json<List<Timer>>, ApiError> {
     let Json(update) = body?;
     update_task_timer(&state, &name, &timer, update).await?;
     Ok(Json(timers(&state, &name).await?))
@@ -169,11 +169,11 @@ pub async fn update_timer(
 /// Remove a timer.
 #[utoipa::path(delete, path = "/tasks/{name}/timers/{timer}", tag = "tasks",
     params(("name" = String, Path, description = "Task name"), ("timer" = String, Path, description = "Timer name")),
-    responses((status = 200, body = Vec<Timer>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = List<Timer>), (status = 404, body = ErrorBody)))]
 pub async fn remove_timer(
     State(state): State<AppState>,
     UrlPath((name, timer)): UrlPath<(String, String)>,
-) -> Result<Json<Vec<Timer>>, ApiError> {
+) -> Result<Json<List<Timer>>, ApiError> {
     state.store.remove_timer(&name, &timer).await?;
     state.timers.notify_one();
     Ok(Json(timers(&state, &name).await?))
@@ -206,19 +206,20 @@ pub async fn update_task_timer(
     state.store.get_task(name).await?;
     let stored = state.store.timers(name).await?;
     let mut specs: Vec<TimerSpec> = stored.iter().cloned().map(spec_of).collect();
-    let i = specs
-        .iter()
-        .position(|t| t.name == timer)
-        .ok_or_else(|| ApiError::Missing(format!("task {name} has no timer named {timer}")))?;
+    let i = specs.iter().position(|t| t.name == timer).ok_or_else(|| ApiError::Missing {
+        code: "TimerNotFound",
+        message: format!("task {name} has no timer named {timer}"),
+    })?;
     if let Some(schedule) = update.schedule {
         specs[i].schedule = schedule;
     }
-    if let Some(enabled) = update.enabled {
-        specs[i].enabled = enabled;
+    if let Some(status) = update.status {
+        specs[i].status = status;
     }
     let schedules = task_def::check_timers(&specs)?;
     let mut record = task_def::timer_record(name, &specs[i], &schedules[i], Utc::now());
-    if specs[i].schedule == stored[i].schedule && stored[i].enabled && specs[i].enabled {
+    if specs[i].schedule == stored[i].schedule && stored[i].enabled && specs[i].status.is_enabled()
+    {
         record.next_fire_at = stored[i].next_fire_at;
     }
     state.store.update_timer(&record).await?;
@@ -227,7 +228,7 @@ pub async fn update_task_timer(
 }
 
 fn spec_of(t: TimerRecord) -> TimerSpec {
-    TimerSpec { name: t.name, schedule: t.schedule, enabled: t.enabled }
+    TimerSpec { name: t.name, schedule: t.schedule, status: t.enabled.into() }
 }
 
 /// Checks and stores a new task with its timers.
@@ -299,15 +300,15 @@ pub async fn run_task(
     submit_run(state, request, Origin::task(name, &definition, trigger)).await
 }
 
-async fn timers(state: &AppState, name: &str) -> Result<Vec<Timer>, ApiError> {
-    Ok(state.store.timers(name).await?.into_iter().map(timer_view).collect())
+async fn timers(state: &AppState, name: &str) -> Result<List<Timer>, ApiError> {
+    Ok(List::all(state.store.timers(name).await?.into_iter().map(timer_view).collect()))
 }
 
 fn timer_view(t: TimerRecord) -> Timer {
     Timer {
         name: t.name,
         schedule: t.schedule,
-        enabled: t.enabled,
+        status: t.enabled.into(),
         next_fire_time: t.next_fire_at.filter(|_| t.enabled),
     }
 }
@@ -321,7 +322,7 @@ pub async fn task_view(state: &AppState, record: &TaskRecord) -> Result<Task, Ap
 /// The API view of a stored task with its timers, base images and history.
 fn view_of(state: &AppState, record: &TaskRecord, parts: TaskParts) -> Result<Task, ApiError> {
     let definition: TaskDefinition =
-        serde_json::from_str(&record.definition).map_err(ApiError::internal)?;
+        legacy::read(record.definition.as_bytes()).map_err(ApiError::internal)?;
     let base_image_dependencies = parts
         .base_images
         .into_iter()

@@ -137,12 +137,15 @@ impl Server {
     fn runs(&self) -> Vec<api::Run> {
         let a = self.get("/runs?top=0");
         assert_eq!(a.status, 200, "{}", a.text());
-        serde_json::from_slice(&a.body).unwrap()
+        let page: api::List<api::Run> = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(page.next_link, None, "top=0 is one page");
+        page.value
     }
 }
 
 fn encoded(task: &str) -> Value {
-    json!({"type": "EncodedTask", "source": {"kind": "none"}, "task": task})
+    json!({"type": "EncodedTaskRunRequest", "source": {"kind": "none"},
+        "encodedTaskContent": api::base64_text::encode(task)})
 }
 
 const GOOD_TASK: &str = "version: v1.1.0\nsteps:\n  - cmd: bash echo hello\n";
@@ -167,13 +170,14 @@ fn server_rejects_missing_and_wrong_tokens_and_does_nothing() {
     for auth in [None, Some("Bearer kiln_0000"), Some("Bearer nonsense"), Some("Basic abc")] {
         let a = s.post("/runs", auth, "application/json", &body);
         assert_eq!(a.status, 401, "{auth:?}");
-        assert_eq!(a.error().error, error::UNAUTHORIZED_MESSAGE);
+        assert_eq!(a.error().error.message, error::UNAUTHORIZED_MESSAGE);
+        assert_eq!(a.error().error.code, "Unauthorized");
         let a = s.post("/uploads", auth, "application/gzip", &tar_gz(&[("a", b"x")]));
         assert_eq!(a.status, 401);
     }
     let a = answer(s.http.get(s.url("/runs")).call().unwrap());
     assert_eq!(a.status, 401);
-    assert_eq!(a.error().error, error::UNAUTHORIZED_MESSAGE);
+    assert_eq!(a.error().error.message, error::UNAUTHORIZED_MESSAGE);
     assert!(s.runs().is_empty());
     assert!(s.uploads_dir_files().is_empty());
     // The public routes need no token.
@@ -198,11 +202,44 @@ fn server_submits_an_encoded_task_and_lists_it() {
     assert_eq!(got.status, 200);
     assert_eq!(got.run(), run);
     // A Docker build is planned at submission too (tags get the default registry).
-    let build =
-        json!({"type": "DockerBuild", "source": {"kind": "none"}, "images": ["app:{{.Run.ID}}"]});
+    let build = json!({"type": "DockerBuildRequest", "source": {"kind": "none"}, "imageNames": ["app:{{.Run.ID}}"]});
     assert_eq!(s.submit(&build).status, 201);
     let ids: Vec<String> = s.runs().into_iter().map(|r| r.run_id).collect();
     assert_eq!(ids, ["ka2", "ka1"]);
+}
+
+#[test]
+fn server_run_list_pages_follow_next_link_each_run_once_newest_first() {
+    let s = start();
+    for _ in 0..5 {
+        assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    }
+    let page = |path: &str| -> api::List<api::Run> {
+        let a = s.get(path);
+        assert_eq!(a.status, 200, "{}", a.text());
+        serde_json::from_slice(&a.body).unwrap()
+    };
+    let first = page("/runs?top=2");
+    let ids =
+        |p: &api::List<api::Run>| p.value.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ["ka5", "ka4"]);
+    // A run queued between pages shifts nothing: the continuation is a keyset, not an offset.
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let mut seen = ids(&first);
+    let mut next = first.next_link;
+    while let Some(link) = next {
+        assert!(link.starts_with("/runs?"), "{link}");
+        let p = page(&link);
+        seen.extend(ids(&p));
+        next = p.next_link;
+    }
+    assert_eq!(seen, ["ka5", "ka4", "ka3", "ka2", "ka1"]);
+    // Filters carry over to the next page; the default page is ACR's 15.
+    let failed = page("/runs?status=Failed&top=1");
+    assert!(failed.value.is_empty() && failed.next_link.is_none());
+    assert_eq!(page("/runs").value.len(), 6);
+    let a = s.get("/runs?skipToken=nope");
+    assert_eq!((a.status, a.error().error.code.as_str()), (400, "BadRequest"));
 }
 
 #[test]
@@ -210,12 +247,13 @@ fn server_refuses_a_bad_task_file_with_positioned_diagnostics() {
     let s = start();
     let task = "version: v1.1.0\nsteps:\n  - cmd: bash echo hi\n    when: [\"nope\"]\n";
     let mut request = encoded(task);
-    request["task_name"] = json!("bad.yaml");
+    request["taskFileName"] = json!("bad.yaml");
     let a = s.submit(&request);
     assert_eq!(a.status, 400, "{}", a.text());
     let body = a.error();
-    assert_eq!(body.error, "bad.yaml: invalid task file (1 error)");
-    let d = &body.diagnostics[0];
+    assert_eq!(body.error.code, "InvalidTaskFile");
+    assert_eq!(body.error.message, "bad.yaml: invalid task file (1 error)");
+    let d = &body.error.details[0];
     assert!(d.is_error());
     let pos = d.pos.expect("a position");
     assert_eq!((pos.line, pos.col), (4, 12));
@@ -227,28 +265,31 @@ fn server_refuses_bad_timeouts_unknown_uploads_and_bad_json() {
     let s = start();
     for t in [5, 299, 28_801] {
         let mut request = encoded(GOOD_TASK);
-        request["timeout_secs"] = json!(t);
+        request["timeout"] = json!(t);
         let a = s.submit(&request);
         assert_eq!(a.status, 400);
-        let error = a.error().error;
+        assert_eq!(a.error().error.code, "BadRequest");
+        let error = a.error().error.message;
         assert!(
-            error.contains("timeout_secs") && error.contains("300") && error.contains("28800"),
+            error.contains("timeout must") && error.contains("300") && error.contains("28800"),
             "{error}"
         );
     }
     let id = "0123456789abcdef0123456789abcdef";
-    let request = json!({"type": "FileTask", "source": {"kind": "upload", "id": id}});
+    let request = json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": id}});
     let a = s.submit(&request);
     assert_eq!(a.status, 400);
-    assert_eq!(a.error().error, format!("unknown upload {id}"));
-    let a = s.submit(&json!({"type": "FileTask", "source": {"kind": "upload", "id": "../../x"}}));
-    assert_eq!(a.error().error, "unknown upload ../../x");
+    assert_eq!(a.error().error.message, format!("unknown upload {id}"));
+    let a = s.submit(
+        &json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": "../../x"}}),
+    );
+    assert_eq!(a.error().error.message, "unknown upload ../../x");
     let a = s.post("/runs", Some(&s.auth()), "application/json", b"{\"type\": \"Encod");
     assert_eq!(a.status, 400);
-    assert!(a.error().error.contains("EOF"), "{}", a.text());
+    assert!(a.error().error.message.contains("EOF"), "{}", a.text());
     let a = s.submit(&json!({"type": "Nope"}));
     assert_eq!(a.status, 400, "{}", a.text());
-    assert!(a.error().error.contains("unknown variant `Nope`"), "{}", a.text());
+    assert!(a.error().error.message.contains("unknown variant `Nope`"), "{}", a.text());
     assert!(s.runs().is_empty());
 }
 
@@ -258,7 +299,11 @@ fn server_stores_a_good_upload_and_refuses_a_truncated_one() {
     let archive = tar_gz(&[("acb.yaml", GOOD_TASK.as_bytes()), ("Dockerfile", b"FROM scratch\n")]);
     let a = s.upload(&archive[..archive.len() - 10]);
     assert_eq!(a.status, 400);
-    assert!(a.error().error.starts_with("the upload is not a complete .tar.gz: "), "{}", a.text());
+    assert!(
+        a.error().error.message.starts_with("the upload is not a complete .tar.gz: "),
+        "{}",
+        a.text()
+    );
     assert!(s.uploads_dir_files().is_empty());
     let a = s.upload(b"not gzip at all");
     assert_eq!(a.status, 400);
@@ -277,7 +322,8 @@ fn server_stores_a_good_upload_and_refuses_a_truncated_one() {
     let path = crate::uploads::path(s.dir.path(), &upload.id).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), archive);
     assert_eq!(s.uploads_dir_files(), vec![path]);
-    let request = json!({"type": "FileTask", "source": {"kind": "upload", "id": upload.id}});
+    let request =
+        json!({"type": "FileTaskRunRequest", "source": {"kind": "upload", "id": upload.id}});
     assert_eq!(s.submit(&request).status, 201);
 }
 
@@ -290,14 +336,16 @@ fn server_cancels_queued_runs_and_knows_unknown_ones() {
     assert_eq!(a.run().status, RunStatus::Canceled);
     let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
     assert_eq!(a.status, 409);
-    assert_eq!(a.error().error, "run ka1 already finished with status Canceled");
+    assert_eq!(a.error().error.message, "run ka1 already finished with status Canceled");
+    assert_eq!(a.error().error.code, "RunAlreadyFinished");
     for a in [
         s.get("/runs/ka9"),
         s.get("/runs/ka9/log"),
         s.post("/runs/ka9/cancel", Some(&s.auth()), "application/json", b""),
     ] {
         assert_eq!(a.status, 404);
-        assert_eq!(a.error().error, "run ka9 not found");
+        assert_eq!(a.error().error.message, "run ka9 not found");
+        assert_eq!(a.error().error.code, "RunNotFound");
     }
 }
 

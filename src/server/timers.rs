@@ -165,8 +165,9 @@ mod tests {
 
         async fn task(&self, store: &Store, name: &str, timers: &[(&str, &str, DateTime<Utc>)]) {
             let def: TaskDefinition = serde_json::from_value(serde_json::json!({
-                "context": "/dev/null",
-                "step": {"type": "EncodedTask", "task": "steps:\n  - cmd: busybox true\n"},
+                "contextPath": "/dev/null",
+                "step": {"type": "EncodedTask",
+                    "encodedTaskContent": crate::api::base64_text::encode("steps:\n  - cmd: busybox true\n")},
             }))
             .unwrap();
             let write = task_def::seal(&self.secrets, name, &def).unwrap();
@@ -177,7 +178,7 @@ mod tests {
                     let spec = TimerSpec {
                         name: timer.to_string(),
                         schedule: schedule.to_string(),
-                        enabled: true,
+                        status: crate::api::task::TaskStatus::Enabled,
                     };
                     let schedule = Schedule::parse(schedule).unwrap();
                     TimerRecord {

@@ -109,11 +109,14 @@ pub struct RunFilter {
     /// `repository:tag` (tag `latest` when omitted): runs that output this image.
     pub image: Option<String>,
     pub top: usize,
+    /// Only runs queued before the run with this counter (a page's continuation: keyset on the
+    /// counter, so runs queued meanwhile never shift a later page).
+    pub before: Option<u64>,
 }
 
 impl Default for RunFilter {
     fn default() -> Self {
-        Self { status: None, task_name: None, image: None, top: DEFAULT_TOP }
+        Self { status: None, task_name: None, image: None, top: DEFAULT_TOP, before: None }
     }
 }
 
@@ -242,6 +245,7 @@ impl Store {
              WHERE ($1 IS NULL OR status = $1)
                AND ($2 IS NULL OR task_name = $2)
                AND ($3 IS NULL OR output_images LIKE $3)
+               AND ($5 IS NULL OR counter < $5)
              ORDER BY counter DESC
              LIMIT $4",
         )
@@ -249,6 +253,7 @@ impl Store {
         .bind(&filter.task_name)
         .bind(&like)
         .bind(limit)
+        .bind(filter.before.map(|b| to_i64("before", b)).transpose()?)
         .fetch_all(self.pool())
         .await?;
         let top = if filter.top == 0 { usize::MAX } else { filter.top };

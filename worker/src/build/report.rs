@@ -7,6 +7,10 @@
 //! official images, and `reference` is the image as written with `:latest` added when it has
 //! neither tag nor digest. One deliberate difference: an empty `buildtime-dependency` is `[]`, not
 //! ACR's `null` (Go's nil slice); `null` is still accepted when reading.
+//!
+//! Two spellings of the same keys: serde's are the API's camelCase (`runtimeDependency`,
+//! `buildtimeDependency`, `gitHeadRevision`); the line printed in the log, which the run also
+//! stores, keeps ACR's kebab-case ([`report_json`]). Reading accepts both.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -14,21 +18,26 @@ use crate::image_ref::{DOCKER_HUB_REPORT_REGISTRY, ImageRef};
 use crate::push::Pushed;
 
 /// One report entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Dependency {
     /// The built image (one of the step's tags); `None` for an untagged build.
     pub image: Option<ImageReference>,
     /// The image the built stage starts from; `None` for `FROM scratch` or when unresolved.
-    #[serde(rename = "runtime-dependency")]
+    #[serde(rename = "runtimeDependency", alias = "runtime-dependency")]
     pub runtime: Option<ImageReference>,
-    #[serde(rename = "buildtime-dependency", default, deserialize_with = "null_as_empty")]
+    #[serde(
+        rename = "buildtimeDependency",
+        alias = "buildtime-dependency",
+        default,
+        deserialize_with = "null_as_empty"
+    )]
     pub buildtime: Vec<ImageReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitReference>,
 }
 
 /// An image in the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageReference {
     pub registry: String,
     pub repository: String,
@@ -40,10 +49,10 @@ pub struct ImageReference {
     pub reference: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GitReference {
     /// The commit the context came from; empty when the context is not a Git checkout.
-    #[serde(rename = "git-head-revision")]
+    #[serde(rename = "gitHeadRevision", alias = "git-head-revision")]
     pub head_revision: String,
 }
 
@@ -103,10 +112,41 @@ pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
     }
 }
 
-/// The report as the single JSON line ACR prints after `The following dependencies were found:`.
+/// The report as the single JSON line ACR prints after `The following dependencies were found:`,
+/// with ACR's kebab-case keys.
 pub fn report_json(deps: &[Dependency]) -> String {
+    let printed: Vec<Printed> = deps.iter().map(Printed::from).collect();
     // Serialising plain strings and vectors cannot fail; an empty report is the safe fallback.
-    serde_json::to_string(deps).unwrap_or_else(|_| "[]".to_string())
+    serde_json::to_string(&printed).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// An entry as ACR prints it: the same fields in the same order, ACR's keys.
+#[derive(Serialize)]
+struct Printed<'a> {
+    image: &'a Option<ImageReference>,
+    #[serde(rename = "runtime-dependency")]
+    runtime: &'a Option<ImageReference>,
+    #[serde(rename = "buildtime-dependency")]
+    buildtime: &'a [ImageReference],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    git: Option<PrintedGit<'a>>,
+}
+
+#[derive(Serialize)]
+struct PrintedGit<'a> {
+    #[serde(rename = "git-head-revision")]
+    head_revision: &'a str,
+}
+
+impl<'a> From<&'a Dependency> for Printed<'a> {
+    fn from(d: &'a Dependency) -> Self {
+        Printed {
+            image: &d.image,
+            runtime: &d.runtime,
+            buildtime: &d.buildtime,
+            git: d.git.as_ref().map(|g| PrintedGit { head_revision: &g.head_revision }),
+        }
+    }
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ImageReference>, D::Error> {
@@ -153,7 +193,11 @@ mod tests {
             r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
         );
         let back: Vec<Dependency> = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, [dep]);
+        assert_eq!(back, std::slice::from_ref(&dep));
+        let api = serde_json::to_value(&dep).unwrap();
+        assert!(api.get("runtimeDependency").is_some() && api.get("buildtimeDependency").is_some());
+        assert_eq!(api["git"]["gitHeadRevision"], "abc");
+        assert_eq!(serde_json::from_value::<Dependency>(api).unwrap(), dep);
         let acr = r#"[{"image":null,"runtime-dependency":null,"buildtime-dependency":null}]"#;
         let parsed: Vec<Dependency> = serde_json::from_str(acr).unwrap();
         assert!(parsed[0].buildtime.is_empty() && parsed[0].git.is_none());

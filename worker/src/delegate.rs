@@ -20,7 +20,6 @@ use tokio::sync::Notify;
 
 use crate::build::{self, BuildRequest};
 use crate::event::{Event, Events, LogStream};
-use crate::names;
 use crate::plan::{Plan, PlanStep, StepId};
 use crate::push;
 use crate::workspace::CONTAINER_PATH;
@@ -55,14 +54,12 @@ pub(crate) async fn run(
     match job {
         Job::Build { args } => {
             let working_dir = host_working_dir(workspace, step.working_directory.as_deref());
-            let labels = names::step_labels(&plan.run_id, &step.id);
             let build = BuildRequest {
                 step_id: step.id.as_str(),
                 args,
                 env: &step.env,
                 working_dir: &working_dir,
                 workspace,
-                labels: &labels,
                 credentials: &plan.credentials,
                 git_ssh: plan.git_ssh.as_ref(),
             };

@@ -355,7 +355,13 @@ async fn run_container(
     }
     let body = container::create_body(
         step,
-        Setup { image, args, labels: names::step_labels(&ctx.plan.run_id, id), binds, network },
+        Setup {
+            image,
+            args,
+            labels: names::step_labels(&ctx.plan.run_id, id, ctx.owner),
+            binds,
+            network,
+        },
     )
     .map_err(|e| Failure::new(e.to_string()))?;
     let name = names::step_container(&ctx.plan.run_id, id, attempt.number);

@@ -113,8 +113,13 @@ async fn run_build(
     env: &[EnvVar],
     credentials: &[RegistryCredential],
 ) -> (Result<BuildOutcome, BuildError>, String) {
-    let args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    let labels = HashMap::from([(TEST_LABEL.to_string(), test.to_string())]);
+    // The test's label goes in as the user's own `--label`: kiln adds none.
+    let label = format!("{TEST_LABEL}={test}");
+    let args: Vec<String> = ["--label", &label]
+        .into_iter()
+        .chain(args.split_whitespace())
+        .map(str::to_string)
+        .collect();
     let log = Log::default();
     let sink = log.sink();
     let req = BuildRequest {
@@ -123,7 +128,6 @@ async fn run_build(
         env,
         working_dir: ws,
         workspace: ws,
-        labels: &labels,
         credentials,
         git_ssh: None,
     };
@@ -249,8 +253,8 @@ async fn local_context_with_ignore_rules_target_and_outside_dockerfile() {
     let labels =
         docker.inspect_image(&tag).await.unwrap().config.and_then(|c| c.labels).unwrap_or_default();
     assert_eq!(labels.get("team").map(String::as_str), Some("kiln"));
-    assert_eq!(labels.get(build::STEP_LABEL).map(String::as_str), Some("build"));
     assert_eq!(labels.get(TEST_LABEL), Some(&test));
+    assert_eq!(labels.len(), 2, "only the build's own labels: {labels:?}");
 
     let [dep] = outcome.dependencies.as_slice() else { panic!("{:?}", outcome.dependencies) };
     let image = dep.image.as_ref().unwrap();

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::CreateContainerOptions;
 use common::*;
+use kiln_worker::names::ROLE_LABEL;
 use kiln_worker::names::RUN_LABEL;
-use kiln_worker::names::{OWNER_LABEL, ROLE_LABEL};
 use kiln_worker::plan::{Action, Network, RunId, StepId};
 use kiln_worker::spare::SPARE_ROLE;
 use kiln_worker::{
@@ -193,19 +193,15 @@ async fn an_unused_spare_network_is_removed_with_the_run() {
     assert!(!network_exists(&engine, net.name()).await);
 }
 
-/// Spare networks of a dead process are swept; those of live processes are not.
+/// Spare networks of a gone owner are swept (even though its PID runs: the lock decides);
+/// those of live processes are not.
 #[tokio::test]
 async fn orphaned_spare_networks_are_swept() {
     let engine = engine().await;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    let mut child = std::process::Command::new("true").spawn().expect("true");
-    let dead = child.id();
-    child.wait().expect("wait");
+    let owners = tempfile::tempdir().expect("tempdir");
     let orphan = format!("kiln-spare-test-orphan-{}", std::process::id());
-    let labels = HashMap::from([
-        (OWNER_LABEL.to_string(), format!("{}/{dead}", host.trim())),
-        (ROLE_LABEL.to_string(), SPARE_ROLE.to_string()),
-    ]);
+    let mut labels = gone_owner(owners.path(), "spare");
+    labels.insert(ROLE_LABEL.to_string(), SPARE_ROLE.to_string());
     engine
         .docker()
         .create_network(NetworkCreateRequest {

@@ -39,8 +39,6 @@ use crate::push::engine_message;
 
 /// Where ACR mounts the shared run volume; absolute paths under it name workspace paths.
 const ACR_WORKSPACE: &str = "/workspace";
-/// Label kiln puts on every image it builds, with the step id as value, so images can be found.
-pub const STEP_LABEL: &str = "kiln.step";
 
 /// One build step, as the run executes it.
 pub struct BuildRequest<'a> {
@@ -53,9 +51,6 @@ pub struct BuildRequest<'a> {
     pub working_dir: &'a Path,
     /// Host path of the run workspace (the shared volume).
     pub workspace: &'a Path,
-    /// Labels for the image (e.g. the run id), added after the step's own `--label`s and winning
-    /// over them, so the worker can always find its images.
-    pub labels: &'a HashMap<String, String>,
     pub credentials: &'a [RegistryCredential],
     /// The identity for an SSH git context.
     pub git_ssh: Option<&'a GitSsh>,
@@ -158,9 +153,9 @@ pub async fn run(
         log(format!("Warning: dependency scan: {warning}\n").as_bytes());
     }
 
-    let mut labels: HashMap<String, String> = args.labels.clone().into_iter().collect();
-    labels.insert(STEP_LABEL.to_string(), req.step_id.to_string());
-    labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Only the build's own `--label`s: anything kiln added would become part of the image
+    // config (a new image ID per run, kiln's details in published images, an extra step).
+    let labels: HashMap<String, String> = args.labels.clone().into_iter().collect();
     let options = BuildImageOptions {
         dockerfile: prepared.dockerfile_param().to_string(),
         extrahosts: args.add_hosts.first().cloned(),
@@ -174,7 +169,7 @@ pub async fn run(
         forcerm: args.force_rm || args.rm,
         buildargs: (!args.build_args.is_empty())
             .then(|| args.build_args.clone().into_iter().collect()),
-        labels: Some(labels),
+        labels: (!labels.is_empty()).then_some(labels),
         networkmode: args.network.clone(),
         platform: args.platform.clone().unwrap_or_default(),
         target: args.target.clone().unwrap_or_default(),
@@ -391,14 +386,12 @@ mod tests {
 
     #[test]
     fn download_dir_needs_a_plain_step_id() {
-        let labels = HashMap::new();
         let req = |step_id| BuildRequest {
             step_id,
             args: &[],
             env: &[],
             working_dir: Path::new("/w/app"),
             workspace: Path::new("/w"),
-            labels: &labels,
             credentials: &[],
             git_ssh: None,
         };

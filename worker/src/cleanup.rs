@@ -13,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use bollard::Docker;
 use bollard::query_parameters::{
     ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
-    RemoveVolumeOptions,
+    RemoveImageOptions, RemoveVolumeOptions,
 };
 use futures_util::future::join_all;
 
@@ -167,6 +167,40 @@ async fn sweep_label(
         record(&mut report.volumes, &mut report.errors, &volume.name, result);
     }
     Ok(report)
+}
+
+/// Removes the images a run built without a tag, unless something tagged them since (an
+/// identical build elsewhere gives the same image ID) or uses them; returns what failed.
+pub(crate) async fn remove_untagged(docker: &Docker, images: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for id in images {
+        let named = match docker.inspect_image(id).await {
+            Ok(image) => {
+                image.repo_tags.is_some_and(|t| !t.is_empty())
+                    || image.repo_digests.is_some_and(|d| !d.is_empty())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("image {id}: {}", crate::image::engine_message(e)));
+                continue;
+            }
+        };
+        if named {
+            continue;
+        }
+        match docker.remove_image(id, None::<RemoveImageOptions>, None).await {
+            // Gone already, or in use by a container (an image cannot be removed under it).
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => {}
+            Err(e) => errors.push(format!("image {id}: {}", crate::image::engine_message(e))),
+        }
+    }
+    errors
 }
 
 /// Books one removal; "no such object" counts as removed (another sweep got there first).

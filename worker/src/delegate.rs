@@ -41,6 +41,8 @@ pub(crate) struct Request<'a> {
     pub(crate) step: &'a PlanStep,
     /// The run workspace on the host (`/workspace` in step containers).
     pub(crate) workspace: &'a Path,
+    /// Where an untagged build's image ID is recorded for the run's teardown.
+    pub(crate) untagged: &'a Mutex<Vec<String>>,
 }
 
 /// Runs a build or push job. On success, returns the events describing its results
@@ -50,7 +52,7 @@ pub(crate) async fn run(
     request: &Request<'_>,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Vec<Event>, String> {
-    let Request { docker, plan, step, workspace } = *request;
+    let Request { docker, plan, step, workspace, untagged } = *request;
     match job {
         Job::Build { args } => {
             let working_dir = host_working_dir(workspace, step.working_directory.as_deref());
@@ -64,6 +66,12 @@ pub(crate) async fn run(
                 git_ssh: plan.git_ssh.as_ref(),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
+            if outcome.images.is_empty() {
+                untagged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(outcome.image_id.clone());
+            }
             let mut events: Vec<Event> = outcome
                 .images
                 .iter()

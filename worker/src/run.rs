@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -105,6 +106,9 @@ pub(crate) struct RunContext<'a> {
     default_network: String,
     /// Container removals running off the steps' critical path; awaited before teardown.
     pub(crate) removals: TaskTracker,
+    /// IDs of images built without a tag: nothing can name them after the run, so its
+    /// teardown removes them (images carry no run label to find them by).
+    pub(crate) untagged: &'a Mutex<Vec<String>>,
 }
 
 impl RunContext<'_> {
@@ -136,6 +140,7 @@ pub async fn execute(
     events.send(Event::RunStarted { run_id: run_id.clone() }).await;
 
     let mut outcomes: Vec<Option<StepOutcome>> = vec![None; plan.steps.len()];
+    let untagged = Mutex::new(Vec::new());
     let (status, error, workspace) =
         match prepare(docker, engine.owner(), plan, &options, &events).await {
             Err(message) => (RunStatus::Error, Some(message), None),
@@ -150,6 +155,7 @@ pub async fn execute(
                     networks: prepared.networks,
                     default_network: prepared.default_network,
                     removals: TaskTracker::new(),
+                    untagged: &untagged,
                 };
                 let (status, error) =
                     drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
@@ -208,6 +214,11 @@ pub async fn execute(
 
     // Containers first: detached ones may still be writing into the workspace.
     let mut cleanup_errors = tear_down(docker, run_id, options.network.as_ref(), &events).await;
+    let untagged = untagged.into_inner().unwrap_or_else(PoisonError::into_inner);
+    for error in cleanup::remove_untagged(docker, &untagged).await {
+        events.system(None, format!("Warning: cleanup could not remove {error}")).await;
+        cleanup_errors.push(error);
+    }
     if let Some(workspace) = workspace
         && let Err(e) = workspace.remove().await
     {

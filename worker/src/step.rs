@@ -410,8 +410,13 @@ async fn run_delegated(
     attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
     let stop = attempt.stop;
-    let request =
-        Request { docker: ctx.docker, plan: ctx.plan, step, workspace: ctx.workspace.host_dir() };
+    let request = Request {
+        docker: ctx.docker,
+        plan: ctx.plan,
+        step,
+        workspace: ctx.workspace.host_dir(),
+        untagged: ctx.untagged,
+    };
     let pipe = LogPipe::default();
     let watch = Mutex::new(&mut *attempt.watch);
     let log = |bytes: &[u8]| {

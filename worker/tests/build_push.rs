@@ -254,7 +254,7 @@ async fn local_context_with_ignore_rules_target_and_outside_dockerfile() {
         docker.inspect_image(&tag).await.unwrap().config.and_then(|c| c.labels).unwrap_or_default();
     assert_eq!(labels.get("team").map(String::as_str), Some("kiln"));
     assert_eq!(labels.get(TEST_LABEL), Some(&test));
-    assert_eq!(labels.len(), 2, "only the build's own labels: {labels:?}");
+    assert!(!labels.keys().any(|k| k.starts_with("kiln.") && k != TEST_LABEL), "{labels:?}");
 
     let [dep] = outcome.dependencies.as_slice() else { panic!("{:?}", outcome.dependencies) };
     let image = dep.image.as_ref().unwrap();

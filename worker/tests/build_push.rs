@@ -16,10 +16,10 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions,
+    RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
-use kiln_worker::build::{self, BuildError, BuildOutcome, BuildRequest};
+use kiln_worker::build::{self, BuildError, BuildOutcome, BuildRequest, DigestKind};
 use kiln_worker::plan::{EnvVar, RegistryCredential};
 use kiln_worker::push::{self, PushError};
 
@@ -386,6 +386,30 @@ async fn push_and_pull_with_credentials() {
     assert_eq!(runtime.registry, env.auth_registry);
     assert_eq!(runtime.repository, "kiln-test/push");
     assert_eq!(runtime.digest, auth_digest, "digest from the engine's RepoDigests");
+    assert_eq!(runtime.digest_kind, Some(DigestKind::RepoDigest));
+    let base = outcome.image_id.clone();
+
+    // A base image only this engine has (built here, never pushed): its image ID, said so.
+    let ws = workspace();
+    let local_tag = format!("kiln-test/local-base:{test}");
+    docker
+        .tag_image(&base, Some(TagImageOptions { repo: Some(local_tag.clone()), tag: None }))
+        .await
+        .expect("tag");
+    write(&ws.root.join("Dockerfile"), &format!("FROM {local_tag}\nRUN cat /id\n"));
+    let (result, log) = run_build(&docker, &test, &ws.root, ".", &[], &[]).await;
+    let outcome = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let runtime = outcome.dependencies[0].runtime.clone().unwrap();
+    assert_eq!(runtime.repository, "kiln-test/local-base");
+    assert_eq!(
+        (runtime.digest.as_str(), runtime.digest_kind),
+        (base.as_str(), Some(DigestKind::ImageId))
+    );
+    let json = build::report_json(&outcome.dependencies);
+    assert!(
+        json.contains(&format!("\"digest\":\"{base}\",\"digest-kind\":\"image-id\"")),
+        "{json}"
+    );
     cleanup(&docker, &test).await;
 }
 

@@ -30,7 +30,9 @@ use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 
-pub use report::{Dependency, GitReference, ImageReference, fill_pushed_digests, report_json};
+pub use report::{
+    Dependency, DigestKind, GitReference, ImageReference, fill_pushed_digests, report_json,
+};
 
 use crate::auth;
 use crate::image_ref::ImageRef;
@@ -282,20 +284,25 @@ async fn dependencies(
 }
 
 /// The report entry for a base image, with the registry digest the engine recorded when it
-/// pulled it (`RepoDigests`); empty for images that never came from a registry.
+/// pulled it (`RepoDigests`), or for an image that never came from that registry (built or
+/// tagged locally) its image ID; empty only when the engine does not have it.
 async fn with_local_digest(docker: &Docker, image: &ImageRef) -> ImageReference {
     let mut reference = ImageReference::from_ref(image);
     if reference.digest.is_empty()
         && let Ok(inspect) = docker.inspect_image(&image.to_string()).await
     {
-        reference.digest = inspect
+        let repo_digest = inspect
             .repo_digests
             .unwrap_or_default()
             .iter()
             .filter_map(|d| ImageRef::parse(d).ok())
             .find(|d| d.same_repository(image))
-            .and_then(|d| d.digest)
-            .unwrap_or_default();
+            .and_then(|d| d.digest);
+        match (repo_digest, inspect.id) {
+            (Some(digest), _) => reference.set_digest(digest, DigestKind::RepoDigest),
+            (None, Some(id)) => reference.set_digest(id, DigestKind::ImageId),
+            (None, None) => {}
+        }
     }
     reference
 }

@@ -5,8 +5,10 @@
 //! `digest` is always present (empty until known), `git` carries the head revision. Docker Hub
 //! images are reported as registry `registry.hub.docker.com`, repository `library/<name>` for
 //! official images, and `reference` is the image as written with `:latest` added when it has
-//! neither tag nor digest. One deliberate difference: an empty `buildtime-dependency` is `[]`, not
-//! ACR's `null` (Go's nil slice); `null` is still accepted when reading.
+//! neither tag nor digest. Deliberate differences: an empty `buildtime-dependency` is `[]`, not
+//! ACR's `null` (Go's nil slice; `null` is still accepted when reading), and a known digest
+//! comes with `digest-kind`: `repo-digest` (a registry's manifest digest) or `image-id` (a base
+//! image only the engine has, e.g. built by an earlier step, identified by its local ID).
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -34,10 +36,23 @@ pub struct ImageReference {
     pub repository: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tag: String,
-    /// `sha256:…`, or empty when not known (not pushed, or no registry digest locally).
+    /// `sha256:…`, or empty when not known (not pushed yet, or not on the engine).
     #[serde(default)]
     pub digest: String,
+    /// What `digest` is; `None` when it is empty.
+    #[serde(rename = "digest-kind", default, skip_serializing_if = "Option::is_none")]
+    pub digest_kind: Option<DigestKind>,
     pub reference: String,
+}
+
+/// What an image's digest identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DigestKind {
+    /// The manifest digest a registry knows the image by (`repo@sha256:…` pulls it).
+    RepoDigest,
+    /// The engine's local image ID: the image never came from or went to a registry.
+    ImageId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +79,22 @@ impl ImageReference {
                 (None, false) => String::new(),
             },
             digest: image.digest.clone().unwrap_or_default(),
+            digest_kind: image.digest.is_some().then_some(DigestKind::RepoDigest),
             reference,
         }
+    }
+
+    /// Sets the digest and its kind (none for an empty digest).
+    pub fn set_digest(&mut self, digest: String, kind: DigestKind) {
+        self.digest_kind = (!digest.is_empty()).then_some(kind);
+        self.digest = digest;
+    }
+
+    /// The digest if it is a registry's (what a registry's notifications and tags compare
+    /// with). Reports from before `digest-kind` existed only had registry digests.
+    pub fn repo_digest(&self) -> Option<&str> {
+        let local = self.digest_kind == Some(DigestKind::ImageId);
+        (!local && !self.digest.is_empty()).then_some(self.digest.as_str())
     }
 
     /// Whether `image` (as a push step or `-t` names it) is this image.
@@ -86,7 +115,7 @@ impl Dependency {
     /// The same entry with the built image's registry digest (known after a push).
     pub fn with_digest(mut self, digest: impl Into<String>) -> Self {
         if let Some(image) = &mut self.image {
-            image.digest = digest.into();
+            image.set_digest(digest.into(), DigestKind::RepoDigest);
         }
         self
     }
@@ -98,7 +127,7 @@ pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
         if let Some(image) = &mut dep.image
             && let Some(p) = pushed.iter().find(|p| image.is(&p.image))
         {
-            image.digest = p.digest.clone();
+            image.set_digest(p.digest.clone(), DigestKind::RepoDigest);
         }
     }
 }
@@ -135,6 +164,7 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         let r = reference(&format!("alpine@{digest}"));
         assert_eq!((r.tag.as_str(), r.digest.as_str()), ("", digest.as_str()));
+        assert_eq!(r.digest_kind, Some(DigestKind::RepoDigest));
         assert_eq!(r.reference, format!("alpine@{digest}"));
     }
 
@@ -150,7 +180,7 @@ mod tests {
         let json = report_json(std::slice::from_ref(&dep));
         assert_eq!(
             json,
-            r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
+            r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","digest-kind":"repo-digest","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
         );
         let back: Vec<Dependency> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, [dep]);

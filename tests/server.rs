@@ -338,12 +338,15 @@ fn a_step_timeout_fails_the_run_and_says_so() {
 #[test]
 fn kill_9_during_a_run_then_restart_finishes_it_honestly_and_runs_the_queue() {
     let server = Server::start("ekill", 1);
+    // A context of its own, so the run has a context copy as well as a workspace.
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::write(context.path().join("file.txt"), "x").expect("context file");
     let out = server.run(&[
         "run",
         "--no-wait",
         "--cmd",
         "busybox sh -c 'echo in-flight; sleep 600'",
-        "/dev/null",
+        context.path().to_str().expect("utf-8 path"),
     ]);
     let in_flight = queued_id(&out);
     let out = server.run(&["run", "--no-wait", "--cmd", "busybox echo after-restart", "/dev/null"]);
@@ -352,6 +355,11 @@ fn kill_9_during_a_run_then_restart_finishes_it_honestly_and_runs_the_queue() {
     // Checked before the kill: once its owner is dead, any server of a test running alongside
     // may sweep the container at its start.
     assert_ne!(containers_of(&in_flight), "", "the run has a container");
+    let work_dirs = [format!("kiln-{in_flight}"), format!("ctx-{in_flight}")];
+    let present = |data: &std::path::Path| -> Vec<String> {
+        work_dirs.iter().filter(|d| data.join("work").join(d).exists()).cloned().collect()
+    };
+    assert_eq!(present(&server.data), work_dirs, "the run has a workspace and a context copy");
     let prefix = server.prefix.clone();
     let (data, token, dir) = server.kill9();
 
@@ -367,6 +375,7 @@ fn kill_9_during_a_run_then_restart_finishes_it_honestly_and_runs_the_queue() {
         "{run}"
     );
     assert_eq!(containers_of(&in_flight), "", "restart removes the dead run's containers");
+    assert_eq!(present(&data), Vec::<String>::new(), "restart removes the dead run's directories");
     // The stored log survived up to the last persisted byte.
     let log = server.run(&["logs", &in_flight]);
     assert!(String::from_utf8_lossy(&log.stdout).contains("in-flight"), "{}", text(&log));

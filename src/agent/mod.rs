@@ -9,9 +9,11 @@
 //! Modules: [`run`] (one held run, from claim to finish), `prepare` (request → context → plan),
 //! `git_ssh` (the SSH identity of a run's git fetches), `log_writer` (events → masked, batched,
 //! fenced log appends), `spare` (each worker loop's pre-created run network, which keeps
-//! `docker network create` off dispatch).
+//! `docker network create` off dispatch), `leftovers` (what crashed runs left: engine objects
+//! of dead owners, work directories of ended runs).
 
 mod git_ssh;
+mod leftovers;
 mod log_writer;
 mod prepare;
 mod run;
@@ -21,6 +23,7 @@ mod spare;
 mod tests;
 
 pub use git_ssh::{GitSshError, GitSshFiles};
+pub use leftovers::Removed as Leftovers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -83,6 +86,11 @@ impl AgentConfig {
     pub(crate) fn work_dir(&self) -> PathBuf {
         self.data_dir.join("work")
     }
+
+    /// Where this server's owner lock file goes ([`kiln_worker::owner`]).
+    fn owners_dir(&self) -> PathBuf {
+        self.data_dir.join("owners")
+    }
 }
 
 /// Why the agent could not start.
@@ -96,6 +104,8 @@ pub enum AgentError {
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     SecretKey(#[from] crate::secret_box::SecretBoxError),
+    #[error(transparent)]
+    Owner(#[from] kiln_worker::owner::OwnerError),
 }
 
 /// A run a local worker holds, and how to stop it.
@@ -167,8 +177,9 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Crash recovery first: every run a previous server left in flight ends as Error (its
-    /// followers are released), and containers of dead kiln processes are removed. Then
-    /// `workers` worker loops start. With `workers == 0` it connects to nothing.
+    /// followers are released), then what ended runs left is removed ([`leftovers`]: engine
+    /// objects of dead kiln processes, work directories). Then `workers` worker loops start.
+    /// With `workers == 0` it connects to nothing.
     pub async fn start(
         store: Store,
         hub: LogHub,
@@ -179,15 +190,9 @@ impl Agent {
             hub.finish(&run);
         }
         let engine = if config.workers > 0 {
+            // Before connecting, which would claim the process's owner elsewhere.
+            kiln_worker::owner::claim(&config.owners_dir())?;
             let engine = Engine::connect().await?;
-            match kiln_worker::sweep_orphans(&engine).await {
-                Ok(report) => {
-                    for e in report.errors {
-                        tracing::warn!("cleanup of a crashed run: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!("looking for crashed runs' leftovers failed: {e}"),
-            }
             let work = config.work_dir();
             std::fs::create_dir_all(&work)
                 .map_err(|source| AgentError::WorkDir { path: work, source })?;
@@ -195,6 +200,10 @@ impl Agent {
         } else {
             None
         };
+        let removed = leftovers::remove(&store, engine.as_ref(), &config.work_dir()).await;
+        if removed != Leftovers::default() {
+            tracing::info!(?removed, "removed what crashed runs left");
+        }
         let workers = config.workers;
         let secrets = SecretBox::open_or_create(&config.data_dir)?;
         let shared = Arc::new(Shared {
@@ -213,6 +222,13 @@ impl Agent {
             .map(|n| tokio::spawn(worker_loop(shared.clone(), format!("{host}/{pid}/{n}"))))
             .collect();
         Ok(Agent { shared, loops: Arc::new(Mutex::new(loops)) })
+    }
+
+    /// Removes what ended runs left ([`leftovers`]); the janitor calls it on every pass, so
+    /// runs whose lease expired, and kiln processes that died since the start, are covered.
+    pub async fn remove_leftovers(&self) -> Leftovers {
+        let shared = &self.shared;
+        leftovers::remove(&shared.store, shared.engine.as_ref(), &shared.config.work_dir()).await
     }
 
     /// A run was just queued: an idle worker claims it now.

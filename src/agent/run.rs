@@ -40,7 +40,7 @@ pub(super) async fn run_claimed(shared: &Shared, claim: Claim, spare: &mut Spare
         held.clone(),
         done.clone(),
     ));
-    let run_dir = shared.config.work_dir().join(format!("ctx-{}", run.id));
+    let run_dir = super::leftovers::context_dir(&shared.config.work_dir(), &run.id);
     let mut log = LogWriter::new(
         shared.store.clone(),
         shared.hub.clone(),

@@ -2,7 +2,9 @@
 //! (§6.4, 30 days by default), removal of stale uploads (older than a day) and of webhook
 //! delivery IDs older than the log retention (git hosts redeliver within hours), and the backstops
 //! for runs whose worker vanished (expired leases) or overran (run timeouts). Runs the janitor
-//! ends are announced on the log hub so their followers finish.
+//! ends are announced on the log hub so their followers finish. Then what ended runs left
+//! (engine objects of dead kiln processes, workspaces and context copies) is removed through
+//! the agent ([`Agent::remove_leftovers`]).
 //!
 //! [`Janitor::sweep`] takes "now" as an argument, so tests check retention by passing a time in
 //! the future instead of sleeping.
@@ -14,6 +16,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{Agent, Leftovers};
 use crate::log_hub::LogHub;
 use crate::run_id::RunId;
 use crate::store::{Store, StoreError};
@@ -40,12 +43,14 @@ pub struct Sweep {
     pub deliveries_deleted: u64,
     pub expired_leases: Vec<RunId>,
     pub timed_out: Vec<RunId>,
+    pub leftovers: Leftovers,
 }
 
 #[derive(Debug, Clone)]
 pub struct Janitor {
     pub store: Store,
     pub hub: LogHub,
+    pub agent: Agent,
     pub data_dir: PathBuf,
     /// Logs of runs finished longer ago than this are deleted.
     pub log_retention: TimeDelta,
@@ -64,12 +69,14 @@ impl Janitor {
         }
         self.hub.prune();
         let uploads_deleted = self.delete_old_uploads(now).await?;
+        let leftovers = self.agent.remove_leftovers().await;
         Ok(Sweep {
             log_chunks_deleted,
             uploads_deleted,
             deliveries_deleted,
             expired_leases,
             timed_out,
+            leftovers,
         })
     }
 

@@ -175,6 +175,7 @@ pub async fn serve(
     let janitor = janitor::Janitor {
         store: store.clone(),
         hub: hub.clone(),
+        agent: agent.clone(),
         data_dir: config.data_dir.clone(),
         log_retention: config.log_retention,
         upload_max_age: janitor::UPLOAD_MAX_AGE,

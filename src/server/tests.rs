@@ -524,10 +524,14 @@ fn server_openapi_lists_every_path_and_the_bearer_scheme() {
     assert!(doc["components"]["schemas"]["RunRequest"].is_object());
 }
 
-fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
+/// A janitor over an agent without workers (it removes work directories, not engine objects).
+async fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
+    let config = AgentConfig { workers: 0, ..AgentConfig::new(data_dir.to_path_buf()) };
+    let agent = Agent::start(store.clone(), hub.clone(), config).await.unwrap();
     Janitor {
         store: store.clone(),
         hub: hub.clone(),
+        agent,
         data_dir: data_dir.to_path_buf(),
         log_retention: TimeDelta::days(30),
         upload_max_age: TimeDelta::days(1),
@@ -540,7 +544,7 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), RunIdPrefix::new("ka").unwrap()).await.unwrap();
     let hub = LogHub::new();
-    let janitor = janitor(&store, &hub, dir.path());
+    let janitor = janitor(&store, &hub, dir.path()).await;
     let done = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
     let claim = store.claim_next("w", TTL).await.unwrap().unwrap();
     store.finish(&done.id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
@@ -559,6 +563,18 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     let running = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
     let claim = store.claim_next("w", TTL).await.unwrap().unwrap();
     let mut rx = hub.subscribe(&running.id);
+    // Work directories as a crashed worker leaves them: an ended run's go, a running one's stay.
+    let work = dir.path().join("work");
+    let dirs = |run: &RunId| [work.join(format!("kiln-{run}")), work.join(format!("ctx-{run}"))];
+    for path in dirs(&done.id).iter().chain(&dirs(&running.id)) {
+        std::fs::create_dir_all(path.join("sub")).unwrap();
+    }
+    let sweep = janitor.sweep(now).await.unwrap();
+    let ended = dirs(&done.id).map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
+    assert_eq!(sweep.leftovers.work_dirs.len(), 2, "{sweep:?}");
+    assert!(ended.iter().all(|d| sweep.leftovers.work_dirs.contains(d)), "{sweep:?}");
+    assert!(dirs(&done.id).iter().all(|p| !p.exists()));
+    assert!(dirs(&running.id).iter().all(|p| p.exists()), "a running run's directories stay");
     let sweep = janitor.sweep(now).await.unwrap();
     assert_eq!(sweep, Sweep::default(), "nothing is due yet");
 
@@ -566,6 +582,7 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     assert_eq!(sweep.log_chunks_deleted, 1);
     assert!(store.read_log(&done.id, 0, 1 << 20).await.unwrap().is_empty());
     assert_eq!(sweep.expired_leases, vec![running.id.clone()]);
+    assert!(dirs(&running.id).iter().all(|p| !p.exists()), "a lost run's directories go");
     let after = store.get_run(&running.id).await.unwrap();
     assert_eq!(after.status, RunStatus::Error);
     assert!(after.epoch > claim.epoch);

@@ -17,7 +17,8 @@ pub struct BaseImage {
     pub registry: String,
     pub repository: String,
     pub tag: String,
-    /// Empty when the engine knows no registry digest for it.
+    /// Empty when the engine knows no registry digest for it (a local image ID cannot be
+    /// compared with what a registry reports, so it is not kept).
     pub digest: String,
 }
 
@@ -51,7 +52,7 @@ fn base_image(kind: &'static str, reference: &ImageReference) -> Option<BaseImag
         registry: reference.registry.clone(),
         repository: reference.repository.clone(),
         tag: reference.tag.clone(),
-        digest: reference.digest.clone(),
+        digest: reference.repo_digest().unwrap_or_default().to_string(),
     })
 }
 

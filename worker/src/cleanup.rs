@@ -3,22 +3,24 @@
 //! Every container, network and volume kiln creates carries `kiln.run=<run id>`
 //! ([`crate::names::RUN_LABEL`]). At the end of a run — success, failure, timeout or cancel —
 //! the run sweeps its own label, which also catches objects whose creation raced with an abort.
-//! [`sweep`] does the same for many runs at once: a worker that starts removes what a crashed
-//! predecessor left, and tests sweep only the runs they created.
+//! [`sweep`] does the same for many runs at once (tests sweep only the runs they created), and
+//! [`sweep_orphans`] removes what owners that are provably gone left ([`crate::owner`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use bollard::Docker;
 use bollard::query_parameters::{
     ListContainersOptions, ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions,
-    RemoveVolumeOptions,
+    RemoveImageOptions, RemoveVolumeOptions,
 };
 use futures_util::future::join_all;
 
 use crate::engine::Engine;
-use crate::names::{self, OWNER_LABEL, ROLE_LABEL, RUN_LABEL};
+use crate::names::RUN_LABEL;
+use crate::owner::{self, OWNER_LABEL, Verdict};
 use crate::plan::RunId;
-use crate::spare::SPARE_ROLE;
 
 /// What a sweep removed, by Docker name, and what it could not remove.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -37,7 +39,7 @@ impl SweepReport {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("listing {kind} labelled {RUN_LABEL} failed: {source}")]
+#[error("listing {kind} labelled by kiln failed: {source}")]
 pub struct CleanupError {
     kind: &'static str,
     #[source]
@@ -60,22 +62,36 @@ pub async fn sweep(
     sweep_label(engine.docker(), RUN_LABEL.to_string(), &by_run).await
 }
 
-/// Removes what runs of dead kiln processes on this host left behind (a crash, a `kill -9`):
-/// every object records its owner process ([`crate::names::OWNER_LABEL`]), so live runs of other
-/// processes sharing the engine are left alone. Spare run networks ([`crate::spare`]) of dead
-/// processes go too. What a worker does when it starts.
+/// Removes what kiln processes that died left behind (a crash, a `kill -9`), on any run or
+/// none (spare networks): every object names its owner instance ([`crate::owner`]), and only
+/// objects whose owner is provably gone are touched, so live runs of other processes sharing
+/// the engine, and objects whose owner cannot be judged, stay. Then the lock files of owners
+/// long gone ([`owner::FORGET_AFTER`]) in this process's own lock directory are deleted,
+/// unless objects of theirs remain.
+/// What a worker does when it starts, and the server's janitor does on every pass.
 pub async fn sweep_orphans(engine: &Engine) -> Result<SweepReport, CleanupError> {
+    // One verdict per owner and sweep; `Live` is kept even if the owner dies meanwhile, so
+    // its lock file is not deleted while objects of it might remain.
+    let verdicts: Mutex<HashMap<PathBuf, Verdict>> = Mutex::default();
     let orphaned = |labels: &HashMap<String, String>| {
-        labels.get(OWNER_LABEL).is_some_and(|owner| names::owner_is_gone(owner))
+        let Some(lock) = owner::lock_of(labels) else { return false };
+        let mut verdicts = verdicts.lock().unwrap_or_else(PoisonError::into_inner);
+        *verdicts.entry(lock).or_insert_with_key(|lock| owner::judge(lock)) == Verdict::Gone
     };
-    let mut report = sweep_label(engine.docker(), RUN_LABEL.to_string(), &orphaned).await?;
-    // Spare run networks carry no run label (their run was unknown when they were made).
-    let spares = format!("{ROLE_LABEL}={SPARE_ROLE}");
-    let more = sweep_label(engine.docker(), spares, &orphaned).await?;
-    report.containers.extend(more.containers);
-    report.networks.extend(more.networks);
-    report.volumes.extend(more.volumes);
-    report.errors.extend(more.errors);
+    let report = sweep_label(engine.docker(), OWNER_LABEL.to_string(), &orphaned).await?;
+    let verdicts = verdicts.into_inner().unwrap_or_else(PoisonError::into_inner);
+    if let Some(dir) = engine.owner().lock_path().parent() {
+        for lock in owner::forgettable_in(dir, std::time::SystemTime::now()) {
+            let forget = match verdicts.get(&lock) {
+                None => true,
+                Some(verdict) => *verdict == Verdict::Gone && report.is_clean(),
+            };
+            if forget {
+                // Another sweep may delete it first; a file that stays is judged again.
+                let _ = std::fs::remove_file(&lock);
+            }
+        }
+    }
     Ok(report)
 }
 
@@ -151,6 +167,40 @@ async fn sweep_label(
         record(&mut report.volumes, &mut report.errors, &volume.name, result);
     }
     Ok(report)
+}
+
+/// Removes the images a run built without a tag, unless something tagged them since (an
+/// identical build elsewhere gives the same image ID) or uses them; returns what failed.
+pub(crate) async fn remove_untagged(docker: &Docker, images: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for id in images {
+        let named = match docker.inspect_image(id).await {
+            Ok(image) => {
+                image.repo_tags.is_some_and(|t| !t.is_empty())
+                    || image.repo_digests.is_some_and(|d| !d.is_empty())
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("image {id}: {}", crate::image::engine_message(e)));
+                continue;
+            }
+        };
+        if named {
+            continue;
+        }
+        match docker.remove_image(id, None::<RemoveImageOptions>, None).await {
+            // Gone already, or in use by a container (an image cannot be removed under it).
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => {}
+            Err(e) => errors.push(format!("image {id}: {}", crate::image::engine_message(e))),
+        }
+    }
+    errors
 }
 
 /// Books one removal; "no such object" counts as removed (another sweep got there first).

@@ -20,7 +20,6 @@ use tokio::sync::Notify;
 
 use crate::build::{self, BuildRequest};
 use crate::event::{Event, Events, LogStream};
-use crate::names;
 use crate::plan::{Plan, PlanStep, StepId};
 use crate::push;
 use crate::workspace::CONTAINER_PATH;
@@ -42,6 +41,8 @@ pub(crate) struct Request<'a> {
     pub(crate) step: &'a PlanStep,
     /// The run workspace on the host (`/workspace` in step containers).
     pub(crate) workspace: &'a Path,
+    /// Where an untagged build's image ID is recorded for the run's teardown.
+    pub(crate) untagged: &'a Mutex<Vec<String>>,
 }
 
 /// Runs a build or push job. On success, returns the events describing its results
@@ -51,22 +52,26 @@ pub(crate) async fn run(
     request: &Request<'_>,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Vec<Event>, String> {
-    let Request { docker, plan, step, workspace } = *request;
+    let Request { docker, plan, step, workspace, untagged } = *request;
     match job {
         Job::Build { args } => {
             let working_dir = host_working_dir(workspace, step.working_directory.as_deref());
-            let labels = names::step_labels(&plan.run_id, &step.id);
             let build = BuildRequest {
                 step_id: step.id.as_str(),
                 args,
                 env: &step.env,
                 working_dir: &working_dir,
                 workspace,
-                labels: &labels,
                 credentials: &plan.credentials,
                 git_ssh: plan.git_ssh.as_ref(),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
+            if outcome.images.is_empty() {
+                untagged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(outcome.image_id.clone());
+            }
             let mut events: Vec<Event> = outcome
                 .images
                 .iter()

@@ -7,6 +7,8 @@
 
 use bollard::Docker;
 
+use crate::owner::{self, Owner, OwnerError};
+
 /// The oldest Engine API kiln is tested against (Docker 20.10); older engines lack pieces kiln
 /// relies on, and their failures would surface deep inside steps.
 pub const MIN_API_VERSION: (usize, usize) = (1, 41);
@@ -20,6 +22,8 @@ pub struct Engine {
     docker: Docker,
     host: String,
     api_version: String,
+    /// This process, as the owner of every object created through this engine.
+    owner: &'static Owner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,8 @@ pub enum EngineError {
         MIN_API_VERSION.1
     )]
     TooOld { host: String, found: String },
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
 }
 
 impl Engine {
@@ -59,7 +65,10 @@ impl Engine {
     }
 
     /// Connects to an explicit host (`unix:///var/run/docker.sock`, `tcp://127.0.0.1:2375`).
+    /// The process's owner instance is claimed first ([`owner::claim`], in
+    /// [`owner::default_dir`] unless the process claimed one elsewhere already).
     pub async fn connect_to(host: &str) -> Result<Engine, EngineError> {
+        let owner = owner::claim(&owner::default_dir())?;
         let docker = Docker::connect_with_host(host).map_err(|source| match source {
             // bollard checks that a unix socket exists before any request: no socket is the
             // commonest form of "no engine running".
@@ -77,7 +86,7 @@ impl Engine {
         if (version.major_version, version.minor_version) < MIN_API_VERSION {
             return Err(EngineError::TooOld { host: host.to_string(), found: api_version });
         }
-        Ok(Engine { docker, host: host.to_string(), api_version })
+        Ok(Engine { docker, host: host.to_string(), api_version, owner })
     }
 
     /// The bollard client, already speaking the negotiated version.
@@ -92,5 +101,10 @@ impl Engine {
     /// The negotiated Engine API version, e.g. `1.41`; never newer than bollard's own.
     pub fn api_version(&self) -> &str {
         &self.api_version
+    }
+
+    /// The owner instance labelled on every object this engine handle creates.
+    pub fn owner(&self) -> &'static Owner {
+        self.owner
     }
 }

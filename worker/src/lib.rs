@@ -19,6 +19,7 @@
 //! | [`workspace`] | the run's `/workspace` directory |
 //! | [`spare`] | run networks created ahead of their run |
 //! | [`cleanup`] | removing what runs left, by label |
+//! | [`owner`] | which process owns engine objects, and whether it is gone |
 //! | [`names`] | engine object names and labels |
 //! | `ports` | `ports`/`expose` syntax |
 //! | [`build`] | build steps: arguments, context, `.dockerignore`, Dockerfile scan, remote contexts |
@@ -39,6 +40,7 @@ mod image;
 pub mod image_ref;
 pub mod mask;
 pub mod names;
+pub mod owner;
 pub mod plan;
 mod ports;
 pub mod push;

@@ -5,10 +5,13 @@
 //! (reference §9 item 20), so two runs cannot share a daemon. kiln prefixes every name with the
 //! run ID and numbers a step's containers, so concurrent runs of the same plan, and retries or
 //! repetitions of a `keep`/`detach` step (item 12), never collide. Labels, not names, are what
-//! cleanup trusts: a name can be sanitised, a label carries the exact ID.
+//! cleanup trusts: a name can be sanitised, a label carries the exact ID. Objects also carry
+//! their owner's labels ([`crate::owner`]). Images a build produces carry none of them: they
+//! are the user's, exactly as the Dockerfile describes them.
 
 use std::collections::HashMap;
 
+use crate::owner::Owner;
 use crate::plan::{RunId, StepId};
 
 /// Label carrying the run ID on every container, network and volume kiln creates.
@@ -18,33 +21,6 @@ pub const STEP_LABEL: &str = "kiln.step";
 /// Label marking short-lived helper containers (secret-volume filling), so logs and sweeps can
 /// tell them from step containers.
 pub const ROLE_LABEL: &str = "kiln.role";
-/// The process that created an object, `<host>/<pid>`, so a later worker can tell a crashed
-/// run's leftovers from a live run of another process on the same engine.
-pub const OWNER_LABEL: &str = "kiln.owner";
-
-/// This process as an owner: `<host>/<pid>`.
-pub(crate) fn owner() -> &'static str {
-    static OWNER: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("{}/{}", host_name(), std::process::id()));
-    &OWNER
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Whether `owner` names a process of this host that no longer runs. Owners on other hosts, or
-/// unreadable ones, are never judged gone: removing a live run would be worse than a leftover.
-pub(crate) fn owner_is_gone(owner: &str) -> bool {
-    let Some((host, pid)) = owner.rsplit_once('/') else { return false };
-    let Ok(pid) = pid.parse::<u32>() else { return false };
-    host == host_name()
-        && pid != std::process::id()
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// The network a run creates for itself when the plan declares no default network.
 pub(crate) fn run_network(run: &RunId) -> String {
     format!("kiln-{}", component(run.as_str()))
@@ -72,24 +48,30 @@ pub(crate) fn secret_helper(run: &RunId, volume: &str) -> String {
 
 /// The run's workspace directory under the caller's workspace root.
 pub(crate) fn workspace_dir(run: &RunId) -> String {
-    format!("kiln-{}", component(run.as_str()))
+    format!("{WORKSPACE_PREFIX}{}", component(run.as_str()))
 }
 
+/// The run a workspace directory named `dir` belongs to, for run IDs that are kept verbatim in
+/// names (a sanitised one yields an ID no store knows). `None` for other names.
+pub fn workspace_run(dir: &str) -> Option<RunId> {
+    let id = dir.strip_prefix(WORKSPACE_PREFIX)?;
+    (!id.is_empty() && component(id) == id).then(|| RunId::new(id))
+}
+
+const WORKSPACE_PREFIX: &str = "kiln-";
+
 /// Labels of a run-wide object (network, volume).
-pub(crate) fn run_labels(run: &RunId) -> HashMap<String, String> {
-    HashMap::from([
-        (RUN_LABEL.to_string(), run.to_string()),
-        (OWNER_LABEL.to_string(), owner().to_string()),
-    ])
+pub(crate) fn run_labels(run: &RunId, owner: &Owner) -> HashMap<String, String> {
+    let mut labels = HashMap::from(owner.labels());
+    labels.insert(RUN_LABEL.to_string(), run.to_string());
+    labels
 }
 
 /// Labels of a step's container.
-pub(crate) fn step_labels(run: &RunId, step: &StepId) -> HashMap<String, String> {
-    HashMap::from([
-        (RUN_LABEL.to_string(), run.to_string()),
-        (STEP_LABEL.to_string(), step.to_string()),
-        (OWNER_LABEL.to_string(), owner().to_string()),
-    ])
+pub(crate) fn step_labels(run: &RunId, step: &StepId, owner: &Owner) -> HashMap<String, String> {
+    let mut labels = run_labels(run, owner);
+    labels.insert(STEP_LABEL.to_string(), step.to_string());
+    labels
 }
 
 /// Makes `raw` usable inside a Docker object name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
@@ -140,6 +122,15 @@ mod tests {
     }
 
     #[test]
+    fn workspace_names_give_back_their_run() {
+        let run = RunId::new("ka12");
+        assert_eq!(workspace_run(&workspace_dir(&run)), Some(run));
+        assert_eq!(workspace_run("ctx-ka12"), None);
+        assert_eq!(workspace_run("kiln-"), None);
+        assert_eq!(workspace_run("kiln-a:b"), None);
+    }
+
+    #[test]
     fn empty_component_still_yields_a_valid_name() {
         assert!(component("").starts_with('_'));
         assert_eq!(component("").len(), 9);
@@ -147,22 +138,12 @@ mod tests {
 
     #[test]
     fn labels_carry_exact_ids() {
-        let labels = step_labels(&RunId::new("r 1"), &StepId::new("a/b"));
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Owner::create(dir.path()).unwrap();
+        let labels = step_labels(&RunId::new("r 1"), &StepId::new("a/b"), &owner);
         assert_eq!(labels[RUN_LABEL], "r 1");
         assert_eq!(labels[STEP_LABEL], "a/b");
-        assert_eq!(labels[OWNER_LABEL], format!("{}/{}", host_name(), std::process::id()));
-        assert_eq!(run_labels(&RunId::new("r")).len(), 2);
-    }
-
-    #[test]
-    fn only_dead_processes_of_this_host_are_gone() {
-        assert!(!owner_is_gone(owner()));
-        assert!(!owner_is_gone(&format!("{}/1", host_name())), "pid 1 always runs");
-        assert!(!owner_is_gone("another-host/999999999"));
-        assert!(!owner_is_gone("garbage"));
-        let mut child = std::process::Command::new("true").spawn().expect("true");
-        let pid = child.id();
-        child.wait().expect("wait");
-        assert!(owner_is_gone(&format!("{}/{pid}", host_name())));
+        assert_eq!(labels[crate::owner::OWNER_LABEL], owner.id());
+        assert_eq!(run_labels(&RunId::new("r"), &owner).len(), 3);
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -27,6 +28,7 @@ use crate::event::{Event, Events, RunStatus, StepStatus};
 use crate::image::{self, engine_message};
 use crate::mask::Secrets;
 use crate::names;
+use crate::owner::Owner;
 use crate::plan::{Plan, PlanStep, RunId, StepId};
 use crate::schedule::Schedule;
 use crate::spare::{self, SpareNetwork};
@@ -92,6 +94,8 @@ pub struct StepSummary {
 /// What every step of a run shares.
 pub(crate) struct RunContext<'a> {
     pub(crate) docker: &'a Docker,
+    /// Labelled on everything the run creates.
+    pub(crate) owner: &'static Owner,
     pub(crate) plan: &'a Plan,
     pub(crate) events: Events,
     pub(crate) workspace: &'a Workspace,
@@ -102,6 +106,9 @@ pub(crate) struct RunContext<'a> {
     default_network: String,
     /// Container removals running off the steps' critical path; awaited before teardown.
     pub(crate) removals: TaskTracker,
+    /// IDs of images built without a tag: nothing can name them after the run, so its
+    /// teardown removes them (images carry no run label to find them by).
+    pub(crate) untagged: &'a Mutex<Vec<String>>,
 }
 
 impl RunContext<'_> {
@@ -133,26 +140,30 @@ pub async fn execute(
     events.send(Event::RunStarted { run_id: run_id.clone() }).await;
 
     let mut outcomes: Vec<Option<StepOutcome>> = vec![None; plan.steps.len()];
-    let (status, error, workspace) = match prepare(docker, plan, &options, &events).await {
-        Err(message) => (RunStatus::Error, Some(message), None),
-        Ok(prepared) => {
-            let ctx = RunContext {
-                docker,
-                plan,
-                events: events.clone(),
-                workspace: &prepared.workspace,
-                volumes: SecretVolumes::new(run_id, &plan.volumes),
-                networks: prepared.networks,
-                default_network: prepared.default_network,
-                removals: TaskTracker::new(),
-            };
-            let (status, error) =
-                drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
-            ctx.removals.close();
-            ctx.removals.wait().await;
-            (status, error, Some(prepared.workspace))
-        }
-    };
+    let untagged = Mutex::new(Vec::new());
+    let (status, error, workspace) =
+        match prepare(docker, engine.owner(), plan, &options, &events).await {
+            Err(message) => (RunStatus::Error, Some(message), None),
+            Ok(prepared) => {
+                let ctx = RunContext {
+                    docker,
+                    owner: engine.owner(),
+                    plan,
+                    events: events.clone(),
+                    workspace: &prepared.workspace,
+                    volumes: SecretVolumes::new(run_id, engine.owner(), &plan.volumes),
+                    networks: prepared.networks,
+                    default_network: prepared.default_network,
+                    removals: TaskTracker::new(),
+                    untagged: &untagged,
+                };
+                let (status, error) =
+                    drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
+                ctx.removals.close();
+                ctx.removals.wait().await;
+                (status, error, Some(prepared.workspace))
+            }
+        };
 
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (step, outcome) in plan.steps.iter().zip(outcomes) {
@@ -203,6 +214,11 @@ pub async fn execute(
 
     // Containers first: detached ones may still be writing into the workspace.
     let mut cleanup_errors = tear_down(docker, run_id, options.network.as_ref(), &events).await;
+    let untagged = untagged.into_inner().unwrap_or_else(PoisonError::into_inner);
+    for error in cleanup::remove_untagged(docker, &untagged).await {
+        events.system(None, format!("Warning: cleanup could not remove {error}")).await;
+        cleanup_errors.push(error);
+    }
     if let Some(workspace) = workspace
         && let Err(e) = workspace.remove().await
     {
@@ -234,6 +250,7 @@ struct Prepared {
 /// was created before one is removed by the run's teardown.
 async fn prepare(
     docker: &Docker,
+    owner: &Owner,
     plan: &Plan,
     options: &RunOptions,
     events: &Events,
@@ -248,7 +265,7 @@ async fn prepare(
     // Independent of each other, and the network is an engine round trip: overlap them.
     let (workspace, networks) = tokio::join!(
         Workspace::create(&options.workspace_root, &plan.run_id, options.context_dir.as_deref()),
-        create_networks(docker, plan, options.network.as_ref(), events),
+        create_networks(docker, owner, plan, options.network.as_ref(), events),
     );
     // Networks that were created are removed by the teardown (by label, or by name for a
     // handed-over one); a workspace that was created is removed here.
@@ -272,6 +289,7 @@ async fn prepare(
 /// §9 item 11): they still get the run network.
 async fn create_networks(
     docker: &Docker,
+    owner: &Owner,
     plan: &Plan,
     spare: Option<&SpareNetwork>,
     events: &Events,
@@ -284,7 +302,8 @@ async fn create_networks(
         } else {
             let name = names::declared_network(&plan.run_id, &declared.name);
             let driver = declared.driver.clone().unwrap_or_else(|| "bridge".into());
-            create_network(docker, &plan.run_id, &name, &driver, declared.ipv6, events).await?;
+            create_network(docker, owner, &plan.run_id, &name, &driver, declared.ipv6, events)
+                .await?;
             name
         };
         if declared.is_default {
@@ -302,7 +321,7 @@ async fn create_networks(
         }
         (None, None) => {
             let name = names::run_network(&plan.run_id);
-            create_network(docker, &plan.run_id, &name, "bridge", false, events).await?;
+            create_network(docker, owner, &plan.run_id, &name, "bridge", false, events).await?;
             name
         }
     };
@@ -311,6 +330,7 @@ async fn create_networks(
 
 async fn create_network(
     docker: &Docker,
+    owner: &Owner,
     run: &RunId,
     name: &str,
     driver: &str,
@@ -323,7 +343,7 @@ async fn create_network(
             name: name.to_string(),
             driver: Some(driver.to_string()),
             enable_ipv6: ipv6.then_some(true),
-            labels: Some(names::run_labels(run)),
+            labels: Some(names::run_labels(run, owner)),
             ..Default::default()
         })
         .await

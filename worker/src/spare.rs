@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::Engine;
 use crate::image::engine_message;
-use crate::names::{self, OWNER_LABEL, ROLE_LABEL};
+use crate::names::ROLE_LABEL;
 
 /// [`ROLE_LABEL`] value of a network created as a spare.
 pub const SPARE_ROLE: &str = "run-network";
@@ -43,10 +43,8 @@ impl SpareNetwork {
     /// Creates a fresh spare network with a name unique to this process.
     pub async fn create(engine: &Engine) -> Result<SpareNetwork, SpareError> {
         let name = next_name();
-        let labels = HashMap::from([
-            (OWNER_LABEL.to_string(), names::owner().to_string()),
-            (ROLE_LABEL.to_string(), SPARE_ROLE.to_string()),
-        ]);
+        let mut labels = HashMap::from(engine.owner().labels());
+        labels.insert(ROLE_LABEL.to_string(), SPARE_ROLE.to_string());
         engine
             .docker()
             .create_network(NetworkCreateRequest {

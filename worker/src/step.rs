@@ -355,7 +355,13 @@ async fn run_container(
     }
     let body = container::create_body(
         step,
-        Setup { image, args, labels: names::step_labels(&ctx.plan.run_id, id), binds, network },
+        Setup {
+            image,
+            args,
+            labels: names::step_labels(&ctx.plan.run_id, id, ctx.owner),
+            binds,
+            network,
+        },
     )
     .map_err(|e| Failure::new(e.to_string()))?;
     let name = names::step_container(&ctx.plan.run_id, id, attempt.number);
@@ -404,8 +410,13 @@ async fn run_delegated(
     attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
     let stop = attempt.stop;
-    let request =
-        Request { docker: ctx.docker, plan: ctx.plan, step, workspace: ctx.workspace.host_dir() };
+    let request = Request {
+        docker: ctx.docker,
+        plan: ctx.plan,
+        step,
+        workspace: ctx.workspace.host_dir(),
+        untagged: ctx.untagged,
+    };
     let pipe = LogPipe::default();
     let watch = Mutex::new(&mut *attempt.watch);
     let log = |bytes: &[u8]| {

@@ -25,6 +25,7 @@ use tokio::sync::OnceCell;
 
 use crate::image::engine_message;
 use crate::names;
+use crate::owner::Owner;
 use crate::plan::{RunId, SecretVolume};
 
 /// Where the helper container mounts the volume while it is filled.
@@ -49,13 +50,15 @@ pub enum VolumeError {
 #[derive(Debug)]
 pub(crate) struct SecretVolumes {
     run: RunId,
+    owner: &'static Owner,
     volumes: HashMap<String, (SecretVolume, OnceCell<String>)>,
 }
 
 impl SecretVolumes {
-    pub(crate) fn new(run: &RunId, volumes: &[SecretVolume]) -> Self {
+    pub(crate) fn new(run: &RunId, owner: &'static Owner, volumes: &[SecretVolume]) -> Self {
         SecretVolumes {
             run: run.clone(),
+            owner,
             volumes: volumes
                 .iter()
                 .map(|v| (v.name.clone(), (v.clone(), OnceCell::new())))
@@ -73,13 +76,16 @@ impl SecretVolumes {
     ) -> Result<&str, VolumeError> {
         let (spec, cell) =
             self.volumes.get(name).ok_or_else(|| VolumeError::Unknown(name.to_string()))?;
-        cell.get_or_try_init(|| fill(docker, &self.run, spec, image)).await.map(String::as_str)
+        cell.get_or_try_init(|| fill(docker, &self.run, self.owner, spec, image))
+            .await
+            .map(String::as_str)
     }
 }
 
 async fn fill(
     docker: &Docker,
     run: &RunId,
+    owner: &Owner,
     spec: &SecretVolume,
     image: &str,
 ) -> Result<String, VolumeError> {
@@ -92,14 +98,14 @@ async fn fill(
     docker
         .create_volume(VolumeCreateRequest {
             name: Some(volume.clone()),
-            labels: Some(names::run_labels(run)),
+            labels: Some(names::run_labels(run, owner)),
             ..Default::default()
         })
         .await
         .map_err(engine_err)?;
 
     let helper = names::secret_helper(run, &spec.name);
-    let mut labels = names::run_labels(run);
+    let mut labels = names::run_labels(run, owner);
     labels.insert(names::ROLE_LABEL.to_string(), "secret-fill".to_string());
     docker
         .create_container(

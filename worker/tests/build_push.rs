@@ -16,10 +16,10 @@ use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions,
+    RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
-use kiln_worker::build::{self, BuildError, BuildOutcome, BuildRequest};
+use kiln_worker::build::{self, BuildError, BuildOutcome, BuildRequest, DigestKind};
 use kiln_worker::plan::{EnvVar, RegistryCredential};
 use kiln_worker::push::{self, PushError};
 
@@ -113,8 +113,13 @@ async fn run_build(
     env: &[EnvVar],
     credentials: &[RegistryCredential],
 ) -> (Result<BuildOutcome, BuildError>, String) {
-    let args: Vec<String> = args.split_whitespace().map(str::to_string).collect();
-    let labels = HashMap::from([(TEST_LABEL.to_string(), test.to_string())]);
+    // The test's label goes in as the user's own `--label`: kiln adds none.
+    let label = format!("{TEST_LABEL}={test}");
+    let args: Vec<String> = ["--label", &label]
+        .into_iter()
+        .chain(args.split_whitespace())
+        .map(str::to_string)
+        .collect();
     let log = Log::default();
     let sink = log.sink();
     let req = BuildRequest {
@@ -123,7 +128,6 @@ async fn run_build(
         env,
         working_dir: ws,
         workspace: ws,
-        labels: &labels,
         credentials,
         git_ssh: None,
     };
@@ -249,8 +253,8 @@ async fn local_context_with_ignore_rules_target_and_outside_dockerfile() {
     let labels =
         docker.inspect_image(&tag).await.unwrap().config.and_then(|c| c.labels).unwrap_or_default();
     assert_eq!(labels.get("team").map(String::as_str), Some("kiln"));
-    assert_eq!(labels.get(build::STEP_LABEL).map(String::as_str), Some("build"));
     assert_eq!(labels.get(TEST_LABEL), Some(&test));
+    assert!(!labels.keys().any(|k| k.starts_with("kiln.") && k != TEST_LABEL), "{labels:?}");
 
     let [dep] = outcome.dependencies.as_slice() else { panic!("{:?}", outcome.dependencies) };
     let image = dep.image.as_ref().unwrap();
@@ -382,6 +386,30 @@ async fn push_and_pull_with_credentials() {
     assert_eq!(runtime.registry, env.auth_registry);
     assert_eq!(runtime.repository, "kiln-test/push");
     assert_eq!(runtime.digest, auth_digest, "digest from the engine's RepoDigests");
+    assert_eq!(runtime.digest_kind, Some(DigestKind::RepoDigest));
+    let base = outcome.image_id.clone();
+
+    // A base image only this engine has (built here, never pushed): its image ID, said so.
+    let ws = workspace();
+    let local_tag = format!("kiln-test/local-base:{test}");
+    docker
+        .tag_image(&base, Some(TagImageOptions { repo: Some(local_tag.clone()), tag: None }))
+        .await
+        .expect("tag");
+    write(&ws.root.join("Dockerfile"), &format!("FROM {local_tag}\nRUN cat /id\n"));
+    let (result, log) = run_build(&docker, &test, &ws.root, ".", &[], &[]).await;
+    let outcome = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let runtime = outcome.dependencies[0].runtime.clone().unwrap();
+    assert_eq!(runtime.repository, "kiln-test/local-base");
+    assert_eq!(
+        (runtime.digest.as_str(), runtime.digest_kind),
+        (base.as_str(), Some(DigestKind::ImageId))
+    );
+    let json = build::report_json(&outcome.dependencies);
+    assert!(
+        json.contains(&format!("\"digest\":\"{base}\",\"digest-kind\":\"image-id\"")),
+        "{json}"
+    );
     cleanup(&docker, &test).await;
 }
 

@@ -7,10 +7,10 @@ mod common;
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest, VolumeCreateRequest};
-use bollard::query_parameters::CreateContainerOptions;
+use bollard::query_parameters::{CreateContainerOptions, RemoveImageOptions};
 use common::*;
+use kiln_worker::names::ROLE_LABEL;
 use kiln_worker::names::RUN_LABEL;
-use kiln_worker::names::{OWNER_LABEL, ROLE_LABEL};
 use kiln_worker::plan::{Action, Network, RunId, StepId};
 use kiln_worker::spare::SPARE_ROLE;
 use kiln_worker::{
@@ -193,19 +193,15 @@ async fn an_unused_spare_network_is_removed_with_the_run() {
     assert!(!network_exists(&engine, net.name()).await);
 }
 
-/// Spare networks of a dead process are swept; those of live processes are not.
+/// Spare networks of a gone owner are swept (even though its PID runs: the lock decides);
+/// those of live processes are not.
 #[tokio::test]
 async fn orphaned_spare_networks_are_swept() {
     let engine = engine().await;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
-    let mut child = std::process::Command::new("true").spawn().expect("true");
-    let dead = child.id();
-    child.wait().expect("wait");
+    let owners = tempfile::tempdir().expect("tempdir");
     let orphan = format!("kiln-spare-test-orphan-{}", std::process::id());
-    let labels = HashMap::from([
-        (OWNER_LABEL.to_string(), format!("{}/{dead}", host.trim())),
-        (ROLE_LABEL.to_string(), SPARE_ROLE.to_string()),
-    ]);
+    let mut labels = gone_owner(owners.path(), "spare");
+    labels.insert(ROLE_LABEL.to_string(), SPARE_ROLE.to_string());
     engine
         .docker()
         .create_network(NetworkCreateRequest {
@@ -465,4 +461,74 @@ async fn leave_behind(engine: &Engine, run: &RunId) {
         .await
         .expect("container");
     docker.start_container(&name, None).await.expect("start");
+}
+
+/// Builds are reproducible: the same context built by two runs gives one image ID, whose labels
+/// are only its base image's and the Dockerfile's, and whose log counts the Dockerfile's own
+/// instructions. An untagged build's image is removed at the end of its run.
+#[tokio::test]
+async fn the_same_context_builds_the_same_image_in_every_run() {
+    let engine = engine().await;
+    let docker = engine.docker();
+    let context = tempfile::tempdir().expect("context");
+    let dockerfile = format!(
+        "FROM {}\nLABEL team=kiln\nCOPY hello.txt /hello.txt\nENV GREETING=hi\nCMD [\"cat\", \"/hello.txt\"]\n",
+        image()
+    );
+    std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    // Unique per test process, so no other build shares the image ID.
+    std::fs::write(context.path().join("hello.txt"), run_id("repro").as_str()).expect("file");
+    let tag = format!("kiln-worker-test/{}", run_id("repro").as_str().to_lowercase());
+
+    let build = |args: &[&str]| {
+        let mut step = sh("build", "unused");
+        step.action = Action::Build { args: args.iter().map(|a| a.to_string()).collect() };
+        step
+    };
+    let base = docker.inspect_image(&image()).await.expect("base image");
+    let mut expected = base.config.and_then(|c| c.labels).unwrap_or_default();
+    expected.insert("team".to_string(), "kiln".to_string());
+    let run_build = |name: String, args: Vec<String>| {
+        let dir = context.path().to_path_buf();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let plan = plan(&run_id(&name), vec![build(&args)]);
+        let engine = &engine;
+        async move {
+            let done = start_with(engine, plan, |o| o.context_dir = Some(dir)).finish(engine).await;
+            assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+            assert!(done.summary.cleanup_errors.is_empty(), "{:?}", done.summary.cleanup_errors);
+            let log = done.stdout("build");
+            assert!(log.contains("Step 1/5 : FROM"), "five instructions, five steps:\n{log}");
+            let built = log.lines().find_map(|l| l.strip_prefix("Successfully built "));
+            built.expect("image id").trim().to_string()
+        }
+    };
+    let tags = [format!("{tag}:1"), format!("{tag}:2")];
+    let mut ids = Vec::new();
+    for (n, tagged) in tags.iter().enumerate() {
+        run_build(format!("repro{n}"), vec!["-t".into(), tagged.clone(), ".".into()]).await;
+        let inspect = docker.inspect_image(tagged).await.expect("built image");
+        ids.push(inspect.id.clone().expect("id"));
+        let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+        assert_eq!(labels, expected, "only the base image's and the Dockerfile's labels");
+    }
+    assert_eq!(ids[0], ids[1], "one context, one image");
+    // Untagged, the same build is the same image: tagged by others, it stays.
+    run_build("repro-same".into(), vec![".".into()]).await;
+    assert!(docker.inspect_image(&ids[0]).await.is_ok(), "a tagged image was removed");
+    for tagged in &tags {
+        docker.remove_image(tagged, None::<RemoveImageOptions>, None).await.expect("untag");
+    }
+
+    // An untagged build of its own is only the run's, and goes with it.
+    std::fs::write(context.path().join("hello.txt"), run_id("untagged").as_str()).expect("file");
+    let built = run_build("repro-untagged".into(), vec![".".into()]).await;
+    let gone = docker.inspect_image(&built).await;
+    assert!(
+        matches!(
+            gone,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+        ),
+        "{gone:?}"
+    );
 }

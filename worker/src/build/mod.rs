@@ -30,7 +30,9 @@ use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 
-pub use report::{Dependency, GitReference, ImageReference, fill_pushed_digests, report_json};
+pub use report::{
+    Dependency, DigestKind, GitReference, ImageReference, fill_pushed_digests, report_json,
+};
 
 use crate::auth;
 use crate::image_ref::ImageRef;
@@ -39,8 +41,6 @@ use crate::push::engine_message;
 
 /// Where ACR mounts the shared run volume; absolute paths under it name workspace paths.
 const ACR_WORKSPACE: &str = "/workspace";
-/// Label kiln puts on every image it builds, with the step id as value, so images can be found.
-pub const STEP_LABEL: &str = "kiln.step";
 
 /// One build step, as the run executes it.
 pub struct BuildRequest<'a> {
@@ -53,9 +53,6 @@ pub struct BuildRequest<'a> {
     pub working_dir: &'a Path,
     /// Host path of the run workspace (the shared volume).
     pub workspace: &'a Path,
-    /// Labels for the image (e.g. the run id), added after the step's own `--label`s and winning
-    /// over them, so the worker can always find its images.
-    pub labels: &'a HashMap<String, String>,
     pub credentials: &'a [RegistryCredential],
     /// The identity for an SSH git context.
     pub git_ssh: Option<&'a GitSsh>,
@@ -158,9 +155,9 @@ pub async fn run(
         log(format!("Warning: dependency scan: {warning}\n").as_bytes());
     }
 
-    let mut labels: HashMap<String, String> = args.labels.clone().into_iter().collect();
-    labels.insert(STEP_LABEL.to_string(), req.step_id.to_string());
-    labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Only the build's own `--label`s: anything kiln added would become part of the image
+    // config (a new image ID per run, kiln's details in published images, an extra step).
+    let labels: HashMap<String, String> = args.labels.clone().into_iter().collect();
     let options = BuildImageOptions {
         dockerfile: prepared.dockerfile_param().to_string(),
         extrahosts: args.add_hosts.first().cloned(),
@@ -174,7 +171,7 @@ pub async fn run(
         forcerm: args.force_rm || args.rm,
         buildargs: (!args.build_args.is_empty())
             .then(|| args.build_args.clone().into_iter().collect()),
-        labels: Some(labels),
+        labels: (!labels.is_empty()).then_some(labels),
         networkmode: args.network.clone(),
         platform: args.platform.clone().unwrap_or_default(),
         target: args.target.clone().unwrap_or_default(),
@@ -287,20 +284,25 @@ async fn dependencies(
 }
 
 /// The report entry for a base image, with the registry digest the engine recorded when it
-/// pulled it (`RepoDigests`); empty for images that never came from a registry.
+/// pulled it (`RepoDigests`), or for an image that never came from that registry (built or
+/// tagged locally) its image ID; empty only when the engine does not have it.
 async fn with_local_digest(docker: &Docker, image: &ImageRef) -> ImageReference {
     let mut reference = ImageReference::from_ref(image);
     if reference.digest.is_empty()
         && let Ok(inspect) = docker.inspect_image(&image.to_string()).await
     {
-        reference.digest = inspect
+        let repo_digest = inspect
             .repo_digests
             .unwrap_or_default()
             .iter()
             .filter_map(|d| ImageRef::parse(d).ok())
             .find(|d| d.same_repository(image))
-            .and_then(|d| d.digest)
-            .unwrap_or_default();
+            .and_then(|d| d.digest);
+        match (repo_digest, inspect.id) {
+            (Some(digest), _) => reference.set_digest(digest, DigestKind::RepoDigest),
+            (None, Some(id)) => reference.set_digest(id, DigestKind::ImageId),
+            (None, None) => {}
+        }
     }
     reference
 }
@@ -391,14 +393,12 @@ mod tests {
 
     #[test]
     fn download_dir_needs_a_plain_step_id() {
-        let labels = HashMap::new();
         let req = |step_id| BuildRequest {
             step_id,
             args: &[],
             env: &[],
             working_dir: Path::new("/w/app"),
             workspace: Path::new("/w"),
-            labels: &labels,
             credentials: &[],
             git_ssh: None,
         };

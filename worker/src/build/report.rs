@@ -5,12 +5,14 @@
 //! `digest` is always present (empty until known), `git` carries the head revision. Docker Hub
 //! images are reported as registry `registry.hub.docker.com`, repository `library/<name>` for
 //! official images, and `reference` is the image as written with `:latest` added when it has
-//! neither tag nor digest. One deliberate difference: an empty `buildtime-dependency` is `[]`, not
-//! ACR's `null` (Go's nil slice); `null` is still accepted when reading.
+//! neither tag nor digest. Deliberate differences: an empty `buildtime-dependency` is `[]`, not
+//! ACR's `null` (Go's nil slice; `null` is still accepted when reading), and a known digest
+//! comes with its kind: `repo-digest` (a registry's manifest digest) or `image-id` (a base
+//! image only the engine has, e.g. built by an earlier step, identified by its local ID).
 //!
 //! Two spellings of the same keys: serde's are the API's camelCase (`runtimeDependency`,
-//! `buildtimeDependency`, `gitHeadRevision`); the line printed in the log, which the run also
-//! stores, keeps ACR's kebab-case ([`report_json`]). Reading accepts both.
+//! `buildtimeDependency`, `gitHeadRevision`, `digestKind`); the line printed in the log, which
+//! the run also stores, keeps ACR's kebab-case ([`report_json`]). Reading accepts both.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -43,10 +45,28 @@ pub struct ImageReference {
     pub repository: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tag: String,
-    /// `sha256:…`, or empty when not known (not pushed, or no registry digest locally).
+    /// `sha256:…`, or empty when not known (not pushed yet, or not on the engine).
     #[serde(default)]
     pub digest: String,
+    /// What `digest` is; `None` when it is empty.
+    #[serde(
+        rename = "digestKind",
+        alias = "digest-kind",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub digest_kind: Option<DigestKind>,
     pub reference: String,
+}
+
+/// What an image's digest identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DigestKind {
+    /// The manifest digest a registry knows the image by (`repo@sha256:…` pulls it).
+    RepoDigest,
+    /// The engine's local image ID: the image never came from or went to a registry.
+    ImageId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -73,8 +93,22 @@ impl ImageReference {
                 (None, false) => String::new(),
             },
             digest: image.digest.clone().unwrap_or_default(),
+            digest_kind: image.digest.is_some().then_some(DigestKind::RepoDigest),
             reference,
         }
+    }
+
+    /// Sets the digest and its kind (none for an empty digest).
+    pub fn set_digest(&mut self, digest: String, kind: DigestKind) {
+        self.digest_kind = (!digest.is_empty()).then_some(kind);
+        self.digest = digest;
+    }
+
+    /// The digest if it is a registry's (what a registry's notifications and tags compare
+    /// with). Reports from before `digest-kind` existed only had registry digests.
+    pub fn repo_digest(&self) -> Option<&str> {
+        let local = self.digest_kind == Some(DigestKind::ImageId);
+        (!local && !self.digest.is_empty()).then_some(self.digest.as_str())
     }
 
     /// Whether `image` (as a push step or `-t` names it) is this image.
@@ -95,7 +129,7 @@ impl Dependency {
     /// The same entry with the built image's registry digest (known after a push).
     pub fn with_digest(mut self, digest: impl Into<String>) -> Self {
         if let Some(image) = &mut self.image {
-            image.digest = digest.into();
+            image.set_digest(digest.into(), DigestKind::RepoDigest);
         }
         self
     }
@@ -107,7 +141,7 @@ pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
         if let Some(image) = &mut dep.image
             && let Some(p) = pushed.iter().find(|p| image.is(&p.image))
         {
-            image.digest = p.digest.clone();
+            image.set_digest(p.digest.clone(), DigestKind::RepoDigest);
         }
     }
 }
@@ -123,13 +157,38 @@ pub fn report_json(deps: &[Dependency]) -> String {
 /// An entry as ACR prints it: the same fields in the same order, ACR's keys.
 #[derive(Serialize)]
 struct Printed<'a> {
-    image: &'a Option<ImageReference>,
+    image: Option<PrintedImage<'a>>,
     #[serde(rename = "runtime-dependency")]
-    runtime: &'a Option<ImageReference>,
+    runtime: Option<PrintedImage<'a>>,
     #[serde(rename = "buildtime-dependency")]
-    buildtime: &'a [ImageReference],
+    buildtime: Vec<PrintedImage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     git: Option<PrintedGit<'a>>,
+}
+
+#[derive(Serialize)]
+struct PrintedImage<'a> {
+    registry: &'a str,
+    repository: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tag: &'a str,
+    digest: &'a str,
+    #[serde(rename = "digest-kind", skip_serializing_if = "Option::is_none")]
+    digest_kind: Option<DigestKind>,
+    reference: &'a str,
+}
+
+impl<'a> From<&'a ImageReference> for PrintedImage<'a> {
+    fn from(i: &'a ImageReference) -> Self {
+        PrintedImage {
+            registry: &i.registry,
+            repository: &i.repository,
+            tag: &i.tag,
+            digest: &i.digest,
+            digest_kind: i.digest_kind,
+            reference: &i.reference,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -141,9 +200,9 @@ struct PrintedGit<'a> {
 impl<'a> From<&'a Dependency> for Printed<'a> {
     fn from(d: &'a Dependency) -> Self {
         Printed {
-            image: &d.image,
-            runtime: &d.runtime,
-            buildtime: &d.buildtime,
+            image: d.image.as_ref().map(PrintedImage::from),
+            runtime: d.runtime.as_ref().map(PrintedImage::from),
+            buildtime: d.buildtime.iter().map(PrintedImage::from).collect(),
             git: d.git.as_ref().map(|g| PrintedGit { head_revision: &g.head_revision }),
         }
     }
@@ -175,6 +234,7 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         let r = reference(&format!("alpine@{digest}"));
         assert_eq!((r.tag.as_str(), r.digest.as_str()), ("", digest.as_str()));
+        assert_eq!(r.digest_kind, Some(DigestKind::RepoDigest));
         assert_eq!(r.reference, format!("alpine@{digest}"));
     }
 
@@ -190,7 +250,7 @@ mod tests {
         let json = report_json(std::slice::from_ref(&dep));
         assert_eq!(
             json,
-            r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
+            r#"[{"image":{"registry":"myreg.azurecr.io","repository":"app","tag":"ca1","digest":"sha256:1","digest-kind":"repo-digest","reference":"myreg.azurecr.io/app:ca1"},"runtime-dependency":{"registry":"registry.hub.docker.com","repository":"library/alpine","tag":"3.20","digest":"","reference":"alpine:3.20"},"buildtime-dependency":[{"registry":"registry.hub.docker.com","repository":"library/golang","tag":"1.22","digest":"","reference":"golang:1.22"}],"git":{"git-head-revision":"abc"}}]"#
         );
         let back: Vec<Dependency> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, std::slice::from_ref(&dep));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
 use kiln_worker::names::RUN_LABEL;
+use kiln_worker::owner::{OWNER_LABEL, OWNER_LOCK_LABEL};
 use kiln_worker::plan::{Action, Plan, PlanStep, RunId, StepId};
 use kiln_worker::{Engine, Event, LogStream, RunOptions, RunSummary, StepStatus, execute};
 use tokio::sync::mpsc;
@@ -39,6 +40,18 @@ pub fn image() -> String {
 pub async fn engine() -> Engine {
     let host = setting("DOCKER_HOST", kiln_worker::engine::DEFAULT_HOST);
     Engine::connect_to(&host).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Owner labels of an instance that is gone although its PID still runs, as for a zombie or a
+/// reused PID: its lock file in `dir` names this (live) test process, and nobody holds it.
+pub fn gone_owner(dir: &std::path::Path, name: &str) -> HashMap<String, String> {
+    let id = format!("{:x}{:x}", std::process::id(), name.bytes().map(u64::from).sum::<u64>());
+    let lock = dir.join(format!("kiln-owner-{id}.lock"));
+    std::fs::write(&lock, format!("pid {}\n", std::process::id())).expect("lock file");
+    HashMap::from([
+        (OWNER_LABEL.to_string(), id),
+        (OWNER_LOCK_LABEL.to_string(), lock.display().to_string()),
+    ])
 }
 
 /// A run ID unique to this test and this test process.

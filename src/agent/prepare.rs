@@ -36,6 +36,8 @@ pub(crate) enum PrepareError {
     MissingUpload { id: String },
     #[error("cannot extract upload {id}: {message}")]
     Extract { id: String, message: String },
+    #[error(transparent)]
+    TooLarge(#[from] uploads::ContextTooLarge),
     #[error("cannot fetch the source: {0}")]
     Fetch(#[from] remote::RemoteError),
     #[error("{url} is not a git or tarball URL")]
@@ -59,6 +61,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) default_registry: Option<&'a str>,
     pub(crate) images: &'a BTreeMap<String, String>,
     pub(crate) git_ssh: &'a GitSshFiles,
+    pub(crate) max_context: uploads::ContextLimit,
 }
 
 /// A run ready to execute.
@@ -108,7 +111,7 @@ pub(crate) async fn prepare(
                 .ok_or_else(|| PrepareError::MissingUpload { id: id.clone() })?;
             log.line("Downloading source code...");
             let dest = run_dir.join("context");
-            extract(archive, dest.clone(), id.clone()).await?;
+            extract(archive, dest.clone(), id.clone(), settings.max_context).await?;
             log.line("Finished downloading source code");
             Some(dest)
         }
@@ -133,6 +136,7 @@ pub(crate) async fn prepare(
                 log.line(line);
             }
             let fetched = fetched?;
+            check_size(&fetched.context_dir, settings.max_context).await?;
             log.line("Finished downloading source code");
             commit = fetched.commit.unwrap_or_default();
             Some(fetched.context_dir)
@@ -172,8 +176,24 @@ pub(crate) async fn prepare(
     }
 }
 
-/// Extracts an uploaded `.tar.gz` into `dest`, refusing entries that would land outside it.
-async fn extract(archive: PathBuf, dest: PathBuf, id: String) -> Result<(), PrepareError> {
+/// Refuses a fetched context whose files exceed `limit`.
+async fn check_size(dir: &Path, limit: uploads::ContextLimit) -> Result<(), PrepareError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || limit.check_dir(&dir))
+        .await
+        .map_err(|e| PrepareError::Task(e.to_string()))?
+        .map_err(|e| PrepareError::Task(format!("cannot measure the fetched context: {e}")))??;
+    Ok(())
+}
+
+/// Extracts an uploaded `.tar.gz` into `dest`, refusing entries that would land outside it
+/// and stopping before the unpacked files exceed `limit`.
+async fn extract(
+    archive: PathBuf,
+    dest: PathBuf,
+    id: String,
+    limit: uploads::ContextLimit,
+) -> Result<(), PrepareError> {
     let failed = {
         let id = id.clone();
         move |message: String| PrepareError::Extract { id: id.clone(), message }
@@ -185,8 +205,11 @@ async fn extract(archive: PathBuf, dest: PathBuf, id: String) -> Result<(), Prep
         let mut tar = tar::Archive::new(GzDecoder::new(io::BufReader::new(file)));
         tar.set_preserve_permissions(true);
         tar.set_overwrite(true);
+        let mut total: u64 = 0;
         for entry in tar.entries().map_err(|e| failed(e.to_string()))? {
             let mut entry = entry.map_err(|e| failed(e.to_string()))?;
+            total = total.saturating_add(entry.size());
+            limit.check(total)?;
             let path = entry.path().map_err(|e| failed(e.to_string()))?.into_owned();
             let inside =
                 path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));

@@ -8,12 +8,10 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 
+use crate::api::MAX_JSON_BYTES;
 use crate::uploads::ContextLimit;
 
 use super::error::ApiError;
-
-/// Largest JSON request body (a run request with its task file, a task definition).
-pub const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -54,7 +52,8 @@ pub fn check_upload(headers: &HeaderMap, max_bytes: u64) -> Result<(), ApiError>
     }
 }
 
-/// Middleware for the JSON routes: refuses a body that declares more than [`MAX_JSON_BYTES`].
+/// Middleware for the JSON routes: refuses a body that declares more than
+/// [`MAX_JSON_BYTES`].
 pub async fn json_body(request: Request, next: Next) -> Response {
     match declared_length(request.headers()) {
         Some(length) if length > MAX_JSON_BYTES as u64 => json_too_large().into_response(),

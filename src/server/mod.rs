@@ -120,7 +120,7 @@ pub fn router(state: AppState) -> Router {
             "/tasks/{name}/timers/{timer}",
             patch(tasks::update_timer).delete(tasks::remove_timer),
         )
-        .layer(DefaultBodyLimit::max(limits::MAX_JSON_BYTES))
+        .layer(DefaultBodyLimit::max(crate::api::MAX_JSON_BYTES))
         .route_layer(middleware::from_fn(limits::json_body));
     let protected = Router::new()
         .route(paths::UPLOADS, post(uploads::upload))

@@ -694,3 +694,37 @@ fn server_answers_carry_security_headers() {
     assert!(policy.contains(&format!("script-src 'sha256-{digest}'")), "{policy}");
     assert!(policy.contains("connect-src 'self'") && policy.contains("frame-ancestors 'none'"));
 }
+
+#[test]
+fn server_openapi_documents_the_answers_every_operation_can_give() {
+    let s = start();
+    let doc = answer(s.http.get(s.url("/openapi.json")).call().unwrap()).json();
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let statuses = |path: &str, method: &str| {
+        op(path, method)["responses"].as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+    };
+    for (path, method) in
+        [("/tasks/{name}/timers", "get"), ("/tasks/{name}/timers/{timer}", "delete")]
+    {
+        assert!(statuses(path, method).contains(&"401".to_string()), "{method} {path}");
+    }
+    assert!(!statuses("/healthz", "get").contains(&"401".to_string()), "public");
+    for (path, method) in
+        [("/runs", "post"), ("/tasks/{name}", "patch"), ("/tasks/{name}/timers", "post")]
+    {
+        let have = statuses(path, method);
+        for status in ["400", "401", "413", "415"] {
+            assert!(have.contains(&status.to_string()), "{method} {path}: {status} in {have:?}");
+        }
+    }
+    assert!(statuses("/runs", "get").contains(&"400".to_string()), "bad query values");
+    let upload = &op("/uploads", "post")["requestBody"]["content"]["application/octet-stream"];
+    let schema = upload["schema"]["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+    assert_eq!(doc["components"]["schemas"][schema]["format"], "binary", "{upload}");
+    let page = &op("/ui/runs/{id}", "get")["responses"]["200"]["content"];
+    assert!(page["text/html"].is_object(), "{page}");
+    let create = &doc["components"]["schemas"]["CreateTask"]["allOf"];
+    let name = &create.as_array().unwrap().iter().find(|s| s["properties"].is_object()).unwrap()["properties"]
+        ["name"];
+    assert_eq!(name["pattern"], "^[A-Za-z0-9_-]{1,50}$", "empty names are refused: {name}");
+}

@@ -24,7 +24,8 @@ use super::state::AppState;
 
 /// Store a context archive (`.tar.gz`).
 #[utoipa::path(post, path = "/uploads", tag = "uploads",
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "A .tar.gz"),
+    request_body(description = "A .tar.gz", content(
+        (ArchiveBytes = "application/gzip"), (ArchiveBytes = "application/octet-stream"))),
     responses(
         (status = 201, description = "Stored", body = Upload),
         (status = 400, description = "Not a complete .tar.gz", body = ErrorBody),
@@ -42,6 +43,23 @@ pub async fn upload(
             .await?;
     Ok((StatusCode::CREATED, Json(upload)))
 }
+
+/// The upload's body as the API document describes it: bytes (`format: binary`), which the
+/// server reads whatever the content type says.
+pub struct ArchiveBytes;
+
+impl utoipa::PartialSchema for ArchiveBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ArchiveBytes {}
 
 /// Removes the temporary file unless disarmed (every early return, including a dropped request).
 struct TempFile(Option<PathBuf>);

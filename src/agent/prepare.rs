@@ -42,8 +42,10 @@ pub(crate) enum PrepareError {
     Fetch(#[from] remote::RemoteError),
     #[error("{url} is not a git or tarball URL")]
     NotRemote { url: String },
-    #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: io::Error },
+    /// The run's context directory; its path (under the server's data directory) is the
+    /// operator's business, not the run's message.
+    #[error("cannot create the run's context directory: {source}")]
+    Dir { source: io::Error },
     #[error("the context extraction failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -199,8 +201,10 @@ async fn extract(
         move |message: String| PrepareError::Extract { id: id.clone(), message }
     };
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dest)
-            .map_err(|source| PrepareError::Dir { path: dest.clone(), source })?;
+        std::fs::create_dir_all(&dest).map_err(|source| {
+            tracing::error!("creating {} failed: {source}", dest.display());
+            PrepareError::Dir { source }
+        })?;
         let file = File::open(&archive).map_err(|_| PrepareError::MissingUpload { id })?;
         let mut tar = tar::Archive::new(GzDecoder::new(io::BufReader::new(file)));
         tar.set_preserve_permissions(true);

@@ -51,8 +51,10 @@ REGISTRY_PASSWORD=kiln-test-password
 # libssl-dev, pkg-config and zlib1g-dev: the worker's git2 (libgit2 with HTTPS and SSH) builds
 # against them. openssh-server: the tests' own sshd (and ssh-keygen, ssh-keyscan) for SSH git
 # remotes; its service is not started (policy-rc.d below), tests start sshd on free ports.
+# python3-venv: the venv schemathesis (the API fuzzer of tests/api_fuzz.rs) is installed into.
 PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
-  openssh-server)
+  openssh-server python3-venv)
+SCHEMATHESIS_VERSION=4.32.5
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer
 
@@ -148,6 +150,23 @@ install_packages() {
     log_tail apt 30
     die "apt-get failed (exit $rc)"
   fi
+}
+
+# schemathesis from PyPI into $STATE_DIR/schemathesis (a venv), unless that version is there.
+install_schemathesis() {
+  local venv="$STATE_DIR/schemathesis"
+  if [[ $("$venv/bin/st" --version 2>/dev/null) == *"$SCHEMATHESIS_VERSION"* ]]; then
+    return 0
+  fi
+  log "installing schemathesis $SCHEMATHESIS_VERSION (output in $STATE_DIR/pip.log)"
+  rm -rf "$venv"
+  {
+    python3 -m venv "$venv" &&
+      "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  } >"$STATE_DIR/pip.log" 2>&1 || {
+    log_tail pip 30
+    die "installing schemathesis failed"
+  }
 }
 
 # --- 2. docker engine ---------------------------------------------------------------------
@@ -448,6 +467,7 @@ KILN_TEST_AUTH_REGISTRY=$AUTH_REGISTRY
 KILN_TEST_REGISTRY_USER=$REGISTRY_USER
 KILN_TEST_REGISTRY_PASSWORD=$REGISTRY_PASSWORD
 KILN_TEST_STATE_DIR=$STATE_DIR
+KILN_TEST_SCHEMATHESIS=$STATE_DIR/schemathesis/bin/st
 EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -489,6 +509,7 @@ if [[ $mode == stop ]]; then
 fi
 
 install_packages
+install_schemathesis
 start_dockerd
 build_image
 auth_changed=no

@@ -27,6 +27,10 @@ use crate::api::task::{
 use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, List, Run, RunQuery, RunRequest, paths};
 use crate::diagnostic::Diagnostic;
 
+/// Sent with bodies the server may refuse for their size: it answers 413 before the body is
+/// sent, so the answer is read instead of the connection breaking under the upload.
+const EXPECT_CONTINUE: &str = "100-continue";
+
 /// The server when nothing names one.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// How long one `GET /runs/{id}?wait=` long-poll may hold (the server answers earlier when the
@@ -52,7 +56,8 @@ pub enum ClientError {
     InvalidTask { error: String, diagnostics: Vec<Diagnostic> },
     #[error("the server refused the request: {error}")]
     BadRequest { error: String },
-    #[error("the context archive is too large for the server: {error}")]
+    /// A body over one of the server's limits; the server's message names the limit.
+    #[error("{error}")]
     TooLarge { error: String },
     #[error("{error}")]
     Conflict { error: String },
@@ -241,7 +246,8 @@ impl Client {
         let request = self
             .authorize(self.agent.post(self.url(paths::UPLOADS)))
             .header("Content-Type", "application/gzip")
-            .header("Content-Length", size.to_string());
+            .header("Content-Length", size.to_string())
+            .header("Expect", EXPECT_CONTINUE);
         let response = request.send(SendBody::from_reader(&mut reader));
         self.json(self.check(response, None)?, "the upload")
     }
@@ -255,6 +261,7 @@ impl Client {
         let response = self
             .authorize(self.agent.post(self.url(paths::RUNS)))
             .header("Content-Type", "application/json")
+            .header("Expect", EXPECT_CONTINUE)
             .send(body);
         self.json(self.check(response, None)?, "the run request")
     }

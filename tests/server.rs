@@ -530,3 +530,73 @@ fn a_quick_build_logs_in_to_an_authenticated_registry_and_never_logs_the_passwor
     let stored = server.run(&["logs", &id]);
     assert!(!String::from_utf8_lossy(&stored.stdout).contains(&password));
 }
+
+/// `len` bytes that do not compress (xorshift), so an archive of them is as large as they are.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn requests_over_the_servers_limits_are_refused_naming_the_limit_and_exit_1() {
+    let limits = ["--max-upload-mb", "1", "--max-context-mb", "2"];
+    let server =
+        Server::start_with("elim", 0, &[&["--registry", &registry()][..], &limits].concat());
+    let uploads = || {
+        std::fs::read_dir(server.data.join("uploads"))
+            .map(|d| d.map_while(Result::ok).map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let task = "steps:\n  - cmd: busybox true\n";
+    let context = |name: &str, bytes: Vec<u8>| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("acb.yaml"), task).expect("write");
+        std::fs::write(dir.path().join(name), bytes).expect("write");
+        dir
+    };
+    let noisy = context("noise.bin", noise(2 * 1024 * 1024));
+    let zeros = context("zeros.bin", vec![0; 3 * 1024 * 1024]);
+    let big_task = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(big_task.path(), format!("{task}# {}\n", "x".repeat(3 * 1024 * 1024)))
+        .expect("write");
+    let big_task = big_task.path().to_str().expect("utf-8").to_string();
+    let cases = [
+        // An archive over --max-upload-mb.
+        (
+            vec!["run", "--no-wait", noisy.path().to_str().expect("utf-8")],
+            "the upload is larger than the server's limit of 1 MiB (--max-upload-mb)",
+        ),
+        // A small archive that unpacks beyond --max-context-mb.
+        (
+            vec!["run", "--no-wait", zeros.path().to_str().expect("utf-8")],
+            "the unpacked context is larger than the server's limit of 2 MiB (--max-context-mb)",
+        ),
+        // A run request over the JSON limit: refused by the server...
+        (
+            vec!["run", "--no-wait", "-f", &big_task, "/dev/null"],
+            "the request is larger than the server's limit of 2 MiB",
+        ),
+        // ... and by the client before it uploads a context the run would never use.
+        (
+            vec!["run", "--no-wait", "-f", &big_task, zeros.path().to_str().expect("utf-8")],
+            "is larger than the server's limit of 2 MiB",
+        ),
+    ];
+    for (args, error) in cases {
+        let out = server.run(&args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
+        assert!(all.contains(error), "{args:?}: {all}");
+        assert!(!all.contains("dropped"), "{args:?}: {all}");
+        assert_eq!(uploads(), Vec::<PathBuf>::new(), "{args:?}: nothing left behind");
+    }
+    let (status, body) = server.http("GET", "/runs", Some(&server.token), b"");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+}

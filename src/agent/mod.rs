@@ -41,6 +41,7 @@ use crate::log_hub::LogHub;
 use crate::run_id::RunId;
 use crate::secret_box::SecretBox;
 use crate::store::{Store, StoreError};
+use crate::uploads::ContextLimit;
 
 /// How often an idle worker looks for runs queued by other processes.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,6 +67,8 @@ pub struct AgentConfig {
     pub git_ssh: GitSshFiles,
     /// Lease length; heartbeats go every third of it.
     pub lease_ttl: Duration,
+    /// How large a run's context may be once unpacked or fetched.
+    pub max_context: ContextLimit,
 }
 
 impl AgentConfig {
@@ -79,6 +82,7 @@ impl AgentConfig {
             images: BTreeMap::new(),
             git_ssh: GitSshFiles::default(),
             lease_ttl: DEFAULT_LEASE_TTL,
+            max_context: ContextLimit::from_mb(ContextLimit::DEFAULT_MB),
         }
     }
 

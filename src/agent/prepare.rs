@@ -36,12 +36,16 @@ pub(crate) enum PrepareError {
     MissingUpload { id: String },
     #[error("cannot extract upload {id}: {message}")]
     Extract { id: String, message: String },
+    #[error(transparent)]
+    TooLarge(#[from] uploads::ContextTooLarge),
     #[error("cannot fetch the source: {0}")]
     Fetch(#[from] remote::RemoteError),
     #[error("{url} is not a git or tarball URL")]
     NotRemote { url: String },
-    #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: io::Error },
+    /// The run's context directory; its path (under the server's data directory) is the
+    /// operator's business, not the run's message.
+    #[error("cannot create the run's context directory: {source}")]
+    Dir { source: io::Error },
     #[error("the context extraction failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -59,6 +63,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) default_registry: Option<&'a str>,
     pub(crate) images: &'a BTreeMap<String, String>,
     pub(crate) git_ssh: &'a GitSshFiles,
+    pub(crate) max_context: uploads::ContextLimit,
 }
 
 /// A run ready to execute.
@@ -108,7 +113,7 @@ pub(crate) async fn prepare(
                 .ok_or_else(|| PrepareError::MissingUpload { id: id.clone() })?;
             log.line("Downloading source code...");
             let dest = run_dir.join("context");
-            extract(archive, dest.clone(), id.clone()).await?;
+            extract(archive, dest.clone(), id.clone(), settings.max_context).await?;
             log.line("Finished downloading source code");
             Some(dest)
         }
@@ -133,6 +138,7 @@ pub(crate) async fn prepare(
                 log.line(line);
             }
             let fetched = fetched?;
+            check_size(&fetched.context_dir, settings.max_context).await?;
             log.line("Finished downloading source code");
             commit = fetched.commit.unwrap_or_default();
             Some(fetched.context_dir)
@@ -172,21 +178,42 @@ pub(crate) async fn prepare(
     }
 }
 
-/// Extracts an uploaded `.tar.gz` into `dest`, refusing entries that would land outside it.
-async fn extract(archive: PathBuf, dest: PathBuf, id: String) -> Result<(), PrepareError> {
+/// Refuses a fetched context whose files exceed `limit`.
+async fn check_size(dir: &Path, limit: uploads::ContextLimit) -> Result<(), PrepareError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || limit.check_dir(&dir))
+        .await
+        .map_err(|e| PrepareError::Task(e.to_string()))?
+        .map_err(|e| PrepareError::Task(format!("cannot measure the fetched context: {e}")))??;
+    Ok(())
+}
+
+/// Extracts an uploaded `.tar.gz` into `dest`, refusing entries that would land outside it
+/// and stopping before the unpacked files exceed `limit`.
+async fn extract(
+    archive: PathBuf,
+    dest: PathBuf,
+    id: String,
+    limit: uploads::ContextLimit,
+) -> Result<(), PrepareError> {
     let failed = {
         let id = id.clone();
         move |message: String| PrepareError::Extract { id: id.clone(), message }
     };
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dest)
-            .map_err(|source| PrepareError::Dir { path: dest.clone(), source })?;
+        std::fs::create_dir_all(&dest).map_err(|source| {
+            tracing::error!("creating {} failed: {source}", dest.display());
+            PrepareError::Dir { source }
+        })?;
         let file = File::open(&archive).map_err(|_| PrepareError::MissingUpload { id })?;
         let mut tar = tar::Archive::new(GzDecoder::new(io::BufReader::new(file)));
         tar.set_preserve_permissions(true);
         tar.set_overwrite(true);
+        let mut total: u64 = 0;
         for entry in tar.entries().map_err(|e| failed(e.to_string()))? {
             let mut entry = entry.map_err(|e| failed(e.to_string()))?;
+            total = total.saturating_add(entry.size());
+            limit.check(total)?;
             let path = entry.path().map_err(|e| failed(e.to_string()))?.into_owned();
             let inside =
                 path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));

@@ -115,6 +115,7 @@ async fn execute(
         default_registry: shared.config.default_registry.as_deref(),
         images: &shared.config.images,
         git_ssh: &shared.config.git_ssh,
+        max_context: shared.config.max_context,
     };
     let ready = match prepare::prepare(run, &shared.config.data_dir, run_dir, &settings, log).await
     {
@@ -147,6 +148,8 @@ async fn execute(
 
     let mut options = RunOptions::new(shared.config.work_dir());
     options.context_dir = ready.context_dir;
+    // The context was unpacked or fetched for this run alone, next to the workspaces.
+    options.move_context = true;
     if let Some(update) = crate::queue::trigger_detail(run).image_update_trigger {
         options.refresh_images = update
             .images

@@ -448,3 +448,48 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
     assert_eq!(follower.borrow_and_update().len, log.len() as u64);
     store.close().await;
 }
+
+/// `git` in `dir`, which must succeed.
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=kiln", "-c", "user.email=kiln@invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched() {
+    let env = env('o', 1, |c| c.max_context = uploads::ContextLimit::from_mb(1)).await;
+    let zeros = "\0".repeat(2 * 1024 * 1024);
+    let task = "steps:\n  - cmd: busybox true\n";
+    let upload = env.upload(&[("acb.yaml", task), ("zeros", &zeros)], None);
+    let repo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(repo.path().join("acb.yaml"), task).expect("write");
+    std::fs::write(repo.path().join("zeros"), &zeros).expect("write");
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "big"]);
+    let url = format!("file://{}/.git", repo.path().display());
+    for source in [Source::Upload { id: upload }, Source::Git { url }] {
+        let request = RunRequest::FileTask(FileTaskRequest {
+            source: source.clone(),
+            task_file: "acb.yaml".to_string(),
+            values_file: None,
+            values: vec![],
+            platform: None,
+            timeout_secs: None,
+        });
+        let id = env.queue(&request, None).await;
+        let (run, log) = env.finished(&id).await;
+        assert_eq!(run.status, RunStatus::Error, "{source:?}: {log}");
+        assert_eq!(
+            run.error_message.as_deref(),
+            Some("the context unpacks to more than the server's limit of 1 MiB (--max-context-mb)"),
+            "{source:?}"
+        );
+    }
+    env.stop().await;
+}

@@ -63,6 +63,10 @@ pub mod paths {
     }
 }
 
+/// Largest JSON request body the server reads (a run request with its task file, a task
+/// definition); the client checks a run request against it before uploading its context.
+pub const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+
 /// Bounds of a run's timeout in seconds (§6.6).
 pub const MIN_TIMEOUT_SECS: u64 = 300;
 pub const MAX_TIMEOUT_SECS: u64 = 28_800;

@@ -99,6 +99,7 @@ pub enum TaskStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimerSpec {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,50}$")]
     pub name: String,
     /// 5-field cron, UTC.
     pub schedule: String,
@@ -214,6 +215,8 @@ impl TaskDefinition {
 /// `POST /tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CreateTask {
+    /// 1-50 letters, digits, `-` or `_` (the pattern is `task_def::check_name`'s rule).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,50}$")]
     pub name: String,
     #[serde(flatten)]
     pub definition: TaskDefinition,

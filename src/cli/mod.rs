@@ -89,7 +89,12 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: {e:#}");
-            ExitCode::from(2)
+            // A body over a server limit is the server's answer (it names the limit), not a
+            // failure to talk to it.
+            match e.downcast_ref::<crate::client::ClientError>() {
+                Some(crate::client::ClientError::TooLarge { .. }) => ExitCode::FAILURE,
+                _ => ExitCode::from(2),
+            }
         }
     }
 }

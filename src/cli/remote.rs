@@ -12,12 +12,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use kiln_worker::build::remote::{self, Remote, RemoteError};
 
-use crate::api::{Run, RunRequest, Source};
+use crate::api::{MAX_JSON_BYTES, Run, RunRequest, Source};
 use crate::client::{Client, ClientConfig, ClientError, Settings, config_path};
 use crate::diagnostic::Diagnostics;
 use crate::pack::{self, human_size};
 use crate::run_log;
 use crate::store::RunStatus;
+use crate::uploads;
 
 use super::task_file::{print_diagnostics, summary};
 
@@ -84,6 +85,25 @@ pub(super) fn remote_source(source: &SourceArg) -> Option<Source> {
         SourceArg::Tarball(url) => Some(Source::Tarball { url: url.clone() }),
         SourceArg::Local(_) => None,
     }
+}
+
+/// The source a packed context will have once uploaded, for measuring a request before.
+pub(super) fn upload_placeholder() -> Source {
+    Source::Upload { id: "0".repeat(uploads::ID_LEN) }
+}
+
+/// Refuses a run request the server would refuse for its size (the 413's own words).
+pub(super) fn check_request_size(request: &RunRequest) -> anyhow::Result<()> {
+    let size = serde_json::to_vec(request)?.len();
+    if size > MAX_JSON_BYTES {
+        let error = format!(
+            "the request ({}) is larger than the server's limit of {} MiB",
+            human_size(size as u64),
+            MAX_JSON_BYTES / (1024 * 1024)
+        );
+        return Err(ClientError::TooLarge { error }.into());
+    }
+    Ok(())
 }
 
 /// Packs and uploads a local context, telling the user what happens as az does. Returns the

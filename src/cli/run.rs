@@ -79,61 +79,67 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    let platform = args.platform.as_deref().map(Platform::parse);
+    let make = |source: Source| -> anyhow::Result<(RunRequest, String)> {
+        Ok(match (&args.cmd, &task) {
+            (Some(cmd), _) => {
+                let mut request = cmd_request(cmd, args.timeout, source);
+                request.values_content = values_content.clone();
+                request.values = values.clone();
+                request.platform = platform.clone();
+                (RunRequest::EncodedTask(request), "--cmd".to_string())
+            }
+            (None, Some(Task::Local { name, text })) => (
+                RunRequest::EncodedTask(EncodedTaskRequest {
+                    source,
+                    task: text.clone(),
+                    task_name: name.clone(),
+                    values_content: values_content.clone(),
+                    values: values.clone(),
+                    platform: platform.clone(),
+                    timeout_secs: args.timeout,
+                }),
+                name.clone(),
+            ),
+            (None, Some(Task::InContext { path })) => {
+                // A values file not found here is read from the context too.
+                let values_file = match (&args.values, values_content.is_some()) {
+                    (Some(path), false) => Some(path.clone()),
+                    _ => None,
+                };
+                let mut values = values.clone();
+                if let (Some(text), Some(path)) = (&values_content, &args.values) {
+                    // The request has no room for a local values file's text with a file task:
+                    // its values travel as --set values instead, which the file's own override.
+                    values = [flatten_values(text, path)?, values].concat();
+                }
+                (
+                    RunRequest::FileTask(FileTaskRequest {
+                        source,
+                        task_file: path.clone(),
+                        values_file,
+                        values,
+                        platform: platform.clone(),
+                        timeout_secs: args.timeout,
+                    }),
+                    path.clone(),
+                )
+            }
+            (None, None) => anyhow::bail!("give a task file with -f or a command with --cmd"),
+        })
+    };
+
     let source = match (&source_arg, remote::remote_source(&source_arg)) {
         (_, Some(source)) => source,
         (SourceArg::Local(dir), None) => {
+            // A request the server would refuse for its size is refused before the upload,
+            // which would be left unused.
+            remote::check_request_size(&make(remote::upload_placeholder())?.0)?;
             remote::upload_context(&client, dir, None, "run_archive_")?.0
         }
         (_, None) => Source::None,
     };
-
-    let platform = args.platform.as_deref().map(Platform::parse);
-    let (request, name) = match (args.cmd, task) {
-        (Some(cmd), _) => {
-            let mut request = cmd_request(&cmd, args.timeout, source);
-            request.values_content = values_content;
-            request.values = values;
-            request.platform = platform;
-            (RunRequest::EncodedTask(request), "--cmd".to_string())
-        }
-        (None, Some(Task::Local { name, text })) => (
-            RunRequest::EncodedTask(EncodedTaskRequest {
-                source,
-                task: text,
-                task_name: name.clone(),
-                values_content,
-                values,
-                platform,
-                timeout_secs: args.timeout,
-            }),
-            name,
-        ),
-        (None, Some(Task::InContext { path })) => {
-            // A values file not found here is read from the context too.
-            let values_file = match (&args.values, values_content.is_some()) {
-                (Some(path), false) => Some(path.clone()),
-                _ => None,
-            };
-            let mut values = values;
-            if let (Some(text), Some(path)) = (&values_content, &args.values) {
-                // The request has no room for a local values file's text with a file task:
-                // its values travel as --set values instead, which the file's own override.
-                values = [flatten_values(text, path)?, values].concat();
-            }
-            (
-                RunRequest::FileTask(FileTaskRequest {
-                    source,
-                    task_file: path.clone(),
-                    values_file,
-                    values,
-                    platform,
-                    timeout_secs: args.timeout,
-                }),
-                path,
-            )
-        }
-        (None, None) => anyhow::bail!("give a task file with -f or a command with --cmd"),
-    };
+    let (request, name) = make(source)?;
     remote::submit(&client, &request, &name, args.wait)
 }
 

@@ -14,6 +14,7 @@ use kiln_worker::plan::{GitSsh, RegistryCredential};
 use crate::agent::GitSshFiles;
 use crate::config::Config;
 use crate::server::{ServeConfig, serve as run_server};
+use crate::uploads::ContextLimit;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -42,6 +43,9 @@ pub struct ServeArgs {
     /// Largest accepted context upload, in MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     max_upload_mb: u64,
+    /// Largest unpacked context (an upload's files, a fetched git or tarball source), in MiB.
+    #[arg(long, default_value_t = ContextLimit::DEFAULT_MB, value_name = "MIB")]
+    max_context_mb: u64,
     /// The server's URL as git hosts reach it, the base of task webhook URLs
     /// (default: http://ADDR).
     #[arg(long, value_name = "URL")]
@@ -107,6 +111,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         workers: args.workers,
         log_retention: TimeDelta::days(i64::from(args.log_retention_days)),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+        max_context: ContextLimit::from_mb(args.max_context_mb),
         public_url: args.public_url,
         base_image_poll: std::time::Duration::from_secs(args.base_image_poll),
         git_ssh,

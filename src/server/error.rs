@@ -4,8 +4,10 @@
 //! responses by hand. Causes of 500s are logged here, once.
 
 use axum::Json;
+use axum::extract::Request;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -16,6 +18,9 @@ use crate::store::{RunStatus, StoreError};
 /// What the 401 says (the client tells the user how to fix it).
 pub const UNAUTHORIZED_MESSAGE: &str =
     "missing or invalid API token (set KILN_TOKEN or run `kiln login`)";
+
+/// What a 500 says; the cause is in the server's log.
+pub const INTERNAL_MESSAGE: &str = "internal error (the server's log has the cause)";
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +47,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("run {run} already finished with status {status}")]
     AlreadyFinished { run: RunId, status: RunStatus },
-    #[error("the upload is larger than the server's limit of {limit_mb} MiB")]
-    TooLarge { limit_mb: u64 },
+    /// A body over a limit: `what` names the body and `limit` the server's setting.
+    #[error("{what} is larger than the server's limit of {limit}")]
+    TooLarge { what: &'static str, limit: String },
     /// An extractor's rejection that keeps its own status (e.g. 413 for an oversized JSON body).
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
@@ -123,6 +129,9 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
             status => status,
         };
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return super::limits::json_too_large();
+        }
         let message = r.body_text();
         if status.is_server_error() {
             ApiError::Internal(message)
@@ -141,15 +150,51 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
+        // A 500's cause (a database error, a file under the data directory) is the operator's
+        // to read, not the client's: the answer says only where to look.
         let code = self.code().to_string();
-        let message = self.to_string();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            INTERNAL_MESSAGE.to_string()
+        } else {
+            self.to_string()
+        };
         let details = match self {
             ApiError::InvalidTask { diagnostics, .. } => diagnostics,
             _ => Vec::new(),
         };
         (status, Json(ErrorBody { error: ErrorDetail { code, message, details } })).into_response()
     }
+}
+
+/// How much of a non-JSON error body is kept as the message.
+const REWRITTEN_BODY_LIMIT: usize = 4096;
+
+/// Rewrites an error answer that did not come from an [`ApiError`] (axum's 405, a rejection
+/// such as a body over the limit for `Bytes`) into one, so every error has the JSON shape.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, REWRITTEN_BODY_LIMIT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut rewritten = ApiError::Rejected { status, message }.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().append(name, value.clone());
+        }
+    }
+    rewritten
 }

@@ -17,7 +17,9 @@
 pub mod auth;
 pub mod base_images;
 pub mod error;
+pub mod headers;
 pub mod janitor;
+pub mod limits;
 pub mod logs;
 pub mod openapi;
 pub mod page;
@@ -54,6 +56,7 @@ use crate::log_hub::LogHub;
 use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
 use crate::store::{Store, StoreError};
+use crate::uploads::ContextLimit;
 
 pub use error::ApiError;
 pub use state::{AppState, Settings};
@@ -73,6 +76,8 @@ pub struct ServeConfig {
     pub workers: usize,
     pub log_retention: TimeDelta,
     pub max_upload_bytes: u64,
+    /// How large a run's context may be once unpacked (`--max-context-mb`).
+    pub max_context: ContextLimit,
     /// The server's address as git hosts reach it (webhook URLs); `http://ADDR` by default.
     pub public_url: Option<String>,
     /// How often registries are asked whether watched base-image tags moved.
@@ -98,10 +103,10 @@ pub enum ServeError {
 }
 
 /// The HTTP app. Every route but `/healthz`, `/openapi.json` and the (data-free) run page needs
-/// a token.
+/// a token. Every answer carries the security headers ([`headers`]) and every error answer the
+/// JSON error shape ([`error::json_errors`]).
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route(paths::UPLOADS, post(uploads::upload))
+    let json_routes = Router::new()
         .route(paths::RUNS, post(runs::submit).get(runs::list))
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/cancel", post(runs::cancel))
@@ -115,8 +120,13 @@ pub fn router(state: AppState) -> Router {
             "/tasks/{name}/timers/{timer}",
             patch(tasks::update_timer).delete(tasks::remove_timer),
         )
+        .layer(DefaultBodyLimit::max(crate::api::MAX_JSON_BYTES))
+        .route_layer(middleware::from_fn(limits::json_body));
+    let protected = Router::new()
+        .route(paths::UPLOADS, post(uploads::upload))
+        .merge(json_routes)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-    Router::new()
+    let app = Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
         .route("/ui/runs/{id}", get(page::run_page))
@@ -126,7 +136,8 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(protected)
         .fallback(not_found)
-        .with_state(state)
+        .layer(middleware::from_fn(error::json_errors));
+    headers::secure(app).with_state(state)
 }
 
 /// Liveness.
@@ -164,6 +175,7 @@ pub async fn serve(
         credentials: config.credentials.clone(),
         images: config.images.clone(),
         git_ssh: config.git_ssh.clone(),
+        max_context: config.max_context,
         ..AgentConfig::new(config.data_dir.clone())
     };
     let agent = Agent::start(store.clone(), hub.clone(), agent_config).await?;
@@ -216,6 +228,7 @@ pub async fn serve(
             default_registry: config.default_registry.clone(),
             images: config.images.clone(),
             max_upload_bytes: config.max_upload_bytes,
+            max_context: config.max_context,
         }),
     };
     say(&format!("kiln listening on http://{addr}"))?;

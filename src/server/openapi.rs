@@ -2,8 +2,10 @@
 //! and the wire types of [`crate::api`], so the document cannot drift from the code.
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use kiln_worker::build::{Dependency, GitReference, ImageReference};
 
@@ -49,7 +51,7 @@ pub const BEARER: &str = "bearer";
         task::BaseImageDependency, task::TaskEvent, task::WebhookAnswer, task::TriggerDetail,
         task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -71,6 +73,74 @@ impl Modify for BearerAuth {
             ),
         );
     }
+}
+
+/// The answers any operation can give besides its own, added once here rather than on each
+/// handler: 401 where a token is needed, 400 where query values or a body are read, 413 where
+/// a body is read, 415 where it must be JSON. All carry the one error body.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let needs_token = |security: Option<&Vec<SecurityRequirement>>| {
+            security.is_some_and(|s| s.iter().any(|r| *r != SecurityRequirement::default()))
+        };
+        let secured_by_default = needs_token(openapi.security.as_ref());
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations(item) {
+                let secured = match &operation.security {
+                    None => secured_by_default,
+                    own => needs_token(own.as_ref()),
+                };
+                let queried = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.parameter_in == ParameterIn::Query);
+                let body = operation.request_body.as_ref().map(|b| b.content.contains_key(JSON));
+                let common = [
+                    (secured, "401", "Missing or invalid API token"),
+                    (queried || body.is_some(), "400", "A bad query value or body"),
+                    (body.is_some(), "413", "The body is larger than the server's limit"),
+                    (body == Some(true), "415", "The body is not `application/json`"),
+                ];
+                for (status, description) in
+                    common.into_iter().filter_map(|(applies, s, d)| applies.then_some((s, d)))
+                {
+                    operation.responses.responses.entry(status.to_string()).or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content(
+                                JSON,
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name(api::ErrorBody::name())))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+                }
+            }
+        }
+    }
+}
+
+const JSON: &str = "application/json";
+
+/// The operations of one path.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// This document.

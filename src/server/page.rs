@@ -5,16 +5,20 @@
 //! by byte offset, reconnecting where it left off), so the page adds no second way in.
 
 use axum::extract::Path;
-use axum::response::Html;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+
+use super::headers;
 
 const PAGE: &str = include_str!("run_page.html");
 
 /// The page for run `id`.
 #[utoipa::path(get, path = "/ui/runs/{id}", tag = "runs", security(()),
     params(("id" = String, Path, description = "Run ID")),
-    responses((status = 200, description = "The run page (HTML; it reads the API with the user's token)", body = String)))]
-pub async fn run_page(Path(id): Path<String>) -> Html<String> {
-    Html(render(&id))
+    responses((status = 200, description = "The run page (HTML; it reads the API with the user's token)", body = String, content_type = "text/html")))]
+pub async fn run_page(Path(id): Path<String>) -> impl IntoResponse {
+    let page = render(&id);
+    ([(header::CONTENT_SECURITY_POLICY, headers::page_policy(&page))], Html(page))
 }
 
 /// The page with `id` as a JavaScript string literal. JSON is one, once `<` cannot close the

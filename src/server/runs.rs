@@ -10,6 +10,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use chrono::Utc;
+use kiln_worker::build::remote;
 use tokio::time::Instant;
 
 use crate::api::{
@@ -19,7 +20,7 @@ use crate::api::{
 use crate::log_hub::LogHub;
 use crate::queue;
 use crate::render::RunVars;
-use crate::request::task_input;
+use crate::request::{RequestError, task_input};
 use crate::run_id::RunId;
 use crate::store::runs::DEFAULT_TOP;
 use crate::store::{RunFilter, RunRecord, RunStatus, Store};
@@ -121,7 +122,8 @@ pub async fn submit_run(
     Ok(record)
 }
 
-/// Everything checkable at submission: the timeout's range, that an uploaded context exists, and
+/// Everything checkable at submission: the timeout's range, that the source can be fetched (an
+/// uploaded context exists, a URL is a git or tarball URL; a file task has a context), and
 /// for a Docker build or a task file sent in the request that it loads and plans. A file task's
 /// task file is in its context and is checked when the run starts.
 pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiError> {
@@ -132,10 +134,26 @@ pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiErro
             "timeout must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {t}"
         )));
     }
-    if let Source::Upload { id } = request.source() {
-        let exists = uploads::path(&settings.data_dir, id).is_some_and(|p| p.is_file());
-        if !exists {
-            return Err(ApiError::BadRequest(format!("unknown upload {id}")));
+    match request.source() {
+        Source::Upload { id } => {
+            let exists = uploads::path(&settings.data_dir, id).is_some_and(|p| p.is_file());
+            if !exists {
+                return Err(ApiError::BadRequest(format!("unknown upload {id}")));
+            }
+        }
+        Source::Git { url } | Source::Tarball { url } => match remote::detect(url) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let url = remote::redact(url);
+                return Err(ApiError::BadRequest(format!("{url} is not a git or tarball URL")));
+            }
+            Err(e) => return Err(ApiError::BadRequest(e.to_string())),
+        },
+        Source::None => {
+            if let RunRequest::FileTask(task) = request {
+                let e = RequestError::NoContext { path: task.task_file.clone() };
+                return Err(ApiError::BadRequest(e.to_string()));
+            }
         }
     }
     if matches!(request, RunRequest::FileTask(_)) {

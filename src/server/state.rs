@@ -9,6 +9,7 @@ use crate::agent::Agent;
 use crate::log_hub::LogHub;
 use crate::secret_box::SecretBox;
 use crate::store::Store;
+use crate::uploads::ContextLimit;
 use tokio::sync::Notify;
 
 /// Settings handlers read; fixed for the server's lifetime.
@@ -23,6 +24,8 @@ pub struct Settings {
     pub images: BTreeMap<String, String>,
     /// `POST /uploads` larger than this is a 413.
     pub max_upload_bytes: u64,
+    /// Uploads unpacking to more than this are a 413.
+    pub max_context: ContextLimit,
 }
 
 #[derive(Clone)]

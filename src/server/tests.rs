@@ -12,6 +12,8 @@ use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use axum::response::IntoResponse as _;
+
 use super::janitor::{Janitor, Sweep};
 use super::*;
 use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER};
@@ -76,6 +78,7 @@ fn start() -> Server {
                 default_registry: Some("registry.local:5000".to_string()),
                 images: crate::config::Config::default().image_aliases(),
                 max_upload_bytes: 1024 * 1024,
+                max_context: crate::uploads::ContextLimit::from_mb(2),
             }),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -125,8 +128,16 @@ impl Server {
         let body = serde_json::to_vec(request).unwrap();
         self.post("/runs", Some(&self.auth()), "application/json", &body)
     }
+    /// An upload as kiln's client sends it: waiting for `100 Continue`, so a refusal made
+    /// before the body is read is read back, not a broken pipe.
     fn upload(&self, bytes: &[u8]) -> Answer {
-        self.post("/uploads", Some(&self.auth()), "application/gzip", bytes)
+        let req = self
+            .http
+            .post(self.url("/uploads"))
+            .header("Authorization", self.auth())
+            .header("content-type", "application/gzip")
+            .header("expect", "100-continue");
+        answer(req.send(bytes).unwrap())
     }
     fn uploads_dir_files(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(crate::uploads::dir(self.dir.path())) {
@@ -599,4 +610,186 @@ fn server_run_page_is_public_html_without_run_data() {
     assert!(page.contains(r#"const runId = "ka1";"#), "{page}");
     assert!(page.contains("/log?follow=true&offset="), "the page follows the log by offset");
     assert!(page.contains("Authorization"), "it reads the API with the user's token");
+}
+
+/// One raw HTTP/1.1 exchange: `head` (request line and headers, no blank line) is sent, then
+/// nothing more; the answer is read until the server closes or sends all it declared.
+fn raw_exchange(s: &Server, head: &str) -> String {
+    use std::io::Write as _;
+    let addr = s.base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    // A server that waits for the body (it sent `100 Continue`) fails the test, not hangs it.
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn server_refuses_declared_oversized_bodies_before_reading_them() {
+    let s = start();
+    // The client waits for `100 Continue` before sending the body; a refusal comes instead,
+    // so it can read it (rather than write into a closed connection).
+    let auth = s.auth();
+    for (path, kind, limit) in [
+        ("/uploads", "application/gzip", "1 MiB (--max-upload-mb)"),
+        ("/runs", "application/json", "2 MiB"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nAuthorization: {auth}\r\nContent-Type: {kind}\r\n\
+             Content-Length: {}\r\nExpect: 100-continue",
+            3 * 1024 * 1024
+        );
+        let answer = raw_exchange(&s, &head);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(!answer.contains("100 Continue"), "{path}: {answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let error: ErrorBody = serde_json::from_str(body).unwrap();
+        assert!(error.error.ends_with(&format!("limit of {limit}")), "{path}: {}", error.error);
+    }
+    assert!(s.uploads_dir_files().is_empty());
+}
+
+#[test]
+fn server_refuses_an_upload_that_unpacks_beyond_the_context_limit() {
+    let s = start();
+    // 3 MiB of zeros: a few KiB compressed, under the 1 MiB upload limit, over the 2 MiB
+    // context limit.
+    let zeros = vec![0u8; 3 * 1024 * 1024];
+    let archive = tar_gz(&[("acb.yaml", GOOD_TASK.as_bytes()), ("zeros", &zeros)]);
+    assert!(archive.len() < 64 * 1024, "{}", archive.len());
+    let a = s.upload(&archive);
+    assert_eq!(a.status, 413, "{}", a.text());
+    assert_eq!(
+        a.error().error,
+        "the unpacked context is larger than the server's limit of 2 MiB (--max-context-mb)"
+    );
+    assert!(s.uploads_dir_files().is_empty());
+    let fits = tar_gz(&[("zeros", &zeros[..2 * 1024 * 1024])]);
+    assert_eq!(s.upload(&fits).status, 201);
+}
+
+#[test]
+fn server_refuses_requests_that_cannot_run() {
+    let s = start();
+    let cases = [
+        (
+            json!({"type": "FileTask", "source": {"kind": "none"}, "task_file": "acb.yaml"}),
+            "a file task needs a context: `acb.yaml` is read from it",
+        ),
+        (
+            json!({"type": "EncodedTask", "source": {"kind": "git", "url": "not a url"},
+                "task": GOOD_TASK}),
+            "not a url is not a git or tarball URL",
+        ),
+        (
+            json!({"type": "EncodedTask", "source": {"kind": "tarball", "url": "relative/dir"},
+                "task": GOOD_TASK}),
+            "relative/dir is not a git or tarball URL",
+        ),
+    ];
+    for (request, error) in cases {
+        let a = s.submit(&request);
+        assert_eq!(a.status, 400, "{request}: {}", a.text());
+        assert_eq!(a.error().error, error, "{request}");
+    }
+    assert!(s.runs().is_empty());
+}
+
+#[test]
+fn server_answers_every_error_as_json() {
+    let s = start();
+    // Axum's own answers: no route, a method the route lacks, a body over the limit read by
+    // an extractor that does not come with its own error type.
+    let a = s.get("/nope");
+    assert_eq!((a.status, a.error().error.as_str()), (404, "no such endpoint: /nope"));
+    let a = answer(s.http.delete(s.url("/runs")).header("Authorization", s.auth()).call().unwrap());
+    assert_eq!(a.status, 405);
+    assert_eq!(a.content_type.as_deref(), Some("application/json"));
+    assert_eq!(a.error().error, "method not allowed");
+    let a = s.post("/runs", Some(&s.auth()), "text/plain", b"{}");
+    assert_eq!(a.status, 415);
+    assert_eq!(a.content_type.as_deref(), Some("application/json"));
+    // A 500's cause stays in the server's log.
+    let response = ApiError::internal("cannot open /var/lib/kiln/kiln.db").into_response();
+    assert_eq!(response.status(), 500);
+    let body = s.rt.block_on(axum::body::to_bytes(response.into_body(), 1 << 16)).unwrap();
+    let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body.error, error::INTERNAL_MESSAGE);
+}
+
+#[test]
+fn server_answers_carry_security_headers() {
+    let s = start();
+    let headers = |path: &str, auth: bool| {
+        let mut req = s.http.get(s.url(path));
+        if auth {
+            req = req.header("Authorization", s.auth());
+        }
+        let response = req.call().unwrap();
+        let get = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        [
+            get("content-security-policy"),
+            get("x-frame-options"),
+            get("x-content-type-options"),
+            get("referrer-policy"),
+        ]
+    };
+    for (path, auth) in [("/healthz", false), ("/runs", true), ("/runs", false), ("/nope", true)] {
+        let [policy, frame, sniff, referrer] = headers(path, auth);
+        assert_eq!(policy, "default-src 'none'; frame-ancestors 'none'", "{path}");
+        assert_eq!((frame.as_str(), sniff.as_str()), ("DENY", "nosniff"), "{path}");
+        assert_eq!(referrer, "no-referrer", "{path}");
+    }
+    let [policy, frame, ..] = headers("/ui/runs/ka1", false);
+    assert_eq!(frame, "DENY");
+    let page = s.get("/ui/runs/ka1").text();
+    let script = page.split_once("<script>").unwrap().1.split_once("</script>").unwrap().0;
+    let digest = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        Sha256::digest(script.as_bytes()),
+    );
+    assert!(policy.contains(&format!("script-src 'sha256-{digest}'")), "{policy}");
+    assert!(policy.contains("connect-src 'self'") && policy.contains("frame-ancestors 'none'"));
+}
+
+#[test]
+fn server_openapi_documents_the_answers_every_operation_can_give() {
+    let s = start();
+    let doc = answer(s.http.get(s.url("/openapi.json")).call().unwrap()).json();
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let statuses = |path: &str, method: &str| {
+        op(path, method)["responses"].as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+    };
+    for (path, method) in
+        [("/tasks/{name}/timers", "get"), ("/tasks/{name}/timers/{timer}", "delete")]
+    {
+        assert!(statuses(path, method).contains(&"401".to_string()), "{method} {path}");
+    }
+    assert!(!statuses("/healthz", "get").contains(&"401".to_string()), "public");
+    for (path, method) in
+        [("/runs", "post"), ("/tasks/{name}", "patch"), ("/tasks/{name}/timers", "post")]
+    {
+        let have = statuses(path, method);
+        for status in ["400", "401", "413", "415"] {
+            assert!(have.contains(&status.to_string()), "{method} {path}: {status} in {have:?}");
+        }
+    }
+    assert!(statuses("/runs", "get").contains(&"400".to_string()), "bad query values");
+    let upload = &op("/uploads", "post")["requestBody"]["content"]["application/octet-stream"];
+    let schema = upload["schema"]["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+    assert_eq!(doc["components"]["schemas"][schema]["format"], "binary", "{upload}");
+    let page = &op("/ui/runs/{id}", "get")["responses"]["200"]["content"];
+    assert!(page["text/html"].is_object(), "{page}");
+    let create = &doc["components"]["schemas"]["CreateTask"]["allOf"];
+    let name = &create.as_array().unwrap().iter().find(|s| s["properties"].is_object()).unwrap()["properties"]
+        ["name"];
+    assert_eq!(name["pattern"], "^[A-Za-z0-9_-]{1,50}$", "empty names are refused: {name}");
 }

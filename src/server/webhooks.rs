@@ -15,7 +15,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 
 use crate::api::task::{TaskDefinition, WebhookAnswer};
-use crate::store::SourceOutcome;
+use crate::store::{SourceOutcome, StoreError};
 use crate::task_def;
 use crate::task_run::{self, Firing};
 use crate::trigger::webhook::{self, SourceEvent, WebhookError};
@@ -34,8 +34,7 @@ pub const MAX_DELIVERY_BYTES: usize = 25 * 1024 * 1024;
         (status = 202, description = "A run was queued", body = WebhookAnswer),
         (status = 200, description = "Nothing to build, or already built", body = WebhookAnswer),
         (status = 400, description = "Unknown sender or malformed payload", body = crate::api::ErrorBody),
-        (status = 401, description = "Bad or missing signature", body = crate::api::ErrorBody),
-        (status = 404, description = "Unknown task", body = crate::api::ErrorBody)))]
+        (status = 401, description = "Bad or missing signature, or an unknown task", body = crate::api::ErrorBody)))]
 pub async fn deliver(
     State(state): State<AppState>,
     UrlPath(task): UrlPath<String>,
@@ -58,9 +57,18 @@ pub async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<WebhookAnswer, ApiError> {
-    let record = state.store.get_task(task).await?;
+    let record = match state.store.get_task(task).await {
+        Ok(record) => Some(record),
+        Err(StoreError::TaskNotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let provider = webhook::provider(headers).map_err(bad)?;
-    let secret = task_def::webhook_secret(&state.secrets, &record)?;
+    // An unknown task is checked against a fresh random secret, so it answers exactly as a known
+    // task does to a wrong signature: the URL does not tell which task names exist.
+    let secret = match &record {
+        Some(record) => task_def::webhook_secret(&state.secrets, record)?,
+        None => task_def::new_webhook_secret(&state.secrets, task)?.0,
+    };
     webhook::verify(provider, headers, body, &secret).map_err(|e| match e {
         WebhookError::MissingSignature { .. } | WebhookError::BadSignature => {
             ApiError::BadSignature(e.to_string())
@@ -69,6 +77,9 @@ pub async fn handle(
     })?;
     let Some(event) = webhook::parse(provider, headers, body).map_err(bad)? else {
         return Ok(ignored("this event builds nothing (ping, tag, deletion or closed request)"));
+    };
+    let Some(record) = record else {
+        return Err(ApiError::internal("a random secret verified a delivery"));
     };
     let definition = task_def::open(&state.secrets, &record)?;
     if let Some(reason) = not_for_this_task(&definition, &event) {

@@ -37,7 +37,7 @@ pub enum StoreError {
     /// A stored value could not be read back (hand-edited or corrupted database).
     #[error("corrupt store data: {0}")]
     Corrupt(String),
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot create or secure the data directory {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -69,9 +69,9 @@ impl Store {
     /// timeout, and applies the embedded migrations. Run IDs are `prefix` + the persisted
     /// counter; the prefix of a registry should never change (see [`RunIdPrefix`]).
     pub async fn open(data_dir: &Path, prefix: RunIdPrefix) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
         let path = data_dir.join(DB_FILE);
+        private_files(data_dir, &path)
+            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
@@ -102,6 +102,25 @@ impl Store {
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// Makes the data directory (0700) and the database with its WAL and shared-memory files (0600)
+/// private to the server's user, tightening them when an older start left them readable. The
+/// database is created empty here, with its mode, because SQLite creates files by the umask and
+/// gives `-wal` and `-shm` the database's own mode.
+fn private_files(data_dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::create_dir_all(data_dir)?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(db)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Unix milliseconds of `t`, as stored.

@@ -768,3 +768,34 @@ async fn store_task_parts_group_timers_images_and_recent_history_by_task() {
     assert_eq!(history(&one["b"]).len(), 5);
     assert_eq!(store.task_events("b", 2).await.unwrap()[0].detail, "b4");
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn store_files_are_private_and_older_ones_are_tightened() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = data.join(DB_FILE);
+    let files = |db: &Path| {
+        ["", "-wal", "-shm"].map(|s| std::path::PathBuf::from(format!("{}{s}", db.display())))
+    };
+    let store = open(&data).await;
+    store.create_run(quick_run("{}")).await.unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for file in files(&db) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    store.close().await;
+
+    // A data directory from before: world-readable, tightened at the next start.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = open(&data).await;
+    assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 1);
+    assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
+    store.close().await;
+}

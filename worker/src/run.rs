@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub workspace_root: PathBuf,
     /// Copied into the workspace before the first step (the build context of `az acr run .`).
     pub context_dir: Option<PathBuf>,
+    /// The context directory is the caller's scratch copy (an extracted upload, a fetched
+    /// source): it is moved into the workspace, not copied, so a context is on disk once.
+    pub move_context: bool,
     /// Limit for the whole run (ACR's run `--timeout`); on expiry the run ends as `Timeout`.
     pub timeout: Option<Duration>,
     /// A network created ahead of the run (see [`crate::spare`]) to use as the run's own
@@ -61,6 +64,7 @@ impl RunOptions {
         RunOptions {
             workspace_root: workspace_root.into(),
             context_dir: None,
+            move_context: false,
             timeout: None,
             network: None,
             refresh_images: Vec::new(),
@@ -264,7 +268,12 @@ async fn prepare(
     }
     // Independent of each other, and the network is an engine round trip: overlap them.
     let (workspace, networks) = tokio::join!(
-        Workspace::create(&options.workspace_root, &plan.run_id, options.context_dir.as_deref()),
+        Workspace::create(
+            &options.workspace_root,
+            &plan.run_id,
+            options.context_dir.as_deref(),
+            options.move_context
+        ),
         create_networks(docker, owner, plan, options.network.as_ref(), events),
     );
     // Networks that were created are removed by the teardown (by label, or by name for a

@@ -47,11 +47,13 @@ pub(crate) struct Workspace {
 }
 
 impl Workspace {
-    /// Creates `<root>/kiln-<run>` (it must not exist yet) and copies `context` into it.
+    /// Creates `<root>/kiln-<run>` (it must not exist yet) and copies `context` into it, or
+    /// with `move_context` moves it there (a rename; a copy across file systems).
     pub(crate) async fn create(
         root: &Path,
         run: &RunId,
         context: Option<&Path>,
+        move_context: bool,
     ) -> Result<Workspace, WorkspaceError> {
         let root = root.to_path_buf();
         let name = names::workspace_dir(run);
@@ -75,8 +77,12 @@ impl Workspace {
                 }
             }
             if let Some(from) = context {
-                copy_tree(&from, &host_dir)
-                    .map_err(|source| WorkspaceError::CopyContext { from, source })?;
+                // A directory renames onto an empty one.
+                let moved = move_context && std::fs::rename(&from, &host_dir).is_ok();
+                if !moved {
+                    copy_tree(&from, &host_dir)
+                        .map_err(|source| WorkspaceError::CopyContext { from, source })?;
+                }
             }
             Ok(Workspace { host_dir })
         })
@@ -156,8 +162,9 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", context.path().join("link")).expect("link");
 
         let run = RunId::new("ws-unit");
-        let ws =
-            Workspace::create(root.path(), &run, Some(context.path())).await.expect("workspace");
+        let ws = Workspace::create(root.path(), &run, Some(context.path()), false)
+            .await
+            .expect("workspace");
         assert!(ws.host_dir().is_absolute());
         assert_eq!(std::fs::read(ws.host_dir().join("sub/file.txt")).expect("copied"), b"hello");
         assert_eq!(
@@ -166,11 +173,25 @@ mod tests {
         );
         assert!(ws.bind().ends_with(":/workspace"));
 
-        let again = Workspace::create(root.path(), &run, None).await;
+        let again = Workspace::create(root.path(), &run, None, false).await;
         assert!(matches!(again, Err(WorkspaceError::Exists(_))));
 
         let dir = ws.host_dir().to_path_buf();
         ws.remove().await.expect("removed");
         assert!(!dir.exists());
+    }
+
+    #[tokio::test]
+    async fn a_scratch_context_is_moved_not_copied() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let scratch = root.path().join("ctx-ws-move");
+        std::fs::create_dir_all(scratch.join("sub")).expect("mkdir");
+        std::fs::write(scratch.join("sub/file.txt"), b"hello").expect("write");
+        let run = RunId::new("ws-move");
+        let ws =
+            Workspace::create(root.path(), &run, Some(&scratch), true).await.expect("workspace");
+        assert_eq!(std::fs::read(ws.host_dir().join("sub/file.txt")).expect("moved"), b"hello");
+        assert!(!scratch.exists(), "the context is on disk once");
+        ws.remove().await.expect("removed");
     }
 }

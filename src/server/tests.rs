@@ -646,7 +646,7 @@ fn server_refuses_declared_oversized_bodies_before_reading_them() {
         assert!(!answer.contains("100 Continue"), "{path}: {answer}");
         let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
         let error: ErrorBody = serde_json::from_str(body).unwrap();
-        assert!(error.error.ends_with(&format!("limit of {limit}")), "{path}: {}", error.error);
+        assert!(error.error.message.ends_with(&format!("limit of {limit}")), "{path}: {}", error.error.message);
     }
     assert!(s.uploads_dir_files().is_empty());
 }
@@ -662,7 +662,7 @@ fn server_refuses_an_upload_that_unpacks_beyond_the_context_limit() {
     let a = s.upload(&archive);
     assert_eq!(a.status, 413, "{}", a.text());
     assert_eq!(
-        a.error().error,
+        a.error().error.message,
         "the unpacked context is larger than the server's limit of 2 MiB (--max-context-mb)"
     );
     assert!(s.uploads_dir_files().is_empty());
@@ -692,7 +692,7 @@ fn server_refuses_requests_that_cannot_run() {
     for (request, error) in cases {
         let a = s.submit(&request);
         assert_eq!(a.status, 400, "{request}: {}", a.text());
-        assert_eq!(a.error().error, error, "{request}");
+        assert_eq!(a.error().error.message, error, "{request}");
     }
     assert!(s.runs().is_empty());
 }
@@ -703,11 +703,11 @@ fn server_answers_every_error_as_json() {
     // Axum's own answers: no route, a method the route lacks, a body over the limit read by
     // an extractor that does not come with its own error type.
     let a = s.get("/nope");
-    assert_eq!((a.status, a.error().error.as_str()), (404, "no such endpoint: /nope"));
+    assert_eq!((a.status, a.error().error.message.as_str()), (404, "no such endpoint: /nope"));
     let a = answer(s.http.delete(s.url("/runs")).header("Authorization", s.auth()).call().unwrap());
     assert_eq!(a.status, 405);
     assert_eq!(a.content_type.as_deref(), Some("application/json"));
-    assert_eq!(a.error().error, "method not allowed");
+    assert_eq!(a.error().error.message, "method not allowed");
     let a = s.post("/runs", Some(&s.auth()), "text/plain", b"{}");
     assert_eq!(a.status, 415);
     assert_eq!(a.content_type.as_deref(), Some("application/json"));
@@ -716,7 +716,7 @@ fn server_answers_every_error_as_json() {
     assert_eq!(response.status(), 500);
     let body = s.rt.block_on(axum::body::to_bytes(response.into_body(), 1 << 16)).unwrap();
     let body: ErrorBody = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body.error, error::INTERNAL_MESSAGE);
+    assert_eq!(body.error.message, error::INTERNAL_MESSAGE);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The HTTP client of `kiln serve`, used by `kiln build`, `run`, `logs`, `show-run`,
-//! `list-runs`, `cancel-run`, `login` and `task …`.
+//! `list-runs`, `cancel-run`, `login`, `whoami` and `task …`.
 //!
 //! It owns three things the commands share: where the server is and which token to send
 //! ([`ClientConfig`], [`Settings`]), the calls themselves ([`Client`], one method per route of
@@ -43,6 +43,9 @@ pub enum ClientError {
     Unreachable { server: String, reason: String },
     #[error("the server rejected the API token: set KILN_TOKEN or run `kiln login`")]
     Unauthorized,
+    /// The server wants a token and this client has none.
+    #[error("not logged in to {server}: run `kiln login` (or set KILN_TOKEN)")]
+    NotLoggedIn { server: String },
     #[error("run {id} not found")]
     RunNotFound { id: String },
     /// A task, a timer or another named thing the server does not have.
@@ -78,19 +81,15 @@ impl ClientError {
         matches!(self, ClientError::Unreachable { .. } | ClientError::Dropped { .. })
     }
 
-    /// Whether the server answered and said no (a bad request, an unknown or taken name, a
-    /// refused token), as opposed to a failure to reach it or to read its answer.
-    pub fn is_refusal(&self) -> bool {
+    /// Failures of this machine's own files (the client configuration, a file to send or the
+    /// output), not of the server.
+    pub fn is_local(&self) -> bool {
         matches!(
             self,
-            ClientError::Unauthorized
-                | ClientError::RunNotFound { .. }
-                | ClientError::NotFound { .. }
-                | ClientError::InvalidTask { .. }
-                | ClientError::BadRequest { .. }
-                | ClientError::TooLarge { .. }
-                | ClientError::Conflict { .. }
-                | ClientError::Server { .. }
+            ClientError::ConfigRead { .. }
+                | ClientError::ConfigWrite { .. }
+                | ClientError::ReadFile { .. }
+                | ClientError::Output(_)
         )
     }
 }
@@ -433,6 +432,12 @@ impl Client {
         follow_log(|offset| self.open_log(id, offset, follow), have, sink, &mut sleep, &server)
     }
 
+    /// `GET /whoami`: the name and role of the token this client sends.
+    pub fn whoami(&self) -> Result<api::WhoAmI, ClientError> {
+        let response = self.authorize(self.agent.get(self.url(paths::WHOAMI))).call();
+        self.json(self.check(response, None)?, "the token check")
+    }
+
     /// `GET /healthz`.
     pub fn health(&self) -> Result<(), ClientError> {
         self.check(self.agent.get(self.url(paths::HEALTH)).call(), None).map(|_| ())
@@ -454,6 +459,9 @@ impl Client {
         let status = response.status().as_u16();
         if status < 400 {
             return Ok(response);
+        }
+        if status == 401 && self.token.is_none() {
+            return Err(ClientError::NotLoggedIn { server: self.server.clone() });
         }
         let text =
             response.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
@@ -750,7 +758,7 @@ mod tests {
         assert!(matches!(status_error(413, "", None), ClientError::TooLarge { .. }));
         let e = status_error(404, r#"{"error":"task nightly not found"}"#, None);
         assert_eq!(e.to_string(), "task nightly not found");
-        assert!(e.is_refusal());
+        assert!(!e.is_local());
         let e = status_error(502, "<html>\n<h1>Bad Gateway</h1>\n</html>", None);
         assert_eq!(e.to_string(), "the server answered 502: <html>");
         let e = status_error(409, r#"{"error":"run ka9 already finished"}"#, Some("ka9"));

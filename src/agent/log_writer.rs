@@ -11,6 +11,7 @@
 //! partial lines; while a batch is being written, the worker's bounded event channel makes the
 //! run wait.
 
+use chrono::Utc;
 use kiln_worker::Event;
 use kiln_worker::mask::{MaskedStream, Secrets};
 use kiln_worker::plan::StepId;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log_hub::LogHub;
 use crate::run_id::RunId;
-use crate::run_log::{self, Dependencies, LineAssembler, StreamKey};
+use crate::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
 use crate::store::{Store, StoreError};
 
 /// A batch is written once it reaches this size or the event channel is empty.
@@ -43,6 +44,7 @@ pub(crate) struct LogWriter {
     /// Per step and stream; a handful of entries.
     streams: Vec<(StreamKey, MaskedStream)>,
     lines: LineAssembler,
+    ends: StepEnds,
     batch: Vec<u8>,
     lost: Option<Lost>,
     /// Cancelled when the lease is lost: the run must stop, nobody will record it.
@@ -66,6 +68,7 @@ impl LogWriter {
             masked: Vec::new(),
             streams: Vec::new(),
             lines: LineAssembler::new(&[]),
+            ends: StepEnds::default(),
             batch: Vec::new(),
             lost: None,
             cancel,
@@ -83,8 +86,14 @@ impl LogWriter {
         self.lines = LineAssembler::new(order);
     }
 
-    /// One line of the agent's own, unprefixed like ACR's agent lines (masked).
+    /// One line of the agent's own, unprefixed and timestamped like ACR's agent lines (masked).
     pub(crate) fn line(&mut self, text: &str) {
+        self.plain(&run_log::stamped(text, Utc::now()));
+    }
+
+    /// One line as it is (masked): the closing block (report, outcome) that readers take
+    /// apart, as ACR's client prints it.
+    pub(crate) fn plain(&mut self, text: &str) {
         self.batch.extend_from_slice(self.secrets.text(text).as_bytes());
         self.batch.push(b'\n');
     }
@@ -102,6 +111,11 @@ impl LogWriter {
     /// Formats one worker event into the batch and notes its results in `dependencies`.
     fn event(&mut self, event: &Event, dependencies: &mut Dependencies) {
         dependencies.observe(event);
+        let now = Utc::now();
+        for (step, text) in self.ends.observe(event) {
+            let text = self.secrets.text(&run_log::stamped(&text, now));
+            let _ = run_log::write_line(&mut self.batch, self.lines.width(), Some(&step), &text);
+        }
         let Event::Log { step, stream, data } = event else { return };
         let key = (step.clone(), *stream);
         let index = match self.streams.iter().position(|(k, _)| *k == key) {
@@ -116,7 +130,7 @@ impl LogWriter {
         let width = lines.width();
         lines.push(step.as_ref(), *stream, &safe, |step, text| {
             // Writing into a Vec cannot fail.
-            let _ = run_log::write_line(batch, width, step, text);
+            let _ = run_log::write_line(batch, width, step, &run_log::shown(*stream, text, now));
         });
     }
 

@@ -26,6 +26,7 @@ pub mod paths {
     pub const HEALTH: &str = "/healthz";
     pub const TASKS: &str = "/tasks";
     pub const REGISTRY_EVENTS: &str = "/registry/events";
+    pub const WHOAMI: &str = "/whoami";
 
     pub fn run(id: &str) -> String {
         format!("/runs/{id}")
@@ -394,6 +395,32 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub diagnostics: Vec<Diagnostic>,
+}
+
+/// `GET /whoami`: the token a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    /// The token's name.
+    pub name: String,
+    pub role: TokenRole,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenRole {
+    Admin,
+    User,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::User => "user",
+        }
+    }
 }
 
 /// Response header of `GET /runs/{id}/log`: the byte offset the body starts at.

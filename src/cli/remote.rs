@@ -86,6 +86,14 @@ pub(super) fn remote_source(source: &SourceArg) -> Option<Source> {
     }
 }
 
+/// A local SOURCE must be a directory: said before anything is packed.
+pub(super) fn check_local_context(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!("the context {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
 /// Packs and uploads a local context, telling the user what happens as az does. Returns the
 /// source and the Dockerfile's path inside the archive.
 pub(super) fn upload_context(
@@ -97,7 +105,11 @@ pub(super) fn upload_context(
     eprintln!("Packing source code into tar to upload...");
     let packed = pack::pack(dir, dockerfile, prefix)?;
     eprintln!("Uploading archived source code from '{}'...", packed.path().display());
-    eprintln!("Sending context ({}) to registry: {}...", human_size(packed.size), client.server());
+    eprintln!(
+        "Sending context ({}) to the kiln server at {}...",
+        human_size(packed.size),
+        client.server()
+    );
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(packed.size), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
@@ -141,7 +153,7 @@ pub(super) fn queue(
             let diags = Diagnostics(diagnostics);
             print_diagnostics(task_name, &diags);
             eprintln!("{task_name}: invalid ({})", summary(&diags));
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(super::exit::USAGE));
         }
         Err(e) => return Err(e.into()),
     };

@@ -57,6 +57,9 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         SourceArg::Local(dir) => Some(dir.as_path()),
         _ => None,
     };
+    if let Some(dir) = local_dir {
+        remote::check_local_context(dir)?;
+    }
 
     // Read local files before packing, so a typo fails before an upload.
     let task = match &args.cmd {
@@ -72,7 +75,7 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
             .map(Ok)
             .or_else(|| {
                 (!source_arg.is_remote())
-                    .then(|| anyhow::anyhow!("cannot find the values file {path}"))
+                    .then(|| not_found("values file", path, local_dir))
                     .map(Err)
             })
             .transpose()?,
@@ -157,14 +160,24 @@ fn read_task(file: &str, local_dir: Option<&Path>, remote: bool) -> anyhow::Resu
     match read_local(file, local_dir)? {
         Some((_, text)) => Ok(Task::Local { name: file.to_string(), text }),
         None if remote => Ok(Task::InContext { path: file.to_string() }),
-        None => anyhow::bail!("cannot find the task file {file}"),
+        None => Err(not_found("task file", file, local_dir)),
     }
+}
+
+/// `cannot find the task file x (tried ctx/x, x)`: a missing file, with every path looked at.
+fn not_found(what: &str, path: &str, local_dir: Option<&Path>) -> anyhow::Error {
+    let tried: Vec<String> = candidates(path, local_dir).map(|p| p.display().to_string()).collect();
+    anyhow::anyhow!("cannot find the {what} {path} (tried {})", tried.join(", "))
+}
+
+/// Where `path` is looked for: in `local_dir` first, then as given.
+fn candidates(path: &str, local_dir: Option<&Path>) -> impl Iterator<Item = PathBuf> {
+    local_dir.map(|d| d.join(path)).into_iter().chain([PathBuf::from(path)])
 }
 
 /// A file's text, looked up in `local_dir` first, then as given; `None` when in neither.
 fn read_local(path: &str, local_dir: Option<&Path>) -> anyhow::Result<Option<(PathBuf, String)>> {
-    let candidates = local_dir.map(|d| d.join(path)).into_iter().chain([PathBuf::from(path)]);
-    for candidate in candidates {
+    for candidate in candidates(path, local_dir) {
         if candidate.is_file() {
             let text = std::fs::read_to_string(&candidate)
                 .with_context(|| format!("cannot read {}", candidate.display()))?;
@@ -224,7 +237,13 @@ mod tests {
             Task::Local { name: "acb.yaml".into(), text: "steps: []\n".into() }
         );
         let err = read_task("missing.yaml", Some(dir.path()), false).unwrap_err();
-        assert_eq!(err.to_string(), "cannot find the task file missing.yaml");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot find the task file missing.yaml (tried {}, missing.yaml)",
+                dir.path().join("missing.yaml").display()
+            )
+        );
     }
 
     #[test]

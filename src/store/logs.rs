@@ -45,6 +45,50 @@ fn as_u64(field: &str, v: i64) -> StoreResult<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("log {field} is negative: {v}")))
 }
 
+/// Stores `bytes` as chunk `seq` ending at `end`, which the run row already counts.
+async fn insert_chunk(
+    conn: &mut sqlx::SqliteConnection,
+    run: &RunId,
+    seq: i64,
+    end: i64,
+    bytes: &[u8],
+) -> StoreResult<LogChunk> {
+    let len = bytes.len() as i64;
+    let offset = end - len;
+    if len > 0 {
+        sqlx::query(
+            "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(run.as_str())
+        .bind(seq)
+        .bind(offset)
+        .bind(bytes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(LogChunk { seq: as_u64("seq", seq)?, offset: as_u64("offset", offset)?, len: len as u64 })
+}
+
+/// Appends non-empty `bytes` to a run's log inside the caller's transaction, unfenced: for the
+/// lines the store itself ends a log with when no agent holds the run (a cancel in the queue).
+pub(super) async fn append_in(
+    conn: &mut sqlx::SqliteConnection,
+    run: &RunId,
+    bytes: &[u8],
+) -> StoreResult<LogChunk> {
+    let len = i64::try_from(bytes.len())
+        .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
+    let (seq, end): (i64, i64) = sqlx::query_as(
+        "UPDATE runs SET log_seq = log_seq + 1, log_len = log_len + $2 WHERE id = $1
+         RETURNING log_seq, log_len",
+    )
+    .bind(run.as_str())
+    .bind(len)
+    .fetch_one(&mut *conn)
+    .await?;
+    insert_chunk(conn, run, seq, end, bytes).await
+}
+
 impl Store {
     /// Appends `bytes` to the run's log. Fenced on the lease epoch (and the run must be Started
     /// or Running). An empty append stores nothing and returns the current end (`len` 0, `seq`
@@ -69,24 +113,9 @@ impl Store {
             tx.rollback().await?;
             return Err(self.fence_error(run, epoch).await);
         };
-        let offset = end - len;
-        if len > 0 {
-            sqlx::query(
-                "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(run.as_str())
-            .bind(seq)
-            .bind(offset)
-            .bind(bytes)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let chunk = insert_chunk(&mut tx, run, seq, end, bytes).await?;
         tx.commit().await?;
-        Ok(LogChunk {
-            seq: as_u64("seq", seq)?,
-            offset: as_u64("offset", offset)?,
-            len: len as u64,
-        })
+        Ok(chunk)
     }
 
     /// Up to `max_bytes` of the run's log from byte `from_offset` on, in order, as stored chunks

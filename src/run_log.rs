@@ -141,7 +141,8 @@ impl StepEnds {
         match event {
             Event::StepFinished { step, status, elapsed_ms, error, .. } => {
                 let reason = error.as_deref().unwrap_or("no reason given");
-                let marked = |verdict| format!("{}: {reason}", step_marked(step, verdict, *elapsed_ms));
+                let marked =
+                    |verdict| format!("{}: {reason}", step_marked(step, verdict, *elapsed_ms));
                 let line = match status {
                     StepStatus::Successful => {
                         self.succeeded.push((step.clone(), *elapsed_ms));
@@ -325,7 +326,10 @@ mod tests {
         };
         assert_eq!(
             ends.observe(&end),
-            [(a, "Step ID: a marked as successful (elapsed time in seconds: 1.500000)".to_string())]
+            [(
+                a,
+                "Step ID: a marked as successful (elapsed time in seconds: 1.500000)".to_string()
+            )]
         );
         let mut ends = StepEnds::default();
         assert_eq!(
@@ -366,7 +370,10 @@ mod tests {
         }]);
         let text = dependency_text(&report);
         assert!(text.starts_with("- image:\n    registry: r\n    repository: app\n"), "{text}");
-        assert!(text.contains("\n  runtime-dependency:\n    registry: registry.hub.docker.com\n"), "{text}");
+        assert!(
+            text.contains("\n  runtime-dependency:\n    registry: registry.hub.docker.com\n"),
+            "{text}"
+        );
         assert!(text.find("image:") < text.find("runtime-dependency:"), "{text}");
         assert_eq!(deps.pushed(), [("r/app:1".to_string(), "sha256:ab".to_string())]);
     }

@@ -108,7 +108,10 @@ fn local_dockerfile(dir: &Path, file: &str) -> anyhow::Result<PathBuf> {
     remote::check_local_context(dir)?;
     let dockerfile = resolve_dockerfile(dir, Path::new(file));
     if !dockerfile.is_file() {
-        anyhow::bail!("cannot find the Dockerfile {file}: there is no file {}", dockerfile.display());
+        anyhow::bail!(
+            "cannot find the Dockerfile {file}: there is no file {}",
+            dockerfile.display()
+        );
     }
     Ok(dockerfile)
 }

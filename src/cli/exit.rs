@@ -67,7 +67,8 @@ mod tests {
     fn a_cause_is_never_said_twice() {
         let io = std::io::Error::from(std::io::ErrorKind::NotFound);
         let text = io.to_string();
-        let error = anyhow::Error::new(ClientError::ReadFile { path: "ctx.tgz".into(), source: io });
+        let error =
+            anyhow::Error::new(ClientError::ReadFile { path: "ctx.tgz".into(), source: io });
         assert_eq!(message(&error), format!("cannot read ctx.tgz: {text}"));
         let error = Err::<(), _>(std::io::Error::from(std::io::ErrorKind::NotFound))
             .context("reading the token")

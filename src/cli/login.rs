@@ -65,7 +65,11 @@ pub fn logout(_args: LogoutArgs, server: Option<&str>) -> anyhow::Result<ExitCod
         eprintln!("Not logged in: {} holds no token", path.display());
     } else {
         config.save(&path)?;
-        eprintln!("Logged out of {}: the token was removed from {}", settings.server, path.display());
+        eprintln!(
+            "Logged out of {}: the token was removed from {}",
+            settings.server,
+            path.display()
+        );
     }
     if std::env::var_os("KILN_TOKEN").is_some_and(|t| !t.is_empty()) {
         eprintln!("KILN_TOKEN is set: commands still send its token");

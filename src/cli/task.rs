@@ -958,12 +958,8 @@ fn logs(args: TaskLogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
 }
 
 fn list_runs(args: TaskListRunsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
-    let query = RunQuery {
-        status: args.run_status,
-        image: args.image,
-        task: args.name,
-        top: args.top,
-    };
+    let query =
+        RunQuery { status: args.run_status, image: args.image, task: args.name, top: args.top };
     print_runs(&remote::connect(server)?, &query, args.output)
 }
 

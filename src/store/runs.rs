@@ -309,7 +309,8 @@ impl Store {
                 waited.unsigned_abs(),
                 Some(CANCELED_IN_QUEUE),
             );
-            let chunk = super::logs::append_in(&mut tx, id, format!("\n{line}\n").as_bytes()).await?;
+            let chunk =
+                super::logs::append_in(&mut tx, id, format!("\n{line}\n").as_bytes()).await?;
             record.log_len = chunk.offset + chunk.len;
         }
         tx.commit().await?;

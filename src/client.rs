@@ -418,6 +418,19 @@ impl Client {
         Ok((start, response.into_body().into_reader()))
     }
 
+    /// `GET /runs/{id}/log?timestamps=true`: the log so far, each line after its arrival time.
+    pub fn timed_log(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let request =
+            self.authorize(self.agent.get(self.url(&paths::log(id)))).query("timestamps", "true");
+        let mut response = self.check(request.call(), Some(id))?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(|e| transport_error(&self.server, e))
+    }
+
     /// Copies the run's log from byte `have` into `sink`; with `follow`, until the run ends,
     /// reconnecting when the connection drops. Returns the bytes of log written in total.
     pub fn copy_log(

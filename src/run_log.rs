@@ -123,6 +123,33 @@ pub fn shown(stream: LogStream, text: &str, at: DateTime<Utc>) -> std::borrow::C
     }
 }
 
+/// `bytes`, which start at byte `start` of a log, with every line prefixed by when it arrived
+/// (RFC 3339, UTC, milliseconds, then a space): the time of the last of `times` (offset, time;
+/// in offset order) at or before the line's first byte, else `first` (the run's creation: the
+/// queue line is written with the run).
+pub fn with_times(
+    bytes: &[u8],
+    start: u64,
+    times: &[(u64, DateTime<Utc>)],
+    first: DateTime<Utc>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8);
+    let mut offset = start;
+    let mut next = 0;
+    let mut at = first;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        while let Some(&(_, time)) = times.get(next).filter(|(mark, _)| *mark <= offset) {
+            at = time;
+            next += 1;
+        }
+        out.extend_from_slice(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(line);
+        offset += line.len() as u64;
+    }
+    out
+}
+
 /// The line every step's output ends with. The worker writes ACR's `… marked as successful`
 /// for the steps of a successful run; this adds the rest: a failed (or ignored, or canceled)
 /// step's line with its reason when it ends, a skipped step's with why, and, when the run did
@@ -346,6 +373,23 @@ mod tests {
             "2019/03/18 21:56:12 Executing step ID: b"
         );
         assert_eq!(shown(LogStream::Stdout, "hello", at), "hello");
+    }
+
+    #[test]
+    fn lines_get_the_time_their_first_byte_arrived() {
+        let t = |s| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 2, 3, 4, s).unwrap();
+        // Marks at 10 (inside the second line, which began earlier) and 19 (the last line).
+        let log = b"first\nsecond\nthird\nlast";
+        let times = [(10, t(1)), (19, t(2))];
+        let timed = String::from_utf8(with_times(log, 0, &times, t(0))).unwrap();
+        assert_eq!(
+            timed,
+            "2026-01-02T03:04:00.000Z first\n2026-01-02T03:04:00.000Z second\n\
+             2026-01-02T03:04:01.000Z third\n2026-01-02T03:04:02.000Z last"
+        );
+        // From an offset, as the store answers: the mark before it covers the first line.
+        let timed = String::from_utf8(with_times(&log[13..], 13, &times, t(0))).unwrap();
+        assert_eq!(timed, "2026-01-02T03:04:01.000Z third\n2026-01-02T03:04:02.000Z last");
     }
 
     #[test]

@@ -218,3 +218,47 @@ fn login_asks_for_the_token_without_echo_whoami_names_it_and_logout_forgets_it()
     exits(&kiln(&["whoami"]).expect("kiln"), 1, "not logged in", "whoami after logout");
     exits(&kiln(&["logout"]).expect("kiln"), 0, "Not logged in", "second logout");
 }
+
+#[test]
+fn every_line_keeps_its_arrival_time_beside_the_log() {
+    let server = Server::start("ect", 1);
+    let out = server.run(&["run", "--cmd", "busybox echo hello-timed", "/dev/null"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let id = all
+        .lines()
+        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
+        .unwrap_or_else(|| panic!("no run queued: {all}"))
+        .to_string();
+    let plain = String::from_utf8(server.run(&["logs", &id]).stdout).expect("utf-8");
+    let out = server.run(&["logs", &id, "--timestamps"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let timed = String::from_utf8(out.stdout).expect("utf-8");
+    // The stored log is untouched: each timed line is a plain line after its time, in order.
+    let mut last = None;
+    let mut stripped = Vec::new();
+    for line in timed.lines() {
+        let (time, rest) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}: {timed}"));
+        let time =
+            chrono::DateTime::parse_from_rfc3339(time).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(last.is_none_or(|l| l <= time), "out of order: {timed}");
+        last = Some(time);
+        stripped.push(rest);
+    }
+    assert_eq!(stripped, plain.lines().collect::<Vec<_>>(), "{timed}");
+    // Container output stays as written; kiln's own lines carry ACR's stamp in the text.
+    let output = plain.lines().find(|l| l.ends_with("| hello-timed")).expect(&plain);
+    assert_eq!(output.split_once(" | ").map(|(_, text)| text), Some("hello-timed"), "{plain}");
+    let executing = plain.lines().find(|l| l.contains("Executing step ID: ")).expect(&plain);
+    let stamp = executing.split_once(" | ").map(|(_, t)| &t[..19]).expect(executing);
+    assert!(chrono::NaiveDateTime::parse_from_str(stamp, "%Y/%m/%d %H:%M:%S").is_ok(), "{plain}");
+    // Offsets stay the plain log's: from a line's offset, the timed log starts with that line.
+    let offset = plain.find(output).expect("offset");
+    let path = format!("/runs/{id}/log?offset={offset}&timestamps=true");
+    let (status, body) = server.http("GET", &path, Some(&server.token), b"");
+    assert_eq!(status, 200, "{body}");
+    let first = body.lines().next().and_then(|l| l.split_once(' ')).map(|(_, rest)| rest);
+    assert_eq!(first, Some(output), "{body}");
+    let out = server.run(&["logs", &id, "--timestamps", "--follow"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

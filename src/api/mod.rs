@@ -386,6 +386,10 @@ pub struct LogQuery {
     /// Keep the response open and stream new bytes until the run ends.
     #[serde(default)]
     pub follow: bool,
+    /// Prefix every line with when it arrived (RFC 3339, UTC, milliseconds, then a space);
+    /// offsets stay those of the plain log. Not with `follow`.
+    #[serde(default)]
+    pub timestamps: bool,
 }
 
 /// Every error answer: one line for humans, and for a bad task file its diagnostics.

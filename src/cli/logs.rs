@@ -1,5 +1,6 @@
-//! `kiln logs RUN_ID [--follow]`: a run's log, from the start; with `--follow`, live until the
-//! run ends (surviving dropped connections without printing anything twice).
+//! `kiln logs RUN_ID [--follow | --timestamps]`: a run's log, from the start; with `--follow`,
+//! live until the run ends (surviving dropped connections without printing anything twice);
+//! with `--timestamps`, each line after the time it arrived.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::remote;
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::store::RunStatus;
 
 #[derive(Debug, Args)]
@@ -18,10 +19,18 @@ pub struct LogsArgs {
     /// Keep printing new lines until the run ends.
     #[arg(long)]
     follow: bool,
+    /// Show when each line arrived (RFC 3339, UTC) in front of it: the log so far.
+    #[arg(long, conflicts_with = "follow")]
+    timestamps: bool,
 }
 
 pub fn logs(args: LogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
+    if args.timestamps {
+        let log = client.timed_log(&args.run_id)?;
+        std::io::stdout().lock().write_all(&log).map_err(ClientError::Output)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     print_log(&client, &args.run_id, args.follow)
 }
 

@@ -79,6 +79,11 @@ fn every_command_exits_1_when_refused_and_2_on_local_mistakes() {
     let left = std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "uploads were sent");
 
+    // What is sent goes to the kiln server, and says so.
+    let out = server.run(&["run", "--cmd", "busybox true", "--no-wait", &ctx]);
+    exits(&out, 0, &format!(") to the kiln server at {}...", server.url), "upload");
+    assert!(!text(&out).contains("registry"), "{}", text(&out));
+
     let unreachable =
         server.kiln().env("KILN_SERVER", "http://127.0.0.1:9").arg("list-runs").output();
     exits(&unreachable.expect("kiln"), 1, "cannot reach the kiln server", "unreachable");

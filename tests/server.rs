@@ -152,6 +152,17 @@ fn a_failing_run_exits_1_with_acr_wording_and_the_log_is_complete() {
     let log = String::from_utf8_lossy(&logs.stdout);
     assert!(log.starts_with("Waiting for an agent..."), "{log}");
     assert_eq!(log.matches("before-exit").count(), 1, "{log}");
+    // The step's output ends with its closing line, timestamped as ACR's own lines.
+    let closing = log
+        .lines()
+        .find_map(|l| l.strip_prefix("acb_step_0 | ").filter(|t| t.contains("marked as failed")))
+        .unwrap_or_else(|| panic!("no closing line: {log}"));
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(&closing[..19], "%Y/%m/%d %H:%M:%S").is_ok()
+            && closing[20..]
+                .starts_with("Step ID: acb_step_0 marked as failed (elapsed time in seconds: "),
+        "{log}"
+    );
     assert_eq!(server.show(&id)["status"], "Failed");
 }
 

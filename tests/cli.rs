@@ -62,6 +62,7 @@ fn every_command_exits_1_when_refused_and_2_on_local_mistakes() {
         (vec!["build", "/nonexistent/ctx"], 2, "the context /nonexistent/ctx is not a directory"),
         (vec!["run", "-f", "missing.yaml", &ctx], 2, &missing_task),
         (vec!["run", "-f", &bad, "/dev/null"], 2, "invalid"),
+        (vec!["run", "-f", &bad, &ctx], 2, "invalid"),
         (vec!["exec", "-f", &bad], 2, "invalid"),
         (vec!["list-runs", "--status", "done"], 2, "expected one of"),
         (vec!["show-run"], 2, "RUN_ID"),

@@ -175,6 +175,15 @@ impl RunRequest {
         }
     }
 
+    /// Points the request at `source` (the CLI checks a request before its upload exists).
+    pub fn set_source(&mut self, source: Source) {
+        match self {
+            RunRequest::DockerBuild(r) => r.source = source,
+            RunRequest::FileTask(r) => r.source = source,
+            RunRequest::EncodedTask(r) => r.source = source,
+        }
+    }
+
     pub fn timeout_secs(&self) -> Option<u64> {
         match self {
             RunRequest::DockerBuild(r) => r.timeout_secs,

@@ -150,10 +150,7 @@ pub(super) fn queue(
     let run = match create() {
         Ok(run) => run,
         Err(ClientError::InvalidTask { diagnostics, .. }) => {
-            let diags = Diagnostics(diagnostics);
-            print_diagnostics(task_name, &diags);
-            eprintln!("{task_name}: invalid ({})", summary(&diags));
-            return Ok(ExitCode::from(super::exit::USAGE));
+            return Ok(invalid(task_name, Diagnostics(diagnostics)));
         }
         Err(e) => return Err(e.into()),
     };
@@ -162,6 +159,13 @@ pub(super) fn queue(
         return Ok(ExitCode::SUCCESS);
     }
     follow(client, &run.run_id, !wait.no_logs)
+}
+
+/// Reports a task file that does not plan, named `task_name`: a local input error.
+pub(super) fn invalid(task_name: &str, diagnostics: Diagnostics) -> ExitCode {
+    print_diagnostics(task_name, &diagnostics);
+    eprintln!("{task_name}: invalid ({})", summary(&diagnostics));
+    ExitCode::from(super::exit::USAGE)
 }
 
 /// Shows the log live (when `logs`), waits for the run's end and reports it.

@@ -15,7 +15,8 @@ use clap::Args;
 
 use super::remote::{self, SourceArg, WaitArgs};
 use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, RunRequest, Source};
-use crate::request::cmd_request;
+use crate::config::Config;
+use crate::request::{CheckError, check, cmd_request};
 use crate::values::{SetFlag, SetValue};
 
 #[derive(Debug, Args)]
@@ -82,15 +83,9 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    let source = match (&source_arg, remote::remote_source(&source_arg)) {
-        (_, Some(source)) => source,
-        (SourceArg::Local(dir), None) => {
-            remote::upload_context(&client, dir, None, "run_archive_")?.0
-        }
-        (_, None) => Source::None,
-    };
-
-    let (request, name) = match (args.cmd, task) {
+    // A local context is uploaded once the request has passed the checks made here.
+    let source = remote::remote_source(&source_arg).unwrap_or(Source::None);
+    let (mut request, name) = match (args.cmd, task) {
         (Some(cmd), _) => {
             let mut request = cmd_request(&cmd, args.timeout, source);
             request.values_content = values_content;
@@ -136,6 +131,20 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give a task file with -f or a command with --cmd"),
     };
+    // The server's own check of a task sent in the request, here, before any upload: a bad
+    // file costs no packing. (The server checks again with its registry and aliases.)
+    let images = Config::default().image_aliases();
+    match check(&request, None, &images) {
+        Err(CheckError::Invalid { diagnostics, .. }) if diagnostics.has_errors() => {
+            return Ok(remote::invalid(&name, diagnostics));
+        }
+        Err(CheckError::Request(e)) => return Err(e.into()),
+        // Warnings are the server's to report, with the run.
+        Ok(()) | Err(CheckError::Invalid { .. }) => {}
+    }
+    if let SourceArg::Local(dir) = &source_arg {
+        request.set_source(remote::upload_context(&client, dir, None, "run_archive_")?.0);
+    }
     remote::submit(&client, &request, &name, args.wait)
 }
 

@@ -1,5 +1,5 @@
 //! The HTTP client of `kiln serve`, used by `kiln build`, `run`, `logs`, `show-run`,
-//! `list-runs`, `cancel-run`, `login` and `task …`.
+//! `list-runs`, `cancel-run`, `login`, `whoami` and `task …`.
 //!
 //! It owns three things the commands share: where the server is and which token to send
 //! ([`ClientConfig`], [`Settings`]), the calls themselves ([`Client`], one method per route of
@@ -47,6 +47,9 @@ pub enum ClientError {
     Unreachable { server: String, reason: String },
     #[error("the server rejected the API token: set KILN_TOKEN or run `kiln login`")]
     Unauthorized,
+    /// The server wants a token and this client has none.
+    #[error("not logged in to {server}: run `kiln login` (or set KILN_TOKEN)")]
+    NotLoggedIn { server: String },
     #[error("run {id} not found")]
     RunNotFound { id: String },
     /// A task, a timer or another named thing the server does not have.
@@ -83,19 +86,15 @@ impl ClientError {
         matches!(self, ClientError::Unreachable { .. } | ClientError::Dropped { .. })
     }
 
-    /// Whether the server answered and said no (a bad request, an unknown or taken name, a
-    /// refused token), as opposed to a failure to reach it or to read its answer.
-    pub fn is_refusal(&self) -> bool {
+    /// Failures of this machine's own files (the client configuration, a file to send or the
+    /// output), not of the server.
+    pub fn is_local(&self) -> bool {
         matches!(
             self,
-            ClientError::Unauthorized
-                | ClientError::RunNotFound { .. }
-                | ClientError::NotFound { .. }
-                | ClientError::InvalidTask { .. }
-                | ClientError::BadRequest { .. }
-                | ClientError::TooLarge { .. }
-                | ClientError::Conflict { .. }
-                | ClientError::Server { .. }
+            ClientError::ConfigRead { .. }
+                | ClientError::ConfigWrite { .. }
+                | ClientError::ReadFile { .. }
+                | ClientError::Output(_)
         )
     }
 }
@@ -427,6 +426,19 @@ impl Client {
         Ok((start, response.into_body().into_reader()))
     }
 
+    /// `GET /runs/{id}/log?timestamps=true`: the log so far, each line after its arrival time.
+    pub fn timed_log(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        let request =
+            self.authorize(self.agent.get(self.url(&paths::log(id)))).query("timestamps", "true");
+        let mut response = self.check(request.call(), Some(id))?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .map_err(|e| transport_error(&self.server, e))
+    }
+
     /// Copies the run's log from byte `have` into `sink`; with `follow`, until the run ends,
     /// reconnecting when the connection drops. Returns the bytes of log written in total.
     pub fn copy_log(
@@ -439,6 +451,12 @@ impl Client {
         let server = self.server.clone();
         let mut sleep = std::thread::sleep;
         follow_log(|offset| self.open_log(id, offset, follow), have, sink, &mut sleep, &server)
+    }
+
+    /// `GET /whoami`: the name and role of the token this client sends.
+    pub fn whoami(&self) -> Result<api::WhoAmI, ClientError> {
+        let response = self.authorize(self.agent.get(self.url(paths::WHOAMI))).call();
+        self.json(self.check(response, None)?, "the token check")
     }
 
     /// `GET /healthz`.
@@ -462,6 +480,9 @@ impl Client {
         let status = response.status().as_u16();
         if status < 400 {
             return Ok(response);
+        }
+        if status == 401 && self.token.is_none() {
+            return Err(ClientError::NotLoggedIn { server: self.server.clone() });
         }
         let text =
             response.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
@@ -778,7 +799,7 @@ mod tests {
             None,
         );
         assert_eq!(e.to_string(), "task nightly not found");
-        assert!(e.is_refusal());
+        assert!(!e.is_local());
         let e = status_error(502, "<html>\n<h1>Bad Gateway</h1>\n</html>", None);
         assert_eq!(e.to_string(), "the server answered 502: <html>");
         let e = status_error(

@@ -11,10 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use chrono::Utc;
+
 use crate::api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
 use crate::diagnostic::Diagnostics;
 use crate::plan::{Planned, plan_file};
 use crate::render::{RunVars, TemplateData};
+use crate::run_id::RunId;
 use crate::task::load::LoadOptions;
 use crate::values::{SetValue, Values, ValuesError, merge_values};
 
@@ -97,6 +100,41 @@ pub fn task_input(
                 None => Values::default(),
             };
             with_values(task.task_file.clone(), text, file, &task.values)
+        }
+    }
+}
+
+/// Why [`check`] refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The task does not load or plan: `diagnostics` say where (sorted).
+    #[error("{name} is invalid")]
+    Invalid { name: String, diagnostics: Diagnostics },
+}
+
+/// Loads and plans the task `request` carries (a Docker build or a task file sent in the
+/// request; a file task's file is in its context, checked when the run starts) as a run would,
+/// with `registry` as the default registry: the server's check before queueing, and the CLI's
+/// before it uploads anything.
+pub fn check(
+    request: &RunRequest,
+    registry: Option<&str>,
+    images: &BTreeMap<String, String>,
+) -> Result<(), CheckError> {
+    if matches!(request, RunRequest::FileTask(_)) {
+        return Ok(());
+    }
+    let input = task_input(request, None, registry)?;
+    let mut vars = RunVars::new(RunId::new("validation"), Utc::now());
+    if let Some(r) = registry {
+        vars.registry = r.to_string();
+    }
+    match input.plan(vars, images, Path::new(".")) {
+        Ok(_) => Ok(()),
+        Err(diagnostics) => {
+            Err(CheckError::Invalid { name: input.name, diagnostics: diagnostics.sorted() })
         }
     }
 }

@@ -10,8 +10,11 @@
 
 use std::io::{self, Write};
 
+use chrono::{DateTime, Utc};
+use kiln_worker::build::report::Dependency;
+use kiln_worker::event::step_marked;
 use kiln_worker::plan::StepId;
-use kiln_worker::{Event, LogStream};
+use kiln_worker::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
 
 use crate::store::RunStatus;
 
@@ -104,6 +107,103 @@ pub fn line_name(step: Option<&StepId>) -> &str {
     step.map_or(RUN_LINE_NAME, StepId::as_str)
 }
 
+/// `2019/03/18 21:56:12 text`: a line kiln writes, timestamped as ACR's engine writes its own
+/// (container output keeps its arrival time beside the log instead, so its text stays as the
+/// container wrote it).
+pub fn stamped(text: &str, at: DateTime<Utc>) -> String {
+    format!("{} {text}", at.format("%Y/%m/%d %H:%M:%S"))
+}
+
+/// The text of an assembled line of `stream` as the log shows it: kiln's own lines stamped
+/// with `at`, container output as it is.
+pub fn shown(stream: LogStream, text: &str, at: DateTime<Utc>) -> std::borrow::Cow<'_, str> {
+    match stream {
+        LogStream::System => stamped(text, at).into(),
+        LogStream::Stdout | LogStream::Stderr => text.into(),
+    }
+}
+
+/// `bytes`, which start at byte `start` of a log, with every line prefixed by when it arrived
+/// (RFC 3339, UTC, milliseconds, then a space): the time of the last of `times` (offset, time;
+/// in offset order) at or before the line's first byte, else `first` (the run's creation: the
+/// queue line is written with the run).
+pub fn with_times(
+    bytes: &[u8],
+    start: u64,
+    times: &[(u64, DateTime<Utc>)],
+    first: DateTime<Utc>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8);
+    let mut offset = start;
+    let mut next = 0;
+    let mut at = first;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        while let Some(&(_, time)) = times.get(next).filter(|(mark, _)| *mark <= offset) {
+            at = time;
+            next += 1;
+        }
+        out.extend_from_slice(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(line);
+        offset += line.len() as u64;
+    }
+    out
+}
+
+/// The line every step's output ends with. The worker writes ACR's `… marked as successful`
+/// for the steps of a successful run; this adds the rest: a failed (or ignored, or canceled)
+/// step's line with its reason when it ends, a skipped step's with why, and, when the run did
+/// not succeed, the successful steps' lines at its end.
+#[derive(Debug, Clone, Default)]
+pub struct StepEnds {
+    /// The first step that failed: why the steps after it were skipped.
+    failed: Option<StepId>,
+    /// Steps that succeeded, with their elapsed milliseconds, in the order they ended.
+    succeeded: Vec<(StepId, u64)>,
+}
+
+impl StepEnds {
+    /// The closing lines `event` brings, each with its step.
+    pub fn observe(&mut self, event: &Event) -> Vec<(StepId, String)> {
+        match event {
+            Event::StepFinished { step, status, elapsed_ms, error, .. } => {
+                let reason = error.as_deref().unwrap_or("no reason given");
+                let marked =
+                    |verdict| format!("{}: {reason}", step_marked(step, verdict, *elapsed_ms));
+                let line = match status {
+                    StepStatus::Successful => {
+                        self.succeeded.push((step.clone(), *elapsed_ms));
+                        return Vec::new();
+                    }
+                    StepStatus::Failed => {
+                        self.failed.get_or_insert_with(|| step.clone());
+                        marked("failed")
+                    }
+                    StepStatus::Ignored => marked("failed, errors ignored"),
+                    StepStatus::Canceled => marked("canceled"),
+                    StepStatus::Skipped => match &self.failed {
+                        Some(failed) => {
+                            format!("Step ID: {step} skipped: step ID {failed} failed before it")
+                        }
+                        None => format!("Step ID: {step} skipped: the run ended before it started"),
+                    },
+                };
+                vec![(step.clone(), line)]
+            }
+            Event::RunFinished { status, .. } if *status != WorkerStatus::Succeeded => {
+                std::mem::take(&mut self.succeeded)
+                    .into_iter()
+                    .map(|(step, ms)| {
+                        let line = step_marked(&step, "successful", ms);
+                        (step, line)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The dependency report (reference §6.3) and pushed images of a run, gathered from its events.
 #[derive(Debug, Clone, Default)]
 pub struct Dependencies {
@@ -146,6 +246,15 @@ impl Dependencies {
         }
         Some(serde_json::Value::Array(entries))
     }
+}
+
+/// The dependency report as ACR prints it under its header: YAML, one indented block per
+/// dependency, in ACR's field order. (The API keeps it as the one JSON document it is.)
+pub fn dependency_text(report: &serde_json::Value) -> String {
+    serde_json::from_value::<Vec<Dependency>>(report.clone())
+        .ok()
+        .and_then(|entries| serde_saphyr::to_string(&entries).ok())
+        .map_or_else(|| report.to_string(), |yaml| yaml.trim_end().to_string())
 }
 
 /// The header line of the dependency report.
@@ -209,6 +318,80 @@ mod tests {
         assert_eq!(out[0].len(), MAX_PARTIAL_LINE + "kiln|".len());
     }
 
+    fn finished(step: &StepId, status: StepStatus, error: Option<&str>) -> Event {
+        Event::StepFinished {
+            step: step.clone(),
+            status,
+            exit_code: None,
+            elapsed_ms: 1500,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn every_step_ends_with_a_line() {
+        let (a, b, c) = (StepId::new("a"), StepId::new("b"), StepId::new("c"));
+        let mut ends = StepEnds::default();
+        assert!(ends.observe(&finished(&a, StepStatus::Successful, None)).is_empty());
+        assert_eq!(
+            ends.observe(&finished(&b, StepStatus::Failed, Some("exit status 3"))),
+            [(
+                b.clone(),
+                "Step ID: b marked as failed (elapsed time in seconds: 1.500000): exit status 3"
+                    .to_string()
+            )]
+        );
+        assert_eq!(
+            ends.observe(&finished(&c, StepStatus::Skipped, None)),
+            [(c.clone(), "Step ID: c skipped: step ID b failed before it".to_string())]
+        );
+        let end = Event::RunFinished {
+            run_id: kiln_worker::plan::RunId::new("ka1"),
+            status: WorkerStatus::Failed,
+            elapsed_ms: 3000,
+            error: None,
+        };
+        assert_eq!(
+            ends.observe(&end),
+            [(
+                a,
+                "Step ID: a marked as successful (elapsed time in seconds: 1.500000)".to_string()
+            )]
+        );
+        let mut ends = StepEnds::default();
+        assert_eq!(
+            ends.observe(&finished(&c, StepStatus::Skipped, None))[0].1,
+            "Step ID: c skipped: the run ended before it started"
+        );
+    }
+
+    #[test]
+    fn kiln_lines_are_stamped_as_acr_stamps_them() {
+        let at = chrono::TimeZone::with_ymd_and_hms(&Utc, 2019, 3, 18, 21, 56, 12).unwrap();
+        assert_eq!(
+            shown(LogStream::System, "Executing step ID: b", at),
+            "2019/03/18 21:56:12 Executing step ID: b"
+        );
+        assert_eq!(shown(LogStream::Stdout, "hello", at), "hello");
+    }
+
+    #[test]
+    fn lines_get_the_time_their_first_byte_arrived() {
+        let t = |s| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 2, 3, 4, s).unwrap();
+        // Marks at 10 (inside the second line, which began earlier) and 19 (the last line).
+        let log = b"first\nsecond\nthird\nlast";
+        let times = [(10, t(1)), (19, t(2))];
+        let timed = String::from_utf8(with_times(log, 0, &times, t(0))).unwrap();
+        assert_eq!(
+            timed,
+            "2026-01-02T03:04:00.000Z first\n2026-01-02T03:04:00.000Z second\n\
+             2026-01-02T03:04:01.000Z third\n2026-01-02T03:04:02.000Z last"
+        );
+        // From an offset, as the store answers: the mark before it covers the first line.
+        let timed = String::from_utf8(with_times(&log[13..], 13, &times, t(0))).unwrap();
+        assert_eq!(timed, "2026-01-02T03:04:01.000Z third\n2026-01-02T03:04:02.000Z last");
+    }
+
     #[test]
     fn reports_get_pushed_digests() {
         let mut deps = Dependencies::default();
@@ -223,6 +406,19 @@ mod tests {
         });
         let merged = deps.report().expect("report");
         assert_eq!(merged[0]["image"]["digest"], "sha256:ab");
+        let report = serde_json::json!([{
+            "image": {"registry": "r", "repository": "app", "tag": "1", "digest": "sha256:ab", "reference": "r/app:1"},
+            "runtime-dependency": {"registry": "registry.hub.docker.com", "repository": "library/busybox", "tag": "latest", "digest": "", "reference": "busybox:latest"},
+            "buildtime-dependency": [],
+            "git": {"git-head-revision": ""}
+        }]);
+        let text = dependency_text(&report);
+        assert!(text.starts_with("- image:\n    registry: r\n    repository: app\n"), "{text}");
+        assert!(
+            text.contains("\n  runtime-dependency:\n    registry: registry.hub.docker.com\n"),
+            "{text}"
+        );
+        assert!(text.find("image:") < text.find("runtime-dependency:"), "{text}");
         assert_eq!(deps.pushed(), [("r/app:1".to_string(), "sha256:ab".to_string())]);
     }
 }

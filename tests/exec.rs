@@ -56,7 +56,31 @@ fn a_failing_step_fails_the_run_with_its_id_and_a_summary() {
         "{all}"
     );
     assert!(all.lines().any(|l| l.starts_with("never") && l.contains("skipped")), "{all}");
+    // Every step's output ends with a line, timestamped as ACR stamps its own lines.
+    assert!(
+        stamped(&all, "ok", "Step ID: ok marked as successful (elapsed time in seconds: "),
+        "{all}"
+    );
+    assert!(stamped(&all, "broken", "Executing step ID: broken."), "{all}");
+    assert!(
+        stamped(&all, "broken", "Step ID: broken marked as failed (elapsed time in seconds: "),
+        "{all}"
+    );
+    assert!(
+        stamped(&all, "never", "Step ID: never skipped: step ID broken failed before it"),
+        "{all}"
+    );
     assert_eq!(leftovers(&run), "");
+}
+
+/// Whether a line of `step` says `text` after a `2019/03/18 21:56:12` timestamp.
+fn stamped(all: &str, step: &str, text: &str) -> bool {
+    all.lines().filter(|l| l.starts_with(step)).filter_map(|l| l.split_once(" | ")).any(
+        |(_, rest)| {
+            rest.get(20..).is_some_and(|t| t.starts_with(text))
+                && chrono::NaiveDateTime::parse_from_str(&rest[..19], "%Y/%m/%d %H:%M:%S").is_ok()
+        },
+    )
 }
 
 #[test]
@@ -166,8 +190,9 @@ fn push_with_credentials_and_with_wrong_ones() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains("The following dependencies were found:"), "{all}");
-    assert!(all.contains(&format!("\"reference\":\"{auth}/kiln-exec-test:{run}\"")), "{all}");
-    assert!(all.contains("\"digest\":\"sha256:"), "{all}");
+    // As ACR prints it: YAML, one indented block per dependency.
+    assert!(all.contains(&format!("\n    reference: {auth}/kiln-exec-test:{run}\n")), "{all}");
+    assert!(all.contains("\n    digest: sha256:"), "{all}");
     assert!(!all.contains(&password), "the password reached the output:\n{all}");
 
     let run = run_id("pushbad");

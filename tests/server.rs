@@ -152,6 +152,17 @@ fn a_failing_run_exits_1_with_acr_wording_and_the_log_is_complete() {
     let log = String::from_utf8_lossy(&logs.stdout);
     assert!(log.starts_with("Waiting for an agent..."), "{log}");
     assert_eq!(log.matches("before-exit").count(), 1, "{log}");
+    // The step's output ends with its closing line, timestamped as ACR's own lines.
+    let closing = log
+        .lines()
+        .find_map(|l| l.strip_prefix("acb_step_0 | ").filter(|t| t.contains("marked as failed")))
+        .unwrap_or_else(|| panic!("no closing line: {log}"));
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(&closing[..19], "%Y/%m/%d %H:%M:%S").is_ok()
+            && closing[20..]
+                .starts_with("Step ID: acb_step_0 marked as failed (elapsed time in seconds: "),
+        "{log}"
+    );
     assert_eq!(server.show(&id)["status"], "Failed");
 }
 
@@ -230,7 +241,7 @@ fn tokens_are_required_and_wrong_ones_change_nothing() {
     let out = server.kiln().env("KILN_TOKEN", "kiln_wrong").args(["list-runs"]).output();
     let out = out.expect("kiln");
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert_eq!(out.status.code(), Some(1), "{all}");
     assert_eq!(all.trim().lines().count(), 1, "one clear line: {all}");
     assert!(all.contains("token"), "{all}");
     // With the right token, nothing was queued by the rejected calls.
@@ -276,14 +287,14 @@ fn unknown_runs_and_an_unreachable_server_are_one_clear_line() {
     for args in [&["show-run", "nope1"][..], &["logs", "nope1"], &["cancel-run", "nope1"]] {
         let out = server.run(args);
         let all = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
         assert!(all.contains("run nope1 not found"), "{args:?}: {all}");
         assert_eq!(all.trim().lines().count(), 1, "{args:?}: {all}");
     }
     let out = server.kiln().env("KILN_SERVER", "http://127.0.0.1:9").args(["list-runs"]).output();
     let out = out.expect("kiln");
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("cannot reach the kiln server at http://127.0.0.1:9"), "{all}");
     assert_eq!(all.trim().lines().count(), 1, "{all}");
 }

@@ -141,7 +141,10 @@ fn pushes_build_each_commit_once_through_a_private_http_repository() {
     let forged = webhooks::github_push(&url, "main", "f".repeat(40).as_str()).signed("guess");
     let (status, forged_answer) = deliver(&server, &task, &forged);
     assert_eq!(status, 401, "{forged_answer}");
-    assert!(forged_answer["error"]["message"].as_str().unwrap().contains("bad signature"), "{forged_answer}");
+    assert!(
+        forged_answer["error"]["message"].as_str().unwrap().contains("bad signature"),
+        "{forged_answer}"
+    );
     let unsigned = webhooks::github_push(&url, "main", "e".repeat(40).as_str());
     let (status, unsigned_answer) = deliver(&server, &task, &unsigned);
     assert_eq!(status, 401, "{unsigned_answer}");

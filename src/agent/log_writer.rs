@@ -11,6 +11,7 @@
 //! partial lines; while a batch is being written, the worker's bounded event channel makes the
 //! run wait.
 
+use chrono::{DateTime, Utc};
 use kiln_worker::Event;
 use kiln_worker::mask::{MaskedStream, Secrets};
 use kiln_worker::plan::StepId;
@@ -19,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log_hub::LogHub;
 use crate::run_id::RunId;
-use crate::run_log::{self, Dependencies, LineAssembler, StreamKey};
-use crate::store::{Store, StoreError};
+use crate::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
+use crate::store::{LogTime, Store, StoreError};
 
 /// A batch is written once it reaches this size or the event channel is empty.
 pub(crate) const BATCH_BYTES: usize = 256 * 1024;
@@ -43,7 +44,11 @@ pub(crate) struct LogWriter {
     /// Per step and stream; a handful of entries.
     streams: Vec<(StreamKey, MaskedStream)>,
     lines: LineAssembler,
+    ends: StepEnds,
     batch: Vec<u8>,
+    /// When the batch's parts arrived (offsets within the batch).
+    times: Vec<LogTime>,
+    last_time: Option<DateTime<Utc>>,
     lost: Option<Lost>,
     /// Cancelled when the lease is lost: the run must stop, nobody will record it.
     cancel: CancellationToken,
@@ -66,7 +71,10 @@ impl LogWriter {
             masked: Vec::new(),
             streams: Vec::new(),
             lines: LineAssembler::new(&[]),
+            ends: StepEnds::default(),
             batch: Vec::new(),
+            times: Vec::new(),
+            last_time: None,
             lost: None,
             cancel,
         }
@@ -83,10 +91,34 @@ impl LogWriter {
         self.lines = LineAssembler::new(order);
     }
 
-    /// One line of the agent's own, unprefixed like ACR's agent lines (masked).
+    /// One line of the agent's own, unprefixed and timestamped like ACR's agent lines (masked).
     pub(crate) fn line(&mut self, text: &str) {
+        let now = now_ms();
+        let before = self.batch.len();
+        self.write_plain(&run_log::stamped(text, now));
+        self.mark(before, now);
+    }
+
+    /// One line as it is (masked): the closing block (report, outcome) that readers take
+    /// apart, as ACR's client prints it.
+    pub(crate) fn plain(&mut self, text: &str) {
+        let before = self.batch.len();
+        self.write_plain(text);
+        self.mark(before, now_ms());
+    }
+
+    fn write_plain(&mut self, text: &str) {
         self.batch.extend_from_slice(self.secrets.text(text).as_bytes());
         self.batch.push(b'\n');
+    }
+
+    /// The batch's bytes from `before` on arrived `at`: noted when they are new and the time
+    /// (to the millisecond) differs from the last note, so a burst costs one row.
+    fn mark(&mut self, before: usize, at: DateTime<Utc>) {
+        if self.batch.len() > before && self.last_time.is_none_or(|last| last != at) {
+            self.times.push(LogTime { offset: before as u64, at });
+            self.last_time = Some(at);
+        }
     }
 
     /// `text` with every registered secret masked (for the run's stored error message).
@@ -102,6 +134,18 @@ impl LogWriter {
     /// Formats one worker event into the batch and notes its results in `dependencies`.
     fn event(&mut self, event: &Event, dependencies: &mut Dependencies) {
         dependencies.observe(event);
+        let now = now_ms();
+        let before = self.batch.len();
+        self.event_lines(event, now);
+        self.mark(before, now);
+    }
+
+    /// The lines `event` brings, arrived `now`.
+    fn event_lines(&mut self, event: &Event, now: DateTime<Utc>) {
+        for (step, text) in self.ends.observe(event) {
+            let text = self.secrets.text(&run_log::stamped(&text, now));
+            let _ = run_log::write_line(&mut self.batch, self.lines.width(), Some(&step), &text);
+        }
         let Event::Log { step, stream, data } = event else { return };
         let key = (step.clone(), *stream);
         let index = match self.streams.iter().position(|(k, _)| *k == key) {
@@ -116,7 +160,7 @@ impl LogWriter {
         let width = lines.width();
         lines.push(step.as_ref(), *stream, &safe, |step, text| {
             // Writing into a Vec cannot fail.
-            let _ = run_log::write_line(batch, width, step, text);
+            let _ = run_log::write_line(batch, width, step, &run_log::shown(*stream, text, now));
         });
     }
 
@@ -141,6 +185,7 @@ impl LogWriter {
 
     /// The run is over: held-back bytes and unfinished lines go into the batch.
     pub(crate) fn end_streams(&mut self) {
+        let before = self.batch.len();
         for ((step, stream), mut masker) in std::mem::take(&mut self.streams) {
             let rest = masker.finish();
             if !rest.is_empty() {
@@ -156,6 +201,7 @@ impl LogWriter {
         lines.flush(|step, text| {
             let _ = run_log::write_line(batch, width, step, text);
         });
+        self.mark(before, now_ms());
     }
 
     /// Persists the batch with one append, then wakes followers. After a lost lease nothing
@@ -167,9 +213,11 @@ impl LogWriter {
         }
         let batch = std::mem::take(&mut self.batch);
         if self.lost.is_some() {
+            self.times.clear();
             return;
         }
-        match self.store.append_log(&self.run, self.epoch, &batch).await {
+        let times = std::mem::take(&mut self.times);
+        match self.store.append_log_timed(&self.run, self.epoch, &batch, &times).await {
             Ok(chunk) => self.hub.publish(&self.run, chunk.offset + chunk.len),
             Err(StoreError::StaleLease { .. }) => {
                 tracing::warn!(run = %self.run, "lease lost: the run's log is no longer written");
@@ -184,4 +232,10 @@ impl LogWriter {
         self.batch = batch;
         self.batch.clear();
     }
+}
+
+/// Now, to the millisecond the store keeps.
+fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }

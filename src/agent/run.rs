@@ -122,7 +122,7 @@ async fn execute(
         Ok(ready) => ready,
         Err(e) => {
             let message = e.to_string();
-            log.line(&run_log::outcome_line(run.id.as_str(), RunStatus::Error, 0, Some(&message)));
+            log.plain(&run_log::outcome_line(run.id.as_str(), RunStatus::Error, 0, Some(&message)));
             log.flush().await;
             return fail(message);
         }
@@ -173,12 +173,12 @@ async fn execute(
     if summary.status == WorkerStatus::Succeeded
         && let Some(report) = dependencies.report()
     {
-        log.line("");
+        log.plain("");
         log.line(run_log::DEPENDENCIES_HEADER);
-        log.line(&report.to_string());
+        log.plain(&run_log::dependency_text(&report));
     }
-    log.line("");
-    log.line(&run_log::outcome_line(
+    log.plain("");
+    log.plain(&run_log::outcome_line(
         run.id.as_str(),
         summary.status.into(),
         summary.elapsed.as_secs(),

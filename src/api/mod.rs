@@ -35,6 +35,7 @@ pub mod paths {
     pub const HEALTH: &str = "/healthz";
     pub const TASKS: &str = "/tasks";
     pub const REGISTRY_EVENTS: &str = "/registry/events";
+    pub const WHOAMI: &str = "/whoami";
 
     pub fn run(id: &str) -> String {
         format!("/runs/{id}")
@@ -207,6 +208,15 @@ impl RunRequest {
             RunRequest::DockerBuild(r) => &r.source,
             RunRequest::FileTask(r) => &r.source,
             RunRequest::EncodedTask(r) => &r.source,
+        }
+    }
+
+    /// Points the request at `source` (the CLI checks a request before its upload exists).
+    pub fn set_source(&mut self, source: Source) {
+        match self {
+            RunRequest::DockerBuild(r) => r.source = source,
+            RunRequest::FileTask(r) => r.source = source,
+            RunRequest::EncodedTask(r) => r.source = source,
         }
     }
 
@@ -437,6 +447,10 @@ pub struct LogQuery {
     /// Keep the response open and stream new bytes until the run ends.
     #[serde(default)]
     pub follow: bool,
+    /// Prefix every line with when it arrived (RFC 3339, UTC, milliseconds, then a space);
+    /// offsets stay those of the plain log. Not with `follow`.
+    #[serde(default)]
+    pub timestamps: bool,
 }
 
 /// A list answer: one page of `value`, newest first where order matters, and where the next
@@ -472,6 +486,32 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(default)]
     pub details: Vec<Diagnostic>,
+}
+
+/// `GET /whoami`: the token a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    /// The token's name.
+    pub name: String,
+    pub role: TokenRole,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenRole {
+    Admin,
+    User,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::User => "user",
+        }
+    }
 }
 
 /// Response header of `GET /runs/{id}/log`: the byte offset the body starts at.

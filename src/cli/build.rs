@@ -1,10 +1,11 @@
 //! `kiln build`: a quick build (and push) on the server, like `az acr build` (§5.4, §7.1).
 //! A local context is packed and uploaded; a git or tarball URL is fetched by the server.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use kiln_worker::image_ref::ImageRef;
 
 use super::remote::{self, SourceArg, WaitArgs};
 use crate::api::{Argument, DockerBuildRequest, Platform, RunRequest};
@@ -47,6 +48,14 @@ pub struct BuildArgs {
 pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
     let source = SourceArg::classify(&args.source)?;
+    // Everything this machine can judge is judged before anything is packed or sent.
+    for image in &args.images {
+        check_image(image)?;
+    }
+    let local_dockerfile = match &source {
+        SourceArg::Local(dir) => Some(local_dockerfile(dir, &args.file)?),
+        _ => None,
+    };
     let mut build_args: Vec<Argument> = Vec::new();
     let env = |name: &str| std::env::var(name).ok();
     build_args.extend(args.build_args.iter().map(|a| build_arg(a, false, env)));
@@ -54,14 +63,13 @@ pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
     if args.images.is_empty() && !args.no_push {
         eprintln!("Warning: no image name given with -t: the image is built but not pushed.");
     }
-    let (source, dockerfile) = match &source {
-        SourceArg::Local(dir) => {
-            let dockerfile = resolve_dockerfile(dir, Path::new(&args.file));
+    let (source, dockerfile) = match (&source, local_dockerfile) {
+        (SourceArg::Local(dir), Some(dockerfile)) => {
             let (source, in_archive) =
                 remote::upload_context(&client, dir, Some(&dockerfile), "build_archive_")?;
             (source, in_archive.unwrap_or(args.file.clone()))
         }
-        other => match remote::remote_source(other) {
+        (other, _) => match remote::remote_source(other) {
             Some(source) => (source, args.file.clone()),
             None => anyhow::bail!("cannot use {} as a build context", args.source),
         },
@@ -80,6 +88,34 @@ pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
     remote::submit(&client, &request, "quick build", args.wait)
 }
 
+/// A `-t` as Docker will judge it once rendered: each template stands for one valid
+/// character, so what the user wrote literally (`Bad:Tag`) is refused here, before an upload.
+fn check_image(image: &str) -> anyhow::Result<()> {
+    let mut literal = String::with_capacity(image.len());
+    let mut rest = image;
+    while let Some(start) = rest.find("{{") {
+        literal.push_str(&rest[..start]);
+        literal.push('x');
+        rest = rest[start..].find("}}").map_or("", |end| &rest[start + end + 2..]);
+    }
+    literal.push_str(rest);
+    ImageRef::parse(&literal).map_err(|e| anyhow::anyhow!("-t {image}: {e}"))?;
+    Ok(())
+}
+
+/// The Dockerfile of a local context, which must be there.
+fn local_dockerfile(dir: &Path, file: &str) -> anyhow::Result<PathBuf> {
+    remote::check_local_context(dir)?;
+    let dockerfile = resolve_dockerfile(dir, Path::new(file));
+    if !dockerfile.is_file() {
+        anyhow::bail!(
+            "cannot find the Dockerfile {file}: there is no file {}",
+            dockerfile.display()
+        );
+    }
+    Ok(dockerfile)
+}
+
 /// `K=V`, or `K` alone: K's value from the environment when set (newer az), else no value,
 /// so Docker reads it from the build's own environment.
 pub(super) fn build_arg(arg: &str, secret: bool, env: impl Fn(&str) -> Option<String>) -> Argument {
@@ -94,6 +130,28 @@ pub(super) fn build_arg(arg: &str, secret: bool, env: impl Fn(&str) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_are_checked_with_their_templates_standing_for_a_name() {
+        assert!(check_image("app:{{.Run.ID}}").is_ok());
+        assert!(check_image("{{.Run.Registry}}/app:v1-{{.Run.ID}}").is_ok());
+        assert!(check_image("127.0.0.1:5000/app").is_ok());
+        let err = check_image("Bad:Tag").unwrap_err().to_string();
+        assert!(err.starts_with("-t Bad:Tag: ") && err.contains("lowercase"), "{err}");
+        assert!(check_image("app:bad tag").is_err());
+    }
+
+    #[test]
+    fn a_missing_dockerfile_names_the_path_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = local_dockerfile(dir.path(), "Dockerfile.dev").unwrap_err().to_string();
+        let tried = dir.path().join("Dockerfile.dev");
+        assert!(err.contains(&tried.display().to_string()), "{err}");
+        std::fs::write(&tried, "FROM scratch\n").unwrap();
+        assert_eq!(local_dockerfile(dir.path(), "Dockerfile.dev").unwrap(), tried);
+        let err = local_dockerfile(&dir.path().join("nope"), "Dockerfile").unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+    }
 
     #[test]
     fn build_args_take_missing_values_from_the_environment() {

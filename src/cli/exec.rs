@@ -9,14 +9,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use chrono::Utc;
 use clap::Args;
 use kiln_worker::plan::{RegistryCredential, StepId};
 use kiln_worker::{Engine, Event, RunOptions, RunStatus, RunSummary, StepStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::exit;
 use super::task_file::{TaskFileArgs, check, print_diagnostics, summary};
-use crate::run_log::{self, Dependencies, LineAssembler};
+use crate::run_log::{self, Dependencies, LineAssembler, StepEnds};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -65,7 +67,7 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         Err(diags) => {
             print_diagnostics(&inputs.name, &diags);
             eprintln!("{}: invalid ({})", inputs.name, summary(&diags));
-            return Ok(ExitCode::FAILURE);
+            return Ok(ExitCode::from(exit::USAGE));
         }
     };
     print_diagnostics(&inputs.name, &planned.diagnostics);
@@ -137,6 +139,7 @@ async fn run(plan: kiln_worker::plan::Plan, options: RunOptions) -> anyhow::Resu
 struct Printer {
     style: Style,
     lines: LineAssembler,
+    ends: StepEnds,
     dependencies: Dependencies,
 }
 
@@ -169,23 +172,28 @@ impl Printer {
                 palette: order.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect(),
             },
             lines,
+            ends: StepEnds::default(),
             dependencies: Dependencies::default(),
         }
     }
 
     fn event(&mut self, event: Event) {
         self.dependencies.observe(&event);
+        let now = Utc::now();
+        // One write per event, not per line: a step printing 200 MB must not cost a system
+        // call a line.
+        let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        for (step, text) in self.ends.observe(&event) {
+            self.style.line(&mut out, Some(&step), &run_log::stamped(&text, now));
+        }
         if let Event::Log { step, stream, data } = event {
-            // One write per event, not per line: a step printing 200 MB must not cost a
-            // system call a line.
-            let mut out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
             let Printer { style, lines, .. } = self;
             lines.push(step.as_ref(), stream, &data, |step, text| {
-                style.line(&mut out, step, text);
+                style.line(&mut out, step, &run_log::shown(stream, text, now));
             });
-            // A closed stdout (a pipe to `head`) must not abort the run: it still cleans up.
-            let _ = out.flush();
         }
+        // A closed stdout (a pipe to `head`) must not abort the run: it still cleans up.
+        let _ = out.flush();
     }
 
     fn finish(mut self, summary: &RunSummary) {
@@ -221,8 +229,8 @@ impl Printer {
         if summary.status == RunStatus::Succeeded
             && let Some(report) = self.dependencies.report()
         {
-            println!("\n{}", run_log::DEPENDENCIES_HEADER);
-            println!("{report}");
+            println!("\n{}", run_log::stamped(run_log::DEPENDENCIES_HEADER, Utc::now()));
+            println!("{}", run_log::dependency_text(&report));
         }
         let outcome = run_log::outcome_line(
             summary.run_id.as_str(),

@@ -3,6 +3,7 @@
 
 mod build;
 mod exec;
+mod exit;
 mod login;
 mod logs;
 mod remote;
@@ -53,10 +54,15 @@ enum Command {
     ListRuns(runs::ListRunsArgs),
     /// Cancel a queued or running run.
     CancelRun(runs::CancelRunArgs),
-    /// Check an API token (read from stdin) against the server and save it.
+    /// Check an API token (asked for without echo, or read from stdin) against the server and
+    /// save it.
     Login(login::LoginArgs),
+    /// Remove the saved API token.
+    Logout(login::LogoutArgs),
+    /// Show the API token's name and role, and the server.
+    Whoami(login::WhoamiArgs),
     /// Tasks kept on the server and what triggers them, like `az acr task`: create, update,
-    /// show, list, delete, run, logs, list-runs, timer.
+    /// show, list, delete, run, logs, list-runs, show-run, cancel-run, timer, credential.
     Task(task::TaskArgs),
 }
 
@@ -68,7 +74,7 @@ pub enum Output {
     Json,
 }
 
-/// Runs the CLI; the exit code is the command's verdict.
+/// Runs the CLI; the exit code is the command's verdict ([`exit`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -83,18 +89,9 @@ pub fn main() -> ExitCode {
         Command::ListRuns(args) => runs::list_runs(args, cli.server.as_deref()),
         Command::CancelRun(args) => runs::cancel_run(args, cli.server.as_deref()),
         Command::Login(args) => login::login(args, cli.server.as_deref()),
+        Command::Logout(args) => login::logout(args, cli.server.as_deref()),
+        Command::Whoami(args) => login::whoami(args, cli.server.as_deref()),
         Command::Task(args) => task::task(args, cli.server.as_deref()),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("kiln: {e:#}");
-            // A body over a server limit is the server's answer (it names the limit), not a
-            // failure to talk to it.
-            match e.downcast_ref::<crate::client::ClientError>() {
-                Some(crate::client::ClientError::TooLarge { .. }) => ExitCode::FAILURE,
-                _ => ExitCode::from(2),
-            }
-        }
-    }
+    result.unwrap_or_else(|e| exit::report(&e))
 }

@@ -106,6 +106,14 @@ pub(super) fn check_request_size(request: &RunRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A local SOURCE must be a directory: said before anything is packed.
+pub(super) fn check_local_context(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!("the context {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
 /// Packs and uploads a local context, telling the user what happens as az does. Returns the
 /// source and the Dockerfile's path inside the archive.
 pub(super) fn upload_context(
@@ -117,7 +125,11 @@ pub(super) fn upload_context(
     eprintln!("Packing source code into tar to upload...");
     let packed = pack::pack(dir, dockerfile, prefix)?;
     eprintln!("Uploading archived source code from '{}'...", packed.path().display());
-    eprintln!("Sending context ({}) to registry: {}...", human_size(packed.size), client.server());
+    eprintln!(
+        "Sending context ({}) to the kiln server at {}...",
+        human_size(packed.size),
+        client.server()
+    );
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(packed.size), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
@@ -158,10 +170,7 @@ pub(super) fn queue(
     let run = match create() {
         Ok(run) => run,
         Err(ClientError::InvalidTask { diagnostics, .. }) => {
-            let diags = Diagnostics(diagnostics);
-            print_diagnostics(task_name, &diags);
-            eprintln!("{task_name}: invalid ({})", summary(&diags));
-            return Ok(ExitCode::from(2));
+            return Ok(invalid(task_name, Diagnostics(diagnostics)));
         }
         Err(e) => return Err(e.into()),
     };
@@ -170,6 +179,13 @@ pub(super) fn queue(
         return Ok(ExitCode::SUCCESS);
     }
     follow(client, &run.run_id, !wait.no_logs)
+}
+
+/// Reports a task file that does not plan, named `task_name`: a local input error.
+pub(super) fn invalid(task_name: &str, diagnostics: Diagnostics) -> ExitCode {
+    print_diagnostics(task_name, &diagnostics);
+    eprintln!("{task_name}: invalid ({})", summary(&diagnostics));
+    ExitCode::from(super::exit::USAGE)
 }
 
 /// Shows the log live (when `logs`), waits for the run's end and reports it.

@@ -15,7 +15,8 @@ use clap::Args;
 
 use super::remote::{self, SourceArg, WaitArgs};
 use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
-use crate::request::cmd_request;
+use crate::config::Config;
+use crate::request::{CheckError, check, cmd_request};
 use crate::values::{SetFlag, SetValue};
 
 #[derive(Debug, Args)]
@@ -57,6 +58,9 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         SourceArg::Local(dir) => Some(dir.as_path()),
         _ => None,
     };
+    if let Some(dir) = local_dir {
+        remote::check_local_context(dir)?;
+    }
 
     // Read local files before packing, so a typo fails before an upload.
     let task = match &args.cmd {
@@ -72,74 +76,80 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
             .map(Ok)
             .or_else(|| {
                 (!source_arg.is_remote())
-                    .then(|| anyhow::anyhow!("cannot find the values file {path}"))
+                    .then(|| not_found("values file", path, local_dir))
                     .map(Err)
             })
             .transpose()?,
         None => None,
     };
 
+    // A local context is uploaded once the request has passed the checks made here.
+    let source = remote::remote_source(&source_arg).unwrap_or(Source::None);
     let platform = args.platform.as_deref().map(Platform::parse);
-    let make = |source: Source| -> anyhow::Result<(RunRequest, String)> {
-        Ok(match (&args.cmd, &task) {
-            (Some(cmd), _) => {
-                let mut request = cmd_request(cmd, args.timeout, source);
-                request.values_content = values_content.clone();
-                request.values = values.clone();
-                request.platform = platform.clone();
-                (RunRequest::EncodedTask(request), "--cmd".to_string())
+    let (mut request, name) = match (args.cmd, task) {
+        (Some(cmd), _) => {
+            let mut request = cmd_request(&cmd, args.timeout, source);
+            request.values_content = values_content;
+            request.values = values;
+            request.platform = platform;
+            (RunRequest::EncodedTask(request), "--cmd".to_string())
+        }
+        (None, Some(Task::Local { name, text })) => (
+            RunRequest::EncodedTask(EncodedTaskRequest {
+                source,
+                task: text,
+                task_name: name.clone(),
+                values_content,
+                values,
+                platform,
+                timeout_secs: args.timeout,
+            }),
+            name,
+        ),
+        (None, Some(Task::InContext { path })) => {
+            // A values file not found here is read from the context too.
+            let values_file = match (&args.values, values_content.is_some()) {
+                (Some(path), false) => Some(path.clone()),
+                _ => None,
+            };
+            let mut values = values;
+            if let (Some(text), Some(path)) = (&values_content, &args.values) {
+                // The request has no room for a local values file's text with a file task:
+                // its values travel as --set values instead, which the file's own override.
+                values = [flatten_values(text, path)?, values].concat();
             }
-            (None, Some(Task::Local { name, text })) => (
-                RunRequest::EncodedTask(EncodedTaskRequest {
+            (
+                RunRequest::FileTask(FileTaskRequest {
                     source,
-                    task: text.clone(),
-                    task_name: name.clone(),
-                    values_content: values_content.clone(),
-                    values: values.clone(),
-                    platform: platform.clone(),
+                    task_file: path.clone(),
+                    values_file,
+                    values,
+                    platform,
                     timeout_secs: args.timeout,
                 }),
-                name.clone(),
-            ),
-            (None, Some(Task::InContext { path })) => {
-                // A values file not found here is read from the context too.
-                let values_file = match (&args.values, values_content.is_some()) {
-                    (Some(path), false) => Some(path.clone()),
-                    _ => None,
-                };
-                let mut values = values.clone();
-                if let (Some(text), Some(path)) = (&values_content, &args.values) {
-                    // The request has no room for a local values file's text with a file task:
-                    // its values travel as --set values instead, which the file's own override.
-                    values = [flatten_values(text, path)?, values].concat();
-                }
-                (
-                    RunRequest::FileTask(FileTaskRequest {
-                        source,
-                        task_file: path.clone(),
-                        values_file,
-                        values,
-                        platform: platform.clone(),
-                        timeout_secs: args.timeout,
-                    }),
-                    path.clone(),
-                )
-            }
-            (None, None) => anyhow::bail!("give a task file with -f or a command with --cmd"),
-        })
-    };
-
-    let source = match (&source_arg, remote::remote_source(&source_arg)) {
-        (_, Some(source)) => source,
-        (SourceArg::Local(dir), None) => {
-            // A request the server would refuse for its size is refused before the upload,
-            // which would be left unused.
-            remote::check_request_size(&make(remote::upload_placeholder())?.0)?;
-            remote::upload_context(&client, dir, None, "run_archive_")?.0
+                path,
+            )
         }
-        (_, None) => Source::None,
+        (None, None) => anyhow::bail!("give a task file with -f or a command with --cmd"),
     };
-    let (request, name) = make(source)?;
+    // The server's own check of a task sent in the request, here, before any upload: a bad
+    // file costs no packing. (The server checks again with its registry and aliases.)
+    let images = Config::default().image_aliases();
+    match check(&request, None, &images) {
+        Err(CheckError::Invalid { diagnostics, .. }) if diagnostics.has_errors() => {
+            return Ok(remote::invalid(&name, diagnostics));
+        }
+        Err(CheckError::Request(e)) => return Err(e.into()),
+        // Warnings are the server's to report, with the run.
+        Ok(()) | Err(CheckError::Invalid { .. }) => {}
+    }
+    if let SourceArg::Local(dir) = &source_arg {
+        // A request the server would refuse for its size is refused before the upload, which
+        // would be left unused.
+        request.set_source(remote::upload_placeholder());
+        remote::check_request_size(&request)?;
+        request.set_source(remote::upload_context(&client, dir, None, "run_archive_")?.0);
+    }
     remote::submit(&client, &request, &name, args.wait)
 }
 
@@ -164,14 +174,24 @@ fn read_task(file: &str, local_dir: Option<&Path>, remote: bool) -> anyhow::Resu
     match read_local(file, local_dir)? {
         Some((_, text)) => Ok(Task::Local { name: file.to_string(), text }),
         None if remote => Ok(Task::InContext { path: file.to_string() }),
-        None => anyhow::bail!("cannot find the task file {file}"),
+        None => Err(not_found("task file", file, local_dir)),
     }
+}
+
+/// `cannot find the task file x (tried ctx/x, x)`: a missing file, with every path looked at.
+fn not_found(what: &str, path: &str, local_dir: Option<&Path>) -> anyhow::Error {
+    let tried: Vec<String> = candidates(path, local_dir).map(|p| p.display().to_string()).collect();
+    anyhow::anyhow!("cannot find the {what} {path} (tried {})", tried.join(", "))
+}
+
+/// Where `path` is looked for: in `local_dir` first, then as given.
+fn candidates(path: &str, local_dir: Option<&Path>) -> impl Iterator<Item = PathBuf> {
+    local_dir.map(|d| d.join(path)).into_iter().chain([PathBuf::from(path)])
 }
 
 /// A file's text, looked up in `local_dir` first, then as given; `None` when in neither.
 fn read_local(path: &str, local_dir: Option<&Path>) -> anyhow::Result<Option<(PathBuf, String)>> {
-    let candidates = local_dir.map(|d| d.join(path)).into_iter().chain([PathBuf::from(path)]);
-    for candidate in candidates {
+    for candidate in candidates(path, local_dir) {
         if candidate.is_file() {
             let text = std::fs::read_to_string(&candidate)
                 .with_context(|| format!("cannot read {}", candidate.display()))?;
@@ -231,7 +251,13 @@ mod tests {
             Task::Local { name: "acb.yaml".into(), text: "steps: []\n".into() }
         );
         let err = read_task("missing.yaml", Some(dir.path()), false).unwrap_err();
-        assert_eq!(err.to_string(), "cannot find the task file missing.yaml");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot find the task file missing.yaml (tried {}, missing.yaml)",
+                dir.path().join("missing.yaml").display()
+            )
+        );
     }
 
     #[test]

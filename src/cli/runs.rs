@@ -19,11 +19,29 @@ pub enum RunsOutput {
     Tsv,
 }
 
+/// The run a command is about: `RUN_ID`, or `--run-id RUN_ID` as under `az acr task`.
 #[derive(Debug, Args)]
-pub struct ShowRunArgs {
+#[group(required = true, multiple = false)]
+pub struct RunIdArg {
     /// The run's ID.
     #[arg(value_name = "RUN_ID")]
-    run_id: String,
+    id: Option<String>,
+    /// The run's ID (the `az acr task` spelling).
+    #[arg(long = "run-id", value_name = "RUN_ID")]
+    run_id: Option<String>,
+}
+
+impl RunIdArg {
+    pub(super) fn get(&self) -> &str {
+        // The group requires exactly one of them.
+        self.id.as_deref().or(self.run_id.as_deref()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ShowRunArgs {
+    #[command(flatten)]
+    run: RunIdArg,
     #[arg(short = 'o', long, value_enum, default_value = "json")]
     output: RunsOutput,
 }
@@ -49,9 +67,8 @@ pub struct ListRunsArgs {
 
 #[derive(Debug, Args)]
 pub struct CancelRunArgs {
-    /// The run's ID.
-    #[arg(value_name = "RUN_ID")]
-    run_id: String,
+    #[command(flatten)]
+    run: RunIdArg,
 }
 
 pub(super) fn parse_status(text: &str) -> Result<RunStatus, String> {
@@ -62,7 +79,7 @@ pub(super) fn parse_status(text: &str) -> Result<RunStatus, String> {
 }
 
 pub fn show_run(args: ShowRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
-    let run = remote::connect(server)?.get_run(&args.run_id, None)?;
+    let run = remote::connect(server)?.get_run(args.run.get(), None)?;
     match args.output {
         RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&run)?),
         RunsOutput::Table => print!("{}", table(std::slice::from_ref(&run))),
@@ -89,6 +106,10 @@ pub(super) fn print_runs(
     output: RunsOutput,
 ) -> anyhow::Result<ExitCode> {
     let runs = client.list_runs(query)?;
+    if let (true, Some(task)) = (runs.is_empty(), &query.task) {
+        // No runs of an unknown task is the task's 404, not an empty table.
+        client.get_task(task)?;
+    }
     match output {
         RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
         RunsOutput::Table => print!("{}", table(&runs)),
@@ -98,9 +119,24 @@ pub(super) fn print_runs(
 }
 
 pub fn cancel_run(args: CancelRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
-    let run = remote::connect(server)?.cancel_run(&args.run_id)?;
-    eprintln!("Run {} is {}", run.run_id, run.status.as_str());
+    // A run that already ended is the server's 409, "run … already finished with status …".
+    let run = remote::connect(server)?.cancel_run(args.run.get())?;
+    eprintln!("{}", canceled_line(&run));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a cancel request did: a queued run is canceled at once, a started one stops when its
+/// worker has removed its containers.
+fn canceled_line(run: &Run) -> String {
+    match run.status {
+        RunStatus::Canceled => format!("Run {} canceled", run.run_id),
+        status => format!(
+            "Run {} is being canceled (it was {}); `kiln show-run {}` tells when it stopped",
+            run.run_id,
+            status.as_str(),
+            run.run_id
+        ),
+    }
 }
 
 const HEADERS: [&str; 7] =
@@ -216,6 +252,14 @@ mod tests {
             "ka2\tnightly\tlinux\tFailed\tManual\t2024-05-01T10:00:00Z\t00:00:19\n\
              ka1\t\tlinux\tRunning\tManual\t\t\n"
         );
+    }
+
+    #[test]
+    fn cancel_says_what_happened() {
+        let canceled = run("ka5", None, RunStatus::Canceled, Some(0));
+        assert_eq!(canceled_line(&canceled), "Run ka5 canceled");
+        let running = run("ka6", None, RunStatus::Running, None);
+        assert!(canceled_line(&running).starts_with("Run ka6 is being canceled (it was Running)"));
     }
 
     #[test]

@@ -17,16 +17,19 @@ use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use kiln_worker::plan::GitSsh;
 
 use super::build::build_arg;
+use super::exit::Refusal;
 use super::logs::print_log;
 use super::remote::{self, SourceArg, WaitArgs};
 use super::run::set_values;
-use super::runs::{RunsOutput, format_table, format_tsv, parse_status, print_runs};
+use super::runs::{
+    CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_table, format_tsv, parse_status,
+    print_runs, show_run,
+};
 use crate::api::task::{
     BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
     TaskRunRequest, TaskStatus, TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
 use crate::api::{Argument, Platform, RunQuery, Source};
-use crate::client::ClientError;
 use crate::request::cmd_request;
 use crate::store::RunStatus;
 use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
@@ -56,8 +59,12 @@ enum TaskCommand {
     Run(TaskRunArgs),
     /// Print the log of a task's latest run (or of --run-id), following it while it runs.
     Logs(TaskLogsArgs),
-    /// List a task's runs, newest first.
+    /// List a task's runs (or all runs), newest first.
     ListRuns(TaskListRunsArgs),
+    /// Show one run's record (as `kiln show-run`).
+    ShowRun(ShowRunArgs),
+    /// Cancel a queued or running run (as `kiln cancel-run`).
+    CancelRun(CancelRunArgs),
     /// Add, change, remove and list a task's timers.
     #[command(subcommand)]
     Timer(TimerCommand),
@@ -273,9 +280,9 @@ pub struct TaskLogsArgs {
 
 #[derive(Debug, Args)]
 pub struct TaskListRunsArgs {
-    /// The task's name.
+    /// The task's name (all runs without it).
     #[arg(short = 'n', long, value_name = "NAME")]
-    name: String,
+    name: Option<String>,
     /// Only runs with this status (Queued, Started, Running, Succeeded, Failed, Canceled,
     /// Error, Timeout).
     #[arg(long, value_name = "STATUS", value_parser = parse_status)]
@@ -432,10 +439,9 @@ fn parse_base_image_type(text: &str) -> Result<BaseImageTriggerType, String> {
     }
 }
 
-/// Runs a `kiln task` command. The server's refusals are one line and exit status 1; errors
-/// found here (bad arguments, unreadable files) go back to the caller, which exits 2.
+/// Runs a `kiln task` command.
 pub fn task(args: TaskArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
-    let result = match args.command {
+    match args.command {
         TaskCommand::Create(args) => create(args, server),
         TaskCommand::Update(args) => update(args, server),
         TaskCommand::Show(args) => show(args, server),
@@ -444,18 +450,10 @@ pub fn task(args: TaskArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         TaskCommand::Run(args) => run(args, server),
         TaskCommand::Logs(args) => logs(args, server),
         TaskCommand::ListRuns(args) => list_runs(args, server),
+        TaskCommand::ShowRun(args) => show_run(args, server),
+        TaskCommand::CancelRun(args) => cancel_run(args, server),
         TaskCommand::Timer(command) => timer(command, server),
         TaskCommand::Credential(command) => credential(command, server),
-    };
-    match result {
-        Err(e) => match e.downcast_ref::<ClientError>() {
-            Some(refusal) if refusal.is_refusal() => {
-                eprintln!("kiln: {refusal}");
-                Ok(ExitCode::FAILURE)
-            }
-            _ => Err(e),
-        },
-        ok => ok,
     }
 }
 
@@ -951,10 +949,10 @@ fn logs(args: TaskLogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
                 None => {
                     // An unknown task says so; a known one has simply not run yet.
                     client.get_task(&name)?;
-                    eprintln!(
-                        "kiln: task {name} has no runs yet (start one with `kiln task run -n {name}`)"
-                    );
-                    return Ok(ExitCode::FAILURE);
+                    return Err(Refusal(format!(
+                        "task {name} has no runs yet (start one with `kiln task run -n {name}`)"
+                    ))
+                    .into());
                 }
             }
         }
@@ -967,7 +965,7 @@ fn list_runs(args: TaskListRunsArgs, server: Option<&str>) -> anyhow::Result<Exi
     let query = RunQuery {
         status: args.run_status,
         image: args.image,
-        task: Some(args.name),
+        task: args.name,
         top: args.top,
         ..RunQuery::default()
     };
@@ -1457,5 +1455,14 @@ mod tests {
         assert!(parse("logs").is_err());
         assert!(matches!(parse("logs -n a").unwrap(), TaskCommand::Logs(_)));
         assert!(matches!(parse("logs --run-id ka1").unwrap(), TaskCommand::Logs(_)));
+    }
+
+    #[test]
+    fn run_commands_live_under_task_as_in_az() {
+        assert!(matches!(parse("show-run --run-id ka1").unwrap(), TaskCommand::ShowRun(_)));
+        assert!(matches!(parse("cancel-run --run-id ka1").unwrap(), TaskCommand::CancelRun(_)));
+        assert!(matches!(parse("list-runs").unwrap(), TaskCommand::ListRuns(_)));
+        assert!(parse("show-run").is_err());
+        assert!(parse("cancel-run ka1 --run-id ka2").is_err());
     }
 }

@@ -215,7 +215,7 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
         Err(diags) => {
             print_diagnostics(&inputs.name, &diags);
             eprintln!("{}: invalid ({})", inputs.name, summary(&diags));
-            return Ok(ExitCode::FAILURE);
+            return Ok(ExitCode::from(super::exit::USAGE));
         }
     };
     print_diagnostics(&inputs.name, &diags);

@@ -3,7 +3,8 @@
 //! is never stored. Every request verifies against the store (a hash lookup), so a deleted
 //! token stops working at once; nothing is cached.
 
-use axum::extract::{Request, State};
+use axum::Json;
+use axum::extract::{Extension, Request, State};
 use axum::http::HeaderValue;
 use axum::http::header::{AUTHORIZATION, CONNECTION};
 use axum::middleware::Next;
@@ -11,6 +12,8 @@ use axum::response::{IntoResponse as _, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::api::{TokenRole, WhoAmI};
+use crate::store::TokenInfo;
 
 /// The token of `Authorization: Bearer <token>`, if the header has that form.
 pub fn bearer_token(request: &Request) -> Option<&str> {
@@ -19,11 +22,12 @@ pub fn bearer_token(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Lets the request through only with a token the store issued. A refusal closes the
-/// connection: the request body was not read, so the connection cannot carry another request.
+/// Lets the request through only with a token the store issued, handing the handler the
+/// token's [`TokenInfo`]. A refusal closes the connection: the request body was not read, so
+/// the connection cannot carry another request.
 pub async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let verified = match bearer_token(&request) {
@@ -31,11 +35,23 @@ pub async fn require_token(
         None => Ok(None),
     };
     let error = match verified {
-        Ok(Some(_)) => return next.run(request).await,
+        Ok(Some(info)) => {
+            request.extensions_mut().insert(info);
+            return next.run(request).await;
+        }
         Ok(None) => ApiError::Unauthorized,
         Err(e) => ApiError::from(e),
     };
     let mut response = error.into_response();
     response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// The token the request was made with (`kiln whoami`, and `kiln login`'s check).
+#[utoipa::path(get, path = "/whoami", tag = "meta",
+    responses((status = 200, description = "The token's name and role", body = WhoAmI),
+        (status = 401, description = "No valid token", body = crate::api::ErrorBody)))]
+pub async fn whoami(Extension(token): Extension<TokenInfo>) -> Json<WhoAmI> {
+    let role = if token.is_admin { TokenRole::Admin } else { TokenRole::User };
+    Json(WhoAmI { name: token.name, role })
 }

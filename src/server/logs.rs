@@ -3,6 +3,9 @@
 //! text/event-stream` the same stream as server-sent events a browser can resume
 //! (`Last-Event-ID`).
 //!
+//! With `timestamps=true` the log so far comes with each line's arrival time in front, from the
+//! times the store keeps beside the log.
+//!
 //! Every byte sent is read from the store by offset, never taken from a wake-up: the hub only
 //! says "look again". So a follower gets exactly what is stored, in order, without gaps or
 //! duplicates, however wake-ups interleave. Plain bodies are sent as the store's pages (up to
@@ -25,6 +28,7 @@ use tokio::sync::watch;
 use crate::api::{ErrorBody, LOG_OFFSET_HEADER, LogQuery};
 use crate::log_hub::{LogHub, LogProgress};
 use crate::run_id::RunId;
+use crate::run_log;
 use crate::store::{RunStatus, Store, StoreError};
 
 use super::error::ApiError;
@@ -43,6 +47,7 @@ const LAST_EVENT_ID: &str = "last-event-id";
     params(("id" = String, Path, description = "Run ID"),
         ("offset" = Option<u64>, Query, description = "Byte offset to start from"),
         ("follow" = Option<bool>, Query, description = "Stream new bytes until the run ends"),
+        ("timestamps" = Option<bool>, Query, description = "Prefix each line with its arrival time (RFC 3339); not with follow"),
         ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume offset; overrides `offset`")),
     responses(
         (status = 200, description = "Log bytes from `offset` (header x-kiln-log-offset); \
@@ -58,6 +63,19 @@ pub async fn log(
     let Query(query) = query?;
     let id = RunId::new(id);
     let offset_header = HeaderValue::from(query.offset);
+    if query.timestamps {
+        if query.follow || wants_sse(&headers) {
+            return Err(ApiError::BadRequest(
+                "timestamps=true reads the log so far; it cannot follow".to_string(),
+            ));
+        }
+        let body = timed_log(&state.store, &id, query.offset).await?;
+        let mut response = body.into_response();
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(LOG_OFFSET_HEADER, offset_header);
+        return Ok(response);
+    }
     if wants_sse(&headers) {
         let offset = match headers.get(LAST_EVENT_ID) {
             Some(v) => v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
@@ -80,6 +98,15 @@ pub async fn log(
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     Ok(response)
+}
+
+/// The log from `offset` with each line's arrival time in front (`timestamps=true`).
+async fn timed_log(store: &Store, id: &RunId, offset: u64) -> Result<Vec<u8>, ApiError> {
+    let run = store.get_run(id).await?;
+    let data: Vec<u8> =
+        store.read_log(id, offset, usize::MAX).await?.into_iter().flat_map(|c| c.data).collect();
+    let times = store.log_times(id, offset, offset + data.len() as u64).await?;
+    Ok(run_log::with_times(&data, offset, &times, run.created_at))
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {

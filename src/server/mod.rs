@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}/log", get(logs::log))
         .route(paths::TASKS, post(tasks::create).get(tasks::list))
         .route(paths::REGISTRY_EVENTS, post(base_images::registry_events))
+        .route(paths::WHOAMI, get(auth::whoami))
         .route("/tasks/{name}", get(tasks::get).patch(tasks::update).delete(tasks::delete))
         .route("/tasks/{name}/runs", post(tasks::run))
         .route("/tasks/{name}/timers", post(tasks::add_timer).get(tasks::list_timers))

@@ -2,14 +2,12 @@
 //! optional long-poll until the run ends) and cancelling. Handlers only extract and answer; the
 //! rules live in the plain functions below them, which tests and other callers can use directly.
 
-use std::path::Path;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use chrono::Utc;
 use kiln_worker::build::remote;
 use tokio::time::Instant;
 
@@ -19,8 +17,7 @@ use crate::api::{
 };
 use crate::log_hub::LogHub;
 use crate::queue;
-use crate::render::RunVars;
-use crate::request::{RequestError, task_input};
+use crate::request::{CheckError, RequestError, check};
 use crate::run_id::RunId;
 use crate::store::runs::DEFAULT_TOP;
 use crate::store::{RunFilter, RunRecord, RunStatus, Store};
@@ -156,22 +153,13 @@ pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiErro
             }
         }
     }
-    if matches!(request, RunRequest::FileTask(_)) {
-        return Ok(());
-    }
-    let registry = settings.default_registry.as_deref();
-    let input =
-        task_input(request, None, registry).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut vars = RunVars::new(RunId::new("validation"), Utc::now());
-    if let Some(r) = registry {
-        vars.registry = r.to_string();
-    }
-    match input.plan(vars, &settings.images, Path::new(".")) {
-        Ok(_) => Ok(()),
-        Err(diagnostics) => {
-            let diagnostics = diagnostics.sorted().0;
+    match check(request, settings.default_registry.as_deref(), &settings.images) {
+        Ok(()) => Ok(()),
+        Err(CheckError::Request(e)) => Err(ApiError::BadRequest(e.to_string())),
+        Err(CheckError::Invalid { name, diagnostics }) => {
+            let diagnostics = diagnostics.0;
             let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            Err(ApiError::InvalidTask { name: input.name, errors, diagnostics })
+            Err(ApiError::InvalidTask { name, errors, diagnostics })
         }
     }
 }

@@ -646,7 +646,11 @@ fn server_refuses_declared_oversized_bodies_before_reading_them() {
         assert!(!answer.contains("100 Continue"), "{path}: {answer}");
         let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
         let error: ErrorBody = serde_json::from_str(body).unwrap();
-        assert!(error.error.message.ends_with(&format!("limit of {limit}")), "{path}: {}", error.error.message);
+        assert!(
+            error.error.message.ends_with(&format!("limit of {limit}")),
+            "{path}: {}",
+            error.error.message
+        );
     }
     assert!(s.uploads_dir_files().is_empty());
 }

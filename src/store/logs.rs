@@ -3,6 +3,9 @@
 //! that is not stored. A follower that reconnects with the offset it has reached reads
 //! everything after it, once: no gaps, no duplicates (§6.4's append blob, without the blob).
 //!
+//! Each chunk may carry arrival times ([`LogTime`], table `log_times`): kept beside the bytes
+//! so that offsets stay the log's own and any reader can show when a line arrived.
+//!
 //! The run row carries the next sequence number and the total length; appending bumps both in
 //! the same fenced `UPDATE` that checks the writer's lease, then inserts the chunk, in one
 //! transaction.
@@ -11,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::run_id::RunId;
 
-use super::{Store, StoreError, StoreResult, to_millis};
+use super::{Store, StoreError, StoreResult, from_millis, to_millis};
 
 /// How long logs of finished runs are kept by default (§6.6).
 pub const LOG_RETENTION: TimeDelta = TimeDelta::days(30);
@@ -45,11 +48,90 @@ fn as_u64(field: &str, v: i64) -> StoreResult<u64> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("log {field} is negative: {v}")))
 }
 
+/// When a part of a chunk arrived: the bytes from `offset` (within the chunk) on arrived `at`,
+/// until the next mark's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogTime {
+    pub offset: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// Stores `bytes` as chunk `seq` ending at `end`, which the run row already counts, with its
+/// arrival `times`.
+async fn insert_chunk(
+    conn: &mut sqlx::SqliteConnection,
+    run: &RunId,
+    seq: i64,
+    end: i64,
+    bytes: &[u8],
+    times: &[LogTime],
+) -> StoreResult<LogChunk> {
+    let len = bytes.len() as i64;
+    let offset = end - len;
+    if len > 0 {
+        sqlx::query(
+            "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(run.as_str())
+        .bind(seq)
+        .bind(offset)
+        .bind(bytes)
+        .execute(&mut *conn)
+        .await?;
+        let times = times.iter().filter(|t| t.offset < len as u64);
+        if times.clone().next().is_some() {
+            let mut insert =
+                sqlx::QueryBuilder::new("INSERT INTO log_times (run_id, byte_offset, at_ms) ");
+            insert.push_values(times, |mut row, time| {
+                row.push_bind(run.as_str())
+                    .push_bind(offset.saturating_add(time.offset as i64))
+                    .push_bind(to_millis(time.at));
+            });
+            insert.push(" ON CONFLICT DO NOTHING");
+            insert.build().execute(&mut *conn).await?;
+        }
+    }
+    Ok(LogChunk { seq: as_u64("seq", seq)?, offset: as_u64("offset", offset)?, len: len as u64 })
+}
+
+/// Appends non-empty `bytes` to a run's log inside the caller's transaction, unfenced: for the
+/// lines the store itself ends a log with when no agent holds the run (a cancel in the queue).
+pub(super) async fn append_in(
+    conn: &mut sqlx::SqliteConnection,
+    run: &RunId,
+    bytes: &[u8],
+) -> StoreResult<LogChunk> {
+    let len = i64::try_from(bytes.len())
+        .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
+    let (seq, end): (i64, i64) = sqlx::query_as(
+        "UPDATE runs SET log_seq = log_seq + 1, log_len = log_len + $2 WHERE id = $1
+         RETURNING log_seq, log_len",
+    )
+    .bind(run.as_str())
+    .bind(len)
+    .fetch_one(&mut *conn)
+    .await?;
+    insert_chunk(conn, run, seq, end, bytes, &[LogTime { offset: 0, at: Utc::now() }]).await
+}
+
 impl Store {
     /// Appends `bytes` to the run's log. Fenced on the lease epoch (and the run must be Started
     /// or Running). An empty append stores nothing and returns the current end (`len` 0, `seq`
     /// of the last chunk).
     pub async fn append_log(&self, run: &RunId, epoch: i64, bytes: &[u8]) -> StoreResult<LogChunk> {
+        self.append_log_timed(run, epoch, bytes, &[]).await
+    }
+
+    /// [`Store::append_log`], keeping when the parts of `bytes` arrived (`times`, offsets
+    /// within `bytes`) beside the log, so readers can show each line's time while the log's
+    /// bytes and offsets stay as written.
+    pub async fn append_log_timed(
+        &self,
+        run: &RunId,
+        epoch: i64,
+        bytes: &[u8],
+        times: &[LogTime],
+    ) -> StoreResult<LogChunk> {
         let len = i64::try_from(bytes.len())
             .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
         let mut tx = self.pool().begin().await?;
@@ -69,24 +151,9 @@ impl Store {
             tx.rollback().await?;
             return Err(self.fence_error(run, epoch).await);
         };
-        let offset = end - len;
-        if len > 0 {
-            sqlx::query(
-                "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(run.as_str())
-            .bind(seq)
-            .bind(offset)
-            .bind(bytes)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let chunk = insert_chunk(&mut tx, run, seq, end, bytes, times).await?;
         tx.commit().await?;
-        Ok(LogChunk {
-            seq: as_u64("seq", seq)?,
-            offset: as_u64("offset", offset)?,
-            len: len as u64,
-        })
+        Ok(chunk)
     }
 
     /// Up to `max_bytes` of the run's log from byte `from_offset` on, in order, as stored chunks
@@ -130,6 +197,33 @@ impl Store {
         Ok(out)
     }
 
+    /// When the log's bytes from `from_offset` to `until` arrived, in offset order, starting
+    /// with the mark that covers `from_offset` (none for bytes stored before any mark, such as
+    /// the queue line written with the run).
+    pub async fn log_times(
+        &self,
+        run: &RunId,
+        from_offset: u64,
+        until: u64,
+    ) -> StoreResult<Vec<(u64, DateTime<Utc>)>> {
+        let from = i64::try_from(from_offset).unwrap_or(i64::MAX);
+        let until = i64::try_from(until).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT byte_offset, at_ms FROM log_times
+             WHERE run_id = $1 AND byte_offset < $3 AND byte_offset >= COALESCE(
+                (SELECT MAX(byte_offset) FROM log_times WHERE run_id = $1 AND byte_offset <= $2), 0)
+             ORDER BY byte_offset",
+        )
+        .bind(run.as_str())
+        .bind(from)
+        .bind(until)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(offset, at)| Ok((as_u64("time offset", offset)?, from_millis(at)?)))
+            .collect()
+    }
+
     /// Bytes of log the run has (as appended; expiry does not shrink it).
     pub async fn log_len(&self, run: &RunId) -> StoreResult<u64> {
         let len: Option<i64> = sqlx::query_scalar("SELECT log_len FROM runs WHERE id = $1")
@@ -142,6 +236,13 @@ impl Store {
     /// Deletes the log chunks of runs that finished before `older_than` (retention; the server
     /// passes now − [`LOG_RETENTION`]). Returns how many chunks went.
     pub async fn expire_logs(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
+        sqlx::query(
+            "DELETE FROM log_times WHERE run_id IN
+                (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
+        )
+        .bind(to_millis(older_than))
+        .execute(self.pool())
+        .await?;
         let done = sqlx::query(
             "DELETE FROM log_chunks WHERE run_id IN
                 (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",

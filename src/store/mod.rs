@@ -39,7 +39,7 @@ use crate::run_id::RunIdPrefix;
 
 pub use error::{StoreError, StoreResult};
 pub use lease::{Claim, Heartbeat};
-pub use logs::{LogChunk, LogData};
+pub use logs::{LogChunk, LogData, LogTime};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
 pub use status::{RunStatus, RunType};
 pub use tasks::{TaskEventRecord, TaskParts, TaskRecord, TaskWrite, TimerRecord};

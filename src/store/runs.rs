@@ -17,6 +17,8 @@ pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 /// Every run's log starts with ACR's queue line (§6.1); it is stored with the run, so a
 /// follower of a queued run sees it at once.
 pub const WAITING_LINE: &str = "Waiting for an agent...\n";
+/// `runErrorMessage` of a run canceled before an agent took it.
+pub const CANCELED_IN_QUEUE: &str = "the run was canceled while waiting for an agent";
 /// Default `--top` of `list-runs` (§6.5).
 pub const DEFAULT_TOP: usize = 15;
 
@@ -279,10 +281,12 @@ impl Store {
     /// as it is afterwards.
     pub async fn cancel_run(&self, id: &RunId) -> StoreResult<RunRecord> {
         let now = now_millis();
+        let mut tx = self.pool().begin().await?;
         let row: Option<RunRow> = sqlx::query_as(
             "UPDATE runs SET
                 status = CASE WHEN status = 'Queued' THEN 'Canceled' ELSE status END,
                 finished_at = CASE WHEN status = 'Queued' THEN $2 ELSE finished_at END,
+                error_message = CASE WHEN status = 'Queued' THEN $3 ELSE error_message END,
                 cancel_requested = CASE WHEN status = 'Queued' THEN cancel_requested ELSE TRUE END,
                 updated_at = $2
              WHERE id = $1 AND status IN ('Queued', 'Started', 'Running')
@@ -290,15 +294,32 @@ impl Store {
         )
         .bind(id.as_str())
         .bind(now)
-        .fetch_optional(self.pool())
+        .bind(CANCELED_IN_QUEUE)
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            Some(row) => row.try_into(),
-            None => {
-                let run = self.get_run(id).await?;
-                Err(StoreError::AlreadyFinished { run: run.id, status: run.status })
-            }
+        let Some(row) = row else {
+            tx.rollback().await?;
+            let run = self.get_run(id).await?;
+            return Err(StoreError::AlreadyFinished { run: run.id, status: run.status });
+        };
+        let mut record = RunRecord::try_from(row)?;
+        // Only a queued run is Canceled at once: no agent will end its log, so this does.
+        if record.status == RunStatus::Canceled {
+            let waited = (record.finished_at.unwrap_or(record.created_at) - record.created_at)
+                .num_seconds()
+                .max(0);
+            let line = crate::run_log::outcome_line(
+                id.as_str(),
+                RunStatus::Canceled,
+                waited.unsigned_abs(),
+                Some(CANCELED_IN_QUEUE),
+            );
+            let chunk =
+                super::logs::append_in(&mut tx, id, format!("\n{line}\n").as_bytes()).await?;
+            record.log_len = chunk.offset + chunk.len;
         }
+        tx.commit().await?;
+        Ok(record)
     }
 }
 

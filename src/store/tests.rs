@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use super::lease::SERVER_STOPPED_MESSAGE;
 use super::runs::WAITING_LINE;
@@ -507,6 +507,32 @@ async fn store_expire_logs_of_old_finished_runs() {
     assert_eq!(store.log_len(&finished.run.id).await.unwrap(), WAITING + 2);
     let live_log = store.read_log(&live.run.id, 0, 100).await.unwrap();
     assert_eq!(live_log.last().unwrap().data, b"c");
+}
+
+#[tokio::test]
+async fn store_keeps_arrival_times_beside_the_log_without_moving_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let claim = claimed(&store, "{}").await;
+    let id = &claim.run.id;
+    let at = |ms: i64| DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
+    let w = WAITING;
+    let times = [LogTime { offset: 0, at: at(1) }, LogTime { offset: 4, at: at(2) }];
+    let chunk = store.append_log_timed(id, claim.epoch, b"one\ntwo\n", &times).await.unwrap();
+    assert_eq!((chunk.offset, chunk.len), (w, 8), "offsets are the bytes' own");
+    store
+        .append_log_timed(id, claim.epoch, b"three\n", &[LogTime { offset: 0, at: at(3) }])
+        .await
+        .unwrap();
+    assert_eq!(store.log_len(id).await.unwrap(), w + 14);
+    let all = store.log_times(id, 0, w + 14).await.unwrap();
+    assert_eq!(all, [(w, at(1)), (w + 4, at(2)), (w + 8, at(3))]);
+    // From inside "two": the mark covering it first, then the later ones.
+    assert_eq!(store.log_times(id, w + 5, w + 14).await.unwrap()[0], (w + 4, at(2)));
+    assert_eq!(store.log_times(id, w + 5, w + 8).await.unwrap(), [(w + 4, at(2))]);
+    let done = store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+    store.expire_logs(done.finished_at.unwrap() + TimeDelta::milliseconds(1)).await.unwrap();
+    assert!(store.log_times(id, 0, u64::MAX).await.unwrap().is_empty(), "expired with the log");
 }
 
 #[tokio::test]

@@ -105,6 +105,16 @@ impl StepStatus {
     }
 }
 
+/// ACR's closing line of a step, `Step ID: S marked as successful (elapsed time in seconds:
+/// 1.180000)`, with `verdict` in place of `successful`; the worker writes it for the steps of a
+/// successful run, the log formatter for the others.
+pub fn step_marked(step: &StepId, verdict: &str, elapsed_ms: u64) -> String {
+    format!(
+        "Step ID: {step} marked as {verdict} (elapsed time in seconds: {:.6})",
+        std::time::Duration::from_millis(elapsed_ms).as_secs_f64()
+    )
+}
+
 /// Terminal run statuses, as in ACR's `RunStatus` (§6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RunStatus {

@@ -206,11 +206,7 @@ pub async fn execute(
             events
                 .system(
                     Some(&step.id),
-                    format!(
-                        "Step ID: {} marked as successful (elapsed time in seconds: {:.6})",
-                        step.id,
-                        step.elapsed.as_secs_f64()
-                    ),
+                    crate::event::step_marked(&step.id, "successful", millis(step.elapsed)),
                 )
                 .await;
         }

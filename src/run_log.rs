@@ -11,7 +11,7 @@
 use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::report::Dependency;
+use kiln_worker::build::report::{self, Dependency};
 use kiln_worker::event::step_marked;
 use kiln_worker::plan::StepId;
 use kiln_worker::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
@@ -253,7 +253,7 @@ impl Dependencies {
 pub fn dependency_text(report: &serde_json::Value) -> String {
     serde_json::from_value::<Vec<Dependency>>(report.clone())
         .ok()
-        .and_then(|entries| serde_saphyr::to_string(&entries).ok())
+        .and_then(|entries| serde_saphyr::to_string(&report::printed(&entries)).ok())
         .map_or_else(|| report.to_string(), |yaml| yaml.trim_end().to_string())
 }
 

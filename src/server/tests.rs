@@ -679,17 +679,18 @@ fn server_refuses_requests_that_cannot_run() {
     let s = start();
     let cases = [
         (
-            json!({"type": "FileTask", "source": {"kind": "none"}, "task_file": "acb.yaml"}),
+            json!({"type": "FileTaskRunRequest", "source": {"kind": "none"},
+                "taskFilePath": "acb.yaml"}),
             "a file task needs a context: `acb.yaml` is read from it",
         ),
         (
-            json!({"type": "EncodedTask", "source": {"kind": "git", "url": "not a url"},
-                "task": GOOD_TASK}),
+            json!({"type": "EncodedTaskRunRequest", "source": {"kind": "git", "url": "not a url"},
+                "encodedTaskContent": api::base64_text::encode(GOOD_TASK)}),
             "not a url is not a git or tarball URL",
         ),
         (
-            json!({"type": "EncodedTask", "source": {"kind": "tarball", "url": "relative/dir"},
-                "task": GOOD_TASK}),
+            json!({"type": "EncodedTaskRunRequest", "source": {"kind": "tarball", "url": "relative/dir"},
+                "encodedTaskContent": api::base64_text::encode(GOOD_TASK)}),
             "relative/dir is not a git or tarball URL",
         ),
     ];

@@ -149,14 +149,19 @@ pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
 /// The report as the single JSON line ACR prints after `The following dependencies were found:`,
 /// with ACR's kebab-case keys.
 pub fn report_json(deps: &[Dependency]) -> String {
-    let printed: Vec<Printed> = deps.iter().map(Printed::from).collect();
     // Serialising plain strings and vectors cannot fail; an empty report is the safe fallback.
-    serde_json::to_string(&printed).unwrap_or_else(|_| "[]".to_string())
+    serde_json::to_string(&printed(deps)).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// The report in ACR's printed form (its keys, its field order), for any serde format: the
+/// log's JSON line, or the YAML a reader is shown.
+pub fn printed(deps: &[Dependency]) -> Vec<Printed<'_>> {
+    deps.iter().map(Printed::from).collect()
 }
 
 /// An entry as ACR prints it: the same fields in the same order, ACR's keys.
 #[derive(Serialize)]
-struct Printed<'a> {
+pub struct Printed<'a> {
     image: Option<PrintedImage<'a>>,
     #[serde(rename = "runtime-dependency")]
     runtime: Option<PrintedImage<'a>>,

@@ -60,7 +60,7 @@ fn main() {
                 let dest = tempfile::tempdir().unwrap();
                 let clock = Instant::now();
                 let fetched = runtime
-                    .block_on(fetch(&remote, &dest.path().join("ctx"), None, &|_: &[u8]| {}))
+                    .block_on(fetch(&remote, &dest.path().join("ctx"), None, None, &|_: &[u8]| {}))
                     .unwrap();
                 assert_eq!(fetched.commit.as_deref(), Some(tip.as_str()));
                 clock.elapsed().as_secs_f64() * 1e3

@@ -174,6 +174,7 @@ pub fn build(
         masked,
         credentials: Vec::new(),
         git_ssh: None,
+        context_limit: None,
     };
     Ok((plan, diags))
 }

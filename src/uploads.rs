@@ -34,11 +34,12 @@ impl ContextLimit {
 
     /// Refuses `total` unpacked bytes when over the limit.
     pub fn check(self, total: u64) -> Result<(), ContextTooLarge> {
-        if total > self.bytes {
-            Err(ContextTooLarge { limit_mb: self.bytes / (1024 * 1024) })
-        } else {
-            Ok(())
-        }
+        if total > self.bytes { Err(self.exceeded()) } else { Ok(()) }
+    }
+
+    /// The refusal of a context over this limit.
+    pub fn exceeded(self) -> ContextTooLarge {
+        ContextTooLarge { limit_mb: self.bytes / (1024 * 1024) }
     }
 
     /// The bytes of the files under `dir` (a fetched git or tarball context), refused when

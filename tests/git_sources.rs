@@ -76,7 +76,7 @@ async fn fetch_with(
     static FETCHES: AtomicUsize = AtomicUsize::new(0);
     let dest = work.join(format!("context-{}", FETCHES.fetch_add(1, Ordering::Relaxed)));
     let sink = |bytes: &[u8]| log.0.lock().unwrap().extend_from_slice(bytes);
-    fetch(&remote, &dest, ssh, &sink).await
+    fetch(&remote, &dest, ssh, None, &sink).await
 }
 
 async fn fetch_ok(context: &str, work: &Path) -> Fetched {

@@ -131,14 +131,20 @@ pub(crate) async fn prepare(
                 output.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
             };
             let dest = run_dir.join("context");
-            let fetched = remote::fetch(&remote, &dest, git_ssh.as_ref(), &collect).await;
+            let limit = settings.max_context;
+            let fetched =
+                remote::fetch(&remote, &dest, git_ssh.as_ref(), Some(limit.bytes), &collect).await;
             // The fetch's own lines name the URL redacted; the writer masks them again.
             let output = output.into_inner().unwrap_or_else(PoisonError::into_inner);
             for line in String::from_utf8_lossy(&output).lines() {
                 log.line(line);
             }
-            let fetched = fetched?;
-            check_size(&fetched.context_dir, settings.max_context).await?;
+            let fetched = fetched.map_err(|e| match e {
+                remote::RemoteError::TooLarge { .. } => PrepareError::TooLarge(limit.exceeded()),
+                e => e.into(),
+            })?;
+            // A git checkout is written by libgit2: measured once it is there.
+            check_size(&fetched.context_dir, limit).await?;
             log.line("Finished downloading source code");
             commit = fetched.commit.unwrap_or_default();
             Some(fetched.context_dir)

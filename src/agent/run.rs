@@ -135,6 +135,7 @@ async fn execute(
     plan.masked.extend(shared.config.credentials.iter().map(|c| c.password.clone()));
     plan.masked.extend(ready.secrets);
     plan.git_ssh = ready.git_ssh;
+    plan.context_limit = Some(shared.config.max_context.bytes);
     log.mask(plan.masked.iter().cloned());
     let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
     log.steps(&order);

@@ -843,10 +843,13 @@ mod tests {
                     }
                 }
                 let seen = Seen { line: line.trim().to_string(), headers };
-                let _ = stream.write_all(answer(&seen, &own).as_bytes());
+                let answer = answer(&seen, &own);
+                // Recorded before answering: once the client has its answer, the test sees
+                // the request (answering first raced the test's read of the channel).
                 if tx.send(seen).is_err() {
                     return;
                 }
+                let _ = stream.write_all(answer.as_bytes());
             }
         });
         (addr, rx)

@@ -64,6 +64,7 @@ pub(crate) async fn run(
                 workspace,
                 credentials: &plan.credentials,
                 git_ssh: plan.git_ssh.as_ref(),
+                context_limit: plan.context_limit,
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
             if outcome.images.is_empty() {

@@ -68,6 +68,10 @@ pub struct Plan {
     /// The identity for SSH git remotes of build steps (`build … git@host:repo.git`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_ssh: Option<GitSsh>,
+    /// The most a build step's remote tarball context may take, downloaded and unpacked, in
+    /// bytes (`kiln serve --max-context-mb`); `None`: no limit (`kiln exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_limit: Option<u64>,
 }
 
 /// The SSH identity git fetches use, and the host keys they trust.

@@ -130,6 +130,7 @@ async fn run_build(
         workspace: ws,
         credentials,
         git_ssh: None,
+        context_limit: None,
     };
     let result = build::run(docker, &req, &sink).await;
     (result, log.text())

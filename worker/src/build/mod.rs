@@ -56,6 +56,8 @@ pub struct BuildRequest<'a> {
     pub credentials: &'a [RegistryCredential],
     /// The identity for an SSH git context.
     pub git_ssh: Option<&'a GitSsh>,
+    /// The plan's [`crate::plan::Plan::context_limit`].
+    pub context_limit: Option<u64>,
 }
 
 /// What a successful build produced.
@@ -120,7 +122,8 @@ pub async fn run(
     let (context_dir, dockerfile, commit) = match remote::detect(&args.context)? {
         Some(remote) => {
             let dest = download_dir(req)?;
-            let fetched = remote::fetch(&remote, &dest, req.git_ssh, log).await?;
+            let fetched =
+                remote::fetch(&remote, &dest, req.git_ssh, req.context_limit, log).await?;
             let dockerfile = match &args.dockerfile {
                 Some(file) => resolve(req.workspace, &fetched.context_dir, file),
                 None => fetched.context_dir.join("Dockerfile"),
@@ -401,6 +404,7 @@ mod tests {
             workspace: Path::new("/w"),
             credentials: &[],
             git_ssh: None,
+            context_limit: None,
         };
         assert_eq!(download_dir(&req("build")).unwrap(), PathBuf::from("/w/app/build"));
         for bad in ["", "..", "a/b", "/abs", "."] {

@@ -62,6 +62,10 @@ pub enum RemoteError {
     Extract { url: String, source: io::Error },
     #[error("subdirectory {subdir:?} does not exist in {url}")]
     MissingSubdir { url: String, subdir: String },
+    /// The download or its unpacked files passed the limit given to [`fetch`]; refused while
+    /// downloading or unpacking, before the disk fills.
+    #[error("{url} is larger than the limit of {limit_bytes} bytes")]
+    TooLarge { url: String, limit_bytes: u64 },
     #[error("the download was cancelled")]
     Cancelled,
     #[error("the download task failed: {0}")]
@@ -231,10 +235,13 @@ impl Drop for CancelOnDrop {
 
 /// Downloads `remote` into `dest` (replaced if it exists: it is the step's own download
 /// directory, and a retried step must not build from a half-written previous attempt).
+/// `max_bytes` bounds a tarball's download and its unpacked files, checked as they are written
+/// (a git checkout is libgit2's to write: its caller measures it afterwards).
 pub async fn fetch(
     remote: &Remote,
     dest: &Path,
     ssh: Option<&GitSsh>,
+    max_bytes: Option<u64>,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Fetched, RemoteError> {
     let cancel = Arc::new(AtomicBool::new(false));
@@ -252,7 +259,7 @@ pub async fn fetch(
     };
     log(message.as_bytes());
     let result = tokio::task::spawn_blocking(move || {
-        fetch_blocking(&remote_owned, &dest_owned, ssh.as_ref(), &cancel)
+        fetch_blocking(&remote_owned, &dest_owned, ssh.as_ref(), max_bytes, &cancel)
     })
     .await
     .map_err(|e| RemoteError::Task(e.to_string()))?;
@@ -268,6 +275,7 @@ fn fetch_blocking(
     remote: &Remote,
     dest: &Path,
     ssh: Option<&GitSsh>,
+    max_bytes: Option<u64>,
     cancel: &AtomicBool,
 ) -> Result<Fetched, RemoteError> {
     let prepare = |path: &Path| {
@@ -302,8 +310,9 @@ fn fetch_blocking(
             let mut download = dest.as_os_str().to_owned();
             download.push(".download");
             let download = PathBuf::from(download);
-            let result = download_with_retries(url, &download, cancel)
-                .and_then(|()| extract(url, &download, dest));
+            let limit = Limit { url, max_bytes: max_bytes.unwrap_or(u64::MAX) };
+            let result = download_with_retries(url, &download, limit, cancel)
+                .and_then(|()| extract(url, &download, dest, limit));
             let _ = fs::remove_file(&download);
             result?;
             Ok(Fetched { context_dir: dest.to_path_buf(), commit: None })
@@ -600,7 +609,29 @@ fn update_submodules(repo: &git2::Repository, session: &GitSession<'_>) -> Resul
 
 // --- tarballs --------------------------------------------------------------------------------
 
-fn download_with_retries(url: &str, to: &Path, cancel: &AtomicBool) -> Result<(), RemoteError> {
+/// A tarball's size bound: what the download and what its unpacked files may reach.
+#[derive(Clone, Copy)]
+struct Limit<'a> {
+    url: &'a str,
+    max_bytes: u64,
+}
+
+impl Limit<'_> {
+    fn too_large(self) -> RemoteError {
+        RemoteError::TooLarge { url: redact(self.url), limit_bytes: self.max_bytes }
+    }
+
+    fn check(self, total: u64) -> Result<(), RemoteError> {
+        if total > self.max_bytes { Err(self.too_large()) } else { Ok(()) }
+    }
+}
+
+fn download_with_retries(
+    url: &str,
+    to: &Path,
+    limit: Limit<'_>,
+    cancel: &AtomicBool,
+) -> Result<(), RemoteError> {
     let agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -609,9 +640,10 @@ fn download_with_retries(url: &str, to: &Path, cancel: &AtomicBool) -> Result<()
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match download_once(&agent, url, to, cancel) {
+        match download_once(&agent, url, to, limit, cancel) {
             Ok(()) => return Ok(()),
             Err(Failure::Cancelled) => return Err(RemoteError::Cancelled),
+            Err(Failure::Refused(e)) => return Err(e),
             Err(Failure::Permanent(message)) => {
                 return Err(RemoteError::Download { url: redact(url), attempts: attempt, message });
             }
@@ -628,12 +660,15 @@ enum Failure {
     Permanent(String),
     Transient(String),
     Cancelled,
+    /// Over the size limit: the same on every attempt.
+    Refused(RemoteError),
 }
 
 fn download_once(
     agent: &ureq::Agent,
     url: &str,
     to: &Path,
+    limit: Limit<'_>,
     cancel: &AtomicBool,
 ) -> Result<(), Failure> {
     let response = agent.get(url).call().map_err(|e| match e {
@@ -649,6 +684,7 @@ fn download_once(
     let mut body = response.into_body().into_reader();
     let mut file = File::create(to).map_err(|e| Failure::Permanent(e.to_string()))?;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(Failure::Cancelled);
@@ -657,12 +693,14 @@ fn download_once(
         if n == 0 {
             break;
         }
+        total += n as u64;
+        limit.check(total).map_err(Failure::Refused)?;
         file.write_all(&buf[..n]).map_err(|e| Failure::Permanent(e.to_string()))?;
     }
     file.sync_all().map_err(|e| Failure::Permanent(e.to_string()))
 }
 
-fn extract(url: &str, archive: &Path, dest: &Path) -> Result<(), RemoteError> {
+fn extract(url: &str, archive: &Path, dest: &Path, limit: Limit<'_>) -> Result<(), RemoteError> {
     let extract_err = |source| RemoteError::Extract { url: redact(url), source };
     let mut head = [0u8; 512];
     let mut file = File::open(archive).map_err(extract_err)?;
@@ -690,11 +728,41 @@ fn extract(url: &str, archive: &Path, dest: &Path) -> Result<(), RemoteError> {
     } else {
         return Err(not_archive("unrecognised content"));
     };
-    let mut tar = tar::Archive::new(reader);
+    // `unpack` refuses entries that would land outside `dest` (absolute paths, `..`, links).
+    // The archive stream is counted as it is read: its size bounds the files written from it.
+    let exceeded = std::cell::Cell::new(false);
+    let counted = Counted { inner: reader, left: limit.max_bytes, exceeded: &exceeded };
+    let mut tar = tar::Archive::new(counted);
     tar.set_preserve_permissions(true);
     tar.set_overwrite(true);
-    // `unpack` refuses entries that would land outside `dest` (absolute paths, `..`, links).
-    tar.unpack(dest).map_err(extract_err)
+    match tar.unpack(dest) {
+        Ok(()) => Ok(()),
+        Err(_) if exceeded.get() => Err(limit.too_large()),
+        Err(e) => Err(extract_err(e)),
+    }
+}
+
+/// A reader that fails once more than `left` bytes came through it.
+struct Counted<'a, R> {
+    inner: R,
+    left: u64,
+    exceeded: &'a std::cell::Cell<bool>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => {
+                self.exceeded.set(true);
+                Err(io::Error::other("the archive is larger than the limit"))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -782,6 +850,8 @@ mod tests {
         assert!(!is_relative_inside("/abs"));
     }
 
+    const NO_LIMIT: Limit<'static> = Limit { url: "u", max_bytes: u64::MAX };
+
     #[test]
     fn extraction_by_magic_bytes() {
         let dir = tempfile::tempdir().unwrap();
@@ -805,18 +875,52 @@ mod tests {
             fs::write(&archive, bytes).unwrap();
             let dest = dir.path().join(format!("{name}-out"));
             fs::create_dir(&dest).unwrap();
-            extract("u", &archive, &dest).unwrap_or_else(|e| panic!("{name}: {e}"));
+            extract("u", &archive, &dest, NO_LIMIT).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(fs::read(dest.join("Dockerfile")).unwrap(), b"hi", "{name}");
         }
         let archive = dir.path().join("text");
         fs::write(&archive, "FROM busybox\n").unwrap();
         assert!(matches!(
-            extract("u", &archive, dir.path()),
+            extract("u", &archive, dir.path(), NO_LIMIT),
             Err(RemoteError::NotAnArchive { .. })
         ));
         fs::write(&archive, [0xfd, b'7', b'z', b'X', b'Z', 0x00, 1, 2]).unwrap();
-        let err = extract("u", &archive, dir.path()).unwrap_err();
+        let err = extract("u", &archive, dir.path(), NO_LIMIT).unwrap_err();
         assert!(err.to_string().contains("xz"), "{err}");
+    }
+
+    #[test]
+    fn extraction_stops_at_the_limit_before_writing_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plain = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut plain);
+            for (name, size) in [("small", 1024), ("big", 4 * 1024 * 1024)] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(size as u64);
+                header.set_mode(0o644);
+                builder.append_data(&mut header, name, &vec![0u8; size][..]).unwrap();
+            }
+            builder.finish().unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let archive = dir.path().join("bomb.tar.gz");
+        fs::write(&archive, gz.finish().unwrap()).unwrap();
+        assert!(fs::metadata(&archive).unwrap().len() < 64 * 1024, "a small archive");
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let limit = Limit { url: "https://user:secret@host/bomb.tar.gz", max_bytes: 1024 * 1024 };
+        let err = extract(limit.url, &archive, &dest, limit).unwrap_err();
+        assert!(matches!(err, RemoteError::TooLarge { limit_bytes: 1048576, .. }), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let written = fs::metadata(dest.join("big")).map_or(0, |m| m.len());
+        assert!(written <= 1024 * 1024, "{written} bytes written past the limit");
+        // Under the limit the same archive unpacks whole.
+        let dest = dir.path().join("whole");
+        fs::create_dir(&dest).unwrap();
+        extract("u", &archive, &dest, Limit { url: "u", max_bytes: 8 * 1024 * 1024 }).unwrap();
+        assert_eq!(fs::metadata(dest.join("big")).unwrap().len(), 4 * 1024 * 1024);
     }
 }
 

@@ -89,6 +89,7 @@ pub fn plan(run: &RunId, steps: Vec<PlanStep>) -> Plan {
         masked: vec![],
         credentials: vec![],
         git_ssh: None,
+        context_limit: None,
     }
 }
 

@@ -121,7 +121,7 @@ async fn execute(
     {
         Ok(ready) => ready,
         Err(e) => {
-            let message = e.to_string();
+            let message = without_server_paths(&e.to_string(), &shared.config.data_dir);
             log.plain(&run_log::outcome_line(run.id.as_str(), RunStatus::Error, 0, Some(&message)));
             log.flush().await;
             return fail(message);
@@ -178,15 +178,26 @@ async fn execute(
         log.line(run_log::DEPENDENCIES_HEADER);
         log.plain(&run_log::dependency_text(&report));
     }
+    let error = summary.error.map(|e| without_server_paths(&e, &shared.config.data_dir));
     log.plain("");
     log.plain(&run_log::outcome_line(
         run.id.as_str(),
         summary.status.into(),
         summary.elapsed.as_secs(),
-        summary.error.as_deref(),
+        error.as_deref(),
     ));
     log.flush().await;
-    (summary.status.into(), summary.error, dependencies)
+    (summary.status.into(), error, dependencies)
+}
+
+/// A run's error as its readers see it (the log, `runErrorMessage`): a path under the server's
+/// data directory (a workspace, a download directory) is shown relative to it, since where the
+/// server keeps its files is the operator's business, not every API client's.
+fn without_server_paths(message: &str, data_dir: &Path) -> String {
+    match data_dir.to_str() {
+        Some(dir) if !dir.is_empty() => message.replace(dir, "<data dir>"),
+        _ => message.to_string(),
+    }
 }
 
 /// `kiln_worker::execute`, owning its sender so the log writer sees the channel close.
@@ -263,5 +274,21 @@ async fn heartbeat(
             }
             Err(e) => tracing::warn!(run = %run, "heartbeat failed: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_errors_name_no_server_paths() {
+        let data = Path::new("/var/lib/kiln");
+        let message = "cannot prepare /var/lib/kiln/work/kiln-ka1/ctx for the download: denied";
+        assert_eq!(
+            without_server_paths(message, data),
+            "cannot prepare <data dir>/work/kiln-ka1/ctx for the download: denied"
+        );
+        assert_eq!(without_server_paths("exit status 1", data), "exit status 1");
     }
 }

@@ -240,6 +240,7 @@ async fn track_base_images(store: &crate::store::Store, task: &str, report: &ser
             tag: b.tag,
             kind: b.kind.to_string(),
             digest: b.digest,
+            digest_kind: b.digest_kind,
         })
         .collect();
     if let Err(e) = store.set_base_images(task, &images).await {

@@ -303,7 +303,12 @@ pub struct BaseImageDependency {
     pub registry: String,
     pub repository: String,
     pub tag: String,
+    /// The registry digest, or the engine's image ID of a base no registry knows (see
+    /// `digestKind`); empty when unknown.
     pub digest: String,
+    /// `repo-digest` or `image-id`; absent when `digest` is empty.
+    #[serde(default, rename = "digestKind", skip_serializing_if = "Option::is_none")]
+    pub digest_kind: Option<kiln_worker::build::report::DigestKind>,
 }
 
 /// Something that happened to a task besides a run (a missed timer occurrence).

@@ -84,7 +84,9 @@ pub async fn tag_moved(
     let watchers = watched.iter().filter(|b| same_image(b, tag) && b.digest != digest).cloned();
     let mut queued = Vec::new();
     for watcher in watchers {
-        let run = if watcher.digest.is_empty() {
+        // No registry digest known yet (none, or the local image ID the build saw): record
+        // the registry's, without a run.
+        let run = if watcher.repo_digest().is_none() {
             None
         } else {
             let image = Image {
@@ -213,4 +215,54 @@ pub fn spawn(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_worker::build::report::DigestKind;
+
+    use super::*;
+    use crate::run_id::RunIdPrefix;
+    use crate::store::{RunFilter, TaskWrite};
+
+    /// A base image only the engine had (its local image ID stored) is not a moved tag when a
+    /// registry first reports it: the registry's digest is recorded, without a run; a later
+    /// move of that digest runs the task.
+    #[tokio::test]
+    async fn a_local_bases_image_id_is_replaced_by_the_registry_digest_without_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), RunIdPrefix::new("kb").unwrap()).await.unwrap();
+        let secrets = SecretBox::open_or_create(dir.path()).unwrap();
+        let write = TaskWrite {
+            status: "Enabled".into(),
+            base_image_trigger: "Runtime".into(),
+            definition: "{}".into(),
+            sealed: vec![1],
+        };
+        store.create_task("app", write, vec![2], &[]).await.unwrap();
+        let local = BaseImageRecord {
+            task_name: "app".into(),
+            registry: "127.0.0.1:5000".into(),
+            repository: "base".into(),
+            tag: "1".into(),
+            kind: "RunTime".into(),
+            digest: "sha256:local-image-id".into(),
+            digest_kind: Some(DigestKind::ImageId),
+        };
+        store.set_base_images("app", std::slice::from_ref(&local)).await.unwrap();
+        let watched = store.watched_base_images().await.unwrap();
+        assert_eq!(watched, std::slice::from_ref(&local), "the kind is kept");
+        let tag = TagRef {
+            registry: "127.0.0.1:5000".into(),
+            repository: "base".into(),
+            tag: "1".into(),
+        };
+
+        let queued = tag_moved(&store, &secrets, &watched, &tag, "sha256:registry").await.unwrap();
+        assert!(queued.is_empty());
+        let stored = store.base_images("app").await.unwrap().remove(0);
+        assert_eq!(stored.digest, "sha256:registry");
+        assert_eq!(stored.digest_kind, Some(DigestKind::RepoDigest));
+        assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty());
+    }
 }

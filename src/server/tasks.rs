@@ -332,6 +332,7 @@ fn view_of(state: &AppState, record: &TaskRecord, parts: TaskParts) -> Result<Ta
             repository: b.repository,
             tag: b.tag,
             digest: b.digest,
+            digest_kind: b.digest_kind,
         })
         .collect();
     let history = parts

@@ -703,6 +703,7 @@ async fn store_base_image_changes_are_claimed_once() {
         tag: "1".into(),
         kind: "RunTime".into(),
         digest: "sha256:old".into(),
+        digest_kind: None,
     };
     a.set_base_images("app", std::slice::from_ref(&base)).await.unwrap();
     assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&base));
@@ -767,6 +768,7 @@ async fn store_task_parts_group_timers_images_and_recent_history_by_task() {
         tag: "1".into(),
         kind: "RunTime".into(),
         digest: String::new(),
+        digest_kind: None,
     };
     store.set_base_images("a", std::slice::from_ref(&base)).await.unwrap();
     let mut conn = store.pool().acquire().await.unwrap();

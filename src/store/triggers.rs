@@ -8,6 +8,7 @@
 //! * base images: compare-and-set of the stored digest.
 
 use chrono::{DateTime, Utc};
+use kiln_worker::build::report::DigestKind;
 
 use super::runs::{NewRun, RunRecord, insert_run};
 use super::tasks::{TimerRecord, TimerRow, insert_event};
@@ -57,8 +58,21 @@ pub struct BaseImageRecord {
     pub tag: String,
     /// `RunTime` or `BuildTime`.
     pub kind: String,
-    /// The digest the tag pointed at; empty when not known yet.
+    /// The digest the tag pointed at (or a local image ID, see `digest_kind`); empty when not
+    /// known yet.
     pub digest: String,
+    /// What `digest` is. `None` for an empty digest, and in rows of older releases, which kept
+    /// registry digests only.
+    pub digest_kind: Option<DigestKind>,
+}
+
+impl BaseImageRecord {
+    /// The stored digest if a registry's tag can be compared with it: a base first seen as a
+    /// local image ID has its registry digest recorded at the first poll, without a run.
+    pub fn repo_digest(&self) -> Option<&str> {
+        let local = self.digest_kind == Some(DigestKind::ImageId);
+        (!local && !self.digest.is_empty()).then_some(self.digest.as_str())
+    }
 }
 
 impl Store {
@@ -218,8 +232,10 @@ impl Store {
             .await?;
         for image in images {
             sqlx::query(
-                "INSERT INTO base_images (task_name, registry, repository, tag, kind, digest)
-                 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM tasks WHERE name = $1)
+                "INSERT INTO base_images (task_name, registry, repository, tag, kind, digest,
+                    digest_kind)
+                 SELECT $1, $2, $3, $4, $5, $6, $7
+                 WHERE EXISTS (SELECT 1 FROM tasks WHERE name = $1)
                  ON CONFLICT (task_name, registry, repository, tag) DO NOTHING",
             )
             .bind(task)
@@ -228,6 +244,7 @@ impl Store {
             .bind(&image.tag)
             .bind(&image.kind)
             .bind(&image.digest)
+            .bind(image.digest_kind.map(DigestKind::as_str))
             .execute(&mut *tx)
             .await?;
         }
@@ -245,8 +262,8 @@ impl Store {
         &self,
         task: Option<&str>,
     ) -> StoreResult<Vec<BaseImageRecord>> {
-        let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
-            "SELECT task_name, registry, repository, tag, kind, digest FROM base_images
+        let rows: Vec<BaseImageRow> = sqlx::query_as(
+            "SELECT task_name, registry, repository, tag, kind, digest, digest_kind FROM base_images
              WHERE $1 IS NULL OR task_name = $1
              ORDER BY task_name, kind DESC, registry, repository, tag",
         )
@@ -259,8 +276,8 @@ impl Store {
     /// Every watched base image (pollers group them by image): those of enabled tasks whose
     /// base-image trigger covers the dependency's kind.
     pub async fn watched_base_images(&self) -> StoreResult<Vec<BaseImageRecord>> {
-        let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
-            "SELECT b.task_name, b.registry, b.repository, b.tag, b.kind, b.digest
+        let rows: Vec<BaseImageRow> = sqlx::query_as(
+            "SELECT b.task_name, b.registry, b.repository, b.tag, b.kind, b.digest, b.digest_kind
              FROM base_images b JOIN tasks k ON k.name = b.task_name
              WHERE k.status = 'Enabled' AND (k.base_image_trigger = 'All'
                 OR (k.base_image_trigger = 'Runtime' AND b.kind = 'RunTime'))
@@ -282,7 +299,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         for (image, digest) in changes {
             let moved = sqlx::query(
-                "UPDATE base_images SET digest = $6
+                "UPDATE base_images SET digest = $6, digest_kind = 'repo-digest'
                  WHERE task_name = $1 AND registry = $2 AND repository = $3 AND tag = $4
                    AND digest = $5",
             )
@@ -307,7 +324,10 @@ impl Store {
     }
 }
 
-fn base_image(row: (String, String, String, String, String, String)) -> BaseImageRecord {
-    let (task_name, registry, repository, tag, kind, digest) = row;
-    BaseImageRecord { task_name, registry, repository, tag, kind, digest }
+type BaseImageRow = (String, String, String, String, String, String, Option<String>);
+
+fn base_image(row: BaseImageRow) -> BaseImageRecord {
+    let (task_name, registry, repository, tag, kind, digest, digest_kind) = row;
+    let digest_kind = digest_kind.as_deref().and_then(DigestKind::parse);
+    BaseImageRecord { task_name, registry, repository, tag, kind, digest, digest_kind }
 }

@@ -6,6 +6,7 @@
 //! decides which kinds are watched. Images pinned by digest (`FROM x@sha256:…`) cannot move
 //! and are not kept; `scratch` is no image at all.
 
+use kiln_worker::build::report::DigestKind;
 use kiln_worker::build::{Dependency, ImageReference};
 use kiln_worker::image_ref::DOCKER_HUB_REPORT_REGISTRY;
 
@@ -17,9 +18,11 @@ pub struct BaseImage {
     pub registry: String,
     pub repository: String,
     pub tag: String,
-    /// Empty when the engine knows no registry digest for it (a local image ID cannot be
-    /// compared with what a registry reports, so it is not kept).
+    /// The registry digest the engine built on, or the local image ID of a base no registry
+    /// knows; empty when unknown.
     pub digest: String,
+    /// Which of the two `digest` is; `None` when it is empty.
+    pub digest_kind: Option<DigestKind>,
 }
 
 /// The base images a dependency report names, each once (a runtime base that is also some
@@ -52,7 +55,8 @@ fn base_image(kind: &'static str, reference: &ImageReference) -> Option<BaseImag
         registry: reference.registry.clone(),
         repository: reference.repository.clone(),
         tag: reference.tag.clone(),
-        digest: reference.repo_digest().unwrap_or_default().to_string(),
+        digest: reference.digest.clone(),
+        digest_kind: reference.digest_kind,
     })
 }
 

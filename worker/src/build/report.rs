@@ -59,6 +59,20 @@ pub struct ImageReference {
     pub reference: String,
 }
 
+impl DigestKind {
+    /// The name in the printed report and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestKind::RepoDigest => "repo-digest",
+            DigestKind::ImageId => "image-id",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DigestKind> {
+        [DigestKind::RepoDigest, DigestKind::ImageId].into_iter().find(|k| k.as_str() == text)
+    }
+}
+
 /// What an image's digest identifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -197,6 +197,18 @@ fn every_answer_matches_the_openapi_document() {
     doc.check("post", "/tasks/{name}/timers", status, &timers);
     let (status, updated) = server.api("PATCH", "/tasks/shape", json!({"timeout": 900}));
     doc.check("patch", "/tasks/{name}", status, &updated);
+    // A git context has ACR's nested source trigger (none without one, as above).
+    let git = json!({"name": "shape-git", "contextPath": "https://127.0.0.1:9/o/r.git#main",
+        "step": {"type": "FileTask", "taskFilePath": "acb.yaml"},
+        "trigger": {"sourceTriggers": [{"sourceTriggerEvents": ["pullrequest"]}]}});
+    let (status, created) = server.api("POST", "/tasks", git);
+    doc.check("post", "/tasks", status, &created);
+    assert_eq!(created["trigger"]["sourceTriggers"][0]["status"], "Enabled", "{created}");
+    let patch = json!({"trigger": {"baseImageTrigger": {"status": "Disabled"}}});
+    let (status, updated) = server.api("PATCH", "/tasks/shape-git", patch);
+    doc.check("patch", "/tasks/{name}", status, &updated);
+    assert_eq!(updated["trigger"]["baseImageTrigger"]["status"], "Disabled", "{updated}");
+    assert_eq!(updated["trigger"]["sourceTriggers"], created["trigger"]["sourceTriggers"]);
     let (status, timers) =
         server.api("PATCH", "/tasks/shape/timers/hourly", json!({"status": "Enabled"}));
     doc.check("patch", "/tasks/{name}/timers/{timer}", status, &timers);

@@ -187,6 +187,9 @@ fn pull_requests_build_their_head_refs() {
     assert!(out.status.success(), "{}", support::text(&out));
     let out = server.run(&["task", "show", "-n", "lib", "-o", "json"]);
     let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
+    // The update named one event; the commit event stays on.
+    let events = &task["trigger"]["sourceTriggers"][0]["sourceTriggerEvents"];
+    assert_eq!(*events, json!(["commit", "pullrequest"]), "{task}");
     let secret = secret(&task);
     let cases = [
         (webhooks::github_pull_request(&url, 1, &github_head, "main", "opened"), "pull request 1"),
@@ -206,8 +209,11 @@ fn pull_requests_build_their_head_refs() {
     let elsewhere = webhooks::github_pull_request(&url, 3, &github_head, "release", "opened");
     let (status, answer) = deliver(&server, &task, &elsewhere.signed(&secret));
     assert_eq!((status, answer["status"].as_str()), (200, Some("ignored")), "{answer}");
-    let (status, _) =
-        server.api("PATCH", "/tasks/lib", json!({"pullRequestTriggerEnabled": false}));
+    let (status, _) = server.api(
+        "PATCH",
+        "/tasks/lib",
+        json!({"trigger": {"sourceTriggers": [{"sourceTriggerEvents": ["commit"]}]}}),
+    );
     assert_eq!(status, 200);
     let again = webhooks::github_pull_request(&url, 1, &gitlab_head, "main", "synchronize");
     let (status, answer) = deliver(&server, &task, &again.signed(&secret));

@@ -1,6 +1,7 @@
 //! Stored JSON of older releases: run requests (in the clear and sealed) and task definitions
 //! (redacted and sealed) written before the API's one vocabulary (issue 11) used snake_case
-//! keys, a platform string, a `no_push` flag and a task file's text in `task`.
+//! keys, a platform string, a `no_push` flag and a task file's text in `task`; definitions
+//! also kept flat trigger settings (snake_case, then camelCase) where ACR nests a `trigger`.
 //!
 //! Why a converter on read and not a rewrite at store open: half of what is stored is sealed
 //! with the server key, which the store does not hold, and a database restored from an old
@@ -11,9 +12,10 @@
 //! key), so reading is idempotent.
 
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::RunRequest;
+use super::task::TaskStatus;
 
 /// A stored run request, in either form.
 pub fn read_request(json: &str) -> serde_json::Result<RunRequest> {
@@ -54,6 +56,9 @@ pub fn upgrade_keys(value: Value) -> Value {
                 let (key, value) = upgrade_field(key, upgrade_keys(value));
                 out.insert(key, value);
             }
+            if out.contains_key("step") {
+                nest_triggers(&mut out);
+            }
             Value::Object(out)
         }
         Value::Array(items) => Value::Array(items.into_iter().map(upgrade_keys).collect()),
@@ -91,6 +96,44 @@ fn upgrade_field(key: String, value: Value) -> (String, Value) {
     (renamed.to_string(), value)
 }
 
+/// A definition's (an object with a `step`: `baseImageTriggerType` is also a key inside the
+/// nested object) flat trigger settings (`commitTriggerEnabled`, … of the releases before
+/// ACR's nested `trigger`) become that object; a setting absent stays absent (its default),
+/// except that the source trigger lists both events once either is given.
+fn nest_triggers(map: &mut Map<String, Value>) {
+    let mut take = |key: &str| map.remove(key);
+    let (commit, pull_request) = (take("commitTriggerEnabled"), take("pullRequestTriggerEnabled"));
+    let (base_image, base_image_type) =
+        (take("baseImageTriggerEnabled"), take("baseImageTriggerType"));
+    let mut trigger = Map::new();
+    if commit.is_some() || pull_request.is_some() {
+        let on = |flag: Option<Value>, default| flag.and_then(|f| f.as_bool()).unwrap_or(default);
+        let events: Vec<&str> =
+            [(on(commit, true), "commit"), (on(pull_request, false), "pullrequest")]
+                .into_iter()
+                .filter_map(|(on, event)| on.then_some(event))
+                .collect();
+        let status = TaskStatus::from(!events.is_empty()).as_str();
+        trigger.insert(
+            "sourceTriggers".into(),
+            json!([{"sourceTriggerEvents": events, "status": status}]),
+        );
+    }
+    if base_image.is_some() || base_image_type.is_some() {
+        let mut base = Map::new();
+        if let Some(on) = base_image.and_then(|b| b.as_bool()) {
+            base.insert("status".into(), Value::from(TaskStatus::from(on).as_str()));
+        }
+        if let Some(kind) = base_image_type {
+            base.insert("baseImageTriggerType".into(), kind);
+        }
+        trigger.insert("baseImageTrigger".into(), Value::Object(base));
+    }
+    if !trigger.is_empty() {
+        map.insert("trigger".into(), Value::Object(trigger));
+    }
+}
+
 fn encode(text: &Value) -> Value {
     match text.as_str() {
         Some(text) => Value::from(super::base64_text::encode(text)),
@@ -103,7 +146,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::task::{TaskDefinition, TaskStep};
+    use crate::api::task::{BaseImageTriggerType, TaskDefinition, TaskStep};
     use crate::api::{Argument, Platform, Source};
 
     #[test]
@@ -163,10 +206,31 @@ mod tests {
         assert_eq!(def.context, "https://h/o/r.git#main");
         assert_eq!((def.timeout_secs, def.platform.to_string().as_str()), (900, "linux/amd64"));
         assert!(!def.commit_trigger_enabled && def.pull_request_trigger_enabled);
+        assert!(def.base_image_trigger_enabled);
+        assert_eq!(def.base_image_trigger_type, BaseImageTriggerType::All);
         assert_eq!(def.git_access_token.as_deref(), Some("tok"));
         assert!(def.values[0].secret);
         assert_eq!(def.credentials[0].login_server, "r:5001");
         assert!(matches!(def.step, TaskStep::Docker { is_push_enabled: true, .. }));
+    }
+
+    #[test]
+    fn flat_camel_case_trigger_settings_read_as_the_nested_trigger() {
+        let step = json!({"type": "EncodedTask", "encodedTaskContent": "c3RlcHM6IFtdCg=="});
+        let flat = json!({"contextPath": "https://h/o/r.git#main", "step": step,
+            "commitTriggerEnabled": false, "pullRequestTriggerEnabled": false,
+            "baseImageTriggerEnabled": false, "baseImageTriggerType": "All"});
+        let def = read::<TaskDefinition>(flat.to_string().as_bytes()).unwrap();
+        assert!(!def.commit_trigger_enabled && !def.pull_request_trigger_enabled);
+        assert!(!def.base_image_trigger_enabled);
+        assert_eq!(def.base_image_trigger_type, BaseImageTriggerType::All);
+        // A setting absent keeps its default: only the pull request event given.
+        let partial = json!({"contextPath": "https://h/o/r.git#main", "step": step,
+            "pullRequestTriggerEnabled": true});
+        let def = read::<TaskDefinition>(partial.to_string().as_bytes()).unwrap();
+        assert!(def.commit_trigger_enabled && def.pull_request_trigger_enabled);
+        assert!(def.base_image_trigger_enabled);
+        assert_eq!(def.base_image_trigger_type, BaseImageTriggerType::Runtime);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub use kiln_worker::build::Dependency;
 
 pub mod legacy;
 pub mod task;
+mod task_wire;
 
 pub use task::TriggerDetail;
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Argument, Image, Platform, millis, redact_arguments};
+use super::{Argument, Image, Platform, millis, redact_arguments, task_wire};
 
 /// Shown instead of a secret.
 pub const REDACTED: &str = "***";
@@ -118,51 +118,31 @@ pub struct RegistryLogin {
     pub password: String,
 }
 
-/// A task's recipe and trigger settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// A task's recipe and trigger settings. On the wire the trigger settings are ACR's nested
+/// `trigger` object ([`super::task_wire`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "task_wire::Definition", into = "task_wire::Definition")]
 pub struct TaskDefinition {
     /// A git URL (`https://host/org/repo.git#branch:folder`, `git://…`), a tarball URL, or
     /// `/dev/null`.
-    #[serde(rename = "contextPath")]
     pub context: String,
     pub step: TaskStep,
     /// `--set` / `--set-secret` values.
-    #[serde(default)]
     pub values: Vec<Argument>,
-    #[serde(default = "default_platform")]
     pub platform: Platform,
     /// Seconds.
-    #[serde(default = "default_timeout", rename = "timeout")]
     pub timeout_secs: u64,
-    #[serde(default)]
     pub status: TaskStatus,
-    #[serde(default = "super::yes")]
     pub commit_trigger_enabled: bool,
-    #[serde(default)]
     pub pull_request_trigger_enabled: bool,
-    #[serde(default = "super::yes")]
     pub base_image_trigger_enabled: bool,
-    #[serde(default)]
     pub base_image_trigger_type: BaseImageTriggerType,
-    /// Token for a private repository; write-only (shown as `***`).
-    #[serde(default, rename = "contextAccessToken", skip_serializing_if = "Option::is_none")]
+    /// Token for a private repository; write-only.
     pub git_access_token: Option<String>,
-    /// OpenSSH private key (unencrypted) for an SSH git context, e.g. the repository's deploy
-    /// key; it wins over the server's `--git-ssh-key`. Write-only (shown as `***`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// OpenSSH private key for an SSH git context; write-only.
     pub git_ssh_key: Option<String>,
     /// Registry logins for the task's runs, besides the server's own.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<RegistryLogin>,
-}
-
-fn default_platform() -> Platform {
-    Platform::parse(crate::store::runs::DEFAULT_PLATFORM)
-}
-
-fn default_timeout() -> u64 {
-    crate::store::runs::DEFAULT_TIMEOUT_SECS
 }
 
 impl TaskDefinition {
@@ -225,46 +205,59 @@ pub struct CreateTask {
     pub timers: Vec<TimerSpec>,
 }
 
-/// `PATCH /tasks/{name}`: only the fields given change. Lists replace the stored list. An
-/// unknown field is refused: a misspelt (or pre-camelCase) one would otherwise change nothing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// `PATCH /tasks/{name}`: only the fields given change. Lists replace the stored list. On
+/// the wire the trigger settings are ACR's nested `trigger` object ([`super::task_wire`]);
+/// the two source trigger events are sent together (one given alone sends the other as off).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "task_wire::Update", into = "task_wire::Update")]
 pub struct UpdateTask {
-    #[serde(default, rename = "contextPath", skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<TaskStep>,
     /// Merged into the stored values by name (a value named again replaces the old one).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<Argument>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
     /// Seconds.
-    #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_trigger_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request_trigger_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image_trigger_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_image_trigger_type: Option<BaseImageTriggerType>,
     /// A new token; an empty string removes it.
-    #[serde(default, rename = "contextAccessToken", skip_serializing_if = "Option::is_none")]
     pub git_access_token: Option<String>,
     /// A new SSH private key; an empty string removes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_ssh_key: Option<String>,
     /// Logins added, or replaced by login server.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<RegistryLogin>,
     /// Login servers whose logins are removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_credentials: Vec<String>,
 }
+
+/// The schemas are the wire forms'.
+macro_rules! wire_schema {
+    ($rust:ty => $wire:ty) => {
+        impl utoipa::PartialSchema for $rust {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                <$wire as utoipa::PartialSchema>::schema()
+            }
+        }
+        impl ToSchema for $rust {
+            fn name() -> std::borrow::Cow<'static, str> {
+                <$wire as ToSchema>::name()
+            }
+            fn schemas(
+                schemas: &mut Vec<(
+                    String,
+                    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+                )>,
+            ) {
+                <$wire as ToSchema>::schemas(schemas)
+            }
+        }
+    };
+}
+wire_schema!(TaskDefinition => task_wire::Definition);
+wire_schema!(UpdateTask => task_wire::Update);
 
 /// `PATCH /tasks/{name}/timers/{timer}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -158,6 +158,11 @@ impl DefinitionFlags {
             || self.docker_flag().is_some()
     }
 
+    /// Whether one source trigger event was given without the other.
+    fn names_one_source_event(&self) -> bool {
+        self.commit_trigger_enabled.is_some() != self.pull_request_trigger_enabled.is_some()
+    }
+
     /// The first Dockerfile-only flag given, for messages.
     fn docker_flag(&self) -> Option<&'static str> {
         [
@@ -492,8 +497,9 @@ fn update(args: UpdateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
         check_context(context)?;
     }
     let client = remote::connect(server)?;
-    // A step is sent whole: what the flags do not change is taken from the stored one.
-    let current = match args.flags.touches_step() {
+    // A step is sent whole, and so are the source trigger's events: what the flags do not
+    // change is taken from the stored one.
+    let current = match args.flags.touches_step() || args.flags.names_one_source_event() {
         true => Some(client.get_task(&args.name)?.definition),
         false => None,
     };
@@ -503,7 +509,8 @@ fn update(args: UpdateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
 }
 
 /// The `PATCH /tasks/{name}` body: only what `args` give. `current` is the stored definition
-/// (redacted), needed when a flag shapes the step.
+/// (redacted), needed when a flag shapes the step or names one source trigger event (the wire
+/// lists the events that are on, so the other is the stored one, as `az` merges them).
 fn update_request(
     args: &UpdateArgs,
     current: Option<&TaskDefinition>,
@@ -516,6 +523,10 @@ fn update_request(
         }
         None => None,
     };
+    let given_events =
+        flags.commit_trigger_enabled.is_some() || flags.pull_request_trigger_enabled.is_some();
+    let stored =
+        |event: fn(&TaskDefinition) -> bool| given_events.then(|| current.is_some_and(event));
     let update = UpdateTask {
         context: args.context.clone(),
         step,
@@ -523,8 +534,12 @@ fn update_request(
         platform: flags.platform.as_deref().map(Platform::parse),
         timeout_secs: flags.timeout,
         status: flags.status,
-        commit_trigger_enabled: flags.commit_trigger_enabled,
-        pull_request_trigger_enabled: flags.pull_request_trigger_enabled,
+        commit_trigger_enabled: flags
+            .commit_trigger_enabled
+            .or(stored(|c| c.commit_trigger_enabled)),
+        pull_request_trigger_enabled: flags
+            .pull_request_trigger_enabled
+            .or(stored(|c| c.pull_request_trigger_enabled)),
         base_image_trigger_enabled: flags.base_image_trigger_enabled,
         base_image_trigger_type: flags.base_image_trigger_type,
         git_access_token: flags.git_access_token.clone(),
@@ -1323,6 +1338,18 @@ mod tests {
         );
         let err = update("", None).unwrap_err();
         assert!(err.to_string().contains("nothing to change"), "{err}");
+        // One source trigger event given: the other is sent as stored.
+        let current =
+            stored(TaskStep::FileTask { task_file: "acb.yaml".into(), values_file: None });
+        let events = update("--pull-request-trigger-enabled true", Some(&current)).unwrap();
+        assert_eq!(
+            (events.commit_trigger_enabled, events.pull_request_trigger_enabled),
+            (Some(true), Some(true))
+        );
+        match parse("update -n a --commit-trigger-enabled false").unwrap() {
+            TaskCommand::Update(args) => assert!(args.flags.names_one_source_event()),
+            other => panic!("{other:?}"),
+        }
         match parse("update -n a --status Disabled").unwrap() {
             TaskCommand::Update(args) => assert!(!args.flags.touches_step()),
             other => panic!("{other:?}"),

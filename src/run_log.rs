@@ -136,13 +136,18 @@ pub fn with_times(
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 8);
     let mut offset = start;
     let mut next = 0;
-    let mut at = first;
+    // Formatted once per mark, not per line: a burst of lines shares one mark.
+    let mut stamp = crate::api::millis::format(&first);
     for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let mut moved = None;
         while let Some(&(_, time)) = times.get(next).filter(|(mark, _)| *mark <= offset) {
-            at = time;
+            moved = Some(time);
             next += 1;
         }
-        out.extend_from_slice(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).as_bytes());
+        if let Some(at) = moved {
+            stamp = crate::api::millis::format(&at);
+        }
+        out.extend_from_slice(stamp.as_bytes());
         out.push(b' ');
         out.extend_from_slice(line);
         offset += line.len() as u64;

@@ -172,11 +172,16 @@ pub fn new_webhook_secret(
     secrets: &SecretBox,
     task: &str,
 ) -> Result<(String, Vec<u8>), TaskDefError> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| SecretBoxError::Random(e.to_string()))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_webhook_secret()?;
     let sealed = secrets.seal(&purpose(task, "webhook"), secret.as_bytes())?;
     Ok((secret, sealed))
+}
+
+/// A webhook secret's text: 24 random bytes in hex.
+pub fn random_webhook_secret() -> Result<String, TaskDefError> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| SecretBoxError::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The webhook secret of a stored task.

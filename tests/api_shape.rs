@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::process::Stdio;
 
 use serde_json::{Value, json};
-use support::{Server, text};
+use support::{Server, queued_id, text};
 
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -120,12 +120,6 @@ fn millisecond_timestamps(answer: &Value) {
         Value::Object(map) => map.values().for_each(millisecond_timestamps),
         _ => {}
     }
-}
-
-fn queued_id(out: &std::process::Output) -> String {
-    let all = text(out);
-    let line = all.lines().find_map(|l| l.strip_prefix("Queued a run with ID: "));
-    line.unwrap_or_else(|| panic!("no run ID in:\n{all}")).trim().to_string()
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod support;
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Output, Stdio};
 
-use support::{Server, text};
+use support::{Server, queued_id, text};
 
 /// `out` exited with `code` and said `needle`.
 fn exits(out: &Output, code: i32, needle: &str, what: &str) {
@@ -23,10 +23,7 @@ fn queue(server: &Server) -> String {
     let out = server.run(&["run", "--cmd", "busybox true", "--no-wait", "/dev/null"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    all.lines()
-        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
-        .unwrap_or_else(|| panic!("no run queued: {all}"))
-        .to_string()
+    queued_id(&out)
 }
 
 #[test]
@@ -231,11 +228,7 @@ fn every_line_keeps_its_arrival_time_beside_the_log() {
     let out = server.run(&["run", "--cmd", "busybox echo hello-timed", "/dev/null"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    let id = all
-        .lines()
-        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
-        .unwrap_or_else(|| panic!("no run queued: {all}"))
-        .to_string();
+    let id = queued_id(&out);
     let plain = String::from_utf8(server.run(&["logs", &id]).stdout).expect("utf-8");
     let out = server.run(&["logs", &id, "--timestamps"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -10,25 +10,16 @@ mod support;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::{Server, registry, text};
+use support::{Server, queued_id, registry, text};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The run ID from `Queued a run with ID: <id>`.
-fn queued_id(out: &Output) -> String {
-    let all = text(out);
-    all.lines()
-        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
-        .unwrap_or_else(|| panic!("no run queued:\n{all}"))
-        .trim()
-        .to_string()
-}
-
 /// Containers the engine still has for `run`.
 fn containers_of(run: &str) -> String {
     let out = Command::new("docker")

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use support::{Server, text};
+use support::{Server, queued_id, text};
 
 fn image() -> String {
     std::env::var("KILN_TEST_IMAGE").unwrap_or_else(|_| "busybox:latest".to_string())
@@ -114,12 +114,7 @@ fn a_cmd_task_with_timers_runs_manually_and_keeps_its_secret() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("hello-from-task"), "{all}");
-    let id = all
-        .lines()
-        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
-        .unwrap_or_else(|| panic!("no run queued:\n{all}"))
-        .trim()
-        .to_string();
+    let id = queued_id(&out);
     assert!(all.contains(&format!("Run ID: {id} was successful after")), "{all}");
 
     let runs = ok(&server.run(&["task", "list-runs", "-n", "hello", "-o", "tsv"]));

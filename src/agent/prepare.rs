@@ -143,8 +143,11 @@ pub(crate) async fn prepare(
                 remote::RemoteError::TooLarge { .. } => PrepareError::TooLarge(limit.exceeded()),
                 e => e.into(),
             })?;
-            // A git checkout is written by libgit2: measured once it is there.
-            check_size(&fetched.context_dir, limit).await?;
+            // A tarball was bounded while it was written; a git checkout is libgit2's to write,
+            // so it is measured once it is there (all of it, whatever subfolder is the context).
+            if matches!(remote, remote::Remote::Git { .. }) {
+                check_size(&dest, limit).await?;
+            }
             log.line("Finished downloading source code");
             commit = fetched.commit.unwrap_or_default();
             Some(fetched.context_dir)

@@ -195,7 +195,11 @@ async fn execute(
 /// server keeps its files is the operator's business, not every API client's.
 fn without_server_paths(message: &str, data_dir: &Path) -> String {
     match data_dir.to_str() {
-        Some(dir) if !dir.is_empty() => message.replace(dir, "<data dir>"),
+        // Only as a whole path: `<dir>/…` or `<dir>` itself.
+        Some(dir) if data_dir.is_absolute() => {
+            let under = format!("{}/", dir.trim_end_matches('/'));
+            message.replace(&under, "<data dir>/")
+        }
         _ => message.to_string(),
     }
 }

@@ -19,7 +19,10 @@ use super::task::TaskStatus;
 
 /// A stored run request, in either form.
 pub fn read_request(json: &str) -> serde_json::Result<RunRequest> {
-    serde_json::from_value(upgrade_request(serde_json::from_str(json)?))
+    // Every run listed or long-polled reads its request: the current form parses directly
+    // (an old one cannot, its `type` tags are gone), only an old one is rebuilt.
+    serde_json::from_str(json)
+        .or_else(|_| serde_json::from_value(upgrade_request(serde_json::from_str(json)?)))
 }
 
 /// Any other stored document of the API's types (a [`TaskDefinition`](super::task::TaskDefinition), a sealed request's

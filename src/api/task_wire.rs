@@ -96,6 +96,9 @@ impl TryFrom<Trigger> for Settings {
             Some([]) => (Some(false), Some(false)),
             Some([source]) => match (source.status, &source.source_trigger_events) {
                 (Some(TaskStatus::Disabled), _) => (Some(false), Some(false)),
+                (Some(TaskStatus::Enabled), Some(events)) if events.is_empty() => {
+                    return Err(TriggerError::EnabledWithoutEvents);
+                }
                 (_, Some(events)) => (
                     Some(events.contains(&SourceTriggerEvent::Commit)),
                     Some(events.contains(&SourceTriggerEvent::PullRequest)),
@@ -427,6 +430,10 @@ mod tests {
         assert!(err.to_string().contains("at most one source trigger"), "{err}");
         let enabled = json!({"trigger": {"sourceTriggers": [{"status": "Enabled"}]}});
         let err = serde_json::from_value::<UpdateTask>(enabled).unwrap_err();
+        assert!(err.to_string().contains("sourceTriggerEvents"), "{err}");
+        let none = json!({"trigger": {"sourceTriggers": [
+            {"status": "Enabled", "sourceTriggerEvents": []}]}});
+        let err = serde_json::from_value::<UpdateTask>(none).unwrap_err();
         assert!(err.to_string().contains("sourceTriggerEvents"), "{err}");
         let flat = json!({"commitTriggerEnabled": false});
         assert!(serde_json::from_value::<UpdateTask>(flat).is_err(), "the flat shape is refused");

@@ -97,8 +97,11 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     {
         bail!("--git-ssh-key {}: {e}", file.display());
     }
+    // Absolute, so every path under it (and its redaction from run errors) means one place.
     let data_dir = match args.data_dir {
-        Some(dir) => dir,
+        Some(dir) => {
+            std::path::absolute(&dir).with_context(|| format!("--data-dir {}", dir.display()))?
+        }
         None => default_data_dir()?,
     };
     let serve_config = ServeConfig {

@@ -173,7 +173,11 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
         .skip_token
         .as_deref()
         .map(|t| {
-            t.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid skipToken {t:?}")))
+            // The store's counters are i64: a larger token is as invalid as a word.
+            t.parse::<u64>()
+                .ok()
+                .filter(|&n| i64::try_from(n).is_ok())
+                .ok_or_else(|| ApiError::BadRequest(format!("invalid skipToken {t:?}")))
         })
         .transpose()?;
     let filter = RunFilter {
@@ -181,7 +185,7 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
         task_name: query.task.clone(),
         image: query.image.clone(),
         // One more than a page tells whether there is a next one.
-        top: if top == 0 { 0 } else { top + 1 },
+        top: if top == 0 { 0 } else { top.saturating_add(1) },
         before,
     };
     let mut runs = store.list_runs(&filter).await?;

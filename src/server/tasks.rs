@@ -15,7 +15,7 @@ use crate::api::task::{
 };
 use crate::api::{self, ErrorBody, List, legacy, paths};
 use crate::queue::Origin;
-use crate::store::{RunRecord, TaskParts, TaskRecord, TimerRecord};
+use crate::store::{RunRecord, StoreError, TaskParts, TaskRecord, TimerRecord};
 use crate::task_def::{self, TaskDefError};
 use crate::task_run::{self, Firing, TaskRunError};
 use crate::trigger::cron::Schedule;
@@ -206,9 +206,11 @@ pub async fn update_task_timer(
     state.store.get_task(name).await?;
     let stored = state.store.timers(name).await?;
     let mut specs: Vec<TimerSpec> = stored.iter().cloned().map(spec_of).collect();
-    let i = specs.iter().position(|t| t.name == timer).ok_or_else(|| ApiError::Missing {
-        code: "TimerNotFound",
-        message: format!("task {name} has no timer named {timer}"),
+    let i = specs.iter().position(|t| t.name == timer).ok_or_else(|| {
+        ApiError::from(StoreError::TimerNotFound {
+            task: name.to_string(),
+            timer: timer.to_string(),
+        })
     })?;
     if let Some(schedule) = update.schedule {
         specs[i].schedule = schedule;

@@ -251,6 +251,10 @@ fn server_run_list_pages_follow_next_link_each_run_once_newest_first() {
     assert_eq!(page("/runs").value.len(), 6);
     let a = s.get("/runs?skipToken=nope");
     assert_eq!((a.status, a.error().error.code.as_str()), (400, "BadRequest"));
+    // Past the store's counters: bad input too, not a 500; a huge `top` is just "many".
+    let a = s.get("/runs?skipToken=9223372036854775808");
+    assert_eq!((a.status, a.error().error.code.as_str()), (400, "BadRequest"));
+    assert_eq!(page(&format!("/runs?top={}", usize::MAX)).value.len(), 6);
 }
 
 #[test]

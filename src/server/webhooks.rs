@@ -67,7 +67,7 @@ pub async fn handle(
     // task does to a wrong signature: the URL does not tell which task names exist.
     let secret = match &record {
         Some(record) => task_def::webhook_secret(&state.secrets, record)?,
-        None => task_def::new_webhook_secret(&state.secrets, task)?.0,
+        None => task_def::random_webhook_secret()?,
     };
     webhook::verify(provider, headers, body, &secret).map_err(|e| match e {
         WebhookError::MissingSignature { .. } | WebhookError::BadSignature => {
@@ -75,11 +75,12 @@ pub async fn handle(
         }
         other => bad(other),
     })?;
+    // A fresh random secret verifies nothing, so an unknown task's delivery was refused above.
+    let Some(record) = record else {
+        return Err(ApiError::BadSignature(WebhookError::BadSignature.to_string()));
+    };
     let Some(event) = webhook::parse(provider, headers, body).map_err(bad)? else {
         return Ok(ignored("this event builds nothing (ping, tag, deletion or closed request)"));
-    };
-    let Some(record) = record else {
-        return Err(ApiError::internal("a random secret verified a delivery"));
     };
     let definition = task_def::open(&state.secrets, &record)?;
     if let Some(reason) = not_for_this_task(&definition, &event) {

@@ -12,7 +12,7 @@ use kiln_worker::build::report::DigestKind;
 
 use super::runs::{NewRun, RunRecord, insert_run};
 use super::tasks::{TimerRecord, TimerRow, insert_event};
-use super::{Store, StoreResult, to_millis};
+use super::{Store, StoreError, StoreResult, to_millis};
 
 /// History kind of a timer occurrence that passed while no server was running.
 pub const TIMER_MISSED: &str = "TimerMissed";
@@ -270,7 +270,7 @@ impl Store {
         .bind(task)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows.into_iter().map(base_image).collect())
+        rows.into_iter().map(base_image).collect()
     }
 
     /// Every watched base image (pollers group them by image): those of enabled tasks whose
@@ -285,7 +285,7 @@ impl Store {
         )
         .fetch_all(self.pool())
         .await?;
-        Ok(rows.into_iter().map(base_image).collect())
+        rows.into_iter().map(base_image).collect()
     }
 
     /// Claims a base-image change for one task: each of `changes` (a watched image and its
@@ -326,8 +326,13 @@ impl Store {
 
 type BaseImageRow = (String, String, String, String, String, String, Option<String>);
 
-fn base_image(row: BaseImageRow) -> BaseImageRecord {
+fn base_image(row: BaseImageRow) -> StoreResult<BaseImageRecord> {
     let (task_name, registry, repository, tag, kind, digest, digest_kind) = row;
-    let digest_kind = digest_kind.as_deref().and_then(DigestKind::parse);
-    BaseImageRecord { task_name, registry, repository, tag, kind, digest, digest_kind }
+    let digest_kind = match digest_kind.as_deref() {
+        None => None,
+        Some(text) => Some(DigestKind::parse(text).ok_or_else(|| {
+            StoreError::Corrupt(format!("base image {repository}:{tag}: digest kind {text:?}"))
+        })?),
+    };
+    Ok(BaseImageRecord { task_name, registry, repository, tag, kind, digest, digest_kind })
 }

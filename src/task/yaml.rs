@@ -99,17 +99,23 @@ pub fn parse_like_go(text: &str) -> Result<GoParsed<'_>, YamlError> {
             Ok(root) => return Ok(GoParsed { root, text: current, bare_dashes }),
             Err(e) => e,
         };
+        // Earlier quotes on a line moved what follows them right by two columns each.
+        let shift = |at: Pos| {
+            let quoted = bare_dashes.iter().filter(|p| p.line == at.line && p.col < at.col);
+            2 * quoted.count() as u32
+        };
         let at = match err.pos {
             Some(p) if err.message.starts_with(BARE_DASH) => p,
-            _ => return Err(err),
+            pos => {
+                let pos = pos.map(|p| Pos::new(p.line, p.col - shift(p)));
+                return Err(YamlError { pos, ..err });
+            }
         };
         let Some(offset) = byte_offset(&current, at).filter(|&o| current[o..].starts_with('-'))
         else {
             return Err(err);
         };
-        // Earlier quotes on this line moved it right by two columns each.
-        let shift = 2 * bare_dashes.iter().filter(|p| p.line == at.line).count() as u32;
-        bare_dashes.push(Pos::new(at.line, at.col - shift));
+        bare_dashes.push(Pos::new(at.line, at.col - shift(at)));
         current.to_mut().replace_range(offset..offset + 1, "\"-\"");
     }
 }
@@ -469,6 +475,9 @@ mod tests {
         assert_eq!(strings(&entries[3].1), vec![Value::Str("-x".into()), dash()]);
         // Other errors stay errors, and a valid file is untouched.
         assert!(parse_like_go("a: [-\n").is_err());
+        // An error after a quoted dash points at the input's column, not the quoted text's.
+        let at = |text: &str| parse_like_go(text).unwrap_err().pos.map(|p| (p.line, p.col));
+        assert_eq!(at("a: [-, [}\n"), at("a: [x, [}\n"));
         let plain = parse_like_go("a: [\"-\"]\n").unwrap();
         assert!(plain.bare_dashes.is_empty() && matches!(plain.text, Cow::Borrowed(_)));
     }

@@ -16,6 +16,16 @@ pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// The run ID a client command printed (`Queued a run with ID: …`).
+pub fn queued_id(out: &Output) -> String {
+    let all = text(out);
+    all.lines()
+        .find_map(|l| l.strip_prefix("Queued a run with ID: "))
+        .unwrap_or_else(|| panic!("no run queued:\n{all}"))
+        .trim()
+        .to_string()
+}
+
 /// A running `kiln serve` with its data directory.
 pub struct Server {
     child: Child,

@@ -83,7 +83,7 @@ pub(crate) async fn run(
                 })
                 .collect();
             // The report as ACR prints it (kebab-case keys): what the log shows and the run keeps.
-            let report = serde_json::from_str(&build::report_json(&outcome.dependencies))
+            let report = serde_json::to_value(build::report::printed(&outcome.dependencies))
                 .map_err(|e| e.to_string())?;
             events.push(Event::DependencyReport { step: step.id.clone(), report });
             Ok(events)

@@ -77,8 +77,15 @@ impl Workspace {
                 }
             }
             if let Some(from) = context {
-                // A directory renames onto an empty one.
-                let moved = move_context && std::fs::rename(&from, &host_dir).is_ok();
+                // A directory renames onto an empty one; across file systems it is copied.
+                let moved = move_context
+                    && match std::fs::rename(&from, &host_dir) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => false,
+                        Err(source) => {
+                            return Err(WorkspaceError::CopyContext { from, source });
+                        }
+                    };
                 if !moved {
                     copy_tree(&from, &host_dir)
                         .map_err(|source| WorkspaceError::CopyContext { from, source })?;

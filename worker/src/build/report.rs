@@ -118,13 +118,6 @@ impl ImageReference {
         self.digest = digest;
     }
 
-    /// The digest if it is a registry's (what a registry's notifications and tags compare
-    /// with). Reports from before `digest-kind` existed only had registry digests.
-    pub fn repo_digest(&self) -> Option<&str> {
-        let local = self.digest_kind == Some(DigestKind::ImageId);
-        (!local && !self.digest.is_empty()).then_some(self.digest.as_str())
-    }
-
     /// Whether `image` (as a push step or `-t` names it) is this image.
     pub fn is(&self, image: &str) -> bool {
         match ImageRef::parse(image) {

@@ -54,7 +54,7 @@ REGISTRY_PASSWORD=kiln-test-password
 # python3-venv: the venv schemathesis (the API fuzzer of tests/api_fuzz.rs) is installed into.
 PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
   openssh-server python3-venv)
-SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_REQUIREMENTS="$(dirname "${BASH_SOURCE[0]}")/schemathesis-requirements.txt"
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer
 
@@ -152,17 +152,19 @@ install_packages() {
   fi
 }
 
-# schemathesis from PyPI into $STATE_DIR/schemathesis (a venv), unless that version is there.
+# schemathesis from PyPI into $STATE_DIR/schemathesis (a venv), with every package at the version
+# pinned in scripts/schemathesis-requirements.txt, unless the venv already holds exactly that set.
 install_schemathesis() {
-  local venv="$STATE_DIR/schemathesis"
-  if [[ $("$venv/bin/st" --version 2>/dev/null) == *"$SCHEMATHESIS_VERSION"* ]]; then
+  local venv="$STATE_DIR/schemathesis" want
+  want=$(grep -v '^#' "$SCHEMATHESIS_REQUIREMENTS" | sort)
+  if [[ -x "$venv/bin/pip" && "$("$venv/bin/pip" freeze 2>/dev/null | sort)" == "$want" ]]; then
     return 0
   fi
-  log "installing schemathesis $SCHEMATHESIS_VERSION (output in $STATE_DIR/pip.log)"
+  log "installing schemathesis (output in $STATE_DIR/pip.log)"
   rm -rf "$venv"
   {
     python3 -m venv "$venv" &&
-      "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+      "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -r "$SCHEMATHESIS_REQUIREMENTS"
   } >"$STATE_DIR/pip.log" 2>&1 || {
     log_tail pip 30
     die "installing schemathesis failed"

@@ -41,7 +41,10 @@ fn the_api_fuzzer_finds_no_server_error_and_no_answer_outside_the_document() {
         .arg(format!("{}/openapi.json", server.url))
         .args(["--header", &format!("Authorization: Bearer {}", server.token)])
         .args(["--checks", CHECKS])
-        .args(["--max-examples", "10", "--seed", "1", "--workers", "2"])
+        // One worker: schemathesis shares Hypothesis strategies between its worker threads, and
+        // with two a CI run once failed inside the tool (a FlakyFailure while drawing an example
+        // for POST /runs) with no answer of kiln's involved.
+        .args(["--max-examples", "10", "--seed", "1", "--workers", "1"])
         .args(["--generation-database", "none", "--request-timeout", "20", "--no-color"])
         // Its caches and reports go to a scratch directory, not the checkout.
         .current_dir(scratch.path())

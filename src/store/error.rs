@@ -31,6 +31,10 @@ pub enum StoreError {
     TimerNotFound { task: String, timer: String },
     #[error("task {task} already has a timer named {timer}")]
     TimerExists { task: String, timer: String },
+    #[error("agent {0} not found")]
+    AgentNotFound(String),
+    #[error("an agent named {0} already exists")]
+    AgentExists(String),
     /// The operating system gave no randomness for a new token.
     #[error("no randomness for a new token: {0}")]
     Randomness(String),

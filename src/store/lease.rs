@@ -214,7 +214,7 @@ impl Store {
     }
 
     /// IDs ordered by their counter (RETURNING order is unspecified).
-    fn sorted_ids(&self, ids: Vec<String>) -> Vec<RunId> {
+    pub(super) fn sorted_ids(&self, ids: Vec<String>) -> Vec<RunId> {
         let mut ids: Vec<RunId> = ids.into_iter().map(RunId::new).collect();
         ids.sort_by_key(|id| (self.prefix().counter_of(id), id.clone()));
         ids

@@ -827,3 +827,182 @@ async fn store_files_are_private_and_older_ones_are_tightened() {
     assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
     store.close().await;
 }
+
+fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Makes `claim`'s run the agent's, as the agent protocol's claim does.
+async fn hand_to(store: &Store, claim: &Claim, agent: &str) {
+    sqlx::query("UPDATE runs SET agent_name = $1 WHERE id = $2")
+        .bind(agent)
+        .bind(claim.run.id.as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn store_agents_are_created_listed_updated_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let (arm, token) =
+        store.create_agent("arm-1", Some("arm"), &labels(&[("disk", "ssd")])).await.unwrap();
+    assert!(token.starts_with(agents::AGENT_TOKEN_PREFIX), "{token}");
+    assert_eq!(arm.name, "arm-1");
+    assert_eq!(arm.pool.as_deref(), Some("arm"));
+    assert_eq!(arm.labels, labels(&[("disk", "ssd")]));
+    assert_eq!((arm.version, arm.capacity, arm.last_seen_at), (None, None, None));
+    assert!(arm.platforms.is_empty());
+    assert_eq!(arm.runs_in_hand, 0);
+    let (plain, other_token) = store.create_agent("box", None, &labels(&[])).await.unwrap();
+    assert_ne!(token, other_token);
+    assert_eq!(plain.pool, None);
+    assert!(matches!(
+        store.create_agent("box", Some("x"), &labels(&[])).await,
+        Err(StoreError::AgentExists(name)) if name == "box"
+    ));
+
+    let names: Vec<String> =
+        store.list_agents().await.unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["arm-1", "box"]);
+
+    // Only the pool changes; then only the labels; then out of the pool.
+    let moved = AgentUpdate { pool: Some(Some("big".into())), labels: None };
+    let updated = store.update_agent("arm-1", &moved).await.unwrap();
+    assert_eq!(updated.pool.as_deref(), Some("big"));
+    assert_eq!(updated.labels, labels(&[("disk", "ssd")]));
+    let relabelled = AgentUpdate { pool: None, labels: Some(labels(&[("gpu", "none")])) };
+    let updated = store.update_agent("arm-1", &relabelled).await.unwrap();
+    assert_eq!(updated.pool.as_deref(), Some("big"));
+    assert_eq!(updated.labels, labels(&[("gpu", "none")]));
+    let unpooled = AgentUpdate { pool: Some(None), labels: None };
+    assert_eq!(store.update_agent("arm-1", &unpooled).await.unwrap().pool, None);
+    assert_eq!(store.get_agent("arm-1").await.unwrap(), store.list_agents().await.unwrap()[0]);
+
+    for missing in [
+        store.get_agent("nope").await.map(drop),
+        store.update_agent("nope", &moved).await.map(drop),
+        store.delete_agent("nope").await.map(drop),
+        store.agent_seen("nope", "1", &[], 1).await,
+    ] {
+        assert!(matches!(missing, Err(StoreError::AgentNotFound(n)) if n == "nope"));
+    }
+    assert_eq!(store.delete_agent("box").await.unwrap(), Vec::<RunId>::new());
+    assert!(matches!(store.get_agent("box").await, Err(StoreError::AgentNotFound(_))));
+    assert_eq!(store.verify_agent_token(&other_token).await.unwrap(), None, "deleted at once");
+}
+
+#[tokio::test]
+async fn store_agent_tokens_verify_only_as_agents_and_only_their_hash_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let admin = store.ensure_admin_token().await.unwrap().unwrap();
+    let (agent, token) = store.create_agent("a1", None, &labels(&[])).await.unwrap();
+    assert_eq!(store.verify_agent_token(&token).await.unwrap(), Some(agent));
+    assert_eq!(store.verify_token(&token).await.unwrap(), None, "not an API token");
+    assert_eq!(store.verify_agent_token(&admin).await.unwrap(), None, "not an agent token");
+    let mut wrong = token.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    for bad in [wrong.as_str(), "", agents::AGENT_TOKEN_PREFIX, &token[..token.len() - 1]] {
+        assert_eq!(store.verify_agent_token(bad).await.unwrap(), None, "{bad:?}");
+    }
+    let raw = std::fs::read(store.path()).unwrap();
+    let wal = std::fs::read(store.path().with_extension("db-wal")).unwrap_or_default();
+    for bytes in [&raw, &wal] {
+        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()));
+    }
+}
+
+#[tokio::test]
+async fn store_agent_reports_and_runs_in_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.create_agent("a1", None, &labels(&[])).await.unwrap();
+    let before = Utc::now() - TimeDelta::seconds(1);
+    let platforms = ["linux/amd64".to_string(), "linux/arm/v7".to_string()];
+    store.agent_seen("a1", "0.9.1", &platforms, 3).await.unwrap();
+    let seen = store.get_agent("a1").await.unwrap();
+    assert_eq!(seen.version.as_deref(), Some("0.9.1"));
+    assert_eq!(seen.platforms, platforms);
+    assert_eq!(seen.capacity, Some(3));
+    assert!(seen.last_seen_at.is_some_and(|t| t >= before), "{seen:?}");
+
+    let held = claimed(&store, "{}").await;
+    hand_to(&store, &held, "a1").await;
+    assert_eq!(store.runs_in_hand("a1").await.unwrap(), 1);
+    store.set_status(&held.run.id, held.epoch, RunStatus::Running).await.unwrap();
+    assert_eq!(store.get_agent("a1").await.unwrap().runs_in_hand, 1);
+    store.finish(&held.run.id, held.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+    assert_eq!(store.runs_in_hand("a1").await.unwrap(), 0, "a finished run is not in hand");
+    assert_eq!(store.list_agents().await.unwrap()[0].runs_in_hand, 0);
+}
+
+#[tokio::test]
+async fn store_deleting_an_agent_ends_its_runs_and_fences_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.create_agent("doomed", None, &labels(&[])).await.unwrap();
+    store.create_agent("other", None, &labels(&[])).await.unwrap();
+    let started = claimed(&store, "{}").await;
+    hand_to(&store, &started, "doomed").await;
+    let running = claimed(&store, "{}").await;
+    hand_to(&store, &running, "doomed").await;
+    store.set_status(&running.run.id, running.epoch, RunStatus::Running).await.unwrap();
+    let elsewhere = claimed(&store, "{}").await;
+    hand_to(&store, &elsewhere, "other").await;
+    let done = claimed(&store, "{}").await;
+    hand_to(&store, &done, "doomed").await;
+    store.finish(&done.run.id, done.epoch, RunStatus::Failed, None, &[], None).await.unwrap();
+    let queued = store.create_run(quick_run("{}")).await.unwrap();
+
+    let ended = store.delete_agent("doomed").await.unwrap();
+    assert_eq!(ended, [started.run.id.clone(), running.run.id.clone()]);
+    for claim in [&started, &running] {
+        let run = store.get_run(&claim.run.id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Error);
+        assert_eq!(run.error_message.as_deref(), Some("agent doomed was deleted during the run"));
+        assert_eq!(run.epoch, claim.epoch + 1);
+        assert!(run.finished_at.is_some() && run.lease_owner.is_none());
+        let write = store.append_log(&claim.run.id, claim.epoch, b"late\n").await;
+        assert!(matches!(write, Err(StoreError::StaleLease { .. })), "{write:?}");
+        let finish =
+            store.finish(&claim.run.id, claim.epoch, RunStatus::Succeeded, None, &[], None).await;
+        assert!(matches!(finish, Err(StoreError::StaleLease { .. })), "{finish:?}");
+    }
+    // Another agent's run, a finished run and a queued run are untouched.
+    assert_eq!(store.get_run(&elsewhere.run.id).await.unwrap().status, RunStatus::Started);
+    assert_eq!(store.get_run(&done.run.id).await.unwrap().status, RunStatus::Failed);
+    assert_eq!(store.get_run(&queued.id).await.unwrap().status, RunStatus::Queued);
+    assert_eq!(store.runs_in_hand("other").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn store_agent_pools_count_agents_and_queued_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    assert_eq!(store.agent_pools().await.unwrap(), []);
+    for (name, pool) in [("a1", Some("arm")), ("a2", Some("arm")), ("b1", Some("big")), ("c", None)]
+    {
+        store.create_agent(name, pool, &labels(&[])).await.unwrap();
+    }
+    for pool in ["arm", "gpu", "gpu"] {
+        let run = store.create_run(quick_run("{}")).await.unwrap();
+        sqlx::query("UPDATE runs SET agent_pool = $1 WHERE id = $2")
+            .bind(pool)
+            .bind(run.id.as_str())
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let pool = |name: &str, agent_count, queued_run_count| agents::PoolRecord {
+        name: name.to_string(),
+        agent_count,
+        queued_run_count,
+    };
+    assert_eq!(
+        store.agent_pools().await.unwrap(),
+        [pool("arm", 2, 1), pool("big", 1, 0), pool("gpu", 0, 2)]
+    );
+}

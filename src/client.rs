@@ -1,5 +1,5 @@
 //! The HTTP client of `kiln serve`, used by `kiln build`, `run`, `logs`, `show-run`,
-//! `list-runs`, `cancel-run`, `login`, `whoami` and `task …`.
+//! `list-runs`, `cancel-run`, `login`, `whoami`, `task …`, `agent …` and `agent-pool …`.
 //!
 //! It owns three things the commands share: where the server is and which token to send
 //! ([`ClientConfig`], [`Settings`]), the calls themselves ([`Client`], one method per route of
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use ureq::http::Response;
 use ureq::{Body, SendBody};
 
+use crate::api::agent::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
 use crate::api::task::{
     CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
@@ -47,6 +48,9 @@ pub enum ClientError {
     Unreachable { server: String, reason: String },
     #[error("the server rejected the API token: set KILN_TOKEN or run `kiln login`")]
     Unauthorized,
+    /// A valid token that may not do this (a user token where an admin's is needed).
+    #[error("{error}")]
+    Forbidden { error: String },
     /// The server wants a token and this client has none.
     #[error("not logged in to {server}: run `kiln login` (or set KILN_TOKEN)")]
     NotLoggedIn { server: String },
@@ -317,12 +321,7 @@ impl Client {
 
     /// `POST /tasks`.
     pub fn create_task(&self, task: &CreateTask) -> Result<Task, ClientError> {
-        let body = self.body(task, "the task")?;
-        let response = self
-            .authorize(self.agent.post(self.url(paths::TASKS)))
-            .header("Content-Type", "application/json")
-            .send(body);
-        self.json(self.check(response, None)?, "the task")
+        self.send(self.agent.post(self.url(paths::TASKS)), task, "the task")
     }
 
     /// `GET /tasks`.
@@ -340,12 +339,7 @@ impl Client {
 
     /// `PATCH /tasks/{name}`: only the fields `update` holds change.
     pub fn update_task(&self, name: &str, update: &UpdateTask) -> Result<Task, ClientError> {
-        let body = self.body(update, "the task update")?;
-        let response = self
-            .authorize(self.agent.patch(self.url(&paths::task(&segment(name)))))
-            .header("Content-Type", "application/json")
-            .send(body);
-        self.json(self.check(response, None)?, "the task")
+        self.send(self.agent.patch(self.url(&paths::task(&segment(name)))), update, "the task")
     }
 
     /// `DELETE /tasks/{name}`.
@@ -357,12 +351,8 @@ impl Client {
 
     /// `POST /tasks/{name}/runs`: a manual run with `overrides`.
     pub fn run_task(&self, name: &str, overrides: &TaskRunRequest) -> Result<Run, ClientError> {
-        let body = self.body(overrides, "the task run request")?;
-        let response = self
-            .authorize(self.agent.post(self.url(&paths::task_runs(&segment(name)))))
-            .header("Content-Type", "application/json")
-            .send(body);
-        self.json(self.check(response, None)?, "the task run request")
+        let url = self.url(&paths::task_runs(&segment(name)));
+        self.send(self.agent.post(url), overrides, "the task run request")
     }
 
     /// `POST /tasks/{task}/timers`: the task's timers after the addition.
@@ -403,6 +393,42 @@ impl Client {
         let url = self.url(&paths::timer(&segment(task), &segment(timer)));
         let response = self.authorize(self.agent.delete(url)).call();
         self.every_page(response, "the timers")
+    }
+
+    /// `POST /agents` (admin): the agent and its token, shown this once.
+    pub fn create_agent(&self, agent: &CreateAgent) -> Result<CreatedAgent, ClientError> {
+        self.send(self.agent.post(self.url(paths::AGENTS)), agent, "the agent")
+    }
+
+    /// `GET /agents` (admin).
+    pub fn list_agents(&self) -> Result<Vec<Agent>, ClientError> {
+        let response = self.authorize(self.agent.get(self.url(paths::AGENTS))).call();
+        self.every_page(response, "the agent list")
+    }
+
+    /// `GET /agents/{name}` (admin).
+    pub fn get_agent(&self, name: &str) -> Result<Agent, ClientError> {
+        let response =
+            self.authorize(self.agent.get(self.url(&paths::agent(&segment(name))))).call();
+        self.json(self.check(response, None)?, "the agent")
+    }
+
+    /// `PATCH /agents/{name}` (admin): only the fields `update` holds change.
+    pub fn update_agent(&self, name: &str, update: &UpdateAgent) -> Result<Agent, ClientError> {
+        self.send(self.agent.patch(self.url(&paths::agent(&segment(name)))), update, "the agent")
+    }
+
+    /// `DELETE /agents/{name}` (admin): the runs it holds end as Error.
+    pub fn delete_agent(&self, name: &str) -> Result<(), ClientError> {
+        let response =
+            self.authorize(self.agent.delete(self.url(&paths::agent(&segment(name))))).call();
+        self.check(response, None).map(drop)
+    }
+
+    /// `GET /agentPools` (admin).
+    pub fn list_agent_pools(&self) -> Result<Vec<AgentPool>, ClientError> {
+        let response = self.authorize(self.agent.get(self.url(paths::AGENT_POOLS))).call();
+        self.every_page(response, "the agent pool list")
     }
 
     /// `GET /runs/{id}/log?offset=&follow=`: the offset the body starts at and the body.
@@ -468,6 +494,19 @@ impl Client {
     fn body<T: Serialize>(&self, value: &T, what: &str) -> Result<Vec<u8>, ClientError> {
         serde_json::to_vec(value)
             .map_err(|e| ClientError::Decode { what: what.to_string(), reason: e.to_string() })
+    }
+
+    /// `request` with `body` as JSON; the answer read as `T`.
+    fn send<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &B,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let body = self.body(body, what)?;
+        let response =
+            self.authorize(request).header("Content-Type", "application/json").send(body);
+        self.json(self.check(response, None)?, what)
     }
 
     /// Turns transport failures and error statuses into [`ClientError`]s.
@@ -584,6 +623,7 @@ fn status_error(status: u16, body: &str, run_id: Option<&str>) -> ClientError {
     let error = if error.is_empty() { format!("HTTP {status}") } else { error };
     match status {
         401 => ClientError::Unauthorized,
+        403 => ClientError::Forbidden { error },
         404 => match run_id {
             Some(id) => ClientError::RunNotFound { id: id.to_string() },
             None => ClientError::NotFound { error },
@@ -793,6 +833,12 @@ mod tests {
             "run ka9 not found"
         );
         assert!(matches!(status_error(413, "", None), ClientError::TooLarge { .. }));
+        let e = status_error(
+            403,
+            r#"{"error":{"code":"Forbidden","message":"this needs an admin token"}}"#,
+            None,
+        );
+        assert_eq!(e.to_string(), "this needs an admin token");
         let e = status_error(
             404,
             r#"{"error":{"code":"TaskNotFound","message":"task nightly not found","details":[]}}"#,

@@ -7,6 +7,7 @@
 //! that calls the worker crate; nothing here speaks to Docker itself.
 
 pub mod agent;
+pub mod agent_def;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -22,6 +22,7 @@ use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
 
 pub use kiln_worker::build::Dependency;
 
+pub mod agent;
 pub mod legacy;
 pub mod task;
 mod task_wire;
@@ -37,6 +38,11 @@ pub mod paths {
     pub const TASKS: &str = "/tasks";
     pub const REGISTRY_EVENTS: &str = "/registry/events";
     pub const WHOAMI: &str = "/whoami";
+    pub const AGENTS: &str = "/agents";
+    pub const AGENT_POOLS: &str = "/agentPools";
+    /// What an agent token sees of itself; the agent protocol's routes live under `/agent/`
+    /// too, where only agent tokens pass.
+    pub const AGENT_WHOAMI: &str = "/agent/whoami";
 
     pub fn run(id: &str) -> String {
         format!("/runs/{id}")
@@ -58,6 +64,9 @@ pub mod paths {
     }
     pub fn timer(task: &str, timer: &str) -> String {
         format!("/tasks/{task}/timers/{timer}")
+    }
+    pub fn agent(name: &str) -> String {
+        format!("/agents/{name}")
     }
     /// A task's webhook: public, authenticated by the delivery's signature.
     pub fn webhook(task: &str) -> String {

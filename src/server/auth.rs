@@ -1,4 +1,6 @@
-//! Bearer-token authentication as a middleware layer, so no protected handler can forget it.
+//! Bearer-token authentication as middleware layers, so no protected handler can forget it:
+//! API tokens for the API ([`require_token`], admin-only routes inside it [`require_admin`]),
+//! agent tokens for the agent protocol ([`require_agent_token`]); neither passes the other.
 //! It runs before the handler and therefore before any request body is read: a rejected upload
 //! is never stored. Every request verifies against the store (a hash lookup), so a deleted
 //! token stops working at once; nothing is cached.
@@ -12,8 +14,9 @@ use axum::response::{IntoResponse as _, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::api::agent::AgentWhoAmI;
 use crate::api::{TokenRole, WhoAmI};
-use crate::store::TokenInfo;
+use crate::store::{AgentRecord, StoreResult, TokenInfo};
 
 /// The token of `Authorization: Bearer <token>`, if the header has that form.
 pub fn bearer_token(request: &Request) -> Option<&str> {
@@ -22,26 +25,63 @@ pub fn bearer_token(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Lets the request through only with a token the store issued, handing the handler the
-/// token's [`TokenInfo`]. A refusal closes the connection: the request body was not read, so
-/// the connection cannot carry another request.
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Lets the request through only with an API token the store issued, handing the handler the
+/// token's [`TokenInfo`]. An agent token is refused here: it can do nothing but the agent
+/// protocol ([`require_agent_token`]).
+pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let verified = match bearer_token(&request) {
         Some(token) => state.store.verify_token(token).await,
         None => Ok(None),
     };
-    let error = match verified {
-        Ok(Some(info)) => {
-            request.extensions_mut().insert(info);
-            return next.run(request).await;
-        }
-        Ok(None) => ApiError::Unauthorized,
-        Err(e) => ApiError::from(e),
+    admit(verified, request, next).await
+}
+
+/// Lets the request through only with an agent token, handing the handler the agent's
+/// [`AgentRecord`]. The routes of the agent protocol (`/agent/...`) sit behind this; API tokens,
+/// the admin's included, are refused there.
+pub async fn require_agent_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let verified = match bearer_token(&request) {
+        Some(token) => state.store.verify_agent_token(token).await,
+        None => Ok(None),
     };
+    admit(verified, request, next).await
+}
+
+/// Inside [`require_token`]: only an admin token passes (agent management).
+pub async fn require_admin(request: Request, next: Next) -> Response {
+    match request.extensions().get::<TokenInfo>() {
+        Some(token) if token.is_admin => next.run(request).await,
+        Some(token) => refuse(ApiError::Forbidden(format!(
+            "this needs an admin token; token {} is a user token",
+            token.name
+        ))),
+        None => refuse(ApiError::Unauthorized),
+    }
+}
+
+/// Runs the request with what verified it as an extension, or refuses it.
+async fn admit<T: Clone + Send + Sync + 'static>(
+    verified: StoreResult<Option<T>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match verified {
+        Ok(Some(who)) => {
+            request.extensions_mut().insert(who);
+            next.run(request).await
+        }
+        Ok(None) => refuse(ApiError::Unauthorized),
+        Err(e) => refuse(ApiError::from(e)),
+    }
+}
+
+/// A refusal closes the connection: the request body was not read, so the connection cannot
+/// carry another request.
+fn refuse(error: ApiError) -> Response {
     let mut response = error.into_response();
     response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     response
@@ -54,4 +94,12 @@ pub async fn require_token(
 pub async fn whoami(Extension(token): Extension<TokenInfo>) -> Json<WhoAmI> {
     let role = if token.is_admin { TokenRole::Admin } else { TokenRole::User };
     Json(WhoAmI { name: token.name, role })
+}
+
+/// The agent an agent token belongs to (`kiln agent run` checks its token with it).
+#[utoipa::path(get, path = "/agent/whoami", tag = "agents", security(("agentToken" = [])),
+    responses((status = 200, description = "The agent's name, pool and labels", body = AgentWhoAmI),
+        (status = 401, description = "No valid agent token (API tokens are refused)", body = crate::api::ErrorBody)))]
+pub async fn agent_whoami(Extension(agent): Extension<AgentRecord>) -> Json<AgentWhoAmI> {
+    Json(AgentWhoAmI::from(&agent))
 }

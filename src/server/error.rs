@@ -27,6 +27,9 @@ pub const INTERNAL_MESSAGE: &str = "internal error (the server's log has the cau
 pub enum ApiError {
     #[error("{UNAUTHORIZED_MESSAGE}")]
     Unauthorized,
+    /// A valid token that may not do this (a user token on an admin route).
+    #[error("{0}")]
+    Forbidden(String),
     /// A webhook delivery whose signature does not verify.
     #[error("{0}")]
     BadSignature(String),
@@ -39,10 +42,10 @@ pub enum ApiError {
     #[error("run {0} not found")]
     NotFound(RunId),
     /// A task, a timer or another named thing does not exist; `code` names what
-    /// (`TaskNotFound`, `TimerNotFound`).
+    /// (`TaskNotFound`, `TimerNotFound`, `AgentNotFound`).
     #[error("{message}")]
     Missing { code: &'static str, message: String },
-    /// The name is taken (`TaskExists`, `TimerExists`).
+    /// The name is taken (`TaskExists`, `TimerExists`, `AgentExists`).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("run {run} already finished with status {status}")]
@@ -61,6 +64,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) | ApiError::InvalidTask { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
             ApiError::AlreadyFinished { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -74,6 +78,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::BadSignature(_) => "InvalidSignature",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::InvalidTask { .. } => "InvalidTaskFile",
@@ -110,6 +115,12 @@ impl From<StoreError> for ApiError {
             }
             e @ StoreError::TimerNotFound { .. } => {
                 ApiError::Missing { code: "TimerNotFound", message: e.to_string() }
+            }
+            e @ StoreError::AgentNotFound(_) => {
+                ApiError::Missing { code: "AgentNotFound", message: e.to_string() }
+            }
+            e @ StoreError::AgentExists(_) => {
+                ApiError::Conflict { code: "AgentExists", message: e.to_string() }
             }
             e @ StoreError::TaskExists(_) => {
                 ApiError::Conflict { code: "TaskExists", message: e.to_string() }

@@ -9,11 +9,13 @@
 //! * [`tasks`] — task and timer management and manual task runs; [`webhooks`] — git hosts'
 //!   deliveries; [`timers`] — the loop that fires timer triggers; [`base_images`] — registry
 //!   polling and push notifications for base-image triggers;
+//! * [`agents`] — the agent registry (admin tokens only);
 //! * [`janitor`] — retention and the backstops for lost or overrunning runs.
 //!
 //! [`serve`] is the whole server process (startup order, printing the admin token and the
 //! listening line, graceful shutdown); [`router`] is the app alone, so tests run it in-process.
 
+pub mod agents;
 pub mod auth;
 pub mod base_images;
 pub mod error;
@@ -103,7 +105,8 @@ pub enum ServeError {
 }
 
 /// The HTTP app. Every route but `/healthz`, `/openapi.json` and the (data-free) run page needs
-/// a token. Every answer carries the security headers ([`headers`]) and every error answer the
+/// a token: an API token (an admin's for the agent registry), or under `/agent/` an agent
+/// token, which passes nowhere else. Every answer carries the security headers ([`headers`]) and every error answer the
 /// JSON error shape ([`error::json_errors`]).
 pub fn router(state: AppState) -> Router {
     let json_routes = Router::new()
@@ -121,12 +124,16 @@ pub fn router(state: AppState) -> Router {
             "/tasks/{name}/timers/{timer}",
             patch(tasks::update_timer).delete(tasks::remove_timer),
         )
+        .merge(admin_routes())
         .layer(DefaultBodyLimit::max(crate::api::MAX_JSON_BYTES))
         .route_layer(middleware::from_fn(limits::json_body));
     let protected = Router::new()
         .route(paths::UPLOADS, post(uploads::upload))
         .merge(json_routes)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let agent_protocol = Router::new()
+        .route(paths::AGENT_WHOAMI, get(auth::agent_whoami))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_agent_token));
     let app = Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
@@ -136,9 +143,19 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::deliver).layer(DefaultBodyLimit::max(webhooks::MAX_DELIVERY_BYTES)),
         )
         .merge(protected)
+        .merge(agent_protocol)
         .fallback(not_found)
         .layer(middleware::from_fn(error::json_errors));
     headers::secure(app).with_state(state)
+}
+
+/// The routes only an admin token passes (inside [`auth::require_token`]).
+fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route(paths::AGENTS, post(agents::create).get(agents::list))
+        .route("/agents/{name}", get(agents::get).patch(agents::update).delete(agents::delete))
+        .route(paths::AGENT_POOLS, get(agents::pools))
+        .route_layer(middleware::from_fn(auth::require_admin))
 }
 
 /// Liveness.

@@ -9,11 +9,13 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use kiln_worker::build::{Dependency, GitReference, ImageReference};
 
-use crate::api::{self, task};
+use crate::api::{self, agent, task};
 use crate::store::{RunStatus, RunType};
 
 /// The scheme name operations refer to.
 pub const BEARER: &str = "bearer";
+/// The scheme of the agent protocol's operations.
+pub const AGENT_TOKEN: &str = "agentToken";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +41,13 @@ pub const BEARER: &str = "bearer";
         super::base_images::registry_events,
         super::health,
         super::auth::whoami,
+        super::agents::create,
+        super::agents::list,
+        super::agents::get,
+        super::agents::update,
+        super::agents::delete,
+        super::agents::pools,
+        super::auth::agent_whoami,
         super::page::run_page,
         openapi_json,
     ),
@@ -50,7 +59,9 @@ pub const BEARER: &str = "bearer";
         task::TaskDefinition, task::TaskStep, task::TaskStatus, task::BaseImageTriggerType,
         task::TimerSpec, task::UpdateTimer, task::Timer, task::Webhook, task::TaskRunRequest,
         task::BaseImageDependency, task::TaskEvent, task::WebhookAnswer, task::TriggerDetail,
-        task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger,
+        task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger, agent::Agent,
+        agent::CreateAgent, agent::UpdateAgent, agent::CreatedAgent, agent::AgentPool,
+        agent::AgentWhoAmI,
     )),
     modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
@@ -69,6 +80,18 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "An API token (`kiln_…`); the first is printed at first start",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            AGENT_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An agent token (`kiln_agent_…`, from `kiln agent create`); it passes \
+                         only the agent protocol",
                     ))
                     .build(),
             ),

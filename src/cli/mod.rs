@@ -1,7 +1,9 @@
 //! The `kiln` command line: argument parsing and dispatch. Commands live in their own modules
 //! and call the library; nothing here knows a task file's rules.
 
+mod agent;
 mod build;
+mod confirm;
 mod exec;
 mod exit;
 mod login;
@@ -64,6 +66,11 @@ enum Command {
     /// Tasks kept on the server and what triggers them, like `az acr task`: create, update,
     /// show, list, delete, run, logs, list-runs, show-run, cancel-run, timer, credential.
     Task(task::TaskArgs),
+    /// The agents that lease runs (admin): create (prints the token once), list, show, update,
+    /// delete.
+    Agent(agent::AgentArgs),
+    /// Agent pools: list.
+    AgentPool(agent::AgentPoolArgs),
 }
 
 /// How results are printed.
@@ -92,6 +99,8 @@ pub fn main() -> ExitCode {
         Command::Logout(args) => login::logout(args, cli.server.as_deref()),
         Command::Whoami(args) => login::whoami(args, cli.server.as_deref()),
         Command::Task(args) => task::task(args, cli.server.as_deref()),
+        Command::Agent(args) => agent::agent(args, cli.server.as_deref()),
+        Command::AgentPool(args) => agent::agent_pool(args, cli.server.as_deref()),
     };
     result.unwrap_or_else(|e| exit::report(&e))
 }

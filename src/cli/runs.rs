@@ -151,7 +151,7 @@ fn row(run: &Run) -> [String; 7] {
         run.platform.os.clone(),
         run.status.as_str().to_string(),
         run.trigger.clone(),
-        run.start_time.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default(),
+        run.start_time.map(utc).unwrap_or_default(),
         run.duration().map(format_duration).unwrap_or_default(),
     ]
 }
@@ -184,6 +184,20 @@ pub(super) fn format_table<const N: usize>(headers: &[&str; N], rows: &[[String;
 
 fn tsv(runs: &[Run]) -> String {
     format_tsv(&runs.iter().map(row).collect::<Vec<_>>())
+}
+
+/// `Key: value` lines, the values aligned (a record shown `-o table`).
+pub(super) fn format_fields(fields: &[(&str, String)]) -> String {
+    let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(k, v)| format!("{:<width$}  {v}", format!("{k}:")).trim_end().to_string() + "\n")
+        .collect()
+}
+
+/// A time in tables: UTC, to the second.
+pub(super) fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Tab-separated rows, no header.

@@ -9,7 +9,6 @@
 //! status 2; a refusal from the server (unknown task, name taken, bad definition) is one line
 //! and exit status 1.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -17,13 +16,14 @@ use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use kiln_worker::plan::GitSsh;
 
 use super::build::build_arg;
+use super::confirm::delete_confirmed;
 use super::exit::Refusal;
 use super::logs::print_log;
 use super::remote::{self, SourceArg, WaitArgs};
 use super::run::set_values;
 use super::runs::{
-    CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_table, format_tsv, parse_status,
-    print_runs, show_run,
+    CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, format_tsv,
+    parse_status, print_runs, show_run, utc,
 };
 use crate::api::task::{
     BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
@@ -785,10 +785,6 @@ fn enabled(on: bool) -> &'static str {
     if on { "Enabled" } else { "Disabled" }
 }
 
-fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 fn arguments(args: &[Argument]) -> String {
     let shown: Vec<String> = args
         .iter()
@@ -866,11 +862,7 @@ fn task_table(task: &Task) -> String {
         ("Created", utc(task.creation_date)),
         ("Updated", utc(task.last_updated_time)),
     ]);
-    let width = lines.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
-    let mut out: String = lines
-        .iter()
-        .map(|(k, v)| format!("{:<width$}  {v}", format!("{k}:")).trim_end().to_string() + "\n")
-        .collect();
+    let mut out = format_fields(&lines);
 
     out.push_str("\nTimers:\n");
     out.push_str(&timer_table(&task.timers));
@@ -907,22 +899,10 @@ fn timer_table(timers: &[Timer]) -> String {
 }
 
 fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
-    if !args.yes {
-        // As az: ask on a terminal; elsewhere nobody can answer, so --yes is required.
-        if !std::io::stdin().is_terminal() {
-            bail!("deleting task {} needs confirmation: pass --yes", args.name);
-        }
-        eprint!("Are you sure you want to delete the task '{}'? (y/n): ", args.name);
-        std::io::stderr().flush().ok();
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer).context("reading the answer")?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            eprintln!("Task {} was not deleted.", args.name);
-            return Ok(ExitCode::SUCCESS);
-        }
+    if delete_confirmed("task", &args.name, args.yes)? {
+        remote::connect(server)?.delete_task(&args.name)?;
+        eprintln!("Deleted task {}.", args.name);
     }
-    remote::connect(server)?.delete_task(&args.name)?;
-    eprintln!("Deleted task {}.", args.name);
     Ok(ExitCode::SUCCESS)
 }
 

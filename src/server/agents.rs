@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn a_patch_changes_only_what_it_names_and_an_empty_pool_leaves_it() {
-        let update = |pool: Option<&str>| UpdateAgent { pool: pool.map(str::to_string), labels: None };
+        let update =
+            |pool: Option<&str>| UpdateAgent { pool: pool.map(str::to_string), labels: None };
         assert_eq!(store_update(update(None)).unwrap(), AgentUpdate::default());
         assert_eq!(store_update(update(Some(""))).unwrap().pool, Some(None));
         assert_eq!(store_update(update(Some("arm"))).unwrap().pool, Some(Some("arm".into())));

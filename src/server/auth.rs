@@ -28,7 +28,11 @@ pub fn bearer_token(request: &Request) -> Option<&str> {
 /// Lets the request through only with an API token the store issued, handing the handler the
 /// token's [`TokenInfo`]. An agent token is refused here: it can do nothing but the agent
 /// protocol ([`require_agent_token`]).
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let verified = match bearer_token(&request) {
         Some(token) => state.store.verify_token(token).await,
         None => Ok(None),

@@ -531,9 +531,16 @@ fn server_openapi_lists_every_path_and_the_bearer_scheme() {
         "/healthz",
         "/openapi.json",
         "/ui/runs/{id}",
+        "/agents",
+        "/agents/{name}",
+        "/agentPools",
+        "/agent/whoami",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
+    assert_eq!(doc["components"]["securitySchemes"]["agentToken"]["scheme"], "bearer");
+    assert_eq!(paths["/agent/whoami"]["get"]["security"], json!([{"agentToken": []}]));
+    assert!(paths["/agents"]["get"]["responses"]["403"].is_object(), "admin only");
     assert!(paths["/runs"]["post"].is_object() && paths["/runs"]["get"].is_object());
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert!(doc["components"]["schemas"]["RunRequest"].is_object());
@@ -801,4 +808,118 @@ fn server_openapi_documents_the_answers_every_operation_can_give() {
     let name = &create.as_array().unwrap().iter().find(|s| s["properties"].is_object()).unwrap()["properties"]
         ["name"];
     assert_eq!(name["pattern"], "^[A-Za-z0-9_-]{1,50}$", "empty names are refused: {name}");
+}
+
+impl Server {
+    /// A call with `token` (and a JSON body when `body` is not null).
+    fn call(&self, method: &str, path: &str, token: &str, body: &Value) -> Answer {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header("Authorization", format!("Bearer {token}"));
+        let bytes = match body {
+            Value::Null => Vec::new(),
+            body => {
+                req = req.header("content-type", "application/json");
+                serde_json::to_vec(body).unwrap()
+            }
+        };
+        answer(self.http.run(req.body(bytes).unwrap()).unwrap())
+    }
+
+    /// A user (not admin) API token, as a later `kiln token create` would make it.
+    fn user_token(&self) -> String {
+        let token = "kiln_user0000";
+        self.rt.block_on(async {
+            sqlx::query(
+                "INSERT INTO tokens (name, hash, is_admin, created_at) VALUES ($1, $2, FALSE, 0)",
+            )
+            .bind("ci")
+            .bind(crate::store::tokens::hash_token(token))
+            .execute(self.store.pool())
+            .await
+            .unwrap();
+        });
+        token.to_string()
+    }
+}
+
+#[test]
+fn server_agent_registry_is_for_admins_and_agent_tokens_pass_only_the_agent_protocol() {
+    let s = start();
+    let user = s.user_token();
+    let a = s.call("POST", "/agents", &s.token, &json!({"name": "a1", "pool": "arm"}));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let agent_token = a.json()["token"].as_str().unwrap().to_string();
+    assert!(agent_token.starts_with("kiln_agent_"));
+
+    // A user token may use the API but not the registry.
+    assert_eq!(s.call("GET", "/runs", &user, &Value::Null).status, 200);
+    for (method, path, body) in [
+        ("GET", "/agents", Value::Null),
+        ("POST", "/agents", json!({"name": "a2"})),
+        ("GET", "/agents/a1", Value::Null),
+        ("PATCH", "/agents/a1", json!({"pool": ""})),
+        ("DELETE", "/agents/a1", Value::Null),
+        ("GET", "/agentPools", Value::Null),
+    ] {
+        let a = s.call(method, path, &user, &body);
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.text());
+        assert_eq!(a.error().error.code, "Forbidden");
+        assert_eq!(a.error().error.message, "this needs an admin token; token ci is a user token");
+    }
+    let a = s.call("GET", "/agents/a1", &s.token, &Value::Null);
+    assert_eq!(a.json()["pool"], "arm", "the user's PATCH and DELETE did nothing");
+
+    // The agent protocol takes the agent token and no API token.
+    let a = s.call("GET", "/agent/whoami", &agent_token, &Value::Null);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), json!({"name": "a1", "pool": "arm", "labels": {}}));
+    for token in [s.token.as_str(), user.as_str(), "kiln_agent_0000"] {
+        let a = s.call("GET", "/agent/whoami", token, &Value::Null);
+        assert_eq!((a.status, a.error().error.code.as_str()), (401, "Unauthorized"), "{token}");
+    }
+    // And an agent token passes nothing else.
+    for (method, path) in
+        [("GET", "/runs"), ("GET", "/tasks"), ("GET", "/whoami"), ("GET", "/agents")]
+    {
+        let a = s.call(method, path, &agent_token, &Value::Null);
+        assert_eq!(a.status, 401, "{method} {path}: {}", a.text());
+    }
+    let a = s.post(
+        "/runs",
+        Some(&format!("Bearer {agent_token}")),
+        "application/json",
+        &serde_json::to_vec(&encoded(GOOD_TASK)).unwrap(),
+    );
+    assert_eq!(a.status, 401);
+    assert!(s.runs().is_empty(), "nothing was queued");
+}
+
+#[test]
+fn server_deleting_an_agent_ends_its_run_and_tells_the_followers() {
+    let s = start();
+    let a = s.call("POST", "/agents", &s.token, &json!({"name": "gone"}));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let submitted = s.submit(&encoded(GOOD_TASK)).run();
+    let epoch = claim(&s, &RunId::new(submitted.run_id.clone()));
+    s.rt.block_on(async {
+        sqlx::query("UPDATE runs SET agent_name = 'gone' WHERE id = $1")
+            .bind(&submitted.run_id)
+            .execute(s.store.pool())
+            .await
+            .unwrap();
+    });
+    let mut rx = s.hub.subscribe(&RunId::new(submitted.run_id.clone()));
+    let a = s.call("DELETE", "/agents/gone", &s.token, &Value::Null);
+    assert_eq!(a.status, 204, "{}", a.text());
+    s.rt.block_on(rx.changed()).unwrap();
+    assert!(rx.borrow().finished, "followers are told the run ended");
+    let run = s.get(&format!("/runs/{}", submitted.run_id)).run();
+    assert_eq!(run.status, RunStatus::Error);
+    assert_eq!(run.run_error_message.as_deref(), Some("agent gone was deleted during the run"));
+    let late = s.rt.block_on(s.store.append_log(&RunId::new(submitted.run_id), epoch, b"x"));
+    assert!(matches!(late, Err(StoreError::StaleLease { .. })), "{late:?}");
+    let a = s.call("DELETE", "/agents/gone", &s.token, &Value::Null);
+    assert_eq!((a.status, a.error().error.code.as_str()), (404, "AgentNotFound"));
 }

@@ -153,9 +153,8 @@ impl Store {
 
     /// Every agent, by name.
     pub async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
-        let rows: Vec<AgentRow> = sqlx::query_as(select_agents!("ORDER BY name"))
-            .fetch_all(self.pool())
-            .await?;
+        let rows: Vec<AgentRow> =
+            sqlx::query_as(select_agents!("ORDER BY name")).fetch_all(self.pool()).await?;
         rows.into_iter().map(AgentRecord::try_from).collect()
     }
 
@@ -197,10 +196,8 @@ impl Store {
     /// Returns those runs, oldest first.
     pub async fn delete_agent(&self, name: &str) -> StoreResult<Vec<RunId>> {
         let mut tx = self.pool().begin().await?;
-        let done = sqlx::query("DELETE FROM agents WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM agents WHERE name = $1").bind(name).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::AgentNotFound(name.to_string()));
         }
@@ -225,11 +222,10 @@ impl Store {
         if !plaintext.starts_with(AGENT_TOKEN_PREFIX) {
             return Ok(None);
         }
-        let row: Option<AgentRow> =
-            sqlx::query_as(select_agents!("WHERE token_hash = $1"))
-                .bind(hash_token(plaintext))
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<AgentRow> = sqlx::query_as(select_agents!("WHERE token_hash = $1"))
+            .bind(hash_token(plaintext))
+            .fetch_optional(self.pool())
+            .await?;
         row.map(AgentRecord::try_from).transpose()
     }
 

@@ -255,3 +255,40 @@ fn every_answer_matches_the_openapi_document() {
     doc.check("post", "/runs", status, &timeout);
     assert_eq!((status, &timeout["error"]["code"]), (400, &json!("BadRequest")));
 }
+
+#[test]
+fn agent_registry_answers_match_the_openapi_document() {
+    let server = Server::start("asa", 0);
+    let doc = Document::fetch(&server);
+    let body = json!({"name": "shape-agent", "pool": "arm", "labels": {"disk": "ssd"}});
+    let (status, created) = server.api("POST", "/agents", body.clone());
+    doc.check("post", "/agents", status, &created);
+    assert_eq!(status, 201, "{created}");
+    let (status, taken) = server.api("POST", "/agents", body);
+    doc.check("post", "/agents", status, &taken);
+    assert_eq!((status, &taken["error"]["code"]), (409, &json!("AgentExists")));
+    let (status, bad) = server.api("POST", "/agents", json!({"name": "a b"}));
+    doc.check("post", "/agents", status, &bad);
+    let (status, agents) = server.api("GET", "/agents", Value::Null);
+    doc.check("get", "/agents", status, &agents);
+    let (status, agent) = server.api("GET", "/agents/shape-agent", Value::Null);
+    doc.check("get", "/agents/{name}", status, &agent);
+    let (status, missing) = server.api("GET", "/agents/nope", Value::Null);
+    doc.check("get", "/agents/{name}", status, &missing);
+    let (status, updated) =
+        server.api("PATCH", "/agents/shape-agent", json!({"labels": {"zone": "b"}}));
+    doc.check("patch", "/agents/{name}", status, &updated);
+    let (status, pools) = server.api("GET", "/agentPools", Value::Null);
+    doc.check("get", "/agentPools", status, &pools);
+    assert_eq!(pools["value"], json!([{"name": "arm", "agentCount": 1, "queuedRunCount": 0}]));
+
+    let token = created["token"].as_str().expect("the token");
+    let (status, me) = server.http("GET", "/agent/whoami", Some(token), b"");
+    doc.check("get", "/agent/whoami", status, &serde_json::from_str(&me).expect("JSON"));
+    let (status, refused) = server.http("GET", "/agent/whoami", Some(&server.token), b"");
+    doc.check("get", "/agent/whoami", status, &serde_json::from_str(&refused).expect("JSON"));
+    assert_eq!(status, 401);
+    let (status, gone) = server.http("DELETE", "/agents/shape-agent", Some(&server.token), b"");
+    assert_eq!((status, gone.as_str()), (204, ""));
+    assert!(doc.doc["paths"]["/agents/{name}"]["delete"]["responses"]["204"].is_object());
+}

@@ -6,27 +6,8 @@
 #[path = "support/server.rs"]
 mod support;
 
-use std::process::Output;
-
 use serde_json::{Value, json};
-use support::{Server, text};
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "exit {:?}:\n{}", out.status.code(), text(out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_str(&ok(out)).unwrap_or_else(|e| panic!("{e}:\n{}", text(out)))
-}
-
-/// A refusal: exit status `code` and one line naming `needle`.
-fn refused(out: &Output, code: i32, needle: &str) {
-    let all = text(out);
-    assert_eq!(out.status.code(), Some(code), "{all}");
-    assert_eq!(all.trim().lines().count(), 1, "one line: {all}");
-    assert!(all.contains(needle), "{needle:?} not in: {all}");
-}
+use support::{Server, json, ok, refused, text};
 
 /// `kiln agent create …`: the agent's JSON, and the token from the last line of stdout.
 fn create(server: &Server, args: &[&str]) -> (Value, String) {

@@ -8,30 +8,12 @@ mod git;
 mod support;
 
 use std::path::Path;
-use std::process::Output;
 
 use serde_json::Value;
-use support::{Server, queued_id, text};
+use support::{Server, json, ok, queued_id, refused, text};
 
 fn image() -> String {
     std::env::var("KILN_TEST_IMAGE").unwrap_or_else(|_| "busybox:latest".to_string())
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "exit {:?}:\n{}", out.status.code(), text(out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_str(&ok(out)).unwrap_or_else(|e| panic!("{e}:\n{}", text(out)))
-}
-
-/// A refusal: exit status `code` and one line naming `needle`.
-fn refused(out: &Output, code: i32, needle: &str) {
-    let all = text(out);
-    assert_eq!(out.status.code(), Some(code), "{all}");
-    assert_eq!(all.trim().lines().count(), 1, "one line: {all}");
-    assert!(all.contains(needle), "{needle:?} not in: {all}");
 }
 
 /// Every file under `dir`, recursively.

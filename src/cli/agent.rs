@@ -16,8 +16,8 @@ use clap::{Args, Subcommand};
 
 use super::confirm::delete_confirmed;
 use super::remote;
-use super::runs::{RunsOutput, format_fields, format_table, format_tsv, utc};
-use super::task::ShowOutput;
+use super::runs::{RunsOutput, format_fields, print_rows, utc};
+use super::task::{ShowOutput, print_record};
 use crate::agent_def::{self, AgentDefError};
 use crate::api::agent::{Agent, AgentPool, CreateAgent, UpdateAgent};
 
@@ -30,13 +30,13 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 enum AgentCommand {
     /// Register an agent; prints it, then its token alone on the last line (shown only now).
-    Create(CreateArgs),
+    Create(SettingsArgs),
     /// List agents: NAME, POOL, LABELS, PLATFORMS, CAPACITY, RUNS IN HAND, VERSION, LAST SEEN.
     List(ListArgs),
     /// Show one agent.
     Show(ShowArgs),
     /// Change an agent's pool or labels.
-    Update(UpdateArgs),
+    Update(SettingsArgs),
     /// Delete an agent: its token stops working and the runs it holds end as Error.
     Delete(DeleteArgs),
 }
@@ -58,15 +58,17 @@ fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, AgentDefError> {
     agent_def::parse_labels(text)
 }
 
+/// What `create` registers and `update` changes.
 #[derive(Debug, Args)]
-pub struct CreateArgs {
+pub struct SettingsArgs {
     /// The agent's name: 1-50 letters, digits, '-' or '_'.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
-    /// The pool whose runs it takes (without one: runs that name no pool).
+    /// The pool whose runs it takes (without one: runs that name no pool); `update --pool ""`
+    /// takes it out of its pool.
     #[arg(long, value_name = "POOL")]
     pool: Option<String>,
-    /// Labels, `key=value,key=value`.
+    /// Labels, `key=value,key=value`; `update` replaces them all (`--labels ""` removes them).
     #[arg(long, value_name = "K=V,...", value_parser = parse_labels)]
     labels: Option<BTreeMap<String, String>>,
     #[arg(short = 'o', long, value_enum, default_value = "json")]
@@ -84,21 +86,6 @@ pub struct ShowArgs {
     /// The agent's name.
     #[arg(short = 'n', long, value_name = "NAME")]
     name: String,
-    #[arg(short = 'o', long, value_enum, default_value = "json")]
-    output: ShowOutput,
-}
-
-#[derive(Debug, Args)]
-pub struct UpdateArgs {
-    /// The agent's name.
-    #[arg(short = 'n', long, value_name = "NAME")]
-    name: String,
-    /// The new pool; "" takes the agent out of its pool.
-    #[arg(long, value_name = "POOL")]
-    pool: Option<String>,
-    /// Replaces every label, `key=value,key=value` ("" removes them all).
-    #[arg(long, value_name = "K=V,...", value_parser = parse_labels)]
-    labels: Option<BTreeMap<String, String>>,
     #[arg(short = 'o', long, value_enum, default_value = "json")]
     output: ShowOutput,
 }
@@ -131,7 +118,7 @@ pub fn agent_pool(args: AgentPoolArgs, server: Option<&str>) -> anyhow::Result<E
     }
 }
 
-fn create(args: CreateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn create(args: SettingsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     agent_def::check_name(&args.name)?;
     args.pool.as_deref().map(agent_def::check_pool).transpose()?;
     let request =
@@ -147,13 +134,7 @@ fn create(args: CreateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
 
 fn list(args: ListArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let agents = remote::connect(server)?.list_agents()?;
-    let rows: Vec<[String; 8]> = agents.iter().map(list_row).collect();
-    match args.output {
-        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&agents)?),
-        RunsOutput::Table => print!("{}", format_table(&LIST_HEADERS, &rows)),
-        RunsOutput::Tsv => print!("{}", format_tsv(&rows)),
-    }
-    Ok(ExitCode::SUCCESS)
+    print_rows(&agents, &LIST_HEADERS, list_row, args.output)
 }
 
 fn show(args: ShowArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -161,7 +142,7 @@ fn show(args: ShowArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     print_agent(&agent, args.output)
 }
 
-fn update(args: UpdateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn update(args: SettingsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     if args.pool.is_none() && args.labels.is_none() {
         bail!("nothing to change: give --pool or --labels");
     }
@@ -183,21 +164,11 @@ fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
 
 fn list_pools(args: ListArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let pools = remote::connect(server)?.list_agent_pools()?;
-    let rows: Vec<[String; 3]> = pools.iter().map(pool_row).collect();
-    match args.output {
-        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&pools)?),
-        RunsOutput::Table => print!("{}", format_table(&["NAME", "AGENTS", "QUEUED RUNS"], &rows)),
-        RunsOutput::Tsv => print!("{}", format_tsv(&rows)),
-    }
-    Ok(ExitCode::SUCCESS)
+    print_rows(&pools, &["NAME", "AGENTS", "QUEUED RUNS"], pool_row, args.output)
 }
 
 fn print_agent(agent: &Agent, output: ShowOutput) -> anyhow::Result<ExitCode> {
-    match output {
-        ShowOutput::Json => println!("{}", serde_json::to_string_pretty(agent)?),
-        ShowOutput::Table => print!("{}", agent_table(agent)),
-    }
-    Ok(ExitCode::SUCCESS)
+    print_record(agent, output, agent_table)
 }
 
 const LIST_HEADERS: [&str; 8] =
@@ -248,6 +219,7 @@ fn agent_table(agent: &Agent) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::runs::{format_table, format_tsv};
     use super::*;
     use crate::api::Platform;
     use chrono::{TimeZone as _, Utc};
@@ -315,11 +287,11 @@ mod tests {
         assert!(error.to_string().contains("label \"disk\" is not key=value"), "{error}");
         assert_eq!(error.exit_code(), 2);
         let bad_name =
-            CreateArgs { name: "a/b".into(), pool: None, labels: None, output: ShowOutput::Json };
+            SettingsArgs { name: "a/b".into(), pool: None, labels: None, output: ShowOutput::Json };
         let error = create(bad_name, Some("http://127.0.0.1:9")).unwrap_err();
         assert_eq!(super::super::exit::status(&error), super::super::exit::USAGE);
         let error = update(
-            UpdateArgs { name: "a1".into(), pool: None, labels: None, output: ShowOutput::Json },
+            SettingsArgs { name: "a1".into(), pool: None, labels: None, output: ShowOutput::Json },
             Some("http://127.0.0.1:9"),
         )
         .unwrap_err();

@@ -110,12 +110,7 @@ pub(super) fn print_runs(
         // No runs of an unknown task is the task's 404, not an empty table.
         client.get_task(task)?;
     }
-    match output {
-        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
-        RunsOutput::Table => print!("{}", table(&runs)),
-        RunsOutput::Tsv => print!("{}", tsv(&runs)),
-    }
-    Ok(ExitCode::SUCCESS)
+    print_rows(&runs, &HEADERS, row, output)
 }
 
 pub fn cancel_run(args: CancelRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -184,6 +179,23 @@ pub(super) fn format_table<const N: usize>(headers: &[&str; N], rows: &[[String;
 
 fn tsv(runs: &[Run]) -> String {
     format_tsv(&runs.iter().map(row).collect::<Vec<_>>())
+}
+
+/// Records as `output`: JSON as they are, else one row each, as a table under `headers` or as
+/// TSV.
+pub(super) fn print_rows<T: serde::Serialize, const N: usize>(
+    records: &[T],
+    headers: &[&str; N],
+    row: impl Fn(&T) -> [String; N],
+    output: RunsOutput,
+) -> anyhow::Result<ExitCode> {
+    let rows: Vec<[String; N]> = records.iter().map(row).collect();
+    match output {
+        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(records)?),
+        RunsOutput::Table => print!("{}", format_table(headers, &rows)),
+        RunsOutput::Tsv => print!("{}", format_tsv(&rows)),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `Key: value` lines, the values aligned (a record shown `-o table`).

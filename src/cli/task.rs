@@ -22,8 +22,8 @@ use super::logs::print_log;
 use super::remote::{self, SourceArg, WaitArgs};
 use super::run::set_values;
 use super::runs::{
-    CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, format_tsv,
-    parse_status, print_runs, show_run, utc,
+    CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, parse_status,
+    print_rows, print_runs, show_run, utc,
 };
 use crate::api::task::{
     BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
@@ -737,22 +737,25 @@ fn show(args: ShowArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
 }
 
 fn print_task(task: &Task, output: ShowOutput) -> anyhow::Result<ExitCode> {
+    print_record(task, output, task_table)
+}
+
+/// One record as `output`: JSON as it is, or its `table`.
+pub(super) fn print_record<T: serde::Serialize>(
+    record: &T,
+    output: ShowOutput,
+    table: impl Fn(&T) -> String,
+) -> anyhow::Result<ExitCode> {
     match output {
-        ShowOutput::Json => println!("{}", serde_json::to_string_pretty(task)?),
-        ShowOutput::Table => print!("{}", task_table(task)),
+        ShowOutput::Json => println!("{}", serde_json::to_string_pretty(record)?),
+        ShowOutput::Table => print!("{}", table(record)),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn list(args: ListArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     let tasks = remote::connect(server)?.list_tasks()?;
-    let rows: Vec<[String; 5]> = tasks.iter().map(list_row).collect();
-    match args.output {
-        RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&tasks)?),
-        RunsOutput::Table => print!("{}", format_table(&LIST_HEADERS, &rows)),
-        RunsOutput::Tsv => print!("{}", format_tsv(&rows)),
-    }
-    Ok(ExitCode::SUCCESS)
+    print_rows(&tasks, &LIST_HEADERS, list_row, args.output)
 }
 
 const LIST_HEADERS: [&str; 5] = ["NAME", "PLATFORM", "STATUS", "SOURCE REPOSITORY", "TRIGGERS"];

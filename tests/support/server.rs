@@ -16,6 +16,25 @@ pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// A command's stdout, once it succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "exit {:?}:\n{}", out.status.code(), text(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's stdout as JSON, once it succeeded.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap_or_else(|e| panic!("{e}:\n{}", text(out)))
+}
+
+/// A refusal: exit status `code` and one line naming `needle`.
+pub fn refused(out: &Output, code: i32, needle: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(code), "{all}");
+    assert_eq!(all.trim().lines().count(), 1, "one line: {all}");
+    assert!(all.contains(needle), "{needle:?} not in: {all}");
+}
+
 /// The run ID a client command printed (`Queued a run with ID: …`).
 pub fn queued_id(out: &Output) -> String {
     let all = text(out);

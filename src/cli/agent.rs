@@ -16,8 +16,8 @@ use clap::{Args, Subcommand};
 
 use super::confirm::delete_confirmed;
 use super::remote;
-use super::runs::{RunsOutput, format_fields, print_rows, utc};
-use super::task::{ShowOutput, print_record};
+use super::runs::{format_fields, print_rows, utc};
+use super::task::{ListArgs, ShowOutput, print_record};
 use crate::agent_def::{self, AgentDefError};
 use crate::api::agent::{Agent, AgentPool, CreateAgent, UpdateAgent};
 
@@ -73,12 +73,6 @@ pub struct SettingsArgs {
     labels: Option<BTreeMap<String, String>>,
     #[arg(short = 'o', long, value_enum, default_value = "json")]
     output: ShowOutput,
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    output: RunsOutput,
 }
 
 #[derive(Debug, Args)]

@@ -226,10 +226,11 @@ pub struct ShowArgs {
     output: ShowOutput,
 }
 
+/// `-o table|json|tsv` of a list (`task list`, `agent list`, `agent-pool list`).
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[arg(short = 'o', long, value_enum, default_value = "table")]
-    output: RunsOutput,
+    pub(super) output: RunsOutput,
 }
 
 #[derive(Debug, Args)]

@@ -79,8 +79,10 @@ fn agents_are_created_listed_shown_updated_and_deleted_through_the_cli() {
     assert_eq!(pools, "NAME  AGENTS  QUEUED RUNS\n----  ------  -----------\nbig   1       0\n");
     let pools = json(&server.run(&["agent-pool", "list", "-o", "json"]));
     assert_eq!(pools, json!([{"name": "big", "agentCount": 1, "queuedRunCount": 0}]));
-    let updated = json(&server.run(&["agent", "update", "-n", "arm-1", "--pool", ""]));
+    let updated =
+        json(&server.run(&["agent", "update", "-n", "arm-1", "--pool", "", "--labels", ""]));
     assert!(updated.get("pool").is_none(), "{updated}");
+    assert_eq!(updated["labels"], json!({}), "{updated}");
     assert_eq!(ok(&server.run(&["agent-pool", "list", "-o", "tsv"])), "");
 
     // Deleting asks, as `task delete` does; the token stops working at once.

@@ -113,6 +113,7 @@ impl From<&PoolRecord> for AgentPool {
 
 /// `GET /agent/whoami`: the agent an agent token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AgentWhoAmI {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

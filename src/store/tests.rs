@@ -1006,3 +1006,27 @@ async fn store_agent_pools_count_agents_and_queued_runs() {
         [pool("arm", 2, 1), pool("big", 1, 0), pool("gpu", 0, 2)]
     );
 }
+
+#[tokio::test]
+async fn store_corrupt_agent_rows_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.create_agent("a1", None, &labels(&[])).await.unwrap();
+    for (column, value) in [("labels", "not json"), ("platforms", "{}"), ("capacity", "-1")] {
+        let (_, token) = store.create_agent(column, None, &labels(&[])).await.unwrap();
+        let sql = format!("UPDATE agents SET {column} = '{value}' WHERE name = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(column).execute(store.pool()).await.unwrap();
+        let read = store.get_agent(column).await;
+        assert!(
+            matches!(&read, Err(StoreError::Corrupt(m)) if m.starts_with(&format!("agent {column}:"))),
+            "{read:?}"
+        );
+        assert!(matches!(store.verify_agent_token(&token).await, Err(StoreError::Corrupt(_))));
+        sqlx::query("DELETE FROM agents WHERE name = $1")
+            .bind(column)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.list_agents().await.unwrap().len(), 1, "the good row still reads");
+}

@@ -1,6 +1,7 @@
 //! The `kiln` command line: argument parsing and dispatch. Commands live in their own modules
 //! and call the library; nothing here knows a task file's rules.
 
+mod agent_run;
 mod build;
 mod exec;
 mod exit;
@@ -61,6 +62,8 @@ enum Command {
     Logout(login::LogoutArgs),
     /// Show the API token's name and role, and the server.
     Whoami(login::WhoamiArgs),
+    /// An agent: `agent run` executes runs leased from a server on this machine's engine.
+    Agent(agent_run::AgentArgs),
     /// Tasks kept on the server and what triggers them, like `az acr task`: create, update,
     /// show, list, delete, run, logs, list-runs, show-run, cancel-run, timer, credential.
     Task(task::TaskArgs),
@@ -76,6 +79,8 @@ pub enum Output {
 
 /// Runs the CLI; the exit code is the command's verdict ([`exit`]).
 pub fn main() -> ExitCode {
+    // One TLS crypto provider for every HTTPS client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => task_file::validate(args, cli.config.as_deref()),
@@ -92,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Logout(args) => login::logout(args, cli.server.as_deref()),
         Command::Whoami(args) => login::whoami(args, cli.server.as_deref()),
         Command::Task(args) => task::task(args, cli.server.as_deref()),
+        Command::Agent(args) => agent_run::agent(args),
     };
     result.unwrap_or_else(|e| exit::report(&e))
 }

@@ -47,6 +47,31 @@ pub async fn require_token(
     response
 }
 
+/// Lets the request through only with an agent token ([`crate::store::agents`]), handing the
+/// handler the agent's [`AgentRecord`]. API tokens are refused here, as agent tokens are
+/// everywhere else: an agent can lease and report runs, and nothing more.
+pub async fn require_agent_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let verified = match bearer_token(&request) {
+        Some(token) => state.store.verify_agent_token(token).await,
+        None => Ok(None),
+    };
+    let error = match verified {
+        Ok(Some(agent)) => {
+            request.extensions_mut().insert(agent);
+            return next.run(request).await;
+        }
+        Ok(None) => ApiError::Unauthorized,
+        Err(e) => ApiError::from(e),
+    };
+    let mut response = error.into_response();
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// The token the request was made with (`kiln whoami`, and `kiln login`'s check).
 #[utoipa::path(get, path = "/whoami", tag = "meta",
     responses((status = 200, description = "The token's name and role", body = WhoAmI),

@@ -5,7 +5,8 @@
 //! reading, listing and cancelling runs, with the persisted run-ID counter), [`lease`] (workers
 //! claiming runs, heartbeats and the fencing epoch that every worker write checks), [`logs`]
 //! (append-only log chunks with contiguous sequence numbers and byte offsets), [`tokens`] (API
-//! tokens stored as SHA-256 hashes), [`tasks`] (tasks, their timers and history), [`triggers`]
+//! tokens stored as SHA-256 hashes), [`agents`] (the agents that lease runs, with their own
+//! tokens), [`tasks`] (tasks, their timers and history), [`triggers`]
 //! (the claims that make each trigger queue its run once) and [`error`].
 //!
 //! Conventions, chosen so a PostgreSQL backend can follow with the same SQL:
@@ -16,6 +17,7 @@
 //!   the API exposes them as [`chrono::DateTime<Utc>`] (RFC 3339 on the wire is the server's job);
 //! * enums are stored as their names (`TEXT`), JSON as `TEXT`.
 
+pub mod agents;
 pub mod error;
 pub mod lease;
 pub mod logs;
@@ -37,6 +39,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::run_id::RunIdPrefix;
 
+pub use agents::{AgentRecord, AgentUpdate, PoolRecord};
 pub use error::{StoreError, StoreResult};
 pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData, LogTime};

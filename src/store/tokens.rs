@@ -22,16 +22,18 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
 }
 
-fn hash_token(plaintext: &str) -> String {
+/// The SHA-256 of a token, as stored (also for agent tokens, [`super::agents`]).
+pub(crate) fn hash_token(plaintext: &str) -> String {
     let digest = Sha256::digest(plaintext.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn new_token() -> StoreResult<String> {
+/// A new random token: `prefix` then 256 random bits in hex.
+pub(super) fn new_token(prefix: &str) -> StoreResult<String> {
     let mut bytes = [0u8; TOKEN_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| StoreError::Randomness(e.to_string()))?;
-    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 2 * TOKEN_BYTES);
-    token.push_str(TOKEN_PREFIX);
+    let mut token = String::with_capacity(prefix.len() + 2 * TOKEN_BYTES);
+    token.push_str(prefix);
     for b in bytes {
         token.push_str(&format!("{b:02x}"));
     }
@@ -43,7 +45,7 @@ impl Store {
     /// ever available. `None` when an admin token already exists (also when a concurrent call
     /// created it first).
     pub async fn ensure_admin_token(&self) -> StoreResult<Option<String>> {
-        let token = new_token()?;
+        let token = new_token(TOKEN_PREFIX)?;
         let done = sqlx::query(
             "INSERT INTO tokens (name, hash, is_admin, created_at) VALUES ($1, $2, TRUE, $3)
              ON CONFLICT (name) DO NOTHING",
@@ -56,7 +58,8 @@ impl Store {
         Ok((done.rows_affected() == 1).then_some(token))
     }
 
-    /// The token's record, or `None` when `plaintext` is not a token this store issued.
+    /// The token's record, or `None` when `plaintext` is not a token this store issued. Agent
+    /// tokens are kept apart ([`super::agents`]) and never verify here.
     pub async fn verify_token(&self, plaintext: &str) -> StoreResult<Option<TokenInfo>> {
         if !plaintext.starts_with(TOKEN_PREFIX) {
             return Ok(None);

@@ -53,7 +53,7 @@ impl From<DispatchError> for ApiError {
 
 /// A new process of the calling agent starts: what an earlier one held is ended (a run with
 /// no step started is queued again).
-#[utoipa::path(post, path = "/agent/sessions", tag = "agent",
+#[utoipa::path(post, path = "/agent/sessions", tag = "agent", security(("agentToken" = [])),
     responses((status = 200, description = "The agent's earlier runs are settled", body = AgentSession),
         (status = 401, body = ErrorBody)))]
 pub async fn start_session(
@@ -66,7 +66,7 @@ pub async fn start_session(
 }
 
 /// Lease the oldest queued run this agent may take, waiting up to `wait` seconds for one.
-#[utoipa::path(post, path = "/agent/leases", tag = "agent", request_body = LeaseRequest,
+#[utoipa::path(post, path = "/agent/leases", tag = "agent", security(("agentToken" = [])), request_body = LeaseRequest,
     responses((status = 200, description = "A run, now held by the agent", body = Lease),
         (status = 204, description = "No run within the wait"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
@@ -92,7 +92,7 @@ pub async fn lease(
 }
 
 /// Extend the lease on a held run.
-#[utoipa::path(post, path = "/agent/runs/{id}/heartbeat", tag = "agent", request_body = Fence,
+#[utoipa::path(post, path = "/agent/runs/{id}/heartbeat", tag = "agent", security(("agentToken" = [])), request_body = Fence,
     params(("id" = String, Path, description = "Run ID")),
     responses((status = 200, body = Beat), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "Lease lost", body = ErrorBody)))]
@@ -106,7 +106,7 @@ pub async fn heartbeat(
 }
 
 /// A held run's steps start (`Running`).
-#[utoipa::path(post, path = "/agent/runs/{id}/status", tag = "agent", request_body = StatusUpdate,
+#[utoipa::path(post, path = "/agent/runs/{id}/status", tag = "agent", security(("agentToken" = [])), request_body = StatusUpdate,
     params(("id" = String, Path, description = "Run ID")),
     responses((status = 200, body = Fence), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -128,7 +128,7 @@ pub async fn status(
 }
 
 /// Store log bytes of a held run at their offset; answers the stored length.
-#[utoipa::path(put, path = "/agent/runs/{id}/log", tag = "agent", request_body = LogPart,
+#[utoipa::path(put, path = "/agent/runs/{id}/log", tag = "agent", security(("agentToken" = [])), request_body = LogPart,
     params(("id" = String, Path, description = "Run ID")),
     responses((status = 200, body = LogAck), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -158,7 +158,7 @@ pub async fn append_log(
 }
 
 /// A held run ends: its status, error and results.
-#[utoipa::path(post, path = "/agent/runs/{id}/finish", tag = "agent", request_body = RunOutcome,
+#[utoipa::path(post, path = "/agent/runs/{id}/finish", tag = "agent", security(("agentToken" = [])), request_body = RunOutcome,
     params(("id" = String, Path, description = "Run ID")),
     responses((status = 200, body = Fence), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -181,7 +181,7 @@ pub async fn finish(
 }
 
 /// Wait until one of the agent's held runs is cancelled or taken away.
-#[utoipa::path(post, path = "/agent/watch", tag = "agent", request_body = WatchRequest,
+#[utoipa::path(post, path = "/agent/watch", tag = "agent", security(("agentToken" = [])), request_body = WatchRequest,
     responses((status = 200, body = WatchReply), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody)))]
 pub async fn watch(
@@ -193,7 +193,7 @@ pub async fn watch(
 }
 
 /// The context archive of an upload, for the agent that runs it.
-#[utoipa::path(get, path = "/agent/uploads/{id}", tag = "agent",
+#[utoipa::path(get, path = "/agent/uploads/{id}", tag = "agent", security(("agentToken" = [])),
     params(("id" = String, Path, description = "Upload ID")),
     responses((status = 200, description = "The `.tar.gz`", content_type = "application/gzip"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]

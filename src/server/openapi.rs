@@ -9,11 +9,13 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use kiln_worker::build::{Dependency, GitReference, ImageReference};
 
-use crate::api::{self, task};
+use crate::api::{self, agent, task};
 use crate::store::{RunStatus, RunType};
 
 /// The scheme name operations refer to.
 pub const BEARER: &str = "bearer";
+/// The scheme of the agent protocol's operations.
+pub const AGENT_TOKEN: &str = "agentToken";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +42,14 @@ pub const BEARER: &str = "bearer";
         super::health,
         super::auth::whoami,
         super::page::run_page,
+        super::agent_api::start_session,
+        super::agent_api::lease,
+        super::agent_api::heartbeat,
+        super::agent_api::status,
+        super::agent_api::append_log,
+        super::agent_api::finish,
+        super::agent_api::watch,
+        super::agent_api::upload,
         openapi_json,
     ),
     components(schemas(
@@ -51,6 +61,10 @@ pub const BEARER: &str = "bearer";
         task::TimerSpec, task::UpdateTimer, task::Timer, task::Webhook, task::TaskRunRequest,
         task::BaseImageDependency, task::TaskEvent, task::WebhookAnswer, task::TriggerDetail,
         task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger,
+        agent::AgentSession, agent::LeaseRequest, agent::Lease, agent::GitSshIdentity,
+        agent::Fence, agent::Beat, agent::LogPart, agent::LogMark, agent::LogAck,
+        agent::StatusUpdate, agent::RunOutcome, agent::WatchRequest, agent::HeldRun,
+        agent::WatchReply,
     )),
     modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
@@ -69,6 +83,18 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "An API token (`kiln_…`); the first is printed at first start",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            AGENT_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An agent token (`kiln_agent_…`, from `kiln agent create`): it leases \
+                         and reports runs and can do nothing else",
                     ))
                     .build(),
             ),

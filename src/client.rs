@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use ureq::http::Response;
 use ureq::{Body, SendBody};
 
-use crate::api::agent::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
+use crate::api::agents::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
 use crate::api::task::{
     CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };

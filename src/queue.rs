@@ -82,6 +82,7 @@ pub fn new_run(
         .then(|| serde_json::to_string(&origin.trigger))
         .transpose()?;
     Ok(NewRun {
+        agent_pool: request.agent_pool().map(str::to_string),
         run_type: request.run_type(origin.task_name.is_some()),
         trigger: origin.trigger.column().to_string(),
         request: serde_json::to_string(&request.redacted())?,

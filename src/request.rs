@@ -155,6 +155,7 @@ pub fn cmd_request(command: &str, timeout_secs: Option<u64>, source: Source) -> 
         values: Vec::new(),
         platform: None,
         timeout_secs,
+        agent_pool_name: None,
     }
 }
 
@@ -296,6 +297,7 @@ mod tests {
             platform: None,
             is_push_enabled: true,
             timeout_secs: None,
+            agent_pool_name: None,
         }
     }
 
@@ -386,6 +388,7 @@ mod tests {
             values: vec![],
             platform: None,
             timeout_secs: None,
+            agent_pool_name: None,
         };
         let input =
             task_input(&RunRequest::FileTask(task.clone()), Some(dir.path()), None).expect("input");

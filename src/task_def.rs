@@ -198,6 +198,7 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
         step,
         values,
         platform,
+        agent_pool_name,
         timeout_secs,
         status,
         commit_trigger_enabled,
@@ -221,6 +222,9 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
     }
     if let Some(p) = platform {
         def.platform = p;
+    }
+    if let Some(pool) = agent_pool_name {
+        def.agent_pool_name = (!pool.is_empty()).then_some(pool);
     }
     if let Some(t) = timeout_secs {
         def.timeout_secs = t;

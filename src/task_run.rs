@@ -268,6 +268,7 @@ pub fn request_for(
     let source = source(def, context, reference.as_deref())?;
     let platform = Some(def.platform.clone());
     let timeout_secs = Some(def.timeout_secs);
+    let agent_pool_name = def.agent_pool_name.clone();
     let request = match step.as_ref() {
         TaskStep::Docker { dockerfile, images, is_push_enabled, build_args, target } => {
             RunRequest::DockerBuild(DockerBuildRequest {
@@ -279,6 +280,7 @@ pub fn request_for(
                 platform,
                 is_push_enabled: *is_push_enabled,
                 timeout_secs,
+                agent_pool_name,
             })
         }
         TaskStep::FileTask { task_file, values_file } => RunRequest::FileTask(FileTaskRequest {
@@ -288,6 +290,7 @@ pub fn request_for(
             values,
             platform,
             timeout_secs,
+            agent_pool_name,
         }),
         TaskStep::EncodedTask { task, task_name, values_content } => {
             RunRequest::EncodedTask(EncodedTaskRequest {
@@ -298,6 +301,7 @@ pub fn request_for(
                 values,
                 platform,
                 timeout_secs,
+                agent_pool_name,
             })
         }
     };
@@ -327,6 +331,7 @@ mod tests {
             step: TaskStep::FileTask { task_file: "acb.yaml".to_string(), values_file: None },
             values: vec![Argument { name: "a".into(), value: Some("1".into()), secret: false }],
             platform: crate::api::Platform::parse("linux/amd64"),
+            agent_pool_name: None,
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
             commit_trigger_enabled: true,

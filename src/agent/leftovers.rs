@@ -1,16 +1,16 @@
-//! What ended runs leave behind on this server's machine, and its removal: engine objects of
+//! What dead runs leave behind on this agent's machine, and its removal: engine objects of
 //! kiln processes that are provably gone ([`kiln_worker::sweep_orphans`]), and the directories
-//! under `<data>/work` — workspaces (`kiln-<id>`) and context copies (`ctx-<id>`) — of runs the
-//! store says have ended. A run that ends normally removes its own; these are what a crash or
-//! a lost lease left. Removed when the agent starts (after its recovery ended the previous
-//! server's runs) and on every janitor pass, which also catches runs whose lease expired.
+//! under `<data>/work` — workspaces (`kiln-<id>`) and context copies (`ctx-<id>`) — of runs
+//! this agent does not hold. A run that ends normally removes its own; these are what a crash
+//! or a lost lease left. The work directory is this agent's alone (its owner lock is in the
+//! same data directory), so a run it does not hold has no one else to finish it. Removed when
+//! the agent starts and periodically after.
 
 use std::path::{Path, PathBuf};
 
 use kiln_worker::Engine;
 
 use crate::run_id::RunId;
-use crate::store::Store;
 
 const CONTEXT_PREFIX: &str = "ctx-";
 
@@ -37,20 +37,23 @@ fn run_of(name: &str) -> Option<RunId> {
     }
 }
 
-/// One pass. Failures are logged (the next pass tries again), never fatal.
-pub(super) async fn remove(store: &Store, engine: Option<&Engine>, work_dir: &Path) -> Removed {
+/// One pass; `held` tells the runs this agent holds. Failures are logged (the next pass
+/// tries again), never fatal.
+pub(super) async fn remove(
+    engine: &Engine,
+    work_dir: &Path,
+    held: &(dyn Fn(&RunId) -> bool + Sync),
+) -> Removed {
     let mut removed = Removed::default();
-    if let Some(engine) = engine {
-        match kiln_worker::sweep_orphans(engine).await {
-            Ok(report) => {
-                removed.engine_objects =
-                    report.containers.len() + report.networks.len() + report.volumes.len();
-                for e in report.errors {
-                    tracing::warn!("cleanup of a crashed run: {e}");
-                }
+    match kiln_worker::sweep_orphans(engine).await {
+        Ok(report) => {
+            removed.engine_objects =
+                report.containers.len() + report.networks.len() + report.volumes.len();
+            for e in report.errors {
+                tracing::warn!("cleanup of a crashed run: {e}");
             }
-            Err(e) => tracing::warn!("looking for crashed runs' leftovers failed: {e}"),
         }
+        Err(e) => tracing::warn!("looking for crashed runs' leftovers failed: {e}"),
     }
     let mut entries = match tokio::fs::read_dir(work_dir).await {
         Ok(entries) => entries,
@@ -63,14 +66,8 @@ pub(super) async fn remove(store: &Store, engine: Option<&Engine>, work_dir: &Pa
     while let Ok(Some(entry)) = entries.next_entry().await {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(run) = run_of(&name) else { continue };
-        // Unknown runs are not judged: only the store's word that a run ended counts.
-        match store.find_run(&run).await {
-            Ok(Some(record)) if record.status.is_terminal() => {}
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(run = %run, "looking up the run of {name}: {e}");
-                continue;
-            }
+        if held(&run) {
+            continue;
         }
         match tokio::fs::remove_dir_all(entry.path()).await {
             Ok(()) => removed.work_dirs.push(name),

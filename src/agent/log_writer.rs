@@ -1,15 +1,22 @@
-//! A held run's log on its way into the store: the agent's own lines and the worker's events,
-//! masked, formatted with the shared [`crate::run_log`] formatter, batched, appended (fenced on
-//! the lease epoch), and only then announced to followers through the [`LogHub`].
+//! A held run's log on its way to the control plane: the agent's own lines and the worker's
+//! events, masked, formatted with the shared [`crate::run_log`] formatter, batched, and sent as
+//! log parts addressed by byte offset (fenced on the lease epoch). The control plane answers the
+//! length it stored, so a part resent after a lost answer is stored once: followers never see a
+//! gap or a duplicate, across reconnects too.
 //!
 //! Masking happens again here, on each step's raw output stream before it is cut into lines:
 //! the store is where a leaked secret would persist, so it does not rely on the worker having
-//! masked (a remote worker may be older or buggy), and a secret split across two events or
-//! containing a newline is still caught whole.
+//! masked (a worker may be older or buggy), and a secret split across two events or
+//! containing a newline is still caught whole. Masking happens here, on the agent, so no
+//! secret leaves the machine that ran the step.
 //!
 //! Memory is bounded: one batch (about [`BATCH_BYTES`] plus one event) and the assembler's
-//! partial lines; while a batch is being written, the worker's bounded event channel makes the
-//! run wait.
+//! partial lines; while a batch is being sent (and resent while the control plane is
+//! unreachable, for as long as the lease could still be alive), the worker's bounded event
+//! channel makes the run wait.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kiln_worker::Event;
@@ -18,10 +25,11 @@ use kiln_worker::plan::StepId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::log_hub::LogHub;
+use super::Backoff;
+use super::control::{Control, ControlError};
+use crate::api::agent::{LogMark, LogPart, MAX_LOG_PART};
 use crate::run_id::RunId;
 use crate::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
-use crate::store::{LogTime, Store, StoreError};
 
 /// A batch is written once it reaches this size or the event channel is empty.
 pub(crate) const BATCH_BYTES: usize = 256 * 1024;
@@ -29,16 +37,22 @@ pub(crate) const BATCH_BYTES: usize = 256 * 1024;
 /// What ended the writing of a run's log early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lost {
-    /// The lease was taken away (`StaleLease`): another party owns the run's record now.
+    /// The lease was taken away: another party owns the run's record now.
     Lease,
+    /// The control plane was unreachable for longer than the lease lasts: it has taken the
+    /// run away by now.
+    Unreachable,
 }
 
 /// Writes one held run's log.
 pub(crate) struct LogWriter {
-    store: Store,
-    hub: LogHub,
+    control: Arc<dyn Control>,
     run: RunId,
     epoch: i64,
+    /// The stored length of the run's log: where the next part starts.
+    offset: u64,
+    /// How long sending may fail before the lease must be presumed gone.
+    patience: Duration,
     secrets: Secrets,
     masked: Vec<String>,
     /// Per step and stream; a handful of entries.
@@ -47,7 +61,7 @@ pub(crate) struct LogWriter {
     ends: StepEnds,
     batch: Vec<u8>,
     /// When the batch's parts arrived (offsets within the batch).
-    times: Vec<LogTime>,
+    times: Vec<LogMark>,
     last_time: Option<DateTime<Utc>>,
     lost: Option<Lost>,
     /// Cancelled when the lease is lost: the run must stop, nobody will record it.
@@ -56,17 +70,19 @@ pub(crate) struct LogWriter {
 
 impl LogWriter {
     pub(crate) fn new(
-        store: Store,
-        hub: LogHub,
+        control: Arc<dyn Control>,
         run: RunId,
         epoch: i64,
+        offset: u64,
+        patience: Duration,
         cancel: CancellationToken,
     ) -> Self {
         Self {
-            store,
-            hub,
+            control,
             run,
             epoch,
+            offset,
+            patience,
             secrets: Secrets::default(),
             masked: Vec::new(),
             streams: Vec::new(),
@@ -116,7 +132,7 @@ impl LogWriter {
     /// (to the millisecond) differs from the last note, so a burst costs one row.
     fn mark(&mut self, before: usize, at: DateTime<Utc>) {
         if self.batch.len() > before && self.last_time.is_none_or(|last| last != at) {
-            self.times.push(LogTime { offset: before as u64, at });
+            self.times.push(LogMark { offset: before as u64, at });
             self.last_time = Some(at);
         }
     }
@@ -204,33 +220,72 @@ impl LogWriter {
         self.mark(before, now_ms());
     }
 
-    /// Persists the batch with one append, then wakes followers. After a lost lease nothing
-    /// more is written; a database error drops the batch (the run goes on, and the error is
-    /// logged for the operator).
+    /// Sends the batch (in parts of at most [`MAX_LOG_PART`]) and goes on from the length the
+    /// control plane stored. Unreachable, it resends with backoff for as long as the lease can
+    /// still be alive; a refusal (the lease is gone) stops the run and all further writing.
     pub(crate) async fn flush(&mut self) {
         if self.batch.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        if self.lost.is_some() {
-            self.times.clear();
-            return;
-        }
         let times = std::mem::take(&mut self.times);
-        match self.store.append_log_timed(&self.run, self.epoch, &batch, &times).await {
-            Ok(chunk) => self.hub.publish(&self.run, chunk.offset + chunk.len),
-            Err(StoreError::StaleLease { .. }) => {
-                tracing::warn!(run = %self.run, "lease lost: the run's log is no longer written");
-                self.lost = Some(Lost::Lease);
-                self.cancel.cancel();
-            }
-            Err(e) => {
-                tracing::error!(run = %self.run, bytes = batch.len(), "storing log output failed: {e}");
+        if self.lost.is_none() {
+            let mut start = 0;
+            while start < batch.len() && self.lost.is_none() {
+                let end = (start + MAX_LOG_PART).min(batch.len());
+                let marks = times
+                    .iter()
+                    .filter(|t| (start as u64..end as u64).contains(&t.offset))
+                    .map(|t| LogMark { offset: t.offset - start as u64, at: t.at })
+                    .collect();
+                self.send(&batch[start..end], marks).await;
+                start = end;
             }
         }
         // Reuse the allocation for the next batch.
         self.batch = batch;
         self.batch.clear();
+    }
+
+    /// One part, at the current offset, until it is stored or cannot be.
+    async fn send(&mut self, data: &[u8], times: Vec<LogMark>) {
+        let give_up = tokio::time::Instant::now() + self.patience;
+        let mut backoff = Backoff::default();
+        loop {
+            let part = LogPart {
+                epoch: self.epoch,
+                offset: self.offset,
+                data: data.to_vec(),
+                times: times.clone(),
+            };
+            match self.control.append_log(self.run.clone(), part).await {
+                Ok(ack) => {
+                    self.offset = ack.length;
+                    return;
+                }
+                Err(ControlError::Stale { .. }) => {
+                    tracing::warn!(run = %self.run, "lease lost: the run's log is no longer written");
+                    return self.stop(Lost::Lease);
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(run = %self.run, "sending log output failed (retrying): {e}");
+                    backoff.wait().await;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::error!(run = %self.run, "the control plane stayed unreachable: {e}");
+                    return self.stop(Lost::Unreachable);
+                }
+                Err(e) => {
+                    tracing::error!(run = %self.run, bytes = data.len(), "log output refused: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self, why: Lost) {
+        self.lost = Some(why);
+        self.cancel.cancel();
     }
 }
 

@@ -1,88 +1,79 @@
-//! The embedded worker pool of `kiln serve` (issue 5): worker loops that claim queued runs from
-//! the [`Store`], prepare them, execute them on the local Docker engine with `kiln_worker`, and
-//! record their logs and results.
+//! The agent: worker loops that lease runs from the control plane, prepare them, execute them
+//! on the local Docker engine with `kiln_worker`, and report their logs and results (issue 5,
+//! made remote in issue 12).
 //!
-//! The server talks to it through [`Agent`]: [`Agent::wake`] when it queued a run (so dispatch
-//! does not wait for a poll), [`Agent::cancel`] when a user cancelled one, [`Agent::shutdown`]
-//! when it stops. Runs queued by other processes are found by polling once a second.
+//! The agent knows no store and no server: it talks to the control plane only through a
+//! [`Control`] link — the server's dispatcher in-process for `kiln serve --workers N`, HTTP for
+//! `kiln agent run` ([`remote`]) — so there is one way to execute a run. Leasing is a long-poll
+//! (a waiting loop gets a submitted run at once); one watch call per agent carries cancels and
+//! lost leases to the held runs as they happen.
 //!
-//! Modules: [`run`] (one held run, from claim to finish), `prepare` (request → context → plan),
-//! `git_ssh` (the SSH identity of a run's git fetches), `log_writer` (events → masked, batched,
-//! fenced log appends), `spare` (each worker loop's pre-created run network, which keeps
-//! `docker network create` off dispatch), `leftovers` (what crashed runs left: engine objects
-//! of dead owners, work directories of ended runs).
+//! Modules: [`control`] (the link), [`run`] (one held run, from lease to finish), `prepare`
+//! (lease → context → plan), `log_writer` (events → masked, batched, offset-addressed log
+//! parts), `spare` (each worker loop's pre-created run network, which keeps `docker network
+//! create` off dispatch), `leftovers` (what dead runs left: engine objects of dead owners,
+//! work directories of runs this agent does not hold).
 
-mod git_ssh;
+pub mod control;
 mod leftovers;
 mod log_writer;
 mod prepare;
+pub mod remote;
 mod run;
 mod spare;
 
 #[cfg(test)]
 mod tests;
 
-pub use git_ssh::{GitSshError, GitSshFiles};
 pub use leftovers::Removed as Leftovers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kiln_worker::Engine;
-use kiln_worker::plan::RegistryCredential;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::log_hub::LogHub;
+use crate::api::agent::{HeldRun, LeaseRequest, MAX_WAIT_SECS};
 use crate::run_id::RunId;
-use crate::secret_box::SecretBox;
-use crate::store::{Store, StoreError};
-use crate::uploads::ContextLimit;
+use control::Control;
 
-/// How often an idle worker looks for runs queued by other processes.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Default lease: a worker that stops heartbeating loses its run after this long.
+/// Default lease: an agent that stops heartbeating loses its run after this long.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The first and the longest pause after a failed call to the control plane.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Concurrent runs; 0 = this server only queues.
-    pub workers: usize,
-    /// Uploads are read from `uploads::path(data_dir, id)`; run contexts and workspaces are
-    /// created under `data_dir/work`.
+    /// The agent's name, in messages and in the records of the runs it takes.
+    pub name: String,
+    /// Runs executed at once.
+    pub capacity: usize,
+    /// Run contexts and workspaces are created under `data_dir/work`, the owner lock under
+    /// `data_dir/owners`.
     pub data_dir: PathBuf,
-    /// `{{.Run.Registry}}` and the registry of quick-build tags that name none.
-    pub default_registry: Option<String>,
-    /// Logins for every run; their passwords are masked.
-    pub credentials: Vec<RegistryCredential>,
-    /// Image aliases from the configuration.
-    pub images: BTreeMap<String, String>,
-    /// Where SSH git contexts' identity and known hosts come from.
-    pub git_ssh: GitSshFiles,
-    /// Lease length; heartbeats go every third of it.
-    pub lease_ttl: Duration,
-    /// How large a run's context may be once unpacked or fetched.
-    pub max_context: ContextLimit,
+    /// Platforms offered (`os/arch[/variant]`); empty: the engine's own.
+    pub platforms: Vec<String>,
+    /// The error of a run this agent stops because it is shutting down.
+    pub stopped_message: String,
 }
 
 impl AgentConfig {
-    /// Two workers, a 30 s lease, no registry, credentials or aliases.
-    pub fn new(data_dir: PathBuf) -> Self {
+    /// Two runs at once, the engine's platform.
+    pub fn new(name: impl Into<String>, data_dir: PathBuf) -> Self {
+        let name = name.into();
         Self {
-            workers: 2,
+            stopped_message: format!("agent {name} stopped during the run"),
+            name,
+            capacity: 2,
             data_dir,
-            default_registry: None,
-            credentials: Vec::new(),
-            images: BTreeMap::new(),
-            git_ssh: GitSshFiles::default(),
-            lease_ttl: DEFAULT_LEASE_TTL,
-            max_context: ContextLimit::from_mb(ContextLimit::DEFAULT_MB),
+            platforms: Vec::new(),
         }
     }
 
@@ -91,7 +82,7 @@ impl AgentConfig {
         self.data_dir.join("work")
     }
 
-    /// Where this server's owner lock file goes ([`kiln_worker::owner`]).
+    /// Where this process's owner lock file goes ([`kiln_worker::owner`]).
     fn owners_dir(&self) -> PathBuf {
         self.data_dir.join("owners")
     }
@@ -102,12 +93,8 @@ impl AgentConfig {
 pub enum AgentError {
     #[error("the Docker engine is unreachable: {0}")]
     Engine(#[from] kiln_worker::EngineError),
-    #[error("recovering runs of a previous server failed: {0}")]
-    Store(#[from] StoreError),
     #[error("cannot create the work directory {path}: {source}")]
     WorkDir { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    SecretKey(#[from] crate::secret_box::SecretBoxError),
     #[error(transparent)]
     Owner(#[from] kiln_worker::owner::OwnerError),
 }
@@ -115,14 +102,15 @@ pub enum AgentError {
 /// A run a local worker holds, and how to stop it.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
+    pub(crate) epoch: i64,
     pub(crate) cancel: CancellationToken,
     /// The stop was asked for by a user (not by a shutdown): the run ends as Canceled.
     pub(crate) by_user: Arc<AtomicBool>,
 }
 
 impl Held {
-    fn new() -> Self {
-        Self { cancel: CancellationToken::new(), by_user: Arc::new(AtomicBool::new(false)) }
+    fn new(epoch: i64) -> Self {
+        Self { epoch, cancel: CancellationToken::new(), by_user: Arc::new(AtomicBool::new(false)) }
     }
 
     pub(crate) fn cancel_by_user(&self) {
@@ -133,16 +121,15 @@ impl Held {
 
 /// What the worker loops share.
 pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) hub: LogHub,
+    pub(crate) control: Arc<dyn Control>,
     pub(crate) config: AgentConfig,
-    pub(crate) engine: Option<Engine>,
-    /// Opens the sealed run requests.
-    pub(crate) secrets: SecretBox,
-    wake: Notify,
-    /// Stop claiming; held runs are cancelled through their own tokens.
+    pub(crate) engine: Engine,
+    platforms: Vec<String>,
+    /// Stop leasing; held runs are cancelled through their own tokens.
     stopping: CancellationToken,
     held: Mutex<HashMap<RunId, Held>>,
+    /// The set of held runs changed: the watch call restarts with the new set.
+    held_changed: Notify,
 }
 
 impl Shared {
@@ -151,22 +138,24 @@ impl Shared {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a claimed run; a shutdown that began meanwhile cancels it at once.
-    pub(crate) fn hold(&self, run: &RunId) -> Held {
-        let held = Held::new();
+    /// Registers a leased run; a shutdown that began meanwhile cancels it at once.
+    pub(crate) fn hold(&self, run: &RunId, epoch: i64) -> Held {
+        let held = Held::new(epoch);
         self.held().insert(run.clone(), held.clone());
         if self.stopping.is_cancelled() {
             held.cancel.cancel();
         }
+        self.held_changed.notify_one();
         held
     }
 
     pub(crate) fn release(&self, run: &RunId) {
         self.held().remove(run);
+        self.held_changed.notify_one();
     }
 }
 
-/// The worker pool. Cheap to clone.
+/// The agent. Cheap to clone.
 #[derive(Clone)]
 pub struct Agent {
     shared: Arc<Shared>,
@@ -175,81 +164,69 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("workers", &self.shared.config.workers).finish()
+        f.debug_struct("Agent")
+            .field("name", &self.shared.config.name)
+            .field("capacity", &self.shared.config.capacity)
+            .finish()
     }
 }
 
 impl Agent {
-    /// Crash recovery first: every run a previous server left in flight ends as Error (its
-    /// followers are released), then what ended runs left is removed ([`leftovers`]: engine
-    /// objects of dead kiln processes, work directories). Then `workers` worker loops start.
-    /// With `workers == 0` it connects to nothing.
+    /// Claims this process's owner lock, connects to the engine and removes what dead
+    /// processes left ([`leftovers`]: nothing is held yet, so every work directory is a
+    /// predecessor's), then starts `capacity` worker loops and the watch loop. The caller has
+    /// told the control plane that a new process of this agent started (so it ended what the
+    /// predecessor held).
     pub async fn start(
-        store: Store,
-        hub: LogHub,
+        control: Arc<dyn Control>,
         config: AgentConfig,
     ) -> Result<Agent, AgentError> {
-        for run in store.fail_in_flight_runs().await? {
-            tracing::warn!(run = %run, "run was in flight when the previous server stopped");
-            hub.finish(&run);
-        }
-        let engine = if config.workers > 0 {
-            // Before connecting, which would claim the process's owner elsewhere.
-            kiln_worker::owner::claim(&config.owners_dir())?;
-            let engine = Engine::connect().await?;
-            let work = config.work_dir();
-            std::fs::create_dir_all(&work)
-                .map_err(|source| AgentError::WorkDir { path: work, source })?;
-            Some(engine)
+        // Before connecting, which would claim the process's owner elsewhere.
+        kiln_worker::owner::claim(&config.owners_dir())?;
+        let engine = Engine::connect().await?;
+        let work = config.work_dir();
+        std::fs::create_dir_all(&work)
+            .map_err(|source| AgentError::WorkDir { path: work.clone(), source })?;
+        let platforms = if config.platforms.is_empty() {
+            vec![engine.platform().await?]
         } else {
-            None
+            config.platforms.clone()
         };
-        let removed = leftovers::remove(&store, engine.as_ref(), &config.work_dir()).await;
+        let removed = leftovers::remove(&engine, &work, &|_| false).await;
         if removed != Leftovers::default() {
-            tracing::info!(?removed, "removed what crashed runs left");
+            tracing::info!(?removed, "removed what dead runs left");
         }
-        let workers = config.workers;
-        let secrets = SecretBox::open_or_create(&config.data_dir)?;
+        let capacity = config.capacity;
         let shared = Arc::new(Shared {
-            store,
-            hub,
+            control,
             config,
             engine,
-            secrets,
-            wake: Notify::new(),
+            platforms,
             stopping: CancellationToken::new(),
             held: Mutex::new(HashMap::new()),
+            held_changed: Notify::new(),
         });
-        let host = hostname();
-        let pid = std::process::id();
-        let loops = (0..workers)
-            .map(|n| tokio::spawn(worker_loop(shared.clone(), format!("{host}/{pid}/{n}"))))
-            .collect();
+        let mut loops: Vec<JoinHandle<()>> =
+            (0..capacity).map(|n| tokio::spawn(worker_loop(shared.clone(), n))).collect();
+        loops.push(tokio::spawn(watch_loop(shared.clone())));
         Ok(Agent { shared, loops: Arc::new(Mutex::new(loops)) })
     }
 
-    /// Removes what ended runs left ([`leftovers`]); the janitor calls it on every pass, so
-    /// runs whose lease expired, and kiln processes that died since the start, are covered.
+    /// The platforms this agent offers.
+    pub fn platforms(&self) -> &[String] {
+        &self.shared.platforms
+    }
+
+    /// Removes what dead runs left ([`leftovers`]); called periodically, so runs whose lease
+    /// expired, and kiln processes that died since the start, are covered.
     pub async fn remove_leftovers(&self) -> Leftovers {
         let shared = &self.shared;
-        leftovers::remove(&shared.store, shared.engine.as_ref(), &shared.config.work_dir()).await
+        let held = |run: &RunId| shared.held().contains_key(run);
+        leftovers::remove(&shared.engine, &shared.config.work_dir(), &held).await
     }
 
-    /// A run was just queued: an idle worker claims it now.
-    pub fn wake(&self) {
-        self.shared.wake.notify_one();
-    }
-
-    /// The store already has `cancel_requested`; stop the run now if a local worker holds it
-    /// (otherwise its holder learns it from its next heartbeat).
-    pub fn cancel(&self, run: &RunId) {
-        if let Some(held) = self.shared.held().get(run) {
-            held.cancel_by_user();
-        }
-    }
-
-    /// Stops claiming, cancels the runs held here (they end as Error, "the server stopped
-    /// during the run") and waits until their records are finished.
+    /// Stops leasing, cancels the runs held here (they end as Error with the configured
+    /// stopped message) and waits until their records are finished.
     pub async fn shutdown(self) {
         self.shared.stopping.cancel();
         for held in self.shared.held().values() {
@@ -258,37 +235,124 @@ impl Agent {
         let loops = std::mem::take(&mut *self.loops.lock().unwrap_or_else(PoisonError::into_inner));
         for handle in loops {
             if let Err(e) = handle.await {
-                tracing::error!("a worker loop ended abnormally: {e}");
+                tracing::error!("an agent loop ended abnormally: {e}");
             }
         }
     }
 }
 
-/// Claims runs while there are any, then waits for a wake-up or the poll interval. Keeps a
-/// spare run network ready for the next run and removes it when stopping.
-async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
-    let mut spare = spare::Spare::new(shared.engine.clone());
+/// Leases runs while there are any (each call waits for one), executing them one at a time.
+/// Keeps a spare run network ready for the next run and removes it when stopping.
+async fn worker_loop(shared: Arc<Shared>, n: usize) {
+    let mut spare = spare::Spare::new(Some(shared.engine.clone()));
+    let mut backoff = Backoff::default();
     while !shared.stopping.is_cancelled() {
-        match shared.store.claim_next(&worker_id, shared.config.lease_ttl).await {
-            Ok(Some(claim)) => {
-                run::run_claimed(&shared, claim, &mut spare).await;
-                // Drain: look again at once, more may be queued.
-                continue;
+        let request = LeaseRequest {
+            platforms: shared.platforms.clone(),
+            capacity: u32::try_from(shared.config.capacity).unwrap_or(u32::MAX),
+            in_hand: u32::try_from(shared.held().len()).unwrap_or(u32::MAX),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            wait: MAX_WAIT_SECS,
+        };
+        let leased = tokio::select! {
+            leased = shared.control.lease(request) => leased,
+            () = shared.stopping.cancelled() => break,
+        };
+        match leased {
+            Ok(Some(lease)) => {
+                backoff.reset();
+                run::run_leased(&shared, lease, &mut spare).await;
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(worker = %worker_id, "claiming a run failed: {e}"),
-        }
-        tokio::select! {
-            () = shared.wake.notified() => {}
-            () = tokio::time::sleep(POLL_INTERVAL) => {}
-            () = shared.stopping.cancelled() => {}
+            Ok(None) => backoff.reset(),
+            Err(e) => {
+                tracing::warn!(agent = %shared.config.name, worker = n, "leasing a run failed: {e}");
+                tokio::select! {
+                    () = backoff.wait() => {}
+                    () = shared.stopping.cancelled() => {}
+                }
+            }
         }
     }
     spare.discard().await;
 }
 
-/// This host's name, for worker IDs (only informative: leases are what matter).
-fn hostname() -> String {
+/// Carries cancels and lost leases to the held runs: one watch call over all of them,
+/// restarted whenever the set changes.
+async fn watch_loop(shared: Arc<Shared>) {
+    let mut backoff = Backoff::default();
+    while !shared.stopping.is_cancelled() {
+        let changed = shared.held_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let runs: Vec<HeldRun> = shared
+            .held()
+            .iter()
+            .map(|(id, h)| HeldRun { run_id: id.to_string(), epoch: h.epoch })
+            .collect();
+        if runs.is_empty() {
+            tokio::select! {
+                () = changed => {}
+                () = shared.stopping.cancelled() => {}
+            }
+            continue;
+        }
+        let reply = tokio::select! {
+            reply = shared.control.watch(runs, MAX_WAIT_SECS) => reply,
+            () = changed => continue,
+            () = shared.stopping.cancelled() => break,
+        };
+        match reply {
+            Ok(reply) => {
+                backoff.reset();
+                let held = shared.held();
+                for id in &reply.canceled {
+                    if let Some(h) = held.get(&RunId::new(id.as_str())) {
+                        h.cancel_by_user();
+                    }
+                }
+                for id in &reply.lost {
+                    if let Some(h) = held.get(&RunId::new(id.as_str())) {
+                        tracing::warn!(run = %id, "lease lost; stopping the run");
+                        h.cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(agent = %shared.config.name, "watching held runs failed: {e}");
+                tokio::select! {
+                    () = backoff.wait() => {}
+                    () = shared.stopping.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Exponential pauses between failed calls to the control plane.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: BACKOFF.0 }
+    }
+}
+
+impl Backoff {
+    pub(crate) fn reset(&mut self) {
+        self.next = BACKOFF.0;
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(BACKOFF.1);
+    }
+}
+
+/// This host's name (the default agent name).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

@@ -1,11 +1,11 @@
-//! Everything between a claimed run and a plan the worker can execute: decoding the stored
-//! request, fetching its context into the run's own directory (an uploaded archive, a Git
-//! repository or a tarball URL), and planning the task with the server's settings.
+//! Everything between a leased run and a plan the worker can execute: fetching its context into
+//! the run's own directory (an uploaded archive from the control plane, a Git repository or a
+//! tarball URL fetched by the agent itself with the run's credentials), and planning the task
+//! with the settings the lease carries.
 //!
 //! Every failure here is the request's problem, not the server's: it becomes one line (naming
 //! the file and position where there is one) that ends the run as `Error`.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -17,21 +17,20 @@ use kiln_worker::build::remote;
 use kiln_worker::plan::{GitSsh, Plan, RegistryCredential};
 
 use crate::api::Source;
-use crate::queue;
+use crate::api::agent::Lease;
 use crate::render::RunVars;
 use crate::request;
 use crate::run_id::RunId;
-use crate::store::RunRecord;
 use crate::uploads;
 
-use super::GitSshFiles;
+use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
 
 /// Why a run could not be prepared; the message is the run's error.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PrepareError {
-    #[error(transparent)]
-    Request(#[from] crate::queue::QueueError),
+    #[error("cannot fetch the uploaded context: {0}")]
+    Upload(#[from] ControlError),
     #[error("upload {id} not found (it may have expired)")]
     MissingUpload { id: String },
     #[error("cannot extract upload {id}: {message}")]
@@ -50,20 +49,9 @@ pub(crate) enum PrepareError {
     Task(String),
     #[error(transparent)]
     Input(#[from] request::RequestError),
-    #[error(transparent)]
-    GitSsh(#[from] super::GitSshError),
     /// The task file's first error, as `file:line:col: error: …`.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// The agent's settings planning needs.
-pub(crate) struct Settings<'a> {
-    pub(crate) secrets: &'a crate::secret_box::SecretBox,
-    pub(crate) default_registry: Option<&'a str>,
-    pub(crate) images: &'a BTreeMap<String, String>,
-    pub(crate) git_ssh: &'a GitSshFiles,
-    pub(crate) max_context: uploads::ContextLimit,
 }
 
 /// A run ready to execute.
@@ -79,41 +67,43 @@ pub(crate) struct Ready {
     pub(crate) git_ssh: Option<GitSsh>,
 }
 
-/// Decodes `run`'s request, fetches its context under `run_dir` and plans it. Progress,
-/// warnings and diagnostics go to `log`; secrets are registered with it as soon as known.
+/// Fetches `lease`'s context under `run_dir` and plans it. Progress, warnings and diagnostics
+/// go to `log`; secrets are registered with it as soon as known.
 pub(crate) async fn prepare(
-    run: &RunRecord,
-    data_dir: &Path,
+    lease: &Lease,
+    control: &dyn Control,
     run_dir: &Path,
-    settings: &Settings<'_>,
     log: &mut LogWriter,
 ) -> Result<Ready, PrepareError> {
-    let queue::Opened { request, credentials, git_ssh_key } =
-        queue::open_request(settings.secrets, run)?;
-    let git_ssh = settings.git_ssh.identity(git_ssh_key)?;
-    let credentials: Vec<RegistryCredential> = credentials
-        .into_iter()
+    let request = &lease.request;
+    let git_ssh: Option<GitSsh> = lease.git_ssh.clone().map(Into::into);
+    let credentials: Vec<RegistryCredential> = lease
+        .credentials
+        .iter()
         .map(|c| RegistryCredential {
-            registry: c.login_server,
-            username: c.username,
-            password: c.password,
+            registry: c.login_server.clone(),
+            username: c.username.clone(),
+            password: c.password.clone(),
         })
         .collect();
     log.mask(credentials.iter().map(|c| c.password.clone()));
-    let trigger = queue::trigger_detail(run);
+    let limit = uploads::ContextLimit { bytes: lease.max_context_bytes };
+    let trigger = &lease.trigger;
     let secrets = request.secret_values();
     log.mask(secrets.iter().cloned());
     let mut commit = String::new();
-    let mut branch = trigger.source_trigger.map(|s| s.branch_name).unwrap_or_default();
+    let mut branch =
+        trigger.source_trigger.as_ref().map(|s| s.branch_name.clone()).unwrap_or_default();
     let context_dir = match request.source() {
         Source::None => None,
         Source::Upload { id } => {
-            let archive = uploads::path(data_dir, id)
-                .filter(|p| p.is_file())
-                .ok_or_else(|| PrepareError::MissingUpload { id: id.clone() })?;
             log.line("Downloading source code...");
+            tokio::fs::create_dir_all(run_dir)
+                .await
+                .map_err(|source| PrepareError::Dir { source })?;
+            let archive = control.upload(id, limit.bytes, run_dir).await?;
             let dest = run_dir.join("context");
-            extract(archive, dest.clone(), id.clone(), settings.max_context).await?;
+            extract(archive, dest.clone(), id.clone(), limit).await?;
             log.line("Finished downloading source code");
             Some(dest)
         }
@@ -131,7 +121,6 @@ pub(crate) async fn prepare(
                 output.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
             };
             let dest = run_dir.join("context");
-            let limit = settings.max_context;
             let fetched =
                 remote::fetch(&remote, &dest, git_ssh.as_ref(), Some(limit.bytes), &collect).await;
             // The fetch's own lines name the URL redacted; the writer masks them again.
@@ -154,16 +143,17 @@ pub(crate) async fn prepare(
         }
     };
 
-    let input = request::task_input(&request, context_dir.as_deref(), settings.default_registry)?;
+    let registry = lease.default_registry.as_deref();
+    let input = request::task_input(request, context_dir.as_deref(), registry)?;
     log.mask(input.masked.iter().cloned());
-    let mut vars = RunVars::new(RunId::new(run.id.as_str()), Utc::now());
-    vars.registry = settings.default_registry.unwrap_or_default().to_string();
+    let mut vars = RunVars::new(RunId::new(lease.run_id.as_str()), Utc::now());
+    vars.registry = registry.unwrap_or_default().to_string();
     vars.commit = commit;
     vars.branch = branch;
-    vars.task_name = run.task_name.clone().unwrap_or_default();
-    vars.triggered_by = run.trigger.clone();
+    vars.task_name = lease.task_name.clone().unwrap_or_default();
+    vars.triggered_by = lease.triggered_by.clone();
     let base_dir = context_dir.clone().unwrap_or_else(|| run_dir.to_path_buf());
-    match input.plan(vars, settings.images, &base_dir) {
+    match input.plan(vars, &lease.images, &base_dir) {
         Ok(planned) => {
             for d in planned.diagnostics.iter() {
                 log.line(&d.display(&input.name).to_string());

@@ -14,83 +14,96 @@ use kiln_worker::{Engine, RunOptions, RunStatus as WorkerStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Image;
+use crate::api::agent::{Lease, RunOutcome};
+use crate::run_id::RunId;
 use crate::run_log::{self, Dependencies};
-use crate::store::lease::SERVER_STOPPED_MESSAGE;
-use crate::store::{BaseImageRecord, Claim, OutputImage, RunStatus, StoreError};
+use crate::store::RunStatus;
 use crate::trigger::base_image;
 
+use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
-use super::prepare::{self, Settings};
+use super::prepare;
 use super::spare::Spare;
-use super::{Held, Shared};
+use super::{Backoff, Held, Shared};
 
 /// Events the worker may have in flight before it waits for the log writer.
 const EVENT_CHANNEL: usize = 256;
 
-/// Runs a claimed run to its finished record.
-pub(super) async fn run_claimed(shared: &Shared, claim: Claim, spare: &mut Spare) {
-    let Claim { run, epoch } = claim;
-    let held = shared.hold(&run.id);
+/// Runs a leased run to its finished record.
+pub(super) async fn run_leased(shared: &Shared, lease: Lease, spare: &mut Spare) {
+    let run = RunId::new(lease.run_id.as_str());
+    let epoch = lease.epoch;
+    let ttl = Duration::from_secs(lease.lease_seconds.max(1));
+    let held = shared.hold(&run, epoch);
     let done = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(
-        shared.store.clone(),
-        run.id.clone(),
+        shared.control.clone(),
+        run.clone(),
         epoch,
-        shared.config.lease_ttl,
+        ttl,
         held.clone(),
         done.clone(),
     ));
-    let run_dir = super::leftovers::context_dir(&shared.config.work_dir(), &run.id);
+    let run_dir = super::leftovers::context_dir(&shared.config.work_dir(), &run);
     let mut log = LogWriter::new(
-        shared.store.clone(),
-        shared.hub.clone(),
-        run.id.clone(),
+        shared.control.clone(),
+        run.clone(),
         epoch,
+        lease.log_length,
+        ttl,
         held.cancel.clone(),
     );
-    log.mask(shared.config.credentials.iter().map(|c| c.password.clone()));
 
     let (status, error, dependencies) =
-        execute(shared, &run, epoch, &run_dir, &held, &mut log, spare).await;
+        execute(shared, &lease, &run, &run_dir, &held, &mut log, spare).await;
 
     done.cancel();
     if let Err(e) = heartbeat.await {
-        tracing::error!(run = %run.id, "heartbeat task failed: {e}");
+        tracing::error!(run = %run, "heartbeat task failed: {e}");
     }
-    // A stop the user did not ask for is the server going away, whatever the worker saw.
+    // A stop the user did not ask for is the agent going away, whatever the worker saw.
     let (status, error) = if status == RunStatus::Canceled && !held.by_user.load(Ordering::SeqCst) {
-        (RunStatus::Error, Some(SERVER_STOPPED_MESSAGE.to_string()))
+        (RunStatus::Error, Some(shared.config.stopped_message.clone()))
     } else {
         (status, error)
     };
     let error = error.map(|e| log.mask_text(&e));
     if log.lost().is_none() {
-        let images = output_images(&dependencies);
-        let report = dependencies.report().map(|r| r.to_string());
-        match shared
-            .store
-            .finish(&run.id, epoch, status, error.as_deref(), &images, report.as_deref())
-            .await
-        {
-            Ok(_) => {
-                if let (Some(task), RunStatus::Succeeded, Some(report)) =
-                    (&run.task_name, status, dependencies.report())
-                {
-                    track_base_images(&shared.store, task, &report).await;
-                }
-            }
-            Err(StoreError::StaleLease { .. }) => {
-                tracing::warn!(run = %run.id, "run was finished by someone else (lease lost)");
-            }
-            Err(e) => tracing::error!(run = %run.id, "recording the run's result failed: {e}"),
-        }
-        shared.hub.finish(&run.id);
+        let outcome = RunOutcome {
+            epoch,
+            status,
+            run_error_message: error,
+            output_images: output_images(&dependencies),
+            dependencies: dependencies.report(),
+        };
+        finish(shared.control.as_ref(), &run, outcome, ttl).await;
     }
-    shared.release(&run.id);
+    shared.release(&run);
     if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        tracing::warn!(run = %run.id, "removing {} failed: {e}", run_dir.display());
+        tracing::warn!(run = %run, "removing {} failed: {e}", run_dir.display());
+    }
+}
+
+/// Records the run's end, resending while the control plane is unreachable for as long as the
+/// lease can still be alive.
+async fn finish(control: &dyn Control, run: &RunId, outcome: RunOutcome, patience: Duration) {
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut backoff = Backoff::default();
+    loop {
+        match control.finish(run.clone(), outcome.clone()).await {
+            Ok(()) => return,
+            Err(ControlError::Stale { .. }) => {
+                return tracing::warn!(run = %run, "run was finished by someone else (lease lost)");
+            }
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                tracing::warn!(run = %run, "recording the run's result failed (retrying): {e}");
+                backoff.wait().await;
+            }
+            Err(e) => return tracing::error!(run = %run, "recording the run's result failed: {e}"),
+        }
     }
 }
 
@@ -98,8 +111,8 @@ pub(super) async fn run_claimed(shared: &Shared, claim: Claim, spare: &mut Spare
 /// A run that needs a network of its own gets `spare`'s.
 async fn execute(
     shared: &Shared,
-    run: &crate::store::RunRecord,
-    epoch: i64,
+    lease: &Lease,
+    run: &RunId,
     run_dir: &Path,
     held: &Held,
     log: &mut LogWriter,
@@ -107,58 +120,46 @@ async fn execute(
 ) -> (RunStatus, Option<String>, Dependencies) {
     let mut dependencies = Dependencies::default();
     let fail = |message: String| (RunStatus::Error, Some(message), Dependencies::default());
-    let Some(engine) = &shared.engine else {
-        return fail("this server has no workers".to_string());
-    };
-    let settings = Settings {
-        secrets: &shared.secrets,
-        default_registry: shared.config.default_registry.as_deref(),
-        images: &shared.config.images,
-        git_ssh: &shared.config.git_ssh,
-        max_context: shared.config.max_context,
-    };
-    let ready = match prepare::prepare(run, &shared.config.data_dir, run_dir, &settings, log).await
-    {
+    let data_dir = &shared.config.data_dir;
+    let ready = match prepare::prepare(lease, shared.control.as_ref(), run_dir, log).await {
         Ok(ready) => ready,
         Err(e) => {
-            let message = without_server_paths(&e.to_string(), &shared.config.data_dir);
-            log.plain(&run_log::outcome_line(run.id.as_str(), RunStatus::Error, 0, Some(&message)));
+            let message = without_server_paths(&e.to_string(), data_dir);
+            log.plain(&run_log::outcome_line(run.as_str(), RunStatus::Error, 0, Some(&message)));
             log.flush().await;
             return fail(message);
         }
     };
     let mut plan = ready.plan;
-    // The task's own logins first: they win over the server's for the same registry.
+    // The task's own logins come first in the lease: they win over the server's.
     plan.masked.extend(ready.credentials.iter().map(|c| c.password.clone()));
     plan.credentials.extend(ready.credentials);
-    plan.credentials.extend(shared.config.credentials.iter().cloned());
-    plan.masked.extend(shared.config.credentials.iter().map(|c| c.password.clone()));
     plan.masked.extend(ready.secrets);
     plan.git_ssh = ready.git_ssh;
-    plan.context_limit = Some(shared.config.max_context.bytes);
+    plan.context_limit = Some(lease.max_context_bytes);
     log.mask(plan.masked.iter().cloned());
     let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
     log.steps(&order);
     // Lines written so far are stored before the steps start, so followers see them first.
     log.flush().await;
-    match shared.store.set_status(&run.id, epoch, RunStatus::Running).await {
-        Ok(_) => {}
-        Err(StoreError::StaleLease { .. }) => held.cancel.cancel(),
-        Err(e) => tracing::error!(run = %run.id, "marking the run Running failed: {e}"),
+    match shared.control.running(run.clone(), lease.epoch).await {
+        Ok(()) => {}
+        Err(ControlError::Stale { .. }) => held.cancel.cancel(),
+        Err(e) => tracing::error!(run = %run, "marking the run Running failed: {e}"),
     }
 
     let mut options = RunOptions::new(shared.config.work_dir());
     options.context_dir = ready.context_dir;
     // The context was unpacked or fetched for this run alone, next to the workspaces.
     options.move_context = true;
-    if let Some(update) = crate::queue::trigger_detail(run).image_update_trigger {
+    if let Some(update) = &lease.trigger.image_update_trigger {
         options.refresh_images = update
             .images
             .iter()
             .map(|i| base_image::pull_reference(&i.registry, &i.repository, &i.tag))
             .collect();
     }
-    options.timeout = Some(Duration::from_secs(run.timeout_secs));
+    options.timeout = Some(Duration::from_secs(lease.timeout));
     if plan.uses_run_network() {
         options.network = spare.take().await;
         // The next run's, made now so it is ready when that run comes; the engine creates it
@@ -167,7 +168,7 @@ async fn execute(
     }
     let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL);
     let (summary, ()) = tokio::join!(
-        run_plan(engine, &plan, options, tx, held.cancel.clone()),
+        run_plan(&shared.engine, &plan, options, tx, held.cancel.clone()),
         log.consume(&mut rx, &mut dependencies),
     );
     log.end_streams();
@@ -178,10 +179,10 @@ async fn execute(
         log.line(run_log::DEPENDENCIES_HEADER);
         log.plain(&run_log::dependency_text(&report));
     }
-    let error = summary.error.map(|e| without_server_paths(&e, &shared.config.data_dir));
+    let error = summary.error.map(|e| without_server_paths(&e, data_dir));
     log.plain("");
     log.plain(&run_log::outcome_line(
-        run.id.as_str(),
+        run.as_str(),
         summary.status.into(),
         summary.elapsed.as_secs(),
         error.as_deref(),
@@ -216,13 +217,13 @@ async fn run_plan(
 }
 
 /// §6.2 `outputImages`: every pushed image, split into registry, repository and tag.
-fn output_images(dependencies: &Dependencies) -> Vec<OutputImage> {
+fn output_images(dependencies: &Dependencies) -> Vec<Image> {
     dependencies
         .pushed()
         .iter()
         .filter_map(|(image, digest)| {
             let parsed = ImageRef::parse(image).ok()?;
-            Some(OutputImage {
+            Some(Image {
                 registry: parsed.registry_host().to_string(),
                 repository: parsed.repository(),
                 tag: parsed.tag.clone().unwrap_or_else(|| "latest".to_string()),
@@ -232,31 +233,12 @@ fn output_images(dependencies: &Dependencies) -> Vec<OutputImage> {
         .collect()
 }
 
-/// Keeps the base images of a task's successful build for its base-image trigger (§5.2: a
-/// task must run once before its base images are watched).
-async fn track_base_images(store: &crate::store::Store, task: &str, report: &serde_json::Value) {
-    let images: Vec<BaseImageRecord> = base_image::from_report(report)
-        .into_iter()
-        .map(|b| BaseImageRecord {
-            task_name: task.to_string(),
-            registry: b.registry,
-            repository: b.repository,
-            tag: b.tag,
-            kind: b.kind.to_string(),
-            digest: b.digest,
-            digest_kind: b.digest_kind,
-        })
-        .collect();
-    if let Err(e) = store.set_base_images(task, &images).await {
-        tracing::error!(task, "recording the task's base images failed: {e}");
-    }
-}
-
 /// Extends the lease every third of its length; a cancel request cancels the run, a lost
-/// lease cancels it too (nobody may record it from here).
+/// lease cancels it too (nobody may record it from here). Cancels usually arrive sooner,
+/// through the agent's watch call.
 async fn heartbeat(
-    store: crate::store::Store,
-    run: crate::run_id::RunId,
+    control: std::sync::Arc<dyn Control>,
+    run: RunId,
     epoch: i64,
     ttl: Duration,
     held: Held,
@@ -269,10 +251,10 @@ async fn heartbeat(
             () = done.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match store.heartbeat(&run, epoch, ttl).await {
+        match control.heartbeat(run.clone(), epoch).await {
             Ok(beat) if beat.cancel_requested => held.cancel_by_user(),
             Ok(_) => {}
-            Err(StoreError::StaleLease { .. }) => {
+            Err(ControlError::Stale { .. }) => {
                 tracing::warn!(run = %run, "lease lost; stopping the run");
                 held.cancel.cancel();
                 return;

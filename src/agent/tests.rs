@@ -13,12 +13,17 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use kiln_worker::plan::RegistryCredential;
 
+use std::sync::Arc;
+
 use super::{Agent, AgentConfig};
 use crate::api::{
     Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, RunRequest, Source,
 };
 use crate::log_hub::LogHub;
 use crate::run_id::{RunId, RunIdPrefix};
+use crate::secret_box::SecretBox;
+use crate::server::dispatch::{Dispatcher, LocalLink, RunSettings};
+use crate::store::lease::Claimant;
 use crate::store::lease::SERVER_STOPPED_MESSAGE;
 use crate::store::{NewRun, RunRecord, RunStatus, RunType, Store};
 use crate::uploads;
@@ -34,21 +39,43 @@ struct Env {
     dir: tempfile::TempDir,
     store: Store,
     hub: LogHub,
+    dispatch: Arc<Dispatcher>,
     agent: Agent,
 }
 
-async fn env(tag: char, workers: usize, tweak: impl FnOnce(&mut AgentConfig)) -> Env {
+/// A store, a dispatcher with the server's run `settings` (as `tweak` sets them) and an
+/// agent linked to it in-process, as `kiln serve --workers N` has them.
+async fn env(tag: char, workers: usize, tweak: impl FnOnce(&mut RunSettings)) -> Env {
     assert!(('g'..='z').contains(&tag), "the tag must not be a hex digit");
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("a{:x}{tag}", std::process::id());
     let store =
         Store::open(dir.path(), RunIdPrefix::new(&prefix).expect("prefix")).await.expect("store");
     let hub = LogHub::new();
-    let mut config = AgentConfig::new(dir.path().to_path_buf());
-    config.workers = workers;
-    tweak(&mut config);
-    let agent = Agent::start(store.clone(), hub.clone(), config).await.expect("agent starts");
-    Env { dir, store, hub, agent }
+    let mut settings = RunSettings::default();
+    tweak(&mut settings);
+    let dispatch = dispatcher(&store, &hub, dir.path(), settings);
+    let name = format!("agent-{prefix}");
+    let link = LocalLink {
+        dispatcher: dispatch.clone(),
+        agent: Claimant { name: name.clone(), pool: None, platforms: Vec::new() },
+    };
+    let config =
+        AgentConfig { capacity: workers, ..AgentConfig::new(name, dir.path().to_path_buf()) };
+    let agent = Agent::start(Arc::new(link), config).await.expect("agent starts");
+    Env { dir, store, hub, dispatch, agent }
+}
+
+fn dispatcher(store: &Store, hub: &LogHub, dir: &Path, settings: RunSettings) -> Arc<Dispatcher> {
+    let secrets = Arc::new(SecretBox::open_or_create(dir).expect("secret key"));
+    Arc::new(Dispatcher::new(
+        store.clone(),
+        hub.clone(),
+        secrets,
+        settings,
+        dir.to_path_buf(),
+        Duration::from_secs(30),
+    ))
 }
 
 fn encoded(task: &str, values: Vec<Argument>) -> RunRequest {
@@ -60,6 +87,7 @@ fn encoded(task: &str, values: Vec<Argument>) -> RunRequest {
         values,
         platform: None,
         timeout_secs: None,
+        agent_pool_name: None,
     })
 }
 
@@ -71,7 +99,7 @@ impl Env {
             new.timeout_secs = t;
         }
         let run = self.store.create_run(new).await.expect("queued");
-        self.agent.wake();
+        self.dispatch.queued();
         run.id
     }
 
@@ -217,6 +245,7 @@ async fn agent_quick_build_from_an_upload_pushes_and_records_images() {
         platform: None,
         is_push_enabled: true,
         timeout_secs: None,
+        agent_pool_name: None,
     });
     let id = env.queue(&request, None).await;
     let (run, log) = env.finished(&id).await;
@@ -288,7 +317,7 @@ async fn agent_cancel_stops_a_running_run_and_leaves_no_containers() {
     let id = env.queue(&encoded(task, vec![]), None).await;
     env.wait_for(&id, |_, log| log.contains("long | started-long-step")).await;
     env.store.cancel_run(&id).await.expect("cancel requested");
-    env.agent.cancel(&id);
+    env.dispatch.changed();
     let (run, log) = env.finished(&id).await;
     assert_eq!(run.status, RunStatus::Canceled, "{log}");
     assert_eq!(containers_of(&id).await, Vec::<String>::new());
@@ -317,6 +346,7 @@ async fn agent_file_task_from_an_upload_runs_and_a_bad_one_errors_with_its_posit
             values: vec![],
             platform: None,
             timeout_secs: None,
+            agent_pool_name: None,
         })
     };
     let good = env.upload(
@@ -358,35 +388,35 @@ async fn agent_file_task_from_an_upload_runs_and_a_bad_one_errors_with_its_posit
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn agent_start_fails_runs_a_dead_server_left_running() {
+async fn a_new_session_settles_what_the_agents_dead_predecessor_held() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("a{:x}n", std::process::id());
     let store =
         Store::open(dir.path(), RunIdPrefix::new(&prefix).expect("prefix")).await.expect("store");
-    let run = store
-        .create_run(NewRun::new(
-            RunType::QuickRun,
-            serde_json::to_string(&encoded("steps: []\n", vec![])).expect("json"),
-        ))
-        .await
-        .expect("queued");
-    let claim = store
-        .claim_next("dead-host/1/0", Duration::from_secs(30))
-        .await
-        .expect("claim")
-        .expect("a run");
-    store.set_status(&run.id, claim.epoch, RunStatus::Running).await.expect("running");
+    let request = serde_json::to_string(&encoded("steps: []\n", vec![])).expect("json");
+    let running =
+        store.create_run(NewRun::new(RunType::QuickRun, request.clone())).await.expect("queued");
+    let started =
+        store.create_run(NewRun::new(RunType::QuickRun, request.clone())).await.expect("queued");
+    let other = store.create_run(NewRun::new(RunType::QuickRun, request)).await.expect("queued");
+    let dead = Claimant::amd64("dead-agent");
+    let ttl = Duration::from_secs(30);
+    let claim = store.claim_next(&dead, ttl).await.expect("claim").expect("a run");
+    store.set_status(&running.id, claim.epoch, RunStatus::Running).await.expect("running");
+    store.claim_next(&dead, ttl).await.expect("claim").expect("a run");
+    store.claim_next(&Claimant::amd64("live-agent"), ttl).await.expect("claim").expect("a run");
     let hub = LogHub::new();
-    let mut follower = hub.subscribe(&run.id);
-    let mut config = AgentConfig::new(dir.path().to_path_buf());
-    config.workers = 0;
-    let agent = Agent::start(store.clone(), hub.clone(), config).await.expect("agent");
-    let record = store.get_run(&run.id).await.expect("run");
+    let mut follower = hub.subscribe(&running.id);
+    let dispatch = dispatcher(&store, &hub, dir.path(), RunSettings::default());
+    dispatch.start_session("dead-agent", SERVER_STOPPED_MESSAGE).await.expect("session");
+    let record = store.get_run(&running.id).await.expect("run");
     assert_eq!(record.status, RunStatus::Error);
     assert_eq!(record.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
     follower.changed().await.expect("the follower is woken");
     assert!(follower.borrow().finished);
-    agent.shutdown().await;
+    // No step had started: another agent may take it.
+    assert_eq!(store.get_run(&started.id).await.expect("run").status, RunStatus::Queued);
+    assert_eq!(store.get_run(&other.id).await.expect("run").status, RunStatus::Started);
     store.close().await;
 }
 
@@ -404,15 +434,23 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
     let store =
         Store::open(dir.path(), RunIdPrefix::new(&prefix).expect("prefix")).await.expect("store");
     let run = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.expect("queued");
-    let claim =
-        store.claim_next("w/1/0", Duration::from_secs(30)).await.expect("claim").expect("run");
+    let claim = store
+        .claim_next(&Claimant::amd64("w"), Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .expect("run");
     let hub = LogHub::new();
     let mut follower = hub.subscribe(&run.id);
+    let link = LocalLink {
+        dispatcher: dispatcher(&store, &hub, dir.path(), RunSettings::default()),
+        agent: Claimant::amd64("w"),
+    };
     let mut writer = LogWriter::new(
-        store.clone(),
-        hub.clone(),
+        Arc::new(link),
         run.id.clone(),
         claim.epoch,
+        claim.run.log_len,
+        Duration::from_secs(30),
         CancellationToken::new(),
     );
     writer.mask(["two\nlines".to_string(), "hunter2".to_string()]);
@@ -462,7 +500,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched() {
-    let env = env('o', 1, |c| c.max_context = uploads::ContextLimit::from_mb(1)).await;
+    let env = env('o', 1, |c| c.max_context = Some(uploads::ContextLimit::from_mb(1))).await;
     let zeros = "\0".repeat(2 * 1024 * 1024);
     let task = "steps:\n  - cmd: busybox true\n";
     let upload = env.upload(&[("acb.yaml", task), ("zeros", &zeros)], None);
@@ -481,6 +519,7 @@ async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched()
             values: vec![],
             platform: None,
             timeout_secs: None,
+            agent_pool_name: None,
         });
         let id = env.queue(&request, None).await;
         let (run, log) = env.finished(&id).await;

@@ -23,6 +23,7 @@ use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
 pub use kiln_worker::build::Dependency;
 
 pub mod agent;
+pub mod agents;
 pub mod legacy;
 pub mod task;
 mod task_wire;
@@ -43,6 +44,12 @@ pub mod paths {
     /// What an agent token sees of itself; the agent protocol's routes live under `/agent/`
     /// too, where only agent tokens pass.
     pub const AGENT_WHOAMI: &str = "/agent/whoami";
+    pub const AGENT_SESSIONS: &str = "/agent/sessions";
+    pub const AGENT_LEASES: &str = "/agent/leases";
+    pub const AGENT_WATCH: &str = "/agent/watch";
+    /// `/agent/runs/{id}/heartbeat|status|log|finish`.
+    pub const AGENT_RUNS: &str = "/agent/runs";
+    pub const AGENT_UPLOADS: &str = "/agent/uploads";
 
     pub fn run(id: &str) -> String {
         format!("/runs/{id}")
@@ -146,6 +153,9 @@ pub struct DockerBuildRequest {
     /// Seconds.
     #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// The agent pool to run in (`--agent-pool`); absent: any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pool_name: Option<String>,
 }
 
 pub(crate) fn default_dockerfile() -> String {
@@ -175,6 +185,9 @@ pub struct FileTaskRequest {
     /// Seconds.
     #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// The agent pool to run in (`--agent-pool`); absent: any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pool_name: Option<String>,
 }
 
 pub(crate) fn default_task_file() -> String {
@@ -210,6 +223,9 @@ pub struct EncodedTaskRequest {
     /// Seconds.
     #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// The agent pool to run in (`--agent-pool`); absent: any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pool_name: Option<String>,
 }
 
 impl RunRequest {
@@ -235,6 +251,14 @@ impl RunRequest {
             RunRequest::DockerBuild(r) => r.timeout_secs,
             RunRequest::FileTask(r) => r.timeout_secs,
             RunRequest::EncodedTask(r) => r.timeout_secs,
+        }
+    }
+
+    pub fn agent_pool(&self) -> Option<&str> {
+        match self {
+            RunRequest::DockerBuild(r) => r.agent_pool_name.as_deref(),
+            RunRequest::FileTask(r) => r.agent_pool_name.as_deref(),
+            RunRequest::EncodedTask(r) => r.agent_pool_name.as_deref(),
         }
     }
 
@@ -386,6 +410,12 @@ pub struct Run {
     pub run_error_message: Option<String>,
     /// Bytes of log stored so far.
     pub log_length: u64,
+    /// The agent pool the run must run in (ACR's `agentPoolName`); absent: any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pool_name: Option<String>,
+    /// The agent that took the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
     /// The request, secrets shown as `***`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RunRequest>,
@@ -412,6 +442,8 @@ impl Run {
             dependencies: record.dependencies.as_deref().and_then(|d| serde_json::from_str(d).ok()),
             run_error_message: record.error_message.clone(),
             log_length: record.log_len,
+            agent_pool_name: record.agent_pool.clone(),
+            agent_name: record.agent_name.clone(),
             request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
         }
     }

@@ -130,6 +130,8 @@ pub struct TaskDefinition {
     /// `--set` / `--set-secret` values.
     pub values: Vec<Argument>,
     pub platform: Platform,
+    /// The agent pool its runs go to (ACR's `agentPoolName`); `None`: any agent.
+    pub agent_pool_name: Option<String>,
     /// Seconds.
     pub timeout_secs: u64,
     pub status: TaskStatus,
@@ -216,6 +218,8 @@ pub struct UpdateTask {
     /// Merged into the stored values by name (a value named again replaces the old one).
     pub values: Vec<Argument>,
     pub platform: Option<Platform>,
+    /// A new agent pool; an empty string removes it (any agent).
+    pub agent_pool_name: Option<String>,
     /// Seconds.
     pub timeout_secs: Option<u64>,
     pub status: Option<TaskStatus>,

@@ -162,6 +162,9 @@ pub(super) struct Definition {
     values: Vec<Argument>,
     #[serde(default = "default_platform")]
     platform: Platform,
+    /// The agent pool its runs go to; absent: any agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent_pool_name: Option<String>,
     /// Seconds.
     #[serde(default = "default_timeout", rename = "timeout")]
     timeout_secs: u64,
@@ -201,6 +204,7 @@ impl TryFrom<Definition> for TaskDefinition {
             step: wire.step,
             values: wire.values,
             platform: wire.platform,
+            agent_pool_name: wire.agent_pool_name,
             timeout_secs: wire.timeout_secs,
             status: wire.status,
             commit_trigger_enabled: triggers.commit.unwrap_or(true),
@@ -230,6 +234,7 @@ impl From<TaskDefinition> for Definition {
             step: def.step,
             values: def.values,
             platform: def.platform,
+            agent_pool_name: def.agent_pool_name,
             timeout_secs: def.timeout_secs,
             status: def.status,
             trigger,
@@ -256,6 +261,9 @@ pub(super) struct Update {
     values: Vec<Argument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     platform: Option<Platform>,
+    /// A new agent pool; an empty string removes it (any agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent_pool_name: Option<String>,
     /// Seconds.
     #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     timeout_secs: Option<u64>,
@@ -288,6 +296,7 @@ impl TryFrom<Update> for UpdateTask {
             step: wire.step,
             values: wire.values,
             platform: wire.platform,
+            agent_pool_name: wire.agent_pool_name,
             timeout_secs: wire.timeout_secs,
             status: wire.status,
             commit_trigger_enabled: triggers.commit,
@@ -315,6 +324,7 @@ impl From<UpdateTask> for Update {
             step: update.step,
             values: update.values,
             platform: update.platform,
+            agent_pool_name: update.agent_pool_name,
             timeout_secs: update.timeout_secs,
             status: update.status,
             trigger: (settings != Settings::default()).then(|| Trigger::from(settings)),

@@ -6,7 +6,7 @@
 //! token) are one line and exit status 1.
 //!
 //! [`AgentCommand`] is every `kiln agent` subcommand; the agent process itself (`kiln agent
-//! run`) is one of them.
+//! run`, [`agent_run`]) is one of them.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,12 +14,13 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
+use super::agent_run::{self, AgentRunArgs};
 use super::confirm::delete_confirmed;
 use super::remote;
 use super::runs::{format_fields, print_rows, utc};
 use super::task::{ListArgs, ShowOutput, print_record};
 use crate::agent_def::{self, AgentDefError};
-use crate::api::agent::{Agent, AgentPool, CreateAgent, UpdateAgent};
+use crate::api::agents::{Agent, AgentPool, CreateAgent, UpdateAgent};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -39,6 +40,8 @@ enum AgentCommand {
     Update(SettingsArgs),
     /// Delete an agent: its token stops working and the runs it holds end as Error.
     Delete(DeleteArgs),
+    /// Lease runs from a server and execute them on this machine's Docker engine.
+    Run(AgentRunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +105,7 @@ pub fn agent(args: AgentArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
         AgentCommand::Show(args) => show(args, server),
         AgentCommand::Update(args) => update(args, server),
         AgentCommand::Delete(args) => delete(args, server),
+        AgentCommand::Run(args) => agent_run::run(args),
     }
 }
 

@@ -31,6 +31,9 @@ pub struct BuildArgs {
     /// The platform to build for, `os/arch[/variant]`.
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// The agent pool to run in (default: any agent).
+    #[arg(long, value_name = "POOL")]
+    agent_pool: Option<String>,
     /// Build without pushing.
     #[arg(long)]
     no_push: bool,
@@ -83,6 +86,7 @@ pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
         platform: args.platform.as_deref().map(Platform::parse),
         is_push_enabled: !args.no_push,
         timeout_secs: args.timeout,
+        agent_pool_name: args.agent_pool,
     });
     // Diagnostics of the synthesised task name it as the server does.
     remote::submit(&client, &request, "quick build", args.wait)

@@ -2,6 +2,7 @@
 //! and call the library; nothing here knows a task file's rules.
 
 mod agent;
+mod agent_run;
 mod build;
 mod confirm;
 mod exec;
@@ -66,8 +67,9 @@ enum Command {
     /// Tasks kept on the server and what triggers them, like `az acr task`: create, update,
     /// show, list, delete, run, logs, list-runs, show-run, cancel-run, timer, credential.
     Task(task::TaskArgs),
-    /// The agents that lease runs (admin): create (prints the token once), list, show, update,
-    /// delete.
+    /// Agents: `agent run` executes runs leased from a server on this machine's engine; an
+    /// admin registers and manages agents with create (prints the token once), list, show,
+    /// update, delete.
     Agent(agent::AgentArgs),
     /// Agent pools: list.
     AgentPool(agent::AgentPoolArgs),
@@ -83,6 +85,8 @@ pub enum Output {
 
 /// Runs the CLI; the exit code is the command's verdict ([`exit`]).
 pub fn main() -> ExitCode {
+    // One TLS crypto provider for every HTTPS client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => task_file::validate(args, cli.config.as_deref()),

@@ -355,6 +355,8 @@ mod tests {
             dependencies: None,
             run_error_message: error.map(str::to_string),
             log_length: 0,
+            agent_pool_name: None,
+            agent_name: None,
             request: None,
         }
     }

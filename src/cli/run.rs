@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// The platform to run on, `os/arch[/variant]`.
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// The agent pool to run in (default: any agent).
+    #[arg(long, value_name = "POOL")]
+    agent_pool: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
     /// The context: a local directory, a git URL, a tarball URL, or `/dev/null` for none.
@@ -92,6 +95,7 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
             request.values_content = values_content;
             request.values = values;
             request.platform = platform;
+            request.agent_pool_name = args.agent_pool.clone();
             (RunRequest::EncodedTask(request), "--cmd".to_string())
         }
         (None, Some(Task::Local { name, text })) => (
@@ -103,6 +107,7 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
                 values,
                 platform,
                 timeout_secs: args.timeout,
+                agent_pool_name: args.agent_pool.clone(),
             }),
             name,
         ),
@@ -126,6 +131,7 @@ pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
                     values,
                     platform,
                     timeout_secs: args.timeout,
+                    agent_pool_name: args.agent_pool.clone(),
                 }),
                 path,
             )

@@ -243,6 +243,8 @@ mod tests {
             dependencies: None,
             run_error_message: None,
             log_length: 0,
+            agent_pool_name: None,
+            agent_name: None,
             request: None,
         }
     }

@@ -11,8 +11,8 @@ use chrono::TimeDelta;
 use clap::Args;
 use kiln_worker::plan::{GitSsh, RegistryCredential};
 
-use crate::agent::GitSshFiles;
 use crate::config::Config;
+use crate::server::GitSshFiles;
 use crate::server::{ServeConfig, serve as run_server};
 use crate::uploads::ContextLimit;
 
@@ -37,6 +37,14 @@ pub struct ServeArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 2, value_name = "N")]
     workers: usize,
+    /// The embedded agent's name, in the records of the runs it takes (default: this host's
+    /// name). Servers sharing a database need different names.
+    #[arg(long, value_name = "NAME")]
+    agent_name: Option<String>,
+    /// Seconds an agent keeps a run without a heartbeat; then a run that had not started a step
+    /// is queued again and one that had ends as Error.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(3..))]
+    agent_lease: u64,
     /// Days logs of finished runs are kept.
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     log_retention_days: u32,
@@ -102,7 +110,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         Some(dir) => {
             std::path::absolute(&dir).with_context(|| format!("--data-dir {}", dir.display()))?
         }
-        None => default_data_dir()?,
+        None => default_data_dir("kiln")?,
     };
     let serve_config = ServeConfig {
         addr: args.addr,
@@ -112,6 +120,8 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         credentials,
         images: config.image_aliases(),
         workers: args.workers,
+        agent_name: args.agent_name.unwrap_or_else(crate::agent::hostname),
+        lease_ttl: std::time::Duration::from_secs(args.agent_lease),
         log_retention: TimeDelta::days(i64::from(args.log_retention_days)),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         max_context: ContextLimit::from_mb(args.max_context_mb),
@@ -124,15 +134,16 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `/var/lib/kiln` for root, else `~/.local/share/kiln`.
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+/// `/var/lib/NAME` for root, else `~/.local/share/NAME` (`kiln` for the server, `kiln-agent`
+/// for an agent).
+pub(super) fn default_data_dir(name: &str) -> anyhow::Result<PathBuf> {
     if is_root() {
-        return Ok(PathBuf::from("/var/lib/kiln"));
+        return Ok(PathBuf::from("/var/lib").join(name));
     }
     let Ok(home) = home() else {
-        bail!("no data directory: set --data-dir or KILN_DATA_DIR (HOME is not set)");
+        bail!("no data directory: set --data-dir (HOME is not set)");
     };
-    Ok(home.join(".local/share/kiln"))
+    Ok(home.join(".local/share").join(name))
 }
 
 fn home() -> anyhow::Result<PathBuf> {
@@ -167,7 +178,7 @@ fn init_logging() {
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

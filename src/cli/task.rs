@@ -144,6 +144,9 @@ struct DefinitionFlags {
     /// The platform to run on, `os/arch[/variant]` (default linux/amd64).
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
+    /// The agent pool the task's runs go to (default: any agent; "" removes it on update).
+    #[arg(long, value_name = "POOL")]
+    agent_pool: Option<String>,
     /// Enabled (default) or Disabled: a disabled task ignores its triggers.
     #[arg(long, value_name = "Enabled|Disabled", value_parser = parse_task_status)]
     status: Option<TaskStatus>,
@@ -480,6 +483,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
         step: new_step(flags, &context)?,
         values: set_values(&flags.set, &flags.set_secret)?,
         platform: Platform::parse(flags.platform.as_deref().unwrap_or(DEFAULT_PLATFORM)),
+        agent_pool_name: flags.agent_pool.clone().filter(|p| !p.is_empty()),
         timeout_secs: flags.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         status: flags.status.unwrap_or_default(),
         commit_trigger_enabled: flags.commit_trigger_enabled.unwrap_or(true),
@@ -533,6 +537,7 @@ fn update_request(
         step,
         values: set_values(&flags.set, &flags.set_secret)?,
         platform: flags.platform.as_deref().map(Platform::parse),
+        agent_pool_name: flags.agent_pool.clone(),
         timeout_secs: flags.timeout,
         status: flags.status,
         commit_trigger_enabled: flags
@@ -1298,6 +1303,7 @@ mod tests {
             step,
             values: vec![],
             platform: Platform::parse("linux/amd64"),
+            agent_pool_name: None,
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
             commit_trigger_enabled: true,

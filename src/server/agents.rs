@@ -10,7 +10,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 
 use crate::agent_def::{self, AgentDefError};
-use crate::api::agent::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
+use crate::api::agents::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
 use crate::api::{ErrorBody, List};
 use crate::store::AgentUpdate;
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse as _, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::api::agent::AgentWhoAmI;
+use crate::api::agents::AgentWhoAmI;
 use crate::api::{TokenRole, WhoAmI};
 use crate::store::{AgentRecord, StoreResult, TokenInfo};
 
@@ -40,9 +40,10 @@ pub async fn require_token(
     admit(verified, request, next).await
 }
 
-/// Lets the request through only with an agent token, handing the handler the agent's
-/// [`AgentRecord`]. The routes of the agent protocol (`/agent/...`) sit behind this; API tokens,
-/// the admin's included, are refused there.
+/// Lets the request through only with an agent token ([`crate::store::agents`]), handing the
+/// handler the agent's [`AgentRecord`]. The routes of the agent protocol (`/agent/...`) sit
+/// behind this; API tokens, the admin's included, are refused there, as agent tokens are
+/// everywhere else: an agent can lease and report runs, and nothing more.
 pub async fn require_agent_token(
     State(state): State<AppState>,
     request: Request,

@@ -59,7 +59,7 @@ pub async fn registry_events(
             .extend(tag_moved(&state.store, &state.secrets, &watched, &moved, &tag.digest).await?);
     }
     if !queued.is_empty() {
-        state.agent.wake();
+        state.dispatch.queued();
     }
     Ok(Json(WebhookAnswer {
         status: if queued.is_empty() { "ignored" } else { "queued" }.to_string(),

@@ -1,10 +1,11 @@
 //! Housekeeping the server does on a timer (once at start, then every minute): log retention
 //! (§6.4, 30 days by default), removal of stale uploads (older than a day) and of webhook
 //! delivery IDs older than the log retention (git hosts redeliver within hours), and the backstops
-//! for runs whose worker vanished (expired leases) or overran (run timeouts). Runs the janitor
-//! ends are announced on the log hub so their followers finish. Then what ended runs left
-//! (engine objects of dead kiln processes, workspaces and context copies) is removed through
-//! the agent ([`Agent::remove_leftovers`]).
+//! for runs whose agent vanished (expired leases, also checked every second by the dispatcher)
+//! or overran (run timeouts). Runs the janitor ends are announced on the log hub so their
+//! followers finish. Then what dead runs left on the embedded agent's machine (engine objects
+//! of dead kiln processes, workspaces and context copies) is removed through that agent
+//! ([`Agent::remove_leftovers`]).
 //!
 //! [`Janitor::sweep`] takes "now" as an argument, so tests check retention by passing a time in
 //! the future instead of sleeping.
@@ -16,9 +17,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::dispatch::{DispatchError, Dispatcher};
 use crate::agent::{Agent, Leftovers};
 use crate::log_hub::LogHub;
 use crate::run_id::RunId;
+use crate::store::lease::Expired;
 use crate::store::{Store, StoreError};
 use crate::uploads;
 
@@ -31,6 +34,8 @@ pub const UPLOAD_MAX_AGE: TimeDelta = TimeDelta::days(1);
 pub enum JanitorError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
     #[error("cleaning the uploads directory: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -41,7 +46,7 @@ pub struct Sweep {
     pub log_chunks_deleted: u64,
     pub uploads_deleted: usize,
     pub deliveries_deleted: u64,
-    pub expired_leases: Vec<RunId>,
+    pub expired_leases: Expired,
     pub timed_out: Vec<RunId>,
     pub leftovers: Leftovers,
 }
@@ -50,7 +55,9 @@ pub struct Sweep {
 pub struct Janitor {
     pub store: Store,
     pub hub: LogHub,
-    pub agent: Agent,
+    pub dispatch: std::sync::Arc<Dispatcher>,
+    /// The embedded agent, if the server runs one.
+    pub agent: Option<Agent>,
     pub data_dir: PathBuf,
     /// Logs of runs finished longer ago than this are deleted.
     pub log_retention: TimeDelta,
@@ -62,14 +69,20 @@ impl Janitor {
     pub async fn sweep(&self, now: DateTime<Utc>) -> Result<Sweep, JanitorError> {
         let log_chunks_deleted = self.store.expire_logs(now - self.log_retention).await?;
         let deliveries_deleted = self.store.forget_deliveries(now - self.log_retention).await?;
-        let expired_leases = self.store.expire_leases(now).await?;
+        let expired_leases = self.dispatch.expire(now).await?;
         let timed_out = self.store.expire_timeouts(now).await?;
-        for run in expired_leases.iter().chain(&timed_out) {
+        for run in &timed_out {
             self.hub.finish(run);
+        }
+        if !timed_out.is_empty() {
+            self.dispatch.changed();
         }
         self.hub.prune();
         let uploads_deleted = self.delete_old_uploads(now).await?;
-        let leftovers = self.agent.remove_leftovers().await;
+        let leftovers = match &self.agent {
+            Some(agent) => agent.remove_leftovers().await,
+            None => Leftovers::default(),
+        };
         Ok(Sweep {
             log_chunks_deleted,
             uploads_deleted,

@@ -15,10 +15,13 @@
 //! [`serve`] is the whole server process (startup order, printing the admin token and the
 //! listening line, graceful shutdown); [`router`] is the app alone, so tests run it in-process.
 
+pub mod agent_api;
 pub mod agents;
 pub mod auth;
 pub mod base_images;
+pub mod dispatch;
 pub mod error;
+pub mod git_ssh;
 pub mod headers;
 pub mod janitor;
 pub mod limits;
@@ -46,20 +49,23 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use chrono::TimeDelta;
 use kiln_worker::plan::RegistryCredential;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, AgentConfig, AgentError, GitSshFiles};
+use crate::agent::{Agent, AgentConfig, AgentError};
 use crate::api::paths;
 use crate::log_hub::LogHub;
 use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
 use crate::store::{Store, StoreError};
 use crate::uploads::ContextLimit;
+pub use git_ssh::GitSshFiles;
 
+use crate::store::lease::{Claimant, SERVER_STOPPED_MESSAGE};
+use dispatch::{DispatchError, Dispatcher, LocalLink, RunSettings};
 pub use error::ApiError;
 pub use state::{AppState, Settings};
 
@@ -76,6 +82,10 @@ pub struct ServeConfig {
     pub credentials: Vec<RegistryCredential>,
     pub images: BTreeMap<String, String>,
     pub workers: usize,
+    /// The embedded agent's name (its runs' `agentName`).
+    pub agent_name: String,
+    /// How long an agent's lease lasts without a heartbeat (`--agent-lease`).
+    pub lease_ttl: Duration,
     pub log_retention: TimeDelta,
     pub max_upload_bytes: u64,
     /// How large a run's context may be once unpacked (`--max-context-mb`).
@@ -131,8 +141,17 @@ pub fn router(state: AppState) -> Router {
         .route(paths::UPLOADS, post(uploads::upload))
         .merge(json_routes)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
-    let agent_protocol = Router::new()
+    let agent_routes = Router::new()
+        .route(paths::AGENT_SESSIONS, post(agent_api::start_session))
         .route(paths::AGENT_WHOAMI, get(auth::agent_whoami))
+        .route(paths::AGENT_LEASES, post(agent_api::lease))
+        .route(paths::AGENT_WATCH, post(agent_api::watch))
+        .route("/agent/runs/{id}/heartbeat", post(agent_api::heartbeat))
+        .route("/agent/runs/{id}/status", post(agent_api::status))
+        .route("/agent/runs/{id}/log", put(agent_api::append_log))
+        .route("/agent/runs/{id}/finish", post(agent_api::finish))
+        .layer(DefaultBodyLimit::max(agent_api::MAX_AGENT_BODY))
+        .route("/agent/uploads/{id}", get(agent_api::upload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_agent_token));
     let app = Router::new()
         .route(paths::HEALTH, get(health))
@@ -143,7 +162,7 @@ pub fn router(state: AppState) -> Router {
             post(webhooks::deliver).layer(DefaultBodyLimit::max(webhooks::MAX_DELIVERY_BYTES)),
         )
         .merge(protected)
-        .merge(agent_protocol)
+        .merge(agent_routes)
         .fallback(not_found)
         .layer(middleware::from_fn(error::json_errors));
     headers::secure(app).with_state(state)
@@ -186,25 +205,31 @@ pub async fn serve(
         .await
         .map_err(|cause| ServeError::Bind { addr: config.addr, cause })?;
     let hub = LogHub::new();
-    let agent_config = AgentConfig {
-        workers: config.workers,
-        data_dir: config.data_dir.clone(),
-        default_registry: config.default_registry.clone(),
-        credentials: config.credentials.clone(),
-        images: config.images.clone(),
-        git_ssh: config.git_ssh.clone(),
-        max_context: config.max_context,
-        ..AgentConfig::new(config.data_dir.clone())
-    };
-    let agent = Agent::start(store.clone(), hub.clone(), agent_config).await?;
     let secrets = Arc::new(SecretBox::open_or_create(&config.data_dir)?);
+    let dispatch = Arc::new(Dispatcher::new(
+        store.clone(),
+        hub.clone(),
+        secrets.clone(),
+        RunSettings {
+            default_registry: config.default_registry.clone(),
+            credentials: config.credentials.clone(),
+            images: config.images.clone(),
+            git_ssh: config.git_ssh.clone(),
+            max_context: Some(config.max_context),
+        },
+        config.data_dir.clone(),
+        config.lease_ttl,
+    ));
+    let agent = start_embedded_agent(&config, &dispatch).await?;
     if let Some(token) = store.ensure_admin_token().await? {
         say(&format!("admin token: {token}"))?;
     }
     let stop = CancellationToken::new();
+    let expiry = dispatch.clone().spawn_expiry(stop.clone());
     let janitor = janitor::Janitor {
         store: store.clone(),
         hub: hub.clone(),
+        dispatch: dispatch.clone(),
         agent: agent.clone(),
         data_dir: config.data_dir.clone(),
         log_retention: config.log_retention,
@@ -213,23 +238,23 @@ pub async fn serve(
     .spawn(janitor::INTERVAL, chrono::Utc::now, stop.clone());
     let timers_changed = Arc::new(Notify::new());
     let timer_loop = {
-        let agent = agent.clone();
+        let dispatch = dispatch.clone();
         timers::spawn(
             store.clone(),
             secrets.clone(),
             timers_changed.clone(),
-            move || agent.wake(),
+            move || dispatch.queued(),
             stop.clone(),
         )
     };
     let poller = {
-        let agent = agent.clone();
+        let dispatch = dispatch.clone();
         base_images::spawn(
             store.clone(),
             secrets.clone(),
             config.credentials.clone(),
             config.base_image_poll,
-            move || agent.wake(),
+            move || dispatch.queued(),
             stop.clone(),
         )
     };
@@ -237,7 +262,7 @@ pub async fn serve(
     let state = AppState {
         store: store.clone(),
         hub,
-        agent: agent.clone(),
+        dispatch,
         secrets,
         timers: timers_changed,
         settings: Arc::new(Settings {
@@ -270,10 +295,40 @@ pub async fn serve(
     let _ = janitor.await;
     let _ = timer_loop.await;
     let _ = poller.await;
-    agent.shutdown().await;
+    let _ = expiry.await;
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     store.close().await;
     tracing::info!("stopped");
     result
+}
+
+/// The embedded agent of `--workers N` (none for 0): an agent like any other, linked to the
+/// dispatcher in-process. Its predecessor's runs (a server killed mid-run) are settled first.
+async fn start_embedded_agent(
+    config: &ServeConfig,
+    dispatch: &Arc<Dispatcher>,
+) -> Result<Option<Agent>, ServeError> {
+    if config.workers == 0 {
+        return Ok(None);
+    }
+    dispatch.start_session(&config.agent_name, SERVER_STOPPED_MESSAGE).await.map_err(
+        |e| match e {
+            DispatchError::Store(e) => ServeError::Store(e),
+            e => ServeError::Io(std::io::Error::other(e.to_string())),
+        },
+    )?;
+    let link = LocalLink {
+        dispatcher: dispatch.clone(),
+        agent: Claimant { name: config.agent_name.clone(), pool: None, platforms: Vec::new() },
+    };
+    let agent_config = AgentConfig {
+        capacity: config.workers,
+        stopped_message: SERVER_STOPPED_MESSAGE.to_string(),
+        ..AgentConfig::new(config.agent_name.clone(), config.data_dir.clone())
+    };
+    Ok(Some(Agent::start(Arc::new(link), agent_config).await?))
 }
 
 /// One line on stdout, flushed (scripts and tests wait for these lines).

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use kiln_worker::build::{Dependency, GitReference, ImageReference};
 
-use crate::api::{self, agent, task};
+use crate::api::{self, agent, agents, task};
 use crate::store::{RunStatus, RunType};
 
 /// The scheme name operations refer to.
@@ -49,6 +49,14 @@ pub const AGENT_TOKEN: &str = "agentToken";
         super::agents::pools,
         super::auth::agent_whoami,
         super::page::run_page,
+        super::agent_api::start_session,
+        super::agent_api::lease,
+        super::agent_api::heartbeat,
+        super::agent_api::status,
+        super::agent_api::append_log,
+        super::agent_api::finish,
+        super::agent_api::watch,
+        super::agent_api::upload,
         openapi_json,
     ),
     components(schemas(
@@ -59,9 +67,12 @@ pub const AGENT_TOKEN: &str = "agentToken";
         task::TaskDefinition, task::TaskStep, task::TaskStatus, task::BaseImageTriggerType,
         task::TimerSpec, task::UpdateTimer, task::Timer, task::Webhook, task::TaskRunRequest,
         task::BaseImageDependency, task::TaskEvent, task::WebhookAnswer, task::TriggerDetail,
-        task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger, agent::Agent,
-        agent::CreateAgent, agent::UpdateAgent, agent::CreatedAgent, agent::AgentPool,
-        agent::AgentWhoAmI,
+        task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger,
+        agent::AgentSession, agent::LeaseRequest, agent::Lease, agent::GitSshIdentity,
+        agent::Fence, agent::Beat, agent::LogPart, agent::LogMark, agent::LogAck,
+        agent::StatusUpdate, agent::RunOutcome, agent::WatchRequest, agent::HeldRun,
+        agent::WatchReply, agents::Agent, agents::CreateAgent, agents::UpdateAgent,
+        agents::CreatedAgent, agents::AgentPool, agents::AgentWhoAmI,
     )),
     modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
@@ -90,8 +101,8 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "An agent token (`kiln_agent_…`, from `kiln agent create`); it passes \
-                         only the agent protocol",
+                        "An agent token (`kiln_agent_…`, from `kiln agent create`): it leases \
+                         and reports runs and can do nothing else",
                     ))
                     .build(),
             ),

@@ -101,7 +101,7 @@ pub async fn cancel(
     Ok(Json(api::Run::from_record(&record)))
 }
 
-/// Validates `request` and queues it for `origin`; wakes the agent.
+/// Validates `request` and queues it for `origin`; wakes waiting agents.
 pub async fn submit_run(
     state: &AppState,
     request: RunRequest,
@@ -115,7 +115,7 @@ pub async fn submit_run(
         .map_err(ApiError::internal)??;
     let new = queue::new_run(&state.secrets, &request, origin).map_err(ApiError::internal)?;
     let record = state.store.create_run(new).await?;
-    state.agent.wake();
+    state.dispatch.queued();
     Ok(record)
 }
 
@@ -227,7 +227,7 @@ pub async fn cancel_run(state: &AppState, id: &RunId) -> Result<RunRecord, ApiEr
     if record.status == RunStatus::Canceled {
         state.hub.finish(id);
     } else {
-        state.agent.cancel(id);
+        state.dispatch.changed();
     }
     Ok(record)
 }

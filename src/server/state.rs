@@ -1,11 +1,11 @@
-//! What every handler shares: the store, the log hub, the agent handle and the server's
+//! What every handler shares: the store, the log hub, the dispatcher and the server's
 //! settings. Cheap to clone (handles and one `Arc`), as axum clones it per request.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::agent::Agent;
+use super::dispatch::Dispatcher;
 use crate::log_hub::LogHub;
 use crate::secret_box::SecretBox;
 use crate::store::Store;
@@ -32,7 +32,8 @@ pub struct Settings {
 pub struct AppState {
     pub store: Store,
     pub hub: LogHub,
-    pub agent: Agent,
+    /// Hands runs to agents (embedded and remote) and takes their reports.
+    pub dispatch: Arc<Dispatcher>,
     /// Seals run requests and task definitions.
     pub secrets: Arc<SecretBox>,
     /// Notified when timers change, so the timer loop looks again.

@@ -18,6 +18,7 @@ use super::janitor::{Janitor, Sweep};
 use super::*;
 use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER};
 use crate::run_id::RunId;
+use crate::store::lease::Claimant;
 use crate::store::runs::WAITING_LINE;
 use crate::store::{RunStatus, Store};
 
@@ -64,13 +65,12 @@ fn start() -> Server {
         let store = Store::open(&data_dir, RunIdPrefix::new("ka").unwrap()).await.unwrap();
         let token = store.ensure_admin_token().await.unwrap().unwrap();
         let hub = LogHub::new();
-        let config = AgentConfig { workers: 0, ..AgentConfig::new(data_dir.clone()) };
-        let agent = Agent::start(store.clone(), hub.clone(), config).await.unwrap();
+        let secrets = Arc::new(crate::secret_box::SecretBox::open_or_create(&data_dir).unwrap());
         let state = AppState {
             store: store.clone(),
             hub: hub.clone(),
-            agent,
-            secrets: Arc::new(crate::secret_box::SecretBox::open_or_create(&data_dir).unwrap()),
+            dispatch: dispatcher(&store, &hub, &data_dir),
+            secrets,
             timers: Arc::default(),
             settings: Arc::new(Settings {
                 public_url: "http://kiln.invalid".to_string(),
@@ -394,7 +394,8 @@ fn server_log_of_a_queued_run_says_it_waits() {
 
 /// Claims the only queued run and returns its epoch.
 fn claim(s: &Server, id: &RunId) -> i64 {
-    let claim = s.rt.block_on(s.store.claim_next("test-worker", TTL)).unwrap().unwrap();
+    let claim =
+        s.rt.block_on(s.store.claim_next(&Claimant::amd64("test-worker"), TTL)).unwrap().unwrap();
     assert_eq!(&claim.run.id, id);
     claim.epoch
 }
@@ -546,14 +547,31 @@ fn server_openapi_lists_every_path_and_the_bearer_scheme() {
     assert!(doc["components"]["schemas"]["RunRequest"].is_object());
 }
 
-/// A janitor over an agent without workers (it removes work directories, not engine objects).
+/// A dispatcher with default run settings.
+fn dispatcher(store: &Store, hub: &LogHub, data_dir: &Path) -> Arc<dispatch::Dispatcher> {
+    let secrets = Arc::new(crate::secret_box::SecretBox::open_or_create(data_dir).unwrap());
+    Arc::new(dispatch::Dispatcher::new(
+        store.clone(),
+        hub.clone(),
+        secrets,
+        dispatch::RunSettings::default(),
+        data_dir.to_path_buf(),
+        TTL,
+    ))
+}
+
+/// A janitor over an embedded agent that leases nothing (capacity 0): it removes the work
+/// directories of runs it does not hold.
 async fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
-    let config = AgentConfig { workers: 0, ..AgentConfig::new(data_dir.to_path_buf()) };
-    let agent = Agent::start(store.clone(), hub.clone(), config).await.unwrap();
+    let dispatch = dispatcher(store, hub, data_dir);
+    let link = dispatch::LocalLink { dispatcher: dispatch.clone(), agent: Claimant::amd64("j") };
+    let config = AgentConfig { capacity: 0, ..AgentConfig::new("j", data_dir.to_path_buf()) };
+    let agent = Agent::start(Arc::new(link), config).await.unwrap();
     Janitor {
         store: store.clone(),
         hub: hub.clone(),
-        agent,
+        dispatch,
+        agent: Some(agent),
         data_dir: data_dir.to_path_buf(),
         log_retention: TimeDelta::days(30),
         upload_max_age: TimeDelta::days(1),
@@ -568,7 +586,7 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     let hub = LogHub::new();
     let janitor = janitor(&store, &hub, dir.path()).await;
     let done = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
-    let claim = store.claim_next("w", TTL).await.unwrap().unwrap();
+    let claim = store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap().unwrap();
     store.finish(&done.id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
     let upload_dir = crate::uploads::dir(dir.path());
     std::fs::create_dir_all(&upload_dir).unwrap();
@@ -583,30 +601,28 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     assert_eq!(store.read_log(&done.id, 0, 1 << 20).await.unwrap().len(), 1);
 
     let running = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
-    let claim = store.claim_next("w", TTL).await.unwrap().unwrap();
+    let claim = store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap().unwrap();
+    store.set_status(&running.id, claim.epoch, RunStatus::Running).await.unwrap();
     let mut rx = hub.subscribe(&running.id);
-    // Work directories as a crashed worker leaves them: an ended run's go, a running one's stay.
+    // Work directories as a crashed run leaves them: the agent holds no run, so they all go.
     let work = dir.path().join("work");
     let dirs = |run: &RunId| [work.join(format!("kiln-{run}")), work.join(format!("ctx-{run}"))];
     for path in dirs(&done.id).iter().chain(&dirs(&running.id)) {
         std::fs::create_dir_all(path.join("sub")).unwrap();
     }
     let sweep = janitor.sweep(now).await.unwrap();
-    let ended = dirs(&done.id).map(|p| p.file_name().unwrap().to_string_lossy().into_owned());
-    assert_eq!(sweep.leftovers.work_dirs.len(), 2, "{sweep:?}");
-    assert!(ended.iter().all(|d| sweep.leftovers.work_dirs.contains(d)), "{sweep:?}");
-    assert!(dirs(&done.id).iter().all(|p| !p.exists()));
-    assert!(dirs(&running.id).iter().all(|p| p.exists()), "a running run's directories stay");
+    assert_eq!(sweep.leftovers.work_dirs.len(), 4, "{sweep:?}");
+    assert!(dirs(&done.id).iter().chain(&dirs(&running.id)).all(|p| !p.exists()));
     let sweep = janitor.sweep(now).await.unwrap();
     assert_eq!(sweep, Sweep::default(), "nothing is due yet");
 
     let sweep = janitor.sweep(now + TimeDelta::days(31)).await.unwrap();
     assert_eq!(sweep.log_chunks_deleted, 1);
     assert!(store.read_log(&done.id, 0, 1 << 20).await.unwrap().is_empty());
-    assert_eq!(sweep.expired_leases, vec![running.id.clone()]);
-    assert!(dirs(&running.id).iter().all(|p| !p.exists()), "a lost run's directories go");
+    assert_eq!(sweep.expired_leases.failed, vec![running.id.clone()]);
     let after = store.get_run(&running.id).await.unwrap();
     assert_eq!(after.status, RunStatus::Error);
+    assert_eq!(after.error_message.as_deref(), Some("agent w stopped responding during the run"));
     assert!(after.epoch > claim.epoch);
     rx.changed().await.unwrap();
     assert!(rx.borrow().finished, "followers are told the run ended");

@@ -96,7 +96,7 @@ pub async fn handle(
         state.store.queue_source_event(task, delivery.as_deref(), event_type, commit, new).await?;
     Ok(match outcome {
         SourceOutcome::Queued(run) => {
-            state.agent.wake();
+            state.dispatch.queued();
             WebhookAnswer {
                 status: "queued".to_string(),
                 run_id: Some(run.id.to_string()),

@@ -23,6 +23,9 @@ pub enum StoreError {
     /// A status change the lifecycle does not allow (e.g. `finish` with a non-terminal status).
     #[error("run {run}: {reason}")]
     InvalidTransition { run: RunId, reason: String },
+    /// Log bytes sent for an offset past the stored end: the part before it is missing.
+    #[error("run {run}: log part at offset {offset} leaves a gap (the log has {stored} bytes)")]
+    LogGap { run: RunId, offset: u64, stored: u64 },
     #[error("task {0} not found")]
     TaskNotFound(String),
     #[error("a task named {0} already exists")]

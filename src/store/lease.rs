@@ -22,11 +22,62 @@ use super::{Store, StoreError, StoreResult, duration_millis, from_millis, now_mi
 /// The error message of a run that was in flight when its lease expired or the server restarted.
 pub const SERVER_STOPPED_MESSAGE: &str = "the server stopped during the run";
 
+/// Queued runs read per round of [`Store::claim_next`].
+const CLAIM_PAGE: i64 = 64;
+
+/// Who claims: an agent's name, pool and platforms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    pub name: String,
+    pub pool: Option<String>,
+    /// `os/arch[/variant]`.
+    pub platforms: Vec<String>,
+}
+
+impl Claimant {
+    /// A run asking for `pool` (`None`: any agent) on `platform` is this agent's to take.
+    pub fn may_run(&self, platform: &str, pool: Option<&str>) -> bool {
+        let pool_ok = pool.is_none_or(|p| self.pool.as_deref() == Some(p));
+        pool_ok && self.platforms.iter().any(|p| platform_matches(p, platform))
+    }
+}
+
+#[cfg(test)]
+impl Claimant {
+    /// An agent of no pool on linux/amd64.
+    pub(crate) fn amd64(name: &str) -> Claimant {
+        Claimant { name: name.to_string(), pool: None, platforms: vec!["linux/amd64".to_string()] }
+    }
+}
+
+/// An agent platform runs a run's: same OS and architecture, and the same variant when both
+/// name one (`linux/arm64` runs `linux/arm64/v8`).
+pub fn platform_matches(agent: &str, run: &str) -> bool {
+    let split = |p: &str| -> Vec<String> { p.split('/').map(str::to_ascii_lowercase).collect() };
+    let (a, r) = (split(agent), split(run));
+    a.len() >= 2
+        && r.len() >= 2
+        && a[..2] == r[..2]
+        && match (a.get(2), r.get(2)) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
+}
+
 /// A run a worker now holds, and the epoch its writes must name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
     pub run: RunRecord,
     pub epoch: i64,
+}
+
+/// Runs taken from an agent that stopped responding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Had not started a step: queued again.
+    pub requeued: Vec<RunId>,
+    /// Had started steps: ended as Error.
+    pub failed: Vec<RunId>,
 }
 
 /// What a heartbeat tells the worker.
@@ -38,34 +89,54 @@ pub struct Heartbeat {
 }
 
 impl Store {
-    /// Takes the oldest queued run for `worker_id`: Queued → Started, epoch + 1, lease until
-    /// `now + lease_ttl`. A single statement, so two claimers never get the same run. `None` when
-    /// nothing is queued.
+    /// Takes the oldest queued run `agent` may run (its pool, its platforms): Queued → Started,
+    /// epoch + 1, lease until `now + lease_ttl`, the agent named in the record. `None` when
+    /// nothing it may run is queued.
+    ///
+    /// Candidates are read oldest first and each is taken with a compare-and-swap `UPDATE …
+    /// WHERE status = 'Queued'`, so two claimers (on one server or on several sharing a
+    /// database) never get the same run and neither waits for the other's lock; a claimer
+    /// that loses a race goes on to the next candidate.
     pub async fn claim_next(
         &self,
-        worker_id: &str,
+        agent: &Claimant,
         lease_ttl: Duration,
     ) -> StoreResult<Option<Claim>> {
-        let now = now_millis();
-        let expires = now.saturating_add(duration_millis(lease_ttl));
-        let row: Option<RunRow> = sqlx::query_as(
-            "UPDATE runs SET status = 'Started', epoch = epoch + 1, lease_owner = $1,
-                lease_expires_at = $2, started_at = $3, updated_at = $3
-             WHERE id = (SELECT id FROM runs WHERE status = 'Queued' ORDER BY counter LIMIT 1)
-               AND status = 'Queued'
-             RETURNING *",
-        )
-        .bind(worker_id)
-        .bind(expires)
-        .bind(now)
-        .fetch_optional(self.pool())
-        .await?;
-        match row {
-            Some(row) => {
-                let run = RunRecord::try_from(row)?;
-                Ok(Some(Claim { epoch: run.epoch, run }))
+        let mut after: i64 = -1;
+        loop {
+            let candidates: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
+                "SELECT id, counter, platform, agent_pool FROM runs
+                 WHERE status = 'Queued' AND counter > $1 ORDER BY counter LIMIT $2",
+            )
+            .bind(after)
+            .bind(CLAIM_PAGE)
+            .fetch_all(self.pool())
+            .await?;
+            let Some((_, last, _, _)) = candidates.last() else { return Ok(None) };
+            after = *last;
+            for (id, _, platform, pool) in &candidates {
+                if !agent.may_run(platform, pool.as_deref()) {
+                    continue;
+                }
+                let now = now_millis();
+                let expires = now.saturating_add(duration_millis(lease_ttl));
+                let row: Option<RunRow> = sqlx::query_as(
+                    "UPDATE runs SET status = 'Started', epoch = epoch + 1, lease_owner = $2,
+                        agent_name = $2, lease_expires_at = $3, started_at = $4, updated_at = $4
+                     WHERE id = $1 AND status = 'Queued'
+                     RETURNING *",
+                )
+                .bind(id)
+                .bind(&agent.name)
+                .bind(expires)
+                .bind(now)
+                .fetch_optional(self.pool())
+                .await?;
+                if let Some(row) = row {
+                    let run = RunRecord::try_from(row)?;
+                    return Ok(Some(Claim { epoch: run.epoch, run }));
+                }
             }
-            None => Ok(None),
         }
     }
 
@@ -161,21 +232,35 @@ impl Store {
         self.fenced(row, run, epoch).await
     }
 
-    /// Every Started/Running run whose lease expired at or before `now` becomes Error with
-    /// [`SERVER_STOPPED_MESSAGE`]; its epoch is bumped, so the old holder's writes fail from
-    /// here on. Returns the IDs, oldest first.
-    pub async fn expire_leases(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'Error', error_message = $2, epoch = epoch + 1,
-                finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL
-             WHERE status IN ('Started', 'Running') AND lease_expires_at <= $1
+    /// Runs whose lease expired at or before `now` (their agent stopped responding): one that
+    /// had not started a step (Started) is queued again for another agent; one that had
+    /// (Running) becomes Error, "agent NAME stopped responding during the run" — its pushes may
+    /// have happened, so it is never run twice silently. Either way the epoch is bumped, so the
+    /// old holder's writes fail from here on.
+    pub async fn expire_leases(&self, now: DateTime<Utc>) -> StoreResult<Expired> {
+        let now = to_millis(now);
+        let requeued: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'Queued', epoch = epoch + 1, started_at = NULL,
+                updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL
+             WHERE status = 'Started' AND lease_expires_at <= $1
              RETURNING id",
         )
-        .bind(to_millis(now))
-        .bind(SERVER_STOPPED_MESSAGE)
+        .bind(now)
         .fetch_all(self.pool())
         .await?;
-        Ok(self.sorted_ids(ids))
+        let failed: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'Error',
+                error_message = 'agent ' || COALESCE(agent_name, lease_owner, '') ||
+                    ' stopped responding during the run',
+                epoch = epoch + 1, finished_at = $1, updated_at = $1, lease_owner = NULL,
+                lease_expires_at = NULL
+             WHERE status = 'Running' AND lease_expires_at <= $1
+             RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Expired { requeued: self.sorted_ids(requeued), failed: self.sorted_ids(failed) })
     }
 
     /// Every Started/Running run that has been going for its `timeout_secs` at `now` becomes
@@ -196,21 +281,34 @@ impl Store {
         Ok(self.sorted_ids(ids))
     }
 
-    /// What a restarted server does first: every Started/Running run, whatever its lease,
-    /// becomes Error with [`SERVER_STOPPED_MESSAGE`] (its worker died with the old server).
-    /// Fenced like [`Store::expire_leases`].
-    pub async fn fail_in_flight_runs(&self) -> StoreResult<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE runs SET status = 'Error', error_message = $2, epoch = epoch + 1,
-                finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL
-             WHERE status IN ('Started', 'Running')
+    /// What a (re)started agent does first: every run an earlier process of agent `name` still
+    /// holds is its dead predecessor's. As with an expired lease, a run with no step started is
+    /// queued again; one with steps started becomes Error with `message`. Fenced like
+    /// [`Store::expire_leases`].
+    pub async fn end_agent_runs(&self, name: &str, message: &str) -> StoreResult<Expired> {
+        let now = now_millis();
+        let requeued: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'Queued', epoch = epoch + 1, started_at = NULL,
+                updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL
+             WHERE status = 'Started' AND lease_owner = $2
              RETURNING id",
         )
-        .bind(now_millis())
-        .bind(SERVER_STOPPED_MESSAGE)
+        .bind(now)
+        .bind(name)
         .fetch_all(self.pool())
         .await?;
-        Ok(self.sorted_ids(ids))
+        let failed: Vec<String> = sqlx::query_scalar(
+            "UPDATE runs SET status = 'Error', error_message = $3, epoch = epoch + 1,
+                finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL
+             WHERE status = 'Running' AND lease_owner = $2
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(name)
+        .bind(message)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Expired { requeued: self.sorted_ids(requeued), failed: self.sorted_ids(failed) })
     }
 
     /// IDs ordered by their counter (RETURNING order is unspecified).

@@ -156,6 +156,61 @@ impl Store {
         Ok(chunk)
     }
 
+    /// Stores the log bytes an agent sent for byte `offset` of the run's log, idempotently:
+    /// what the store already has (a part resent after a lost acknowledgement) is skipped, the
+    /// rest appended; an offset past the stored end is [`StoreError::LogGap`]. Returns the stored
+    /// length — where the agent's next part starts — and the chunk written, if any. Fenced.
+    pub async fn append_log_at(
+        &self,
+        run: &RunId,
+        epoch: i64,
+        offset: u64,
+        bytes: &[u8],
+        times: &[LogTime],
+    ) -> StoreResult<(u64, Option<LogChunk>)> {
+        let mut tx = self.pool().begin().await?;
+        // A write first (SQLite's write lock, and the fence), which reads the stored length.
+        let stored: Option<i64> = sqlx::query_scalar(
+            "UPDATE runs SET log_seq = log_seq
+             WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
+             RETURNING log_len",
+        )
+        .bind(run.as_str())
+        .bind(epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(stored) = stored else {
+            tx.rollback().await?;
+            return Err(self.fence_error(run, epoch).await);
+        };
+        let stored = as_u64("length", stored)?;
+        if offset > stored {
+            return Err(StoreError::LogGap { run: run.clone(), offset, stored });
+        }
+        let skip = usize::try_from(stored - offset).unwrap_or(usize::MAX);
+        if skip >= bytes.len() {
+            return Ok((stored, None));
+        }
+        let rest = &bytes[skip..];
+        // The mark that covers the first new byte moves to its start; later ones shift.
+        let first = times.iter().rposition(|t| t.offset <= skip as u64).unwrap_or(0);
+        let times: Vec<LogTime> = times[first.min(times.len())..]
+            .iter()
+            .map(|t| LogTime { offset: t.offset.saturating_sub(skip as u64), at: t.at })
+            .collect();
+        let (seq, end): (i64, i64) = sqlx::query_as(
+            "UPDATE runs SET log_seq = log_seq + 1, log_len = log_len + $2 WHERE id = $1
+             RETURNING log_seq, log_len",
+        )
+        .bind(run.as_str())
+        .bind(rest.len() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        let chunk = insert_chunk(&mut tx, run, seq, end, rest, &times).await?;
+        tx.commit().await?;
+        Ok((chunk.offset + chunk.len, Some(chunk)))
+    }
+
     /// Up to `max_bytes` of the run's log from byte `from_offset` on, in order, as stored chunks
     /// (the first and last trimmed to the range). Empty when there is nothing past the offset
     /// (or the logs expired); [`StoreError::NotFound`] for an unknown run.

@@ -41,6 +41,8 @@ pub struct NewRun {
     pub timeout_secs: u64,
     /// `os/architecture[/variant]`, e.g. `linux/amd64`.
     pub platform: String,
+    /// The agent pool it must run in; `None`: any agent.
+    pub agent_pool: Option<String>,
 }
 
 impl NewRun {
@@ -55,6 +57,7 @@ impl NewRun {
             trigger_detail: None,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             platform: DEFAULT_PLATFORM.to_string(),
+            agent_pool: None,
         }
     }
 }
@@ -101,6 +104,10 @@ pub struct RunRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Bytes of log written so far.
     pub log_len: u64,
+    /// The agent pool the run must run in; `None`: any agent.
+    pub agent_pool: Option<String>,
+    /// The agent that took the run (kept after it ends).
+    pub agent_name: Option<String>,
 }
 
 /// `list_runs` filter. `top` 0 means none; `Default` is the CLI's 15.
@@ -148,6 +155,8 @@ pub(crate) struct RunRow {
     lease_owner: Option<String>,
     lease_expires_at: Option<i64>,
     log_len: i64,
+    agent_pool: Option<String>,
+    agent_name: Option<String>,
 }
 
 fn non_negative(field: &str, value: i64) -> StoreResult<u64> {
@@ -186,6 +195,8 @@ impl TryFrom<RunRow> for RunRecord {
             lease_owner: row.lease_owner,
             lease_expires_at: row.lease_expires_at.map(from_millis).transpose()?,
             log_len: non_negative("log_len", row.log_len)?,
+            agent_pool: row.agent_pool,
+            agent_name: row.agent_name,
             id: RunId::new(row.id),
         })
     }
@@ -341,9 +352,9 @@ pub(crate) async fn insert_run(
         "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
             timeout_secs, platform, created_at, started_at, finished_at, updated_at,
             error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
-            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request)
+            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request, agent_pool)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
-            FALSE, 0, NULL, NULL, $11, $12, $13, $14)
+            FALSE, 0, NULL, NULL, $11, $12, $13, $14, $15)
          RETURNING *",
     )
     .bind(id.as_str())
@@ -360,6 +371,7 @@ pub(crate) async fn insert_run(
     .bind(WAITING_LINE.len() as i64)
     .bind(&new.trigger_detail)
     .bind(&new.sealed_request)
+    .bind(&new.agent_pool)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)")

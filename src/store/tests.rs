@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::lease::SERVER_STOPPED_MESSAGE;
+use super::lease::{Claimant, SERVER_STOPPED_MESSAGE};
 use super::runs::WAITING_LINE;
 use super::*;
 use crate::run_id::{RunId, RunIdPrefix};
@@ -37,7 +37,7 @@ fn image(repo: &str, tag: &str) -> OutputImage {
 /// Creates a run and claims it (it must be the only queued run).
 async fn claimed(store: &Store, request: &str) -> Claim {
     let run = store.create_run(quick_run(request)).await.unwrap();
-    let claim = store.claim_next("w1", TTL).await.unwrap().unwrap();
+    let claim = store.claim_next(&Claimant::amd64("w1"), TTL).await.unwrap().unwrap();
     assert_eq!(claim.run.id, run.id);
     claim
 }
@@ -146,12 +146,12 @@ async fn store_list_runs_filters_newest_first() {
         store.create_run(new).await.unwrap();
     }
     // kb1 succeeds with app:v1; kb2 fails with nothing; the rest stay queued.
-    let c = store.claim_next("w", TTL).await.unwrap().unwrap();
+    let c = store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap().unwrap();
     store
         .finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[image("team/app", "v1")], None)
         .await
         .unwrap();
-    let c = store.claim_next("w", TTL).await.unwrap().unwrap();
+    let c = store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap().unwrap();
     store.finish(&c.run.id, c.epoch, RunStatus::Failed, Some("exit 1"), &[], None).await.unwrap();
 
     let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.counter).collect::<Vec<_>>();
@@ -177,11 +177,11 @@ async fn store_list_runs_filters_newest_first() {
 async fn store_claim_takes_oldest_queued() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
-    assert_eq!(store.claim_next("w1", TTL).await.unwrap(), None);
+    assert_eq!(store.claim_next(&Claimant::amd64("w1"), TTL).await.unwrap(), None);
     let first = store.create_run(quick_run("1")).await.unwrap();
     let second = store.create_run(quick_run("2")).await.unwrap();
     let before = Utc::now() - TimeDelta::seconds(1);
-    let claim = store.claim_next("w1", TTL).await.unwrap().unwrap();
+    let claim = store.claim_next(&Claimant::amd64("w1"), TTL).await.unwrap().unwrap();
     assert_eq!(claim.run.id, first.id);
     assert_eq!(claim.epoch, 1);
     assert_eq!(claim.run.status, RunStatus::Started);
@@ -189,9 +189,9 @@ async fn store_claim_takes_oldest_queued() {
     let started = claim.run.started_at.unwrap();
     assert!(started >= before);
     assert_eq!(claim.run.lease_expires_at.unwrap(), started + TimeDelta::seconds(30));
-    let claim2 = store.claim_next("w2", TTL).await.unwrap().unwrap();
+    let claim2 = store.claim_next(&Claimant::amd64("w2"), TTL).await.unwrap().unwrap();
     assert_eq!(claim2.run.id, second.id);
-    assert_eq!(store.claim_next("w3", TTL).await.unwrap(), None);
+    assert_eq!(store.claim_next(&Claimant::amd64("w3"), TTL).await.unwrap(), None);
     assert_eq!(store.get_run(&first.id).await.unwrap(), claim.run);
 }
 
@@ -208,7 +208,9 @@ async fn store_concurrent_claimers_never_double_claim() {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
-                while let Some(claim) = store.claim_next(&format!("w{w}"), TTL).await.unwrap() {
+                while let Some(claim) =
+                    store.claim_next(&Claimant::amd64(&format!("w{w}")), TTL).await.unwrap()
+                {
                     assert_eq!(claim.epoch, 1);
                     assert_eq!(claim.run.lease_owner, Some(format!("w{w}")));
                     got.push(claim.run.id);
@@ -282,13 +284,14 @@ async fn store_stale_epoch_cannot_write_after_expiry() {
     let expiry = claim.run.lease_expires_at.unwrap();
 
     // Not yet expired: nothing happens.
-    assert!(store.expire_leases(expiry - TimeDelta::milliseconds(1)).await.unwrap().is_empty());
+    let none = lease::Expired::default();
+    assert_eq!(store.expire_leases(expiry - TimeDelta::milliseconds(1)).await.unwrap(), none);
     assert_eq!(store.get_run(id).await.unwrap().status, RunStatus::Running);
 
-    assert_eq!(store.expire_leases(expiry).await.unwrap(), vec![id.clone()]);
+    assert_eq!(store.expire_leases(expiry).await.unwrap().failed, vec![id.clone()]);
     let run = store.get_run(id).await.unwrap();
     assert_eq!(run.status, RunStatus::Error);
-    assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
+    assert_eq!(run.error_message.as_deref(), Some("agent w1 stopped responding during the run"));
     assert_eq!(run.epoch, claim.epoch + 1);
     assert!(run.finished_at.is_some());
 
@@ -308,7 +311,7 @@ async fn store_stale_epoch_cannot_write_after_expiry() {
     let after = store.get_run(id).await.unwrap();
     assert_eq!((after.status, after.log_len), (RunStatus::Error, WAITING + 7));
     // A second expiry pass finds nothing more.
-    assert!(store.expire_leases(expiry + TimeDelta::days(1)).await.unwrap().is_empty());
+    assert_eq!(store.expire_leases(expiry + TimeDelta::days(1)).await.unwrap(), none);
 }
 
 #[tokio::test]
@@ -318,7 +321,8 @@ async fn store_timeouts_end_runs_and_fence() {
     let mut new = quick_run("{}");
     new.timeout_secs = 300;
     store.create_run(new).await.unwrap();
-    let claim = store.claim_next("w", Duration::from_secs(3600)).await.unwrap().unwrap();
+    let claim =
+        store.claim_next(&Claimant::amd64("w"), Duration::from_secs(3600)).await.unwrap().unwrap();
     let id = &claim.run.id;
     let started = claim.run.started_at.unwrap();
     let queued = store.create_run(quick_run("{}")).await.unwrap();
@@ -352,35 +356,73 @@ async fn store_wrong_epoch_is_stale_while_held() {
 }
 
 #[tokio::test]
-async fn store_restart_fails_in_flight_runs() {
+async fn store_an_agents_new_session_ends_what_its_predecessor_held() {
     let dir = tempfile::tempdir().unwrap();
-    let (started, running, queued, done);
-    {
-        let store = open(dir.path()).await;
-        let c = claimed(&store, "done").await;
-        store.finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
-        done = c.run.id;
-        let c = claimed(&store, "running").await;
-        store.set_status(&c.run.id, c.epoch, RunStatus::Running).await.unwrap();
-        running = c;
-        started = claimed(&store, "started").await;
-        queued = store.create_run(quick_run("queued")).await.unwrap().id;
-        store.close().await;
-    }
     let store = open(dir.path()).await;
-    let failed = store.fail_in_flight_runs().await.unwrap();
-    assert_eq!(failed, vec![running.run.id.clone(), started.run.id.clone()]);
+    let c = claimed(&store, "done").await;
+    store.finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+    let done = c.run.id;
+    let running = claimed(&store, "running").await;
+    store.set_status(&running.run.id, running.epoch, RunStatus::Running).await.unwrap();
+    let started = claimed(&store, "started").await;
+    store.create_run(quick_run("other's")).await.unwrap();
+    let others = store.claim_next(&Claimant::amd64("w2"), TTL).await.unwrap().unwrap();
+    let queued = store.create_run(quick_run("queued")).await.unwrap().id;
+
+    let ended = store.end_agent_runs("w1", SERVER_STOPPED_MESSAGE).await.unwrap();
+    assert_eq!(ended.failed, vec![running.run.id.clone()]);
+    assert_eq!(ended.requeued, vec![started.run.id.clone()]);
+    let run = store.get_run(&running.run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Error);
+    assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
+    let again = store.get_run(&started.run.id).await.unwrap();
+    assert_eq!((again.status, again.agent_name, again.started_at), (RunStatus::Queued, None, None));
     for claim in [&running, &started] {
-        let run = store.get_run(&claim.run.id).await.unwrap();
-        assert_eq!(run.status, RunStatus::Error);
-        assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
         assert!(matches!(
             store.append_log(&claim.run.id, claim.epoch, b"x").await,
             Err(StoreError::StaleLease { .. })
         ));
     }
+    assert_eq!(store.get_run(&others.run.id).await.unwrap().status, RunStatus::Started);
     assert_eq!(store.get_run(&queued).await.unwrap().status, RunStatus::Queued);
     assert_eq!(store.get_run(&done).await.unwrap().status, RunStatus::Succeeded);
+    // The requeued run is the oldest queued one: the next claim takes it, with a new epoch.
+    let next = store.claim_next(&Claimant::amd64("w3"), TTL).await.unwrap().unwrap();
+    assert_eq!(next.run.id, started.run.id);
+    assert!(next.epoch > started.epoch);
+}
+
+#[tokio::test]
+async fn store_claims_route_by_pool_and_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut arm = quick_run("arm");
+    arm.platform = "linux/arm64".to_string();
+    let arm = store.create_run(arm).await.unwrap().id;
+    let mut pooled = quick_run("pooled");
+    pooled.agent_pool = Some("gpu".to_string());
+    let pooled = store.create_run(pooled).await.unwrap().id;
+    let any = store.create_run(quick_run("any")).await.unwrap().id;
+    // An amd64 agent of no pool skips the arm64 run and the pool's run.
+    let plain = store.claim_next(&Claimant::amd64("plain"), TTL).await.unwrap().unwrap();
+    assert_eq!((plain.run.id, plain.run.agent_name.as_deref()), (any, Some("plain")));
+    assert_eq!(store.claim_next(&Claimant::amd64("plain"), TTL).await.unwrap(), None);
+    let gpu = Claimant { pool: Some("gpu".to_string()), ..Claimant::amd64("gpu-1") };
+    assert_eq!(store.claim_next(&gpu, TTL).await.unwrap().unwrap().run.id, pooled);
+    let arm_agent =
+        Claimant { platforms: vec!["linux/arm64/v8".to_string()], ..Claimant::amd64("a") };
+    assert_eq!(store.claim_next(&arm_agent, TTL).await.unwrap().unwrap().run.id, arm);
+}
+
+#[test]
+fn store_platforms_match_by_os_arch_and_variant_when_both_name_one() {
+    use super::lease::platform_matches;
+    assert!(platform_matches("linux/amd64", "linux/amd64"));
+    assert!(platform_matches("linux/arm64", "linux/arm64/v8"));
+    assert!(platform_matches("Linux/ARM64/v8", "linux/arm64"));
+    assert!(!platform_matches("linux/arm/v7", "linux/arm/v6"));
+    assert!(!platform_matches("linux/amd64", "windows/amd64"));
+    assert!(!platform_matches("linux", "linux/amd64"));
 }
 
 #[tokio::test]
@@ -413,7 +455,7 @@ async fn store_cancel_in_each_state() {
     assert_eq!(run.status, RunStatus::Canceled);
     assert!(run.finished_at.is_some());
     assert!(!run.cancel_requested);
-    assert_eq!(store.claim_next("w", TTL).await.unwrap(), None);
+    assert_eq!(store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap(), None);
 
     // Terminal: typed error naming the status.
     let err = store.cancel_run(&queued.id).await.unwrap_err();

@@ -107,4 +107,23 @@ impl Engine {
     pub fn owner(&self) -> &'static Owner {
         self.owner
     }
+
+    /// The platform the engine runs natively, `os/arch` in OCI's names (`linux/amd64`; the
+    /// engine reports the kernel's `x86_64`, `aarch64`).
+    pub async fn platform(&self) -> Result<String, EngineError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|source| EngineError::Unreachable { host: self.host.clone(), source })?;
+        let os = info.os_type.unwrap_or_else(|| "linux".to_string());
+        let arch = match info.architecture.as_deref().unwrap_or("x86_64") {
+            "x86_64" | "amd64" => "amd64",
+            "aarch64" | "arm64" => "arm64",
+            "armv7l" | "armhf" => "arm/v7",
+            "i386" | "i686" => "386",
+            other => other,
+        };
+        Ok(format!("{os}/{arch}"))
+    }
 }

@@ -1,0 +1,134 @@
+//! The agent registry's wire types (issue 12), named after ACR's agent pools (`az acr
+//! agentpool`): the admin API's agents and pools (`/agents`, `/agentPools`), the one answer that
+//! carries a new agent's token, and what an agent token sees of itself (`/agent/whoami`). What
+//! an agent and the control plane exchange is [`super::agent`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Platform, millis};
+use crate::store::{AgentRecord, PoolRecord};
+
+/// A registered agent and what it last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub name: String,
+    /// The pool whose runs it takes; absent: runs that name no pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The platforms it reported it runs (empty until it first connects).
+    #[serde(default)]
+    pub platforms: Vec<Platform>,
+    /// How many runs it takes at once, as it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// Runs it holds now (Started or Running).
+    pub runs_in_hand: u64,
+    /// Its kiln version, as it reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When it last asked for work.
+    #[serde(default, with = "millis::option", skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
+    #[serde(with = "millis")]
+    pub creation_date: DateTime<Utc>,
+}
+
+impl Agent {
+    pub fn from_record(record: &AgentRecord) -> Agent {
+        Agent {
+            name: record.name.clone(),
+            pool: record.pool.clone(),
+            labels: record.labels.clone(),
+            platforms: record.platforms.iter().map(|p| Platform::parse(p)).collect(),
+            capacity: record.capacity,
+            runs_in_hand: record.runs_in_hand,
+            version: record.version.clone(),
+            last_seen: record.last_seen_at,
+            creation_date: record.created_at,
+        }
+    }
+}
+
+/// `POST /agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// 1-50 letters, digits, `-` or `_` (the task-name rule).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,50}$")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,50}$")]
+    pub pool: Option<String>,
+    /// Keys of 1-63 letters, digits, `-`, `_`, `.` or `/`; values up to 255 bytes.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `PATCH /agents/{name}`: only what is given changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    /// The new pool; `""` takes the agent out of its pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Replaces every label (`{}` removes them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /agents`' answer: the agent and its token, which is shown this once (only its hash
+/// is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedAgent {
+    #[serde(flatten)]
+    pub agent: Agent,
+    /// `kiln_agent_…`: what `kiln agent run --token-file` reads.
+    pub token: String,
+}
+
+/// A pool: the agents that name it and the queued runs that ask for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPool {
+    pub name: String,
+    pub agent_count: u64,
+    pub queued_run_count: u64,
+}
+
+impl From<&PoolRecord> for AgentPool {
+    fn from(p: &PoolRecord) -> Self {
+        AgentPool {
+            name: p.name.clone(),
+            agent_count: p.agent_count,
+            queued_run_count: p.queued_run_count,
+        }
+    }
+}
+
+/// `GET /agent/whoami`: the agent an agent token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentWhoAmI {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&AgentRecord> for AgentWhoAmI {
+    fn from(record: &AgentRecord) -> Self {
+        AgentWhoAmI {
+            name: record.name.clone(),
+            pool: record.pool.clone(),
+            labels: record.labels.clone(),
+        }
+    }
+}

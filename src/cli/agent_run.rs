@@ -1,0 +1,89 @@
+//! `kiln agent run`: this machine as an agent of a server (issue 12). It tells the server that a
+//! new process of the agent starts (so what a dead predecessor held is settled), then leases
+//! runs and executes them on the local engine (`DOCKER_HOST` or the default socket) until
+//! SIGINT/SIGTERM, when its held runs end as Error and their containers are removed.
+//!
+//! Leases carry the runs' secrets, so the server must be `https://` or on this machine
+//! (loopback) unless `--insecure` says otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::agent::remote::RemoteControl;
+use crate::agent::{Agent, AgentConfig};
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// The server's URL.
+    #[arg(long, env = "KILN_SERVER", value_name = "URL")]
+    server: String,
+    /// A file holding the agent's token (`kiln agent create` prints it).
+    #[arg(long, env = "KILN_AGENT_TOKEN_FILE", value_name = "FILE")]
+    token_file: PathBuf,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    capacity: u64,
+    /// Where run contexts and workspaces go (default /var/lib/kiln-agent for root, else
+    /// ~/.local/share/kiln-agent).
+    #[arg(long, env = "KILN_AGENT_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Platforms this agent runs, `os/arch[/variant]`, comma-separated (default: the engine's).
+    #[arg(long, value_name = "PLATFORMS", value_delimiter = ',')]
+    platform: Vec<String>,
+    /// Talk plain http:// to a server that is not on this machine (leases carry secrets).
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// `kiln agent run` (one of [`super::agent`]'s subcommands).
+pub(super) fn run(args: AgentRunArgs) -> anyhow::Result<ExitCode> {
+    crate::transport::check_server_url(&args.server, args.insecure)?;
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("--token-file {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("--token-file {}: the file is empty", args.token_file.display());
+    }
+    let data_dir = match args.data_dir {
+        Some(dir) => {
+            std::path::absolute(&dir).with_context(|| format!("--data-dir {}", dir.display()))?
+        }
+        None => super::serve::default_data_dir("kiln-agent")?,
+    };
+    for platform in &args.platform {
+        if platform.split('/').count() < 2 || platform.split('/').any(str::is_empty) {
+            bail!("--platform {platform:?}: expected os/arch[/variant], e.g. linux/arm64");
+        }
+    }
+    let client = reqwest::Client::builder().build().context("building the HTTP client")?;
+    let control = RemoteControl::new(client, &args.server, token);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let session = control.start_session().await.with_context(|| {
+            format!("{}: the server did not take the agent's session", args.server)
+        })?;
+        let config = AgentConfig {
+            capacity: usize::try_from(args.capacity).unwrap_or(1),
+            platforms: args.platform,
+            ..AgentConfig::new(session.name.clone(), data_dir)
+        };
+        let agent = Agent::start(Arc::new(control), config).await?;
+        println!(
+            "kiln agent {} leasing from {} (pool {}, platforms {}, capacity {})",
+            session.name,
+            args.server,
+            session.pool.as_deref().unwrap_or("none"),
+            agent.platforms().join(","),
+            args.capacity
+        );
+        super::serve::shutdown_signal().await;
+        agent.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -27,6 +27,7 @@ pub mod store;
 pub mod task;
 pub mod task_def;
 pub mod task_run;
+pub mod transport;
 pub mod trigger;
 pub mod uploads;
 pub mod values;

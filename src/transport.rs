@@ -151,7 +151,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Trans
 
 /// The roots a client trusts: exactly the certificates of `ca_file`, else the public web's
 /// (webpki roots, as ureq's default).
-pub fn trust_anchors(ca_file: Option<&Path>) -> Result<RootCertStore, TransportError> {
+fn trust_anchors(ca_file: Option<&Path>) -> Result<RootCertStore, TransportError> {
     let Some(path) = ca_file else {
         return Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
     };

@@ -93,6 +93,17 @@ fn the_cli_runs_and_follows_over_https_with_the_servers_ca() {
     // A CA file that is not there is this machine's mistake: exit 2, naming it.
     let out = server.kiln().args(["whoami", "--ca-file", "/nonexistent/ca.pem"]).output().unwrap();
     exits(&out, 2, "cannot read the CA file /nonexistent/ca.pem", "missing CA file");
+    // https to a plain HTTP server says what is likely wrong.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_url = format!("https://{}", plain.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let (mut stream, _) = plain.accept().unwrap();
+        let _ = stream.read(&mut [0; 1024]);
+        let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+    });
+    let out = server.kiln().env("KILN_SERVER", &plain_url).arg("whoami").output().unwrap();
+    exits(&out, 1, "(does the server serve https?)", "https to plain HTTP");
     // Plain http to a TLS server is not taken for a certificate problem.
     let out = server
         .kiln()

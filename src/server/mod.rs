@@ -251,7 +251,13 @@ pub async fn serve(
         signalled.cancel();
         draining.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle);
+    let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle).accept_error_handler(
+        // A client that does not trust the certificate (or speaks plain HTTP to HTTPS) fails
+        // in the handshake, before any request: only this line tells the operator why.
+        |peer: Option<&SocketAddr>, e: &std::io::Error| {
+            tracing::debug!(peer = ?peer, error = %e, "connection not accepted");
+        },
+    );
     let app = router(state).into_make_service();
     let result = match config.tls {
         Some(tls) => {

@@ -240,6 +240,15 @@ pub async fn serve(
     };
     say(&format!("kiln listening on {scheme}://{addr}"))?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    if config.tls.is_none()
+        && crate::transport::check_server_url(&format!("http://{addr}"), false).is_err()
+    {
+        tracing::warn!(
+            %addr,
+            "plain HTTP where other machines reach it: tokens and run secrets cross the \
+             network in the clear (serve TLS with --tls-cert and --tls-key)"
+        );
+    }
 
     // One way to serve, with or without TLS: a shutdown signal stops accepting and gives open
     // connections (log followers) SHUTDOWN_GRACE to finish before they are closed.

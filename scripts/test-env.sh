@@ -52,8 +52,9 @@ REGISTRY_PASSWORD=kiln-test-password
 # against them. openssh-server: the tests' own sshd (and ssh-keygen, ssh-keyscan) for SSH git
 # remotes; its service is not started (policy-rc.d below), tests start sshd on free ports.
 # python3-venv: the venv schemathesis (the API fuzzer of tests/api_fuzz.rs) is installed into.
+# iproute2: `ip netns` and veth pairs for the partition tests (tests/support/netns.rs).
 PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
-  openssh-server python3-venv)
+  openssh-server python3-venv iproute2)
 SCHEMATHESIS_REQUIREMENTS="$(dirname "${BASH_SOURCE[0]}")/schemathesis-requirements.txt"
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer

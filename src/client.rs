@@ -6,6 +6,9 @@
 //! [`crate::api::paths`], speaking only [`crate::api`]'s wire types), and the typed failures a
 //! user can act on ([`ClientError`]) — the CLI turns each into one line, never an HTTP dump.
 //!
+//! [`Connection`] says how the server is reached beyond its URL: the CA to trust for `https://`
+//! and whether plain `http://` may go to another machine ([`crate::transport`]'s rule).
+//!
 //! The client is blocking (`ureq`): a CLI does one thing at a time, and a blocking reader is the
 //! simplest way to copy a streamed log to stdout. Following a log survives dropped connections:
 //! [`follow_log`] reconnects with `offset=` the bytes already written, so nothing is printed
@@ -27,6 +30,7 @@ use crate::api::task::{
 };
 use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, List, Run, RunQuery, RunRequest, paths};
 use crate::diagnostic::Diagnostic;
+use crate::transport::{self, TransportError};
 
 /// Sent with bodies the server may refuse for their size: it answers 413 before the body is
 /// sent, so the answer is read instead of the connection breaking under the upload.
@@ -70,6 +74,12 @@ pub enum ClientError {
     Conflict { error: String },
     #[error("the server answered {status}: {error}")]
     Server { status: u16, error: String },
+    /// The TLS handshake failed: most often a certificate this client does not trust.
+    #[error("no trusted TLS connection to the kiln server at {server}: {reason}")]
+    Tls { server: String, reason: String },
+    /// This client's TLS settings (an unreadable CA file) or a URL the transport rule refuses.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("the connection to the kiln server at {server} dropped: {reason}")]
     Dropped { server: String, reason: String },
     #[error("the server's answer to {what} is not what kiln expects: {reason}")]
@@ -97,6 +107,7 @@ impl ClientError {
             self,
             ClientError::ConfigRead { .. }
                 | ClientError::ConfigWrite { .. }
+                | ClientError::Transport(_)
                 | ClientError::ReadFile { .. }
                 | ClientError::Output(_)
         )
@@ -199,6 +210,27 @@ pub fn normalize_server(server: &str) -> String {
     if server.contains("://") { server.to_string() } else { format!("http://{server}") }
 }
 
+/// How a client reaches its server beyond the URL (`--ca-file`, `--insecure`,
+/// `--connect-timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The PEM CA certificates to trust for `https://`, instead of the public web's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain `http://` to a server that is not this machine.
+    pub insecure: bool,
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+}
+
+/// The connect timeout when none is given.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for Connection {
+    fn default() -> Self {
+        Connection { ca_file: None, insecure: false, connect_timeout: CONNECT_TIMEOUT }
+    }
+}
+
 /// A connection to one server.
 pub struct Client {
     agent: ureq::Agent,
@@ -207,18 +239,30 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(settings: &Settings) -> Client {
+    /// A client of `settings.server`; refused before anything is sent when the URL breaks the
+    /// transport rule or the CA file cannot be read.
+    pub fn new(settings: &Settings, connection: &Connection) -> Result<Client, ClientError> {
+        transport::check_server_url(&settings.server, connection.insecure)?;
+        let mut tls = ureq::tls::TlsConfig::builder()
+            .unversioned_rustls_crypto_provider(transport::crypto_provider());
+        if let Some(path) = &connection.ca_file {
+            let certs = transport::load_certificates("the CA file", path)?;
+            let certs: Vec<_> =
+                certs.iter().map(|c| ureq::tls::Certificate::from_der(c).to_owned()).collect();
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let config = ureq::Agent::config_builder()
             // Error statuses carry an `ErrorBody` the user must see.
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_connect(Some(connection.connect_timeout))
+            .tls_config(tls.build())
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .build();
-        Client {
+        Ok(Client {
             agent: config.new_agent(),
             server: settings.server.clone(),
             token: settings.token.clone(),
-        }
+        })
     }
 
     pub fn server(&self) -> &str {
@@ -589,11 +633,20 @@ impl<R: Read, F: FnMut(u64)> Read for Progress<R, F> {
     }
 }
 
-/// A transport failure in the user's words: refused, unknown host, timed out, dropped.
+/// A transport failure in the user's words: refused, unknown host, timed out, dropped, or a
+/// TLS handshake that failed.
 fn transport_error(server: &str, error: ureq::Error) -> ClientError {
     let unreachable =
         |reason: String| ClientError::Unreachable { server: server.to_string(), reason };
+    let tls =
+        |e: &rustls::Error| ClientError::Tls { server: server.to_string(), reason: tls_reason(e) };
+    if let ureq::Error::Io(e) = &error
+        && let Some(e) = e.get_ref().and_then(|e| e.downcast_ref())
+    {
+        return tls(e);
+    }
     match error {
+        ureq::Error::Rustls(e) => tls(&e),
         ureq::Error::Io(e) => match e.kind() {
             io::ErrorKind::ConnectionRefused => unreachable("connection refused".to_string()),
             io::ErrorKind::ConnectionReset
@@ -609,6 +662,18 @@ fn transport_error(server: &str, error: ureq::Error) -> ClientError {
         ureq::Error::Timeout(t) => unreachable(format!("timed out ({t})")),
         ureq::Error::BadUri(uri) => unreachable(format!("invalid server URL {uri:?}")),
         other => ClientError::Dropped { server: server.to_string(), reason: other.to_string() },
+    }
+}
+
+/// Why a handshake failed, with what the user can do about it.
+fn tls_reason(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(cert) => format!(
+            "its certificate is not trusted ({cert}); give the CA that signed it with \
+             --ca-file or KILN_CA_FILE"
+        ),
+        rustls::Error::InvalidMessage(_) => format!("{error} (does the server serve https?)"),
+        other => other.to_string(),
     }
 }
 

@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 
 use super::agent_run::{self, AgentRunArgs};
 use super::confirm::delete_confirmed;
-use super::remote;
+use super::remote::{self, ServerOptions};
 use super::runs::{format_fields, print_rows, utc};
 use super::task::{ListArgs, ShowOutput, print_record};
 use crate::agent_def::{self, AgentDefError};
@@ -98,25 +98,25 @@ pub struct DeleteArgs {
 }
 
 /// Runs a `kiln agent` command.
-pub fn agent(args: AgentArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn agent(args: AgentArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     match args.command {
         AgentCommand::Create(args) => create(args, server),
         AgentCommand::List(args) => list(args, server),
         AgentCommand::Show(args) => show(args, server),
         AgentCommand::Update(args) => update(args, server),
         AgentCommand::Delete(args) => delete(args, server),
-        AgentCommand::Run(args) => agent_run::run(args),
+        AgentCommand::Run(args) => agent_run::run(args, server),
     }
 }
 
 /// Runs a `kiln agent-pool` command.
-pub fn agent_pool(args: AgentPoolArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn agent_pool(args: AgentPoolArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     match args.command {
         AgentPoolCommand::List(args) => list_pools(args, server),
     }
 }
 
-fn create(args: SettingsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn create(args: SettingsArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     agent_def::check_name(&args.name)?;
     args.pool.as_deref().map(agent_def::check_pool).transpose()?;
     let request =
@@ -130,17 +130,17 @@ fn create(args: SettingsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(args: ListArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn list(args: ListArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let agents = remote::connect(server)?.list_agents()?;
     print_rows(&agents, &LIST_HEADERS, list_row, args.output)
 }
 
-fn show(args: ShowArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn show(args: ShowArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let agent = remote::connect(server)?.get_agent(&args.name)?;
     print_agent(&agent, args.output)
 }
 
-fn update(args: SettingsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn update(args: SettingsArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     if args.pool.is_none() && args.labels.is_none() {
         bail!("nothing to change: give --pool or --labels");
     }
@@ -152,7 +152,7 @@ fn update(args: SettingsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
     print_agent(&agent, args.output)
 }
 
-fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn delete(args: DeleteArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     if delete_confirmed("agent", &args.name, args.yes)? {
         remote::connect(server)?.delete_agent(&args.name)?;
         eprintln!("Deleted agent {}.", args.name);
@@ -160,7 +160,7 @@ fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn list_pools(args: ListArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn list_pools(args: ListArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let pools = remote::connect(server)?.list_agent_pools()?;
     print_rows(&pools, &["NAME", "AGENTS", "QUEUED RUNS"], pool_row, args.output)
 }
@@ -229,6 +229,16 @@ mod tests {
         command: AgentCommand,
     }
 
+    /// A server nobody listens on: the checks must fail before anything is sent.
+    fn unreachable() -> ServerOptions {
+        #[derive(Debug, clap::Parser)]
+        struct Options {
+            #[command(flatten)]
+            server: ServerOptions,
+        }
+        Options::parse_from(["kiln", "--server", "http://127.0.0.1:9"]).server
+    }
+
     fn parse(line: &str) -> Result<AgentCommand, clap::Error> {
         Line::try_parse_from(std::iter::once("agent").chain(line.split(' '))).map(|l| l.command)
     }
@@ -286,11 +296,11 @@ mod tests {
         assert_eq!(error.exit_code(), 2);
         let bad_name =
             SettingsArgs { name: "a/b".into(), pool: None, labels: None, output: ShowOutput::Json };
-        let error = create(bad_name, Some("http://127.0.0.1:9")).unwrap_err();
+        let error = create(bad_name, &unreachable()).unwrap_err();
         assert_eq!(super::super::exit::status(&error), super::super::exit::USAGE);
         let error = update(
             SettingsArgs { name: "a1".into(), pool: None, labels: None, output: ShowOutput::Json },
-            Some("http://127.0.0.1:9"),
+            &unreachable(),
         )
         .unwrap_err();
         assert!(error.to_string().starts_with("nothing to change"), "{error}");

@@ -3,8 +3,8 @@
 //! runs and executes them on the local engine (`DOCKER_HOST` or the default socket) until
 //! SIGINT/SIGTERM, when its held runs end as Error and their containers are removed.
 //!
-//! Leases carry the runs' secrets, so the server must be `https://` or on this machine
-//! (loopback) unless `--insecure` says otherwise.
+//! Leases carry the runs' secrets, so the server (the global `--server`, with `--ca-file`) must
+//! be `https://` or on this machine (loopback) unless `--insecure` says otherwise.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,14 +13,12 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use super::remote::ServerOptions;
 use crate::agent::remote::RemoteControl;
 use crate::agent::{Agent, AgentConfig};
 
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {
-    /// The server's URL.
-    #[arg(long, env = "KILN_SERVER", value_name = "URL")]
-    server: String,
     /// A file holding the agent's token (`kiln agent create` prints it).
     #[arg(long, env = "KILN_AGENT_TOKEN_FILE", value_name = "FILE")]
     token_file: PathBuf,
@@ -34,14 +32,11 @@ pub struct AgentRunArgs {
     /// Platforms this agent runs, `os/arch[/variant]`, comma-separated (default: the engine's).
     #[arg(long, value_name = "PLATFORMS", value_delimiter = ',')]
     platform: Vec<String>,
-    /// Talk plain http:// to a server that is not on this machine (leases carry secrets).
-    #[arg(long)]
-    insecure: bool,
 }
 
 /// `kiln agent run` (one of [`super::agent`]'s subcommands).
-pub(super) fn run(args: AgentRunArgs) -> anyhow::Result<ExitCode> {
-    crate::transport::check_server_url(&args.server, args.insecure)?;
+pub(super) fn run(args: AgentRunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
+    let (url, client) = server.agent_client()?;
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("--token-file {}", args.token_file.display()))?
         .trim()
@@ -60,13 +55,13 @@ pub(super) fn run(args: AgentRunArgs) -> anyhow::Result<ExitCode> {
             bail!("--platform {platform:?}: expected os/arch[/variant], e.g. linux/arm64");
         }
     }
-    let client = reqwest::Client::builder().build().context("building the HTTP client")?;
-    let control = RemoteControl::new(client, &args.server, token);
+    let control = RemoteControl::new(client, &url, token);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let session = control.start_session().await.with_context(|| {
-            format!("{}: the server did not take the agent's session", args.server)
-        })?;
+        let session = control
+            .start_session()
+            .await
+            .with_context(|| format!("{url}: the server did not take the agent's session"))?;
         let config = AgentConfig {
             capacity: usize::try_from(args.capacity).unwrap_or(1),
             platforms: args.platform,
@@ -76,7 +71,7 @@ pub(super) fn run(args: AgentRunArgs) -> anyhow::Result<ExitCode> {
         println!(
             "kiln agent {} leasing from {} (pool {}, platforms {}, capacity {})",
             session.name,
-            args.server,
+            url,
             session.pool.as_deref().unwrap_or("none"),
             agent.platforms().join(","),
             args.capacity

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use kiln_worker::image_ref::ImageRef;
 
-use super::remote::{self, SourceArg, WaitArgs};
+use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
 use crate::api::{Argument, DockerBuildRequest, Platform, RunRequest};
 use crate::pack::resolve_dockerfile;
 
@@ -48,7 +48,7 @@ pub struct BuildArgs {
     source: String,
 }
 
-pub fn build(args: BuildArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn build(args: BuildArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
     let source = SourceArg::classify(&args.source)?;
     // Everything this machine can judge is judged before anything is packed or sent.

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use super::remote;
-use crate::client::{Client, ClientConfig, Settings};
+use super::remote::{self, ServerOptions};
+use crate::client::{ClientConfig, Settings};
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -21,7 +21,7 @@ pub struct LoginArgs {
     token_stdin: bool,
 }
 
-pub fn login(args: LoginArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn login(args: LoginArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let (settings, path) = remote::settings(server)?;
     let path = config_file(path)?;
     // Tokens are never taken as arguments (they would land in shell history).
@@ -39,7 +39,7 @@ pub fn login(args: LoginArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
     }
     let settings = Settings { server: settings.server, token: Some(token.clone()) };
     // A token the server rejects is never saved.
-    let me = Client::new(&settings).whoami()?;
+    let me = remote::connect_with(&settings, server)?.whoami()?;
     let mut config = ClientConfig::load(&path)?;
     config.server = Some(settings.server.clone());
     config.token = Some(token);
@@ -57,7 +57,7 @@ pub fn login(args: LoginArgs, server: Option<&str>) -> anyhow::Result<ExitCode> 
 #[derive(Debug, Args)]
 pub struct LogoutArgs {}
 
-pub fn logout(_args: LogoutArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn logout(_args: LogoutArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let (settings, path) = remote::settings(server)?;
     let path = config_file(path)?;
     let mut config = ClientConfig::load(&path)?;
@@ -80,7 +80,7 @@ pub fn logout(_args: LogoutArgs, server: Option<&str>) -> anyhow::Result<ExitCod
 #[derive(Debug, Args)]
 pub struct WhoamiArgs {}
 
-pub fn whoami(_args: WhoamiArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn whoami(_args: WhoamiArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
     let me = client.whoami()?;
     println!("Token:  {}", me.name);

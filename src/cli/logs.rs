@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::remote;
+use super::remote::{self, ServerOptions};
 use crate::client::{Client, ClientError};
 use crate::store::RunStatus;
 
@@ -24,7 +24,7 @@ pub struct LogsArgs {
     timestamps: bool,
 }
 
-pub fn logs(args: LogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn logs(args: LogsArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
     if args.timestamps {
         let log = client.timed_log(&args.run_id)?;

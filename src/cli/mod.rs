@@ -27,10 +27,8 @@ pub struct Cli {
     /// kiln's configuration file (image aliases, run-ID prefix, default registry).
     #[arg(long, global = true, env = "KILN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The kiln server the client commands talk to (else KILN_SERVER, the client
-    /// configuration, http://127.0.0.1:8080).
-    #[arg(long, global = true, value_name = "URL")]
-    server: Option<String>,
+    #[command(flatten)]
+    server: remote::ServerOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,26 +83,24 @@ pub enum Output {
 
 /// Runs the CLI; the exit code is the command's verdict ([`exit`]).
 pub fn main() -> ExitCode {
-    // One TLS crypto provider for every HTTPS client and server in the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => task_file::validate(args, cli.config.as_deref()),
         Command::Render(args) => task_file::render(args, cli.config.as_deref()),
         Command::Exec(args) => exec::exec(args, cli.config.as_deref()),
         Command::Serve(args) => serve::serve(args, cli.config.as_deref()),
-        Command::Build(args) => build::build(args, cli.server.as_deref()),
-        Command::Run(args) => run::run(args, cli.server.as_deref()),
-        Command::Logs(args) => logs::logs(args, cli.server.as_deref()),
-        Command::ShowRun(args) => runs::show_run(args, cli.server.as_deref()),
-        Command::ListRuns(args) => runs::list_runs(args, cli.server.as_deref()),
-        Command::CancelRun(args) => runs::cancel_run(args, cli.server.as_deref()),
-        Command::Login(args) => login::login(args, cli.server.as_deref()),
-        Command::Logout(args) => login::logout(args, cli.server.as_deref()),
-        Command::Whoami(args) => login::whoami(args, cli.server.as_deref()),
-        Command::Task(args) => task::task(args, cli.server.as_deref()),
-        Command::Agent(args) => agent::agent(args, cli.server.as_deref()),
-        Command::AgentPool(args) => agent::agent_pool(args, cli.server.as_deref()),
+        Command::Build(args) => build::build(args, &cli.server),
+        Command::Run(args) => run::run(args, &cli.server),
+        Command::Logs(args) => logs::logs(args, &cli.server),
+        Command::ShowRun(args) => runs::show_run(args, &cli.server),
+        Command::ListRuns(args) => runs::list_runs(args, &cli.server),
+        Command::CancelRun(args) => runs::cancel_run(args, &cli.server),
+        Command::Login(args) => login::login(args, &cli.server),
+        Command::Logout(args) => login::logout(args, &cli.server),
+        Command::Whoami(args) => login::whoami(args, &cli.server),
+        Command::Task(args) => task::task(args, &cli.server),
+        Command::Agent(args) => agent::agent(args, &cli.server),
+        Command::AgentPool(args) => agent::agent_pool(args, &cli.server),
     };
     result.unwrap_or_else(|e| exit::report(&e))
 }

@@ -6,6 +6,7 @@ use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Once;
+use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +14,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_worker::build::remote::{self, Remote, RemoteError};
 
 use crate::api::{MAX_JSON_BYTES, Run, RunRequest, Source};
-use crate::client::{Client, ClientConfig, ClientError, Settings, config_path};
+use crate::client::{
+    CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
+};
 use crate::diagnostic::Diagnostics;
 use crate::pack::{self, human_size};
 use crate::run_log;
@@ -33,18 +36,73 @@ pub(super) struct WaitArgs {
     no_wait: bool,
 }
 
+/// Where the server is and how it is reached: the options every client command shares.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOptions {
+    /// The kiln server the client commands talk to (else KILN_SERVER, the client
+    /// configuration, http://127.0.0.1:8080).
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// Trust the server's certificate if this CA (PEM) signed it, instead of the public web's
+    /// roots: for a server with a private CA's certificate.
+    #[arg(long, global = true, env = "KILN_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not this machine (the token then crosses the
+    /// network in the clear).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Seconds opening a connection to the server may take.
+    #[arg(long, global = true, env = "KILN_CONNECT_TIMEOUT", value_name = "SECONDS",
+          default_value_t = CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    connect_timeout: u64,
+}
+
+impl ServerOptions {
+    /// The server an agent leases from (`--server`, `KILN_SERVER`, the client configuration)
+    /// and an async HTTP client for it: the URL passes [`transport::check_server_url`], the
+    /// client trusts `--ca-file` and gives up connecting after `--connect-timeout`.
+    pub(super) fn agent_client(&self) -> anyhow::Result<(String, reqwest::Client)> {
+        let (settings, _) = settings(self)?;
+        crate::transport::check_server_url(&settings.server, self.insecure)?;
+        let client = crate::transport::http_client_builder(self.ca_file.as_deref())?
+            .connect_timeout(Duration::from_secs(self.connect_timeout))
+            .build()?;
+        Ok((settings.server, client))
+    }
+
+    fn connection(&self) -> Connection {
+        Connection {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+            connect_timeout: Duration::from_secs(self.connect_timeout),
+        }
+    }
+}
+
 /// The user's settings: `--server`, the environment, the client configuration file.
-pub(super) fn settings(server: Option<&str>) -> Result<(Settings, Option<PathBuf>), ClientError> {
+pub(super) fn settings(
+    options: &ServerOptions,
+) -> Result<(Settings, Option<PathBuf>), ClientError> {
     let path = config_path(|name| std::env::var(name).ok());
     let file = match &path {
         Some(p) => ClientConfig::load(p)?,
         None => ClientConfig::default(),
     };
-    Ok((Settings::resolve(server, |name| std::env::var(name).ok(), &file), path))
+    let settings =
+        Settings::resolve(options.server.as_deref(), |name| std::env::var(name).ok(), &file);
+    Ok((settings, path))
 }
 
-pub(super) fn connect(server: Option<&str>) -> Result<Client, ClientError> {
-    Ok(Client::new(&settings(server)?.0))
+pub(super) fn connect(options: &ServerOptions) -> Result<Client, ClientError> {
+    connect_with(&settings(options)?.0, options)
+}
+
+/// A client of `settings` (a token that is not the saved one, as `kiln login` checks).
+pub(super) fn connect_with(
+    settings: &Settings,
+    options: &ServerOptions,
+) -> Result<Client, ClientError> {
+    Client::new(settings, &options.connection())
 }
 
 /// A SOURCE argument (§5.4 "Remote contexts").

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::remote::{self, SourceArg, WaitArgs};
+use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
 use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
 use crate::config::Config;
 use crate::request::{CheckError, check, cmd_request};
@@ -53,7 +53,7 @@ pub struct RunArgs {
     source: String,
 }
 
-pub fn run(args: RunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
     let source_arg = SourceArg::classify(&args.source)?;
     let values = set_values(&args.set, &args.set_secret)?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use super::remote;
+use super::remote::{self, ServerOptions};
 use crate::api::{Run, RunQuery};
 use crate::client::{Client, format_duration};
 use crate::store::RunStatus;
@@ -78,7 +78,7 @@ pub(super) fn parse_status(text: &str) -> Result<RunStatus, String> {
     })
 }
 
-pub fn show_run(args: ShowRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn show_run(args: ShowRunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let run = remote::connect(server)?.get_run(args.run.get(), None)?;
     match args.output {
         RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&run)?),
@@ -88,7 +88,7 @@ pub fn show_run(args: ShowRunArgs, server: Option<&str>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn list_runs(args: ListRunsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn list_runs(args: ListRunsArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let query = RunQuery {
         status: args.status,
         image: args.image,
@@ -113,7 +113,7 @@ pub(super) fn print_runs(
     print_rows(&runs, &HEADERS, row, output)
 }
 
-pub fn cancel_run(args: CancelRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn cancel_run(args: CancelRunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     // A run that already ended is the server's 409, "run … already finished with status …".
     let run = remote::connect(server)?.cancel_run(args.run.get())?;
     eprintln!("{}", canceled_line(&run));

@@ -14,6 +14,7 @@ use kiln_worker::plan::{GitSsh, RegistryCredential};
 use crate::config::Config;
 use crate::server::GitSshFiles;
 use crate::server::{ServeConfig, serve as run_server};
+use crate::transport;
 use crate::uploads::ContextLimit;
 
 #[derive(Debug, Args)]
@@ -55,7 +56,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ContextLimit::DEFAULT_MB, value_name = "MIB")]
     max_context_mb: u64,
     /// The server's URL as git hosts reach it, the base of task webhook URLs
-    /// (default: http://ADDR).
+    /// (default: http://ADDR, https://ADDR with --tls-cert).
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
     /// Seconds between checks of the registries for moved base-image tags.
@@ -69,6 +70,13 @@ pub struct ServeArgs {
     /// each run: a host added to it counts without a restart.
     #[arg(long, value_name = "FILE")]
     git_known_hosts: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's own certificate first);
+    /// needs --tls-key. Agents and the CLI on other machines talk to the server only this way.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -105,6 +113,11 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     {
         bail!("--git-ssh-key {}: {e}", file.display());
     }
+    // Read now, so a wrong file stops the start with its name rather than every handshake.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(transport::server_config(cert, key)?),
+        _ => None,
+    };
     // Absolute, so every path under it (and its redaction from run errors) means one place.
     let data_dir = match args.data_dir {
         Some(dir) => {
@@ -128,6 +141,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         public_url: args.public_url,
         base_image_poll: std::time::Duration::from_secs(args.base_image_poll),
         git_ssh,
+        tls,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run_server(serve_config, shutdown_signal()))?;

@@ -19,7 +19,7 @@ use super::build::build_arg;
 use super::confirm::delete_confirmed;
 use super::exit::Refusal;
 use super::logs::print_log;
-use super::remote::{self, SourceArg, WaitArgs};
+use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
 use super::run::set_values;
 use super::runs::{
     CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, parse_status,
@@ -449,7 +449,7 @@ fn parse_base_image_type(text: &str) -> Result<BaseImageTriggerType, String> {
 }
 
 /// Runs a `kiln task` command.
-pub fn task(args: TaskArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+pub fn task(args: TaskArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     match args.command {
         TaskCommand::Create(args) => create(args, server),
         TaskCommand::Update(args) => update(args, server),
@@ -466,7 +466,7 @@ pub fn task(args: TaskArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn create(args: CreateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn create(args: CreateArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let request = create_request(&args)?;
     let task = remote::connect(server)?.create_task(&request)?;
     print_task(&task, args.output)
@@ -497,7 +497,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
     Ok(CreateTask { name: args.name.clone(), definition, timers })
 }
 
-fn update(args: UpdateArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn update(args: UpdateArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     if let Some(context) = &args.context {
         check_context(context)?;
     }
@@ -737,7 +737,7 @@ fn read_values(flags: &DefinitionFlags) -> anyhow::Result<Option<String>> {
         .transpose()
 }
 
-fn show(args: ShowArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn show(args: ShowArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let task = remote::connect(server)?.get_task(&args.name)?;
     print_task(&task, args.output)
 }
@@ -759,7 +759,7 @@ pub(super) fn print_record<T: serde::Serialize>(
     Ok(ExitCode::SUCCESS)
 }
 
-fn list(args: ListArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn list(args: ListArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let tasks = remote::connect(server)?.list_tasks()?;
     print_rows(&tasks, &LIST_HEADERS, list_row, args.output)
 }
@@ -907,7 +907,7 @@ fn timer_table(timers: &[Timer]) -> String {
     format_table(&["NAME", "SCHEDULE", "ENABLED", "NEXT FIRE (UTC)"], &rows)
 }
 
-fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn delete(args: DeleteArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     if delete_confirmed("task", &args.name, args.yes)? {
         remote::connect(server)?.delete_task(&args.name)?;
         eprintln!("Deleted task {}.", args.name);
@@ -915,7 +915,7 @@ fn delete(args: DeleteArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: TaskRunArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn run(args: TaskRunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let overrides = run_request(&args)?;
     let client = remote::connect(server)?;
     remote::queue(&client, || client.run_task(&args.name, &overrides), &args.name, args.wait)
@@ -942,7 +942,7 @@ fn run_request(args: &TaskRunArgs) -> anyhow::Result<TaskRunRequest> {
     })
 }
 
-fn logs(args: TaskLogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn logs(args: TaskLogsArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let client = remote::connect(server)?;
     let id = match (args.run_id, args.name) {
         (Some(id), _) => id,
@@ -965,7 +965,7 @@ fn logs(args: TaskLogsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
     print_log(&client, &id, true)
 }
 
-fn list_runs(args: TaskListRunsArgs, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn list_runs(args: TaskListRunsArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let query = RunQuery {
         status: args.run_status,
         image: args.image,
@@ -976,7 +976,7 @@ fn list_runs(args: TaskListRunsArgs, server: Option<&str>) -> anyhow::Result<Exi
     print_runs(&remote::connect(server)?, &query, args.output)
 }
 
-fn timer(command: TimerCommand, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn timer(command: TimerCommand, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let (timers, output) = match command {
         TimerCommand::Add(args) => {
             check_name("timer", &args.timer_name)?;
@@ -1011,7 +1011,7 @@ fn timer(command: TimerCommand, server: Option<&str>) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn credential(command: CredentialCommand, server: Option<&str>) -> anyhow::Result<ExitCode> {
+fn credential(command: CredentialCommand, server: &ServerOptions) -> anyhow::Result<ExitCode> {
     let (name, update) = match command {
         CredentialCommand::Add(args) | CredentialCommand::Update(args) => {
             let password = match args.password {

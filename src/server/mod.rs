@@ -50,6 +50,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, patch, post, put};
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
 use kiln_worker::plan::RegistryCredential;
 use tokio::sync::Notify;
@@ -90,10 +91,13 @@ pub struct ServeConfig {
     pub max_upload_bytes: u64,
     /// How large a run's context may be once unpacked (`--max-context-mb`).
     pub max_context: ContextLimit,
-    /// The server's address as git hosts reach it (webhook URLs); `http://ADDR` by default.
+    /// The server's address as git hosts reach it (webhook URLs); `http(s)://ADDR` by default.
     pub public_url: Option<String>,
     /// How often registries are asked whether watched base-image tags moved.
     pub base_image_poll: Duration,
+    /// The certificate and key HTTPS is served with (`--tls-cert`, `--tls-key`); plain HTTP
+    /// without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where SSH git contexts' identity and known hosts come from.
     pub git_ssh: GitSshFiles,
 }
@@ -193,7 +197,8 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// Runs the server until `shutdown` completes: store (migrations) → listen → agent (which
 /// recovers runs a previous process left) → admin token (printed on first start) → janitor →
-/// `kiln listening on http://ADDR` printed → serve → stop the agent.
+/// `kiln listening on http(s)://ADDR` printed → serve (HTTPS with [`ServeConfig::tls`]) → stop
+/// the agent.
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -259,6 +264,7 @@ pub async fn serve(
         )
     };
     let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     let state = AppState {
         store: store.clone(),
         hub,
@@ -266,7 +272,7 @@ pub async fn serve(
         secrets,
         timers: timers_changed,
         settings: Arc::new(Settings {
-            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{addr}")),
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
             data_dir: config.data_dir.clone(),
             default_registry: config.default_registry.clone(),
             images: config.images.clone(),
@@ -274,23 +280,43 @@ pub async fn serve(
             max_context: config.max_context,
         }),
     };
-    say(&format!("kiln listening on http://{addr}"))?;
+    say(&format!("kiln listening on {scheme}://{addr}"))?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    if config.tls.is_none()
+        && crate::transport::check_server_url(&format!("http://{addr}"), false).is_err()
+    {
+        tracing::warn!(
+            %addr,
+            "plain HTTP where other machines reach it: tokens and run secrets cross the \
+             network in the clear (serve TLS with --tls-cert and --tls-key)"
+        );
+    }
 
+    // One way to serve, with or without TLS: a shutdown signal stops accepting and gives open
+    // connections (log followers) SHUTDOWN_GRACE to finish before they are closed.
+    let handle = axum_server::Handle::new();
     let signalled = stop.clone();
+    let draining = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         signalled.cancel();
+        draining.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
-    let serving =
-        axum::serve(listener, router(state)).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let result = tokio::select! {
-        result = serving => result.map_err(ServeError::Io),
-        () = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after the shutdown signal; closing them");
-            Ok(())
+    let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle).accept_error_handler(
+        // A client that does not trust the certificate (or speaks plain HTTP to HTTPS) fails
+        // in the handshake, before any request: only this line tells the operator why.
+        |peer: Option<&SocketAddr>, e: &std::io::Error| {
+            tracing::debug!(peer = ?peer, error = %e, "connection not accepted");
+        },
+    );
+    let app = router(state).into_make_service();
+    let result = match config.tls {
+        Some(tls) => {
+            server.acceptor(RustlsAcceptor::new(RustlsConfig::from_config(tls))).serve(app).await
         }
-    };
+        None => server.serve(app).await,
+    }
+    .map_err(ServeError::Io);
     stop.cancel();
     let _ = janitor.await;
     let _ = timer_loop.await;

@@ -83,6 +83,27 @@ impl Server {
         token: Option<String>,
         registry_args: &[&str],
     ) -> Server {
+        Server::spawn_on(prefix, data, workers, token, "127.0.0.1:0", registry_args)
+    }
+
+    /// A server with a fresh data directory listening on `addr` (a port of 0 picks one), with
+    /// these further arguments (`--tls-cert …`, `--registry …`).
+    pub fn start_on(prefix: &str, workers: usize, addr: &str, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_path_buf();
+        let mut server = Server::spawn_on(prefix, &data, workers, None, addr, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    pub fn spawn_on(
+        prefix: &str,
+        data: &Path,
+        workers: usize,
+        token: Option<String>,
+        addr: &str,
+        args: &[&str],
+    ) -> Server {
         let config = data.join("kiln.toml");
         std::fs::write(&config, format!("run_id_prefix = \"{prefix}\"\n")).expect("config");
         let log = std::fs::OpenOptions::new()
@@ -93,9 +114,9 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("--config")
             .arg(&config)
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--addr", addr, "--data-dir"])
             .arg(data)
-            .args(registry_args)
+            .args(args)
             .args(["--workers", &workers.to_string()])
             .stdout(Stdio::piped())
             .stderr(log)
@@ -137,11 +158,16 @@ impl Server {
     /// The `kiln` CLI pointed at this server, with no client config file of the user's.
     pub fn kiln(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        self.client_env(&mut cmd);
+        cmd
+    }
+
+    /// Points `cmd` (a `kiln` CLI, however started) at this server, as [`Server::kiln`] does.
+    pub fn client_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("KILN_SERVER", &self.url)
             .env("KILN_TOKEN", &self.token)
             .env("KILN_CLIENT_CONFIG", self.data.join("client.toml"))
-            .stdin(Stdio::null());
-        cmd
+            .stdin(Stdio::null())
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

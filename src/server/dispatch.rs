@@ -91,6 +91,8 @@ pub struct Dispatcher {
     lease_ttl: Duration,
     queued: Notify,
     changed: Notify,
+    /// The server is stopping: waiting calls answer at once.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -117,6 +119,21 @@ impl Dispatcher {
             lease_ttl,
             queued: Notify::new(),
             changed: Notify::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// The server stops: lease and watch calls stop waiting (agents call again, elsewhere or
+    /// once it is back).
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Waits for `signal` until `deadline`; false when the wait ran out or the server stops.
+    async fn wait(&self, signal: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>, deadline: tokio::time::Instant) -> bool {
+        tokio::select! {
+            woken = tokio::time::timeout_at(deadline, signal) => woken.is_ok(),
+            () = self.stopping.cancelled() => false,
         }
     }
 
@@ -161,7 +178,7 @@ impl Dispatcher {
                     Err(e) => self.refuse(&claim.run, claim.epoch, &e).await,
                 }
             }
-            if tokio::time::timeout_at(deadline, queued).await.is_err() {
+            if !self.wait(queued, deadline).await {
                 return Ok(None);
             }
         }
@@ -288,7 +305,7 @@ impl Dispatcher {
             if !reply.canceled.is_empty() || !reply.lost.is_empty() {
                 return Ok(reply);
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            if !self.wait(changed, deadline).await {
                 return Ok(reply);
             }
         }

@@ -91,6 +91,7 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
                 StatusCode::NOT_FOUND => "NotFound",
                 StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+                StatusCode::RANGE_NOT_SATISFIABLE => "LogGap",
                 _ => "BadRequest",
             },
             ApiError::Internal(_) => "InternalError",

@@ -297,9 +297,12 @@ pub async fn serve(
     let handle = axum_server::Handle::new();
     let signalled = stop.clone();
     let draining = handle.clone();
+    let waiting = state.dispatch.clone();
     tokio::spawn(async move {
         shutdown.await;
         signalled.cancel();
+        // Long-polling agents are answered now, so the drain below does not wait for them.
+        waiting.stop();
         draining.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle).accept_error_handler(

@@ -17,6 +17,17 @@ pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 /// Every run's log starts with ACR's queue line (§6.1); it is stored with the run, so a
 /// follower of a queued run sees it at once.
 pub const WAITING_LINE: &str = "Waiting for an agent...\n";
+
+/// The line a run's log starts with: what it waits for, when that is more than any agent.
+pub fn waiting_line(pool: Option<&str>, platform: &str) -> String {
+    match pool {
+        Some(pool) => format!("Waiting for an agent (pool {pool}, platform {platform})...\n"),
+        None if platform != DEFAULT_PLATFORM => {
+            format!("Waiting for an agent (platform {platform})...\n")
+        }
+        None => WAITING_LINE.to_string(),
+    }
+}
 /// `runErrorMessage` of a run canceled before an agent took it.
 pub const CANCELED_IN_QUEUE: &str = "the run was canceled while waiting for an agent";
 /// Default `--top` of `list-runs` (§6.5).
@@ -348,6 +359,7 @@ pub(crate) async fn insert_run(
             .fetch_one(&mut *tx)
             .await?;
     let id = format_run_id(prefix, non_negative("counter", counter)?);
+    let waiting = waiting_line(new.agent_pool.as_deref(), &new.platform);
     let row: RunRow = sqlx::query_as(
         "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
             timeout_secs, platform, created_at, started_at, finished_at, updated_at,
@@ -368,7 +380,7 @@ pub(crate) async fn insert_run(
     .bind(&new.platform)
     .bind(now)
     .bind(1_i64)
-    .bind(WAITING_LINE.len() as i64)
+    .bind(waiting.len() as i64)
     .bind(&new.trigger_detail)
     .bind(&new.sealed_request)
     .bind(&new.agent_pool)
@@ -376,7 +388,7 @@ pub(crate) async fn insert_run(
     .await?;
     sqlx::query("INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)")
         .bind(id.as_str())
-        .bind(WAITING_LINE.as_bytes())
+        .bind(waiting.as_bytes())
         .execute(&mut *tx)
         .await?;
     row.try_into()

@@ -282,8 +282,8 @@ fn a_killed_agents_run_ends_as_error_and_its_successor_removes_what_it_left() {
     let run = server.finished(&id);
     assert_eq!(run["status"], "Error", "{run}");
     assert_eq!(run["runErrorMessage"], "agent doomed stopped responding during the run", "{run}");
-    assert_ne!(containers_of(&id), "", "the dead agent's container is still there");
-    // Its successor (same token, same data directory) removes it before it leases.
+    // Its successor (same token, same data directory) removes what it left before it leases
+    // (any kiln process sweeping the engine may have removed it already: its owner is dead).
     let _successor = AgentProcess::start(&server, &agent_dir, &token, &[]);
     assert_eq!(containers_of(&id), "");
     let log = log_of(&server, &id);

@@ -130,7 +130,11 @@ impl Dispatcher {
     }
 
     /// Waits for `signal` until `deadline`; false when the wait ran out or the server stops.
-    async fn wait(&self, signal: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>, deadline: tokio::time::Instant) -> bool {
+    async fn wait(
+        &self,
+        signal: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
         tokio::select! {
             woken = tokio::time::timeout_at(deadline, signal) => woken.is_ok(),
             () = self.stopping.cancelled() => false,

@@ -52,6 +52,8 @@ pub struct Server {
     pub token: String,
     pub data: PathBuf,
     pub prefix: String,
+    /// The CA a TLS server's certificate is signed by, which its CLI commands trust.
+    pub ca_file: Option<PathBuf>,
     pub _dir: Option<tempfile::TempDir>,
 }
 
@@ -151,6 +153,7 @@ impl Server {
             token: token.expect("an admin token on the first start"),
             data: data.to_path_buf(),
             prefix: prefix.to_string(),
+            ca_file: None,
             _dir: None,
         }
     }
@@ -164,6 +167,9 @@ impl Server {
 
     /// Points `cmd` (a `kiln` CLI, however started) at this server, as [`Server::kiln`] does.
     pub fn client_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        if let Some(ca) = &self.ca_file {
+            cmd.env("KILN_CA_FILE", ca);
+        }
         cmd.env("KILN_SERVER", &self.url)
             .env("KILN_TOKEN", &self.token)
             .env("KILN_CLIENT_CONFIG", self.data.join("client.toml"))

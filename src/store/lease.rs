@@ -7,7 +7,7 @@
 //! [`StoreError::StaleLease`]. Each fenced write is one conditional `UPDATE`, so the check and the
 //! write cannot be separated by another writer.
 //!
-//! PostgreSQL: `claim_next`'s subquery gets `FOR UPDATE SKIP LOCKED`; the rest is unchanged.
+//! PostgreSQL: `claim_next`'s subquery gets `FOR UPDATE SKIP LOCKED`; the rest is the same SQL.
 
 use std::time::Duration;
 
@@ -17,7 +17,9 @@ use crate::run_id::RunId;
 
 use super::runs::{OutputImage, RunRecord, RunRow};
 use super::status::RunStatus;
-use super::{Store, StoreError, StoreResult, duration_millis, from_millis, now_millis, to_millis};
+use super::{
+    Db, Store, StoreError, StoreResult, duration_millis, from_millis, now_millis, on_db, to_millis,
+};
 
 /// The error message of a run that was in flight when its lease expired or the server restarted.
 pub const SERVER_STOPPED_MESSAGE: &str = "the server stopped during the run";
@@ -48,18 +50,28 @@ impl Store {
     ) -> StoreResult<Option<Claim>> {
         let now = now_millis();
         let expires = now.saturating_add(duration_millis(lease_ttl));
-        let row: Option<RunRow> = sqlx::query_as(
+        // PostgreSQL: a claimer skips the queued row another one has locked, instead of waiting
+        // for it and then finding it taken.
+        let skip_locked = match self.db() {
+            Db::Sqlite(_) => "",
+            Db::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
             "UPDATE runs SET status = 'Started', epoch = epoch + 1, lease_owner = $1,
                 lease_expires_at = $2, started_at = $3, updated_at = $3
-             WHERE id = (SELECT id FROM runs WHERE status = 'Queued' ORDER BY counter LIMIT 1)
+             WHERE id = (SELECT id FROM runs WHERE status = 'Queued' ORDER BY counter
+                LIMIT 1{skip_locked})
                AND status = 'Queued'
-             RETURNING *",
-        )
-        .bind(worker_id)
-        .bind(expires)
-        .bind(now)
-        .fetch_optional(self.pool())
-        .await?;
+             RETURNING *"
+        );
+        let row: Option<RunRow> = on_db!(self.db(), |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(worker_id)
+                .bind(expires)
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+        })?;
         match row {
             Some(row) => {
                 let run = RunRecord::try_from(row)?;
@@ -77,7 +89,7 @@ impl Store {
         ttl: Duration,
     ) -> StoreResult<Heartbeat> {
         let expires = now_millis().saturating_add(duration_millis(ttl));
-        let row: Option<(i64, bool)> = sqlx::query_as(
+        let row: Option<(i64, bool)> = on_db!(self.db(), |pool| sqlx::query_as(
             "UPDATE runs SET lease_expires_at = $3
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
              RETURNING lease_expires_at, cancel_requested",
@@ -85,8 +97,8 @@ impl Store {
         .bind(run.as_str())
         .bind(epoch)
         .bind(expires)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         match row {
             Some((expires, cancel_requested)) => {
                 Ok(Heartbeat { lease_expires_at: from_millis(expires)?, cancel_requested })
@@ -111,7 +123,7 @@ impl Store {
             };
             return Err(StoreError::InvalidTransition { run: run.clone(), reason });
         }
-        let row: Option<RunRow> = sqlx::query_as(
+        let row: Option<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "UPDATE runs SET status = $3, updated_at = $4
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
              RETURNING *",
@@ -120,8 +132,8 @@ impl Store {
         .bind(epoch)
         .bind(status.as_str())
         .bind(now_millis())
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         self.fenced(row, run, epoch).await
     }
 
@@ -142,7 +154,7 @@ impl Store {
         }
         let images = serde_json::to_string(output_images)
             .map_err(|e| StoreError::Corrupt(format!("output images: {e}")))?;
-        let row: Option<RunRow> = sqlx::query_as(
+        let row: Option<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "UPDATE runs SET status = $3, error_message = $4, output_images = $5,
                 dependencies = $6, finished_at = $7, updated_at = $7, lease_owner = NULL,
                 lease_expires_at = NULL
@@ -156,8 +168,8 @@ impl Store {
         .bind(images)
         .bind(dependencies)
         .bind(now_millis())
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         self.fenced(row, run, epoch).await
     }
 
@@ -165,7 +177,7 @@ impl Store {
     /// [`SERVER_STOPPED_MESSAGE`]; its epoch is bumped, so the old holder's writes fail from
     /// here on. Returns the IDs, oldest first.
     pub async fn expire_leases(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Error', error_message = $2, epoch = epoch + 1,
                 finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL
              WHERE status IN ('Started', 'Running') AND lease_expires_at <= $1
@@ -173,8 +185,8 @@ impl Store {
         )
         .bind(to_millis(now))
         .bind(SERVER_STOPPED_MESSAGE)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(self.sorted_ids(ids))
     }
 
@@ -182,7 +194,7 @@ impl Store {
     /// Timeout ("run timed out after N seconds"); fenced like [`Store::expire_leases`]. The
     /// server's backstop for a worker that does not enforce the run timeout itself.
     pub async fn expire_timeouts(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Timeout',
                 error_message = 'run timed out after ' || timeout_secs || ' seconds',
                 epoch = epoch + 1, finished_at = $1, updated_at = $1, lease_owner = NULL,
@@ -191,8 +203,8 @@ impl Store {
              RETURNING id",
         )
         .bind(to_millis(now))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(self.sorted_ids(ids))
     }
 
@@ -200,7 +212,7 @@ impl Store {
     /// becomes Error with [`SERVER_STOPPED_MESSAGE`] (its worker died with the old server).
     /// Fenced like [`Store::expire_leases`].
     pub async fn fail_in_flight_runs(&self) -> StoreResult<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Error', error_message = $2, epoch = epoch + 1,
                 finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL
              WHERE status IN ('Started', 'Running')
@@ -208,8 +220,8 @@ impl Store {
         )
         .bind(now_millis())
         .bind(SERVER_STOPPED_MESSAGE)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(self.sorted_ids(ids))
     }
 

@@ -21,6 +21,63 @@ async fn open(dir: &Path) -> Store {
     Store::open(dir, RunIdPrefix::new("kb").unwrap()).await.unwrap()
 }
 
+/// Where one run of a test keeps its store: a SQLite file in a temporary directory, or a
+/// PostgreSQL database of its own, created for it on the server `KILN_TEST_POSTGRES_URL` names.
+enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { server: String, name: String },
+}
+
+/// The backends every store test runs on: SQLite, and PostgreSQL when the environment has one
+/// (`scripts/test-env.sh` starts it; CI always does).
+async fn backends() -> Vec<TestDb> {
+    let mut dbs = vec![TestDb::Sqlite(tempfile::tempdir().unwrap())];
+    if let Ok(server) = std::env::var("KILN_TEST_POSTGRES_URL") {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("kiln_t_unit_{}_{n}", std::process::id());
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        dbs.push(TestDb::Postgres { server, name });
+    }
+    dbs
+}
+
+impl TestDb {
+    /// The store on this database (again: reopening sees what was written).
+    async fn open(&self) -> Store {
+        match self {
+            Self::Sqlite(dir) => open(dir.path()).await,
+            Self::Postgres { server, name } => {
+                eprintln!("on PostgreSQL database {name}");
+                let (base, _) = server.rsplit_once('/').expect("a database URL");
+                let url = DatabaseUrl::Postgres(format!("{base}/{name}"));
+                Store::connect(&url, RunIdPrefix::new("kb").unwrap()).await.unwrap()
+            }
+        }
+    }
+
+    /// Removes a PostgreSQL test database (one a failed test left is dropped by
+    /// `scripts/test-env.sh` when it next starts the server).
+    async fn drop(self) {
+        if let Self::Postgres { server, name } = self {
+            let mut admin =
+                <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
 fn quick_run(request: &str) -> NewRun {
     NewRun::new(RunType::QuickRun, request)
 }
@@ -44,592 +101,666 @@ async fn claimed(store: &Store, request: &str) -> Claim {
 
 #[tokio::test]
 async fn store_create_and_get_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let before = Utc::now() - TimeDelta::seconds(1);
-    let mut new = NewRun::new(RunType::AutoBuild, r#"{"task":"steps: []"}"#);
-    new.task_name = Some("nightly".into());
-    new.trigger = "Timer".into();
-    new.timeout_secs = 600;
-    let run = store.create_run(new).await.unwrap();
-    assert_eq!(run.id.as_str(), "kb1");
-    assert_eq!(run.counter, 1);
-    assert_eq!(run.status, RunStatus::Queued);
-    assert_eq!(run.run_type, RunType::AutoBuild);
-    assert_eq!(run.trigger, "Timer");
-    assert_eq!(run.task_name.as_deref(), Some("nightly"));
-    assert_eq!(run.request, r#"{"task":"steps: []"}"#);
-    assert_eq!(run.timeout_secs, 600);
-    assert_eq!(run.platform, "linux/amd64");
-    assert!(run.created_at >= before);
-    assert_eq!(run.updated_at, run.created_at);
-    assert_eq!((run.started_at, run.finished_at), (None, None));
-    assert_eq!(run.error_message, None);
-    assert!(run.output_images.is_empty());
-    assert_eq!(run.dependencies, None);
-    assert!(!run.cancel_requested);
-    assert_eq!((run.epoch, run.lease_owner.clone(), run.lease_expires_at), (0, None, None));
-    assert_eq!(run.log_len, WAITING_LINE.len() as u64);
-    let log = store.read_log(&run.id, 0, usize::MAX).await.unwrap();
-    assert_eq!(log[0].data, WAITING_LINE.as_bytes(), "every log starts with the queue line");
-    assert_eq!(store.get_run(&run.id).await.unwrap(), run);
+    for db in backends().await {
+        let store = db.open().await;
+        let before = Utc::now() - TimeDelta::seconds(1);
+        let mut new = NewRun::new(RunType::AutoBuild, r#"{"task":"steps: []"}"#);
+        new.task_name = Some("nightly".into());
+        new.trigger = "Timer".into();
+        new.timeout_secs = 600;
+        let run = store.create_run(new).await.unwrap();
+        assert_eq!(run.id.as_str(), "kb1");
+        assert_eq!(run.counter, 1);
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(run.run_type, RunType::AutoBuild);
+        assert_eq!(run.trigger, "Timer");
+        assert_eq!(run.task_name.as_deref(), Some("nightly"));
+        assert_eq!(run.request, r#"{"task":"steps: []"}"#);
+        assert_eq!(run.timeout_secs, 600);
+        assert_eq!(run.platform, "linux/amd64");
+        assert!(run.created_at >= before);
+        assert_eq!(run.updated_at, run.created_at);
+        assert_eq!((run.started_at, run.finished_at), (None, None));
+        assert_eq!(run.error_message, None);
+        assert!(run.output_images.is_empty());
+        assert_eq!(run.dependencies, None);
+        assert!(!run.cancel_requested);
+        assert_eq!((run.epoch, run.lease_owner.clone(), run.lease_expires_at), (0, None, None));
+        assert_eq!(run.log_len, WAITING_LINE.len() as u64);
+        let log = store.read_log(&run.id, 0, usize::MAX).await.unwrap();
+        assert_eq!(log[0].data, WAITING_LINE.as_bytes(), "every log starts with the queue line");
+        assert_eq!(store.get_run(&run.id).await.unwrap(), run);
 
-    let second = store.create_run(quick_run("{}")).await.unwrap();
-    assert_eq!(second.id.as_str(), "kb2");
-    assert_eq!(second.task_name, None);
+        let second = store.create_run(quick_run("{}")).await.unwrap();
+        assert_eq!(second.id.as_str(), "kb2");
+        assert_eq!(second.task_name, None);
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_get_unknown_run_is_not_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let id = RunId::new("kb9");
-    assert!(matches!(store.get_run(&id).await, Err(StoreError::NotFound(x)) if x == id));
-    assert_eq!(store.find_run(&id).await.unwrap(), None);
-    assert!(matches!(store.log_len(&id).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.read_log(&id, 0, 10).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.cancel_run(&id).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.append_log(&id, 1, b"x").await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.heartbeat(&id, 1, TTL).await, Err(StoreError::NotFound(_))));
+    for db in backends().await {
+        let store = db.open().await;
+        let id = RunId::new("kb9");
+        assert!(matches!(store.get_run(&id).await, Err(StoreError::NotFound(x)) if x == id));
+        assert_eq!(store.find_run(&id).await.unwrap(), None);
+        assert!(matches!(store.log_len(&id).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.read_log(&id, 0, 10).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.cancel_run(&id).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.append_log(&id, 1, b"x").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.heartbeat(&id, 1, TTL).await, Err(StoreError::NotFound(_))));
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_ids_keep_increasing_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = RunIdPrefix::new("kb").unwrap();
-    let mut counters = Vec::new();
-    for _ in 0..3 {
-        let store = open(dir.path()).await;
-        for _ in 0..40 {
-            let run = store.create_run(quick_run("{}")).await.unwrap();
-            assert_eq!(prefix.counter_of(&run.id), Some(run.counter));
-            counters.push(run.counter);
+    for db in backends().await {
+        let prefix = RunIdPrefix::new("kb").unwrap();
+        let mut counters = Vec::new();
+        for _ in 0..3 {
+            let store = db.open().await;
+            for _ in 0..40 {
+                let run = store.create_run(quick_run("{}")).await.unwrap();
+                assert_eq!(prefix.counter_of(&run.id), Some(run.counter));
+                counters.push(run.counter);
+            }
+            store.close().await;
         }
-        store.close().await;
+        assert_eq!(counters, (1..=120).collect::<Vec<u64>>());
+        db.drop().await;
     }
-    assert_eq!(counters, (1..=120).collect::<Vec<u64>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_concurrent_creates_issue_unique_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for _ in 0..50 {
-                    ids.push(store.create_run(quick_run("{}")).await.unwrap().counter);
-                }
-                ids
+    for db in backends().await {
+        let store = db.open().await;
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for _ in 0..50 {
+                        ids.push(store.create_run(quick_run("{}")).await.unwrap().counter);
+                    }
+                    ids
+                })
             })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        let ids = task.await.unwrap();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each creator sees increasing IDs");
-        all.extend(ids);
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            let ids = task.await.unwrap();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "each creator sees increasing IDs");
+            all.extend(ids);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+        db.drop().await;
     }
-    all.sort_unstable();
-    assert_eq!(all, (1..=200).collect::<Vec<u64>>());
 }
 
 #[tokio::test]
 async fn store_list_runs_filters_newest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    for i in 0..20 {
-        let mut new = quick_run("{}");
-        new.task_name = Some(if i % 2 == 0 { "even" } else { "odd" }.to_string());
-        store.create_run(new).await.unwrap();
-    }
-    // kb1 succeeds with app:v1; kb2 fails with nothing; the rest stay queued.
-    let c = store.claim_next("w", TTL).await.unwrap().unwrap();
-    store
-        .finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[image("team/app", "v1")], None)
-        .await
-        .unwrap();
-    let c = store.claim_next("w", TTL).await.unwrap().unwrap();
-    store.finish(&c.run.id, c.epoch, RunStatus::Failed, Some("exit 1"), &[], None).await.unwrap();
+    for db in backends().await {
+        let store = db.open().await;
+        for i in 0..20 {
+            let mut new = quick_run("{}");
+            new.task_name = Some(if i % 2 == 0 { "even" } else { "odd" }.to_string());
+            store.create_run(new).await.unwrap();
+        }
+        // kb1 succeeds with app:v1; kb2 fails with nothing; the rest stay queued.
+        let c = store.claim_next("w", TTL).await.unwrap().unwrap();
+        store
+            .finish(
+                &c.run.id,
+                c.epoch,
+                RunStatus::Succeeded,
+                None,
+                &[image("team/app", "v1")],
+                None,
+            )
+            .await
+            .unwrap();
+        let c = store.claim_next("w", TTL).await.unwrap().unwrap();
+        store
+            .finish(&c.run.id, c.epoch, RunStatus::Failed, Some("exit 1"), &[], None)
+            .await
+            .unwrap();
 
-    let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.counter).collect::<Vec<_>>();
-    let default = store.list_runs(&RunFilter::default()).await.unwrap();
-    assert_eq!(ids(default), (6..=20).rev().collect::<Vec<_>>());
-    let all = RunFilter { top: 0, ..RunFilter::default() };
-    assert_eq!(store.list_runs(&all).await.unwrap().len(), 20);
-    let queued = RunFilter { status: Some(RunStatus::Queued), top: 3, ..RunFilter::default() };
-    assert_eq!(ids(store.list_runs(&queued).await.unwrap()), vec![20, 19, 18]);
-    let failed = RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() };
-    assert_eq!(ids(store.list_runs(&failed).await.unwrap()), vec![2]);
-    let even = RunFilter { task_name: Some("even".into()), top: 2, ..RunFilter::default() };
-    assert_eq!(ids(store.list_runs(&even).await.unwrap()), vec![19, 17]);
-    let app = RunFilter { image: Some("team/app:v1".into()), ..RunFilter::default() };
-    assert_eq!(ids(store.list_runs(&app).await.unwrap()), vec![1]);
-    let other_tag = RunFilter { image: Some("team/app:v2".into()), ..RunFilter::default() };
-    assert!(store.list_runs(&other_tag).await.unwrap().is_empty());
-    let latest = RunFilter { image: Some("team/app".into()), ..RunFilter::default() };
-    assert!(store.list_runs(&latest).await.unwrap().is_empty());
+        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.counter).collect::<Vec<_>>();
+        let default = store.list_runs(&RunFilter::default()).await.unwrap();
+        assert_eq!(ids(default), (6..=20).rev().collect::<Vec<_>>());
+        let all = RunFilter { top: 0, ..RunFilter::default() };
+        assert_eq!(store.list_runs(&all).await.unwrap().len(), 20);
+        let queued = RunFilter { status: Some(RunStatus::Queued), top: 3, ..RunFilter::default() };
+        assert_eq!(ids(store.list_runs(&queued).await.unwrap()), vec![20, 19, 18]);
+        let failed = RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() };
+        assert_eq!(ids(store.list_runs(&failed).await.unwrap()), vec![2]);
+        let even = RunFilter { task_name: Some("even".into()), top: 2, ..RunFilter::default() };
+        assert_eq!(ids(store.list_runs(&even).await.unwrap()), vec![19, 17]);
+        let app = RunFilter { image: Some("team/app:v1".into()), ..RunFilter::default() };
+        assert_eq!(ids(store.list_runs(&app).await.unwrap()), vec![1]);
+        let other_tag = RunFilter { image: Some("team/app:v2".into()), ..RunFilter::default() };
+        assert!(store.list_runs(&other_tag).await.unwrap().is_empty());
+        let latest = RunFilter { image: Some("team/app".into()), ..RunFilter::default() };
+        assert!(store.list_runs(&latest).await.unwrap().is_empty());
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_claim_takes_oldest_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    assert_eq!(store.claim_next("w1", TTL).await.unwrap(), None);
-    let first = store.create_run(quick_run("1")).await.unwrap();
-    let second = store.create_run(quick_run("2")).await.unwrap();
-    let before = Utc::now() - TimeDelta::seconds(1);
-    let claim = store.claim_next("w1", TTL).await.unwrap().unwrap();
-    assert_eq!(claim.run.id, first.id);
-    assert_eq!(claim.epoch, 1);
-    assert_eq!(claim.run.status, RunStatus::Started);
-    assert_eq!(claim.run.lease_owner.as_deref(), Some("w1"));
-    let started = claim.run.started_at.unwrap();
-    assert!(started >= before);
-    assert_eq!(claim.run.lease_expires_at.unwrap(), started + TimeDelta::seconds(30));
-    let claim2 = store.claim_next("w2", TTL).await.unwrap().unwrap();
-    assert_eq!(claim2.run.id, second.id);
-    assert_eq!(store.claim_next("w3", TTL).await.unwrap(), None);
-    assert_eq!(store.get_run(&first.id).await.unwrap(), claim.run);
+    for db in backends().await {
+        let store = db.open().await;
+        assert_eq!(store.claim_next("w1", TTL).await.unwrap(), None);
+        let first = store.create_run(quick_run("1")).await.unwrap();
+        let second = store.create_run(quick_run("2")).await.unwrap();
+        let before = Utc::now() - TimeDelta::seconds(1);
+        let claim = store.claim_next("w1", TTL).await.unwrap().unwrap();
+        assert_eq!(claim.run.id, first.id);
+        assert_eq!(claim.epoch, 1);
+        assert_eq!(claim.run.status, RunStatus::Started);
+        assert_eq!(claim.run.lease_owner.as_deref(), Some("w1"));
+        let started = claim.run.started_at.unwrap();
+        assert!(started >= before);
+        assert_eq!(claim.run.lease_expires_at.unwrap(), started + TimeDelta::seconds(30));
+        let claim2 = store.claim_next("w2", TTL).await.unwrap().unwrap();
+        assert_eq!(claim2.run.id, second.id);
+        assert_eq!(store.claim_next("w3", TTL).await.unwrap(), None);
+        assert_eq!(store.get_run(&first.id).await.unwrap(), claim.run);
+        db.drop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_concurrent_claimers_never_double_claim() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    const RUNS: usize = 300;
-    for _ in 0..RUNS {
-        store.create_run(quick_run("{}")).await.unwrap();
-    }
-    let claimers: Vec<_> = (0..4)
-        .map(|w| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                while let Some(claim) = store.claim_next(&format!("w{w}"), TTL).await.unwrap() {
-                    assert_eq!(claim.epoch, 1);
-                    assert_eq!(claim.run.lease_owner, Some(format!("w{w}")));
-                    got.push(claim.run.id);
-                }
-                got
-            })
-        })
-        .collect();
-    let mut seen = HashSet::new();
-    for claimer in claimers {
-        for id in claimer.await.unwrap() {
-            assert!(seen.insert(id.clone()), "{id} claimed twice");
+    for db in backends().await {
+        let store = db.open().await;
+        const RUNS: usize = 300;
+        for _ in 0..RUNS {
+            store.create_run(quick_run("{}")).await.unwrap();
         }
+        let claimers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    while let Some(claim) = store.claim_next(&format!("w{w}"), TTL).await.unwrap() {
+                        assert_eq!(claim.epoch, 1);
+                        assert_eq!(claim.run.lease_owner, Some(format!("w{w}")));
+                        got.push(claim.run.id);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for claimer in claimers {
+            for id in claimer.await.unwrap() {
+                assert!(seen.insert(id.clone()), "{id} claimed twice");
+            }
+        }
+        assert_eq!(seen.len(), RUNS);
+        let queued = RunFilter { status: Some(RunStatus::Queued), ..RunFilter::default() };
+        assert!(store.list_runs(&queued).await.unwrap().is_empty());
+        db.drop().await;
     }
-    assert_eq!(seen.len(), RUNS);
-    let queued = RunFilter { status: Some(RunStatus::Queued), ..RunFilter::default() };
-    assert!(store.list_runs(&queued).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn store_worker_lifecycle() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let claim = claimed(&store, "{}").await;
-    let id = &claim.run.id;
-    let beat = store.heartbeat(id, claim.epoch, Duration::from_secs(120)).await.unwrap();
-    assert!(!beat.cancel_requested);
-    assert!(beat.lease_expires_at > claim.run.lease_expires_at.unwrap());
-    let running = store.set_status(id, claim.epoch, RunStatus::Running).await.unwrap();
-    assert_eq!(running.status, RunStatus::Running);
-    for bad in [RunStatus::Queued, RunStatus::Started, RunStatus::Succeeded] {
+    for db in backends().await {
+        let store = db.open().await;
+        let claim = claimed(&store, "{}").await;
+        let id = &claim.run.id;
+        let beat = store.heartbeat(id, claim.epoch, Duration::from_secs(120)).await.unwrap();
+        assert!(!beat.cancel_requested);
+        assert!(beat.lease_expires_at > claim.run.lease_expires_at.unwrap());
+        let running = store.set_status(id, claim.epoch, RunStatus::Running).await.unwrap();
+        assert_eq!(running.status, RunStatus::Running);
+        for bad in [RunStatus::Queued, RunStatus::Started, RunStatus::Succeeded] {
+            assert!(matches!(
+                store.set_status(id, claim.epoch, bad).await,
+                Err(StoreError::InvalidTransition { .. })
+            ));
+        }
         assert!(matches!(
-            store.set_status(id, claim.epoch, bad).await,
+            store.finish(id, claim.epoch, RunStatus::Running, None, &[], None).await,
             Err(StoreError::InvalidTransition { .. })
         ));
+        let images = [image("app", "v1"), image("app", "latest")];
+        let done = store
+            .finish(id, claim.epoch, RunStatus::Succeeded, None, &images, Some(r#"[{"image":{}}]"#))
+            .await
+            .unwrap();
+        assert_eq!(done.status, RunStatus::Succeeded);
+        assert_eq!(done.output_images, images);
+        assert_eq!(done.dependencies.as_deref(), Some(r#"[{"image":{}}]"#));
+        assert!(done.finished_at.is_some());
+        assert_eq!((done.lease_owner.clone(), done.lease_expires_at), (None, None));
+        assert_eq!(store.get_run(id).await.unwrap(), done);
+        // A finished run takes no more worker writes, even with the right epoch.
+        assert!(matches!(
+            store.append_log(id, claim.epoch, b"late").await,
+            Err(StoreError::StaleLease { status: RunStatus::Succeeded, .. })
+        ));
+        assert!(matches!(
+            store.finish(id, claim.epoch, RunStatus::Failed, None, &[], None).await,
+            Err(StoreError::StaleLease { .. })
+        ));
+        db.drop().await;
     }
-    assert!(matches!(
-        store.finish(id, claim.epoch, RunStatus::Running, None, &[], None).await,
-        Err(StoreError::InvalidTransition { .. })
-    ));
-    let images = [image("app", "v1"), image("app", "latest")];
-    let done = store
-        .finish(id, claim.epoch, RunStatus::Succeeded, None, &images, Some(r#"[{"image":{}}]"#))
-        .await
-        .unwrap();
-    assert_eq!(done.status, RunStatus::Succeeded);
-    assert_eq!(done.output_images, images);
-    assert_eq!(done.dependencies.as_deref(), Some(r#"[{"image":{}}]"#));
-    assert!(done.finished_at.is_some());
-    assert_eq!((done.lease_owner.clone(), done.lease_expires_at), (None, None));
-    assert_eq!(store.get_run(id).await.unwrap(), done);
-    // A finished run takes no more worker writes, even with the right epoch.
-    assert!(matches!(
-        store.append_log(id, claim.epoch, b"late").await,
-        Err(StoreError::StaleLease { status: RunStatus::Succeeded, .. })
-    ));
-    assert!(matches!(
-        store.finish(id, claim.epoch, RunStatus::Failed, None, &[], None).await,
-        Err(StoreError::StaleLease { .. })
-    ));
 }
 
 #[tokio::test]
 async fn store_stale_epoch_cannot_write_after_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let claim = claimed(&store, "{}").await;
-    let id = &claim.run.id;
-    store.set_status(id, claim.epoch, RunStatus::Running).await.unwrap();
-    store.append_log(id, claim.epoch, b"before\n").await.unwrap();
-    let expiry = claim.run.lease_expires_at.unwrap();
+    for db in backends().await {
+        let store = db.open().await;
+        let claim = claimed(&store, "{}").await;
+        let id = &claim.run.id;
+        store.set_status(id, claim.epoch, RunStatus::Running).await.unwrap();
+        store.append_log(id, claim.epoch, b"before\n").await.unwrap();
+        let expiry = claim.run.lease_expires_at.unwrap();
 
-    // Not yet expired: nothing happens.
-    assert!(store.expire_leases(expiry - TimeDelta::milliseconds(1)).await.unwrap().is_empty());
-    assert_eq!(store.get_run(id).await.unwrap().status, RunStatus::Running);
+        // Not yet expired: nothing happens.
+        assert!(store.expire_leases(expiry - TimeDelta::milliseconds(1)).await.unwrap().is_empty());
+        assert_eq!(store.get_run(id).await.unwrap().status, RunStatus::Running);
 
-    assert_eq!(store.expire_leases(expiry).await.unwrap(), vec![id.clone()]);
-    let run = store.get_run(id).await.unwrap();
-    assert_eq!(run.status, RunStatus::Error);
-    assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
-    assert_eq!(run.epoch, claim.epoch + 1);
-    assert!(run.finished_at.is_some());
+        assert_eq!(store.expire_leases(expiry).await.unwrap(), vec![id.clone()]);
+        let run = store.get_run(id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Error);
+        assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
+        assert_eq!(run.epoch, claim.epoch + 1);
+        assert!(run.finished_at.is_some());
 
-    let stale = |r: StoreResult<()>| match r {
-        Err(StoreError::StaleLease { epoch, current, status, .. }) => {
-            assert_eq!((epoch, current, status), (claim.epoch, claim.epoch + 1, RunStatus::Error));
-        }
-        other => panic!("expected StaleLease, got {other:?}"),
-    };
-    stale(store.append_log(id, claim.epoch, b"after\n").await.map(drop));
-    stale(store.set_status(id, claim.epoch, RunStatus::Running).await.map(drop));
-    stale(store.heartbeat(id, claim.epoch, TTL).await.map(drop));
-    stale(store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.map(drop));
-    let err = store.append_log(id, claim.epoch, b"x").await.unwrap_err();
-    assert!(err.to_string().contains("stale"), "{err}");
-    // Nothing the stale worker wrote landed.
-    let after = store.get_run(id).await.unwrap();
-    assert_eq!((after.status, after.log_len), (RunStatus::Error, WAITING + 7));
-    // A second expiry pass finds nothing more.
-    assert!(store.expire_leases(expiry + TimeDelta::days(1)).await.unwrap().is_empty());
+        let stale = |r: StoreResult<()>| match r {
+            Err(StoreError::StaleLease { epoch, current, status, .. }) => {
+                assert_eq!(
+                    (epoch, current, status),
+                    (claim.epoch, claim.epoch + 1, RunStatus::Error)
+                );
+            }
+            other => panic!("expected StaleLease, got {other:?}"),
+        };
+        stale(store.append_log(id, claim.epoch, b"after\n").await.map(drop));
+        stale(store.set_status(id, claim.epoch, RunStatus::Running).await.map(drop));
+        stale(store.heartbeat(id, claim.epoch, TTL).await.map(drop));
+        stale(store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.map(drop));
+        let err = store.append_log(id, claim.epoch, b"x").await.unwrap_err();
+        assert!(err.to_string().contains("stale"), "{err}");
+        // Nothing the stale worker wrote landed.
+        let after = store.get_run(id).await.unwrap();
+        assert_eq!((after.status, after.log_len), (RunStatus::Error, WAITING + 7));
+        // A second expiry pass finds nothing more.
+        assert!(store.expire_leases(expiry + TimeDelta::days(1)).await.unwrap().is_empty());
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_timeouts_end_runs_and_fence() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let mut new = quick_run("{}");
-    new.timeout_secs = 300;
-    store.create_run(new).await.unwrap();
-    let claim = store.claim_next("w", Duration::from_secs(3600)).await.unwrap().unwrap();
-    let id = &claim.run.id;
-    let started = claim.run.started_at.unwrap();
-    let queued = store.create_run(quick_run("{}")).await.unwrap();
-    let limit = started + TimeDelta::seconds(300);
-    assert!(store.expire_timeouts(limit - TimeDelta::milliseconds(1)).await.unwrap().is_empty());
-    assert_eq!(store.expire_timeouts(limit).await.unwrap(), vec![id.clone()]);
-    let run = store.get_run(id).await.unwrap();
-    assert_eq!(run.status, RunStatus::Timeout);
-    assert_eq!(run.error_message.as_deref(), Some("run timed out after 300 seconds"));
-    assert_eq!(run.epoch, claim.epoch + 1);
-    assert!(matches!(
-        store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await,
-        Err(StoreError::StaleLease { status: RunStatus::Timeout, .. })
-    ));
-    assert_eq!(store.get_run(&queued.id).await.unwrap().status, RunStatus::Queued);
+    for db in backends().await {
+        let store = db.open().await;
+        let mut new = quick_run("{}");
+        new.timeout_secs = 300;
+        store.create_run(new).await.unwrap();
+        let claim = store.claim_next("w", Duration::from_secs(3600)).await.unwrap().unwrap();
+        let id = &claim.run.id;
+        let started = claim.run.started_at.unwrap();
+        let queued = store.create_run(quick_run("{}")).await.unwrap();
+        let limit = started + TimeDelta::seconds(300);
+        assert!(
+            store.expire_timeouts(limit - TimeDelta::milliseconds(1)).await.unwrap().is_empty()
+        );
+        assert_eq!(store.expire_timeouts(limit).await.unwrap(), vec![id.clone()]);
+        let run = store.get_run(id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Timeout);
+        assert_eq!(run.error_message.as_deref(), Some("run timed out after 300 seconds"));
+        assert_eq!(run.epoch, claim.epoch + 1);
+        assert!(matches!(
+            store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await,
+            Err(StoreError::StaleLease { status: RunStatus::Timeout, .. })
+        ));
+        assert_eq!(store.get_run(&queued.id).await.unwrap().status, RunStatus::Queued);
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_wrong_epoch_is_stale_while_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let claim = claimed(&store, "{}").await;
-    assert!(matches!(
-        store.append_log(&claim.run.id, claim.epoch + 1, b"x").await,
-        Err(StoreError::StaleLease { current: 1, status: RunStatus::Started, .. })
-    ));
-    assert!(matches!(
-        store.append_log(&claim.run.id, claim.epoch - 1, b"x").await,
-        Err(StoreError::StaleLease { .. })
-    ));
+    for db in backends().await {
+        let store = db.open().await;
+        let claim = claimed(&store, "{}").await;
+        assert!(matches!(
+            store.append_log(&claim.run.id, claim.epoch + 1, b"x").await,
+            Err(StoreError::StaleLease { current: 1, status: RunStatus::Started, .. })
+        ));
+        assert!(matches!(
+            store.append_log(&claim.run.id, claim.epoch - 1, b"x").await,
+            Err(StoreError::StaleLease { .. })
+        ));
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_restart_fails_in_flight_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let (started, running, queued, done);
-    {
-        let store = open(dir.path()).await;
-        let c = claimed(&store, "done").await;
-        store.finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
-        done = c.run.id;
-        let c = claimed(&store, "running").await;
-        store.set_status(&c.run.id, c.epoch, RunStatus::Running).await.unwrap();
-        running = c;
-        started = claimed(&store, "started").await;
-        queued = store.create_run(quick_run("queued")).await.unwrap().id;
-        store.close().await;
+    for db in backends().await {
+        let (started, running, queued, done);
+        {
+            let store = db.open().await;
+            let c = claimed(&store, "done").await;
+            store.finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+            done = c.run.id;
+            let c = claimed(&store, "running").await;
+            store.set_status(&c.run.id, c.epoch, RunStatus::Running).await.unwrap();
+            running = c;
+            started = claimed(&store, "started").await;
+            queued = store.create_run(quick_run("queued")).await.unwrap().id;
+            store.close().await;
+        }
+        let store = db.open().await;
+        let failed = store.fail_in_flight_runs().await.unwrap();
+        assert_eq!(failed, vec![running.run.id.clone(), started.run.id.clone()]);
+        for claim in [&running, &started] {
+            let run = store.get_run(&claim.run.id).await.unwrap();
+            assert_eq!(run.status, RunStatus::Error);
+            assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
+            assert!(matches!(
+                store.append_log(&claim.run.id, claim.epoch, b"x").await,
+                Err(StoreError::StaleLease { .. })
+            ));
+        }
+        assert_eq!(store.get_run(&queued).await.unwrap().status, RunStatus::Queued);
+        assert_eq!(store.get_run(&done).await.unwrap().status, RunStatus::Succeeded);
+        db.drop().await;
     }
-    let store = open(dir.path()).await;
-    let failed = store.fail_in_flight_runs().await.unwrap();
-    assert_eq!(failed, vec![running.run.id.clone(), started.run.id.clone()]);
-    for claim in [&running, &started] {
-        let run = store.get_run(&claim.run.id).await.unwrap();
-        assert_eq!(run.status, RunStatus::Error);
-        assert_eq!(run.error_message.as_deref(), Some(SERVER_STOPPED_MESSAGE));
-        assert!(matches!(
-            store.append_log(&claim.run.id, claim.epoch, b"x").await,
-            Err(StoreError::StaleLease { .. })
-        ));
-    }
-    assert_eq!(store.get_run(&queued).await.unwrap().status, RunStatus::Queued);
-    assert_eq!(store.get_run(&done).await.unwrap().status, RunStatus::Succeeded);
 }
 
 #[tokio::test]
 async fn store_cancel_in_each_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    for db in backends().await {
+        let store = db.open().await;
 
-    // Started and Running: the flag is set, the worker learns it from its heartbeat.
-    let started = claimed(&store, "started").await;
-    let running = claimed(&store, "running").await;
-    store.set_status(&running.run.id, running.epoch, RunStatus::Running).await.unwrap();
-    for (claim, status) in [(&started, RunStatus::Started), (&running, RunStatus::Running)] {
-        let run = store.cancel_run(&claim.run.id).await.unwrap();
-        assert_eq!(run.status, status);
-        assert!(run.cancel_requested);
-        assert_eq!(run.finished_at, None);
-        assert!(store.heartbeat(&claim.run.id, claim.epoch, TTL).await.unwrap().cancel_requested);
-        // Cancelling again is harmless.
-        assert!(store.cancel_run(&claim.run.id).await.unwrap().cancel_requested);
-        let done = store
-            .finish(&claim.run.id, claim.epoch, RunStatus::Canceled, None, &[], None)
-            .await
-            .unwrap();
-        assert_eq!(done.status, RunStatus::Canceled);
+        // Started and Running: the flag is set, the worker learns it from its heartbeat.
+        let started = claimed(&store, "started").await;
+        let running = claimed(&store, "running").await;
+        store.set_status(&running.run.id, running.epoch, RunStatus::Running).await.unwrap();
+        for (claim, status) in [(&started, RunStatus::Started), (&running, RunStatus::Running)] {
+            let run = store.cancel_run(&claim.run.id).await.unwrap();
+            assert_eq!(run.status, status);
+            assert!(run.cancel_requested);
+            assert_eq!(run.finished_at, None);
+            assert!(
+                store.heartbeat(&claim.run.id, claim.epoch, TTL).await.unwrap().cancel_requested
+            );
+            // Cancelling again is harmless.
+            assert!(store.cancel_run(&claim.run.id).await.unwrap().cancel_requested);
+            let done = store
+                .finish(&claim.run.id, claim.epoch, RunStatus::Canceled, None, &[], None)
+                .await
+                .unwrap();
+            assert_eq!(done.status, RunStatus::Canceled);
+        }
+
+        // Queued: canceled at once, and never claimed.
+        let queued = store.create_run(quick_run("queued")).await.unwrap();
+        let run = store.cancel_run(&queued.id).await.unwrap();
+        assert_eq!(run.status, RunStatus::Canceled);
+        assert!(run.finished_at.is_some());
+        assert!(!run.cancel_requested);
+        assert_eq!(store.claim_next("w", TTL).await.unwrap(), None);
+
+        // Terminal: typed error naming the status.
+        let err = store.cancel_run(&queued.id).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::AlreadyFinished { status: RunStatus::Canceled, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("run {} already finished with status Canceled", queued.id)
+        );
+        let err = store.cancel_run(&started.run.id).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyFinished { .. }));
+        db.drop().await;
     }
-
-    // Queued: canceled at once, and never claimed.
-    let queued = store.create_run(quick_run("queued")).await.unwrap();
-    let run = store.cancel_run(&queued.id).await.unwrap();
-    assert_eq!(run.status, RunStatus::Canceled);
-    assert!(run.finished_at.is_some());
-    assert!(!run.cancel_requested);
-    assert_eq!(store.claim_next("w", TTL).await.unwrap(), None);
-
-    // Terminal: typed error naming the status.
-    let err = store.cancel_run(&queued.id).await.unwrap_err();
-    assert!(
-        matches!(&err, StoreError::AlreadyFinished { status: RunStatus::Canceled, .. }),
-        "{err:?}"
-    );
-    assert_eq!(err.to_string(), format!("run {} already finished with status Canceled", queued.id));
-    let err = store.cancel_run(&started.run.id).await.unwrap_err();
-    assert!(matches!(err, StoreError::AlreadyFinished { .. }));
 }
 
 #[tokio::test]
 async fn store_log_offsets_contiguous_and_reads_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let claim = claimed(&store, "{}").await;
-    let id = &claim.run.id;
-    let mut expected = WAITING_LINE.as_bytes().to_vec();
-    for (i, size) in [1usize, 7, 0, 300, 2, 500, 13].into_iter().enumerate() {
-        let bytes: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
-        let chunk = store.append_log(id, claim.epoch, &bytes).await.unwrap();
-        assert_eq!(chunk.offset, expected.len() as u64);
-        assert_eq!(chunk.len, size as u64);
-        expected.extend_from_slice(&bytes);
-    }
-    assert_eq!(store.log_len(id).await.unwrap(), expected.len() as u64);
-    let whole = store.read_log(id, 0, usize::MAX).await.unwrap();
-    let seqs: Vec<u64> = whole.iter().map(|c| c.seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7], "the empty append stored no chunk");
-    for pair in whole.windows(2) {
-        assert_eq!(pair[0].end(), pair[1].offset, "no gap, no overlap");
-    }
-    // A follower resuming from any offset, reading in pieces of any size, gets exactly the rest.
-    // Every offset with large reads; with small reads, the offsets around chunk boundaries.
-    let boundaries: Vec<usize> = whole
-        .iter()
-        .flat_map(|c| {
-            let at = c.offset as usize;
-            [at.saturating_sub(1), at, at + 1]
-        })
-        .chain([expected.len() - 1, expected.len()])
-        .collect();
-    for max in [1usize, 5, 64, 100, usize::MAX] {
-        let froms: Vec<usize> =
-            if max >= 100 { (0..=expected.len()).collect() } else { boundaries.clone() };
-        for from in froms {
-            let mut got = Vec::new();
-            let mut at = from as u64;
-            loop {
-                let chunks = store.read_log(id, at, max).await.unwrap();
-                if chunks.is_empty() {
-                    break;
-                }
-                let mut total = 0;
-                for c in chunks {
-                    assert_eq!(c.offset, at);
-                    at = c.end();
-                    total += c.data.len();
-                    got.extend(c.data);
-                }
-                assert!(total <= max);
-            }
-            assert_eq!(got, expected[from..], "from {from}, max {max}");
+    for db in backends().await {
+        let store = db.open().await;
+        let claim = claimed(&store, "{}").await;
+        let id = &claim.run.id;
+        let mut expected = WAITING_LINE.as_bytes().to_vec();
+        for (i, size) in [1usize, 7, 0, 300, 2, 500, 13].into_iter().enumerate() {
+            let bytes: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+            let chunk = store.append_log(id, claim.epoch, &bytes).await.unwrap();
+            assert_eq!(chunk.offset, expected.len() as u64);
+            assert_eq!(chunk.len, size as u64);
+            expected.extend_from_slice(&bytes);
         }
+        assert_eq!(store.log_len(id).await.unwrap(), expected.len() as u64);
+        let whole = store.read_log(id, 0, usize::MAX).await.unwrap();
+        let seqs: Vec<u64> = whole.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7], "the empty append stored no chunk");
+        for pair in whole.windows(2) {
+            assert_eq!(pair[0].end(), pair[1].offset, "no gap, no overlap");
+        }
+        // A follower resuming from any offset, reading in pieces of any size, gets exactly the rest.
+        // Every offset with large reads; with small reads, the offsets around chunk boundaries.
+        let boundaries: Vec<usize> = whole
+            .iter()
+            .flat_map(|c| {
+                let at = c.offset as usize;
+                [at.saturating_sub(1), at, at + 1]
+            })
+            .chain([expected.len() - 1, expected.len()])
+            .collect();
+        for max in [1usize, 5, 64, 100, usize::MAX] {
+            let froms: Vec<usize> =
+                if max >= 100 { (0..=expected.len()).collect() } else { boundaries.clone() };
+            for from in froms {
+                let mut got = Vec::new();
+                let mut at = from as u64;
+                loop {
+                    let chunks = store.read_log(id, at, max).await.unwrap();
+                    if chunks.is_empty() {
+                        break;
+                    }
+                    let mut total = 0;
+                    for c in chunks {
+                        assert_eq!(c.offset, at);
+                        at = c.end();
+                        total += c.data.len();
+                        got.extend(c.data);
+                    }
+                    assert!(total <= max);
+                }
+                assert_eq!(got, expected[from..], "from {from}, max {max}");
+            }
+        }
+        assert!(store.read_log(id, expected.len() as u64 + 10, 100).await.unwrap().is_empty());
+        assert!(store.read_log(id, 0, 0).await.unwrap().is_empty());
+        db.drop().await;
     }
-    assert!(store.read_log(id, expected.len() as u64 + 10, 100).await.unwrap().is_empty());
-    assert!(store.read_log(id, 0, 0).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn store_expire_logs_of_old_finished_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let finished = claimed(&store, "finished").await;
-    store.append_log(&finished.run.id, finished.epoch, b"a").await.unwrap();
-    store.append_log(&finished.run.id, finished.epoch, b"b").await.unwrap();
-    let done = store
-        .finish(&finished.run.id, finished.epoch, RunStatus::Succeeded, None, &[], None)
-        .await
-        .unwrap();
-    let live = claimed(&store, "live").await;
-    store.append_log(&live.run.id, live.epoch, b"c").await.unwrap();
+    for db in backends().await {
+        let store = db.open().await;
+        let finished = claimed(&store, "finished").await;
+        store.append_log(&finished.run.id, finished.epoch, b"a").await.unwrap();
+        store.append_log(&finished.run.id, finished.epoch, b"b").await.unwrap();
+        let done = store
+            .finish(&finished.run.id, finished.epoch, RunStatus::Succeeded, None, &[], None)
+            .await
+            .unwrap();
+        let live = claimed(&store, "live").await;
+        store.append_log(&live.run.id, live.epoch, b"c").await.unwrap();
 
-    let finished_at = done.finished_at.unwrap();
-    assert_eq!(store.expire_logs(finished_at - logs::LOG_RETENTION).await.unwrap(), 0);
-    assert_eq!(store.expire_logs(finished_at).await.unwrap(), 0, "strictly before the cutoff");
-    let cutoff = finished_at + TimeDelta::milliseconds(1);
-    assert_eq!(store.expire_logs(cutoff).await.unwrap(), 3);
-    assert!(store.read_log(&finished.run.id, 0, 100).await.unwrap().is_empty());
-    assert_eq!(store.log_len(&finished.run.id).await.unwrap(), WAITING + 2);
-    let live_log = store.read_log(&live.run.id, 0, 100).await.unwrap();
-    assert_eq!(live_log.last().unwrap().data, b"c");
+        let finished_at = done.finished_at.unwrap();
+        assert_eq!(store.expire_logs(finished_at - logs::LOG_RETENTION).await.unwrap(), 0);
+        assert_eq!(store.expire_logs(finished_at).await.unwrap(), 0, "strictly before the cutoff");
+        let cutoff = finished_at + TimeDelta::milliseconds(1);
+        assert_eq!(store.expire_logs(cutoff).await.unwrap(), 3);
+        assert!(store.read_log(&finished.run.id, 0, 100).await.unwrap().is_empty());
+        assert_eq!(store.log_len(&finished.run.id).await.unwrap(), WAITING + 2);
+        let live_log = store.read_log(&live.run.id, 0, 100).await.unwrap();
+        assert_eq!(live_log.last().unwrap().data, b"c");
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_keeps_arrival_times_beside_the_log_without_moving_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let claim = claimed(&store, "{}").await;
-    let id = &claim.run.id;
-    let at = |ms: i64| DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
-    let w = WAITING;
-    let times = [LogTime { offset: 0, at: at(1) }, LogTime { offset: 4, at: at(2) }];
-    let chunk = store.append_log_timed(id, claim.epoch, b"one\ntwo\n", &times).await.unwrap();
-    assert_eq!((chunk.offset, chunk.len), (w, 8), "offsets are the bytes' own");
-    store
-        .append_log_timed(id, claim.epoch, b"three\n", &[LogTime { offset: 0, at: at(3) }])
-        .await
-        .unwrap();
-    assert_eq!(store.log_len(id).await.unwrap(), w + 14);
-    let all = store.log_times(id, 0, w + 14).await.unwrap();
-    assert_eq!(all, [(w, at(1)), (w + 4, at(2)), (w + 8, at(3))]);
-    // From inside "two": the mark covering it first, then the later ones.
-    assert_eq!(store.log_times(id, w + 5, w + 14).await.unwrap()[0], (w + 4, at(2)));
-    assert_eq!(store.log_times(id, w + 5, w + 8).await.unwrap(), [(w + 4, at(2))]);
-    let done = store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
-    store.expire_logs(done.finished_at.unwrap() + TimeDelta::milliseconds(1)).await.unwrap();
-    assert!(store.log_times(id, 0, u64::MAX).await.unwrap().is_empty(), "expired with the log");
+    for db in backends().await {
+        let store = db.open().await;
+        let claim = claimed(&store, "{}").await;
+        let id = &claim.run.id;
+        let at = |ms: i64| DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
+        let w = WAITING;
+        let times = [LogTime { offset: 0, at: at(1) }, LogTime { offset: 4, at: at(2) }];
+        let chunk = store.append_log_timed(id, claim.epoch, b"one\ntwo\n", &times).await.unwrap();
+        assert_eq!((chunk.offset, chunk.len), (w, 8), "offsets are the bytes' own");
+        store
+            .append_log_timed(id, claim.epoch, b"three\n", &[LogTime { offset: 0, at: at(3) }])
+            .await
+            .unwrap();
+        assert_eq!(store.log_len(id).await.unwrap(), w + 14);
+        let all = store.log_times(id, 0, w + 14).await.unwrap();
+        assert_eq!(all, [(w, at(1)), (w + 4, at(2)), (w + 8, at(3))]);
+        // From inside "two": the mark covering it first, then the later ones.
+        assert_eq!(store.log_times(id, w + 5, w + 14).await.unwrap()[0], (w + 4, at(2)));
+        assert_eq!(store.log_times(id, w + 5, w + 8).await.unwrap(), [(w + 4, at(2))]);
+        let done =
+            store.finish(id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+        store.expire_logs(done.finished_at.unwrap() + TimeDelta::milliseconds(1)).await.unwrap();
+        assert!(store.log_times(id, 0, u64::MAX).await.unwrap().is_empty(), "expired with the log");
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_admin_token_once_and_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let token;
-    {
-        let store = open(dir.path()).await;
-        token = store.ensure_admin_token().await.unwrap().expect("first start creates it");
-        assert!(token.starts_with(tokens::TOKEN_PREFIX));
-        assert!(token.len() >= tokens::TOKEN_PREFIX.len() + 32, "at least 128 bits");
-        assert!(token.bytes().all(|b| b.is_ascii_graphic()));
+    for db in backends().await {
+        let token;
+        {
+            let store = db.open().await;
+            token = store.ensure_admin_token().await.unwrap().expect("first start creates it");
+            assert!(token.starts_with(tokens::TOKEN_PREFIX));
+            assert!(token.len() >= tokens::TOKEN_PREFIX.len() + 32, "at least 128 bits");
+            assert!(token.bytes().all(|b| b.is_ascii_graphic()));
+            assert_eq!(store.ensure_admin_token().await.unwrap(), None);
+            let info = store.verify_token(&token).await.unwrap().unwrap();
+            assert_eq!(info.name, tokens::ADMIN_TOKEN_NAME);
+            assert!(info.is_admin);
+            store.close().await;
+        }
+        let store = db.open().await;
         assert_eq!(store.ensure_admin_token().await.unwrap(), None);
-        let info = store.verify_token(&token).await.unwrap().unwrap();
-        assert_eq!(info.name, tokens::ADMIN_TOKEN_NAME);
-        assert!(info.is_admin);
-        store.close().await;
-    }
-    let store = open(dir.path()).await;
-    assert_eq!(store.ensure_admin_token().await.unwrap(), None);
-    assert!(store.verify_token(&token).await.unwrap().is_some());
-    let mut wrong = token.clone();
-    let last = wrong.pop().unwrap();
-    wrong.push(if last == '0' { '1' } else { '0' });
-    for bad in [wrong.as_str(), "", "kiln_", "not-a-token", &token[..token.len() - 1]] {
-        assert_eq!(store.verify_token(bad).await.unwrap(), None, "{bad:?}");
-    }
-    // Only the hash is stored.
-    let raw = std::fs::read(store.path()).unwrap();
-    let wal = std::fs::read(store.path().with_extension("db-wal")).unwrap_or_default();
-    let needle = token.as_bytes();
-    for bytes in [&raw, &wal] {
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        assert!(store.verify_token(&token).await.unwrap().is_some());
+        let mut wrong = token.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == '0' { '1' } else { '0' });
+        for bad in [wrong.as_str(), "", "kiln_", "not-a-token", &token[..token.len() - 1]] {
+            assert_eq!(store.verify_token(bad).await.unwrap(), None, "{bad:?}");
+        }
+        // Only the hash is stored.
+        let stored: Vec<(String, String)> = on_db!(store.db(), |pool| {
+            sqlx::query_as("SELECT name, hash FROM tokens").fetch_all(pool).await
+        })
+        .unwrap();
+        assert!(stored.iter().all(|(name, hash)| !name.contains(&token) && !hash.contains(&token)));
+        if let DatabaseUrl::Sqlite(path) = store.url() {
+            let raw = std::fs::read(path).unwrap();
+            let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();
+            let needle = token.as_bytes();
+            for bytes in [&raw, &wal] {
+                assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+            }
+        }
+        db.drop().await;
     }
 }
 
 #[tokio::test]
 async fn store_reopen_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let (finished, queued, held);
-    {
-        let store = open(dir.path()).await;
-        let c = claimed(&store, r#"{"context":"."}"#).await;
-        store.append_log(&c.run.id, c.epoch, b"hello ").await.unwrap();
-        store.append_log(&c.run.id, c.epoch, b"world\n").await.unwrap();
-        finished = store
-            .finish(
-                &c.run.id,
-                c.epoch,
-                RunStatus::Failed,
-                Some("failed during run, err: exit status 1"),
-                &[image("app", "v1")],
-                Some("[]"),
-            )
+    for db in backends().await {
+        let (finished, queued, held);
+        {
+            let store = db.open().await;
+            let c = claimed(&store, r#"{"context":"."}"#).await;
+            store.append_log(&c.run.id, c.epoch, b"hello ").await.unwrap();
+            store.append_log(&c.run.id, c.epoch, b"world\n").await.unwrap();
+            finished = store
+                .finish(
+                    &c.run.id,
+                    c.epoch,
+                    RunStatus::Failed,
+                    Some("failed during run, err: exit status 1"),
+                    &[image("app", "v1")],
+                    Some("[]"),
+                )
+                .await
+                .unwrap();
+            held = claimed(&store, "held").await;
+            store.append_log(&held.run.id, held.epoch, b"partial").await.unwrap();
+            queued = store.create_run(quick_run("queued")).await.unwrap();
+            store.close().await;
+        }
+        let store = db.open().await;
+        assert_eq!(store.get_run(&finished.id).await.unwrap(), finished);
+        assert_eq!(store.get_run(&queued.id).await.unwrap(), queued);
+        let held_now = store.get_run(&held.run.id).await.unwrap();
+        assert_eq!(held_now.log_len, WAITING + 7);
+        assert_eq!(held_now.status, RunStatus::Started);
+        let log: Vec<u8> = store
+            .read_log(&finished.id, 0, usize::MAX)
             .await
-            .unwrap();
-        held = claimed(&store, "held").await;
-        store.append_log(&held.run.id, held.epoch, b"partial").await.unwrap();
-        queued = store.create_run(quick_run("queued")).await.unwrap();
-        store.close().await;
+            .unwrap()
+            .into_iter()
+            .flat_map(|c| c.data)
+            .collect();
+        assert_eq!(log, [WAITING_LINE.as_bytes(), b"hello world\n"].concat());
+        // The lease survives too: the holder can continue after a reopen of the store alone.
+        let chunk = store.append_log(&held.run.id, held.epoch, b"!").await.unwrap();
+        assert_eq!((chunk.seq, chunk.offset), (3, WAITING + 7));
+        db.drop().await;
     }
-    let store = open(dir.path()).await;
-    assert_eq!(store.get_run(&finished.id).await.unwrap(), finished);
-    assert_eq!(store.get_run(&queued.id).await.unwrap(), queued);
-    let held_now = store.get_run(&held.run.id).await.unwrap();
-    assert_eq!(held_now.log_len, WAITING + 7);
-    assert_eq!(held_now.status, RunStatus::Started);
-    let log: Vec<u8> = store
-        .read_log(&finished.id, 0, usize::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .flat_map(|c| c.data)
-        .collect();
-    assert_eq!(log, [WAITING_LINE.as_bytes(), b"hello world\n"].concat());
-    // The lease survives too: the holder can continue after a reopen of the store alone.
-    let chunk = store.append_log(&held.run.id, held.epoch, b"!").await.unwrap();
-    assert_eq!((chunk.seq, chunk.offset), (3, WAITING + 7));
 }
 
 #[tokio::test]
 async fn store_corrupt_rows_are_errors_not_panics() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let a = store.create_run(quick_run("a")).await.unwrap();
-    let b = store.create_run(quick_run("b")).await.unwrap();
-    let c = store.create_run(quick_run("c")).await.unwrap();
-    for (id, sql) in [
-        (&a.id, "UPDATE runs SET status = 'Exploded' WHERE id = $1"),
-        (&b.id, "UPDATE runs SET output_images = '{not json' WHERE id = $1"),
-        (&c.id, "UPDATE runs SET created_at = 9223372036854775807 WHERE id = $1"),
-    ] {
-        sqlx::query(sql).bind(id.as_str()).execute(store.pool()).await.unwrap();
-        let err = store.get_run(id).await.unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    for db in backends().await {
+        let store = db.open().await;
+        let a = store.create_run(quick_run("a")).await.unwrap();
+        let b = store.create_run(quick_run("b")).await.unwrap();
+        let c = store.create_run(quick_run("c")).await.unwrap();
+        for (id, sql) in [
+            (&a.id, "UPDATE runs SET status = 'Exploded' WHERE id = $1"),
+            (&b.id, "UPDATE runs SET output_images = '{not json' WHERE id = $1"),
+            (&c.id, "UPDATE runs SET created_at = 9223372036854775807 WHERE id = $1"),
+        ] {
+            on_db!(store.db(), |pool| sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(pool)
+                .await
+                .map(drop))
+            .unwrap();
+            let err = store.get_run(id).await.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        }
+        assert!(matches!(
+            store.list_runs(&RunFilter::default()).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        db.drop().await;
     }
-    assert!(matches!(store.list_runs(&RunFilter::default()).await, Err(StoreError::Corrupt(_))));
 }
 
 /// Measures (does not assert) how many `create_run` per second one store accepts, sequentially.
@@ -637,20 +768,22 @@ async fn store_corrupt_rows_are_errors_not_panics() {
 #[tokio::test]
 #[ignore = "measurement, not a check"]
 async fn store_create_run_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    const N: u32 = 2000;
-    let request = r#"{"task":"steps:\n  - build: -t app:v1 .","values":{},"context":"."}"#;
-    let start = Instant::now();
-    for _ in 0..N {
-        store.create_run(quick_run(request)).await.unwrap();
+    for db in backends().await {
+        let store = db.open().await;
+        const N: u32 = 2000;
+        let request = r#"{"task":"steps:\n  - build: -t app:v1 .","values":{},"context":"."}"#;
+        let start = Instant::now();
+        for _ in 0..N {
+            store.create_run(quick_run(request)).await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        println!(
+            "create_run: {N} sequential inserts in {:.3}s = {:.0}/s",
+            elapsed.as_secs_f64(),
+            f64::from(N) / elapsed.as_secs_f64()
+        );
+        db.drop().await;
     }
-    let elapsed = start.elapsed();
-    println!(
-        "create_run: {N} sequential inserts in {:.3}s = {:.0}/s",
-        elapsed.as_secs_f64(),
-        f64::from(N) / elapsed.as_secs_f64()
-    );
 }
 
 async fn task(store: &Store, name: &str) {
@@ -665,136 +798,143 @@ async fn task(store: &Store, name: &str) {
 
 #[tokio::test]
 async fn store_source_events_queue_once_per_delivery_and_per_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    task(&store, "app").await;
-    let queue = |delivery: &'static str, commit: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .queue_source_event("app", Some(delivery), "commit", commit, quick_run("{}"))
-                .await
-                .unwrap()
-        }
-    };
-    assert!(matches!(queue("d1", "c1").await, SourceOutcome::Queued(_)));
-    assert_eq!(queue("d1", "c2").await, SourceOutcome::DuplicateDelivery);
-    assert_eq!(queue("d2", "c1").await, SourceOutcome::DuplicateCommit);
-    // Forgetting old delivery IDs keeps the commit key: a late redelivery still queues nothing.
-    assert_eq!(store.forget_deliveries(Utc::now() + TimeDelta::days(1)).await.unwrap(), 2);
-    assert_eq!(queue("d1", "c1").await, SourceOutcome::DuplicateCommit);
-    assert!(matches!(queue("d3", "c3").await, SourceOutcome::Queued(_)));
-    assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
-    // Deleting the task forgets its trigger state; its runs stay.
-    store.delete_task("app").await.unwrap();
-    assert!(matches!(store.get_task("app").await, Err(StoreError::TaskNotFound(_))));
-    assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
+    for db in backends().await {
+        let store = db.open().await;
+        task(&store, "app").await;
+        let queue = |delivery: &'static str, commit: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .queue_source_event("app", Some(delivery), "commit", commit, quick_run("{}"))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(matches!(queue("d1", "c1").await, SourceOutcome::Queued(_)));
+        assert_eq!(queue("d1", "c2").await, SourceOutcome::DuplicateDelivery);
+        assert_eq!(queue("d2", "c1").await, SourceOutcome::DuplicateCommit);
+        // Forgetting old delivery IDs keeps the commit key: a late redelivery still queues nothing.
+        assert_eq!(store.forget_deliveries(Utc::now() + TimeDelta::days(1)).await.unwrap(), 2);
+        assert_eq!(queue("d1", "c1").await, SourceOutcome::DuplicateCommit);
+        assert!(matches!(queue("d3", "c3").await, SourceOutcome::Queued(_)));
+        assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
+        // Deleting the task forgets its trigger state; its runs stay.
+        store.delete_task("app").await.unwrap();
+        assert!(matches!(store.get_task("app").await, Err(StoreError::TaskNotFound(_))));
+        assert_eq!(store.list_runs(&RunFilter::default()).await.unwrap().len(), 2);
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_base_image_changes_are_claimed_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (open(dir.path()).await, open(dir.path()).await);
-    task(&a, "app").await;
-    let base = BaseImageRecord {
-        task_name: "app".into(),
-        registry: "r:5000".into(),
-        repository: "base".into(),
-        tag: "1".into(),
-        kind: "RunTime".into(),
-        digest: "sha256:old".into(),
-        digest_kind: None,
-    };
-    a.set_base_images("app", std::slice::from_ref(&base)).await.unwrap();
-    assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&base));
-    let change = [(base.clone(), "sha256:new".to_string())];
-    let (x, y) = tokio::join!(
-        a.claim_base_image_change(&change, Some(quick_run("{}"))),
-        b.claim_base_image_change(&change, Some(quick_run("{}")))
-    );
-    let claimed = [x.unwrap(), y.unwrap()]
-        .into_iter()
-        .filter(|o| matches!(o, ClaimOutcome::Claimed(Some(_))))
-        .count();
-    assert_eq!(claimed, 1, "one run per change, whoever sees it");
-    assert_eq!(a.base_images("app").await.unwrap()[0].digest, "sha256:new");
-    assert_eq!(a.list_runs(&RunFilter::default()).await.unwrap().len(), 1);
-    // Build-time bases are watched only with the trigger type All.
-    let buildtime =
-        BaseImageRecord { repository: "builder".into(), kind: "BuildTime".into(), ..base };
-    let runtime = a.base_images("app").await.unwrap().remove(0);
-    a.set_base_images("app", &[runtime.clone(), buildtime.clone()]).await.unwrap();
-    assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&runtime));
-    let all = TaskWrite {
-        status: "Enabled".into(),
-        base_image_trigger: "All".into(),
-        definition: "{}".into(),
-        sealed: vec![1],
-    };
-    a.update_task("app", all).await.unwrap();
-    assert_eq!(a.watched_base_images().await.unwrap().len(), 2);
-    // A task whose base-image trigger is off watches nothing.
-    let write = TaskWrite {
-        status: "Enabled".into(),
-        base_image_trigger: "Disabled".into(),
-        definition: "{}".into(),
-        sealed: vec![1],
-    };
-    a.update_task("app", write).await.unwrap();
-    assert!(a.watched_base_images().await.unwrap().is_empty());
+    for db in backends().await {
+        let (a, b) = (db.open().await, db.open().await);
+        task(&a, "app").await;
+        let base = BaseImageRecord {
+            task_name: "app".into(),
+            registry: "r:5000".into(),
+            repository: "base".into(),
+            tag: "1".into(),
+            kind: "RunTime".into(),
+            digest: "sha256:old".into(),
+            digest_kind: None,
+        };
+        a.set_base_images("app", std::slice::from_ref(&base)).await.unwrap();
+        assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&base));
+        let change = [(base.clone(), "sha256:new".to_string())];
+        let (x, y) = tokio::join!(
+            a.claim_base_image_change(&change, Some(quick_run("{}"))),
+            b.claim_base_image_change(&change, Some(quick_run("{}")))
+        );
+        let claimed = [x.unwrap(), y.unwrap()]
+            .into_iter()
+            .filter(|o| matches!(o, ClaimOutcome::Claimed(Some(_))))
+            .count();
+        assert_eq!(claimed, 1, "one run per change, whoever sees it");
+        assert_eq!(a.base_images("app").await.unwrap()[0].digest, "sha256:new");
+        assert_eq!(a.list_runs(&RunFilter::default()).await.unwrap().len(), 1);
+        // Build-time bases are watched only with the trigger type All.
+        let buildtime =
+            BaseImageRecord { repository: "builder".into(), kind: "BuildTime".into(), ..base };
+        let runtime = a.base_images("app").await.unwrap().remove(0);
+        a.set_base_images("app", &[runtime.clone(), buildtime.clone()]).await.unwrap();
+        assert_eq!(a.watched_base_images().await.unwrap(), std::slice::from_ref(&runtime));
+        let all = TaskWrite {
+            status: "Enabled".into(),
+            base_image_trigger: "All".into(),
+            definition: "{}".into(),
+            sealed: vec![1],
+        };
+        a.update_task("app", all).await.unwrap();
+        assert_eq!(a.watched_base_images().await.unwrap().len(), 2);
+        // A task whose base-image trigger is off watches nothing.
+        let write = TaskWrite {
+            status: "Enabled".into(),
+            base_image_trigger: "Disabled".into(),
+            definition: "{}".into(),
+            sealed: vec![1],
+        };
+        a.update_task("app", write).await.unwrap();
+        assert!(a.watched_base_images().await.unwrap().is_empty());
+        db.drop().await;
+    }
 }
 
 #[tokio::test]
 async fn store_task_parts_group_timers_images_and_recent_history_by_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    for name in ["a", "b", "c"] {
-        task(&store, name).await;
-    }
-    let timer = |task: &str, name: &str| TimerRecord {
-        task_name: task.into(),
-        name: name.into(),
-        schedule: "* * * * *".into(),
-        enabled: true,
-        next_fire_at: None,
-    };
-    for (task, name) in [("b", "t2"), ("a", "t1"), ("b", "t1")] {
-        store.add_timer(&timer(task, name)).await.unwrap();
-    }
-    let base = BaseImageRecord {
-        task_name: "a".into(),
-        registry: "r:5000".into(),
-        repository: "base".into(),
-        tag: "1".into(),
-        kind: "RunTime".into(),
-        digest: String::new(),
-        digest_kind: None,
-    };
-    store.set_base_images("a", std::slice::from_ref(&base)).await.unwrap();
-    let mut conn = store.pool().acquire().await.unwrap();
-    let start = Utc::now();
-    for i in 0..5 {
-        let at = start + TimeDelta::seconds(i);
-        tasks::insert_event(&mut conn, "a", at, "TimerMissed", &format!("a{i}")).await.unwrap();
-        tasks::insert_event(&mut conn, "b", at, "TimerMissed", &format!("b{i}")).await.unwrap();
-    }
-    drop(conn);
+    for db in backends().await {
+        let store = db.open().await;
+        for name in ["a", "b", "c"] {
+            task(&store, name).await;
+        }
+        let timer = |task: &str, name: &str| TimerRecord {
+            task_name: task.into(),
+            name: name.into(),
+            schedule: "* * * * *".into(),
+            enabled: true,
+            next_fire_at: None,
+        };
+        for (task, name) in [("b", "t2"), ("a", "t1"), ("b", "t1")] {
+            store.add_timer(&timer(task, name)).await.unwrap();
+        }
+        let base = BaseImageRecord {
+            task_name: "a".into(),
+            registry: "r:5000".into(),
+            repository: "base".into(),
+            tag: "1".into(),
+            kind: "RunTime".into(),
+            digest: String::new(),
+            digest_kind: None,
+        };
+        store.set_base_images("a", std::slice::from_ref(&base)).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let start = Utc::now();
+        for i in 0..5 {
+            let at = start + TimeDelta::seconds(i);
+            tasks::insert_event(&mut tx, "a", at, "TimerMissed", &format!("a{i}")).await.unwrap();
+            tasks::insert_event(&mut tx, "b", at, "TimerMissed", &format!("b{i}")).await.unwrap();
+        }
+        tx.commit().await.unwrap();
 
-    let all = store.task_parts(None, 3).await.unwrap();
-    assert_eq!(all.keys().collect::<Vec<_>>(), ["a", "b"], "c has nothing to show");
-    let names = |parts: &TaskParts| parts.timers.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&all["b"]), ["t1", "t2"]);
-    let history =
-        |parts: &TaskParts| parts.history.iter().map(|e| e.detail.clone()).collect::<Vec<_>>();
-    assert_eq!(history(&all["a"]), ["a4", "a3", "a2"], "the last 3 of each task, newest first");
-    assert_eq!(history(&all["b"]), ["b4", "b3", "b2"]);
-    assert_eq!(all["a"].base_images, [base]);
-    assert!(all["b"].base_images.is_empty());
+        let all = store.task_parts(None, 3).await.unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["a", "b"], "c has nothing to show");
+        let names =
+            |parts: &TaskParts| parts.timers.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&all["b"]), ["t1", "t2"]);
+        let history =
+            |parts: &TaskParts| parts.history.iter().map(|e| e.detail.clone()).collect::<Vec<_>>();
+        assert_eq!(history(&all["a"]), ["a4", "a3", "a2"], "the last 3 of each task, newest first");
+        assert_eq!(history(&all["b"]), ["b4", "b3", "b2"]);
+        assert_eq!(all["a"].base_images, [base]);
+        assert!(all["b"].base_images.is_empty());
 
-    let one = store.task_parts(Some("b"), 10).await.unwrap();
-    assert_eq!(one.keys().collect::<Vec<_>>(), ["b"]);
-    assert_eq!(history(&one["b"]).len(), 5);
-    assert_eq!(store.task_events("b", 2).await.unwrap()[0].detail, "b4");
+        let one = store.task_parts(Some("b"), 10).await.unwrap();
+        assert_eq!(one.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(history(&one["b"]).len(), 5);
+        assert_eq!(store.task_events("b", 2).await.unwrap()[0].detail, "b4");
+        db.drop().await;
+    }
 }
 
 fn mode(path: &Path) -> u32 {

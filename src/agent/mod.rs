@@ -181,7 +181,7 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Crash recovery first: every run a previous server left in flight ends as Error (its
-    /// followers are released), then what ended runs left is removed ([`leftovers`]: engine
+    /// followers are released; not on a shared database, see [`Store::is_shared`]), then what ended runs left is removed ([`leftovers`]: engine
     /// objects of dead kiln processes, work directories). Then `workers` worker loops start.
     /// With `workers == 0` it connects to nothing.
     pub async fn start(
@@ -189,7 +189,11 @@ impl Agent {
         hub: LogHub,
         config: AgentConfig,
     ) -> Result<Agent, AgentError> {
-        for run in store.fail_in_flight_runs().await? {
+        // On a shared database the runs in flight may be other servers'; those of a server
+        // that died end when their leases expire (the janitor).
+        let in_flight =
+            if store.is_shared() { Vec::new() } else { store.fail_in_flight_runs().await? };
+        for run in in_flight {
             tracing::warn!(run = %run, "run was in flight when the previous server stopped");
             hub.finish(&run);
         }

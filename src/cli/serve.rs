@@ -14,6 +14,7 @@ use kiln_worker::plan::{GitSsh, RegistryCredential};
 use crate::agent::GitSshFiles;
 use crate::config::Config;
 use crate::server::{ServeConfig, serve as run_server};
+use crate::store::DatabaseUrl;
 use crate::uploads::ContextLimit;
 
 #[derive(Debug, Args)]
@@ -25,6 +26,11 @@ pub struct ServeArgs {
     /// (default: /var/lib/kiln as root, else ~/.local/share/kiln).
     #[arg(long, env = "KILN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The database: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (default: the SQLite file kiln.db in the data directory). Several servers may share one
+    /// PostgreSQL database (and then one data directory: the secret key and uploads).
+    #[arg(long, env = "KILN_DATABASE", value_name = "URL")]
+    database: Option<DatabaseUrl>,
     /// Default registry (`host[:port]`) for image names without one; overrides the config file.
     #[arg(long, value_name = "HOST[:PORT]")]
     registry: Option<String>,
@@ -107,6 +113,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     let serve_config = ServeConfig {
         addr: args.addr,
         data_dir,
+        database: args.database,
         run_id_prefix: config.run_id_prefix.clone(),
         default_registry,
         credentials,

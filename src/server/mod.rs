@@ -55,7 +55,7 @@ use crate::api::paths;
 use crate::log_hub::LogHub;
 use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
-use crate::store::{Store, StoreError};
+use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
 use crate::uploads::ContextLimit;
 
 pub use error::ApiError;
@@ -69,6 +69,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct ServeConfig {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// `--database`: `None` is the SQLite file in the data directory.
+    pub database: Option<DatabaseUrl>,
     pub run_id_prefix: RunIdPrefix,
     pub default_registry: Option<String>,
     pub credentials: Vec<RegistryCredential>,
@@ -162,7 +164,9 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Store::open(&config.data_dir, config.run_id_prefix.clone()).await?;
+    let store =
+        Store::open_with(&config.data_dir, config.database.as_ref(), config.run_id_prefix.clone())
+            .await?;
     // Listen before anything is created: a busy port must not cost the first start its
     // one-time admin token. Connections wait in the backlog until serving starts.
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -185,6 +189,9 @@ pub async fn serve(
         say(&format!("admin token: {token}"))?;
     }
     let stop = CancellationToken::new();
+    if let Some(events) = store.listen().await? {
+        tokio::spawn(relay_store_events(events, hub.clone(), agent.clone(), stop.clone()));
+    }
     let janitor = janitor::Janitor {
         store: store.clone(),
         hub: hub.clone(),
@@ -264,4 +271,34 @@ fn say(line: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()
+}
+
+/// Passes what other servers on the shared database wrote to this server's log followers and
+/// agent, until `stop` (see [`crate::store::events`]).
+async fn relay_store_events(
+    mut events: StoreEvents,
+    hub: LogHub,
+    agent: Agent,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = stop.cancelled() => return,
+        };
+        match event {
+            Ok(StoreEvent::Queued) => agent.wake(),
+            Ok(StoreEvent::Log { run, len }) => hub.publish(&run, len),
+            Ok(StoreEvent::Ended(run)) => hub.finish(&run),
+            Ok(StoreEvent::CancelRequested(run)) => agent.cancel(&run),
+            Err(e) => {
+                // Followers and workers fall back to their rechecks meanwhile.
+                tracing::warn!("listening to the other servers failed: {e}; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
 }

@@ -170,7 +170,9 @@ impl Store {
         .bind(now_millis())
         .fetch_optional(pool)
         .await)?;
-        self.fenced(row, run, epoch).await
+        let record = self.fenced(row, run, epoch).await?;
+        self.notify(&super::StoreEvent::Ended(run.clone())).await;
+        Ok(record)
     }
 
     /// Every Started/Running run whose lease expired at or before `now` becomes Error with

@@ -151,6 +151,10 @@ impl Store {
             return Err(self.fence_error(run, epoch).await);
         };
         let chunk = insert_chunk(&mut tx, run, seq, end, bytes, times).await?;
+        if len > 0 {
+            let event = super::StoreEvent::Log { run: run.clone(), len: chunk.offset + chunk.len };
+            super::events::notify_in(&mut tx, &event).await?;
+        }
         tx.commit().await?;
         Ok(chunk)
     }

@@ -3,6 +3,7 @@
 //! servers share (issue 12).
 //!
 //! One idea per module: [`db`] (the two backends and the macros that run a query on either),
+//! [`events`] (wake-ups between servers on one PostgreSQL database),
 //! [`status`] (the run status/type vocabularies), [`runs`] (creating,
 //! reading, listing and cancelling runs, with the persisted run-ID counter), [`lease`] (workers
 //! claiming runs, heartbeats and the fencing epoch that every worker write checks), [`logs`]
@@ -24,6 +25,7 @@
 
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod lease;
 pub mod logs;
 pub mod runs;
@@ -47,6 +49,7 @@ use crate::run_id::RunIdPrefix;
 pub use db::{BadDatabaseUrl, DatabaseUrl};
 pub(crate) use db::{Db, Tx, on_db, on_tx};
 pub use error::{StoreError, StoreResult};
+pub use events::{StoreEvent, StoreEvents};
 pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData, LogTime};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
@@ -77,13 +80,23 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) `data_dir/kiln.db` (the data directory made private, 0700):
-    /// [`Store::connect`] to the default database.
+    /// Opens (creating if needed) `data_dir/kiln.db`: [`Store::open_with`] the default database.
     pub async fn open(data_dir: &Path, prefix: RunIdPrefix) -> StoreResult<Self> {
+        Self::open_with(data_dir, None, prefix).await
+    }
+
+    /// Makes the data directory (private, 0700) and [`Store::connect`]s to `database`, by
+    /// default the SQLite file `kiln.db` in it.
+    pub async fn open_with(
+        data_dir: &Path,
+        database: Option<&DatabaseUrl>,
+        prefix: RunIdPrefix,
+    ) -> StoreResult<Self> {
         std::fs::create_dir_all(data_dir)
             .and_then(|()| private_dir(data_dir))
             .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
-        Self::connect(&DatabaseUrl::Sqlite(data_dir.join(DB_FILE)), prefix).await
+        let default = DatabaseUrl::Sqlite(data_dir.join(DB_FILE));
+        Self::connect(database.unwrap_or(&default), prefix).await
     }
 
     /// Connects to `url` and applies the embedded migrations of its backend. A SQLite file is
@@ -128,6 +141,12 @@ impl Store {
     /// The database this store was opened on.
     pub fn url(&self) -> &DatabaseUrl {
         &self.url
+    }
+
+    /// Whether other servers may share this database (PostgreSQL): then no server may take a
+    /// run in flight for one its predecessor left, since it may be another server's.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
     }
 
     pub fn prefix(&self) -> &RunIdPrefix {

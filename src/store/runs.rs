@@ -318,6 +318,10 @@ impl Store {
             let chunk =
                 super::logs::append_in(&mut tx, id, format!("\n{line}\n").as_bytes()).await?;
             record.log_len = chunk.offset + chunk.len;
+            super::events::notify_in(&mut tx, &super::StoreEvent::Ended(id.clone())).await?;
+        } else {
+            let event = super::StoreEvent::CancelRequested(id.clone());
+            super::events::notify_in(&mut tx, &event).await?;
         }
         tx.commit().await?;
         Ok(record)
@@ -372,6 +376,7 @@ pub(crate) async fn insert_run(
     .execute(c)
     .await
     .map(|done| done.rows_affected()))?;
+    super::events::notify_in(tx, &super::StoreEvent::Queued).await?;
     row.try_into()
 }
 

@@ -35,6 +35,8 @@ pub mod tokens;
 pub mod triggers;
 
 #[cfg(test)]
+pub(crate) mod test_db;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};

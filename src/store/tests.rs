@@ -9,6 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::lease::SERVER_STOPPED_MESSAGE;
 use super::runs::WAITING_LINE;
+use super::test_db::backends;
 use super::*;
 use crate::run_id::{RunId, RunIdPrefix};
 
@@ -19,63 +20,6 @@ const TTL: Duration = Duration::from_secs(30);
 
 async fn open(dir: &Path) -> Store {
     Store::open(dir, RunIdPrefix::new("kb").unwrap()).await.unwrap()
-}
-
-/// Where one run of a test keeps its store: a SQLite file in a temporary directory, or a
-/// PostgreSQL database of its own, created for it on the server `KILN_TEST_POSTGRES_URL` names.
-enum TestDb {
-    Sqlite(tempfile::TempDir),
-    Postgres { server: String, name: String },
-}
-
-/// The backends every store test runs on: SQLite, and PostgreSQL when the environment has one
-/// (`scripts/test-env.sh` starts it; CI always does).
-async fn backends() -> Vec<TestDb> {
-    let mut dbs = vec![TestDb::Sqlite(tempfile::tempdir().unwrap())];
-    if let Ok(server) = std::env::var("KILN_TEST_POSTGRES_URL") {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("kiln_t_unit_{}_{n}", std::process::id());
-        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        dbs.push(TestDb::Postgres { server, name });
-    }
-    dbs
-}
-
-impl TestDb {
-    /// The store on this database (again: reopening sees what was written).
-    async fn open(&self) -> Store {
-        match self {
-            Self::Sqlite(dir) => open(dir.path()).await,
-            Self::Postgres { server, name } => {
-                eprintln!("on PostgreSQL database {name}");
-                let (base, _) = server.rsplit_once('/').expect("a database URL");
-                let url = DatabaseUrl::Postgres(format!("{base}/{name}"));
-                Store::connect(&url, RunIdPrefix::new("kb").unwrap()).await.unwrap()
-            }
-        }
-    }
-
-    /// Removes a PostgreSQL test database (one a failed test left is dropped by
-    /// `scripts/test-env.sh` when it next starts the server).
-    async fn drop(self) {
-        if let Self::Postgres { server, name } = self {
-            let mut admin =
-                <sqlx::PgConnection as sqlx::Connection>::connect(&server).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-        }
-    }
 }
 
 fn quick_run(request: &str) -> NewRun {

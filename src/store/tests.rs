@@ -911,3 +911,38 @@ async fn store_files_are_private_and_older_ones_are_tightened() {
     assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
     store.close().await;
 }
+
+/// What one server writes, a second server on the same PostgreSQL database hears (in commit
+/// order); on SQLite there is no other server to hear.
+#[tokio::test]
+async fn store_other_servers_hear_queued_runs_log_growth_ends_and_cancels() {
+    for db in backends().await {
+        let (a, b) = (db.open().await, db.open().await);
+        let Some(mut heard) = b.listen().await.unwrap() else {
+            assert!(matches!(a.url(), DatabaseUrl::Sqlite(_)), "only SQLite has no events");
+            db.drop().await;
+            continue;
+        };
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(30), heard.next()).await.unwrap().unwrap()
+        };
+        let c = claimed(&a, "one").await;
+        assert_eq!(next().await, StoreEvent::Queued);
+        a.append_log(&c.run.id, c.epoch, b"hello\n").await.unwrap();
+        assert_eq!(next().await, StoreEvent::Log { run: c.run.id.clone(), len: WAITING + 6 });
+        // A fenced write that fails, and an empty one, announce nothing.
+        a.append_log(&c.run.id, c.epoch + 1, b"stale").await.unwrap_err();
+        a.append_log(&c.run.id, c.epoch, b"").await.unwrap();
+        a.finish(&c.run.id, c.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+        assert_eq!(next().await, StoreEvent::Ended(c.run.id.clone()));
+        let held = claimed(&a, "two").await;
+        assert_eq!(next().await, StoreEvent::Queued);
+        a.cancel_run(&held.run.id).await.unwrap();
+        assert_eq!(next().await, StoreEvent::CancelRequested(held.run.id.clone()));
+        let queued = a.create_run(quick_run("three")).await.unwrap();
+        assert_eq!(next().await, StoreEvent::Queued);
+        a.cancel_run(&queued.id).await.unwrap();
+        assert_eq!(next().await, StoreEvent::Ended(queued.id.clone()));
+        db.drop().await;
+    }
+}

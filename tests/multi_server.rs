@@ -6,75 +6,20 @@
 //! (Timer occurrences across two servers: `timers_two_servers_one_database_fire_once` in
 //! `src/server/timers.rs`, which drives the timer loop with chosen instants.)
 
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/server.rs"]
 mod support;
 #[path = "support/webhooks.rs"]
 mod webhooks;
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine as _;
+use postgres::Pair;
 use serde_json::{Value, json};
-use support::{Server, registry, text};
-
-/// A database of its own on the test environment's PostgreSQL server, dropped at the end (one a
-/// failed test left is dropped when `scripts/test-env.sh` next starts the server).
-struct Database {
-    server: String,
-    name: String,
-}
-
-impl Database {
-    fn fresh(label: &str) -> Database {
-        let server = std::env::var("KILN_TEST_POSTGRES_URL")
-            .expect("KILN_TEST_POSTGRES_URL (run scripts/test-env.sh and source its env file)");
-        let name = format!("kiln_t_{label}_{}", std::process::id());
-        psql(&server, &format!("DROP DATABASE IF EXISTS {name}"));
-        psql(&server, &format!("CREATE DATABASE {name}"));
-        Database { server, name }
-    }
-
-    fn url(&self) -> String {
-        let (base, _) = self.server.rsplit_once('/').expect("a database URL");
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        psql(&self.server, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-    }
-}
-
-fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .expect("psql");
-    assert!(out.status.success(), "psql {sql}: {}", text(&out));
-}
-
-/// Two servers on one database and one data directory. Fields drop in order: servers first.
-struct Pair {
-    a: Server,
-    b: Server,
-    _db: Database,
-    _dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start(label: &str, workers_a: usize, workers_b: usize) -> Pair {
-        let db = Database::fresh(label);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = db.url();
-        let args = ["--registry", &registry(), "--database", &url];
-        let a = Server::spawn_with(label, dir.path(), workers_a, None, &args);
-        // The admin token is the database's: printed by the first server only.
-        let b = Server::spawn_with(label, dir.path(), workers_b, Some(a.token.clone()), &args);
-        Pair { a, b, _db: db, _dir: dir }
-    }
-}
+use support::{Server, text};
 
 fn encoded_run(task_file: &str) -> Value {
     json!({"type": "EncodedTaskRunRequest", "source": {"kind": "none"},

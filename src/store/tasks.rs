@@ -155,19 +155,19 @@ impl Store {
     pub async fn update_task(&self, name: &str, write: TaskWrite) -> StoreResult<TaskRecord> {
         let row: Option<TaskRow> = on_db!(self.db(), |pool| {
             sqlx::query_as(
-            "UPDATE tasks SET status = $2, base_image_trigger = $3, definition = $4, sealed = $5,
-                updated_at = $6
-             WHERE name = $1
-             RETURNING *",
-        )
-        .bind(name)
-        .bind(&write.status)
-        .bind(&write.base_image_trigger)
-        .bind(&write.definition)
-        .bind(&write.sealed)
-        .bind(now_millis())
-        .fetch_optional(pool)
-        .await
+                "UPDATE tasks SET status = $2, base_image_trigger = $3, definition = $4,
+                    sealed = $5, updated_at = $6
+                 WHERE name = $1
+                 RETURNING *",
+            )
+            .bind(name)
+            .bind(&write.status)
+            .bind(&write.base_image_trigger)
+            .bind(&write.definition)
+            .bind(&write.sealed)
+            .bind(now_millis())
+            .fetch_optional(pool)
+            .await
         })?;
         row.ok_or_else(|| StoreError::TaskNotFound(name.to_string()))?.try_into()
     }

@@ -494,7 +494,8 @@ async fn store_log_offsets_contiguous_and_reads_exact() {
         for pair in whole.windows(2) {
             assert_eq!(pair[0].end(), pair[1].offset, "no gap, no overlap");
         }
-        // A follower resuming from any offset, reading in pieces of any size, gets exactly the rest.
+        // A follower resuming from any offset, reading in pieces of any size, gets exactly the
+        // rest.
         // Every offset with large reads; with small reads, the offsets around chunk boundaries.
         let boundaries: Vec<usize> = whole
             .iter()

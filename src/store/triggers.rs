@@ -166,14 +166,16 @@ impl Store {
         if let Some(id) = delivery_id {
             let new = on_tx!(&mut tx, |c| {
                 sqlx::query(
-                "INSERT INTO deliveries (delivery_id, task_name, received_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (delivery_id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(task)
-            .bind(super::now_millis())
-            .execute(c)
-            .await.map(|done| done.rows_affected())
+                    "INSERT INTO deliveries (delivery_id, task_name, received_at)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (delivery_id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(task)
+                .bind(super::now_millis())
+                .execute(c)
+                .await
+                .map(|done| done.rows_affected())
             })?;
             if new == 0 {
                 return Ok(SourceOutcome::DuplicateDelivery);
@@ -276,13 +278,14 @@ impl Store {
     ) -> StoreResult<Vec<BaseImageRecord>> {
         let rows: Vec<BaseImageRow> = on_db!(self.db(), |pool| {
             sqlx::query_as(
-            "SELECT task_name, registry, repository, tag, kind, digest, digest_kind FROM base_images
-             WHERE $1 IS NULL OR task_name = $1
-             ORDER BY task_name, kind DESC, registry, repository, tag",
-        )
-        .bind(task)
-        .fetch_all(pool)
-        .await
+                "SELECT task_name, registry, repository, tag, kind, digest, digest_kind
+                 FROM base_images
+                 WHERE $1 IS NULL OR task_name = $1
+                 ORDER BY task_name, kind DESC, registry, repository, tag",
+            )
+            .bind(task)
+            .fetch_all(pool)
+            .await
         })?;
         rows.into_iter().map(base_image).collect()
     }
@@ -292,14 +295,15 @@ impl Store {
     pub async fn watched_base_images(&self) -> StoreResult<Vec<BaseImageRecord>> {
         let rows: Vec<BaseImageRow> = on_db!(self.db(), |pool| {
             sqlx::query_as(
-            "SELECT b.task_name, b.registry, b.repository, b.tag, b.kind, b.digest, b.digest_kind
-             FROM base_images b JOIN tasks k ON k.name = b.task_name
-             WHERE k.status = 'Enabled' AND (k.base_image_trigger = 'All'
-                OR (k.base_image_trigger = 'Runtime' AND b.kind = 'RunTime'))
-             ORDER BY b.registry, b.repository, b.tag, b.task_name",
-        )
-        .fetch_all(pool)
-        .await
+                "SELECT b.task_name, b.registry, b.repository, b.tag, b.kind, b.digest,
+                    b.digest_kind
+                 FROM base_images b JOIN tasks k ON k.name = b.task_name
+                 WHERE k.status = 'Enabled' AND (k.base_image_trigger = 'All'
+                    OR (k.base_image_trigger = 'Runtime' AND b.kind = 'RunTime'))
+                 ORDER BY b.registry, b.repository, b.tag, b.task_name",
+            )
+            .fetch_all(pool)
+            .await
         })?;
         rows.into_iter().map(base_image).collect()
     }

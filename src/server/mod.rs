@@ -189,9 +189,9 @@ pub async fn serve(
         say(&format!("admin token: {token}"))?;
     }
     let stop = CancellationToken::new();
-    if let Some(events) = store.listen().await? {
-        tokio::spawn(relay_store_events(events, hub.clone(), agent.clone(), stop.clone()));
-    }
+    let relay = store.listen().await?.map(|events| {
+        tokio::spawn(relay_store_events(events, hub.clone(), agent.clone(), stop.clone()))
+    });
     let janitor = janitor::Janitor {
         store: store.clone(),
         hub: hub.clone(),
@@ -260,6 +260,9 @@ pub async fn serve(
     let _ = janitor.await;
     let _ = timer_loop.await;
     let _ = poller.await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     agent.shutdown().await;
     store.close().await;
     tracing::info!("stopped");

@@ -125,6 +125,10 @@ impl Store {
                 Db::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
+                // One connection first: its error (refused, authentication, no such database)
+                // says what the pool's retries until a timeout would not.
+                let probe = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+                sqlx::Connection::close(probe).await?;
                 let pool =
                     PgPoolOptions::new().max_connections(PG_MAX_CONNECTIONS).connect(url).await?;
                 // sqlx takes an advisory lock: servers starting together migrate once.

@@ -3,6 +3,9 @@
 //!
 //! * submission: `--no-wait` runs accepted over HTTP into SQLite per second (goal ≥ 500/s, none
 //!   lost), against the server's own no-op `GET /healthz` rate (the HTTP floor);
+//! * shared submission: runs accepted through two servers on one PostgreSQL database (issue 12,
+//!   goal ≥ 1,000/s together, none lost or doubled), against one server on SQLite in the same
+//!   run (needs `KILN_TEST_POSTGRES_URL`);
 //! * dispatch latency: submit → first step container started, idle worker (goal p50 ≤ 50 ms),
 //!   against `docker run -d` → started, both read from the engine's own `start` events;
 //! * live log latency: a container line's own timestamp → an HTTP follower has it (goal p50
@@ -13,6 +16,8 @@
 //! `cargo bench --bench server` (needs `scripts/test-env.sh`'s engine and busybox image).
 //! Sizes: `KILN_BENCH_RUNS` (default 2000), `KILN_BENCH_SAMPLES` (20), `KILN_BENCH_LOG_MB` (64).
 
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
 #[path = "../tests/support/server.rs"]
 mod support;
 
@@ -43,10 +48,12 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 }
 
 fn cmd_request(command: &str) -> String {
+    use base64::Engine as _;
+    let task = format!("steps:\n  - cmd: {command}\n");
     serde_json::json!({
-        "type": "EncodedTask",
+        "type": "EncodedTaskRunRequest",
         "source": {"kind": "none"},
-        "task": format!("steps:\n  - cmd: {command}\n"),
+        "encodedTaskContent": base64::engine::general_purpose::STANDARD.encode(task),
     })
     .to_string()
 }
@@ -83,6 +90,11 @@ fn wait_done(agent: &ureq::Agent, server: &Server, id: &str) -> String {
 
 /// Requests per second of `n` calls of `call` from `threads` threads.
 fn rate(n: usize, threads: usize, call: impl Fn(&ureq::Agent) + Sync) -> f64 {
+    rate_split(n, threads, |_, agent| call(agent))
+}
+
+/// [`rate`], `call` told which thread makes it.
+fn rate_split(n: usize, threads: usize, call: impl Fn(usize, &ureq::Agent) + Sync) -> f64 {
     let start = Instant::now();
     thread::scope(|s| {
         for t in 0..threads {
@@ -90,7 +102,7 @@ fn rate(n: usize, threads: usize, call: impl Fn(&ureq::Agent) + Sync) -> f64 {
             s.spawn(move || {
                 let agent = agent();
                 for _ in (t..n).step_by(threads) {
-                    call(&agent);
+                    call(t, &agent);
                 }
             });
         }
@@ -110,21 +122,49 @@ fn submission() {
     let runs = rate(n, threads, |a| {
         submit(a, &server, &body);
     });
-    let mut resp = agent()
-        .get(format!("{}/runs?top=0", server.url))
-        .header("authorization", format!("Bearer {}", server.token))
-        .call()
-        .expect("list");
-    let listed: Vec<serde_json::Value> =
-        serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("list JSON");
-    let mut ids: Vec<&str> = listed.iter().filter_map(|r| r["runId"].as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "every accepted run is stored, once");
+    assert_stored_once(&server, n);
     println!(
         "submission: {runs:.0} runs/s accepted ({n} runs, {threads} clients, all {n} stored); \
          HTTP floor GET /healthz {healthz:.0} req/s; ratio {:.2}",
         runs / healthz
+    );
+}
+
+/// Every one of the `n` accepted runs is listed, once.
+fn assert_stored_once(server: &Server, n: usize) {
+    let (status, listed) = server.api("GET", "/runs?top=0", serde_json::Value::Null);
+    assert_eq!(status, 200, "{listed}");
+    let mut ids: Vec<&str> = listed["value"]
+        .as_array()
+        .expect("a run list")
+        .iter()
+        .filter_map(|r| r["runId"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "every accepted run is stored, once");
+}
+
+/// Submissions through two servers on one PostgreSQL database (8 clients, half on each), and
+/// through one server on SQLite in the same run.
+fn shared_submission() {
+    let n = setting("KILN_BENCH_RUNS", 2000);
+    let threads = 8;
+    let body = cmd_request("busybox true");
+    let sqlite = Server::start("bsql", 0);
+    let one = rate(n, threads, |a| {
+        submit(a, &sqlite, &body);
+    });
+    assert_stored_once(&sqlite, n);
+    let pair = postgres::Pair::start("bpg", 0, 0);
+    let two = rate_split(n, threads, |t, a| {
+        submit(a, if t % 2 == 0 { &pair.a } else { &pair.b }, &body);
+    });
+    assert_stored_once(&pair.b, n);
+    println!(
+        "shared submission: two servers on one PostgreSQL {two:.0} runs/s ({n} runs, {threads} \
+         clients, all {n} stored once); one server on SQLite {one:.0} runs/s; ratio {:.2}",
+        two / one
     );
 }
 
@@ -344,6 +384,9 @@ fn main() {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     if wanted("submission") {
         submission();
+    }
+    if wanted("shared") {
+        shared_submission();
     }
     if wanted("dispatch") {
         dispatch();

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Test environment for kiln's integration tests: a Docker engine, a local `busybox:latest`
-# image and two local registries (one open, one behind basic auth), all on this machine.
+# image, two local registries (one open, one behind basic auth) and a PostgreSQL 15 server, all
+# on this machine.
 #
 #   scripts/test-env.sh            install what is missing, start what is down, verify, write env
 #   scripts/test-env.sh --verify   the same, and re-run the slow checks even if they passed before
-#   scripts/test-env.sh --stop     stop what this script started (registries, dockerd)
+#   scripts/test-env.sh --stop     stop what this script started (registries, postgres, dockerd)
 #
 # Run as root on Debian (bookworm). Idempotent: a second run with everything up only re-checks
 # health (well under a second) and rewrites the env file. The facts tests need are written to
@@ -37,6 +38,12 @@
 #   docker bridge and is not going to a docker bridge. Registries listen on 127.0.0.1 only;
 #   dockerd reaches them from the host namespace, and docker treats 127.0.0.0/8 registries as
 #   insecure (plain HTTP) by default, so no daemon.json is needed.
+# - PostgreSQL is Debian's postgresql-15 run as a plain process (not the Debian cluster service)
+#   as the `postgres` system user (postgres refuses root), its cluster in $STATE_DIR/postgres,
+#   listening on 127.0.0.1:$POSTGRES_PORT only (no Unix socket), trust auth for loopback. Its
+#   binaries are in /usr/lib/postgresql/15/bin (Debian) or /usr/local/bin (this machine kind).
+#   Tests that need a database create their own (CREATE DATABASE kiln_t_…), so concurrent tests
+#   never share state; the ones left by failed tests are dropped when this script starts it.
 set -euo pipefail
 
 STATE_DIR="${KILN_TEST_STATE_DIR:-/var/lib/kiln-test}"
@@ -53,11 +60,16 @@ REGISTRY_PASSWORD=kiln-test-password
 # remotes; its service is not started (policy-rc.d below), tests start sshd on free ports.
 # python3-venv: the venv schemathesis (the API fuzzer of tests/api_fuzz.rs) is installed into.
 # iproute2: `ip netns` and veth pairs for the partition tests (tests/support/netns.rs).
+# postgresql-15: the store's second backend (its cluster service is not started, policy-rc.d).
 PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
-  openssh-server python3-venv iproute2)
+  openssh-server python3-venv iproute2 postgresql-15)
 SCHEMATHESIS_REQUIREMENTS="$(dirname "${BASH_SOURCE[0]}")/schemathesis-requirements.txt"
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer
+POSTGRES_PORT=5433
+POSTGRES_ROLE=kiln # the cluster's superuser; tests connect as it
+POSTGRES_WAIT=30   # seconds for postgres to accept connections
+POSTGRES_URL="postgres://$POSTGRES_ROLE@127.0.0.1:$POSTGRES_PORT/postgres"
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 die() {
@@ -454,7 +466,87 @@ verify_pushes() {
   [[ $tags == *'"latest"'* ]] || die "$AUTH_REGISTRY does not list busybox:latest after the push: $tags"
 }
 
-# --- 5. env file --------------------------------------------------------------------------
+# --- 5. postgresql ------------------------------------------------------------------------
+
+# pg_bin NAME: the PostgreSQL 15 program NAME, from either place it is installed.
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/15/bin /usr/local/bin; do
+    [[ -x $d/$1 ]] && {
+      echo "$d/$1"
+      return 0
+    }
+  done
+  die "PostgreSQL 15's $1 is missing (package postgresql-15)"
+}
+
+# CMD as the postgres system user: "${AS_POSTGRES[@]}" CMD... (setpriv execs, so a recorded
+# pid stays CMD's).
+AS_POSTGRES=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+
+pg_sql() { psql -X -q -A -t -v ON_ERROR_STOP=1 "$POSTGRES_URL" -c "$1" 2>/dev/null; }
+
+pg_answers() { [[ $(pg_sql 'SELECT 1') == 1 ]]; }
+
+start_postgres() {
+  local data="$STATE_DIR/postgres" pid
+  id postgres >/dev/null 2>&1 || die "the postgres system user is missing (package postgresql-15)"
+  if pid_of postgres postgres >/dev/null; then
+    pg_answers && return 0
+    log "postgres is running but does not answer; restarting it"
+    stop_postgres
+  elif pg_answers; then
+    die "something this script did not start already answers on 127.0.0.1:$POSTGRES_PORT"
+  fi
+  if [[ ! -s $data/PG_VERSION ]]; then
+    log "creating the PostgreSQL cluster in $data (log $STATE_DIR/initdb.log)"
+    rm -rf "$data"
+    install -d -o postgres -g postgres -m 0700 "$data"
+    "${AS_POSTGRES[@]}" "$(pg_bin initdb)" -D "$data" -U "$POSTGRES_ROLE" --auth=trust \
+      --encoding=UTF8 --locale=C.UTF-8 >"$STATE_DIR/initdb.log" 2>&1 || {
+      log_tail initdb
+      die "initdb failed"
+    }
+  fi
+  log "starting postgres on 127.0.0.1:$POSTGRES_PORT (log $STATE_DIR/postgres.log)"
+  # No Unix socket (its default directory belongs to Debian's service); fsync stays on.
+  spawn postgres "${AS_POSTGRES[@]}" "$(pg_bin postgres)" -D "$data" -p "$POSTGRES_PORT" \
+    -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=300
+  pid=$(<"$STATE_DIR/postgres.pid")
+  for _ in $(seq $((POSTGRES_WAIT * 10))); do
+    pg_answers && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! pg_answers; then
+    log_tail postgres
+    die "postgres did not accept connections on 127.0.0.1:$POSTGRES_PORT within ${POSTGRES_WAIT}s"
+  fi
+  # Nothing can be using a test database yet: drop what failed tests of earlier runs left.
+  local db
+  for db in $(pg_sql "SELECT datname FROM pg_database WHERE datname LIKE 'kiln\_t\_%'"); do
+    pg_sql "DROP DATABASE \"$db\"" >/dev/null || log "could not drop stale database $db"
+  done
+}
+
+# Fast shutdown (TERM would wait for every client to disconnect).
+stop_postgres() {
+  local pid
+  pid=$(pid_of postgres postgres) || {
+    rm -f "$STATE_DIR/postgres.pid"
+    return 1
+  }
+  log "stopping postgres (pid $pid)"
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && die "postgres (pid $pid) did not stop in 30s"
+  rm -f "$STATE_DIR/postgres.pid"
+}
+
+# --- 6. env file --------------------------------------------------------------------------
 
 write_env() {
   local api driver
@@ -471,6 +563,7 @@ KILN_TEST_REGISTRY_USER=$REGISTRY_USER
 KILN_TEST_REGISTRY_PASSWORD=$REGISTRY_PASSWORD
 KILN_TEST_STATE_DIR=$STATE_DIR
 KILN_TEST_SCHEMATHESIS=$STATE_DIR/schemathesis/bin/st
+KILN_TEST_POSTGRES_URL=$POSTGRES_URL
 EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -502,6 +595,7 @@ if [[ $mode == stop ]]; then
   # Each takes a second or few to exit; stop them side by side.
   stop_one registry-5001 docker-registry 10 &
   stop_one registry-5000 docker-registry 10 &
+  stop_postgres &
   if stop_one dockerd dockerd 40; then
     remove_egress_guard
   else
@@ -520,6 +614,7 @@ ensure_htpasswd && auth_changed=yes
 start_registry "$REGISTRY" no no
 start_registry "$AUTH_REGISTRY" yes "$auth_changed"
 check_registries
+start_postgres
 
 # The slow checks (network probe, pushes, login) run once per set of running processes and
 # image; a later run with the same ones skips them unless --verify.

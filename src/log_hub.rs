@@ -4,7 +4,9 @@
 //! The hub carries no log bytes. Writers persist a chunk first and then [`LogHub::publish`] the
 //! new length; followers read from the store. So a follower sees exactly what is stored, in
 //! order, with nothing skipped or repeated, and a missed wake-up costs at most one poll interval
-//! (followers also re-read the store on a timer, which covers writers in other processes).
+//! (followers also re-read the store on a timer). Writers in other servers on a shared
+//! PostgreSQL database reach this hub through the store's notifications
+//! ([`crate::store::events`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -358,8 +358,11 @@ fn kill_9_during_a_run_then_restart_finishes_it_honestly_and_runs_the_queue() {
     // may sweep the container at its start.
     assert_ne!(containers_of(&in_flight), "", "the run has a container");
     let work_dirs = [format!("kiln-{in_flight}"), format!("ctx-{in_flight}")];
+    // The embedded agent's own directory, `<data>/agents/<its name>/work`.
     let present = |data: &std::path::Path| -> Vec<String> {
-        work_dirs.iter().filter(|d| data.join("work").join(d).exists()).cloned().collect()
+        let agent = std::fs::read_dir(data.join("agents")).expect("agents").next().expect("one");
+        let work = agent.expect("entry").path().join("work");
+        work_dirs.iter().filter(|d| work.join(d).exists()).cloned().collect()
     };
     assert_eq!(present(&server.data), work_dirs, "the run has a workspace and a context copy");
     let prefix = server.prefix.clone();

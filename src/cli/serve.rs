@@ -14,6 +14,7 @@ use kiln_worker::plan::{GitSsh, RegistryCredential};
 use crate::config::Config;
 use crate::server::GitSshFiles;
 use crate::server::{ServeConfig, serve as run_server};
+use crate::store::DatabaseUrl;
 use crate::transport;
 use crate::uploads::ContextLimit;
 
@@ -26,6 +27,11 @@ pub struct ServeArgs {
     /// (default: /var/lib/kiln as root, else ~/.local/share/kiln).
     #[arg(long, env = "KILN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The database: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (default: the SQLite file kiln.db in the data directory). Several servers may share one
+    /// PostgreSQL database (and then one data directory: the secret key and uploads).
+    #[arg(long, env = "KILN_DATABASE", value_name = "URL")]
+    database: Option<DatabaseUrl>,
     /// Default registry (`host[:port]`) for image names without one; overrides the config file.
     #[arg(long, value_name = "HOST[:PORT]")]
     registry: Option<String>,
@@ -128,12 +134,20 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
     let serve_config = ServeConfig {
         addr: args.addr,
         data_dir,
+        database: args.database,
         run_id_prefix: config.run_id_prefix.clone(),
         default_registry,
         credentials,
         images: config.image_aliases(),
         workers: args.workers,
-        agent_name: args.agent_name.unwrap_or_else(crate::agent::hostname),
+        agent_name: match args.agent_name {
+            Some(name) => {
+                crate::task_def::check_name("agent", &name)
+                    .map_err(|e| anyhow::anyhow!("--agent-name: {e}"))?;
+                name
+            }
+            None => crate::agent::hostname(),
+        },
         lease_ttl: std::time::Duration::from_secs(args.agent_lease),
         log_retention: TimeDelta::days(i64::from(args.log_retention_days)),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),

@@ -36,8 +36,8 @@ use super::state::AppState;
 
 /// Largest read from the store at once.
 pub const PAGE_BYTES: usize = 1 << 20;
-/// How often a follower re-reads the store without a wake-up (covers writers in other
-/// processes, which do not publish to this process's hub).
+/// How often a follower re-reads the store without a wake-up (covers a missed wake-up, and
+/// writers in other processes on SQLite, whose writes no notification announces).
 const RECHECK: Duration = Duration::from_secs(1);
 /// The request header a reconnecting `EventSource` sends.
 const LAST_EVENT_ID: &str = "last-event-id";

@@ -61,7 +61,7 @@ use crate::api::paths;
 use crate::log_hub::LogHub;
 use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
-use crate::store::{Store, StoreError};
+use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
 use crate::uploads::ContextLimit;
 pub use git_ssh::GitSshFiles;
 
@@ -78,6 +78,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct ServeConfig {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// `--database`: `None` is the SQLite file in the data directory.
+    pub database: Option<DatabaseUrl>,
     pub run_id_prefix: RunIdPrefix,
     pub default_registry: Option<String>,
     pub credentials: Vec<RegistryCredential>,
@@ -203,7 +205,9 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = Store::open(&config.data_dir, config.run_id_prefix.clone()).await?;
+    let store =
+        Store::open_with(&config.data_dir, config.database.as_ref(), config.run_id_prefix.clone())
+            .await?;
     // Listen before anything is created: a busy port must not cost the first start its
     // one-time admin token. Connections wait in the backlog until serving starts.
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -231,6 +235,9 @@ pub async fn serve(
     }
     let stop = CancellationToken::new();
     let expiry = dispatch.clone().spawn_expiry(stop.clone());
+    let relay = store.listen().await?.map(|events| {
+        tokio::spawn(relay_store_events(events, hub.clone(), dispatch.clone(), stop.clone()))
+    });
     let janitor = janitor::Janitor {
         store: store.clone(),
         hub: hub.clone(),
@@ -325,6 +332,9 @@ pub async fn serve(
     let _ = timer_loop.await;
     let _ = poller.await;
     let _ = expiry.await;
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     if let Some(agent) = agent {
         agent.shutdown().await;
     }
@@ -355,9 +365,15 @@ async fn start_embedded_agent(
     let agent_config = AgentConfig {
         capacity: config.workers,
         stopped_message: SERVER_STOPPED_MESSAGE.to_string(),
-        ..AgentConfig::new(config.agent_name.clone(), config.data_dir.clone())
+        ..AgentConfig::new(config.agent_name.clone(), embedded_agent_dir(config))
     };
     Ok(Some(Agent::start(Arc::new(link), agent_config).await?))
+}
+
+/// The embedded agent's own directory (workspaces, contexts, its owner lock):
+/// `<data>/agents/<name>`, so servers sharing a data directory never take each other's.
+fn embedded_agent_dir(config: &ServeConfig) -> PathBuf {
+    config.data_dir.join("agents").join(&config.agent_name)
 }
 
 /// One line on stdout, flushed (scripts and tests wait for these lines).
@@ -365,4 +381,37 @@ fn say(line: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()
+}
+
+/// Passes what other servers on the shared database wrote to this server's log followers and
+/// agent, until `stop` (see [`crate::store::events`]).
+async fn relay_store_events(
+    mut events: StoreEvents,
+    hub: LogHub,
+    dispatch: Arc<Dispatcher>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = stop.cancelled() => return,
+        };
+        match event {
+            Ok(StoreEvent::Queued) => dispatch.queued(),
+            Ok(StoreEvent::Log { run, len }) => hub.publish(&run, len),
+            Ok(StoreEvent::Ended(run)) => {
+                hub.finish(&run);
+                dispatch.changed();
+            }
+            Ok(StoreEvent::CancelRequested(_)) => dispatch.changed(),
+            Err(e) => {
+                // Followers and workers fall back to their rechecks meanwhile.
+                tracing::warn!("listening to the other servers failed: {e}; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
 }

@@ -847,13 +847,14 @@ impl Server {
     fn user_token(&self) -> String {
         let token = "kiln_user0000";
         self.rt.block_on(async {
-            sqlx::query(
+            crate::store::on_db!(self.store.db(), |pool| sqlx::query(
                 "INSERT INTO tokens (name, hash, is_admin, created_at) VALUES ($1, $2, FALSE, 0)",
             )
             .bind("ci")
             .bind(crate::store::tokens::hash_token(token))
-            .execute(self.store.pool())
+            .execute(pool)
             .await
+            .map(drop))
             .unwrap();
         });
         token.to_string()
@@ -920,11 +921,14 @@ fn server_deleting_an_agent_ends_its_run_and_tells_the_followers() {
     let submitted = s.submit(&encoded(GOOD_TASK)).run();
     let epoch = claim(&s, &RunId::new(submitted.run_id.clone()));
     s.rt.block_on(async {
-        sqlx::query("UPDATE runs SET agent_name = 'gone' WHERE id = $1")
-            .bind(&submitted.run_id)
-            .execute(s.store.pool())
-            .await
-            .unwrap();
+        crate::store::on_db!(s.store.db(), |pool| sqlx::query(
+            "UPDATE runs SET agent_name = 'gone' WHERE id = $1"
+        )
+        .bind(&submitted.run_id)
+        .execute(pool)
+        .await
+        .map(drop))
+        .unwrap();
     });
     let mut rx = s.hub.subscribe(&RunId::new(submitted.run_id.clone()));
     let a = s.call("DELETE", "/agents/gone", &s.token, &Value::Null);

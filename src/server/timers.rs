@@ -229,25 +229,27 @@ mod tests {
         assert_eq!(store.list_runs(&everything).await.unwrap().len(), 2);
     }
 
-    #[tokio::test]
+    /// On SQLite (two stores on one file) and, when the test environment has it, on PostgreSQL
+    /// (two pools on one database, as two servers have).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn timers_two_servers_one_database_fire_once() {
         let f = Fixture::new();
-        let (a, b) = (f.store().await, f.store().await);
-        let names: Vec<String> = (0..20).map(|i| format!("task-{i}")).collect();
-        for name in &names {
-            f.task(
-                &a,
-                name,
-                &[("t1", "* * * * *", at(10, 0, 0, 0)), ("t2", "*/2 * * * *", at(10, 0, 0, 0))],
-            )
-            .await;
+        for db in crate::store::test_db::backends().await {
+            let (a, b) = (db.open_prefixed("tt").await, db.open_prefixed("tt").await);
+            let names: Vec<String> = (0..20).map(|i| format!("task-{i}")).collect();
+            for name in &names {
+                let timers =
+                    [("t1", "* * * * *", at(10, 0, 0, 0)), ("t2", "*/2 * * * *", at(10, 0, 0, 0))];
+                f.task(&a, name, &timers).await;
+            }
+            let now = at(10, 0, 0, 200);
+            let (ra, rb) = tokio::join!(tick(&a, &f.secrets, now), tick(&b, &f.secrets, now));
+            let fired = ra.unwrap().len() + rb.unwrap().len();
+            assert_eq!(fired, 40, "each of 20 tasks' two timers fires once");
+            let everything = crate::store::RunFilter { top: 0, ..Default::default() };
+            assert_eq!(a.list_runs(&everything).await.unwrap().len(), 40);
+            db.drop().await;
         }
-        let now = at(10, 0, 0, 200);
-        let (ra, rb) = tokio::join!(tick(&a, &f.secrets, now), tick(&b, &f.secrets, now));
-        let fired = ra.unwrap().len() + rb.unwrap().len();
-        assert_eq!(fired, 40, "each of 20 tasks' two timers fires once");
-        let everything = crate::store::RunFilter { top: 0, ..Default::default() };
-        assert_eq!(a.list_runs(&everything).await.unwrap().len(), 40);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::run_id::RunId;
 
 use super::tokens::{hash_token, new_token};
-use super::{Store, StoreError, StoreResult, from_millis, now_millis};
+use super::{Store, StoreError, StoreResult, from_millis, now_millis, on_db, on_tx};
 
 /// Every agent token starts with this: recognisably kiln's, and recognisably not a user's.
 pub const AGENT_TOKEN_PREFIX: &str = "kiln_agent_";
@@ -133,7 +133,9 @@ impl Store {
         labels: &BTreeMap<String, String>,
     ) -> StoreResult<(AgentRecord, String)> {
         let token = new_token(AGENT_TOKEN_PREFIX)?;
-        let done = sqlx::query(
+        let done =
+            on_db!(self.db(), |conn| {
+                sqlx::query(
             "INSERT INTO agents (name, pool, labels, token_hash, created_at, updated_at, platforms)
              VALUES ($1, $2, $3, $4, $5, $5, '[]')
              ON CONFLICT (name) DO NOTHING",
@@ -143,9 +145,9 @@ impl Store {
         .bind(json(labels))
         .bind(hash_token(&token))
         .bind(now_millis())
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
+        .execute(conn).await.map(|d| d.rows_affected())
+            })?;
+        if done == 0 {
             return Err(StoreError::AgentExists(name.to_string()));
         }
         Ok((self.get_agent(name).await?, token))
@@ -154,23 +156,26 @@ impl Store {
     /// Every agent, by name.
     pub async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
         let rows: Vec<AgentRow> =
-            sqlx::query_as(select_agents!("ORDER BY name")).fetch_all(self.pool()).await?;
+            on_db!(self.db(), |conn| sqlx::query_as(select_agents!("ORDER BY name"))
+                .fetch_all(conn)
+                .await)?;
         rows.into_iter().map(AgentRecord::try_from).collect()
     }
 
     /// The agent named `name`, or [`StoreError::AgentNotFound`].
     pub async fn get_agent(&self, name: &str) -> StoreResult<AgentRecord> {
-        let row: Option<AgentRow> = sqlx::query_as(select_agents!("WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<AgentRow> =
+            on_db!(self.db(), |conn| sqlx::query_as(select_agents!("WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(conn)
+                .await)?;
         row.ok_or_else(|| StoreError::AgentNotFound(name.to_string()))?.try_into()
     }
 
     /// Changes an agent's pool and/or labels.
     pub async fn update_agent(&self, name: &str, update: &AgentUpdate) -> StoreResult<AgentRecord> {
         // `$2`/`$4` say whether to set the pool/labels, so one statement serves every update.
-        let done = sqlx::query(
+        let done = on_db!(self.db(), |conn| sqlx::query(
             "UPDATE agents SET
                 pool = CASE WHEN $2 THEN $3 ELSE pool END,
                 labels = CASE WHEN $4 THEN $5 ELSE labels END,
@@ -183,9 +188,10 @@ impl Store {
         .bind(update.labels.is_some())
         .bind(update.labels.as_ref().map(json))
         .bind(now_millis())
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
+        .execute(conn)
+        .await
+        .map(|d| d.rows_affected()))?;
+        if done == 0 {
             return Err(StoreError::AgentNotFound(name.to_string()));
         }
         self.get_agent(name).await
@@ -195,13 +201,16 @@ impl Store {
     /// ([`deleted_message`]) with their epoch bumped, so nothing it sends later is stored.
     /// Returns those runs, oldest first.
     pub async fn delete_agent(&self, name: &str) -> StoreResult<Vec<RunId>> {
-        let mut tx = self.pool().begin().await?;
-        let done =
-            sqlx::query("DELETE FROM agents WHERE name = $1").bind(name).execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
+        let mut tx = self.begin().await?;
+        let done = on_tx!(&mut tx, |c| sqlx::query("DELETE FROM agents WHERE name = $1")
+            .bind(name)
+            .execute(c)
+            .await
+            .map(|d| d.rows_affected()))?;
+        if done == 0 {
             return Err(StoreError::AgentNotFound(name.to_string()));
         }
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = on_tx!(&mut tx, |c| sqlx::query_scalar(
             "UPDATE runs SET status = 'Error', error_message = $2, epoch = epoch + 1,
                 finished_at = $3, updated_at = $3, lease_owner = NULL, lease_expires_at = NULL
              WHERE agent_name = $1 AND status IN ('Started', 'Running')
@@ -210,8 +219,8 @@ impl Store {
         .bind(name)
         .bind(deleted_message(name))
         .bind(now_millis())
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(c)
+        .await)?;
         tx.commit().await?;
         Ok(self.sorted_ids(ids))
     }
@@ -222,10 +231,11 @@ impl Store {
         if !plaintext.starts_with(AGENT_TOKEN_PREFIX) {
             return Ok(None);
         }
-        let row: Option<AgentRow> = sqlx::query_as(select_agents!("WHERE token_hash = $1"))
-            .bind(hash_token(plaintext))
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<AgentRow> =
+            on_db!(self.db(), |conn| sqlx::query_as(select_agents!("WHERE token_hash = $1"))
+                .bind(hash_token(plaintext))
+                .fetch_optional(conn)
+                .await)?;
         row.map(AgentRecord::try_from).transpose()
     }
 
@@ -238,7 +248,7 @@ impl Store {
         platforms: &[String],
         capacity: u64,
     ) -> StoreResult<()> {
-        let done = sqlx::query(
+        let done = on_db!(self.db(), |conn| sqlx::query(
             "UPDATE agents SET version = $2, platforms = $3, capacity = $4, last_seen_at = $5
              WHERE name = $1",
         )
@@ -247,9 +257,10 @@ impl Store {
         .bind(json(&platforms))
         .bind(i64::try_from(capacity).unwrap_or(i64::MAX))
         .bind(now_millis())
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
+        .execute(conn)
+        .await
+        .map(|d| d.rows_affected()))?;
+        if done == 0 {
             return Err(StoreError::AgentNotFound(name.to_string()));
         }
         Ok(())
@@ -257,29 +268,31 @@ impl Store {
 
     /// How many runs agent `name` holds now (Started or Running).
     pub async fn runs_in_hand(&self, name: &str) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 =
+            on_db!(self.db(), |conn| {
+                sqlx::query_scalar(
             "SELECT COUNT(*) FROM runs WHERE agent_name = $1 AND status IN ('Started', 'Running')",
         )
         .bind(name)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(conn).await
+            })?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
     }
 
     /// Every pool an agent names or a queued run asks for, by name, with its agents and queued
     /// runs.
     pub async fn agent_pools(&self) -> StoreResult<Vec<PoolRecord>> {
-        let agents: Vec<(String, i64)> = sqlx::query_as(
+        let agents: Vec<(String, i64)> = on_db!(self.db(), |conn| sqlx::query_as(
             "SELECT pool, COUNT(*) FROM agents WHERE pool IS NOT NULL GROUP BY pool",
         )
-        .fetch_all(self.pool())
-        .await?;
-        let queued: Vec<(String, i64)> = sqlx::query_as(
+        .fetch_all(conn)
+        .await)?;
+        let queued: Vec<(String, i64)> = on_db!(self.db(), |conn| sqlx::query_as(
             "SELECT agent_pool, COUNT(*) FROM runs
              WHERE status = 'Queued' AND agent_pool IS NOT NULL GROUP BY agent_pool",
         )
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(conn)
+        .await)?;
         // Counts, agents' then queued runs'.
         let mut pools: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for (name, n) in agents {

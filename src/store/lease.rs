@@ -7,7 +7,8 @@
 //! [`StoreError::StaleLease`]. Each fenced write is one conditional `UPDATE`, so the check and the
 //! write cannot be separated by another writer.
 //!
-//! PostgreSQL: `claim_next`'s subquery gets `FOR UPDATE SKIP LOCKED`; the rest is unchanged.
+//! Both backends run the same SQL: a claim is a compare-and-set per candidate run, which needs no
+//! row locks held across statements (and so no `FOR UPDATE SKIP LOCKED`) on PostgreSQL either.
 
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use crate::run_id::RunId;
 
 use super::runs::{OutputImage, RunRecord, RunRow};
 use super::status::RunStatus;
-use super::{Store, StoreError, StoreResult, duration_millis, from_millis, now_millis, to_millis};
+use super::{
+    Store, StoreError, StoreResult, duration_millis, from_millis, now_millis, on_db, to_millis,
+};
 
 /// The error message of a run that was in flight when its lease expired or the server restarted.
 pub const SERVER_STOPPED_MESSAGE: &str = "the server stopped during the run";
@@ -104,14 +107,15 @@ impl Store {
     ) -> StoreResult<Option<Claim>> {
         let mut after: i64 = -1;
         loop {
-            let candidates: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
-                "SELECT id, counter, platform, agent_pool FROM runs
+            let candidates: Vec<(String, i64, String, Option<String>)> =
+                on_db!(self.db(), |pool| sqlx::query_as(
+                    "SELECT id, counter, platform, agent_pool FROM runs
                  WHERE status = 'Queued' AND counter > $1 ORDER BY counter LIMIT $2",
-            )
-            .bind(after)
-            .bind(CLAIM_PAGE)
-            .fetch_all(self.pool())
-            .await?;
+                )
+                .bind(after)
+                .bind(CLAIM_PAGE)
+                .fetch_all(pool)
+                .await)?;
             let Some((_, last, _, _)) = candidates.last() else { return Ok(None) };
             after = *last;
             for (id, _, platform, pool) in &candidates {
@@ -120,7 +124,7 @@ impl Store {
                 }
                 let now = now_millis();
                 let expires = now.saturating_add(duration_millis(lease_ttl));
-                let row: Option<RunRow> = sqlx::query_as(
+                let row: Option<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
                     "UPDATE runs SET status = 'Started', epoch = epoch + 1, lease_owner = $2,
                         agent_name = $2, lease_expires_at = $3, started_at = $4, updated_at = $4
                      WHERE id = $1 AND status = 'Queued'
@@ -130,8 +134,8 @@ impl Store {
                 .bind(&agent.name)
                 .bind(expires)
                 .bind(now)
-                .fetch_optional(self.pool())
-                .await?;
+                .fetch_optional(pool)
+                .await)?;
                 if let Some(row) = row {
                     let run = RunRecord::try_from(row)?;
                     return Ok(Some(Claim { epoch: run.epoch, run }));
@@ -148,7 +152,7 @@ impl Store {
         ttl: Duration,
     ) -> StoreResult<Heartbeat> {
         let expires = now_millis().saturating_add(duration_millis(ttl));
-        let row: Option<(i64, bool)> = sqlx::query_as(
+        let row: Option<(i64, bool)> = on_db!(self.db(), |pool| sqlx::query_as(
             "UPDATE runs SET lease_expires_at = $3
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
              RETURNING lease_expires_at, cancel_requested",
@@ -156,8 +160,8 @@ impl Store {
         .bind(run.as_str())
         .bind(epoch)
         .bind(expires)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         match row {
             Some((expires, cancel_requested)) => {
                 Ok(Heartbeat { lease_expires_at: from_millis(expires)?, cancel_requested })
@@ -182,7 +186,7 @@ impl Store {
             };
             return Err(StoreError::InvalidTransition { run: run.clone(), reason });
         }
-        let row: Option<RunRow> = sqlx::query_as(
+        let row: Option<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "UPDATE runs SET status = $3, updated_at = $4
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
              RETURNING *",
@@ -191,8 +195,8 @@ impl Store {
         .bind(epoch)
         .bind(status.as_str())
         .bind(now_millis())
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         self.fenced(row, run, epoch).await
     }
 
@@ -213,7 +217,7 @@ impl Store {
         }
         let images = serde_json::to_string(output_images)
             .map_err(|e| StoreError::Corrupt(format!("output images: {e}")))?;
-        let row: Option<RunRow> = sqlx::query_as(
+        let row: Option<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "UPDATE runs SET status = $3, error_message = $4, output_images = $5,
                 dependencies = $6, finished_at = $7, updated_at = $7, lease_owner = NULL,
                 lease_expires_at = NULL
@@ -227,9 +231,11 @@ impl Store {
         .bind(images)
         .bind(dependencies)
         .bind(now_millis())
-        .fetch_optional(self.pool())
-        .await?;
-        self.fenced(row, run, epoch).await
+        .fetch_optional(pool)
+        .await)?;
+        let record = self.fenced(row, run, epoch).await?;
+        self.notify(&super::StoreEvent::Ended(run.clone())).await;
+        Ok(record)
     }
 
     /// Runs whose lease expired at or before `now` (their agent stopped responding): one that
@@ -239,16 +245,16 @@ impl Store {
     /// old holder's writes fail from here on.
     pub async fn expire_leases(&self, now: DateTime<Utc>) -> StoreResult<Expired> {
         let now = to_millis(now);
-        let requeued: Vec<String> = sqlx::query_scalar(
+        let requeued: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Queued', epoch = epoch + 1, started_at = NULL,
                 updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL
              WHERE status = 'Started' AND lease_expires_at <= $1
              RETURNING id",
         )
         .bind(now)
-        .fetch_all(self.pool())
-        .await?;
-        let failed: Vec<String> = sqlx::query_scalar(
+        .fetch_all(pool)
+        .await)?;
+        let failed: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Error',
                 error_message = 'agent ' || COALESCE(agent_name, lease_owner, '') ||
                     ' stopped responding during the run',
@@ -258,16 +264,20 @@ impl Store {
              RETURNING id",
         )
         .bind(now)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(Expired { requeued: self.sorted_ids(requeued), failed: self.sorted_ids(failed) })
+        .fetch_all(pool)
+        .await)?;
+        self.announce(Expired {
+            requeued: self.sorted_ids(requeued),
+            failed: self.sorted_ids(failed),
+        })
+        .await
     }
 
     /// Every Started/Running run that has been going for its `timeout_secs` at `now` becomes
     /// Timeout ("run timed out after N seconds"); fenced like [`Store::expire_leases`]. The
     /// server's backstop for a worker that does not enforce the run timeout itself.
     pub async fn expire_timeouts(&self, now: DateTime<Utc>) -> StoreResult<Vec<RunId>> {
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Timeout',
                 error_message = 'run timed out after ' || timeout_secs || ' seconds',
                 epoch = epoch + 1, finished_at = $1, updated_at = $1, lease_owner = NULL,
@@ -276,8 +286,8 @@ impl Store {
              RETURNING id",
         )
         .bind(to_millis(now))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         Ok(self.sorted_ids(ids))
     }
 
@@ -287,7 +297,7 @@ impl Store {
     /// [`Store::expire_leases`].
     pub async fn end_agent_runs(&self, name: &str, message: &str) -> StoreResult<Expired> {
         let now = now_millis();
-        let requeued: Vec<String> = sqlx::query_scalar(
+        let requeued: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Queued', epoch = epoch + 1, started_at = NULL,
                 updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL
              WHERE status = 'Started' AND lease_owner = $2
@@ -295,9 +305,9 @@ impl Store {
         )
         .bind(now)
         .bind(name)
-        .fetch_all(self.pool())
-        .await?;
-        let failed: Vec<String> = sqlx::query_scalar(
+        .fetch_all(pool)
+        .await)?;
+        let failed: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Error', error_message = $3, epoch = epoch + 1,
                 finished_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL
              WHERE status = 'Running' AND lease_owner = $2
@@ -306,9 +316,24 @@ impl Store {
         .bind(now)
         .bind(name)
         .bind(message)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(Expired { requeued: self.sorted_ids(requeued), failed: self.sorted_ids(failed) })
+        .fetch_all(pool)
+        .await)?;
+        self.announce(Expired {
+            requeued: self.sorted_ids(requeued),
+            failed: self.sorted_ids(failed),
+        })
+        .await
+    }
+
+    /// Tells the other servers on the database that runs were queued again or ended.
+    async fn announce(&self, expired: Expired) -> StoreResult<Expired> {
+        if !expired.requeued.is_empty() {
+            self.notify(&super::StoreEvent::Queued).await;
+        }
+        for run in &expired.failed {
+            self.notify(&super::StoreEvent::Ended(run.clone())).await;
+        }
+        Ok(expired)
     }
 
     /// IDs ordered by their counter (RETURNING order is unspecified).

@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::run_id::RunId;
 
-use super::{Store, StoreError, StoreResult, from_millis, to_millis};
+use super::{Store, StoreError, StoreResult, Tx, from_millis, on_db, on_tx, to_millis};
 
 /// How long logs of finished runs are kept by default (§6.6).
 pub const LOG_RETENTION: TimeDelta = TimeDelta::days(30);
@@ -59,7 +59,7 @@ pub struct LogTime {
 /// Stores `bytes` as chunk `seq` ending at `end`, which the run row already counts, with its
 /// arrival `times`.
 async fn insert_chunk(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     run: &RunId,
     seq: i64,
     end: i64,
@@ -69,26 +69,29 @@ async fn insert_chunk(
     let len = bytes.len() as i64;
     let offset = end - len;
     if len > 0 {
-        sqlx::query(
+        on_tx!(&mut *tx, |c| sqlx::query(
             "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, $2, $3, $4)",
         )
         .bind(run.as_str())
         .bind(seq)
         .bind(offset)
         .bind(bytes)
-        .execute(&mut *conn)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
         let times = times.iter().filter(|t| t.offset < len as u64);
         if times.clone().next().is_some() {
-            let mut insert =
-                sqlx::QueryBuilder::new("INSERT INTO log_times (run_id, byte_offset, at_ms) ");
-            insert.push_values(times, |mut row, time| {
-                row.push_bind(run.as_str())
-                    .push_bind(offset.saturating_add(time.offset as i64))
-                    .push_bind(to_millis(time.at));
-            });
-            insert.push(" ON CONFLICT DO NOTHING");
-            insert.build().execute(&mut *conn).await?;
+            on_tx!(&mut *tx, |c| {
+                let mut insert =
+                    sqlx::QueryBuilder::new("INSERT INTO log_times (run_id, byte_offset, at_ms) ");
+                insert.push_values(times, |mut row, time| {
+                    row.push_bind(run.as_str())
+                        .push_bind(offset.saturating_add(time.offset as i64))
+                        .push_bind(to_millis(time.at));
+                });
+                insert.push(" ON CONFLICT DO NOTHING");
+                insert.build().execute(c).await.map(|done| done.rows_affected())
+            })?;
         }
     }
     Ok(LogChunk { seq: as_u64("seq", seq)?, offset: as_u64("offset", offset)?, len: len as u64 })
@@ -96,22 +99,18 @@ async fn insert_chunk(
 
 /// Appends non-empty `bytes` to a run's log inside the caller's transaction, unfenced: for the
 /// lines the store itself ends a log with when no agent holds the run (a cancel in the queue).
-pub(super) async fn append_in(
-    conn: &mut sqlx::SqliteConnection,
-    run: &RunId,
-    bytes: &[u8],
-) -> StoreResult<LogChunk> {
+pub(super) async fn append_in(tx: &mut Tx, run: &RunId, bytes: &[u8]) -> StoreResult<LogChunk> {
     let len = i64::try_from(bytes.len())
         .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
-    let (seq, end): (i64, i64) = sqlx::query_as(
+    let (seq, end): (i64, i64) = on_tx!(&mut *tx, |c| sqlx::query_as(
         "UPDATE runs SET log_seq = log_seq + 1, log_len = log_len + $2 WHERE id = $1
          RETURNING log_seq, log_len",
     )
     .bind(run.as_str())
     .bind(len)
-    .fetch_one(&mut *conn)
-    .await?;
-    insert_chunk(conn, run, seq, end, bytes, &[LogTime { offset: 0, at: Utc::now() }]).await
+    .fetch_one(c)
+    .await)?;
+    insert_chunk(tx, run, seq, end, bytes, &[LogTime { offset: 0, at: Utc::now() }]).await
 }
 
 impl Store {
@@ -134,9 +133,9 @@ impl Store {
     ) -> StoreResult<LogChunk> {
         let len = i64::try_from(bytes.len())
             .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         // First statement a write (takes SQLite's write lock) and the fence in one.
-        let row: Option<(i64, i64)> = sqlx::query_as(
+        let row: Option<(i64, i64)> = on_tx!(&mut tx, |c| sqlx::query_as(
             "UPDATE runs SET log_seq = log_seq + (CASE WHEN $3 > 0 THEN 1 ELSE 0 END),
                 log_len = log_len + $3
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
@@ -145,13 +144,17 @@ impl Store {
         .bind(run.as_str())
         .bind(epoch)
         .bind(len)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let Some((seq, end)) = row else {
             tx.rollback().await?;
             return Err(self.fence_error(run, epoch).await);
         };
         let chunk = insert_chunk(&mut tx, run, seq, end, bytes, times).await?;
+        if len > 0 {
+            let event = super::StoreEvent::Log { run: run.clone(), len: chunk.offset + chunk.len };
+            super::events::notify_in(&mut tx, &event).await?;
+        }
         tx.commit().await?;
         Ok(chunk)
     }
@@ -168,17 +171,17 @@ impl Store {
         bytes: &[u8],
         times: &[LogTime],
     ) -> StoreResult<(u64, Option<LogChunk>)> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         // A write first (SQLite's write lock, and the fence), which reads the stored length.
-        let stored: Option<i64> = sqlx::query_scalar(
+        let stored: Option<i64> = on_tx!(&mut tx, |c| sqlx::query_scalar(
             "UPDATE runs SET log_seq = log_seq
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
              RETURNING log_len",
         )
         .bind(run.as_str())
         .bind(epoch)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let Some(stored) = stored else {
             tx.rollback().await?;
             return Err(self.fence_error(run, epoch).await);
@@ -198,15 +201,17 @@ impl Store {
             .iter()
             .map(|t| LogTime { offset: t.offset.saturating_sub(skip as u64), at: t.at })
             .collect();
-        let (seq, end): (i64, i64) = sqlx::query_as(
+        let (seq, end): (i64, i64) = on_tx!(&mut tx, |c| sqlx::query_as(
             "UPDATE runs SET log_seq = log_seq + 1, log_len = log_len + $2 WHERE id = $1
              RETURNING log_seq, log_len",
         )
         .bind(run.as_str())
         .bind(rest.len() as i64)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await)?;
         let chunk = insert_chunk(&mut tx, run, seq, end, rest, &times).await?;
+        let event = super::StoreEvent::Log { run: run.clone(), len: chunk.offset + chunk.len };
+        super::events::notify_in(&mut tx, &event).await?;
         tx.commit().await?;
         Ok((chunk.offset + chunk.len, Some(chunk)))
     }
@@ -222,7 +227,7 @@ impl Store {
     ) -> StoreResult<Vec<LogData>> {
         let from = i64::try_from(from_offset).unwrap_or(i64::MAX);
         let until = from.saturating_add(i64::try_from(max_bytes).unwrap_or(i64::MAX));
-        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<(i64, i64, Vec<u8>)> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT seq, byte_offset, data FROM log_chunks
              WHERE run_id = $1 AND byte_offset < $3 AND byte_offset + length(data) > $2
              ORDER BY seq",
@@ -230,8 +235,8 @@ impl Store {
         .bind(run.as_str())
         .bind(from)
         .bind(until)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         if rows.is_empty() {
             // Distinguish "nothing new" from "no such run".
             self.log_len(run).await?;
@@ -263,7 +268,7 @@ impl Store {
     ) -> StoreResult<Vec<(u64, DateTime<Utc>)>> {
         let from = i64::try_from(from_offset).unwrap_or(i64::MAX);
         let until = i64::try_from(until).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64)> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT byte_offset, at_ms FROM log_times
              WHERE run_id = $1 AND byte_offset < $3 AND byte_offset >= COALESCE(
                 (SELECT MAX(byte_offset) FROM log_times WHERE run_id = $1 AND byte_offset <= $2), 0)
@@ -272,8 +277,8 @@ impl Store {
         .bind(run.as_str())
         .bind(from)
         .bind(until)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.into_iter()
             .map(|(offset, at)| Ok((as_u64("time offset", offset)?, from_millis(at)?)))
             .collect()
@@ -281,30 +286,33 @@ impl Store {
 
     /// Bytes of log the run has (as appended; expiry does not shrink it).
     pub async fn log_len(&self, run: &RunId) -> StoreResult<u64> {
-        let len: Option<i64> = sqlx::query_scalar("SELECT log_len FROM runs WHERE id = $1")
-            .bind(run.as_str())
-            .fetch_optional(self.pool())
-            .await?;
+        let len: Option<i64> =
+            on_db!(self.db(), |pool| sqlx::query_scalar("SELECT log_len FROM runs WHERE id = $1")
+                .bind(run.as_str())
+                .fetch_optional(pool)
+                .await)?;
         as_u64("length", len.ok_or_else(|| StoreError::NotFound(run.clone()))?)
     }
 
     /// Deletes the log chunks of runs that finished before `older_than` (retention; the server
     /// passes now − [`LOG_RETENTION`]). Returns how many chunks went.
     pub async fn expire_logs(&self, older_than: DateTime<Utc>) -> StoreResult<u64> {
-        sqlx::query(
+        on_db!(self.db(), |pool| sqlx::query(
             "DELETE FROM log_times WHERE run_id IN
                 (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
         )
         .bind(to_millis(older_than))
-        .execute(self.pool())
-        .await?;
-        let done = sqlx::query(
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        let done = on_db!(self.db(), |pool| sqlx::query(
             "DELETE FROM log_chunks WHERE run_id IN
                 (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1)",
         )
         .bind(to_millis(older_than))
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done)
     }
 }

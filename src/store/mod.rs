@@ -1,7 +1,10 @@
 //! The control plane's persistent state: runs, their leases, their logs and API tokens, in one
-//! SQLite file under the data directory (issue 5).
+//! SQLite file under the data directory (issue 5) or in a PostgreSQL database that several
+//! servers share (issue 12).
 //!
-//! One idea per module: [`status`] (the run status/type vocabularies), [`runs`] (creating,
+//! One idea per module: [`db`] (the two backends and the macros that run a query on either),
+//! [`events`] (wake-ups between servers on one PostgreSQL database),
+//! [`status`] (the run status/type vocabularies), [`runs`] (creating,
 //! reading, listing and cancelling runs, with the persisted run-ID counter), [`lease`] (workers
 //! claiming runs, heartbeats and the fencing epoch that every worker write checks), [`logs`]
 //! (append-only log chunks with contiguous sequence numbers and byte offsets), [`tokens`] (API
@@ -9,16 +12,23 @@
 //! tokens), [`tasks`] (tasks, their timers and history), [`triggers`]
 //! (the claims that make each trigger queue its run once) and [`error`].
 //!
-//! Conventions, chosen so a PostgreSQL backend can follow with the same SQL:
+//! Conventions, so both backends run the same SQL (`migrations/` and its PostgreSQL twins in
+//! `migrations/postgres/` differ only in dialect):
 //! * plain SQL with `$1` placeholders; every write that must be atomic is a single statement or
 //!   a transaction whose first statement is a write (so SQLite takes the write lock up front and
 //!   never has to upgrade a read lock, which is what makes concurrent writers deadlock-free);
 //! * times are stored as Unix milliseconds (UTC, `BIGINT`): ordered, portable, and exact;
 //!   the API exposes them as [`chrono::DateTime<Utc>`] (RFC 3339 on the wire is the server's job);
-//! * enums are stored as their names (`TEXT`), JSON as `TEXT`.
+//! * enums are stored as their names (`TEXT`), JSON as `TEXT`;
+//! * concurrency is the database's: single-statement compare-and-sets and unique keys, which
+//!   PostgreSQL's READ COMMITTED re-checks after a concurrent writer commits, so the claims stay
+//!   exactly-once across servers (`claim_next` takes each candidate with one such
+//!   compare-and-set, so claimers never wait on each other's row locks).
 
 pub mod agents;
+pub mod db;
 pub mod error;
+pub mod events;
 pub mod lease;
 pub mod logs;
 pub mod runs;
@@ -28,19 +38,24 @@ pub mod tokens;
 pub mod triggers;
 
 #[cfg(test)]
+pub(crate) mod test_db;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::run_id::RunIdPrefix;
 
 pub use agents::{AgentRecord, AgentUpdate, PoolRecord};
+pub use db::{BadDatabaseUrl, DatabaseUrl};
+pub(crate) use db::{Db, Tx, on_db, on_tx};
 pub use error::{StoreError, StoreResult};
+pub use events::{StoreEvent, StoreEvents};
 pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData, LogTime};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
@@ -59,62 +74,109 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// followers, list calls) proceed alongside a writer under WAL.
 const MAX_CONNECTIONS: u32 = 4;
 
+/// Connections per server to PostgreSQL, which runs writers side by side.
+const PG_MAX_CONNECTIONS: u32 = 16;
+
 /// The store. Cheap to clone (a connection pool); safe to share between tasks.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
     prefix: RunIdPrefix,
-    path: PathBuf,
+    url: DatabaseUrl,
 }
 
 impl Store {
-    /// Opens (creating if needed) `data_dir/kiln.db`, in WAL mode with foreign keys and a busy
-    /// timeout, and applies the embedded migrations. Run IDs are `prefix` + the persisted
-    /// counter; the prefix of a registry should never change (see [`RunIdPrefix`]).
+    /// Opens (creating if needed) `data_dir/kiln.db`: [`Store::open_with`] the default database.
     pub async fn open(data_dir: &Path, prefix: RunIdPrefix) -> StoreResult<Self> {
-        let path = data_dir.join(DB_FILE);
-        private_files(data_dir, &path)
+        Self::open_with(data_dir, None, prefix).await
+    }
+
+    /// Makes the data directory (private, 0700) and [`Store::connect`]s to `database`, by
+    /// default the SQLite file `kiln.db` in it.
+    pub async fn open_with(
+        data_dir: &Path,
+        database: Option<&DatabaseUrl>,
+        prefix: RunIdPrefix,
+    ) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir)
+            .and_then(|()| private_dir(data_dir))
             .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool =
-            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, prefix, path })
+        let default = DatabaseUrl::Sqlite(data_dir.join(DB_FILE));
+        Self::connect(database.unwrap_or(&default), prefix).await
     }
 
-    /// Closes every connection (checkpointing the WAL). The store is unusable afterwards.
+    /// Connects to `url` and applies the embedded migrations of its backend. A SQLite file is
+    /// created if missing (0600, WAL mode, foreign keys, a busy timeout). Run IDs are `prefix` +
+    /// the persisted counter; the prefix of a registry should never change (see
+    /// [`RunIdPrefix`]), and every server sharing a database must use the same one.
+    pub async fn connect(url: &DatabaseUrl, prefix: RunIdPrefix) -> StoreResult<Self> {
+        let db = match url {
+            DatabaseUrl::Sqlite(path) => {
+                private_files(path)
+                    .map_err(|source| StoreError::DataDir { path: path.clone(), source })?;
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(BUSY_TIMEOUT);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .connect_with(options)
+                    .await?;
+                sqlx::migrate!("./migrations").run(&pool).await?;
+                Db::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                // One connection first: its error (refused, authentication, no such database)
+                // says what the pool's retries until a timeout would not.
+                let probe = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+                sqlx::Connection::close(probe).await?;
+                let pool =
+                    PgPoolOptions::new().max_connections(PG_MAX_CONNECTIONS).connect(url).await?;
+                // sqlx takes an advisory lock: servers starting together migrate once.
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                Db::Postgres(pool)
+            }
+        };
+        Ok(Self { db, prefix, url: url.clone() })
+    }
+
+    /// Closes every connection (checkpointing SQLite's WAL). The store is unusable afterwards.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database this store was opened on.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
     }
 
     pub fn prefix(&self) -> &RunIdPrefix {
         &self.prefix
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) async fn begin(&self) -> StoreResult<Tx> {
+        Ok(self.db.begin().await?)
     }
 }
 
-/// Makes the data directory (0700) and the database with its WAL and shared-memory files (0600)
-/// private to the server's user, tightening them when an older start left them readable. The
-/// database is created empty here, with its mode, because SQLite creates files by the umask and
-/// gives `-wal` and `-shm` the database's own mode.
-fn private_files(data_dir: &Path, db: &Path) -> std::io::Result<()> {
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes the database with its WAL and shared-memory files (0600) private to the server's
+/// user, tightening them when an older start left them readable. The database is created empty
+/// here, with its mode, because SQLite creates files by the umask and gives `-wal` and `-shm`
+/// the database's own mode.
+fn private_files(db: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    std::fs::create_dir_all(data_dir)?;
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(db)?;
     for suffix in ["", "-wal", "-shm"] {
         let file = PathBuf::from(format!("{}{suffix}", db.display()));

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::run_id::{RunId, format_run_id};
 
 use super::status::{RunStatus, RunType};
-use super::{Store, StoreError, StoreResult, from_millis, now_millis};
+use super::{Store, StoreError, StoreResult, Tx, from_millis, now_millis, on_db, on_tx};
 
 /// Default run timeout (§6.6).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
@@ -232,7 +232,7 @@ impl Store {
     /// incremented in the same transaction as the insert: IDs are unique and increase across
     /// restarts, and a failed insert issues nothing.
     pub async fn create_run(&self, new: NewRun) -> StoreResult<RunRecord> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         let run = insert_run(&mut tx, self.prefix(), new).await?;
         tx.commit().await?;
         Ok(run)
@@ -240,10 +240,11 @@ impl Store {
 
     /// The run, or `None` when no run has this ID.
     pub async fn find_run(&self, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        let row: Option<RunRow> = sqlx::query_as("SELECT * FROM runs WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<RunRow> =
+            on_db!(self.db(), |pool| sqlx::query_as("SELECT * FROM runs WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await)?;
         row.map(RunRecord::try_from).transpose()
     }
 
@@ -264,7 +265,7 @@ impl Store {
         } else {
             i64::try_from(filter.top).unwrap_or(i64::MAX)
         };
-        let rows: Vec<RunRow> = sqlx::query_as(
+        let rows: Vec<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT * FROM runs
              WHERE ($1 IS NULL OR status = $1)
                AND ($2 IS NULL OR task_name = $2)
@@ -278,8 +279,8 @@ impl Store {
         .bind(&like)
         .bind(limit)
         .bind(filter.before.map(|b| to_i64("before", b)).transpose()?)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         let top = if filter.top == 0 { usize::MAX } else { filter.top };
         let mut runs = Vec::new();
         for row in rows {
@@ -303,8 +304,8 @@ impl Store {
     /// as it is afterwards.
     pub async fn cancel_run(&self, id: &RunId) -> StoreResult<RunRecord> {
         let now = now_millis();
-        let mut tx = self.pool().begin().await?;
-        let row: Option<RunRow> = sqlx::query_as(
+        let mut tx = self.begin().await?;
+        let row: Option<RunRow> = on_tx!(&mut tx, |c| sqlx::query_as(
             "UPDATE runs SET
                 status = CASE WHEN status = 'Queued' THEN 'Canceled' ELSE status END,
                 finished_at = CASE WHEN status = 'Queued' THEN $2 ELSE finished_at END,
@@ -317,8 +318,8 @@ impl Store {
         .bind(id.as_str())
         .bind(now)
         .bind(CANCELED_IN_QUEUE)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let Some(row) = row else {
             tx.rollback().await?;
             let run = self.get_run(id).await?;
@@ -339,6 +340,10 @@ impl Store {
             let chunk =
                 super::logs::append_in(&mut tx, id, format!("\n{line}\n").as_bytes()).await?;
             record.log_len = chunk.offset + chunk.len;
+            super::events::notify_in(&mut tx, &super::StoreEvent::Ended(id.clone())).await?;
+        } else {
+            let event = super::StoreEvent::CancelRequested(id.clone());
+            super::events::notify_in(&mut tx, &event).await?;
         }
         tx.commit().await?;
         Ok(record)
@@ -348,19 +353,20 @@ impl Store {
 /// Inserts a queued run inside `tx`, for callers that queue a run together with other writes
 /// (a trigger's claim). Its first statement is a write, so it may open a transaction.
 pub(crate) async fn insert_run(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     prefix: &crate::run_id::RunIdPrefix,
     new: NewRun,
 ) -> StoreResult<RunRecord> {
     let now = now_millis();
     let timeout_secs = to_i64("timeout_secs", new.timeout_secs)?;
-    let counter: i64 =
-        sqlx::query_scalar("UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last")
-            .fetch_one(&mut *tx)
-            .await?;
+    let counter: i64 = on_tx!(&mut *tx, |c| sqlx::query_scalar(
+        "UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last"
+    )
+    .fetch_one(c)
+    .await)?;
     let id = format_run_id(prefix, non_negative("counter", counter)?);
     let waiting = waiting_line(new.agent_pool.as_deref(), &new.platform);
-    let row: RunRow = sqlx::query_as(
+    let row: RunRow = on_tx!(&mut *tx, |c| sqlx::query_as(
         "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
             timeout_secs, platform, created_at, started_at, finished_at, updated_at,
             error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
@@ -384,13 +390,17 @@ pub(crate) async fn insert_run(
     .bind(&new.trigger_detail)
     .bind(&new.sealed_request)
     .bind(&new.agent_pool)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)")
-        .bind(id.as_str())
-        .bind(waiting.as_bytes())
-        .execute(&mut *tx)
-        .await?;
+    .fetch_one(c)
+    .await)?;
+    on_tx!(&mut *tx, |c| sqlx::query(
+        "INSERT INTO log_chunks (run_id, seq, byte_offset, data) VALUES ($1, 1, 0, $2)"
+    )
+    .bind(id.as_str())
+    .bind(waiting.as_bytes())
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    super::events::notify_in(tx, &super::StoreEvent::Queued).await?;
     row.try_into()
 }
 

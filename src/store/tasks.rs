@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::triggers::BaseImageRecord;
-use super::{Store, StoreError, StoreResult, from_millis, now_millis, to_millis};
+use super::{Store, StoreError, StoreResult, Tx, from_millis, now_millis, on_db, on_tx, to_millis};
 
 /// Task history entries worth keeping per task (older ones are dropped as new ones come).
 pub const HISTORY_KEPT: i64 = 200;
@@ -126,8 +126,8 @@ impl Store {
         timers: &[TimerRecord],
     ) -> StoreResult<TaskRecord> {
         let now = now_millis();
-        let mut tx = self.pool().begin().await?;
-        let row: Option<TaskRow> = sqlx::query_as(
+        let mut tx = self.begin().await?;
+        let row: Option<TaskRow> = on_tx!(&mut tx, |c| sqlx::query_as(
             "INSERT INTO tasks (name, status, base_image_trigger, definition, sealed,
                 webhook_secret, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
@@ -141,8 +141,8 @@ impl Store {
         .bind(&write.sealed)
         .bind(&webhook_secret)
         .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let row = row.ok_or_else(|| StoreError::TaskExists(name.to_string()))?;
         for timer in timers {
             insert_timer(&mut tx, name, timer).await?;
@@ -153,46 +153,52 @@ impl Store {
 
     /// Replaces a task's definition.
     pub async fn update_task(&self, name: &str, write: TaskWrite) -> StoreResult<TaskRecord> {
-        let row: Option<TaskRow> = sqlx::query_as(
-            "UPDATE tasks SET status = $2, base_image_trigger = $3, definition = $4, sealed = $5,
-                updated_at = $6
-             WHERE name = $1
-             RETURNING *",
-        )
-        .bind(name)
-        .bind(&write.status)
-        .bind(&write.base_image_trigger)
-        .bind(&write.definition)
-        .bind(&write.sealed)
-        .bind(now_millis())
-        .fetch_optional(self.pool())
-        .await?;
+        let row: Option<TaskRow> = on_db!(self.db(), |pool| {
+            sqlx::query_as(
+                "UPDATE tasks SET status = $2, base_image_trigger = $3, definition = $4,
+                    sealed = $5, updated_at = $6
+                 WHERE name = $1
+                 RETURNING *",
+            )
+            .bind(name)
+            .bind(&write.status)
+            .bind(&write.base_image_trigger)
+            .bind(&write.definition)
+            .bind(&write.sealed)
+            .bind(now_millis())
+            .fetch_optional(pool)
+            .await
+        })?;
         row.ok_or_else(|| StoreError::TaskNotFound(name.to_string()))?.try_into()
     }
 
     /// The task, or [`StoreError::TaskNotFound`].
     pub async fn get_task(&self, name: &str) -> StoreResult<TaskRecord> {
-        let row: Option<TaskRow> = sqlx::query_as("SELECT * FROM tasks WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<TaskRow> =
+            on_db!(self.db(), |pool| sqlx::query_as("SELECT * FROM tasks WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await)?;
         row.ok_or_else(|| StoreError::TaskNotFound(name.to_string()))?.try_into()
     }
 
     /// Every task, by name.
     pub async fn list_tasks(&self) -> StoreResult<Vec<TaskRecord>> {
         let rows: Vec<TaskRow> =
-            sqlx::query_as("SELECT * FROM tasks ORDER BY name").fetch_all(self.pool()).await?;
+            on_db!(self.db(), |pool| sqlx::query_as("SELECT * FROM tasks ORDER BY name")
+                .fetch_all(pool)
+                .await)?;
         rows.into_iter().map(TaskRecord::try_from).collect()
     }
 
     /// Deletes a task with its timers, history and trigger state; its runs stay.
     pub async fn delete_task(&self, name: &str) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM tasks WHERE name = $1")
+        let done = on_db!(self.db(), |pool| sqlx::query("DELETE FROM tasks WHERE name = $1")
             .bind(name)
-            .execute(self.pool())
-            .await?;
-        if done.rows_affected() == 0 {
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+        if done == 0 {
             return Err(StoreError::TaskNotFound(name.to_string()));
         }
         Ok(())
@@ -205,12 +211,12 @@ impl Store {
 
     /// The timers of `task`, or of every task, by task and name.
     async fn timers_of(&self, task: Option<&str>) -> StoreResult<Vec<TimerRecord>> {
-        let rows: Vec<TimerRow> = sqlx::query_as(
+        let rows: Vec<TimerRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT * FROM timers WHERE $1 IS NULL OR task_name = $1 ORDER BY task_name, name",
         )
         .bind(task)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.into_iter().map(TimerRecord::try_from).collect()
     }
 
@@ -237,7 +243,7 @@ impl Store {
 
     /// Adds a timer; [`StoreError::TimerExists`] if the task has one of that name.
     pub async fn add_timer(&self, timer: &TimerRecord) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         insert_timer(&mut tx, &timer.task_name, timer).await?;
         tx.commit().await?;
         Ok(())
@@ -245,7 +251,7 @@ impl Store {
 
     /// Rewrites a timer's schedule, state and next fire time.
     pub async fn update_timer(&self, timer: &TimerRecord) -> StoreResult<()> {
-        let done = sqlx::query(
+        let done = on_db!(self.db(), |pool| sqlx::query(
             "UPDATE timers SET schedule = $3, enabled = $4, next_fire_at = $5
              WHERE task_name = $1 AND name = $2",
         )
@@ -254,9 +260,10 @@ impl Store {
         .bind(&timer.schedule)
         .bind(timer.enabled)
         .bind(timer.next_fire_at.map(to_millis))
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if done == 0 {
             return Err(StoreError::TimerNotFound {
                 task: timer.task_name.clone(),
                 timer: timer.name.clone(),
@@ -266,12 +273,15 @@ impl Store {
     }
 
     pub async fn remove_timer(&self, task: &str, name: &str) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM timers WHERE task_name = $1 AND name = $2")
-            .bind(task)
-            .bind(name)
-            .execute(self.pool())
-            .await?;
-        if done.rows_affected() == 0 {
+        let done = on_db!(self.db(), |pool| sqlx::query(
+            "DELETE FROM timers WHERE task_name = $1 AND name = $2"
+        )
+        .bind(task)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if done == 0 {
             return Err(StoreError::TimerNotFound {
                 task: task.to_string(),
                 timer: name.to_string(),
@@ -293,16 +303,16 @@ impl Store {
         task: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<(String, TaskEventRecord)>> {
-        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(String, i64, String, String)> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT task_name, at, kind, detail FROM (
                 SELECT *, ROW_NUMBER() OVER (PARTITION BY task_name ORDER BY id DESC) AS recent
-                FROM task_events WHERE $1 IS NULL OR task_name = $1)
+                FROM task_events WHERE $1 IS NULL OR task_name = $1) AS events
              WHERE recent <= $2 ORDER BY task_name, recent",
         )
         .bind(task)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.into_iter()
             .map(|(name, at, kind, detail)| {
                 Ok((name, TaskEventRecord { at: from_millis(at)?, kind, detail }))
@@ -311,12 +321,8 @@ impl Store {
     }
 }
 
-async fn insert_timer(
-    tx: &mut sqlx::SqliteConnection,
-    task: &str,
-    timer: &TimerRecord,
-) -> StoreResult<()> {
-    let done = sqlx::query(
+async fn insert_timer(tx: &mut Tx, task: &str, timer: &TimerRecord) -> StoreResult<()> {
+    let done = on_tx!(&mut *tx, |c| sqlx::query(
         "INSERT INTO timers (task_name, name, schedule, enabled, next_fire_at)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (task_name, name) DO NOTHING",
@@ -326,9 +332,10 @@ async fn insert_timer(
     .bind(&timer.schedule)
     .bind(timer.enabled)
     .bind(timer.next_fire_at.map(to_millis))
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    if done == 0 {
         return Err(StoreError::TimerExists { task: task.to_string(), timer: timer.name.clone() });
     }
     Ok(())
@@ -336,26 +343,30 @@ async fn insert_timer(
 
 /// Records a history entry inside `tx` and drops entries beyond [`HISTORY_KEPT`].
 pub(super) async fn insert_event(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     task: &str,
     at: DateTime<Utc>,
     kind: &str,
     detail: &str,
 ) -> StoreResult<()> {
-    sqlx::query("INSERT INTO task_events (task_name, at, kind, detail) VALUES ($1, $2, $3, $4)")
-        .bind(task)
-        .bind(to_millis(at))
-        .bind(kind)
-        .bind(detail)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
+    on_tx!(&mut *tx, |c| sqlx::query(
+        "INSERT INTO task_events (task_name, at, kind, detail) VALUES ($1, $2, $3, $4)"
+    )
+    .bind(task)
+    .bind(to_millis(at))
+    .bind(kind)
+    .bind(detail)
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    on_tx!(&mut *tx, |c| sqlx::query(
         "DELETE FROM task_events WHERE task_name = $1 AND id <= (
             SELECT id FROM task_events WHERE task_name = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
     )
     .bind(task)
     .bind(HISTORY_KEPT)
-    .execute(&mut *tx)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }

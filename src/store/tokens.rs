@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{Store, StoreError, StoreResult, from_millis, now_millis};
+use super::{Store, StoreError, StoreResult, from_millis, now_millis, on_db};
 
 /// Every token starts with this, so secret scanners and people recognise it.
 pub const TOKEN_PREFIX: &str = "kiln_";
@@ -46,16 +46,17 @@ impl Store {
     /// created it first).
     pub async fn ensure_admin_token(&self) -> StoreResult<Option<String>> {
         let token = new_token(TOKEN_PREFIX)?;
-        let done = sqlx::query(
+        let done = on_db!(self.db(), |pool| sqlx::query(
             "INSERT INTO tokens (name, hash, is_admin, created_at) VALUES ($1, $2, TRUE, $3)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(ADMIN_TOKEN_NAME)
         .bind(hash_token(&token))
         .bind(now_millis())
-        .execute(self.pool())
-        .await?;
-        Ok((done.rows_affected() == 1).then_some(token))
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok((done == 1).then_some(token))
     }
 
     /// The token's record, or `None` when `plaintext` is not a token this store issued. Agent
@@ -64,11 +65,12 @@ impl Store {
         if !plaintext.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let row: Option<(String, bool, i64)> =
-            sqlx::query_as("SELECT name, is_admin, created_at FROM tokens WHERE hash = $1")
-                .bind(hash_token(plaintext))
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<(String, bool, i64)> = on_db!(self.db(), |pool| sqlx::query_as(
+            "SELECT name, is_admin, created_at FROM tokens WHERE hash = $1"
+        )
+        .bind(hash_token(plaintext))
+        .fetch_optional(pool)
+        .await)?;
         row.map(|(name, is_admin, created_at)| {
             Ok(TokenInfo { name, is_admin, created_at: from_millis(created_at)? })
         })

@@ -12,7 +12,7 @@ use kiln_worker::build::report::DigestKind;
 
 use super::runs::{NewRun, RunRecord, insert_run};
 use super::tasks::{TimerRecord, TimerRow, insert_event};
-use super::{Store, StoreError, StoreResult, to_millis};
+use super::{Store, StoreError, StoreResult, on_db, on_tx, to_millis};
 
 /// History kind of a timer occurrence that passed while no server was running.
 pub const TIMER_MISSED: &str = "TimerMissed";
@@ -78,14 +78,14 @@ impl BaseImageRecord {
 impl Store {
     /// Enabled timers of enabled tasks whose next fire time is at or before `now`.
     pub async fn due_timers(&self, now: DateTime<Utc>) -> StoreResult<Vec<TimerRecord>> {
-        let rows: Vec<TimerRow> = sqlx::query_as(
+        let rows: Vec<TimerRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT t.* FROM timers t JOIN tasks k ON k.name = t.task_name
              WHERE t.enabled AND k.status = 'Enabled' AND t.next_fire_at <= $1
              ORDER BY t.next_fire_at",
         )
         .bind(to_millis(now))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.into_iter().map(TimerRecord::try_from).collect()
     }
 
@@ -94,33 +94,33 @@ impl Store {
         &self,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<super::TaskRecord>> {
-        let rows: Vec<super::tasks::TaskRow> = sqlx::query_as(
+        let rows: Vec<super::tasks::TaskRow> = on_db!(self.db(), |pool| sqlx::query_as(
             "SELECT * FROM tasks WHERE status = 'Enabled' AND name IN (
                 SELECT task_name FROM timers WHERE enabled AND next_fire_at <= $1)",
         )
         .bind(to_millis(now))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.into_iter().map(super::TaskRecord::try_from).collect()
     }
 
     /// The earliest next fire time of an enabled timer of an enabled task.
     pub async fn next_timer_fire(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        let next: Option<i64> = sqlx::query_scalar(
+        let next: Option<i64> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "SELECT MIN(t.next_fire_at) FROM timers t JOIN tasks k ON k.name = t.task_name
              WHERE t.enabled AND k.status = 'Enabled'",
         )
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(pool)
+        .await)?;
         next.map(super::from_millis).transpose()
     }
 
     /// Claims timer occurrences in one transaction (a minute's worth of timers is one commit).
     pub async fn claim_timers(&self, claims: Vec<TimerClaim>) -> StoreResult<Vec<ClaimOutcome>> {
         let mut outcomes = Vec::with_capacity(claims.len());
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         for claim in claims {
-            let moved = sqlx::query(
+            let moved = on_tx!(&mut tx, |c| sqlx::query(
                 "UPDATE timers SET next_fire_at = $4
                  WHERE task_name = $1 AND name = $2 AND next_fire_at = $3",
             )
@@ -128,9 +128,10 @@ impl Store {
             .bind(&claim.timer_name)
             .bind(to_millis(claim.expected))
             .bind(claim.next.map(to_millis))
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() == 0 {
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
+            if moved == 0 {
                 outcomes.push(ClaimOutcome::Lost);
                 continue;
             }
@@ -161,22 +162,26 @@ impl Store {
         commit: &str,
         run: NewRun,
     ) -> StoreResult<SourceOutcome> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(id) = delivery_id {
-            let new = sqlx::query(
-                "INSERT INTO deliveries (delivery_id, task_name, received_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (delivery_id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(task)
-            .bind(super::now_millis())
-            .execute(&mut *tx)
-            .await?;
-            if new.rows_affected() == 0 {
+            let new = on_tx!(&mut tx, |c| {
+                sqlx::query(
+                    "INSERT INTO deliveries (delivery_id, task_name, received_at)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (delivery_id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(task)
+                .bind(super::now_millis())
+                .execute(c)
+                .await
+                .map(|done| done.rows_affected())
+            })?;
+            if new == 0 {
                 return Ok(SourceOutcome::DuplicateDelivery);
             }
         }
-        let new = sqlx::query(
+        let new = on_tx!(&mut tx, |c| sqlx::query(
             "INSERT INTO source_events (task_name, event_type, commit_id, run_id)
              VALUES ($1, $2, $3, '')
              ON CONFLICT (task_name, event_type, commit_id) DO NOTHING",
@@ -184,15 +189,16 @@ impl Store {
         .bind(task)
         .bind(event_type)
         .bind(commit)
-        .execute(&mut *tx)
-        .await?;
-        if new.rows_affected() == 0 {
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if new == 0 {
             // The delivery is still recorded, so its redelivery is a duplicate delivery.
             tx.commit().await?;
             return Ok(SourceOutcome::DuplicateCommit);
         }
         let record = insert_run(&mut tx, self.prefix(), run).await?;
-        sqlx::query(
+        on_tx!(&mut tx, |c| sqlx::query(
             "UPDATE source_events SET run_id = $4
              WHERE task_name = $1 AND event_type = $2 AND commit_id = $3",
         )
@@ -200,14 +206,18 @@ impl Store {
         .bind(event_type)
         .bind(commit)
         .bind(record.id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
         if let Some(id) = delivery_id {
-            sqlx::query("UPDATE deliveries SET run_id = $2 WHERE delivery_id = $1")
-                .bind(id)
-                .bind(record.id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            on_tx!(&mut tx, |c| sqlx::query(
+                "UPDATE deliveries SET run_id = $2 WHERE delivery_id = $1"
+            )
+            .bind(id)
+            .bind(record.id.as_str())
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(SourceOutcome::Queued(Box::new(record)))
@@ -216,22 +226,25 @@ impl Store {
     /// Forgets delivery IDs received before `before` (the task + event + commit key stays, so
     /// a very late redelivery still queues nothing).
     pub async fn forget_deliveries(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
-            .bind(to_millis(before))
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected())
+        let done =
+            on_db!(self.db(), |pool| sqlx::query("DELETE FROM deliveries WHERE received_at < $1")
+                .bind(to_millis(before))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()))?;
+        Ok(done)
     }
 
     /// Replaces a task's base images with those of its latest successful run.
     pub async fn set_base_images(&self, task: &str, images: &[BaseImageRecord]) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM base_images WHERE task_name = $1")
+        let mut tx = self.begin().await?;
+        on_tx!(&mut tx, |c| sqlx::query("DELETE FROM base_images WHERE task_name = $1")
             .bind(task)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         for image in images {
-            sqlx::query(
+            on_tx!(&mut tx, |c| sqlx::query(
                 "INSERT INTO base_images (task_name, registry, repository, tag, kind, digest,
                     digest_kind)
                  SELECT $1, $2, $3, $4, $5, $6, $7
@@ -245,8 +258,9 @@ impl Store {
             .bind(&image.kind)
             .bind(&image.digest)
             .bind(image.digest_kind.map(DigestKind::as_str))
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         }
         tx.commit().await?;
         Ok(())
@@ -262,29 +276,35 @@ impl Store {
         &self,
         task: Option<&str>,
     ) -> StoreResult<Vec<BaseImageRecord>> {
-        let rows: Vec<BaseImageRow> = sqlx::query_as(
-            "SELECT task_name, registry, repository, tag, kind, digest, digest_kind FROM base_images
-             WHERE $1 IS NULL OR task_name = $1
-             ORDER BY task_name, kind DESC, registry, repository, tag",
-        )
-        .bind(task)
-        .fetch_all(self.pool())
-        .await?;
+        let rows: Vec<BaseImageRow> = on_db!(self.db(), |pool| {
+            sqlx::query_as(
+                "SELECT task_name, registry, repository, tag, kind, digest, digest_kind
+                 FROM base_images
+                 WHERE $1 IS NULL OR task_name = $1
+                 ORDER BY task_name, kind DESC, registry, repository, tag",
+            )
+            .bind(task)
+            .fetch_all(pool)
+            .await
+        })?;
         rows.into_iter().map(base_image).collect()
     }
 
     /// Every watched base image (pollers group them by image): those of enabled tasks whose
     /// base-image trigger covers the dependency's kind.
     pub async fn watched_base_images(&self) -> StoreResult<Vec<BaseImageRecord>> {
-        let rows: Vec<BaseImageRow> = sqlx::query_as(
-            "SELECT b.task_name, b.registry, b.repository, b.tag, b.kind, b.digest, b.digest_kind
-             FROM base_images b JOIN tasks k ON k.name = b.task_name
-             WHERE k.status = 'Enabled' AND (k.base_image_trigger = 'All'
-                OR (k.base_image_trigger = 'Runtime' AND b.kind = 'RunTime'))
-             ORDER BY b.registry, b.repository, b.tag, b.task_name",
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let rows: Vec<BaseImageRow> = on_db!(self.db(), |pool| {
+            sqlx::query_as(
+                "SELECT b.task_name, b.registry, b.repository, b.tag, b.kind, b.digest,
+                    b.digest_kind
+                 FROM base_images b JOIN tasks k ON k.name = b.task_name
+                 WHERE k.status = 'Enabled' AND (k.base_image_trigger = 'All'
+                    OR (k.base_image_trigger = 'Runtime' AND b.kind = 'RunTime'))
+                 ORDER BY b.registry, b.repository, b.tag, b.task_name",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
         rows.into_iter().map(base_image).collect()
     }
 
@@ -296,9 +316,9 @@ impl Store {
         changes: &[(BaseImageRecord, String)],
         run: Option<NewRun>,
     ) -> StoreResult<ClaimOutcome> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin().await?;
         for (image, digest) in changes {
-            let moved = sqlx::query(
+            let moved = on_tx!(&mut tx, |c| sqlx::query(
                 "UPDATE base_images SET digest = $6, digest_kind = 'repo-digest'
                  WHERE task_name = $1 AND registry = $2 AND repository = $3 AND tag = $4
                    AND digest = $5",
@@ -309,9 +329,10 @@ impl Store {
             .bind(&image.tag)
             .bind(&image.digest)
             .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() == 0 {
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
+            if moved == 0 {
                 return Ok(ClaimOutcome::Lost);
             }
         }

@@ -1,0 +1,138 @@
+//! Several `kiln serve` processes on one PostgreSQL database (issue 12), end to end: real
+//! servers sharing a fresh database of the test environment's PostgreSQL
+//! (`KILN_TEST_POSTGRES_URL`) and one data directory (the secret key and uploads), the real
+//! engine. Any server takes submissions and deliveries; each run runs once, each delivery
+//! queues once, and a log follower on one server hears what an agent writes through the other.
+//! (Timer occurrences across two servers: `timers_two_servers_one_database_fire_once` in
+//! `src/server/timers.rs`, which drives the timer loop with chosen instants.)
+
+#[path = "support/postgres.rs"]
+mod postgres;
+#[path = "support/server.rs"]
+mod support;
+#[path = "support/webhooks.rs"]
+mod webhooks;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+
+use base64::Engine as _;
+use postgres::Pair;
+use serde_json::{Value, json};
+use support::{Server, text};
+
+fn encoded_run(task_file: &str) -> Value {
+    json!({"type": "EncodedTaskRunRequest", "source": {"kind": "none"},
+        "encodedTaskContent": base64::engine::general_purpose::STANDARD.encode(task_file)})
+}
+
+fn submit(server: &Server, task_file: &str) -> String {
+    let (status, queued) = server.api("POST", "/runs", encoded_run(task_file));
+    assert_eq!(status, 201, "{queued}");
+    queued["runId"].as_str().expect("runId").to_string()
+}
+
+fn log(server: &Server, id: &str) -> String {
+    let auth = format!("Bearer {}", server.token);
+    server.http_with("GET", &format!("/runs/{id}/log"), &[("authorization", &auth)], b"").1
+}
+
+#[test]
+fn two_servers_run_every_run_exactly_once() {
+    const RUNS: usize = 60;
+    let pair = Pair::start("once", 1, 1);
+    let ids: Vec<String> = (0..RUNS)
+        .map(|i| {
+            let server = if i % 2 == 0 { &pair.a } else { &pair.b };
+            submit(server, &format!("steps:\n  - cmd: busybox echo run-{i}\n"))
+        })
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), RUNS, "one counter issues the IDs of both servers: {ids:?}");
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for (i, id) in ids.iter().enumerate() {
+        // Read through the server the run was not submitted to.
+        let other = if i % 2 == 0 { &pair.b } else { &pair.a };
+        let run = other.finished(id);
+        *outcomes.entry(run["status"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        let text = log(other, id);
+        assert_eq!(text.matches("marked as successful").count(), 1, "ran once: {text}");
+        assert_eq!(text.matches(&format!("| run-{i}\n")).count(), 1, "{text}");
+    }
+    assert_eq!(outcomes, [("Succeeded".to_string(), RUNS)].into(), "{outcomes:?}");
+    let (status, listed) = pair.a.api("GET", "/runs?top=0", Value::Null);
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["value"].as_array().map(Vec::len), Some(RUNS), "{listed}");
+}
+
+#[test]
+fn one_webhook_delivery_to_two_servers_queues_one_run() {
+    let pair = Pair::start("hook", 0, 0);
+    let repo = "http://127.0.0.1:9/kiln/app.git";
+    let (status, task) = pair.a.api(
+        "POST",
+        "/tasks",
+        json!({"name": "app", "contextPath": format!("{repo}#main"),
+               "step": {"type": "FileTask", "taskFilePath": "acb.yaml"}}),
+    );
+    assert_eq!(status, 201, "{task}");
+    let secret = task["webhook"]["secret"].as_str().expect("webhook secret");
+    let delivery = webhooks::github_push(repo, "main", &"a1".repeat(20)).signed(secret);
+    let mut headers = delivery.header_pairs();
+    headers.push(("content-type", "application/json"));
+    // The same delivery (same ID) to both servers at once, several times over.
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let sends: Vec<_> = [&pair.a, &pair.b, &pair.a, &pair.b]
+            .into_iter()
+            .map(|server| {
+                let headers = &headers;
+                let body = &delivery.body;
+                s.spawn(move || server.http_with("POST", "/webhooks/app", headers, body))
+            })
+            .collect();
+        sends.into_iter().map(|h| h.join().expect("delivery")).collect()
+    });
+    let queued = answers.iter().filter(|(status, _)| *status == 202).count();
+    let duplicates = answers.iter().filter(|(_, body)| body.contains("duplicate")).count();
+    assert_eq!((queued, duplicates), (1, 3), "{answers:?}");
+    for server in [&pair.a, &pair.b] {
+        let (status, runs) = server.api("GET", "/runs?task=app&top=0", Value::Null);
+        assert_eq!(status, 200, "{runs}");
+        assert_eq!(runs["value"].as_array().map(Vec::len), Some(1), "{runs}");
+    }
+}
+
+#[test]
+fn a_follower_on_one_server_hears_a_run_on_the_other_live_and_cancels_it_there() {
+    // Only A has a worker: the run executes there; B only takes the submission and the follower.
+    let pair = Pair::start("follow", 1, 0);
+    let id = submit(&pair.b, "steps:\n  - cmd: busybox sh -c 'echo first-line; sleep 120'\n");
+    let mut follower = pair
+        .b
+        .kiln()
+        .args(["logs", &id, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln logs --follow");
+    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a log line");
+        let first = line.ends_with("| first-line");
+        seen.push(line);
+        if first {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.ends_with("| first-line")), "{seen:?}");
+    // The line arrived while the step still runs: it was followed, not read after the end.
+    assert_eq!(pair.b.show(&id)["status"], "Running");
+    let out = pair.b.run(&["cancel-run", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rest: Vec<String> = lines.map(|l| l.expect("a log line")).collect();
+    follower.wait().expect("follower exit");
+    let run = pair.a.finished(&id);
+    assert_eq!(run["status"], "Canceled", "{run}");
+    assert!(rest.iter().any(|l| l.contains("was canceled")), "the follower saw the end: {rest:?}");
+}

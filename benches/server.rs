@@ -11,11 +11,17 @@
 //! * live log latency: a container line's own timestamp → an HTTP follower has it (goal p50
 //!   ≤ 50 ms), against the same container's output read live by `docker run`;
 //! * log throughput to one follower (goal ≥ 100 MB/s), live and replayed, against `docker run`
-//!   and `docker logs` moving the same bytes.
+//!   and `docker logs` moving the same bytes;
+//! * remote agents (issue 12): submit → first step container created through a `kiln agent
+//!   run` process against the embedded agent in the same run (goal ≤ 1.2×, p50 ≤ 30 ms), live
+//!   log latency through it (goal p50 ≤ 10 ms), and how long after a `kill -9` of the agent its
+//!   run's end is recorded, against the lease (goal ≤ TTL + 1 s).
 //!
 //! `cargo bench --bench server` (needs `scripts/test-env.sh`'s engine and busybox image).
 //! Sizes: `KILN_BENCH_RUNS` (default 2000), `KILN_BENCH_SAMPLES` (20), `KILN_BENCH_LOG_MB` (64).
 
+#[path = "../tests/support/agent.rs"]
+mod agent_process;
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
 #[path = "../tests/support/server.rs"]
@@ -287,20 +293,28 @@ fn stamped_latencies(reader: impl std::io::Read) -> Vec<f64> {
     out
 }
 
-fn log_latency() {
-    let lines = setting("KILN_BENCH_SAMPLES", 20) * 10;
+/// Latencies (ms) of `lines` stamped lines of a run on `server`, read by an HTTP follower.
+fn follower_latencies(server: &Server, lines: usize) -> Vec<f64> {
     let script = TICKS.replace("LINES", &lines.to_string());
-    let server = Server::start("blat", 1);
     let agent = agent();
     let body = cmd_request(&format!("busybox sh -c '{script}'"));
-    let id = submit(&agent, &server, &body);
+    let id = submit(&agent, server, &body);
     let resp = agent
         .get(format!("{}/runs/{id}/log?follow=true", server.url))
         .header("authorization", format!("Bearer {}", server.token))
         .call()
         .expect("follow");
-    let mut kiln = stamped_latencies(resp.into_body().into_reader());
-    assert_eq!(wait_done(&agent, &server, &id), "Succeeded");
+    let kiln = stamped_latencies(resp.into_body().into_reader());
+    assert_eq!(wait_done(&agent, server, &id), "Succeeded");
+    assert_eq!(kiln.len(), lines, "every line arrived");
+    kiln
+}
+
+fn log_latency() {
+    let lines = setting("KILN_BENCH_SAMPLES", 20) * 10;
+    let script = TICKS.replace("LINES", &lines.to_string());
+    let server = Server::start("blat", 1);
+    let mut kiln = follower_latencies(&server, lines);
     let mut out = Command::new("docker")
         .args(["run", "--rm", "busybox", "sh", "-c", &script])
         .stdout(Stdio::piped())
@@ -378,6 +392,75 @@ fn log_throughput() {
     );
 }
 
+/// Submit → first step container created, `samples` times alternately through `servers`
+/// (warmed up first); each server's p50/p90.
+fn created_latencies(servers: &[&Server], samples: usize) -> Vec<Vec<f64>> {
+    let agent = agent();
+    let (mut events, rx) = container_events();
+    let body = cmd_request("busybox true");
+    for server in servers {
+        let warm = submit(&agent, server, &body);
+        wait_done(&agent, server, &warm);
+    }
+    let mut created = vec![Vec::new(); servers.len()];
+    for _ in 0..samples {
+        for (i, server) in servers.iter().enumerate() {
+            let t0 = now_ns();
+            let id = submit(&agent, server, &body);
+            created[i].push(created_and_started(&rx, &id, t0).0);
+            wait_done(&agent, server, &id);
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    created
+}
+
+fn remote() {
+    let samples = setting("KILN_BENCH_SAMPLES", 20);
+    let registry = support::registry();
+    let embedded = Server::start("bre", 1);
+    let lease = 3;
+    let remote = Server::start_with("brr", 0, &["--registry", &registry, "--agent-lease", "3"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = agent_process::create_agent(&remote, "bench", &[]);
+    let process = agent_process::AgentProcess::start(&remote, dir.path(), &token, &[]);
+    let mut created = created_latencies(&[&embedded, &remote], samples);
+    let (e50, embedded_created) = p50_p90(&mut created[0]);
+    let (r50, remote_created) = p50_p90(&mut created[1]);
+    println!(
+        "remote dispatch, {samples} runs each, idle agents: submit -> container created: remote \
+         agent {remote_created}, embedded agent {embedded_created}, ratio p50 {:.2}",
+        r50 / e50
+    );
+    let lines = samples * 10;
+    let mut through_remote = follower_latencies(&remote, lines);
+    let mut through_embedded = follower_latencies(&embedded, lines);
+    let (r50, remote_log) = p50_p90(&mut through_remote);
+    let (e50, embedded_log) = p50_p90(&mut through_embedded);
+    println!(
+        "remote live log latency (container line -> HTTP follower), {lines} lines: remote agent \
+         {remote_log}, embedded agent {embedded_log}, ratio p50 {:.2}",
+        r50 / e50
+    );
+    let http = agent();
+    let id = submit(&http, &remote, &cmd_request("busybox sh -c 'echo doomed; sleep 600'"));
+    agent_process::wait_for_line(&remote, &id, "doomed");
+    let killed = chrono::Utc::now();
+    process.kill9();
+    assert_eq!(wait_done(&http, &remote, &id), "Error");
+    let run = remote.show(&id);
+    let ended: chrono::DateTime<chrono::Utc> =
+        run["finishTime"].as_str().expect("finishTime").parse().expect("RFC 3339");
+    let after = (ended - killed).num_milliseconds() as f64 / 1000.0;
+    println!(
+        "lost agent: kill -9 -> the run's end recorded after {after:.2} s with a {lease} s lease \
+         (goal <= {} s); ratio to the lease {:.2}",
+        lease + 1,
+        after / lease as f64
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -396,5 +479,8 @@ fn main() {
     }
     if wanted("throughput") {
         log_throughput();
+    }
+    if wanted("remote") {
+        remote();
     }
 }

@@ -133,9 +133,8 @@ impl Store {
         labels: &BTreeMap<String, String>,
     ) -> StoreResult<(AgentRecord, String)> {
         let token = new_token(AGENT_TOKEN_PREFIX)?;
-        let done =
-            on_db!(self.db(), |conn| {
-                sqlx::query(
+        let done = on_db!(self.db(), |conn| {
+            sqlx::query(
             "INSERT INTO agents (name, pool, labels, token_hash, created_at, updated_at, platforms)
              VALUES ($1, $2, $3, $4, $5, $5, '[]')
              ON CONFLICT (name) DO NOTHING",
@@ -146,7 +145,7 @@ impl Store {
         .bind(hash_token(&token))
         .bind(now_millis())
         .execute(conn).await.map(|d| d.rows_affected())
-            })?;
+        })?;
         if done == 0 {
             return Err(StoreError::AgentExists(name.to_string()));
         }
@@ -268,14 +267,13 @@ impl Store {
 
     /// How many runs agent `name` holds now (Started or Running).
     pub async fn runs_in_hand(&self, name: &str) -> StoreResult<u64> {
-        let n: i64 =
-            on_db!(self.db(), |conn| {
-                sqlx::query_scalar(
+        let n: i64 = on_db!(self.db(), |conn| {
+            sqlx::query_scalar(
             "SELECT COUNT(*) FROM runs WHERE agent_name = $1 AND status IN ('Started', 'Running')",
         )
         .bind(name)
         .fetch_one(conn).await
-            })?;
+        })?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n}")))
     }
 

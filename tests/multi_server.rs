@@ -6,6 +6,8 @@
 //! (Timer occurrences across two servers: `timers_two_servers_one_database_fire_once` in
 //! `src/server/timers.rs`, which drives the timer loop with chosen instants.)
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/postgres.rs"]
 mod postgres;
 #[path = "support/server.rs"]
@@ -135,4 +137,41 @@ fn a_follower_on_one_server_hears_a_run_on_the_other_live_and_cancels_it_there()
     let run = pair.a.finished(&id);
     assert_eq!(run["status"], "Canceled", "{run}");
     assert!(rest.iter().any(|l| l.contains("was canceled")), "the follower saw the end: {rest:?}");
+}
+
+#[test]
+fn three_remote_agents_on_two_servers_run_300_runs_each_exactly_once() {
+    let pair = Pair::start("mr", 0, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agents: Vec<agent::AgentProcess> =
+        [("ag-1", &pair.a), ("ag-2", &pair.b), ("ag-3", &pair.a)]
+            .into_iter()
+            .map(|(name, server)| {
+                let token = agent::create_agent(&pair.a, name, &[]);
+                let home = dir.path().join(name);
+                std::fs::create_dir_all(&home).expect("dir");
+                agent::AgentProcess::start(server, &home, &token, &["--capacity", "2"])
+            })
+            .collect();
+    let n = 300;
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            let server = if i % 2 == 0 { &pair.a } else { &pair.b };
+            submit(server, &format!("steps:\n  - cmd: busybox echo once-{i}\n"))
+        })
+        .collect();
+    let mut by_agent = std::collections::BTreeMap::<String, usize>::new();
+    for (i, id) in ids.iter().enumerate() {
+        let run = pair.b.finished(id);
+        assert_eq!(run["status"], "Succeeded", "{run}");
+        *by_agent.entry(run["agentName"].as_str().unwrap_or_default().to_string()).or_default() +=
+            1;
+        let log = log(&pair.a, id);
+        assert_eq!(log.matches(&format!("| once-{i}\n")).count(), 1, "{log}");
+    }
+    assert_eq!(by_agent.values().sum::<usize>(), n, "{by_agent:?}");
+    let (status, listed) = pair.a.api("GET", "/runs?top=0", Value::Null);
+    assert_eq!(status, 200);
+    assert_eq!(listed["value"].as_array().map(Vec::len), Some(n), "no run doubled or lost");
+    drop(agents);
 }

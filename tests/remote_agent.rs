@@ -256,3 +256,41 @@ fn the_agent_protocol_refuses_bad_input_and_stores_none_of_it() {
     assert!(log.ends_with("first\nsecond\n"), "{log}");
     assert!(!log.contains("gap") && !log.contains("stale") && !log.contains("xxx"), "{log}");
 }
+
+#[test]
+fn a_server_restart_does_not_stop_a_remote_agents_run_nor_lose_its_log() {
+    let server = Server::start("zrf", 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = create_agent(&server, "steadfast", &[]);
+    let agent = AgentProcess::start(&server, dir.path(), &token, &[]);
+    let out = server.run(&[
+        "run",
+        "--no-wait",
+        "--cmd",
+        "busybox sh -c 'echo before-restart; while [ ! -f /workspace/go ]; do sleep 0.1; done; \
+         echo after-restart'",
+        "/dev/null",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = queued_id(&out);
+    wait_for_line(&server, &id, "before-restart");
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let prefix = server.prefix.clone();
+    let (data, admin, keep) = server.kill9();
+    // The step finishes while no server listens; the agent keeps its log and result.
+    std::fs::write(agent.data.join("work").join(format!("kiln-{id}")).join("go"), b"")
+        .expect("the run's workspace");
+    let registry = support::registry();
+    let mut server =
+        Server::spawn_on(&prefix, &data, 0, Some(admin), &addr, &["--registry", &registry]);
+    server._dir = keep;
+    let run = server.finished(&id);
+    assert_eq!(
+        (run["status"].as_str(), run["agentName"].as_str()),
+        (Some("Succeeded"), Some("steadfast"))
+    );
+    let log = log_of(&server, &id);
+    assert_eq!(log.matches("before-restart").count(), 1, "{log}");
+    assert_eq!(log.matches("after-restart").count(), 1, "{log}");
+    assert_eq!(containers_of(&id), "");
+}

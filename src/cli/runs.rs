@@ -134,12 +134,12 @@ fn canceled_line(run: &Run) -> String {
     }
 }
 
-const HEADERS: [&str; 7] =
-    ["RUN ID", "TASK", "PLATFORM", "STATUS", "TRIGGER", "STARTED", "DURATION"];
+const HEADERS: [&str; 8] =
+    ["RUN ID", "TASK", "PLATFORM", "STATUS", "TRIGGER", "STARTED", "DURATION", "AGENT"];
 
-/// One run's columns, as az's run table: PLATFORM is the OS, STARTED the start time in UTC,
-/// DURATION finish − start.
-fn row(run: &Run) -> [String; 7] {
+/// One run's columns, as az's run table (PLATFORM is the OS, STARTED the start time in UTC,
+/// DURATION finish − start), then the agent that took it.
+fn row(run: &Run) -> [String; 8] {
     [
         run.run_id.clone(),
         run.task.clone().unwrap_or_default(),
@@ -148,11 +148,12 @@ fn row(run: &Run) -> [String; 7] {
         run.trigger.clone(),
         run.start_time.map(utc).unwrap_or_default(),
         run.duration().map(format_duration).unwrap_or_default(),
+        run.agent_name.clone().unwrap_or_default(),
     ]
 }
 
 fn table(runs: &[Run]) -> String {
-    let rows: Vec<[String; 7]> = runs.iter().map(row).collect();
+    let rows: Vec<[String; 8]> = runs.iter().map(row).collect();
     format_table(&HEADERS, &rows)
 }
 
@@ -250,22 +251,21 @@ mod tests {
     }
 
     #[test]
-    fn table_has_az_columns() {
-        let runs = [
-            run("ka2", Some("nightly"), RunStatus::Succeeded, Some(3723)),
-            run("ka1", None, RunStatus::Queued, None),
-        ];
+    fn table_has_az_columns_then_the_agent() {
+        let mut done = run("ka2", Some("nightly"), RunStatus::Succeeded, Some(3723));
+        done.agent_name = Some("edge-1".into());
+        let runs = [done, run("ka1", None, RunStatus::Queued, None)];
         assert_eq!(
             table(&runs),
-            "RUN ID  TASK     PLATFORM  STATUS     TRIGGER  STARTED               DURATION\n\
-             ------  -------  --------  ---------  -------  --------------------  --------\n\
-             ka2     nightly  linux     Succeeded  Manual   2024-05-01T10:00:00Z  01:02:03\n\
+            "RUN ID  TASK     PLATFORM  STATUS     TRIGGER  STARTED               DURATION  AGENT\n\
+             ------  -------  --------  ---------  -------  --------------------  --------  ------\n\
+             ka2     nightly  linux     Succeeded  Manual   2024-05-01T10:00:00Z  01:02:03  edge-1\n\
              ka1              linux     Queued     Manual\n"
         );
         assert_eq!(
             table(&[]),
-            "RUN ID  TASK  PLATFORM  STATUS  TRIGGER  STARTED  DURATION\n\
-             ------  ----  --------  ------  -------  -------  --------\n"
+            "RUN ID  TASK  PLATFORM  STATUS  TRIGGER  STARTED  DURATION  AGENT\n\
+             ------  ----  --------  ------  -------  -------  --------  -----\n"
         );
     }
 
@@ -277,8 +277,8 @@ mod tests {
         ];
         assert_eq!(
             tsv(&runs),
-            "ka2\tnightly\tlinux\tFailed\tManual\t2024-05-01T10:00:00Z\t00:00:19\n\
-             ka1\t\tlinux\tRunning\tManual\t\t\n"
+            "ka2\tnightly\tlinux\tFailed\tManual\t2024-05-01T10:00:00Z\t00:00:19\t\n\
+             ka1\t\tlinux\tRunning\tManual\t\t\t\n"
         );
     }
 

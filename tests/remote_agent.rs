@@ -294,3 +294,23 @@ fn a_server_restart_does_not_stop_a_remote_agents_run_nor_lose_its_log() {
     assert_eq!(log.matches("after-restart").count(), 1, "{log}");
     assert_eq!(containers_of(&id), "");
 }
+
+#[test]
+fn an_agent_with_a_wrong_token_or_plain_http_to_another_host_stops_with_a_clear_error() {
+    let server = Server::start("zrg", 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "kiln_agent_0000").expect("token file");
+    let agent = |url: &str| {
+        let mut cmd = server.kiln();
+        cmd.env("KILN_SERVER", url).args(["agent", "run", "--token-file"]).arg(&token_file);
+        cmd.arg("--data-dir").arg(dir.path().join("data")).output().expect("kiln agent run")
+    };
+    let out = agent(&server.url);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("missing or invalid agent token"), "{}", text(&out));
+    // Leases carry secrets: plain http to another machine is refused before anything is sent.
+    let out = agent("http://192.0.2.1:8080");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("plain http"), "{}", text(&out));
+}

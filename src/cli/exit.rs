@@ -28,7 +28,8 @@ pub fn status(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return if e.is_local() { USAGE } else { FAILED };
         }
-        if cause.is::<Refusal>() {
+        // The server refused or could not be reached (an agent's calls).
+        if cause.is::<Refusal>() || cause.is::<crate::agent::control::ControlError>() {
             return FAILED;
         }
     }

@@ -37,7 +37,7 @@ pub async fn require_token(
         Some(token) => state.store.verify_token(token).await,
         None => Ok(None),
     };
-    admit(verified, request, next).await
+    admit(verified, ApiError::Unauthorized, request, next).await
 }
 
 /// Lets the request through only with an agent token ([`crate::store::agents`]), handing the
@@ -53,7 +53,7 @@ pub async fn require_agent_token(
         Some(token) => state.store.verify_agent_token(token).await,
         None => Ok(None),
     };
-    admit(verified, request, next).await
+    admit(verified, ApiError::UnauthorizedAgent, request, next).await
 }
 
 /// Inside [`require_token`]: only an admin token passes (agent management).
@@ -68,9 +68,10 @@ pub async fn require_admin(request: Request, next: Next) -> Response {
     }
 }
 
-/// Runs the request with what verified it as an extension, or refuses it.
+/// Runs the request with what verified it as an extension, or refuses it with `unknown`.
 async fn admit<T: Clone + Send + Sync + 'static>(
     verified: StoreResult<Option<T>>,
+    unknown: ApiError,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -79,7 +80,7 @@ async fn admit<T: Clone + Send + Sync + 'static>(
             request.extensions_mut().insert(who);
             next.run(request).await
         }
-        Ok(None) => refuse(ApiError::Unauthorized),
+        Ok(None) => refuse(unknown),
         Err(e) => refuse(ApiError::from(e)),
     }
 }

@@ -27,6 +27,11 @@ pub const INTERNAL_MESSAGE: &str = "internal error (the server's log has the cau
 pub enum ApiError {
     #[error("{UNAUTHORIZED_MESSAGE}")]
     Unauthorized,
+    /// An agent route without a valid agent token.
+    #[error(
+        "missing or invalid agent token (`kiln agent create` prints one; `kiln agent run --token-file` reads it)"
+    )]
+    UnauthorizedAgent,
     /// A valid token that may not do this (a user token on an admin route).
     #[error("{0}")]
     Forbidden(String),
@@ -63,7 +68,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::UnauthorizedAgent | ApiError::BadSignature(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) | ApiError::InvalidTask { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
@@ -77,7 +84,7 @@ impl ApiError {
     /// The answer's PascalCase `code`.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Unauthorized | ApiError::UnauthorizedAgent => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::BadSignature(_) => "InvalidSignature",
             ApiError::BadRequest(_) => "BadRequest",

@@ -23,6 +23,13 @@ pub struct ContextTooLarge {
     pub limit_mb: u64,
 }
 
+/// `--max-context-mb`'s default.
+impl Default for ContextLimit {
+    fn default() -> Self {
+        ContextLimit::from_mb(ContextLimit::DEFAULT_MB)
+    }
+}
+
 impl ContextLimit {
     /// `--max-context-mb`'s default: four times the default upload limit, room for well
     /// compressed sources, far from a disk filled by a small archive.

@@ -500,7 +500,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched() {
-    let env = env('o', 1, |c| c.max_context = Some(uploads::ContextLimit::from_mb(1))).await;
+    let env = env('o', 1, |c| c.max_context = uploads::ContextLimit::from_mb(1)).await;
     let zeros = "\0".repeat(2 * 1024 * 1024);
     let task = "steps:\n  - cmd: busybox true\n";
     let upload = env.upload(&[("acb.yaml", task), ("zeros", &zeros)], None);

@@ -48,7 +48,8 @@ pub struct RunSettings {
     pub images: BTreeMap<String, String>,
     /// The server's SSH identity for git contexts.
     pub git_ssh: GitSshFiles,
-    pub max_context: Option<ContextLimit>,
+    /// How large a run's context may be once unpacked or fetched.
+    pub max_context: ContextLimit,
 }
 
 /// Why a dispatch call failed.
@@ -229,11 +230,7 @@ impl Dispatcher {
             git_ssh: git_ssh.map(Into::into),
             default_registry: self.settings.default_registry.clone(),
             images: self.settings.images.clone(),
-            max_context_bytes: self
-                .settings
-                .max_context
-                .unwrap_or(ContextLimit::from_mb(ContextLimit::DEFAULT_MB))
-                .bytes,
+            max_context_bytes: self.settings.max_context.bytes,
         })
     }
 
@@ -254,9 +251,10 @@ impl Dispatcher {
     pub async fn append_log(&self, run: &RunId, part: &LogPart) -> Result<LogAck, DispatchError> {
         let times: Vec<LogTime> =
             part.times.iter().map(|t| LogTime { offset: t.offset, at: t.at }).collect();
-        let (length, chunk) =
+        let chunk =
             self.store.append_log_at(run, part.epoch, part.offset, &part.data, &times).await?;
-        if chunk.is_some() {
+        let length = chunk.offset + chunk.len;
+        if chunk.len > 0 {
             self.hub.publish(run, length);
         }
         Ok(LogAck { length })

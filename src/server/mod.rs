@@ -224,7 +224,7 @@ pub async fn serve(
             credentials: config.credentials.clone(),
             images: config.images.clone(),
             git_ssh: config.git_ssh.clone(),
-            max_context: Some(config.max_context),
+            max_context: config.max_context,
         },
         config.data_dir.clone(),
         config.lease_ttl,

@@ -131,38 +131,14 @@ impl Store {
         bytes: &[u8],
         times: &[LogTime],
     ) -> StoreResult<LogChunk> {
-        let len = i64::try_from(bytes.len())
-            .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
-        let mut tx = self.begin().await?;
-        // First statement a write (takes SQLite's write lock) and the fence in one.
-        let row: Option<(i64, i64)> = on_tx!(&mut tx, |c| sqlx::query_as(
-            "UPDATE runs SET log_seq = log_seq + (CASE WHEN $3 > 0 THEN 1 ELSE 0 END),
-                log_len = log_len + $3
-             WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
-             RETURNING log_seq, log_len",
-        )
-        .bind(run.as_str())
-        .bind(epoch)
-        .bind(len)
-        .fetch_optional(c)
-        .await)?;
-        let Some((seq, end)) = row else {
-            tx.rollback().await?;
-            return Err(self.fence_error(run, epoch).await);
-        };
-        let chunk = insert_chunk(&mut tx, run, seq, end, bytes, times).await?;
-        if len > 0 {
-            let event = super::StoreEvent::Log { run: run.clone(), len: chunk.offset + chunk.len };
-            super::events::notify_in(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
-        Ok(chunk)
+        self.append_fenced(run, epoch, None, bytes, times).await
     }
 
     /// Stores the log bytes an agent sent for byte `offset` of the run's log, idempotently:
     /// what the store already has (a part resent after a lost acknowledgement) is skipped, the
-    /// rest appended; an offset past the stored end is [`StoreError::LogGap`]. Returns the stored
-    /// length — where the agent's next part starts — and the chunk written, if any. Fenced.
+    /// rest appended; an offset past the stored end is [`StoreError::LogGap`]. The chunk's end
+    /// is the stored length, where the agent's next part starts (`len` 0: nothing was new).
+    /// Fenced.
     pub async fn append_log_at(
         &self,
         run: &RunId,
@@ -170,29 +146,43 @@ impl Store {
         offset: u64,
         bytes: &[u8],
         times: &[LogTime],
-    ) -> StoreResult<(u64, Option<LogChunk>)> {
+    ) -> StoreResult<LogChunk> {
+        self.append_fenced(run, epoch, Some(offset), bytes, times).await
+    }
+
+    /// The one fenced append: `bytes` for byte `at` of the log (`None`: its end), the part the
+    /// store already has skipped; followers on other servers are told in the same transaction.
+    async fn append_fenced(
+        &self,
+        run: &RunId,
+        epoch: i64,
+        at: Option<u64>,
+        bytes: &[u8],
+        times: &[LogTime],
+    ) -> StoreResult<LogChunk> {
         let mut tx = self.begin().await?;
-        // A write first (SQLite's write lock, and the fence), which reads the stored length.
-        let stored: Option<i64> = on_tx!(&mut tx, |c| sqlx::query_scalar(
+        // A write first (SQLite's write lock, and the fence), which reads where the log ends.
+        let stored: Option<(i64, i64)> = on_tx!(&mut tx, |c| sqlx::query_as(
             "UPDATE runs SET log_seq = log_seq
              WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
-             RETURNING log_len",
+             RETURNING log_seq, log_len",
         )
         .bind(run.as_str())
         .bind(epoch)
         .fetch_optional(c)
         .await)?;
-        let Some(stored) = stored else {
+        let Some((last_seq, stored)) = stored else {
             tx.rollback().await?;
             return Err(self.fence_error(run, epoch).await);
         };
         let stored = as_u64("length", stored)?;
+        let offset = at.unwrap_or(stored);
         if offset > stored {
             return Err(StoreError::LogGap { run: run.clone(), offset, stored });
         }
         let skip = usize::try_from(stored - offset).unwrap_or(usize::MAX);
         if skip >= bytes.len() {
-            return Ok((stored, None));
+            return Ok(LogChunk { seq: as_u64("seq", last_seq)?, offset: stored, len: 0 });
         }
         let rest = &bytes[skip..];
         // The mark that covers the first new byte moves to its start; later ones shift.
@@ -201,19 +191,21 @@ impl Store {
             .iter()
             .map(|t| LogTime { offset: t.offset.saturating_sub(skip as u64), at: t.at })
             .collect();
+        let len = i64::try_from(rest.len())
+            .map_err(|_| StoreError::Corrupt("log chunk too large".to_string()))?;
         let (seq, end): (i64, i64) = on_tx!(&mut tx, |c| sqlx::query_as(
             "UPDATE runs SET log_seq = log_seq + 1, log_len = log_len + $2 WHERE id = $1
              RETURNING log_seq, log_len",
         )
         .bind(run.as_str())
-        .bind(rest.len() as i64)
+        .bind(len)
         .fetch_one(c)
         .await)?;
         let chunk = insert_chunk(&mut tx, run, seq, end, rest, &times).await?;
         let event = super::StoreEvent::Log { run: run.clone(), len: chunk.offset + chunk.len };
         super::events::notify_in(&mut tx, &event).await?;
         tx.commit().await?;
-        Ok((chunk.offset + chunk.len, Some(chunk)))
+        Ok(chunk)
     }
 
     /// Up to `max_bytes` of the run's log from byte `from_offset` on, in order, as stored chunks

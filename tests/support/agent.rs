@@ -6,9 +6,8 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
-use super::support::{Server, text};
+use super::support::{Server, stdout_lines, text};
 
 /// Containers the engine still has for `run`.
 pub fn containers_of(run: &str) -> String {
@@ -78,13 +77,7 @@ impl AgentProcess {
             .stderr(log)
             .spawn()
             .expect("kiln agent run");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let line = rx.recv().unwrap_or_else(|_| {
             let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
             panic!("kiln agent run exited before leasing:\n{log}")

@@ -45,6 +45,19 @@ pub fn queued_id(out: &Output) -> String {
         .to_string()
 }
 
+/// The lines `child` prints on its (piped) stdout, as they come. The pipe is drained for the
+/// child's whole life, also after the test stopped listening, so the child never blocks on it.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// A running `kiln serve` with its data directory.
 pub struct Server {
     child: Child,
@@ -124,15 +137,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("kiln serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        // Drains stdout for the server's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // Keep reading after the test stopped listening: the server must never block.
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let mut token = token;
         let url = loop {
             let line = rx.recv().unwrap_or_else(|_| {

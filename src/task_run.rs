@@ -218,8 +218,10 @@ pub fn request_for(
     let mut extra_build_args: &[Argument] = &[];
     let mut context = def.context.as_str();
     let mut step = Cow::Borrowed(&def.step);
+    let mut manual = None;
     let reference = match firing {
         Firing::Manual(overrides) => {
+            manual = Some(*overrides);
             values = overlay(&values, &overrides.values);
             extra_build_args = &overrides.build_args;
             step = Cow::Owned(step_override(&def.step, overrides)?);
@@ -266,9 +268,12 @@ pub fn request_for(
         }
     };
     let source = source(def, context, reference.as_deref())?;
-    let platform = Some(def.platform.clone());
+    let platform = Some(manual.and_then(|o| o.platform.clone()).unwrap_or(def.platform.clone()));
     let timeout_secs = Some(def.timeout_secs);
-    let agent_pool_name = def.agent_pool_name.clone();
+    let agent_pool_name = match manual.and_then(|o| o.agent_pool_name.clone()) {
+        Some(pool) => (!pool.is_empty()).then_some(pool),
+        None => def.agent_pool_name.clone(),
+    };
     let request = match step.as_ref() {
         TaskStep::Docker { dockerfile, images, is_push_enabled, build_args, target } => {
             RunRequest::DockerBuild(DockerBuildRequest {
@@ -411,6 +416,28 @@ mod tests {
             request_for(&def, &Firing::Manual(&overrides)).unwrap().0.run_type(true).as_str(),
             "AutoRun"
         );
+    }
+
+    #[test]
+    fn task_run_manual_platform_and_pool_override_the_task_and_timers_keep_the_task_own() {
+        let def = TaskDefinition {
+            agent_pool_name: Some("builders".into()),
+            ..def("https://h/r.git", None)
+        };
+        let placed = |firing: &Firing<'_>| {
+            let (request, _) = request_for(&def, firing).unwrap();
+            (request.platform().map(ToString::to_string), request.agent_pool().map(str::to_string))
+        };
+        let arm = TaskRunRequest {
+            platform: Some(crate::api::Platform::parse("linux/arm64")),
+            agent_pool_name: Some("arm".into()),
+            ..Default::default()
+        };
+        assert_eq!(placed(&Firing::Manual(&arm)), (Some("linux/arm64".into()), Some("arm".into())));
+        let any = TaskRunRequest { agent_pool_name: Some(String::new()), ..Default::default() };
+        assert_eq!(placed(&Firing::Manual(&any)), (Some("linux/amd64".into()), None));
+        let timer = Firing::Timer { name: "t", occurrence: Utc::now() };
+        assert_eq!(placed(&timer), (Some("linux/amd64".into()), Some("builders".into())));
     }
 
     #[test]

@@ -311,6 +311,37 @@ fn a_manual_run_takes_another_dockerfile_and_stage() {
     assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
 }
 
+#[test]
+fn a_manual_run_takes_another_platform_and_pool_and_refuses_an_unknown_platform() {
+    // No agent: the run stays queued, so its record shows where it would go.
+    let server = Server::start("etp", 0);
+    let create = ["task", "create", "-n", "app", "-c", "/dev/null", "--cmd", "busybox true"];
+    ok(&server.run(&[&create[..], &["--agent-pool", "builders"]].concat()));
+    let run = ["task", "run", "-n", "app", "--no-wait", "--platform", "linux/arm64"];
+    let id = queued_id(&server.run(&[&run[..], &["--agent-pool", "arm"]].concat()));
+    let record = server.show(&id);
+    assert_eq!(record["platform"]["architecture"], "arm64", "{record}");
+    assert_eq!(record["agentPoolName"], "arm", "{record}");
+    // Without overrides the task's own pool and platform apply.
+    let id = queued_id(&server.run(&["task", "run", "-n", "app", "--no-wait"]));
+    let record = server.show(&id);
+    assert_eq!(
+        (&record["platform"]["architecture"], &record["agentPoolName"]),
+        (&"amd64".into(), &"builders".into()),
+        "{record}"
+    );
+
+    let out = server.run(&["task", "run", "-n", "app", "--platform", "arm64"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown OS \"arm64\"; expected os/arch[/variant]"),
+        "{}",
+        text(&out)
+    );
+    let runs = json(&server.run(&["task", "list-runs", "-n", "app", "-o", "json"]));
+    assert_eq!(runs.as_array().map(Vec::len), Some(2), "{runs}");
+}
+
 /// A repository whose task file prints `fetched-over-ssh`, served by its own sshd; the context
 /// naming its `main` branch.
 fn ssh_repository() -> (git::Root, git::SshServer, String) {

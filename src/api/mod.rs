@@ -334,7 +334,39 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
+/// The operating systems a run's platform may name (ACR's `--platform` OS values).
+const PLATFORM_OS: &[&str] = &["linux", "windows"];
+
+/// The architectures (OCI image-spec `architecture` values; ACR's `x86` is `386`).
+const PLATFORM_ARCH: &[&str] = &["amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64"];
+
 impl Platform {
+    /// A `--platform` flag, checked: `os[/arch[/variant]]` with a known OS and architecture
+    /// (`linux` alone is `linux/amd64`, as in ACR). A typo such as `arm64` alone (an OS named
+    /// "arm64") would otherwise queue a run that no agent can ever take.
+    pub fn from_flag(text: &str) -> Result<Platform, String> {
+        let platform = Platform::parse(text);
+        let known = |list: &[&str], value: &str| list.contains(&value);
+        if !known(PLATFORM_OS, &platform.os) {
+            return Err(format!(
+                "{text:?}: unknown OS {:?}; expected os/arch[/variant] with os one of {}, e.g. linux/arm64",
+                platform.os,
+                PLATFORM_OS.join(", ")
+            ));
+        }
+        if !known(PLATFORM_ARCH, &platform.architecture) {
+            return Err(format!(
+                "{text:?}: unknown architecture {:?}; expected one of {}",
+                platform.architecture,
+                PLATFORM_ARCH.join(", ")
+            ));
+        }
+        if platform.variant.as_deref().is_some_and(|v| v.is_empty() || v.contains('/')) {
+            return Err(format!("{text:?}: expected os/arch[/variant], e.g. linux/arm/v7"));
+        }
+        Ok(platform)
+    }
+
     /// From `os/arch[/variant]`.
     pub fn parse(text: &str) -> Platform {
         let mut parts = text.splitn(3, '/');
@@ -641,5 +673,22 @@ pub mod base64_text {
                 .map(|e| super::decode(&e).map_err(D::Error::custom))
                 .transpose()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Platform;
+
+    #[test]
+    fn platform_flags_name_a_known_os_and_architecture_or_say_which_part_is_wrong() {
+        let flag = |text| Platform::from_flag(text).map(|p| p.to_string());
+        assert_eq!(flag("linux").as_deref(), Ok("linux/amd64"));
+        assert_eq!(flag("linux/arm/v7").as_deref(), Ok("linux/arm/v7"));
+        assert_eq!(flag("windows/amd64").as_deref(), Ok("windows/amd64"));
+        assert!(flag("arm64").unwrap_err().contains("unknown OS \"arm64\""));
+        assert!(flag("linux/aarch64").unwrap_err().contains("unknown architecture \"aarch64\""));
+        assert!(flag("linux/arm/").unwrap_err().contains("os/arch[/variant]"));
+        assert!(flag("").unwrap_err().contains("unknown OS"));
     }
 }

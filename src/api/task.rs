@@ -355,6 +355,12 @@ pub struct TaskRunRequest {
     /// Another build stage (`--target`) for a Dockerfile build task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Another platform for this run (`--platform`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Another agent pool for this run (`--agent-pool`, ACR's `agentPoolName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_pool_name: Option<String>,
 }
 
 /// The answer to a webhook delivery.

@@ -29,8 +29,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
     /// The platform to build for, `os/arch[/variant]`.
-    #[arg(long, value_name = "PLATFORM")]
-    platform: Option<String>,
+    #[arg(long, value_name = "PLATFORM", value_parser = Platform::from_flag)]
+    platform: Option<Platform>,
     /// The agent pool to run in (default: any agent).
     #[arg(long, value_name = "POOL")]
     agent_pool: Option<String>,
@@ -83,7 +83,7 @@ pub fn build(args: BuildArgs, server: &ServerOptions) -> anyhow::Result<ExitCode
         dockerfile,
         build_args,
         target: args.target,
-        platform: args.platform.as_deref().map(Platform::parse),
+        platform: args.platform,
         is_push_enabled: !args.no_push,
         timeout_secs: args.timeout,
         agent_pool_name: args.agent_pool,

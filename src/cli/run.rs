@@ -41,8 +41,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
     /// The platform to run on, `os/arch[/variant]`.
-    #[arg(long, value_name = "PLATFORM")]
-    platform: Option<String>,
+    #[arg(long, value_name = "PLATFORM", value_parser = Platform::from_flag)]
+    platform: Option<Platform>,
     /// The agent pool to run in (default: any agent).
     #[arg(long, value_name = "POOL")]
     agent_pool: Option<String>,
@@ -88,7 +88,7 @@ pub fn run(args: RunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
 
     // A local context is uploaded once the request has passed the checks made here.
     let source = remote::remote_source(&source_arg).unwrap_or(Source::None);
-    let platform = args.platform.as_deref().map(Platform::parse);
+    let platform = args.platform;
     let (mut request, name) = match (args.cmd, task) {
         (Some(cmd), _) => {
             let mut request = cmd_request(&cmd, args.timeout, source);

@@ -142,8 +142,8 @@ struct DefinitionFlags {
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
     /// The platform to run on, `os/arch[/variant]` (default linux/amd64).
-    #[arg(long, value_name = "PLATFORM")]
-    platform: Option<String>,
+    #[arg(long, value_name = "PLATFORM", value_parser = Platform::from_flag)]
+    platform: Option<Platform>,
     /// The agent pool the task's runs go to (default: any agent; "" removes it on update).
     #[arg(long, value_name = "POOL")]
     agent_pool: Option<String>,
@@ -272,6 +272,12 @@ pub struct TaskRunArgs {
     /// Another build stage, for a Dockerfile build task.
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
+    /// Another platform for this run, `os/arch[/variant]`.
+    #[arg(long, value_name = "PLATFORM", value_parser = Platform::from_flag)]
+    platform: Option<Platform>,
+    /// Another agent pool for this run.
+    #[arg(long, value_name = "POOL")]
+    agent_pool: Option<String>,
     #[command(flatten)]
     wait: WaitArgs,
 }
@@ -482,7 +488,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
         context: args.context.clone(),
         step: new_step(flags, &context)?,
         values: set_values(&flags.set, &flags.set_secret)?,
-        platform: Platform::parse(flags.platform.as_deref().unwrap_or(DEFAULT_PLATFORM)),
+        platform: flags.platform.clone().unwrap_or_else(|| Platform::parse(DEFAULT_PLATFORM)),
         agent_pool_name: flags.agent_pool.clone().filter(|p| !p.is_empty()),
         timeout_secs: flags.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         status: flags.status.unwrap_or_default(),
@@ -536,7 +542,7 @@ fn update_request(
         context: args.context.clone(),
         step,
         values: set_values(&flags.set, &flags.set_secret)?,
-        platform: flags.platform.as_deref().map(Platform::parse),
+        platform: flags.platform.clone(),
         agent_pool_name: flags.agent_pool.clone(),
         timeout_secs: flags.timeout,
         status: flags.status,
@@ -939,6 +945,8 @@ fn run_request(args: &TaskRunArgs) -> anyhow::Result<TaskRunRequest> {
         context: args.context.clone(),
         file: args.file.clone(),
         target: args.target.clone(),
+        platform: args.platform.clone(),
+        agent_pool_name: args.agent_pool.clone(),
     })
 }
 

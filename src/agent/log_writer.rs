@@ -290,7 +290,8 @@ impl Sender {
         let give_up = tokio::time::Instant::now() + self.patience;
         let mut backoff = Backoff::default();
         let bytes = part.data.len();
-        let part = LogPart { epoch: self.epoch, offset: part.offset, data: part.data, times: part.marks };
+        let part =
+            LogPart { epoch: self.epoch, offset: part.offset, data: part.data, times: part.marks };
         loop {
             match self.control.append_log(self.run.clone(), part.clone()).await {
                 Ok(ack) => {

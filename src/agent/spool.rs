@@ -130,8 +130,8 @@ impl Spool {
                 if state.ended {
                     return;
                 }
-                let bound = self.limits.memory as u64
-                    + if state.no_file { 0 } else { self.limits.disk };
+                let bound =
+                    self.limits.memory as u64 + if state.no_file { 0 } else { self.limits.disk };
                 if state.pending() == 0 || state.pending() + bytes.len() as u64 <= bound {
                     self.push(&mut state, bytes, marks);
                     break;

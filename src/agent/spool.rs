@@ -7,8 +7,9 @@
 //! appended to a file in the run's directory, which holds the older, not yet acknowledged part
 //! and is emptied once that part is stored. The file is never synced: an agent that crashes
 //! loses its leases anyway (the server settles its runs), so what it spooled has no reader.
-//! When memory and file together hold [`SpoolLimits::disk`] bytes more than memory alone may,
-//! appending waits for acknowledgements, as the whole run used to wait for the network.
+//! When memory and file together hold [`SpoolLimits::disk`] bytes more than memory alone may
+//! (the file's sent bytes count until it is emptied, so its size is bounded too), appending
+//! waits for acknowledgements, as the whole run used to wait for the network.
 //! Marks are capped at [`MAX_MARKS`]: a long backlog stores coarser arrival times, not more
 //! memory. Offsets are the run's log offsets: the spool starts at the log's stored length.
 
@@ -89,6 +90,11 @@ impl State {
     fn pending(&self) -> u64 {
         self.end() - self.acked
     }
+
+    /// Bytes memory and file hold: the file's sent bytes count until it is emptied.
+    fn held(&self) -> u64 {
+        self.file_len + self.memory.len() as u64
+    }
 }
 
 impl Spool {
@@ -132,7 +138,7 @@ impl Spool {
                 }
                 let bound =
                     self.limits.memory as u64 + if state.no_file { 0 } else { self.limits.disk };
-                if state.pending() == 0 || state.pending() + bytes.len() as u64 <= bound {
+                if state.held() == 0 || state.held() + bytes.len() as u64 <= bound {
                     self.push(&mut state, bytes, marks);
                     break;
                 }
@@ -351,7 +357,8 @@ mod tests {
         spool.acked(2);
         let part = spool.next_part(4).await.expect("read").expect("a part");
         assert_eq!((part.offset, part.data.as_slice()), (2, &b"cdef"[..]));
-        // 4 pending + 6 > 8: the append waits until bytes are acknowledged.
+        // The file holds its 6 bytes, sent or not, until it is emptied: 6 + 6 > 8, so the
+        // append waits until the rest is acknowledged.
         let writer = tokio::spawn({
             let spool = spool.clone();
             async move { spool.append(b"ghijkl", &[]).await }

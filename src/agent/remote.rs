@@ -235,3 +235,63 @@ impl Control for RemoteControl {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    use super::*;
+
+    /// A loopback server answering the session call with `status` (and a session when 200),
+    /// counting the calls; its URL.
+    async fn server(status: StatusCode, calls: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = axum::Router::new().route(
+            paths::AGENT_SESSIONS,
+            post(move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                (status, axum::Json(serde_json::json!({"name": "ag", "pool": null})))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn client() -> reqwest::Client {
+        crate::transport::http_client_builder(None).expect("TLS").build().expect("client")
+    }
+
+    /// A loopback URL nothing listens on (connections are refused).
+    async fn closed() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+    }
+
+    #[tokio::test]
+    async fn calls_move_to_the_next_server_when_one_is_unreachable_or_failing_and_stay_there() {
+        let (failing, good) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let servers = [
+            closed().await,
+            server(StatusCode::SERVICE_UNAVAILABLE, failing.clone()).await,
+            server(StatusCode::OK, good.clone()).await,
+        ];
+        let control = RemoteControl::new(client(), &servers, "t".to_string());
+        assert_eq!(control.start_session().await.expect("a session").name, "ag");
+        assert_eq!(control.start_session().await.expect("a session").name, "ag");
+        // The failing server was tried once; the good one took both calls.
+        assert_eq!((failing.load(Ordering::SeqCst), good.load(Ordering::SeqCst)), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn with_every_server_down_a_call_fails_as_transient() {
+        let servers = [closed().await, closed().await];
+        let control = RemoteControl::new(client(), &servers, "t".to_string());
+        let err = control.start_session().await.expect_err("nothing listens");
+        assert!(err.is_transient(), "{err}");
+    }
+}

@@ -3,6 +3,7 @@
 //! (`KILN_TEST_POSTGRES_URL`) and one data directory (the secret key and uploads), the real
 //! engine. Any server takes submissions and deliveries; each run runs once, each delivery
 //! queues once, and a log follower on one server hears what an agent writes through the other.
+//! An agent given both servers carries its run on through the other when one is killed.
 //! (Timer occurrences across two servers: `timers_two_servers_one_database_fire_once` in
 //! `src/server/timers.rs`, which drives the timer loop with chosen instants.)
 
@@ -174,4 +175,54 @@ fn three_remote_agents_on_two_servers_run_300_runs_each_exactly_once() {
     assert_eq!(status, 200);
     assert_eq!(listed["value"].as_array().map(Vec::len), Some(n), "no run doubled or lost");
     drop(agents);
+}
+
+#[test]
+fn an_agent_given_two_servers_carries_its_run_through_the_other_when_one_is_killed() {
+    let mut pair = Pair::start("fo", 0, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = agent::create_agent(&pair.a, "ag-fo", &[]);
+    // A first: the agent leases from A until A is gone.
+    let servers = format!("{},{}", pair.a.url, pair.b.url);
+    let worker = agent::AgentProcess::start(&pair.a, dir.path(), &token, &["--server", &servers]);
+    let id = submit(
+        &pair.b,
+        "steps:\n  - cmd: busybox sh -c 'echo before-failover; \
+         while [ ! -f /workspace/go ]; do sleep 0.1; done; echo after-failover'\n",
+    );
+    agent::wait_for_line(&pair.b, &id, "before-failover");
+    pair.a.crash();
+    // The step finishes with A gone: its log and result reach the store through B.
+    std::fs::write(worker.data.join("work").join(format!("kiln-{id}")).join("go"), b"")
+        .expect("the run's workspace");
+    let run = pair.b.finished(&id);
+    assert_eq!(
+        (run["status"].as_str(), run["agentName"].as_str()),
+        (Some("Succeeded"), Some("ag-fo")),
+        "{run}"
+    );
+    let text = log(&pair.b, &id);
+    for line in ["| before-failover\n", "| after-failover\n", "marked as successful"] {
+        assert_eq!(text.matches(line).count(), 1, "{line:?} once: {text}");
+    }
+    // Later runs go through B, the one server left.
+    let next = submit(&pair.b, "steps:\n  - cmd: busybox echo after-the-crash\n");
+    let run = pair.b.finished(&next);
+    assert_eq!(
+        (run["status"].as_str(), run["agentName"].as_str()),
+        (Some("Succeeded"), Some("ag-fo")),
+        "{run}"
+    );
+    assert_eq!(log(&pair.b, &next).matches("| after-the-crash\n").count(), 1);
+    let (status, listed) = pair.b.api("GET", "/runs?top=0", Value::Null);
+    assert_eq!(status, 200, "{listed}");
+    let statuses: Vec<&str> = listed["value"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(statuses, ["Succeeded", "Succeeded"], "none lost, none doubled: {listed}");
+    assert_eq!(agent::containers_of(&id) + &agent::containers_of(&next), "");
+    drop(worker);
 }

@@ -1,8 +1,9 @@
 //! A held run's log on its way to the control plane: the agent's own lines and the worker's
-//! events, masked, formatted with the shared [`crate::run_log`] formatter, batched, and sent as
-//! log parts addressed by byte offset (fenced on the lease epoch). The control plane answers the
-//! length it stored, so a part resent after a lost answer is stored once: followers never see a
-//! gap or a duplicate, across reconnects too.
+//! events, masked, formatted with the shared [`crate::run_log`] formatter, batched into the
+//! run's [`Spool`], and sent from there by a task of its own as log parts addressed by byte
+//! offset (fenced on the lease epoch). The control plane answers the length it stored and the
+//! next part starts there, so a part resent after a lost answer is stored once: followers never
+//! see a gap or a duplicate, across reconnects and servers too.
 //!
 //! Masking happens again here, on each step's raw output stream before it is cut into lines:
 //! the store is where a leaked secret would persist, so it does not rely on the worker having
@@ -10,12 +11,14 @@
 //! containing a newline is still caught whole. Masking happens here, on the agent, so no
 //! secret leaves the machine that ran the step.
 //!
-//! Memory is bounded: one batch (about [`BATCH_BYTES`] plus one event) and the assembler's
-//! partial lines; while a batch is being sent (and resent while the control plane is
-//! unreachable, for as long as the lease could still be alive), the worker's bounded event
-//! channel makes the run wait.
+//! Consuming events does not wait for the network: while the control plane is unreachable
+//! the steps go on and their output waits in the spool (memory, then disk), resent with backoff
+//! for as long as the lease could still be alive. Memory is bounded: one batch (about
+//! [`BATCH_BYTES`] plus one event), the assembler's partial lines and the spool's memory limit;
+//! only when the spool's disk bound is reached does the worker's bounded event channel make the
+//! run wait, as it would for a slow server.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,10 +26,12 @@ use kiln_worker::Event;
 use kiln_worker::mask::{MaskedStream, Secrets};
 use kiln_worker::plan::StepId;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
 use super::control::{Control, ControlError};
+use super::spool::{Part, Spool};
 use crate::api::agent::{LogMark, LogPart, MAX_LOG_PART};
 use crate::run_id::RunId;
 use crate::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
@@ -46,13 +51,9 @@ pub(crate) enum Lost {
 
 /// Writes one held run's log.
 pub(crate) struct LogWriter {
-    control: Arc<dyn Control>,
-    run: RunId,
-    epoch: i64,
-    /// The stored length of the run's log: where the next part starts.
-    offset: u64,
-    /// How long sending may fail before the lease must be presumed gone.
-    patience: Duration,
+    spool: Arc<Spool>,
+    /// Sends the spool's bytes; ends when the spool is closed and drained, or sending ended.
+    sender: Option<JoinHandle<()>>,
     secrets: Secrets,
     masked: Vec<String>,
     /// Per step and stream; a handful of entries.
@@ -63,26 +64,27 @@ pub(crate) struct LogWriter {
     /// When the batch's parts arrived (offsets within the batch).
     times: Vec<LogMark>,
     last_time: Option<DateTime<Utc>>,
-    lost: Option<Lost>,
-    /// Cancelled when the lease is lost: the run must stop, nobody will record it.
-    cancel: CancellationToken,
+    lost: Arc<OnceLock<Lost>>,
 }
 
 impl LogWriter {
+    /// Starts sending `spool` (which begins at the log's stored length) for the lease `epoch`
+    /// on `run`; `cancel` is cancelled when the lease is lost.
     pub(crate) fn new(
         control: Arc<dyn Control>,
         run: RunId,
         epoch: i64,
-        offset: u64,
+        spool: Spool,
         patience: Duration,
         cancel: CancellationToken,
     ) -> Self {
+        let spool = Arc::new(spool);
+        let lost = Arc::new(OnceLock::new());
+        let sender = Sender { control, run, epoch, patience, spool: spool.clone(), cancel, lost };
         Self {
-            control,
-            run,
-            epoch,
-            offset,
-            patience,
+            lost: sender.lost.clone(),
+            sender: Some(tokio::spawn(sender.send_all())),
+            spool,
             secrets: Secrets::default(),
             masked: Vec::new(),
             streams: Vec::new(),
@@ -91,8 +93,6 @@ impl LogWriter {
             batch: Vec::new(),
             times: Vec::new(),
             last_time: None,
-            lost: None,
-            cancel,
         }
     }
 
@@ -144,7 +144,7 @@ impl LogWriter {
 
     /// Why writing stopped early, if it did.
     pub(crate) fn lost(&self) -> Option<Lost> {
-        self.lost
+        self.lost.get().copied()
     }
 
     /// Formats one worker event into the batch and notes its results in `dependencies`.
@@ -180,7 +180,7 @@ impl LogWriter {
         });
     }
 
-    /// Consumes the worker's events until the run ends (the sender is dropped), writing a
+    /// Consumes the worker's events until the run ends (the sender is dropped), spooling a
     /// batch whenever the channel runs dry or the batch is full.
     pub(crate) async fn consume(
         &mut self,
@@ -195,7 +195,7 @@ impl LogWriter {
                     Err(_) => break,
                 }
             }
-            self.flush().await;
+            self.spool_batch().await;
         }
     }
 
@@ -220,48 +220,83 @@ impl LogWriter {
         self.mark(before, now_ms());
     }
 
-    /// Sends the batch (in parts of at most [`MAX_LOG_PART`]) and goes on from the length the
-    /// control plane stored. Unreachable, it resends with backoff for as long as the lease can
-    /// still be alive; a refusal (the lease is gone) stops the run and all further writing.
-    pub(crate) async fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let times = std::mem::take(&mut self.times);
-        if self.lost.is_none() {
-            let mut start = 0;
-            while start < batch.len() && self.lost.is_none() {
-                let end = (start + MAX_LOG_PART).min(batch.len());
-                let marks = times
-                    .iter()
-                    .filter(|t| (start as u64..end as u64).contains(&t.offset))
-                    .map(|t| LogMark { offset: t.offset - start as u64, at: t.at })
-                    .collect();
-                self.send(&batch[start..end], marks).await;
-                start = end;
-            }
-        }
-        // Reuse the allocation for the next batch.
-        self.batch = batch;
+    /// Moves the batch into the spool (waiting only while the spool is full).
+    async fn spool_batch(&mut self) {
+        self.spool.append(&self.batch, &self.times).await;
         self.batch.clear();
+        self.times.clear();
     }
 
-    /// One part, at the current offset, until it is stored or cannot be.
-    async fn send(&mut self, data: &[u8], times: Vec<LogMark>) {
+    /// Spools the batch and waits until everything written so far is stored (or cannot be:
+    /// see [`LogWriter::lost`]).
+    pub(crate) async fn flush(&mut self) {
+        self.spool_batch().await;
+        self.spool.drained().await;
+    }
+
+    /// Ends the log: what is spooled is sent (or cannot be), then the spool's file goes.
+    pub(crate) async fn close(mut self) {
+        self.spool.close();
+        if let Some(sender) = self.sender.take()
+            && let Err(e) = sender.await
+        {
+            tracing::error!("the log sender failed: {e}");
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // Lets the sender end once it sent what is spooled (a writer dropped without close).
+        self.spool.close();
+    }
+}
+
+/// Drains a run's spool to the control plane, part by part from the stored length.
+struct Sender {
+    control: Arc<dyn Control>,
+    run: RunId,
+    epoch: i64,
+    /// How long sending may fail before the lease must be presumed gone.
+    patience: Duration,
+    spool: Arc<Spool>,
+    /// Cancelled when the lease is lost: the run must stop, nobody will record it.
+    cancel: CancellationToken,
+    lost: Arc<OnceLock<Lost>>,
+}
+
+impl Sender {
+    async fn send_all(self) {
+        loop {
+            let sent = match self.spool.next_part(MAX_LOG_PART).await {
+                Ok(Some(part)) => self.send(part).await,
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::error!(run = %self.run, "reading the log spool failed: {e}");
+                    false
+                }
+            };
+            if !sent {
+                break;
+            }
+        }
+        self.spool.end();
+    }
+
+    /// One part, until it is stored (true) or cannot be. Unreachable, it resends with backoff
+    /// for as long as the lease can still be alive; a refusal (the lease is gone) stops the
+    /// run and all further writing.
+    async fn send(&self, part: Part) -> bool {
         let give_up = tokio::time::Instant::now() + self.patience;
         let mut backoff = Backoff::default();
+        let bytes = part.data.len();
+        let part =
+            LogPart { epoch: self.epoch, offset: part.offset, data: part.data, times: part.marks };
         loop {
-            let part = LogPart {
-                epoch: self.epoch,
-                offset: self.offset,
-                data: data.to_vec(),
-                times: times.clone(),
-            };
-            match self.control.append_log(self.run.clone(), part).await {
+            match self.control.append_log(self.run.clone(), part.clone()).await {
                 Ok(ack) => {
-                    self.offset = ack.length;
-                    return;
+                    self.spool.acked(ack.length);
+                    return true;
                 }
                 Err(ControlError::Stale { .. }) => {
                     tracing::warn!(run = %self.run, "lease lost: the run's log is no longer written");
@@ -276,16 +311,17 @@ impl LogWriter {
                     return self.stop(Lost::Unreachable);
                 }
                 Err(e) => {
-                    tracing::error!(run = %self.run, bytes = data.len(), "log output refused: {e}");
-                    return;
+                    tracing::error!(run = %self.run, bytes, "log output refused, no more is sent: {e}");
+                    return false;
                 }
             }
         }
     }
 
-    fn stop(&mut self, why: Lost) {
-        self.lost = Some(why);
+    fn stop(&self, why: Lost) -> bool {
+        let _ = self.lost.set(why);
         self.cancel.cancel();
+        false
     }
 }
 

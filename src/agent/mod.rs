@@ -10,7 +10,8 @@
 //!
 //! Modules: [`control`] (the link), [`run`] (one held run, from lease to finish), `prepare`
 //! (lease → context → plan), `log_writer` (events → masked, batched, offset-addressed log
-//! parts), `spare` (each worker loop's pre-created run network, which keeps `docker network
+//! parts), `spool` (a run's log bytes until the server stored them: memory, then a file),
+//! `spare` (each worker loop's pre-created run network, which keeps `docker network
 //! create` off dispatch), `leftovers` (what dead runs left: engine objects of dead owners,
 //! work directories of runs this agent does not hold).
 
@@ -21,11 +22,13 @@ mod prepare;
 pub mod remote;
 mod run;
 mod spare;
+mod spool;
 
 #[cfg(test)]
 mod tests;
 
 pub use leftovers::Removed as Leftovers;
+pub use spool::SpoolLimits;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,6 +65,8 @@ pub struct AgentConfig {
     pub platforms: Vec<String>,
     /// The error of a run this agent stops because it is shutting down.
     pub stopped_message: String,
+    /// How much of a run's log may wait for the control plane, in memory and on disk.
+    pub log_spool: SpoolLimits,
 }
 
 impl AgentConfig {
@@ -74,6 +79,7 @@ impl AgentConfig {
             capacity: 2,
             data_dir,
             platforms: Vec::new(),
+            log_spool: SpoolLimits::default(),
         }
     }
 

@@ -2,8 +2,14 @@
 //! request to the server's `/agent/...` routes, authenticated with the agent's token. Status
 //! codes carry the protocol's meaning — 409 a stale lease, other 4xx a refusal, 5xx and
 //! connection failures transient — so the agent's retry rules are the same as in-process.
+//!
+//! An agent may know several servers sharing one database: a call that finds its server
+//! unreachable (no connection, a timeout, a 5xx) is made again at the next one, and later calls
+//! stay there. Every server fences writes on the same lease epochs in the same store, so which
+//! server takes a call does not matter; the agent's session is per process, started once.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -26,18 +32,27 @@ use crate::store::RunStatus;
 /// How long one call may take beyond the wait it asked for.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A server, as an agent reaches it.
-#[derive(Debug, Clone)]
+/// The servers of one control plane, as an agent reaches them.
+#[derive(Debug)]
 pub struct RemoteControl {
     client: reqwest::Client,
-    base: String,
+    /// At least one.
+    servers: Vec<String>,
+    /// The index of the server calls go to.
+    current: AtomicUsize,
     token: String,
 }
 
 impl RemoteControl {
-    /// `base` is the server's URL (`https://kiln.example:8080`).
-    pub fn new(client: reqwest::Client, base: &str, token: String) -> Self {
-        Self { client, base: base.trim_end_matches('/').to_string(), token }
+    /// `servers` are the URLs of servers sharing one store (`https://kiln.example:8080`), in
+    /// the order they are tried; the first is used until it is unreachable.
+    ///
+    /// # Panics
+    /// If `servers` is empty.
+    pub fn new(client: reqwest::Client, servers: &[String], token: String) -> Self {
+        assert!(!servers.is_empty(), "an agent needs a server");
+        let servers = servers.iter().map(|s| s.trim_end_matches('/').to_string()).collect();
+        Self { client, servers, current: AtomicUsize::new(0), token }
     }
 
     /// Tells the server a new process of this agent starts; answers who the token names.
@@ -47,8 +62,35 @@ impl RemoteControl {
             .ok_or_else(|| ControlError::Unavailable("empty answer to the session".to_string()))
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// Sends the request `build` makes for a server's URL, to the current server and, while
+    /// one is unreachable or failing (5xx), to the next, each at most once. The answer is the
+    /// first that is not a server failure, else the last server's.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> ControlResult<reqwest::Response> {
+        let mut last = Err(ControlError::Unavailable("no server".to_string()));
+        for _ in 0..self.servers.len() {
+            let index = self.current.load(Ordering::Relaxed);
+            let base = &self.servers[index];
+            match build(base).bearer_auth(&self.token).send().await {
+                Ok(response) if !response.status().is_server_error() => return Ok(response),
+                Ok(response) => last = Ok(response),
+                Err(e) => last = Err(ControlError::Unavailable(format!("{base}: {e}"))),
+            }
+            if self.servers.len() > 1 {
+                let next = (index + 1) % self.servers.len();
+                // Only the first of several calls failing at once moves on.
+                if self
+                    .current
+                    .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    tracing::warn!("server {base} failed; going on with {}", self.servers[next]);
+                }
+            }
+        }
+        last
     }
 
     /// POSTs (or PUTs) `body` as JSON; `Ok(None)` for 204.
@@ -61,24 +103,24 @@ impl RemoteControl {
         wait: u64,
     ) -> ControlResult<Option<T>> {
         let response = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
-            .timeout(CALL_TIMEOUT + Duration::from_secs(wait))
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| ControlError::Unavailable(format!("{}: {e}", self.base)))?;
+            .send(|base| {
+                self.client
+                    .request(method.clone(), format!("{base}{path}"))
+                    .timeout(CALL_TIMEOUT + Duration::from_secs(wait))
+                    .json(body)
+            })
+            .await?;
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }
         if status.is_success() {
+            let url = response.url().clone();
             return response
                 .json()
                 .await
                 .map(Some)
-                .map_err(|e| ControlError::Unavailable(format!("{}: {e}", self.base)));
+                .map_err(|e| ControlError::Unavailable(format!("{url}: {e}")));
         }
         Err(refusal(status, response.json::<ErrorBody>().await.ok(), run))
     }
@@ -166,13 +208,8 @@ impl Control for RemoteControl {
     ) -> BoxFuture<'a, ControlResult<PathBuf>> {
         Box::pin(async move {
             let unavailable = |e: &dyn std::fmt::Display| ControlError::Unavailable(e.to_string());
-            let response = self
-                .client
-                .get(self.url(&format!("{}/{id}", paths::AGENT_UPLOADS)))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .map_err(|e| unavailable(&e))?;
+            let route = format!("{}/{id}", paths::AGENT_UPLOADS);
+            let response = self.send(|base| self.client.get(format!("{base}{route}"))).await?;
             let status = response.status();
             if !status.is_success() {
                 return Err(refusal(status, response.json::<ErrorBody>().await.ok(), None));
@@ -196,5 +233,65 @@ impl Control for RemoteControl {
             file.flush().await.map_err(|e| unavailable(&e))?;
             Ok(path)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    use super::*;
+
+    /// A loopback server answering the session call with `status` (and a session when 200),
+    /// counting the calls; its URL.
+    async fn server(status: StatusCode, calls: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = axum::Router::new().route(
+            paths::AGENT_SESSIONS,
+            post(move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                (status, axum::Json(serde_json::json!({"name": "ag", "pool": null})))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn client() -> reqwest::Client {
+        crate::transport::http_client_builder(None).expect("TLS").build().expect("client")
+    }
+
+    /// A loopback URL nothing listens on (connections are refused).
+    async fn closed() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+    }
+
+    #[tokio::test]
+    async fn calls_move_to_the_next_server_when_one_is_unreachable_or_failing_and_stay_there() {
+        let (failing, good) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let servers = [
+            closed().await,
+            server(StatusCode::SERVICE_UNAVAILABLE, failing.clone()).await,
+            server(StatusCode::OK, good.clone()).await,
+        ];
+        let control = RemoteControl::new(client(), &servers, "t".to_string());
+        assert_eq!(control.start_session().await.expect("a session").name, "ag");
+        assert_eq!(control.start_session().await.expect("a session").name, "ag");
+        // The failing server was tried once; the good one took both calls.
+        assert_eq!((failing.load(Ordering::SeqCst), good.load(Ordering::SeqCst)), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn with_every_server_down_a_call_fails_as_transient() {
+        let servers = [closed().await, closed().await];
+        let control = RemoteControl::new(client(), &servers, "t".to_string());
+        let err = control.start_session().await.expect_err("nothing listens");
+        assert!(err.is_transient(), "{err}");
     }
 }

@@ -25,10 +25,14 @@ use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
 use super::prepare;
 use super::spare::Spare;
+use super::spool::Spool;
 use super::{Backoff, Held, Shared};
 
 /// Events the worker may have in flight before it waits for the log writer.
 const EVENT_CHANNEL: usize = 256;
+
+/// The run's log spool file, in the run's directory (removed with it).
+const SPOOL_FILE: &str = "log.spool";
 
 /// Runs a leased run to its finished record.
 pub(super) async fn run_leased(shared: &Shared, lease: Lease, spare: &mut Spare) {
@@ -46,14 +50,9 @@ pub(super) async fn run_leased(shared: &Shared, lease: Lease, spare: &mut Spare)
         done.clone(),
     ));
     let run_dir = super::leftovers::context_dir(&shared.config.work_dir(), &run);
-    let mut log = LogWriter::new(
-        shared.control.clone(),
-        run.clone(),
-        epoch,
-        lease.log_length,
-        ttl,
-        held.cancel.clone(),
-    );
+    let spool = Spool::new(lease.log_length, shared.config.log_spool, run_dir.join(SPOOL_FILE));
+    let mut log =
+        LogWriter::new(shared.control.clone(), run.clone(), epoch, spool, ttl, held.cancel.clone());
 
     let (status, error, dependencies) =
         execute(shared, &lease, &run, &run_dir, &held, &mut log, spare).await;
@@ -79,6 +78,7 @@ pub(super) async fn run_leased(shared: &Shared, lease: Lease, spare: &mut Spare)
         };
         finish(shared.control.as_ref(), &run, outcome, ttl).await;
     }
+    log.close().await;
     shared.release(&run);
     if let Err(e) = tokio::fs::remove_dir_all(&run_dir).await
         && e.kind() != std::io::ErrorKind::NotFound

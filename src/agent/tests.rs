@@ -427,6 +427,7 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
     use tokio_util::sync::CancellationToken;
 
     use super::log_writer::LogWriter;
+    use super::spool::{Spool, SpoolLimits};
     use crate::run_log::Dependencies;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -445,11 +446,12 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
         dispatcher: dispatcher(&store, &hub, dir.path(), RunSettings::default()),
         agent: Claimant::amd64("w"),
     };
+    let spool = Spool::new(claim.run.log_len, SpoolLimits::default(), dir.path().join("spool"));
     let mut writer = LogWriter::new(
         Arc::new(link),
         run.id.clone(),
         claim.epoch,
-        claim.run.log_len,
+        spool,
         Duration::from_secs(30),
         CancellationToken::new(),
     );
@@ -470,6 +472,7 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
     writer.consume(&mut rx, &mut dependencies).await;
     writer.end_streams();
     writer.flush().await;
+    writer.close().await;
     let stored: Vec<u8> = store
         .read_log(&run.id, 0, usize::MAX)
         .await

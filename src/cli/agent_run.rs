@@ -4,7 +4,9 @@
 //! SIGINT/SIGTERM, when its held runs end as Error and their containers are removed.
 //!
 //! Leases carry the runs' secrets, so the server (the global `--server`, with `--ca-file`) must
-//! be `https://` or on this machine (loopback) unless `--insecure` says otherwise.
+//! be `https://` or on this machine (loopback) unless `--insecure` says otherwise. `--server`
+//! may name several servers sharing one database, comma-separated: the agent fails over
+//! between them ([`RemoteControl`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use clap::Args;
 
 use super::remote::ServerOptions;
 use crate::agent::remote::RemoteControl;
-use crate::agent::{Agent, AgentConfig};
+use crate::agent::{Agent, AgentConfig, SpoolLimits};
 
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {
@@ -32,11 +34,18 @@ pub struct AgentRunArgs {
     /// Platforms this agent runs, `os/arch[/variant]`, comma-separated (default: the engine's).
     #[arg(long, value_name = "PLATFORMS", value_delimiter = ',')]
     platform: Vec<String>,
+    /// Bytes of a run's log kept in memory while the server has not stored them (tests).
+    #[arg(long, hide = true, value_name = "BYTES", default_value_t = SpoolLimits::default().memory)]
+    log_buffer_memory: usize,
+    /// Bytes of a run's log kept on disk beyond the memory limit before the run waits (tests).
+    #[arg(long, hide = true, value_name = "BYTES", default_value_t = SpoolLimits::default().disk)]
+    log_buffer_disk: u64,
 }
 
 /// `kiln agent run` (one of [`super::agent`]'s subcommands).
 pub(super) fn run(args: AgentRunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
-    let (url, client) = server.agent_client()?;
+    let (servers, client) = server.agent_client()?;
+    let url = servers.join(",");
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("--token-file {}", args.token_file.display()))?
         .trim()
@@ -55,7 +64,7 @@ pub(super) fn run(args: AgentRunArgs, server: &ServerOptions) -> anyhow::Result<
             bail!("--platform {platform:?}: expected os/arch[/variant], e.g. linux/arm64");
         }
     }
-    let control = RemoteControl::new(client, &url, token);
+    let control = RemoteControl::new(client, &servers, token);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let session = control
@@ -65,6 +74,7 @@ pub(super) fn run(args: AgentRunArgs, server: &ServerOptions) -> anyhow::Result<
         let config = AgentConfig {
             capacity: usize::try_from(args.capacity).unwrap_or(1),
             platforms: args.platform,
+            log_spool: SpoolLimits { memory: args.log_buffer_memory, disk: args.log_buffer_disk },
             ..AgentConfig::new(session.name.clone(), data_dir)
         };
         let agent = Agent::start(Arc::new(control), config).await?;

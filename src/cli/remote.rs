@@ -40,7 +40,8 @@ pub(super) struct WaitArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServerOptions {
     /// The kiln server the client commands talk to (else KILN_SERVER, the client
-    /// configuration, http://127.0.0.1:8080).
+    /// configuration, http://127.0.0.1:8080). `kiln agent run` takes several servers sharing
+    /// one database, comma-separated: it moves to the next when one is unreachable.
     #[arg(long, global = true, value_name = "URL")]
     server: Option<String>,
     /// Trust the server's certificate if this CA (PEM) signed it, instead of the public web's
@@ -58,16 +59,21 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    /// The server an agent leases from (`--server`, `KILN_SERVER`, the client configuration)
-    /// and an async HTTP client for it: the URL passes [`transport::check_server_url`], the
-    /// client trusts `--ca-file` and gives up connecting after `--connect-timeout`.
-    pub(super) fn agent_client(&self) -> anyhow::Result<(String, reqwest::Client)> {
+    /// The servers an agent leases from (`--server`, `KILN_SERVER`, the client configuration:
+    /// one URL, or several servers sharing one database, comma-separated) and an async HTTP
+    /// client for them: each URL passes [`transport::check_server_url`], the client trusts
+    /// `--ca-file` and gives up connecting after `--connect-timeout`.
+    pub(super) fn agent_client(&self) -> anyhow::Result<(Vec<String>, reqwest::Client)> {
         let (settings, _) = settings(self)?;
-        crate::transport::check_server_url(&settings.server, self.insecure)?;
+        let servers: Vec<String> =
+            settings.server.split(',').map(|url| url.trim().to_string()).collect();
+        for url in &servers {
+            crate::transport::check_server_url(url, self.insecure)?;
+        }
         let client = crate::transport::http_client_builder(self.ca_file.as_deref())?
             .connect_timeout(Duration::from_secs(self.connect_timeout))
             .build()?;
-        Ok((settings.server, client))
+        Ok((servers, client))
     }
 
     fn connection(&self) -> Connection {

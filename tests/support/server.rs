@@ -255,14 +255,23 @@ impl Server {
     }
 
     pub fn kill9(mut self) -> (PathBuf, String, Option<tempfile::TempDir>) {
+        self.crash();
+        (self.data.clone(), self.token.clone(), self._dir.take())
+    }
+
+    /// SIGKILL, as a crash would end it; the process is gone (and reaped) on return.
+    pub fn crash(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
-        (self.data.clone(), self.token.clone(), self._dir.take())
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A process already reaped (crashed) has no ID any more: its number may be another's.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .stderr(Stdio::null())

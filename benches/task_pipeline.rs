@@ -20,7 +20,7 @@ use kiln::render::{RunVars, TemplateData, render};
 use kiln::task::load::LoadOptions;
 use kiln::task::yaml;
 use kiln::values::{SetFlag, SetValue, Values, merge_values};
-use kiln_worker::plan::RunId;
+use kiln_plan::plan::RunId;
 
 /// A v1.1.0 file of `n` steps shaped like real ones: builds, tests, pushes, fan-outs and joins,
 /// with aliases, `.Run` and `.Values` templates, env and comments.

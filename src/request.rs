@@ -277,9 +277,9 @@ mod tests {
 
     use super::*;
     use crate::run_id::RunId;
-    use kiln_worker::plan::Action;
+    use kiln_plan::plan::Action;
 
-    fn plan(input: &TaskInput) -> kiln_worker::plan::Plan {
+    fn plan(input: &TaskInput) -> kiln_plan::plan::Plan {
         let run = RunVars::new(RunId::new("ka1"), Utc::now());
         match input.plan(run, &BTreeMap::new(), Path::new(".")) {
             Ok(planned) => planned.plan,

@@ -11,10 +11,10 @@
 use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::report::{self, Dependency};
-use kiln_worker::event::step_marked;
-use kiln_worker::plan::StepId;
-use kiln_worker::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
+use kiln_plan::event::step_marked;
+use kiln_plan::event::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
+use kiln_plan::plan::StepId;
+use kiln_plan::report::{self, Dependency};
 
 use crate::store::RunStatus;
 
@@ -351,7 +351,7 @@ mod tests {
             [(c.clone(), "Step ID: c skipped: step ID b failed before it".to_string())]
         );
         let end = Event::RunFinished {
-            run_id: kiln_worker::plan::RunId::new("ka1"),
+            run_id: kiln_plan::plan::RunId::new("ka1"),
             status: WorkerStatus::Failed,
             elapsed_ms: 3000,
             error: None,

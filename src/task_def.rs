@@ -5,7 +5,7 @@
 //! redacted copy beside it is what the API shows. The webhook secret is sealed the same way.
 
 use chrono::{DateTime, Utc};
-use kiln_worker::plan::{GitSsh, PrivateKeyError};
+use kiln_plan::plan::{GitSsh, PrivateKeyError};
 
 use crate::api::task::{BaseImageTriggerType, TaskDefinition, TaskStatus, TimerSpec, UpdateTask};
 use crate::api::{MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS};

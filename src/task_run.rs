@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::remote::{self, Remote};
+use kiln_plan::remote::{self, Remote};
 
 use crate::api::task::{
     ImageUpdateTrigger, SourceTrigger, TaskDefinition, TaskRunRequest, TaskStep, TimerTrigger,
@@ -61,7 +61,7 @@ pub enum TaskRunError {
 pub fn classify(context: &str) -> Result<Option<Remote>, TaskRunError> {
     let error = |reason: String| TaskRunError::Context { context: remote::redact(context), reason };
     let detected = remote::detect(context).map_err(|e| match e {
-        remote::RemoteError::Invalid { reason, .. } => error(reason),
+        remote::DetectError::Invalid { reason, .. } => error(reason),
         e => error(e.to_string()),
     })?;
     if detected.is_none() && context != "/dev/null" {

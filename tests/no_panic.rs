@@ -10,7 +10,7 @@ use kiln::plan::plan_file;
 use kiln::render::{RunVars, TemplateData};
 use kiln::task::load::LoadOptions;
 use kiln::values::Values;
-use kiln_worker::plan::RunId;
+use kiln_plan::plan::RunId;
 use proptest::prelude::*;
 
 const SEED: &str = include_str!("../examples/values-aliases/acb.yaml");

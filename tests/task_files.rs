@@ -15,7 +15,7 @@ use kiln::plan::{Planned, plan_file};
 use kiln::render::{RunVars, TemplateData};
 use kiln::task::load::LoadOptions;
 use kiln::values::{Values, merge_values};
-use kiln_worker::plan::{Action, RunId};
+use kiln_plan::plan::{Action, RunId};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -11,7 +11,7 @@ use kiln::plan::plan_file;
 use kiln::render::{RunVars, TemplateData};
 use kiln::task::load::LoadOptions;
 use kiln::values::Values;
-use kiln_worker::plan::RunId;
+use kiln_plan::plan::RunId;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

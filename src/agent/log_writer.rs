@@ -22,9 +22,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_worker::Event;
-use kiln_worker::mask::{MaskedStream, Secrets};
-use kiln_worker::plan::StepId;
+use kiln_plan::event::Event;
+use kiln_plan::mask::{MaskedStream, Secrets};
+use kiln_plan::plan::StepId;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use kiln_worker::plan::RegistryCredential;
-
-use std::sync::Arc;
+use kiln_plan::plan::RegistryCredential;
 
 use super::{Agent, AgentConfig};
 use crate::api::{
@@ -422,8 +421,8 @@ async fn a_new_session_settles_what_the_agents_dead_predecessor_held() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() {
-    use kiln_worker::plan::StepId;
-    use kiln_worker::{Event, LogStream};
+    use kiln_plan::event::{Event, LogStream};
+    use kiln_plan::plan::StepId;
     use tokio_util::sync::CancellationToken;
 
     use super::log_writer::LogWriter;

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use crate::diagnostic::Diagnostic;
 use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
 
-pub use kiln_worker::build::Dependency;
+pub use kiln_plan::report::Dependency;
 
 pub mod agent;
 pub mod agents;
@@ -302,7 +302,7 @@ impl RunRequest {
         };
         redact_arguments(args);
         if let Source::Git { url } | Source::Tarball { url } = source {
-            *url = kiln_worker::build::remote::redact(url);
+            *url = kiln_plan::remote::redact(url);
         }
         copy
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use kiln_worker::image_ref::ImageRef;
+use kiln_plan::image_ref::ImageRef;
 
 use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
 use crate::api::{Argument, DockerBuildRequest, Platform, RunRequest};

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_plan::remote::{self, DetectError, Remote};
 
-use kiln_worker::build::remote::{self, Remote, RemoteError};
-
+use super::task_file::{print_diagnostics, summary};
 use crate::api::{MAX_JSON_BYTES, Run, RunRequest, Source};
 use crate::client::{
     CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
@@ -22,8 +22,6 @@ use crate::pack::{self, human_size};
 use crate::run_log;
 use crate::store::RunStatus;
 use crate::uploads;
-
-use super::task_file::{print_diagnostics, summary};
 
 /// `--no-logs` / `--no-wait`, as in az.
 #[derive(Debug, Clone, Copy, Args)]
@@ -125,7 +123,7 @@ impl SourceArg {
     /// agent fetches them with): git URLs end in `.git` (optionally `#ref:folder`), or are
     /// `git://`, `file://` or Azure DevOps repositories; another http(s) URL is a tarball;
     /// anything else is a local directory. SSH and OCI sources are refused here, clearly.
-    pub(super) fn classify(source: &str) -> Result<SourceArg, RemoteError> {
+    pub(super) fn classify(source: &str) -> Result<SourceArg, DetectError> {
         if source == "/dev/null" {
             return Ok(SourceArg::None);
         }

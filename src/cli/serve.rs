@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use chrono::TimeDelta;
 use clap::Args;
-use kiln_worker::plan::{GitSsh, RegistryCredential};
+use kiln_plan::plan::{GitSsh, RegistryCredential};
 
 use crate::config::Config;
 use crate::server::GitSshFiles;

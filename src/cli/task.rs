@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use kiln_worker::plan::GitSsh;
+use kiln_plan::plan::GitSsh;
 
 use super::build::build_arg;
 use super::confirm::delete_confirmed;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use kiln_worker::plan::{Action, Plan};
+use kiln_plan::plan::RunId;
+use kiln_plan::plan::{Action, Plan};
 use serde_json::json;
 
 use super::Output;
@@ -20,7 +21,6 @@ use crate::render::{RunVars, TemplateData};
 use crate::run_id::format_run_id;
 use crate::task::load::{LoadOptions, Loaded};
 use crate::values::{SetFlag, SetValue, Values, merge_values};
-use kiln_worker::plan::RunId;
 
 /// ACR fetches remote alias sources with a 2-second timeout.
 const ALIAS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);

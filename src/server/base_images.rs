@@ -20,9 +20,11 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use kiln_worker::plan::RegistryCredential;
+use kiln_plan::plan::RegistryCredential;
 use tokio_util::sync::CancellationToken;
 
+use super::error::ApiError;
+use super::state::AppState;
 use crate::api::task::WebhookAnswer;
 use crate::api::{ErrorBody, Image};
 use crate::secret_box::SecretBox;
@@ -31,9 +33,6 @@ use crate::task_def;
 use crate::task_run::{self, Firing};
 use crate::trigger::notification;
 use crate::trigger::registry::{self, RegistryAuth, TagRef};
-
-use super::error::ApiError;
-use super::state::AppState;
 
 /// How long one registry lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -219,7 +218,7 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
-    use kiln_worker::build::report::DigestKind;
+    use kiln_plan::report::DigestKind;
 
     use super::*;
     use crate::run_id::RunIdPrefix;

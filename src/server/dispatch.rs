@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use kiln_worker::plan::RegistryCredential;
+use kiln_plan::plan::RegistryCredential;
 use tokio::sync::Notify;
 
 use super::git_ssh::GitSshFiles;

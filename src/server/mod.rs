@@ -52,7 +52,7 @@ use axum::middleware;
 use axum::routing::{get, patch, post, put};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
-use kiln_worker::plan::RegistryCredential;
+use kiln_plan::plan::RegistryCredential;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,7 @@ use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
 use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
 use crate::uploads::ContextLimit;
+
 pub use git_ssh::GitSshFiles;
 
 use crate::store::lease::{Claimant, SERVER_STOPPED_MESSAGE};

@@ -2,12 +2,11 @@
 //! and the wire types of [`crate::api`], so the document cannot drift from the code.
 
 use axum::Json;
+use kiln_plan::report::{Dependency, GitReference, ImageReference};
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
-
-use kiln_worker::build::{Dependency, GitReference, ImageReference};
 
 use crate::api::{self, agent, agents, task};
 use crate::store::{RunStatus, RunType};

@@ -8,9 +8,11 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use kiln_worker::build::remote;
+use kiln_plan::remote;
 use tokio::time::Instant;
 
+use super::error::ApiError;
+use super::state::{AppState, Settings};
 use crate::api::{
     self, ErrorBody, List, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest, RunWait,
     Source, paths,
@@ -22,9 +24,6 @@ use crate::run_id::RunId;
 use crate::store::runs::DEFAULT_TOP;
 use crate::store::{RunFilter, RunRecord, RunStatus, Store};
 use crate::uploads;
-
-use super::error::ApiError;
-use super::state::{AppState, Settings};
 
 /// The longest `GET /runs/{id}?wait=` honoured, in seconds.
 pub const MAX_WAIT_SECS: u64 = 60;

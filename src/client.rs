@@ -20,6 +20,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kiln_task::diagnostic::Diagnostic;
 use serde::{Deserialize, Serialize};
 use ureq::http::Response;
 use ureq::{Body, SendBody};
@@ -29,7 +30,6 @@ use crate::api::task::{
     CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
 use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, List, Run, RunQuery, RunRequest, paths};
-use crate::diagnostic::Diagnostic;
 use crate::transport::{self, TransportError};
 
 /// Sent with bodies the server may refuse for their size: it answers 413 before the body is

@@ -12,14 +12,14 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
+use kiln_task::diagnostic::Diagnostics;
+use kiln_task::plan::{Planned, plan_file};
+use kiln_task::render::{RunVars, TemplateData};
+use kiln_task::run_id::RunId;
+use kiln_task::task::load::LoadOptions;
+use kiln_task::values::{SetValue, Values, ValuesError, merge_values};
 
 use crate::api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
-use crate::diagnostic::Diagnostics;
-use crate::plan::{Planned, plan_file};
-use crate::render::{RunVars, TemplateData};
-use crate::run_id::RunId;
-use crate::task::load::LoadOptions;
-use crate::values::{SetValue, Values, ValuesError, merge_values};
 
 /// Build step timeout of a quick build (§6.6).
 pub const QUICK_BUILD_STEP_TIMEOUT: u64 = 28_800;
@@ -276,8 +276,8 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::run_id::RunId;
     use kiln_plan::plan::Action;
+    use kiln_task::run_id::RunId;
 
     fn plan(input: &TaskInput) -> kiln_plan::plan::Plan {
         let run = RunVars::new(RunId::new("ka1"), Utc::now());

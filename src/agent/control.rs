@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
+use kiln_task::run_id::RunId;
 
 use crate::api::agent::{
     Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, RunOutcome, WatchReply,
 };
-use crate::run_id::RunId;
 
 /// Why the control plane did not take an agent's call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

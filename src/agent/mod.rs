@@ -36,14 +36,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use control::Control;
+use kiln_task::run_id::RunId;
 use kiln_worker::Engine;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::agent::{HeldRun, LeaseRequest, MAX_WAIT_SECS};
-use crate::run_id::RunId;
-use control::Control;
 
 /// Default lease: an agent that stops heartbeating loses its run after this long.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);

@@ -14,15 +14,15 @@ use std::sync::{Mutex, PoisonError};
 use chrono::Utc;
 use flate2::read::GzDecoder;
 use kiln_plan::plan::{GitSsh, Plan, RegistryCredential};
+use kiln_task::render::RunVars;
+use kiln_task::run_id::RunId;
 use kiln_worker::build::remote;
 
 use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
 use crate::api::Source;
 use crate::api::agent::Lease;
-use crate::render::RunVars;
 use crate::request;
-use crate::run_id::RunId;
 use crate::uploads;
 
 /// Why a run could not be prepared; the message is the run's error.

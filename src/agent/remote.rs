@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
+use kiln_task::run_id::RunId;
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,7 +27,6 @@ use crate::api::agent::{
     RunOutcome, StatusUpdate, WatchReply, WatchRequest,
 };
 use crate::api::paths;
-use crate::run_id::RunId;
 use crate::store::RunStatus;
 
 /// How long one call may take beyond the wait it asked for.

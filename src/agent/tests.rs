@@ -13,13 +13,13 @@ use bollard::query_parameters::ListContainersOptions;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use kiln_plan::plan::RegistryCredential;
+use kiln_task::run_id::{RunId, RunIdPrefix};
 
 use super::{Agent, AgentConfig};
 use crate::api::{
     Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, RunRequest, Source,
 };
 use crate::log_hub::LogHub;
-use crate::run_id::{RunId, RunIdPrefix};
 use crate::secret_box::SecretBox;
 use crate::server::dispatch::{Dispatcher, LocalLink, RunSettings};
 use crate::store::lease::Claimant;

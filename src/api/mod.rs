@@ -14,10 +14,10 @@
 //! definitions of older releases are read through [`legacy`].
 
 use chrono::{DateTime, Utc};
+use kiln_task::diagnostic::Diagnostic;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::diagnostic::Diagnostic;
 use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
 
 pub use kiln_plan::report::Dependency;

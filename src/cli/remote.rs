@@ -11,13 +11,13 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_plan::remote::{self, DetectError, Remote};
+use kiln_task::diagnostic::Diagnostics;
 
 use super::task_file::{print_diagnostics, summary};
 use crate::api::{MAX_JSON_BYTES, Run, RunRequest, Source};
 use crate::client::{
     CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
 };
-use crate::diagnostic::Diagnostics;
 use crate::pack::{self, human_size};
 use crate::run_log;
 use crate::store::RunStatus;

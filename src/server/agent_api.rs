@@ -13,6 +13,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kiln_task::run_id::RunId;
 
 use super::dispatch::DispatchError;
 use super::error::ApiError;
@@ -22,7 +23,6 @@ use crate::api::agent::{
     AgentSession, Beat, Fence, Lease, LeaseRequest, LogAck, LogPart, MAX_LOG_PART, RunOutcome,
     StatusUpdate, WatchReply, WatchRequest,
 };
-use crate::run_id::RunId;
 use crate::store::lease::Claimant;
 use crate::store::{AgentRecord, RunStatus, StoreError};
 

@@ -221,8 +221,8 @@ mod tests {
     use kiln_plan::report::DigestKind;
 
     use super::*;
-    use crate::run_id::RunIdPrefix;
     use crate::store::{RunFilter, TaskWrite};
+    use kiln_task::run_id::RunIdPrefix;
 
     /// A base image only the engine had (its local image ID stored) is not a moved tag when a
     /// registry first reports it: the registry's digest is recorded, without a run; a later

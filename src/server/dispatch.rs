@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use kiln_plan::plan::RegistryCredential;
+use kiln_task::run_id::RunId;
 use tokio::sync::Notify;
 
 use super::git_ssh::GitSshFiles;
@@ -25,7 +26,6 @@ use crate::api::agent::{
 use crate::api::task::RegistryLogin;
 use crate::log_hub::LogHub;
 use crate::queue::{self, QueueError};
-use crate::run_id::RunId;
 use crate::secret_box::SecretBox;
 use crate::store::lease::Claimant;
 use crate::store::{

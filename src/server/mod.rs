@@ -53,13 +53,13 @@ use axum::routing::{get, patch, post, put};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
 use kiln_plan::plan::RegistryCredential;
+use kiln_task::run_id::RunIdPrefix;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentConfig, AgentError};
 use crate::api::paths;
 use crate::log_hub::LogHub;
-use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
 use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
 use crate::uploads::ContextLimit;

@@ -9,6 +9,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use kiln_plan::remote;
+use kiln_task::run_id::RunId;
 use tokio::time::Instant;
 
 use super::error::ApiError;
@@ -20,7 +21,6 @@ use crate::api::{
 use crate::log_hub::LogHub;
 use crate::queue;
 use crate::request::{CheckError, RequestError, check};
-use crate::run_id::RunId;
 use crate::store::runs::DEFAULT_TOP;
 use crate::store::{RunFilter, RunRecord, RunStatus, Store};
 use crate::uploads;

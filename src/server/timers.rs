@@ -142,8 +142,8 @@ mod tests {
     use super::*;
     use crate::api::task::{TaskDefinition, TimerSpec};
     use crate::queue;
-    use crate::run_id::RunIdPrefix;
     use crate::store::TimerRecord;
+    use kiln_task::run_id::RunIdPrefix;
 
     struct Fixture {
         dir: tempfile::TempDir,

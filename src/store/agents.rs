@@ -11,8 +11,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-
-use crate::run_id::RunId;
+use kiln_task::run_id::RunId;
 
 use super::tokens::{hash_token, new_token};
 use super::{Store, StoreError, StoreResult, from_millis, now_millis, on_db, on_tx};

@@ -1,7 +1,7 @@
 //! The store's error type: every way a store call can fail, typed so the server can map each to
 //! an HTTP status (not found, conflict, stale lease) without parsing messages.
 
-use crate::run_id::RunId;
+use kiln_task::run_id::RunId;
 
 use super::status::RunStatus;
 

@@ -13,8 +13,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-
-use crate::run_id::RunId;
+use kiln_task::run_id::RunId;
 
 use super::runs::{OutputImage, RunRecord, RunRow};
 use super::status::RunStatus;

@@ -46,10 +46,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kiln_task::run_id::RunIdPrefix;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-
-use crate::run_id::RunIdPrefix;
 
 pub use agents::{AgentRecord, AgentUpdate, PoolRecord};
 pub use db::{BadDatabaseUrl, DatabaseUrl};

@@ -3,9 +3,8 @@
 //! conversion lives here too, so a corrupt row is a typed error rather than a panic.
 
 use chrono::{DateTime, Utc};
+use kiln_task::run_id::{RunId, format_run_id};
 use serde::{Deserialize, Serialize};
-
-use crate::run_id::{RunId, format_run_id};
 
 use super::status::{RunStatus, RunType};
 use super::{Store, StoreError, StoreResult, Tx, from_millis, now_millis, on_db, on_tx};
@@ -354,7 +353,7 @@ impl Store {
 /// (a trigger's claim). Its first statement is a write, so it may open a transaction.
 pub(crate) async fn insert_run(
     tx: &mut Tx,
-    prefix: &crate::run_id::RunIdPrefix,
+    prefix: &kiln_task::run_id::RunIdPrefix,
     new: NewRun,
 ) -> StoreResult<RunRecord> {
     let now = now_millis();

@@ -8,7 +8,6 @@
 
 pub mod agent;
 pub mod agent_def;
-pub mod api;
 pub mod cli;
 pub mod client;
 pub mod log_hub;

@@ -12,14 +12,13 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
+use kiln_api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
 use kiln_task::diagnostic::Diagnostics;
 use kiln_task::plan::{Planned, plan_file};
 use kiln_task::render::{RunVars, TemplateData};
 use kiln_task::run_id::RunId;
 use kiln_task::task::load::LoadOptions;
 use kiln_task::values::{SetValue, Values, ValuesError, merge_values};
-
-use crate::api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
 
 /// Build step timeout of a quick build (§6.6).
 pub const QUICK_BUILD_STEP_TIMEOUT: u64 = 28_800;
@@ -381,7 +380,7 @@ mod tests {
         )
         .expect("write");
         std::fs::write(dir.path().join("v.yaml"), "x: from-file\n").expect("write");
-        let mut task = crate::api::FileTaskRequest {
+        let mut task = kiln_api::FileTaskRequest {
             source: Source::None,
             task_file: "acb.yaml".into(),
             values_file: Some("v.yaml".into()),

@@ -13,15 +13,15 @@ use std::sync::{Mutex, PoisonError};
 
 use chrono::Utc;
 use flate2::read::GzDecoder;
+use kiln_api::Source;
+use kiln_api::agent::Lease;
+use kiln_api::control::{Control, ControlError};
 use kiln_plan::plan::{GitSsh, Plan, RegistryCredential};
 use kiln_task::render::RunVars;
 use kiln_task::run_id::RunId;
 use kiln_worker::build::remote;
 
-use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
-use crate::api::Source;
-use crate::api::agent::Lease;
 use crate::request;
 use crate::uploads;
 

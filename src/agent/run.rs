@@ -8,6 +8,10 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use kiln_api::Image;
+use kiln_api::agent::{Lease, RunOutcome};
+use kiln_api::control::{Control, ControlError};
+use kiln_api::status::RunStatus;
 use kiln_plan::event::RunStatus as WorkerStatus;
 use kiln_plan::image_ref::ImageRef;
 use kiln_plan::plan::StepId;
@@ -16,16 +20,12 @@ use kiln_worker::{Engine, RunOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
 use super::prepare;
 use super::spare::Spare;
 use super::spool::Spool;
 use super::{Backoff, Held, Shared};
-use crate::api::Image;
-use crate::api::agent::{Lease, RunOutcome};
 use crate::run_log::{self, Dependencies};
-use crate::store::RunStatus;
 use crate::trigger::base_image;
 
 /// Events the worker may have in flight before it waits for the log writer.

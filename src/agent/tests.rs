@@ -12,19 +12,20 @@ use std::time::Duration;
 use bollard::query_parameters::ListContainersOptions;
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use kiln_api::status::{RunStatus, RunType};
+use kiln_api::{
+    Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, RunRequest, Source,
+};
 use kiln_plan::plan::RegistryCredential;
 use kiln_task::run_id::{RunId, RunIdPrefix};
 
 use super::{Agent, AgentConfig};
-use crate::api::{
-    Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, RunRequest, Source,
-};
 use crate::log_hub::LogHub;
 use crate::secret_box::SecretBox;
 use crate::server::dispatch::{Dispatcher, LocalLink, RunSettings};
 use crate::store::lease::Claimant;
 use crate::store::lease::SERVER_STOPPED_MESSAGE;
-use crate::store::{NewRun, RunRecord, RunStatus, RunType, Store};
+use crate::store::{NewRun, RunRecord, Store};
 use crate::uploads;
 
 /// Longest a test waits for a run; only reached when something is broken.

@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_api::status::RunStatus;
+use kiln_api::{MAX_JSON_BYTES, Run, RunRequest, Source};
 use kiln_plan::remote::{self, DetectError, Remote};
 use kiln_task::diagnostic::Diagnostics;
 
 use super::task_file::{print_diagnostics, summary};
-use crate::api::{MAX_JSON_BYTES, Run, RunRequest, Source};
 use crate::client::{
     CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
 };
 use crate::pack::{self, human_size};
 use crate::run_log;
-use crate::store::RunStatus;
 use crate::uploads;
 
 /// `--no-logs` / `--no-wait`, as in az.
@@ -403,7 +403,7 @@ mod tests {
         Run {
             run_id: "ka9".into(),
             status,
-            run_type: crate::store::RunType::QuickRun,
+            run_type: kiln_api::status::RunType::QuickRun,
             trigger: "Manual".into(),
             trigger_detail: Default::default(),
             task: None,
@@ -411,7 +411,7 @@ mod tests {
             start_time: Some(start),
             finish_time: Some(start + chrono::TimeDelta::seconds(secs)),
             last_updated_time: start,
-            platform: crate::api::Platform::parse("linux/amd64"),
+            platform: kiln_api::Platform::parse("linux/amd64"),
             timeout: 3600,
             output_images: vec![],
             dependencies: None,

@@ -12,11 +12,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use kiln_api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
 use kiln_task::config::Config;
 use kiln_task::values::{SetFlag, SetValue};
 
 use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
-use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
 use crate::request::{CheckError, check, cmd_request};
 
 #[derive(Debug, Args)]

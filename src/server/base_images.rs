@@ -20,13 +20,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use kiln_api::task::WebhookAnswer;
+use kiln_api::{ErrorBody, Image};
 use kiln_plan::plan::RegistryCredential;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::api::task::WebhookAnswer;
-use crate::api::{ErrorBody, Image};
 use crate::secret_box::SecretBox;
 use crate::store::{BaseImageRecord, ClaimOutcome, RunRecord, Store, StoreError};
 use crate::task_def;

@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use axum::response::IntoResponse as _;
 use chrono::{TimeDelta, Utc};
+use kiln_api::status::RunStatus;
+use kiln_api::{self as api, ErrorBody, LOG_OFFSET_HEADER};
 use kiln_task::run_id::RunId;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::janitor::{Janitor, Sweep};
 use super::*;
-use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER};
+use crate::store::Store;
 use crate::store::lease::Claimant;
 use crate::store::runs::WAITING_LINE;
-use crate::store::{RunStatus, Store};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -579,7 +580,8 @@ async fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
 
 #[tokio::test]
 async fn server_janitor_applies_retention_and_expires_lost_runs() {
-    use crate::store::{NewRun, RunType};
+    use crate::store::NewRun;
+    use kiln_api::status::RunType;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), RunIdPrefix::new("ka").unwrap()).await.unwrap();
     let hub = LogHub::new();

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use kiln_api::status::{RunStatus, RunType};
 use kiln_task::run_id::{RunId, RunIdPrefix};
 
 use super::lease::{Claimant, SERVER_STOPPED_MESSAGE};

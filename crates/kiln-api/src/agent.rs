@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::task::RegistryLogin;
 use super::{Image, RunRequest, TriggerDetail};
-use crate::store::RunStatus;
+use crate::status::RunStatus;
 
 /// The most log bytes one [`LogPart`] may carry (decoded), as GitLab's trace limit: a larger
 /// part is refused, not truncated.

@@ -15,7 +15,8 @@ mod git;
 use std::time::Instant;
 
 use git::{GitDaemon, Repo, Root, git};
-use kiln_worker::build::remote::{detect, fetch};
+use kiln_plan::remote::detect;
+use kiln_worker::build::remote::fetch;
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

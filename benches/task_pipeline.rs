@@ -14,13 +14,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 /// The allocator the `kiln` binary ships with, so the figures are the binary's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use kiln::config::Config;
-use kiln::plan::plan_file;
-use kiln::render::{RunVars, TemplateData, render};
-use kiln::task::load::LoadOptions;
-use kiln::task::yaml;
-use kiln::values::{SetFlag, SetValue, Values, merge_values};
-use kiln_worker::plan::RunId;
+use kiln_plan::plan::RunId;
+use kiln_task::config::Config;
+use kiln_task::plan::plan_file;
+use kiln_task::render::{RunVars, TemplateData, render};
+use kiln_task::task::load::LoadOptions;
+use kiln_task::task::yaml;
+use kiln_task::values::{SetFlag, SetValue, Values, merge_values};
 
 /// A v1.1.0 file of `n` steps shaped like real ones: builds, tests, pushes, fan-outs and joins,
 /// with aliases, `.Run` and `.Values` templates, env and comments.

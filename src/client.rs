@@ -3,7 +3,7 @@
 //!
 //! It owns three things the commands share: where the server is and which token to send
 //! ([`ClientConfig`], [`Settings`]), the calls themselves ([`Client`], one method per route of
-//! [`crate::api::paths`], speaking only [`crate::api`]'s wire types), and the typed failures a
+//! [`kiln_api::paths`], speaking only [`kiln_api`]'s wire types), and the typed failures a
 //! user can act on ([`ClientError`]) — the CLI turns each into one line, never an HTTP dump.
 //!
 //! [`Connection`] says how the server is reached beyond its URL: the CA to trust for `https://`
@@ -20,16 +20,14 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kiln_api::agents::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
+use kiln_api::task::{CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer};
+use kiln_api::{self as api, ErrorBody, LOG_OFFSET_HEADER, List, Run, RunQuery, RunRequest, paths};
+use kiln_task::diagnostic::Diagnostic;
 use serde::{Deserialize, Serialize};
 use ureq::http::Response;
 use ureq::{Body, SendBody};
 
-use crate::api::agents::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
-use crate::api::task::{
-    CreateTask, Task, TaskRunRequest, Timer, TimerSpec, UpdateTask, UpdateTimer,
-};
-use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER, List, Run, RunQuery, RunRequest, paths};
-use crate::diagnostic::Diagnostic;
 use crate::transport::{self, TransportError};
 
 /// Sent with bodies the server may refuse for their size: it answers 413 before the body is

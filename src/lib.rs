@@ -8,27 +8,18 @@
 
 pub mod agent;
 pub mod agent_def;
-pub mod api;
 pub mod cli;
 pub mod client;
-pub mod config;
-pub mod diagnostic;
 pub mod log_hub;
 pub mod pack;
-pub mod plan;
 pub mod queue;
-pub mod render;
 pub mod request;
-pub mod run_id;
 pub mod run_log;
 pub mod secret_box;
 pub mod server;
-pub mod source_map;
 pub mod store;
-pub mod task;
 pub mod task_def;
 pub mod task_run;
 pub mod transport;
 pub mod trigger;
 pub mod uploads;
-pub mod values;

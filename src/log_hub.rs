@@ -11,9 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use kiln_task::run_id::RunId;
 use tokio::sync::watch;
-
-use crate::run_id::RunId;
 
 /// What a follower learns from a wake-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -3,12 +3,12 @@
 //! the agent runs), so secrets (`--set-secret` values, secret build args, git tokens in a
 //! context URL) are never stored readable. Quick runs and task runs go through here alike.
 
+use kiln_api::task::{RegistryLogin, TaskDefinition};
+use kiln_api::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
+use kiln_api::{Run, RunRequest, TriggerDetail, legacy};
 use serde::{Deserialize, Serialize};
 
-use crate::api::task::{RegistryLogin, TaskDefinition};
-use crate::api::{RunRequest, TriggerDetail, legacy};
 use crate::secret_box::{SecretBox, SecretBoxError};
-use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
 use crate::store::{NewRun, RunRecord};
 
 /// Associated data of a sealed run request: a sealed task definition cannot pass for one.
@@ -119,4 +119,32 @@ pub fn open_request(secrets: &SecretBox, run: &RunRecord) -> Result<Opened, Queu
 /// The run's trigger detail (none for manual runs and unreadable data).
 pub fn trigger_detail(run: &RunRecord) -> TriggerDetail {
     run.trigger_detail.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default()
+}
+
+/// The API view of a stored run. The stored request is redacted (and read through
+/// [`legacy`]); one that still does not parse is left out rather than failing the read.
+impl From<&RunRecord> for Run {
+    fn from(record: &RunRecord) -> Run {
+        Run {
+            run_id: record.id.to_string(),
+            status: record.status,
+            run_type: record.run_type,
+            trigger: record.trigger.clone(),
+            trigger_detail: trigger_detail(record),
+            task: record.task_name.clone(),
+            create_time: record.created_at,
+            start_time: record.started_at,
+            finish_time: record.finished_at,
+            last_updated_time: record.updated_at,
+            platform: kiln_api::Platform::parse(&record.platform),
+            timeout: record.timeout_secs,
+            output_images: record.output_images.iter().map(kiln_api::Image::from).collect(),
+            dependencies: record.dependencies.as_deref().and_then(|d| serde_json::from_str(d).ok()),
+            run_error_message: record.error_message.clone(),
+            log_length: record.log_len,
+            agent_pool_name: record.agent_pool.clone(),
+            agent_name: record.agent_name.clone(),
+            request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
+        }
+    }
 }

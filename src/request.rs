@@ -12,14 +12,13 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-
-use crate::api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
-use crate::diagnostic::Diagnostics;
-use crate::plan::{Planned, plan_file};
-use crate::render::{RunVars, TemplateData};
-use crate::run_id::RunId;
-use crate::task::load::LoadOptions;
-use crate::values::{SetValue, Values, ValuesError, merge_values};
+use kiln_api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
+use kiln_task::diagnostic::Diagnostics;
+use kiln_task::plan::{Planned, plan_file};
+use kiln_task::render::{RunVars, TemplateData};
+use kiln_task::run_id::RunId;
+use kiln_task::task::load::LoadOptions;
+use kiln_task::values::{SetValue, Values, ValuesError, merge_values};
 
 /// Build step timeout of a quick build (§6.6).
 pub const QUICK_BUILD_STEP_TIMEOUT: u64 = 28_800;
@@ -276,10 +275,10 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::run_id::RunId;
-    use kiln_worker::plan::Action;
+    use kiln_plan::plan::Action;
+    use kiln_task::run_id::RunId;
 
-    fn plan(input: &TaskInput) -> kiln_worker::plan::Plan {
+    fn plan(input: &TaskInput) -> kiln_plan::plan::Plan {
         let run = RunVars::new(RunId::new("ka1"), Utc::now());
         match input.plan(run, &BTreeMap::new(), Path::new(".")) {
             Ok(planned) => planned.plan,
@@ -381,7 +380,7 @@ mod tests {
         )
         .expect("write");
         std::fs::write(dir.path().join("v.yaml"), "x: from-file\n").expect("write");
-        let mut task = crate::api::FileTaskRequest {
+        let mut task = kiln_api::FileTaskRequest {
             source: Source::None,
             task_file: "acb.yaml".into(),
             values_file: Some("v.yaml".into()),

@@ -11,12 +11,11 @@
 use std::io::{self, Write};
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::report::{self, Dependency};
-use kiln_worker::event::step_marked;
-use kiln_worker::plan::StepId;
-use kiln_worker::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
-
-use crate::store::RunStatus;
+use kiln_api::status::RunStatus;
+use kiln_plan::event::step_marked;
+use kiln_plan::event::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
+use kiln_plan::plan::StepId;
+use kiln_plan::report::{self, Dependency};
 
 /// Output held back waiting for a newline, at most.
 pub const MAX_PARTIAL_LINE: usize = 64 * 1024;
@@ -137,7 +136,7 @@ pub fn with_times(
     let mut offset = start;
     let mut next = 0;
     // Formatted once per mark, not per line: a burst of lines shares one mark.
-    let mut stamp = crate::api::millis::format(&first);
+    let mut stamp = kiln_api::millis::format(&first);
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         let mut moved = None;
         while let Some(&(_, time)) = times.get(next).filter(|(mark, _)| *mark <= offset) {
@@ -145,7 +144,7 @@ pub fn with_times(
             next += 1;
         }
         if let Some(at) = moved {
-            stamp = crate::api::millis::format(&at);
+            stamp = kiln_api::millis::format(&at);
         }
         out.extend_from_slice(stamp.as_bytes());
         out.push(b' ');
@@ -351,7 +350,7 @@ mod tests {
             [(c.clone(), "Step ID: c skipped: step ID b failed before it".to_string())]
         );
         let end = Event::RunFinished {
-            run_id: kiln_worker::plan::RunId::new("ka1"),
+            run_id: kiln_plan::plan::RunId::new("ka1"),
             status: WorkerStatus::Failed,
             elapsed_ms: 3000,
             error: None,

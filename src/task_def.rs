@@ -5,10 +5,10 @@
 //! redacted copy beside it is what the API shows. The webhook secret is sealed the same way.
 
 use chrono::{DateTime, Utc};
-use kiln_worker::plan::{GitSsh, PrivateKeyError};
+use kiln_api::task::{BaseImageTriggerType, TaskDefinition, TaskStatus, TimerSpec, UpdateTask};
+use kiln_api::{MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS};
+use kiln_plan::plan::{GitSsh, PrivateKeyError};
 
-use crate::api::task::{BaseImageTriggerType, TaskDefinition, TaskStatus, TimerSpec, UpdateTask};
-use crate::api::{MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS};
 use crate::secret_box::{SecretBox, SecretBoxError};
 use crate::store::{TaskRecord, TaskWrite, TimerRecord};
 use crate::trigger::cron::{CronError, Schedule};
@@ -163,7 +163,7 @@ pub fn seal(
 /// The whole definition of a stored task.
 pub fn open(secrets: &SecretBox, task: &TaskRecord) -> Result<TaskDefinition, TaskDefError> {
     let bytes = secrets.open(&purpose(&task.name, "definition"), &task.sealed)?;
-    crate::api::legacy::read(&bytes)
+    kiln_api::legacy::read(&bytes)
         .map_err(|source| TaskDefError::Corrupt { task: task.name.clone(), source })
 }
 
@@ -264,9 +264,11 @@ pub fn is_enabled(def: &TaskDefinition) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
-    use crate::api::Argument;
-    use crate::api::task::TaskStep;
+    use kiln_api::Argument;
+    use kiln_api::task::TaskStep;
 
     #[test]
     fn task_files_go_by_extension_others_are_dockerfiles() {
@@ -285,7 +287,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "contextPath": context,
             "step": {"type": "EncodedTask",
-                "encodedTaskContent": crate::api::base64_text::encode("steps:\n  - cmd: busybox true\n")},
+                "encodedTaskContent": kiln_api::base64_text::encode("steps:\n  - cmd: busybox true\n")},
         }))
         .unwrap()
     }
@@ -397,5 +399,34 @@ mod tests {
             d.values.iter().map(|v| (v.name.as_str(), v.value.as_deref())).collect();
         assert_eq!(names, [("b", Some("2")), ("a", Some("9"))]);
         assert_eq!(d.git_access_token, None);
+    }
+
+    #[test]
+    fn a_patch_of_the_base_image_status_changes_only_that() {
+        let update: UpdateTask = serde_json::from_value(
+            json!({"trigger": {"baseImageTrigger": {"status": "Disabled"}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            update,
+            UpdateTask { base_image_trigger_enabled: Some(false), ..Default::default() }
+        );
+        let mut def: TaskDefinition =
+            serde_json::from_value(json!({"contextPath": "https://h/o/r.git#main",
+            "step": {"type": "FileTask", "taskFilePath": "acb.yaml"}}))
+            .unwrap();
+        let before = def.clone();
+        apply(&mut def, update.clone());
+        assert_eq!(
+            def,
+            TaskDefinition { base_image_trigger_enabled: false, ..before },
+            "only the base image trigger's status changed"
+        );
+        // And it is sent as it was read.
+        assert_eq!(
+            serde_json::to_value(&update).unwrap(),
+            json!({"trigger": {"baseImageTrigger": {"name": "defaultBaseimageTriggerName",
+                "status": "Disabled"}}})
+        );
     }
 }

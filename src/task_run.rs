@@ -15,15 +15,15 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::remote::{self, Remote};
-
-use crate::api::task::{
+use kiln_api::task::{
     ImageUpdateTrigger, SourceTrigger, TaskDefinition, TaskRunRequest, TaskStep, TimerTrigger,
 };
-use crate::api::{
+use kiln_api::{
     Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, Image, RunRequest, Source,
     TriggerDetail,
 };
+use kiln_plan::remote::{self, Remote};
+
 use crate::queue::{self, Origin};
 use crate::secret_box::SecretBox;
 use crate::store::NewRun;
@@ -61,7 +61,7 @@ pub enum TaskRunError {
 pub fn classify(context: &str) -> Result<Option<Remote>, TaskRunError> {
     let error = |reason: String| TaskRunError::Context { context: remote::redact(context), reason };
     let detected = remote::detect(context).map_err(|e| match e {
-        remote::RemoteError::Invalid { reason, .. } => error(reason),
+        remote::DetectError::Invalid { reason, .. } => error(reason),
         e => error(e.to_string()),
     })?;
     if detected.is_none() && context != "/dev/null" {
@@ -328,14 +328,14 @@ pub fn new_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::task::{BaseImageTriggerType, TaskStatus};
+    use kiln_api::task::{BaseImageTriggerType, TaskStatus};
 
     fn def(context: &str, token: Option<&str>) -> TaskDefinition {
         TaskDefinition {
             context: context.to_string(),
             step: TaskStep::FileTask { task_file: "acb.yaml".to_string(), values_file: None },
             values: vec![Argument { name: "a".into(), value: Some("1".into()), secret: false }],
-            platform: crate::api::Platform::parse("linux/amd64"),
+            platform: kiln_api::Platform::parse("linux/amd64"),
             agent_pool_name: None,
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
@@ -429,7 +429,7 @@ mod tests {
             (request.platform().map(ToString::to_string), request.agent_pool().map(str::to_string))
         };
         let arm = TaskRunRequest {
-            platform: Some(crate::api::Platform::parse("linux/arm64")),
+            platform: Some(kiln_api::Platform::parse("linux/arm64")),
             agent_pool_name: Some("arm".into()),
             ..Default::default()
         };

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use git::{GitDaemon, GitHttp, Repo, Root, SshServer};
 use kiln::trigger::webhook::{self, Provider, SourceEvent, WebhookError};
-use kiln_worker::build::remote::{Fetched, Remote, RemoteError, detect, fetch};
-use kiln_worker::plan::GitSsh;
+use kiln_plan::plan::GitSsh;
+use kiln_plan::remote::{Remote, detect};
+use kiln_worker::build::remote::{Fetched, RemoteError, fetch};
 use webhooks::Delivery;
 
 const SECRET: &str = "It's a Secret to Everybody";

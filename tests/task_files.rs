@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::TimeZone as _;
-use kiln::config::Config;
-use kiln::diagnostic::Diagnostics;
-use kiln::plan::{Planned, plan_file};
-use kiln::render::{RunVars, TemplateData};
-use kiln::task::load::LoadOptions;
-use kiln::values::{Values, merge_values};
-use kiln_worker::plan::{Action, RunId};
+use kiln_plan::plan::{Action, RunId};
+use kiln_task::config::Config;
+use kiln_task::diagnostic::Diagnostics;
+use kiln_task::plan::{Planned, plan_file};
+use kiln_task::render::{RunVars, TemplateData};
+use kiln_task::task::load::LoadOptions;
+use kiln_task::values::{Values, merge_values};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

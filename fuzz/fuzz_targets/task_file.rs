@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use kiln::config::Config;
-use kiln::plan::plan_file;
-use kiln::render::{RunVars, TemplateData};
-use kiln::task::load::LoadOptions;
-use kiln::values::Values;
-use kiln_worker::plan::RunId;
+use kiln_plan::plan::RunId;
+use kiln_task::config::Config;
+use kiln_task::plan::plan_file;
+use kiln_task::render::{RunVars, TemplateData};
+use kiln_task::task::load::LoadOptions;
+use kiln_task::values::Values;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,9 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_task::run_id::RunId;
 use kiln_worker::Engine;
-
-use crate::run_id::RunId;
 
 const CONTEXT_PREFIX: &str = "ctx-";
 

@@ -22,18 +22,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_worker::Event;
-use kiln_worker::mask::{MaskedStream, Secrets};
-use kiln_worker::plan::StepId;
+use kiln_api::agent::{LogMark, LogPart, MAX_LOG_PART};
+use kiln_api::control::{Control, ControlError};
+use kiln_plan::event::Event;
+use kiln_plan::mask::{MaskedStream, Secrets};
+use kiln_plan::plan::StepId;
+use kiln_task::run_id::RunId;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
-use super::control::{Control, ControlError};
 use super::spool::{Part, Spool};
-use crate::api::agent::{LogMark, LogPart, MAX_LOG_PART};
-use crate::run_id::RunId;
 use crate::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
 
 /// A batch is written once it reaches this size or the event channel is empty.

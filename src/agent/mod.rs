@@ -8,14 +8,13 @@
 //! (a waiting loop gets a submitted run at once); one watch call per agent carries cancels and
 //! lost leases to the held runs as they happen.
 //!
-//! Modules: [`control`] (the link), [`run`] (one held run, from lease to finish), `prepare`
+//! Modules: `kiln_api::control` (the link), [`run`] (one held run, from lease to finish), `prepare`
 //! (lease → context → plan), `log_writer` (events → masked, batched, offset-addressed log
 //! parts), `spool` (a run's log bytes until the server stored them: memory, then a file),
 //! `spare` (each worker loop's pre-created run network, which keeps `docker network
 //! create` off dispatch), `leftovers` (what dead runs left: engine objects of dead owners,
 //! work directories of runs this agent does not hold).
 
-pub mod control;
 mod leftovers;
 mod log_writer;
 mod prepare;
@@ -36,14 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use kiln_api::agent::{HeldRun, LeaseRequest, MAX_WAIT_SECS};
+use kiln_api::control::Control;
+use kiln_task::run_id::RunId;
 use kiln_worker::Engine;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::api::agent::{HeldRun, LeaseRequest, MAX_WAIT_SECS};
-use crate::run_id::RunId;
-use control::Control;
 
 /// Default lease: an agent that stops heartbeating loses its run after this long.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);

@@ -13,18 +13,17 @@ use std::sync::{Mutex, PoisonError};
 
 use chrono::Utc;
 use flate2::read::GzDecoder;
+use kiln_api::Source;
+use kiln_api::agent::Lease;
+use kiln_api::control::{Control, ControlError};
+use kiln_plan::plan::{GitSsh, Plan, RegistryCredential};
+use kiln_task::render::RunVars;
+use kiln_task::run_id::RunId;
 use kiln_worker::build::remote;
-use kiln_worker::plan::{GitSsh, Plan, RegistryCredential};
 
-use crate::api::Source;
-use crate::api::agent::Lease;
-use crate::render::RunVars;
-use crate::request;
-use crate::run_id::RunId;
-use crate::uploads;
-
-use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
+use crate::request;
+use crate::uploads;
 
 /// Why a run could not be prepared; the message is the run's error.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +107,10 @@ pub(crate) async fn prepare(
             Some(dest)
         }
         Source::Git { url } | Source::Tarball { url } => {
-            let remote = remote::detect(url)?
-                .ok_or_else(|| PrepareError::NotRemote { url: remote::redact(url) })?;
-            if let (remote::Remote::Git { reference: Some(r), .. }, true) =
+            let remote = kiln_plan::remote::detect(url)
+                .map_err(remote::RemoteError::from)?
+                .ok_or_else(|| PrepareError::NotRemote { url: kiln_plan::remote::redact(url) })?;
+            if let (kiln_plan::remote::Remote::Git { reference: Some(r), .. }, true) =
                 (&remote, branch.is_empty())
             {
                 branch = r.clone();
@@ -134,7 +134,7 @@ pub(crate) async fn prepare(
             })?;
             // A tarball was bounded while it was written; a git checkout is libgit2's to write,
             // so it is measured once it is there (all of it, whatever subfolder is the context).
-            if matches!(remote, remote::Remote::Git { .. }) {
+            if matches!(remote, kiln_plan::remote::Remote::Git { .. }) {
                 check_size(&dest, limit).await?;
             }
             log.line("Finished downloading source code");

@@ -14,20 +14,19 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
+use kiln_api::ErrorBody;
+use kiln_api::agent::{
+    AgentSession, Beat, Fence, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS,
+    RunOutcome, StatusUpdate, WatchReply, WatchRequest,
+};
+use kiln_api::control::{Control, ControlError, ControlResult};
+use kiln_api::paths;
+use kiln_api::status::RunStatus;
+use kiln_task::run_id::RunId;
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt as _;
-
-use super::control::{Control, ControlError, ControlResult};
-use crate::api::ErrorBody;
-use crate::api::agent::{
-    AgentSession, Beat, Fence, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS,
-    RunOutcome, StatusUpdate, WatchReply, WatchRequest,
-};
-use crate::api::paths;
-use crate::run_id::RunId;
-use crate::store::RunStatus;
 
 /// How long one call may take beyond the wait it asked for.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,25 +8,25 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kiln_worker::image_ref::ImageRef;
-use kiln_worker::plan::StepId;
-use kiln_worker::{Engine, RunOptions, RunStatus as WorkerStatus};
+use kiln_api::Image;
+use kiln_api::agent::{Lease, RunOutcome};
+use kiln_api::control::{Control, ControlError};
+use kiln_api::status::RunStatus;
+use kiln_plan::event::RunStatus as WorkerStatus;
+use kiln_plan::image_ref::ImageRef;
+use kiln_plan::plan::StepId;
+use kiln_task::run_id::RunId;
+use kiln_worker::{Engine, RunOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Image;
-use crate::api::agent::{Lease, RunOutcome};
-use crate::run_id::RunId;
-use crate::run_log::{self, Dependencies};
-use crate::store::RunStatus;
-use crate::trigger::base_image;
-
-use super::control::{Control, ControlError};
 use super::log_writer::LogWriter;
 use super::prepare;
 use super::spare::Spare;
 use super::spool::Spool;
 use super::{Backoff, Held, Shared};
+use crate::run_log::{self, Dependencies};
+use crate::trigger::base_image;
 
 /// Events the worker may have in flight before it waits for the log writer.
 const EVENT_CHANNEL: usize = 256;
@@ -208,9 +208,9 @@ fn without_server_paths(message: &str, data_dir: &Path) -> String {
 /// `kiln_worker::execute`, owning its sender so the log writer sees the channel close.
 async fn run_plan(
     engine: &Engine,
-    plan: &kiln_worker::plan::Plan,
+    plan: &kiln_plan::plan::Plan,
     options: RunOptions,
-    events: mpsc::Sender<kiln_worker::Event>,
+    events: mpsc::Sender<kiln_plan::event::Event>,
     cancel: CancellationToken,
 ) -> kiln_worker::RunSummary {
     kiln_worker::execute(engine, plan, options, events, cancel).await

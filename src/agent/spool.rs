@@ -19,9 +19,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use kiln_api::agent::LogMark;
 use tokio::sync::Notify;
-
-use crate::api::agent::LogMark;
 
 /// Arrival marks kept at most (a few hundred KiB); beyond, bytes share the last mark's time.
 pub(crate) const MAX_MARKS: usize = 16 * 1024;

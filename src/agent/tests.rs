@@ -6,26 +6,26 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use kiln_worker::plan::RegistryCredential;
-
-use std::sync::Arc;
-
-use super::{Agent, AgentConfig};
-use crate::api::{
+use kiln_api::status::{RunStatus, RunType};
+use kiln_api::{
     Argument, DockerBuildRequest, EncodedTaskRequest, FileTaskRequest, RunRequest, Source,
 };
+use kiln_plan::plan::RegistryCredential;
+use kiln_task::run_id::{RunId, RunIdPrefix};
+
+use super::{Agent, AgentConfig};
 use crate::log_hub::LogHub;
-use crate::run_id::{RunId, RunIdPrefix};
 use crate::secret_box::SecretBox;
 use crate::server::dispatch::{Dispatcher, LocalLink, RunSettings};
 use crate::store::lease::Claimant;
 use crate::store::lease::SERVER_STOPPED_MESSAGE;
-use crate::store::{NewRun, RunRecord, RunStatus, RunType, Store};
+use crate::store::{NewRun, RunRecord, Store};
 use crate::uploads;
 
 /// Longest a test waits for a run; only reached when something is broken.
@@ -422,8 +422,8 @@ async fn a_new_session_settles_what_the_agents_dead_predecessor_held() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() {
-    use kiln_worker::plan::StepId;
-    use kiln_worker::{Event, LogStream};
+    use kiln_plan::event::{Event, LogStream};
+    use kiln_plan::plan::StepId;
     use tokio_util::sync::CancellationToken;
 
     use super::log_writer::LogWriter;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use kiln_api::agents::{Agent, AgentPool, CreateAgent, UpdateAgent};
 
 use super::agent_run::{self, AgentRunArgs};
 use super::confirm::delete_confirmed;
@@ -20,7 +21,6 @@ use super::remote::{self, ServerOptions};
 use super::runs::{format_fields, print_rows, utc};
 use super::task::{ListArgs, ShowOutput, print_record};
 use crate::agent_def::{self, AgentDefError};
-use crate::api::agents::{Agent, AgentPool, CreateAgent, UpdateAgent};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -219,9 +219,9 @@ fn agent_table(agent: &Agent) -> String {
 mod tests {
     use super::super::runs::{format_table, format_tsv};
     use super::*;
-    use crate::api::Platform;
     use chrono::{TimeZone as _, Utc};
     use clap::Parser as _;
+    use kiln_api::Platform;
 
     #[derive(Debug, clap::Parser)]
     struct Line {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use kiln_worker::image_ref::ImageRef;
+use kiln_api::{Argument, DockerBuildRequest, Platform, RunRequest};
+use kiln_plan::image_ref::ImageRef;
 
 use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
-use crate::api::{Argument, DockerBuildRequest, Platform, RunRequest};
 use crate::pack::resolve_dockerfile;
 
 #[derive(Debug, Args)]

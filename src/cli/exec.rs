@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use clap::Args;
-use kiln_worker::plan::{RegistryCredential, StepId};
-use kiln_worker::{Engine, Event, RunOptions, RunStatus, RunSummary, StepStatus};
+use kiln_plan::event::{Event, RunStatus, StepStatus};
+use kiln_plan::plan::{RegistryCredential, StepId};
+use kiln_worker::{Engine, RunOptions, RunSummary};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +98,7 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn run(plan: kiln_worker::plan::Plan, options: RunOptions) -> anyhow::Result<RunStatus> {
+async fn run(plan: kiln_plan::plan::Plan, options: RunOptions) -> anyhow::Result<RunStatus> {
     let engine = Engine::connect().await?;
     // What crashed kiln processes left on this engine goes first; live runs of others stay.
     match kiln_worker::sweep_orphans(&engine).await {

@@ -29,7 +29,7 @@ pub fn status(error: &anyhow::Error) -> u8 {
             return if e.is_local() { USAGE } else { FAILED };
         }
         // The server refused or could not be reached (an agent's calls).
-        if cause.is::<Refusal>() || cause.is::<crate::agent::control::ControlError>() {
+        if cause.is::<Refusal>() || cause.is::<kiln_api::control::ControlError>() {
             return FAILED;
         }
     }

@@ -6,10 +6,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
+use kiln_api::status::RunStatus;
 
 use super::remote::{self, ServerOptions};
 use crate::client::{Client, ClientError};
-use crate::store::RunStatus;
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {

@@ -10,20 +10,18 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_api::status::RunStatus;
+use kiln_api::{MAX_JSON_BYTES, Run, RunRequest, Source};
+use kiln_plan::remote::{self, DetectError, Remote};
+use kiln_task::diagnostic::Diagnostics;
 
-use kiln_worker::build::remote::{self, Remote, RemoteError};
-
-use crate::api::{MAX_JSON_BYTES, Run, RunRequest, Source};
+use super::task_file::{print_diagnostics, summary};
 use crate::client::{
     CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
 };
-use crate::diagnostic::Diagnostics;
 use crate::pack::{self, human_size};
 use crate::run_log;
-use crate::store::RunStatus;
 use crate::uploads;
-
-use super::task_file::{print_diagnostics, summary};
 
 /// `--no-logs` / `--no-wait`, as in az.
 #[derive(Debug, Clone, Copy, Args)]
@@ -125,7 +123,7 @@ impl SourceArg {
     /// agent fetches them with): git URLs end in `.git` (optionally `#ref:folder`), or are
     /// `git://`, `file://` or Azure DevOps repositories; another http(s) URL is a tarball;
     /// anything else is a local directory. SSH and OCI sources are refused here, clearly.
-    pub(super) fn classify(source: &str) -> Result<SourceArg, RemoteError> {
+    pub(super) fn classify(source: &str) -> Result<SourceArg, DetectError> {
         if source == "/dev/null" {
             return Ok(SourceArg::None);
         }
@@ -405,7 +403,7 @@ mod tests {
         Run {
             run_id: "ka9".into(),
             status,
-            run_type: crate::store::RunType::QuickRun,
+            run_type: kiln_api::status::RunType::QuickRun,
             trigger: "Manual".into(),
             trigger_detail: Default::default(),
             task: None,
@@ -413,7 +411,7 @@ mod tests {
             start_time: Some(start),
             finish_time: Some(start + chrono::TimeDelta::seconds(secs)),
             last_updated_time: start,
-            platform: crate::api::Platform::parse("linux/amd64"),
+            platform: kiln_api::Platform::parse("linux/amd64"),
             timeout: 3600,
             output_images: vec![],
             dependencies: None,

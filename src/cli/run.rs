@@ -12,12 +12,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
+use kiln_api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
+use kiln_task::config::Config;
+use kiln_task::values::{SetFlag, SetValue};
 
 use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
-use crate::api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
-use crate::config::Config;
 use crate::request::{CheckError, check, cmd_request};
-use crate::values::{SetFlag, SetValue};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

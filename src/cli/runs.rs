@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
+use kiln_api::status::RunStatus;
+use kiln_api::{Run, RunQuery};
 
 use super::remote::{self, ServerOptions};
-use crate::api::{Run, RunQuery};
 use crate::client::{Client, format_duration};
-use crate::store::RunStatus;
 
 /// How records are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,9 +221,9 @@ pub(super) fn format_tsv<const N: usize>(rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Platform;
-    use crate::store::RunType;
     use chrono::{TimeDelta, TimeZone as _, Utc};
+    use kiln_api::Platform;
+    use kiln_api::status::RunType;
 
     fn run(id: &str, task: Option<&str>, status: RunStatus, secs: Option<i64>) -> Run {
         let start = Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap();

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use chrono::TimeDelta;
 use clap::Args;
-use kiln_worker::plan::{GitSsh, RegistryCredential};
+use kiln_plan::plan::{GitSsh, RegistryCredential};
+use kiln_task::config::Config;
 
-use crate::config::Config;
 use crate::server::GitSshFiles;
 use crate::server::{ServeConfig, serve as run_server};
 use crate::store::DatabaseUrl;

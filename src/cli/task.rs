@@ -13,7 +13,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
-use kiln_worker::plan::GitSsh;
+use kiln_api::status::RunStatus;
+use kiln_api::task::{
+    BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
+    TaskRunRequest, TaskStatus, TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
+};
+use kiln_api::{Argument, Platform, RunQuery, Source};
+use kiln_api::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
+use kiln_plan::plan::GitSsh;
 
 use super::build::build_arg;
 use super::confirm::delete_confirmed;
@@ -25,14 +32,7 @@ use super::runs::{
     CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, parse_status,
     print_rows, print_runs, show_run, utc,
 };
-use crate::api::task::{
-    BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
-    TaskRunRequest, TaskStatus, TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
-};
-use crate::api::{Argument, Platform, RunQuery, Source};
 use crate::request::cmd_request;
-use crate::store::RunStatus;
-use crate::store::runs::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
 use crate::task_def::{check_name, is_task_file};
 use crate::task_run::overlay;
 use crate::trigger::cron::{Schedule, parse_timer_arg};
@@ -1411,7 +1411,7 @@ mod tests {
             name: name.into(),
             definition,
             timers,
-            webhook: crate::api::task::Webhook {
+            webhook: kiln_api::task::Webhook {
                 url: "http://k/webhooks/a".into(),
                 secret: "whsec".into(),
             },

@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use kiln_worker::plan::{Action, Plan};
+use kiln_plan::plan::RunId;
+use kiln_plan::plan::{Action, Plan};
+use kiln_task::config::Config;
+use kiln_task::diagnostic::Diagnostics;
+use kiln_task::plan::{Planned, plan_file};
+use kiln_task::render::{RunVars, TemplateData};
+use kiln_task::run_id::format_run_id;
+use kiln_task::task::load::{LoadOptions, Loaded};
+use kiln_task::values::{SetFlag, SetValue, Values, merge_values};
 use serde_json::json;
 
 use super::Output;
-use crate::config::Config;
-use crate::diagnostic::Diagnostics;
-use crate::plan::{Planned, plan_file};
-use crate::render::{RunVars, TemplateData};
-use crate::run_id::format_run_id;
-use crate::task::load::{LoadOptions, Loaded};
-use crate::values::{SetFlag, SetValue, Values, merge_values};
-use kiln_worker::plan::RunId;
 
 /// ACR fetches remote alias sources with a 2-second timeout.
 const ALIAS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);

@@ -13,18 +13,19 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kiln_api::ErrorBody;
+use kiln_api::agent::{
+    AgentSession, Beat, Fence, Lease, LeaseRequest, LogAck, LogPart, MAX_LOG_PART, RunOutcome,
+    StatusUpdate, WatchReply, WatchRequest,
+};
+use kiln_api::status::RunStatus;
+use kiln_task::run_id::RunId;
 
 use super::dispatch::DispatchError;
 use super::error::ApiError;
 use super::state::AppState;
-use crate::api::ErrorBody;
-use crate::api::agent::{
-    AgentSession, Beat, Fence, Lease, LeaseRequest, LogAck, LogPart, MAX_LOG_PART, RunOutcome,
-    StatusUpdate, WatchReply, WatchRequest,
-};
-use crate::run_id::RunId;
 use crate::store::lease::Claimant;
-use crate::store::{AgentRecord, RunStatus, StoreError};
+use crate::store::{AgentRecord, StoreError};
 
 /// The largest agent request body: a [`LogPart`] of [`MAX_LOG_PART`] bytes in base64, with room
 /// for its JSON.

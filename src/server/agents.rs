@@ -8,14 +8,13 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-
-use crate::agent_def::{self, AgentDefError};
-use crate::api::agents::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
-use crate::api::{ErrorBody, List};
-use crate::store::AgentUpdate;
+use kiln_api::agents::{Agent, AgentPool, CreateAgent, CreatedAgent, UpdateAgent};
+use kiln_api::{ErrorBody, List};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::agent_def::{self, AgentDefError};
+use crate::store::AgentUpdate;
 
 impl From<AgentDefError> for ApiError {
     fn from(e: AgentDefError) -> Self {
@@ -38,7 +37,7 @@ pub async fn create(
     agent_def::check_labels(&create.labels)?;
     let (record, token) =
         state.store.create_agent(&create.name, create.pool.as_deref(), &create.labels).await?;
-    Ok((StatusCode::CREATED, Json(CreatedAgent { agent: Agent::from_record(&record), token })))
+    Ok((StatusCode::CREATED, Json(CreatedAgent { agent: Agent::from(&record), token })))
 }
 
 /// List agents, by name.
@@ -47,7 +46,7 @@ pub async fn create(
         (status = 403, description = "Not an admin token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<List<Agent>>, ApiError> {
     let agents = state.store.list_agents().await?;
-    Ok(Json(List::all(agents.iter().map(Agent::from_record).collect())))
+    Ok(Json(List::all(agents.iter().map(Agent::from).collect())))
 }
 
 /// An agent.
@@ -60,7 +59,7 @@ pub async fn get(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(Agent::from_record(&state.store.get_agent(&name).await?)))
+    Ok(Json(Agent::from(&state.store.get_agent(&name).await?)))
 }
 
 /// Change an agent's pool or labels.
@@ -76,7 +75,7 @@ pub async fn update(
 ) -> Result<Json<Agent>, ApiError> {
     let Json(update) = body?;
     let record = state.store.update_agent(&name, &store_update(update)?).await?;
-    Ok(Json(Agent::from_record(&record)))
+    Ok(Json(Agent::from(&record)))
 }
 
 /// Delete an agent: its token stops working and the runs it holds end as Error.

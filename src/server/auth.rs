@@ -11,11 +11,11 @@ use axum::http::HeaderValue;
 use axum::http::header::{AUTHORIZATION, CONNECTION};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
+use kiln_api::agents::AgentWhoAmI;
+use kiln_api::{TokenRole, WhoAmI};
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::api::agents::AgentWhoAmI;
-use crate::api::{TokenRole, WhoAmI};
 use crate::store::{AgentRecord, StoreResult, TokenInfo};
 
 /// The token of `Authorization: Bearer <token>`, if the header has that form.
@@ -96,7 +96,7 @@ fn refuse(error: ApiError) -> Response {
 /// The token the request was made with (`kiln whoami`, and `kiln login`'s check).
 #[utoipa::path(get, path = "/whoami", tag = "meta",
     responses((status = 200, description = "The token's name and role", body = WhoAmI),
-        (status = 401, description = "No valid token", body = crate::api::ErrorBody)))]
+        (status = 401, description = "No valid token", body = kiln_api::ErrorBody)))]
 pub async fn whoami(Extension(token): Extension<TokenInfo>) -> Json<WhoAmI> {
     let role = if token.is_admin { TokenRole::Admin } else { TokenRole::User };
     Json(WhoAmI { name: token.name, role })
@@ -105,7 +105,7 @@ pub async fn whoami(Extension(token): Extension<TokenInfo>) -> Json<WhoAmI> {
 /// The agent an agent token belongs to (`kiln agent run` checks its token with it).
 #[utoipa::path(get, path = "/agent/whoami", tag = "agents", security(("agentToken" = [])),
     responses((status = 200, description = "The agent's name, pool and labels", body = AgentWhoAmI),
-        (status = 401, description = "No valid agent token (API tokens are refused)", body = crate::api::ErrorBody)))]
+        (status = 401, description = "No valid agent token (API tokens are refused)", body = kiln_api::ErrorBody)))]
 pub async fn agent_whoami(Extension(agent): Extension<AgentRecord>) -> Json<AgentWhoAmI> {
     Json(AgentWhoAmI::from(&agent))
 }

@@ -20,20 +20,19 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use kiln_worker::plan::RegistryCredential;
+use kiln_api::task::WebhookAnswer;
+use kiln_api::{ErrorBody, Image};
+use kiln_plan::plan::RegistryCredential;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::task::WebhookAnswer;
-use crate::api::{ErrorBody, Image};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::secret_box::SecretBox;
 use crate::store::{BaseImageRecord, ClaimOutcome, RunRecord, Store, StoreError};
 use crate::task_def;
 use crate::task_run::{self, Firing};
 use crate::trigger::notification;
 use crate::trigger::registry::{self, RegistryAuth, TagRef};
-
-use super::error::ApiError;
-use super::state::AppState;
 
 /// How long one registry lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -219,11 +218,11 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
-    use kiln_worker::build::report::DigestKind;
+    use kiln_plan::report::DigestKind;
 
     use super::*;
-    use crate::run_id::RunIdPrefix;
     use crate::store::{RunFilter, TaskWrite};
+    use kiln_task::run_id::RunIdPrefix;
 
     /// A base image only the engine had (its local image ID stored) is not a moved tag when a
     /// registry first reports it: the registry's digest is recorded, without a run; a later

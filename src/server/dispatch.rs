@@ -14,23 +14,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use kiln_worker::plan::RegistryCredential;
+use kiln_api::agent::{
+    Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS, RunOutcome, WatchReply,
+};
+use kiln_api::control::{Control, ControlError, ControlResult};
+use kiln_api::status::RunStatus;
+use kiln_api::task::RegistryLogin;
+use kiln_plan::plan::RegistryCredential;
+use kiln_task::run_id::RunId;
 use tokio::sync::Notify;
 
 use super::git_ssh::GitSshFiles;
-use crate::agent::control::{Control, ControlError, ControlResult};
-use crate::api::agent::{
-    Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS, RunOutcome, WatchReply,
-};
-use crate::api::task::RegistryLogin;
 use crate::log_hub::LogHub;
 use crate::queue::{self, QueueError};
-use crate::run_id::RunId;
 use crate::secret_box::SecretBox;
 use crate::store::lease::Claimant;
-use crate::store::{
-    BaseImageRecord, LogTime, OutputImage, RunRecord, RunStatus, Store, StoreError,
-};
+use crate::store::{BaseImageRecord, LogTime, OutputImage, RunRecord, Store, StoreError};
 use crate::trigger::base_image;
 use crate::uploads::{self, ContextLimit};
 
@@ -361,8 +360,8 @@ impl Dispatcher {
     }
 }
 
-impl From<&crate::api::Image> for OutputImage {
-    fn from(i: &crate::api::Image) -> Self {
+impl From<&kiln_api::Image> for OutputImage {
+    fn from(i: &kiln_api::Image) -> Self {
         OutputImage {
             registry: i.registry.clone(),
             repository: i.repository.clone(),

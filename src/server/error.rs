@@ -9,11 +9,12 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use kiln_api::status::RunStatus;
+use kiln_api::{ErrorBody, ErrorDetail};
+use kiln_task::diagnostic::Diagnostic;
+use kiln_task::run_id::RunId;
 
-use crate::api::{ErrorBody, ErrorDetail};
-use crate::diagnostic::Diagnostic;
-use crate::run_id::RunId;
-use crate::store::{RunStatus, StoreError};
+use crate::store::StoreError;
 
 /// What the 401 says (the client tells the user how to fix it).
 pub const UNAUTHORIZED_MESSAGE: &str =

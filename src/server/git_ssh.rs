@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_worker::plan::GitSsh;
+use kiln_plan::plan::GitSsh;
 
 /// A file of the identity could not be read. The cause is in the message and not a `source`,
 /// so the CLI prints it once.

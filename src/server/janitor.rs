@@ -14,13 +14,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use kiln_task::run_id::RunId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{DispatchError, Dispatcher};
 use crate::agent::{Agent, Leftovers};
 use crate::log_hub::LogHub;
-use crate::run_id::RunId;
 use crate::store::lease::Expired;
 use crate::store::{Store, StoreError};
 use crate::uploads;

@@ -7,11 +7,10 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
-
-use crate::api::MAX_JSON_BYTES;
-use crate::uploads::ContextLimit;
+use kiln_api::MAX_JSON_BYTES;
 
 use super::error::ApiError;
+use crate::uploads::ContextLimit;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -23,16 +23,16 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _, stream};
+use kiln_api::status::RunStatus;
+use kiln_api::{ErrorBody, LOG_OFFSET_HEADER, LogQuery};
+use kiln_task::run_id::RunId;
 use tokio::sync::watch;
-
-use crate::api::{ErrorBody, LOG_OFFSET_HEADER, LogQuery};
-use crate::log_hub::{LogHub, LogProgress};
-use crate::run_id::RunId;
-use crate::run_log;
-use crate::store::{RunStatus, Store, StoreError};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::log_hub::{LogHub, LogProgress};
+use crate::run_log;
+use crate::store::{Store, StoreError};
 
 /// Largest read from the store at once.
 pub const PAGE_BYTES: usize = 1 << 20;

@@ -52,17 +52,18 @@ use axum::middleware;
 use axum::routing::{get, patch, post, put};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
-use kiln_worker::plan::RegistryCredential;
+use kiln_api::paths;
+use kiln_plan::plan::RegistryCredential;
+use kiln_task::run_id::RunIdPrefix;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentConfig, AgentError};
-use crate::api::paths;
 use crate::log_hub::LogHub;
-use crate::run_id::RunIdPrefix;
 use crate::secret_box::SecretBox;
 use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
 use crate::uploads::ContextLimit;
+
 pub use git_ssh::GitSshFiles;
 
 use crate::store::lease::{Claimant, SERVER_STOPPED_MESSAGE};
@@ -141,7 +142,7 @@ pub fn router(state: AppState) -> Router {
             patch(tasks::update_timer).delete(tasks::remove_timer),
         )
         .merge(admin_routes())
-        .layer(DefaultBodyLimit::max(crate::api::MAX_JSON_BYTES))
+        .layer(DefaultBodyLimit::max(kiln_api::MAX_JSON_BYTES))
         .route_layer(middleware::from_fn(limits::json_body));
     let protected = Router::new()
         .route(paths::UPLOADS, post(uploads::upload))

@@ -1,16 +1,14 @@
 //! `GET /openapi.json`: the API described by the handlers' own `#[utoipa::path]` annotations
-//! and the wire types of [`crate::api`], so the document cannot drift from the code.
+//! and the wire types of [`kiln_api`], so the document cannot drift from the code.
 
 use axum::Json;
+use kiln_api::status::{RunStatus, RunType};
+use kiln_api::{self as api, agent, agents, task};
+use kiln_plan::report::{Dependency, GitReference, ImageReference};
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
-
-use kiln_worker::build::{Dependency, GitReference, ImageReference};
-
-use crate::api::{self, agent, agents, task};
-use crate::store::{RunStatus, RunType};
 
 /// The scheme name operations refer to.
 pub const BEARER: &str = "bearer";

@@ -8,23 +8,23 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use kiln_worker::build::remote;
-use tokio::time::Instant;
-
-use crate::api::{
-    self, ErrorBody, List, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest, RunWait,
-    Source, paths,
+use kiln_api::status::RunStatus;
+use kiln_api::{
+    self as api, ErrorBody, List, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest,
+    RunWait, Source, paths,
 };
-use crate::log_hub::LogHub;
-use crate::queue;
-use crate::request::{CheckError, RequestError, check};
-use crate::run_id::RunId;
-use crate::store::runs::DEFAULT_TOP;
-use crate::store::{RunFilter, RunRecord, RunStatus, Store};
-use crate::uploads;
+use kiln_plan::remote;
+use kiln_task::run_id::RunId;
+use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::state::{AppState, Settings};
+use crate::log_hub::LogHub;
+use crate::queue;
+use crate::request::{CheckError, RequestError, check};
+use crate::store::runs::DEFAULT_TOP;
+use crate::store::{RunFilter, RunRecord, Store};
+use crate::uploads;
 
 /// The longest `GET /runs/{id}?wait=` honoured, in seconds.
 pub const MAX_WAIT_SECS: u64 = 60;
@@ -44,7 +44,7 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(request) = request?;
     let record = submit_run(&state, request, queue::Origin::default()).await?;
-    Ok((StatusCode::CREATED, Json(api::Run::from_record(&record))))
+    Ok((StatusCode::CREATED, Json(api::Run::from(&record))))
 }
 
 /// List runs, newest first, a page at a time (`nextLink` points at the next page).
@@ -85,7 +85,7 @@ pub async fn get(
         }
         None => state.store.get_run(&id).await?,
     };
-    Ok(Json(api::Run::from_record(&record)))
+    Ok(Json(api::Run::from(&record)))
 }
 
 /// Cancel a run: a queued one at once, a running one through its worker.
@@ -98,7 +98,7 @@ pub async fn cancel(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<api::Run>, ApiError> {
     let record = cancel_run(&state, &RunId::new(id)).await?;
-    Ok(Json(api::Run::from_record(&record)))
+    Ok(Json(api::Run::from(&record)))
 }
 
 /// Validates `request` and queues it for `origin`; wakes waiting agents.
@@ -198,7 +198,7 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
             next_link = Some(format!("{}?{}", paths::RUNS, query_string(&next)));
         }
     }
-    Ok(List { value: runs.iter().map(api::Run::from_record).collect(), next_link })
+    Ok(List { value: runs.iter().map(api::Run::from).collect(), next_link })
 }
 
 /// `query` as a URL query string.

@@ -8,21 +8,20 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use chrono::Utc;
-
-use crate::api::task::{
+use kiln_api::task::{
     BaseImageDependency, CreateTask, Task, TaskDefinition, TaskEvent, TaskRunRequest, Timer,
     TimerSpec, UpdateTask, UpdateTimer, Webhook,
 };
-use crate::api::{self, ErrorBody, List, legacy, paths};
+use kiln_api::{self as api, ErrorBody, List, legacy, paths};
+
+use super::error::ApiError;
+use super::runs::{submit_run, validate};
+use super::state::AppState;
 use crate::queue::Origin;
 use crate::store::{RunRecord, StoreError, TaskParts, TaskRecord, TimerRecord};
 use crate::task_def::{self, TaskDefError};
 use crate::task_run::{self, Firing, TaskRunError};
 use crate::trigger::cron::Schedule;
-
-use super::error::ApiError;
-use super::runs::{submit_run, validate};
-use super::state::AppState;
 
 /// History entries `task show` includes.
 const HISTORY_SHOWN: i64 = 20;
@@ -122,7 +121,7 @@ pub async fn run(
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(overrides) = body?;
     let record = run_task(&state, &name, &overrides).await?;
-    Ok((StatusCode::CREATED, Json(api::Run::from_record(&record))))
+    Ok((StatusCode::CREATED, Json(api::Run::from(&record))))
 }
 
 /// Add a timer.

@@ -8,19 +8,19 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::response::IntoResponse as _;
 use chrono::{TimeDelta, Utc};
+use kiln_api::status::RunStatus;
+use kiln_api::{self as api, ErrorBody, LOG_OFFSET_HEADER};
+use kiln_task::run_id::RunId;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use axum::response::IntoResponse as _;
-
 use super::janitor::{Janitor, Sweep};
 use super::*;
-use crate::api::{self, ErrorBody, LOG_OFFSET_HEADER};
-use crate::run_id::RunId;
+use crate::store::Store;
 use crate::store::lease::Claimant;
 use crate::store::runs::WAITING_LINE;
-use crate::store::{RunStatus, Store};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -76,7 +76,7 @@ fn start() -> Server {
                 public_url: "http://kiln.invalid".to_string(),
                 data_dir: data_dir.clone(),
                 default_registry: Some("registry.local:5000".to_string()),
-                images: crate::config::Config::default().image_aliases(),
+                images: kiln_task::config::Config::default().image_aliases(),
                 max_upload_bytes: 1024 * 1024,
                 max_context: crate::uploads::ContextLimit::from_mb(2),
             }),
@@ -580,7 +580,8 @@ async fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
 
 #[tokio::test]
 async fn server_janitor_applies_retention_and_expires_lost_runs() {
-    use crate::store::{NewRun, RunType};
+    use crate::store::NewRun;
+    use kiln_api::status::RunType;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), RunIdPrefix::new("ka").unwrap()).await.unwrap();
     let hub = LogHub::new();

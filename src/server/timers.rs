@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kiln_api::task::TaskDefinition;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::task::TaskDefinition;
 use crate::secret_box::SecretBox;
 use crate::store::{ClaimOutcome, RunRecord, Store, StoreResult, TimerClaim};
 use crate::task_def;
@@ -140,10 +140,10 @@ mod tests {
     use chrono::TimeZone as _;
 
     use super::*;
-    use crate::api::task::{TaskDefinition, TimerSpec};
     use crate::queue;
-    use crate::run_id::RunIdPrefix;
     use crate::store::TimerRecord;
+    use kiln_api::task::{TaskDefinition, TimerSpec};
+    use kiln_task::run_id::RunIdPrefix;
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -167,7 +167,7 @@ mod tests {
             let def: TaskDefinition = serde_json::from_value(serde_json::json!({
                 "contextPath": "/dev/null",
                 "step": {"type": "EncodedTask",
-                    "encodedTaskContent": crate::api::base64_text::encode("steps:\n  - cmd: busybox true\n")},
+                    "encodedTaskContent": kiln_api::base64_text::encode("steps:\n  - cmd: busybox true\n")},
             }))
             .unwrap();
             let write = task_def::seal(&self.secrets, name, &def).unwrap();
@@ -178,7 +178,7 @@ mod tests {
                     let spec = TimerSpec {
                         name: timer.to_string(),
                         schedule: schedule.to_string(),
-                        status: crate::api::task::TaskStatus::Enabled,
+                        status: kiln_api::task::TaskStatus::Enabled,
                     };
                     let schedule = Schedule::parse(schedule).unwrap();
                     TimerRecord {
@@ -265,7 +265,7 @@ mod tests {
         f.task(&store, "b", &[("t1", "* * * * *", at(10, 0, 0, 0))]).await;
         let record = store.get_task("b").await.unwrap();
         let mut def = task_def::open(&f.secrets, &record).unwrap();
-        def.status = crate::api::task::TaskStatus::Disabled;
+        def.status = kiln_api::task::TaskStatus::Disabled;
         store.update_task("b", task_def::seal(&f.secrets, "b", &def).unwrap()).await.unwrap();
         assert!(tick(&store, &f.secrets, at(10, 0, 1, 0)).await.unwrap().is_empty());
         assert_eq!(store.next_timer_fire().await.unwrap(), None);

@@ -12,15 +12,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::TryStreamExt as _;
+use kiln_api::{ErrorBody, Upload};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt as _;
-
-use crate::api::{ErrorBody, Upload};
-use crate::uploads::{self, ContextLimit, ContextTooLarge};
 
 use super::error::ApiError;
 use super::limits;
 use super::state::AppState;
+use crate::uploads::{self, ContextLimit, ContextTooLarge};
 
 /// Store a context archive (`.tar.gz`).
 #[utoipa::path(post, path = "/uploads", tag = "uploads",

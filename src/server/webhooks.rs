@@ -13,15 +13,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
+use kiln_api::task::{TaskDefinition, WebhookAnswer};
 
-use crate::api::task::{TaskDefinition, WebhookAnswer};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::store::{SourceOutcome, StoreError};
 use crate::task_def;
 use crate::task_run::{self, Firing};
 use crate::trigger::webhook::{self, SourceEvent, WebhookError};
-
-use super::error::ApiError;
-use super::state::AppState;
 
 /// Largest delivery accepted (GitHub caps payloads at 25 MB).
 pub const MAX_DELIVERY_BYTES: usize = 25 * 1024 * 1024;
@@ -33,8 +32,8 @@ pub const MAX_DELIVERY_BYTES: usize = 25 * 1024 * 1024;
     responses(
         (status = 202, description = "A run was queued", body = WebhookAnswer),
         (status = 200, description = "Nothing to build, or already built", body = WebhookAnswer),
-        (status = 400, description = "Unknown sender or malformed payload", body = crate::api::ErrorBody),
-        (status = 401, description = "Bad or missing signature, or an unknown task", body = crate::api::ErrorBody)))]
+        (status = 400, description = "Unknown sender or malformed payload", body = kiln_api::ErrorBody),
+        (status = 401, description = "Bad or missing signature, or an unknown task", body = kiln_api::ErrorBody)))]
 pub async fn deliver(
     State(state): State<AppState>,
     UrlPath(task): UrlPath<String>,

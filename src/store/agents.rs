@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-
-use crate::run_id::RunId;
+use kiln_api::agents as wire;
+use kiln_task::run_id::RunId;
 
 use super::tokens::{hash_token, new_token};
 use super::{Store, StoreError, StoreResult, from_millis, now_millis, on_db, on_tx};
@@ -307,5 +307,42 @@ impl Store {
                 queued_run_count,
             })
             .collect())
+    }
+}
+
+/// The API views of the registry's records.
+impl From<&AgentRecord> for wire::Agent {
+    fn from(record: &AgentRecord) -> Self {
+        wire::Agent {
+            name: record.name.clone(),
+            pool: record.pool.clone(),
+            labels: record.labels.clone(),
+            platforms: record.platforms.iter().map(|p| kiln_api::Platform::parse(p)).collect(),
+            capacity: record.capacity,
+            runs_in_hand: record.runs_in_hand,
+            version: record.version.clone(),
+            last_seen: record.last_seen_at,
+            creation_date: record.created_at,
+        }
+    }
+}
+
+impl From<&PoolRecord> for wire::AgentPool {
+    fn from(p: &PoolRecord) -> Self {
+        wire::AgentPool {
+            name: p.name.clone(),
+            agent_count: p.agent_count,
+            queued_run_count: p.queued_run_count,
+        }
+    }
+}
+
+impl From<&AgentRecord> for wire::AgentWhoAmI {
+    fn from(record: &AgentRecord) -> Self {
+        wire::AgentWhoAmI {
+            name: record.name.clone(),
+            pool: record.pool.clone(),
+            labels: record.labels.clone(),
+        }
     }
 }

@@ -10,9 +10,8 @@
 //! A notification inside a transaction is delivered when it commits, and not at all when it rolls
 //! back, so nobody is woken for a run or bytes that do not exist.
 
+use kiln_task::run_id::RunId;
 use sqlx::postgres::PgListener;
-
-use crate::run_id::RunId;
 
 use super::{Db, Store, StoreResult, Tx, on_tx};
 

@@ -13,11 +13,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-
-use crate::run_id::RunId;
+use kiln_api::status::RunStatus;
+use kiln_task::run_id::RunId;
 
 use super::runs::{OutputImage, RunRecord, RunRow};
-use super::status::RunStatus;
 use super::{
     Store, StoreError, StoreResult, duration_millis, from_millis, now_millis, on_db, to_millis,
 };

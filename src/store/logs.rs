@@ -11,8 +11,7 @@
 //! transaction.
 
 use chrono::{DateTime, TimeDelta, Utc};
-
-use crate::run_id::RunId;
+use kiln_task::run_id::RunId;
 
 use super::{Store, StoreError, StoreResult, Tx, from_millis, on_db, on_tx, to_millis};
 

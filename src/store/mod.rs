@@ -32,7 +32,6 @@ pub mod events;
 pub mod lease;
 pub mod logs;
 pub mod runs;
-pub mod status;
 pub mod tasks;
 pub mod tokens;
 pub mod triggers;
@@ -46,10 +45,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kiln_task::run_id::RunIdPrefix;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-
-use crate::run_id::RunIdPrefix;
 
 pub use agents::{AgentRecord, AgentUpdate, PoolRecord};
 pub use db::{BadDatabaseUrl, DatabaseUrl};
@@ -59,7 +57,6 @@ pub use events::{StoreEvent, StoreEvents};
 pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData, LogTime};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
-pub use status::{RunStatus, RunType};
 pub use tasks::{TaskEventRecord, TaskParts, TaskRecord, TaskWrite, TimerRecord};
 pub use tokens::TokenInfo;
 pub use triggers::{BaseImageRecord, ClaimOutcome, SourceOutcome, TimerClaim};

@@ -3,17 +3,13 @@
 //! conversion lives here too, so a corrupt row is a typed error rather than a panic.
 
 use chrono::{DateTime, Utc};
+use kiln_api::status::{RunStatus, RunType};
+use kiln_api::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
+use kiln_task::run_id::{RunId, format_run_id};
 use serde::{Deserialize, Serialize};
 
-use crate::run_id::{RunId, format_run_id};
-
-use super::status::{RunStatus, RunType};
 use super::{Store, StoreError, StoreResult, Tx, from_millis, now_millis, on_db, on_tx};
 
-/// Default run timeout (§6.6).
-pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
-/// Default platform (§6.2).
-pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 /// Every run's log starts with ACR's queue line (§6.1); it is stored with the run, so a
 /// follower of a queued run sees it at once.
 pub const WAITING_LINE: &str = "Waiting for an agent...\n";
@@ -354,7 +350,7 @@ impl Store {
 /// (a trigger's claim). Its first statement is a write, so it may open a transaction.
 pub(crate) async fn insert_run(
     tx: &mut Tx,
-    prefix: &crate::run_id::RunIdPrefix,
+    prefix: &kiln_task::run_id::RunIdPrefix,
     new: NewRun,
 ) -> StoreResult<RunRecord> {
     let now = now_millis();
@@ -402,6 +398,17 @@ pub(crate) async fn insert_run(
     .map(|done| done.rows_affected()))?;
     super::events::notify_in(tx, &super::StoreEvent::Queued).await?;
     row.try_into()
+}
+
+impl From<&OutputImage> for kiln_api::Image {
+    fn from(i: &OutputImage) -> Self {
+        kiln_api::Image {
+            registry: i.registry.clone(),
+            repository: i.repository.clone(),
+            tag: i.tag.clone(),
+            digest: i.digest.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! a server (`KILN_TEST_POSTGRES_URL`, which `scripts/test-env.sh` writes and CI always has);
 //! each test gets a database of its own there, so concurrent tests never share state.
 
-use crate::run_id::RunIdPrefix;
+use kiln_task::run_id::RunIdPrefix;
 
 use super::{DatabaseUrl, Store};
 

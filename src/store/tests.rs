@@ -6,12 +6,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use kiln_api::status::{RunStatus, RunType};
+use kiln_task::run_id::{RunId, RunIdPrefix};
 
 use super::lease::{Claimant, SERVER_STOPPED_MESSAGE};
 use super::runs::WAITING_LINE;
 use super::test_db::backends;
 use super::*;
-use crate::run_id::{RunId, RunIdPrefix};
 
 /// Bytes every log starts with.
 const WAITING: u64 = WAITING_LINE.len() as u64;

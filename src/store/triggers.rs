@@ -8,7 +8,7 @@
 //! * base images: compare-and-set of the stored digest.
 
 use chrono::{DateTime, Utc};
-use kiln_worker::build::report::DigestKind;
+use kiln_plan::report::DigestKind;
 
 use super::runs::{NewRun, RunRecord, insert_run};
 use super::tasks::{TimerRecord, TimerRow, insert_event};

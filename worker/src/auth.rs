@@ -10,9 +10,8 @@
 use std::collections::HashMap;
 
 use bollard::auth::DockerCredentials;
-
-use crate::image_ref::{DOCKER_HUB_AUTH_KEY, DOCKER_HUB_HOST, normalize_registry_host};
-use crate::plan::RegistryCredential;
+use kiln_plan::image_ref::{DOCKER_HUB_AUTH_KEY, DOCKER_HUB_HOST, normalize_registry_host};
+use kiln_plan::plan::RegistryCredential;
 
 /// The credential for `host` (an image's registry host), if the run has one.
 pub fn for_host(credentials: &[RegistryCredential], host: &str) -> Option<DockerCredentials> {

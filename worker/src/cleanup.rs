@@ -16,11 +16,11 @@ use bollard::query_parameters::{
     RemoveImageOptions, RemoveVolumeOptions,
 };
 use futures_util::future::join_all;
+use kiln_plan::plan::RunId;
 
 use crate::engine::Engine;
 use crate::names::RUN_LABEL;
 use crate::owner::{self, OWNER_LABEL, Verdict};
-use crate::plan::RunId;
 
 /// What a sweep removed, by Docker name, and what it could not remove.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

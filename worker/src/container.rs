@@ -17,12 +17,13 @@ use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
 };
 use futures_util::StreamExt;
+use kiln_plan::event::LogStream;
+use kiln_plan::plan::{PlanStep, StepId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::event::{Events, LogStream};
+use crate::events::Events;
 use crate::image::engine_message;
-use crate::plan::{PlanStep, StepId};
 use crate::ports::{PortError, Ports};
 use crate::workspace::container_working_dir;
 
@@ -285,7 +286,7 @@ async fn remove(docker: &Docker, name: &str) -> Result<(), bollard::errors::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Action, EnvVar};
+    use kiln_plan::plan::{Action, EnvVar};
 
     fn step() -> PlanStep {
         PlanStep {

@@ -16,11 +16,12 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Poll, Waker};
 
 use bollard::Docker;
+use kiln_plan::event::{Event, LogStream};
+use kiln_plan::plan::{Plan, PlanStep, StepId};
 use tokio::sync::Notify;
 
 use crate::build::{self, BuildRequest};
-use crate::event::{Event, Events, LogStream};
-use crate::plan::{Plan, PlanStep, StepId};
+use crate::events::Events;
 use crate::push;
 use crate::workspace::CONTAINER_PATH;
 
@@ -83,7 +84,7 @@ pub(crate) async fn run(
                 })
                 .collect();
             // The report as ACR prints it (kebab-case keys): what the log shows and the run keeps.
-            let report = serde_json::to_value(build::report::printed(&outcome.dependencies))
+            let report = serde_json::to_value(kiln_plan::report::printed(&outcome.dependencies))
                 .map_err(|e| e.to_string())?;
             events.push(Event::DependencyReport { step: step.id.clone(), report });
             Ok(events)
@@ -213,7 +214,7 @@ mod tests {
     #[tokio::test]
     async fn pipe_forwards_everything_in_order() {
         let (tx, mut rx) = mpsc::channel(64);
-        let events = Events::new(tx, crate::mask::Secrets::default());
+        let events = Events::new(tx, kiln_plan::mask::Secrets::default());
         let pipe = LogPipe::default();
         let step = StepId::new("b");
         let producer = async {
@@ -238,7 +239,7 @@ mod tests {
         // four times what the pipe holds; the producer must wait instead of dropping output or
         // growing the buffer.
         let (tx, mut rx) = mpsc::channel(1);
-        let events = Events::new(tx, crate::mask::Secrets::default());
+        let events = Events::new(tx, kiln_plan::mask::Secrets::default());
         let pipe = LogPipe::default();
         let step = StepId::new("b");
         let piece = vec![b'x'; 64 * 1024];

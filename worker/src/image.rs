@@ -9,11 +9,11 @@ use bollard::Docker;
 use bollard::models::CreateImageInfo;
 use bollard::query_parameters::CreateImageOptions;
 use futures_util::StreamExt;
+use kiln_plan::image_ref::ImageRef;
+use kiln_plan::plan::{RegistryCredential, StepId};
 
 use crate::auth;
-use crate::event::Events;
-use crate::image_ref::ImageRef;
-use crate::plan::{RegistryCredential, StepId};
+use crate::events::Events;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

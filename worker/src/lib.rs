@@ -1,9 +1,11 @@
 //! kiln's execution crate.
 //!
-//! The worker takes a fully rendered [`plan::Plan`] and runs it as containers on a Docker engine.
+//! The worker takes a fully rendered `kiln_plan::plan::Plan` and runs it as containers on a
+//! Docker engine.
 //! It knows no YAML, no templates and no HTTP: everything a task file meant has been decided by the
 //! control plane (the `kiln` crate) before a plan reaches it, so a remote worker needs nothing but
-//! the plan and an engine.
+//! the plan and an engine. The plan, the events and the other pure vocabulary it shares with the
+//! control plane are the `kiln-plan` crate; what is here needs the engine (bollard).
 //!
 //! Where each idea lives:
 //!
@@ -23,10 +25,9 @@
 //! | [`names`] | engine object names and labels |
 //! | `ports` | `ports`/`expose` syntax |
 //! | [`build`] | build steps: arguments, context, `.dockerignore`, Dockerfile scan, remote contexts |
-//! | [`push`] | push steps, with [`auth`] (registry logins) and [`image_ref`] (references) |
+//! | [`push`] | push steps, with [`auth`] (registry logins) |
 //! | `delegate` | the seam from a step to the build and push modules |
-//! | [`event`] | the event stream and status vocabulary |
-//! | [`mask`] | keeping the plan's secret values out of logs |
+//! | `events` | sending the event stream, masked and in bounded pieces |
 
 pub mod auth;
 pub mod backoff;
@@ -35,13 +36,10 @@ pub mod cleanup;
 mod container;
 mod delegate;
 pub mod engine;
-pub mod event;
+mod events;
 mod image;
-pub mod image_ref;
-pub mod mask;
 pub mod names;
 pub mod owner;
-pub mod plan;
 mod ports;
 pub mod push;
 pub mod run;
@@ -53,6 +51,5 @@ pub mod workspace;
 
 pub use cleanup::{SweepReport, sweep, sweep_orphans};
 pub use engine::{Engine, EngineError};
-pub use event::{Event, LogStream, RunStatus, StepStatus};
 pub use run::{RunOptions, RunSummary, StepSummary, execute};
 pub use spare::{SpareError, SpareNetwork};

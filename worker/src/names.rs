@@ -11,8 +11,9 @@
 
 use std::collections::HashMap;
 
+use kiln_plan::plan::{RunId, StepId};
+
 use crate::owner::Owner;
-use crate::plan::{RunId, StepId};
 
 /// Label carrying the run ID on every container, network and volume kiln creates.
 pub const RUN_LABEL: &str = "kiln.run";

@@ -13,11 +13,12 @@
 use bollard::Docker;
 use bollard::query_parameters::PushImageOptions;
 use futures_util::StreamExt;
+use kiln_plan::image_ref::{ImageRef, RefError};
+use kiln_plan::plan::RegistryCredential;
+use kiln_plan::report::{Dependency, DigestKind};
 
 use crate::auth;
 use crate::backoff;
-use crate::image_ref::{ImageRef, RefError};
-use crate::plan::RegistryCredential;
 
 const ATTEMPTS: u32 = 3;
 
@@ -164,8 +165,21 @@ pub(crate) fn engine_message(error: bollard::errors::Error) -> String {
     }
 }
 
+/// Fills `image.digest` of every entry whose image was pushed.
+pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
+    for dep in deps {
+        if let Some(image) = &mut dep.image
+            && let Some(p) = pushed.iter().find(|p| image.is(&p.image))
+        {
+            image.set_digest(p.digest.clone(), DigestKind::RepoDigest);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use kiln_plan::report::ImageReference;
+
     use super::*;
 
     #[test]
@@ -198,5 +212,32 @@ mod tests {
         let err = run(&docker, &[digest], &[], &log).await.unwrap_err();
         assert!(matches!(err, PushError::Digest { .. }), "{err}");
         assert!(run(&docker, &[], &[], &log).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn pushed_digests_are_matched_by_image() {
+        let mut deps = vec![
+            Dependency {
+                image: Some(ImageReference::from_ref(
+                    &ImageRef::parse("127.0.0.1:5000/a").unwrap(),
+                )),
+                runtime: None,
+                buildtime: vec![],
+                git: None,
+            },
+            Dependency {
+                image: Some(ImageReference::from_ref(
+                    &ImageRef::parse("127.0.0.1:5000/a:v2").unwrap(),
+                )),
+                runtime: None,
+                buildtime: vec![],
+                git: None,
+            },
+        ];
+        let pushed =
+            [Pushed { image: "127.0.0.1:5000/a:latest".into(), digest: "sha256:x".into() }];
+        fill_pushed_digests(&mut deps, &pushed);
+        assert_eq!(deps[0].image.as_ref().map(|i| i.digest.as_str()), Some("sha256:x"));
+        assert_eq!(deps[1].image.as_ref().map(|i| i.digest.as_str()), Some(""));
     }
 }

@@ -18,18 +18,19 @@ use bollard::Docker;
 use bollard::models::NetworkCreateRequest;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use kiln_plan::event::{Event, RunStatus, StepStatus};
+use kiln_plan::mask::Secrets;
+use kiln_plan::plan::{Plan, PlanStep, RunId, StepId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cleanup;
 use crate::engine::Engine;
-use crate::event::{Event, Events, RunStatus, StepStatus};
+use crate::events::Events;
 use crate::image::{self, engine_message};
-use crate::mask::Secrets;
 use crate::names;
 use crate::owner::Owner;
-use crate::plan::{Plan, PlanStep, RunId, StepId};
 use crate::schedule::Schedule;
 use crate::spare::{self, SpareNetwork};
 use crate::step::{self, StepOutcome, millis};
@@ -206,7 +207,7 @@ pub async fn execute(
             events
                 .system(
                     Some(&step.id),
-                    crate::event::step_marked(&step.id, "successful", millis(step.elapsed)),
+                    kiln_plan::event::step_marked(&step.id, "successful", millis(step.elapsed)),
                 )
                 .await;
         }

@@ -12,14 +12,14 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use kiln_plan::event::{Event, LogStream, StepStatus};
+use kiln_plan::plan::{Action, PlanStep, Pull};
 use tokio_util::sync::CancellationToken;
 
 use crate::container::{self, Exit, Setup};
 use crate::delegate::{self, Job, LogPipe, Request};
-use crate::event::{Event, LogStream, StepStatus};
 use crate::image;
 use crate::names;
-use crate::plan::{Action, PlanStep, Pull};
 use crate::run::RunContext;
 use crate::workspace::container_working_dir;
 

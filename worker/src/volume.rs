@@ -21,12 +21,12 @@ use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
+use kiln_plan::plan::{RunId, SecretVolume};
 use tokio::sync::OnceCell;
 
 use crate::image::engine_message;
 use crate::names;
 use crate::owner::Owner;
-use crate::plan::{RunId, SecretVolume};
 
 /// Where the helper container mounts the volume while it is filled.
 const FILL_PATH: &str = "/kiln-secret";
@@ -174,7 +174,7 @@ fn archive(spec: &SecretVolume) -> Result<Vec<u8>, VolumeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::SecretFile;
+    use kiln_plan::plan::SecretFile;
 
     fn volume(files: &[(&str, &str)]) -> SecretVolume {
         SecretVolume {

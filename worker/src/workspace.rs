@@ -9,8 +9,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use kiln_plan::plan::RunId;
+
 use crate::names;
-use crate::plan::RunId;
 
 /// Where the workspace appears inside every step container.
 pub const CONTAINER_PATH: &str = "/workspace";

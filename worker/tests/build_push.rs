@@ -19,8 +19,10 @@ use bollard::query_parameters::{
     RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
-use kiln_worker::build::{self, BuildError, BuildOutcome, BuildRequest, DigestKind};
-use kiln_worker::plan::{EnvVar, RegistryCredential};
+use kiln_plan::plan::{EnvVar, RegistryCredential};
+use kiln_plan::report::{self, DigestKind};
+use kiln_worker::build::{self, BuildError, BuildOutcome, BuildRequest};
+use kiln_worker::push::fill_pushed_digests;
 use kiln_worker::push::{self, PushError};
 
 const TEST_LABEL: &str = "kiln.test";
@@ -353,11 +355,11 @@ async fn push_and_pull_with_credentials() {
     assert!(!text.contains("Pushing"), "byte progress is not logged:\n{text}");
 
     let mut deps = outcome.dependencies.clone();
-    build::fill_pushed_digests(&mut deps, &pushed);
+    fill_pushed_digests(&mut deps, &pushed);
     let digests: Vec<&str> =
         deps.iter().map(|d| d.image.as_ref().unwrap().digest.as_str()).collect();
     assert_eq!(digests, [open_digest.as_str(), auth_digest.as_str()]);
-    let json = build::report_json(&deps);
+    let json = report::report_json(&deps);
     assert!(json.contains(&format!("\"digest\":\"{open_digest}\"")), "{json}");
 
     let wrong = [credential(&env.auth_registry, &env.user, "wrong-password")];
@@ -406,7 +408,7 @@ async fn push_and_pull_with_credentials() {
         (runtime.digest.as_str(), runtime.digest_kind),
         (base.as_str(), Some(DigestKind::ImageId))
     );
-    let json = build::report_json(&outcome.dependencies);
+    let json = report::report_json(&outcome.dependencies);
     assert!(
         json.contains(&format!("\"digest\":\"{base}\",\"digest-kind\":\"image-id\"")),
         "{json}"

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use kiln_plan::image_ref::ImageRef;
+use kiln_plan::plan::EnvVar;
+use kiln_plan::remote;
 use kiln_worker::build::dockerignore::DockerIgnore;
-use kiln_worker::build::{args, remote, scan};
-use kiln_worker::image_ref::ImageRef;
-use kiln_worker::plan::EnvVar;
+use kiln_worker::build::{args, scan};
 use proptest::prelude::*;
 
 /// Text biased towards the characters these parsers give meaning to.

@@ -9,14 +9,12 @@ use std::collections::HashMap;
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{CreateContainerOptions, RemoveImageOptions};
 use common::*;
+use kiln_plan::event::{Event, LogStream, RunStatus, StepStatus};
+use kiln_plan::plan::{Action, Network, RunId, StepId};
 use kiln_worker::names::ROLE_LABEL;
 use kiln_worker::names::RUN_LABEL;
-use kiln_worker::plan::{Action, Network, RunId, StepId};
 use kiln_worker::spare::SPARE_ROLE;
-use kiln_worker::{
-    Engine, EngineError, Event, LogStream, RunStatus, SpareNetwork, StepStatus, sweep,
-    sweep_orphans,
-};
+use kiln_worker::{Engine, EngineError, SpareNetwork, sweep, sweep_orphans};
 
 #[tokio::test]
 async fn engine_negotiates_down_to_the_local_api() {
@@ -113,10 +111,10 @@ async fn first_failure_kills_running_steps_and_skips_dependants() {
     ));
 }
 
-fn web_plan(run: &RunId) -> kiln_worker::plan::Plan {
+fn web_plan(run: &RunId) -> kiln_plan::plan::Plan {
     let setup = sh("setup", "mkdir -p /workspace/www && echo \"$RUN\" > /workspace/www/index.html");
     let mut setup = setup;
-    setup.env = vec![kiln_worker::plan::EnvVar { name: "RUN".into(), value: run.to_string() }];
+    setup.env = vec![kiln_plan::plan::EnvVar { name: "RUN".into(), value: run.to_string() }];
     let mut web =
         after(cmd("web", &["httpd", "-f", "-p", "8080", "-h", "/workspace/www"]), &["setup"]);
     web.detach = true;

@@ -14,10 +14,10 @@ use bollard::query_parameters::WaitContainerOptions;
 use bollard::query_parameters::{PushImageOptions, RemoveImageOptions, TagImageOptions};
 use common::*;
 use futures_util::StreamExt;
-use kiln_worker::plan::{
+use kiln_plan::event::{Event, LogStream, RunStatus, StepStatus};
+use kiln_plan::plan::{
     Action, EnvVar, Pull, RegistryCredential, SecretFile, SecretVolume, VolumeMount,
 };
-use kiln_worker::{Event, LogStream, RunStatus, StepStatus};
 
 #[tokio::test]
 async fn env_workdir_entrypoint_and_user_reach_the_container() {
@@ -459,7 +459,7 @@ async fn two_hundred_megabytes_of_output_arrive_whole() {
     let done = live.finish(&engine).await;
     assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
     assert_eq!(total, size);
-    assert!(largest <= kiln_worker::event::MAX_LOG_CHUNK);
+    assert!(largest <= kiln_plan::event::MAX_LOG_CHUNK);
 }
 
 fn registry() -> String {

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::image_ref::ImageRef;
-use crate::plan::EnvVar;
+use kiln_plan::image_ref::ImageRef;
+use kiln_plan::plan::EnvVar;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {

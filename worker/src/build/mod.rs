@@ -5,7 +5,7 @@
 //! ([`remote`]), tar the context honouring `.dockerignore` ([`dockerignore`], [`context`]),
 //! stream it to `POST /build` with the run's registry credentials for `FROM` pulls, stream the
 //! builder's output to the step log, tag the image with every `-t`, and describe what the image
-//! was built from ([`scan`], [`report`]). The classic builder is used for the reason ACR uses it:
+//! was built from ([`scan`], `kiln_plan::report`). The classic builder is used for the reason ACR uses it:
 //! BuildKit images are not in the engine's image store with base-image digests to look up.
 //!
 //! Paths in the build string are confined to the run workspace: the context and `-f` are
@@ -18,7 +18,6 @@ pub mod context;
 pub mod dockerignore;
 pub mod known_hosts;
 pub mod remote;
-pub mod report;
 pub mod scan;
 
 use std::collections::HashMap;
@@ -29,14 +28,11 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
-
-pub use report::{
-    Dependency, DigestKind, GitReference, ImageReference, fill_pushed_digests, report_json,
-};
+use kiln_plan::image_ref::ImageRef;
+use kiln_plan::plan::{EnvVar, GitSsh, RegistryCredential};
+use kiln_plan::report::{Dependency, DigestKind, GitReference, ImageReference};
 
 use crate::auth;
-use crate::image_ref::ImageRef;
-use crate::plan::{EnvVar, GitSsh, RegistryCredential};
 use crate::push::engine_message;
 
 /// Where ACR mounts the shared run volume; absolute paths under it name workspace paths.
@@ -56,7 +52,7 @@ pub struct BuildRequest<'a> {
     pub credentials: &'a [RegistryCredential],
     /// The identity for an SSH git context.
     pub git_ssh: Option<&'a GitSsh>,
-    /// The plan's [`crate::plan::Plan::context_limit`].
+    /// The plan's [`kiln_plan::plan::Plan::context_limit`].
     pub context_limit: Option<u64>,
 }
 
@@ -68,7 +64,7 @@ pub struct BuildOutcome {
     /// `sha256:…` image id.
     pub image_id: String,
     /// One entry per image (one with `image: None` for an untagged build); image digests are
-    /// empty until pushed (see [`fill_pushed_digests`]).
+    /// empty until pushed (see [`crate::push::fill_pushed_digests`]).
     pub dependencies: Vec<Dependency>,
 }
 
@@ -119,27 +115,28 @@ pub async fn run(
         ));
     }
 
-    let (context_dir, dockerfile, commit) = match remote::detect(&args.context)? {
-        Some(remote) => {
-            let dest = download_dir(req)?;
-            let fetched =
-                remote::fetch(&remote, &dest, req.git_ssh, req.context_limit, log).await?;
-            let dockerfile = match &args.dockerfile {
-                Some(file) => resolve(req.workspace, &fetched.context_dir, file),
-                None => fetched.context_dir.join("Dockerfile"),
-            };
-            (fetched.context_dir, dockerfile, fetched.commit)
-        }
-        None => {
-            let context_dir = resolve(req.workspace, req.working_dir, &args.context);
-            let dockerfile = match &args.dockerfile {
-                Some(file) => resolve(req.workspace, req.working_dir, file),
-                None => context_dir.join("Dockerfile"),
-            };
-            let commit = local_git_head(&context_dir, req.workspace);
-            (context_dir, dockerfile, commit)
-        }
-    };
+    let (context_dir, dockerfile, commit) =
+        match kiln_plan::remote::detect(&args.context).map_err(remote::RemoteError::from)? {
+            Some(remote) => {
+                let dest = download_dir(req)?;
+                let fetched =
+                    remote::fetch(&remote, &dest, req.git_ssh, req.context_limit, log).await?;
+                let dockerfile = match &args.dockerfile {
+                    Some(file) => resolve(req.workspace, &fetched.context_dir, file),
+                    None => fetched.context_dir.join("Dockerfile"),
+                };
+                (fetched.context_dir, dockerfile, fetched.commit)
+            }
+            None => {
+                let context_dir = resolve(req.workspace, req.working_dir, &args.context);
+                let dockerfile = match &args.dockerfile {
+                    Some(file) => resolve(req.workspace, req.working_dir, file),
+                    None => context_dir.join("Dockerfile"),
+                };
+                let commit = local_git_head(&context_dir, req.workspace);
+                (context_dir, dockerfile, commit)
+            }
+        };
     let context_dir = confine(req.workspace, &context_dir, "build context")?;
     let dockerfile = confine(req.workspace, &dockerfile, "Dockerfile")?;
     let prepared = context::prepare(&context_dir, &dockerfile)?;

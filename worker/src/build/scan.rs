@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::image_ref::ImageRef;
+use kiln_plan::image_ref::ImageRef;
 
 /// What a Dockerfile depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, ListVolumesOptions};
+use kiln_plan::event::{Event, LogStream, StepStatus};
+use kiln_plan::plan::{Action, Plan, PlanStep, RunId, StepId};
 use kiln_worker::names::RUN_LABEL;
 use kiln_worker::owner::{OWNER_LABEL, OWNER_LOCK_LABEL};
-use kiln_worker::plan::{Action, Plan, PlanStep, RunId, StepId};
-use kiln_worker::{Engine, Event, LogStream, RunOptions, RunSummary, StepStatus, execute};
+use kiln_worker::{Engine, RunOptions, RunSummary, execute};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -1,17 +1,15 @@
 //! The agent's one view of the control plane: leasing runs, heartbeats, log parts, the end of a
 //! run, cancels, and the context archives of uploads. Two links implement it — the server's own
-//! dispatcher in-process (`kiln serve --workers N`) and [`super::remote::RemoteControl`] over
+//! dispatcher in-process (`kiln serve --workers N`) and `RemoteControl` (the agent's `remote.rs`) over
 //! HTTP (`kiln agent run`) — so a run executes through exactly one code path wherever the agent
 //! is (issue 12). The agent knows no store: everything it needs comes in the [`Lease`].
 
 use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
+use kiln_task::run_id::RunId;
 
-use crate::api::agent::{
-    Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, RunOutcome, WatchReply,
-};
-use crate::run_id::RunId;
+use crate::agent::{Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, RunOutcome, WatchReply};
 
 /// Why the control plane did not take an agent's call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

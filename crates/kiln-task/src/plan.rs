@@ -6,7 +6,7 @@
 //! redirect) the user is told, since the container would receive those as arguments.
 
 use base64::Engine as _;
-use kiln_worker::plan::{
+use kiln_plan::plan::{
     Action, Network, Plan, PlanStep, Pull, RunId, SecretFile, SecretVolume, VolumeMount,
 };
 

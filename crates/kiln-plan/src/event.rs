@@ -1,14 +1,12 @@
 //! What a run reports while it executes: the [`Event`] stream and the status vocabulary.
 //!
-//! Events are the worker's only output besides the final [`crate::RunSummary`], and they are
+//! Events are the worker's only output besides the final `RunSummary` (`kiln-worker`), and they are
 //! serde-serializable so a remote worker can ship them as JSON lines. They travel over a
 //! **bounded** channel: when the consumer is slow, steps wait for it (Docker buffers the
 //! container's output meanwhile) instead of kiln buffering a step's 200 MB of output in memory.
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use crate::mask::{MaskedStream, Secrets};
 use crate::plan::{RunId, StepId};
 
 /// Largest log payload of one [`Event::Log`]; bigger container frames are split so a single
@@ -123,56 +121,10 @@ pub enum RunStatus {
     Failed,
     /// The run's cancellation token fired.
     Canceled,
-    /// The run-wide timeout ([`crate::RunOptions::timeout`]) expired.
+    /// The run-wide timeout (`kiln_worker::RunOptions::timeout`) expired.
     Timeout,
     /// kiln itself could not run the plan (engine, workspace, network or plan problems).
     Error,
-}
-
-/// The run's event channel, shared by every task of the run, with the run's secrets to mask.
-///
-/// A consumer that hangs up does not stop the run: events are then dropped, and the run still
-/// finishes and cleans up, which is what a worker whose client went away must do.
-#[derive(Debug, Clone)]
-pub(crate) struct Events {
-    tx: mpsc::Sender<Event>,
-    secrets: Secrets,
-}
-
-impl Events {
-    pub(crate) fn new(tx: mpsc::Sender<Event>, secrets: Secrets) -> Self {
-        Self { tx, secrets }
-    }
-
-    /// A masker for one stream of output, to pass each piece through before [`Events::log`].
-    pub(crate) fn masker(&self) -> MaskedStream {
-        self.secrets.stream()
-    }
-
-    /// `text` with the run's secrets masked, for messages that leave the worker.
-    pub(crate) fn mask(&self, text: &str) -> String {
-        self.secrets.text(text)
-    }
-
-    pub(crate) async fn send(&self, event: Event) {
-        // Err only means the receiver is gone; see the type's doc.
-        let _ = self.tx.send(event).await;
-    }
-
-    /// Sends `data` as log events of at most [`MAX_LOG_CHUNK`] bytes each. `data` must have
-    /// gone through a [`Events::masker`] already.
-    pub(crate) async fn log(&self, step: Option<&StepId>, stream: LogStream, data: &[u8]) {
-        for piece in data.chunks(MAX_LOG_CHUNK) {
-            self.send(Event::Log { step: step.cloned(), stream, data: piece.to_vec() }).await;
-        }
-    }
-
-    /// One system line (masked; a newline is appended).
-    pub(crate) async fn system(&self, step: Option<&StepId>, line: impl Into<String>) {
-        let mut line = self.mask(&line.into());
-        line.push('\n');
-        self.log(step, LogStream::System, line.as_bytes()).await;
-    }
 }
 
 /// Log bytes as a base64 string in JSON: compact, and arbitrary binary output survives.
@@ -238,22 +190,6 @@ mod tests {
         })
         .expect("serializes");
         assert_eq!(json, serde_json::json!({"event": "log", "stream": "system", "data": "aGkK"}));
-    }
-
-    #[tokio::test]
-    async fn large_logs_are_split_into_bounded_events() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let events = Events::new(tx, Secrets::default());
-        let data = vec![b'x'; MAX_LOG_CHUNK * 2 + 1];
-        let sender = tokio::spawn(async move {
-            events.log(None, LogStream::Stdout, &data).await;
-        });
-        let mut sizes = Vec::new();
-        while let Some(Event::Log { data, .. }) = rx.recv().await {
-            sizes.push(data.len());
-        }
-        sender.await.expect("sender finished");
-        assert_eq!(sizes, vec![MAX_LOG_CHUNK, MAX_LOG_CHUNK, 1]);
     }
 
     #[test]

@@ -12,19 +12,28 @@
 //! a [`Platform`] object, a timeout always seconds named `timeout`, every timestamp RFC 3339 with
 //! milliseconds ([`millis`]), lists a [`List`] and errors an [`ErrorBody`]. Stored requests and
 //! definitions of older releases are read through [`legacy`].
+//!
+//! As a crate, kiln-api owns what the server, the agent and the client must agree on: these
+//! wire types, the run [`status`] vocabulary the wire shows, and the agent's [`control::Control`]
+//! link, so that the server (its in-process link) and the agent can both name it while neither
+//! depends on the other. It must not know the store, axum, Docker or an HTTP client (no sqlx,
+//! axum, reqwest, bollard): the agent depends on it and must stay free of those. Stored records
+//! become these types on the store's side (`From<&RunRecord> for Run` and the like).
 
 use chrono::{DateTime, Utc};
+use kiln_task::diagnostic::Diagnostic;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::diagnostic::Diagnostic;
-use crate::store::{OutputImage, RunRecord, RunStatus, RunType};
+use crate::status::{RunStatus, RunType};
 
-pub use kiln_worker::build::Dependency;
+pub use kiln_plan::report::Dependency;
 
 pub mod agent;
 pub mod agents;
+pub mod control;
 pub mod legacy;
+pub mod status;
 pub mod task;
 mod task_wire;
 
@@ -302,7 +311,7 @@ impl RunRequest {
         };
         redact_arguments(args);
         if let Source::Git { url } | Source::Tarball { url } = source {
-            *url = kiln_worker::build::remote::redact(url);
+            *url = kiln_plan::remote::redact(url);
         }
         copy
     }
@@ -397,16 +406,10 @@ pub struct Image {
     pub digest: String,
 }
 
-impl From<&OutputImage> for Image {
-    fn from(i: &OutputImage) -> Self {
-        Image {
-            registry: i.registry.clone(),
-            repository: i.repository.clone(),
-            tag: i.tag.clone(),
-            digest: i.digest.clone(),
-        }
-    }
-}
+/// Default run timeout (§6.6).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+/// Default platform (§6.2).
+pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 
 /// A run record (§6.2), as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -454,32 +457,6 @@ pub struct Run {
 }
 
 impl Run {
-    /// The API view of a stored run. The stored request is redacted (and read through
-    /// [`legacy`]); one that still does not parse is left out rather than failing the read.
-    pub fn from_record(record: &RunRecord) -> Run {
-        Run {
-            run_id: record.id.to_string(),
-            status: record.status,
-            run_type: record.run_type,
-            trigger: record.trigger.clone(),
-            trigger_detail: crate::queue::trigger_detail(record),
-            task: record.task_name.clone(),
-            create_time: record.created_at,
-            start_time: record.started_at,
-            finish_time: record.finished_at,
-            last_updated_time: record.updated_at,
-            platform: Platform::parse(&record.platform),
-            timeout: record.timeout_secs,
-            output_images: record.output_images.iter().map(Image::from).collect(),
-            dependencies: record.dependencies.as_deref().and_then(|d| serde_json::from_str(d).ok()),
-            run_error_message: record.error_message.clone(),
-            log_length: record.log_len,
-            agent_pool_name: record.agent_pool.clone(),
-            agent_name: record.agent_name.clone(),
-            request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
-        }
-    }
-
     /// finish − start, when both are known (the CLI's DURATION).
     pub fn duration(&self) -> Option<chrono::TimeDelta> {
         Some(self.finish_time? - self.start_time?)

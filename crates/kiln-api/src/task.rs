@@ -163,7 +163,7 @@ impl TaskDefinition {
         for login in &mut copy.credentials {
             login.password = REDACTED.to_string();
         }
-        copy.context = kiln_worker::build::remote::redact(&copy.context);
+        copy.context = kiln_plan::remote::redact(&copy.context);
         copy
     }
 
@@ -188,8 +188,8 @@ impl TaskDefinition {
     /// Source triggers need a git context (§5.1: forced off for `/dev/null`).
     pub fn has_git_context(&self) -> bool {
         matches!(
-            kiln_worker::build::remote::detect(&self.context),
-            Ok(Some(kiln_worker::build::remote::Remote::Git { .. }))
+            kiln_plan::remote::detect(&self.context),
+            Ok(Some(kiln_plan::remote::Remote::Git { .. }))
         )
     }
 }
@@ -305,7 +305,7 @@ pub struct BaseImageDependency {
     pub digest: String,
     /// `repo-digest` or `image-id`; absent when `digest` is empty.
     #[serde(default, rename = "digestKind", skip_serializing_if = "Option::is_none")]
-    pub digest_kind: Option<kiln_worker::build::report::DigestKind>,
+    pub digest_kind: Option<kiln_plan::report::DigestKind>,
 }
 
 /// Something that happened to a task besides a run (a missed timer occurrence).

@@ -50,15 +50,15 @@ impl RunStatus {
     }
 }
 
-impl From<kiln_worker::RunStatus> for RunStatus {
+impl From<kiln_plan::event::RunStatus> for RunStatus {
     /// The worker's verdict on a run it executed (always terminal).
-    fn from(status: kiln_worker::RunStatus) -> Self {
+    fn from(status: kiln_plan::event::RunStatus) -> Self {
         match status {
-            kiln_worker::RunStatus::Succeeded => RunStatus::Succeeded,
-            kiln_worker::RunStatus::Failed => RunStatus::Failed,
-            kiln_worker::RunStatus::Canceled => RunStatus::Canceled,
-            kiln_worker::RunStatus::Timeout => RunStatus::Timeout,
-            kiln_worker::RunStatus::Error => RunStatus::Error,
+            kiln_plan::event::RunStatus::Succeeded => RunStatus::Succeeded,
+            kiln_plan::event::RunStatus::Failed => RunStatus::Failed,
+            kiln_plan::event::RunStatus::Canceled => RunStatus::Canceled,
+            kiln_plan::event::RunStatus::Timeout => RunStatus::Timeout,
+            kiln_plan::event::RunStatus::Error => RunStatus::Error,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Positions are those of the file the user wrote, kept where a later stage (the step graph, the
 //! plan, warnings about aliases) must point at a node.
 
-use kiln_worker::plan::{EnvVar, StepId};
+use kiln_plan::plan::{EnvVar, StepId};
 
 use super::preprocess::Version;
 use crate::diagnostic::Pos;

@@ -279,7 +279,7 @@ fn looks_like_shell(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone as _;
-    use kiln_worker::plan::RunId;
+    use kiln_plan::plan::RunId;
 
     use super::*;
     use crate::render::RunVars;

@@ -7,7 +7,7 @@
 //! `when`) live in [`super::dag`].
 
 use base64::Engine as _;
-use kiln_worker::plan::{EnvVar, StepId};
+use kiln_plan::plan::{EnvVar, StepId};
 
 use super::model::*;
 use super::preprocess::Version;

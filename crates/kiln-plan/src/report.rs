@@ -17,7 +17,6 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::image_ref::{DOCKER_HUB_REPORT_REGISTRY, ImageRef};
-use crate::push::Pushed;
 
 /// One report entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -142,17 +141,6 @@ impl Dependency {
     }
 }
 
-/// Fills `image.digest` of every entry whose image was pushed.
-pub fn fill_pushed_digests(deps: &mut [Dependency], pushed: &[Pushed]) {
-    for dep in deps {
-        if let Some(image) = &mut dep.image
-            && let Some(p) = pushed.iter().find(|p| image.is(&p.image))
-        {
-            image.set_digest(p.digest.clone(), DigestKind::RepoDigest);
-        }
-    }
-}
-
 /// The report as the single JSON line ACR prints after `The following dependencies were found:`,
 /// with ACR's kebab-case keys.
 pub fn report_json(deps: &[Dependency]) -> String {
@@ -273,28 +261,5 @@ mod tests {
         let acr = r#"[{"image":null,"runtime-dependency":null,"buildtime-dependency":null}]"#;
         let parsed: Vec<Dependency> = serde_json::from_str(acr).unwrap();
         assert!(parsed[0].buildtime.is_empty() && parsed[0].git.is_none());
-    }
-
-    #[test]
-    fn pushed_digests_are_matched_by_image() {
-        let mut deps = vec![
-            Dependency {
-                image: Some(reference("127.0.0.1:5000/a")),
-                runtime: None,
-                buildtime: vec![],
-                git: None,
-            },
-            Dependency {
-                image: Some(reference("127.0.0.1:5000/a:v2")),
-                runtime: None,
-                buildtime: vec![],
-                git: None,
-            },
-        ];
-        let pushed =
-            [Pushed { image: "127.0.0.1:5000/a:latest".into(), digest: "sha256:x".into() }];
-        fill_pushed_digests(&mut deps, &pushed);
-        assert_eq!(deps[0].image.as_ref().map(|i| i.digest.as_str()), Some("sha256:x"));
-        assert_eq!(deps[1].image.as_ref().map(|i| i.digest.as_str()), Some(""));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-pub use kiln_worker::plan::RunId;
+pub use kiln_plan::plan::RunId;
 
 /// Longest prefix accepted: IDs must stay short, and ACR's are two characters.
 const MAX_PREFIX_LEN: usize = 8;

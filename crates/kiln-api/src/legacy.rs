@@ -149,8 +149,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::task::{BaseImageTriggerType, TaskDefinition, TaskStep};
-    use crate::api::{Argument, Platform, Source};
+    use crate::task::{BaseImageTriggerType, TaskDefinition, TaskStep};
+    use crate::{Argument, Platform, Source};
 
     #[test]
     fn legacy_requests_of_every_kind_read_as_the_current_shape() {
@@ -240,7 +240,7 @@ mod tests {
     fn current_documents_pass_through_unchanged() {
         let def: TaskDefinition = read(
             json!({"contextPath": "/dev/null", "step": {"type": "EncodedTask",
-                "encodedTaskContent": crate::api::base64_text::encode("steps: []\n")}})
+                "encodedTaskContent": crate::base64_text::encode("steps: []\n")}})
             .to_string()
             .as_bytes(),
         )

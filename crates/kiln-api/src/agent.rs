@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::task::RegistryLogin;
 use super::{Image, RunRequest, TriggerDetail};
-use crate::store::RunStatus;
+use crate::status::RunStatus;
 
 /// The most log bytes one [`LogPart`] may carry (decoded), as GitLab's trace limit: a larger
 /// part is refused, not truncated.
@@ -109,8 +109,8 @@ impl std::fmt::Debug for GitSshIdentity {
     }
 }
 
-impl From<kiln_worker::plan::GitSsh> for GitSshIdentity {
-    fn from(g: kiln_worker::plan::GitSsh) -> Self {
+impl From<kiln_plan::plan::GitSsh> for GitSshIdentity {
+    fn from(g: kiln_plan::plan::GitSsh) -> Self {
         Self {
             private_key: g.private_key,
             known_hosts: g.known_hosts,
@@ -119,7 +119,7 @@ impl From<kiln_worker::plan::GitSsh> for GitSshIdentity {
     }
 }
 
-impl From<GitSshIdentity> for kiln_worker::plan::GitSsh {
+impl From<GitSshIdentity> for kiln_plan::plan::GitSsh {
     fn from(g: GitSshIdentity) -> Self {
         Self {
             private_key: g.private_key,

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Platform, millis};
-use crate::store::{AgentRecord, PoolRecord};
 
 /// A registered agent and what it last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -38,22 +37,6 @@ pub struct Agent {
     pub last_seen: Option<DateTime<Utc>>,
     #[serde(with = "millis")]
     pub creation_date: DateTime<Utc>,
-}
-
-impl Agent {
-    pub fn from_record(record: &AgentRecord) -> Agent {
-        Agent {
-            name: record.name.clone(),
-            pool: record.pool.clone(),
-            labels: record.labels.clone(),
-            platforms: record.platforms.iter().map(|p| Platform::parse(p)).collect(),
-            capacity: record.capacity,
-            runs_in_hand: record.runs_in_hand,
-            version: record.version.clone(),
-            last_seen: record.last_seen_at,
-            creation_date: record.created_at,
-        }
-    }
 }
 
 /// `POST /agents`.
@@ -102,16 +85,6 @@ pub struct AgentPool {
     pub queued_run_count: u64,
 }
 
-impl From<&PoolRecord> for AgentPool {
-    fn from(p: &PoolRecord) -> Self {
-        AgentPool {
-            name: p.name.clone(),
-            agent_count: p.agent_count,
-            queued_run_count: p.queued_run_count,
-        }
-    }
-}
-
 /// `GET /agent/whoami`: the agent an agent token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -121,14 +94,4 @@ pub struct AgentWhoAmI {
     pub pool: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-}
-
-impl From<&AgentRecord> for AgentWhoAmI {
-    fn from(record: &AgentRecord) -> Self {
-        AgentWhoAmI {
-            name: record.name.clone(),
-            pool: record.pool.clone(),
-            labels: record.labels.clone(),
-        }
-    }
 }

@@ -187,11 +187,11 @@ pub(super) struct Definition {
 }
 
 fn default_platform() -> Platform {
-    Platform::parse(crate::store::runs::DEFAULT_PLATFORM)
+    Platform::parse(crate::DEFAULT_PLATFORM)
 }
 
 fn default_timeout() -> u64 {
-    crate::store::runs::DEFAULT_TIMEOUT_SECS
+    crate::DEFAULT_TIMEOUT_SECS
 }
 
 impl TryFrom<Definition> for TaskDefinition {
@@ -396,32 +396,6 @@ mod tests {
                 {"sourceTriggerEvents": ["commit"], "status": "Disabled"}]}}))
         .unwrap();
         assert!(!def.commit_trigger_enabled && !def.pull_request_trigger_enabled);
-    }
-
-    #[test]
-    fn a_patch_of_the_base_image_status_changes_only_that() {
-        let update: UpdateTask = serde_json::from_value(
-            json!({"trigger": {"baseImageTrigger": {"status": "Disabled"}}}),
-        )
-        .unwrap();
-        assert_eq!(
-            update,
-            UpdateTask { base_image_trigger_enabled: Some(false), ..Default::default() }
-        );
-        let mut def = definition("https://h/o/r.git#main");
-        let before = def.clone();
-        crate::task_def::apply(&mut def, update.clone());
-        assert_eq!(
-            def,
-            TaskDefinition { base_image_trigger_enabled: false, ..before },
-            "only the base image trigger's status changed"
-        );
-        // And it is sent as it was read.
-        assert_eq!(
-            serde_json::to_value(&update).unwrap(),
-            json!({"trigger": {"baseImageTrigger": {"name": "defaultBaseimageTriggerName",
-                "status": "Disabled"}}})
-        );
     }
 
     #[test]

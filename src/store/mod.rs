@@ -83,6 +83,8 @@ pub struct Store {
     db: Db,
     prefix: RunIdPrefix,
     url: DatabaseUrl,
+    /// PostgreSQL's sender of `Queued` hints; `None` on SQLite.
+    queued_hints: Option<events::QueuedHints>,
 }
 
 impl Store {
@@ -140,12 +142,19 @@ impl Store {
                 Db::Postgres(pool)
             }
         };
-        Ok(Self { db, prefix, url: url.clone() })
+        let queued_hints = match &db {
+            Db::Postgres(pool) => Some(events::QueuedHints::start(pool.clone())),
+            Db::Sqlite(_) => None,
+        };
+        Ok(Self { db, prefix, url: url.clone(), queued_hints })
     }
 
     /// Closes every connection (checkpointing SQLite's WAL). The store is unusable afterwards.
     pub async fn close(&self) {
         self.db.close().await;
+        if let Some(hints) = &self.queued_hints {
+            hints.stop();
+        }
     }
 
     /// The database this store was opened on.

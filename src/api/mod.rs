@@ -416,6 +416,10 @@ pub struct Run {
     /// The agent that took the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_name: Option<String>,
+    /// While the run is Queued, what it waits for: `Waiting for an agent (pool P, platform
+    /// os/arch)`, the first line of its log; null once an agent took it.
+    #[serde(default)]
+    pub waiting_reason: Option<String>,
     /// The request, secrets shown as `***`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RunRequest>,
@@ -444,6 +448,9 @@ impl Run {
             log_length: record.log_len,
             agent_pool_name: record.agent_pool.clone(),
             agent_name: record.agent_name.clone(),
+            waiting_reason: (record.status == RunStatus::Queued).then(|| {
+                crate::store::runs::waiting_reason(record.agent_pool.as_deref(), &record.platform)
+            }),
             request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
         }
     }

@@ -18,15 +18,21 @@ pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 /// follower of a queued run sees it at once.
 pub const WAITING_LINE: &str = "Waiting for an agent...\n";
 
-/// The line a run's log starts with: what it waits for, when that is more than any agent.
-pub fn waiting_line(pool: Option<&str>, platform: &str) -> String {
+/// What a queued run waits for, when that is more than any agent: `Waiting for an agent (pool
+/// P, platform os/arch)`. The API's `waitingReason` while the run is Queued.
+pub fn waiting_reason(pool: Option<&str>, platform: &str) -> String {
     match pool {
-        Some(pool) => format!("Waiting for an agent (pool {pool}, platform {platform})...\n"),
+        Some(pool) => format!("Waiting for an agent (pool {pool}, platform {platform})"),
         None if platform != DEFAULT_PLATFORM => {
-            format!("Waiting for an agent (platform {platform})...\n")
+            format!("Waiting for an agent (platform {platform})")
         }
-        None => WAITING_LINE.to_string(),
+        None => WAITING_LINE.trim_end_matches("...\n").to_string(),
     }
+}
+
+/// The line a run's log starts with: [`waiting_reason`], as ACR's queue line.
+pub fn waiting_line(pool: Option<&str>, platform: &str) -> String {
+    format!("{}...\n", waiting_reason(pool, platform))
 }
 /// `runErrorMessage` of a run canceled before an agent took it.
 pub const CANCELED_IN_QUEUE: &str = "the run was canceled while waiting for an agent";

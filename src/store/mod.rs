@@ -51,7 +51,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::run_id::RunIdPrefix;
 
-pub use agents::{AgentRecord, AgentUpdate, PoolRecord};
+pub use agents::{AgentRecord, AgentUpdate, EmbeddedRegistration, PoolRecord};
 pub use db::{BadDatabaseUrl, DatabaseUrl};
 pub(crate) use db::{Db, Tx, on_db, on_tx};
 pub use error::{StoreError, StoreResult};

@@ -144,6 +144,9 @@ impl From<&RunRecord> for Run {
             log_length: record.log_len,
             agent_pool_name: record.agent_pool.clone(),
             agent_name: record.agent_name.clone(),
+            waiting_reason: (record.status == kiln_api::status::RunStatus::Queued).then(|| {
+                crate::store::runs::waiting_reason(record.agent_pool.as_deref(), &record.platform)
+            }),
             request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
         }
     }

@@ -52,13 +52,15 @@ fn agents_are_created_listed_shown_updated_and_deleted_through_the_cli() {
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(
         rows[0],
-        "NAME   POOL  LABELS           PLATFORMS  CAPACITY  RUNS IN HAND  VERSION  LAST SEEN",
+        "NAME   KIND    POOL  LABELS           PLATFORMS  CAPACITY  RUNS IN HAND  VERSION  \
+         LAST SEEN",
         "{table}"
     );
-    assert_eq!(rows[2], format!("arm-1  arm   disk=ssd,zone=b{}0", " ".repeat(23)), "{table}");
-    assert_eq!(rows[3], format!("box{}0", " ".repeat(48)), "{table}");
+    let arm = format!("arm-1  remote  arm   disk=ssd,zone=b{}0", " ".repeat(23));
+    assert_eq!(rows[2], arm, "{table}");
+    assert_eq!(rows[3], format!("box    remote{}0", " ".repeat(46)), "{table}");
     let tsv = ok(&server.run(&["agent", "list", "-o", "tsv"]));
-    assert_eq!(tsv, "arm-1\tarm\tdisk=ssd,zone=b\t\t\t0\t\t\nbox\t\t\t\t\t0\t\t\n");
+    assert_eq!(tsv, "arm-1\tremote\tarm\tdisk=ssd,zone=b\t\t\t0\t\t\nbox\tremote\t\t\t\t\t0\t\t\n");
     let listed = json(&server.run(&["agent", "list", "-o", "json"]));
     let names: Vec<&str> =
         listed.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
@@ -191,4 +193,41 @@ fn taken_names_bad_names_and_bad_labels_are_refused_clearly() {
     );
     let (_, agents) = server.api("GET", "/agents", Value::Null);
     assert_eq!(agents["value"].as_array().map(Vec::len), Some(1), "nothing else was stored");
+}
+
+#[test]
+fn the_embedded_agent_is_listed_as_its_servers_and_only_that_server_changes_it() {
+    let server = Server::start("eem", 2);
+    // A run it took: the agent has asked for work, so it has reported what it runs.
+    let out = server.run(&["run", "--cmd", "busybox true", "/dev/null"]);
+    ok(&out);
+    let ran = server.show(&support::queued_id(&out));
+    let name = ran["agentName"].as_str().expect("the embedded agent's name").to_string();
+
+    let listed = json(&server.run(&["agent", "list", "-o", "json"]));
+    let agent = &listed.as_array().expect("a list")[..];
+    assert_eq!(agent.len(), 1, "{listed}");
+    let agent = &agent[0];
+    assert_eq!(agent["name"], name.as_str(), "{agent}");
+    assert_eq!(agent["kind"], "embedded", "{agent}");
+    assert!(
+        agent["server"].as_str().is_some_and(|s| s.ends_with(&format!(" pid {}", server.pid()))),
+        "{agent}"
+    );
+    assert_eq!((&agent["capacity"], &agent["runsInHand"]), (&json!(2), &json!(0)), "{agent}");
+    assert_eq!(agent["platforms"][0]["os"], "linux", "{agent}");
+    assert!(agent.get("pool").is_none() && agent["lastSeen"].is_string(), "{agent}");
+    assert_eq!(agent["version"], env!("CARGO_PKG_VERSION"), "{agent}");
+    assert_eq!(json(&server.run(&["agent", "show", "-n", &name])), *agent);
+    let table = ok(&server.run(&["agent", "list"]));
+    let row: Vec<&str> = table.lines().nth(2).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row[..2], [name.as_str(), "embedded"], "{table}");
+    // It takes runs of no pool, so it is in none.
+    assert_eq!(ok(&server.run(&["agent-pool", "list", "-o", "tsv"])), "");
+
+    let owner = "is the embedded agent of the server process";
+    refused(&server.run(&["agent", "delete", "-n", &name, "-y"]), 1, owner);
+    let out = server.run(&["agent", "update", "-n", &name, "--pool", "big"]);
+    refused(&out, 1, "kiln serve --agent-name");
+    assert_eq!(json(&server.run(&["agent", "show", "-n", &name]))["kind"], "embedded");
 }

@@ -86,6 +86,15 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
     }
     let arm_log = log_of(&server, &arm);
     assert!(arm_log.contains("Waiting for an agent (platform linux/arm64)..."), "{arm_log}");
+    // The record says it too: in the JSON and in show-run's table.
+    assert_eq!(server.show(&arm)["waitingReason"], "Waiting for an agent (platform linux/arm64)");
+    let shown = server.run(&["show-run", &arm, "-o", "table"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("\nWaiting for an agent (platform linux/arm64)...\n"),
+        "{}",
+        text(&shown)
+    );
     let gpu_log = log_of(&server, &gpu);
     assert!(
         gpu_log.contains("Waiting for an agent (pool gpu, platform linux/amd64)..."),
@@ -104,6 +113,10 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
     assert_eq!(
         (run["status"].as_str(), run["agentName"].as_str()),
         (Some("Succeeded"), Some("arm"))
+    );
+    assert_eq!(run.get("waitingReason"), Some(&Value::Null), "{run}");
+    assert!(
+        !text(&server.run(&["show-run", &arm, "-o", "table"])).contains("Waiting for an agent")
     );
     assert_eq!(server.show(&gpu)["status"], "Queued");
 

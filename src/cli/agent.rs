@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use kiln_api::agents::{Agent, AgentPool, CreateAgent, UpdateAgent};
+use kiln_api::agents::{Agent, AgentKind, AgentPool, CreateAgent, UpdateAgent};
 
 use super::agent_run::{self, AgentRunArgs};
 use super::confirm::delete_confirmed;
@@ -169,12 +169,27 @@ fn print_agent(agent: &Agent, output: ShowOutput) -> anyhow::Result<ExitCode> {
     print_record(agent, output, agent_table)
 }
 
-const LIST_HEADERS: [&str; 8] =
-    ["NAME", "POOL", "LABELS", "PLATFORMS", "CAPACITY", "RUNS IN HAND", "VERSION", "LAST SEEN"];
+const LIST_HEADERS: [&str; 9] = [
+    "NAME",
+    "KIND",
+    "POOL",
+    "LABELS",
+    "PLATFORMS",
+    "CAPACITY",
+    "RUNS IN HAND",
+    "VERSION",
+    "LAST SEEN",
+];
 
-fn list_row(agent: &Agent) -> [String; 8] {
+/// An agent's columns; KIND says `embedded` for a server's own agent, `remote` for the rest.
+fn list_row(agent: &Agent) -> [String; 9] {
     [
         agent.name.clone(),
+        match agent.kind {
+            AgentKind::Remote => "remote",
+            AgentKind::Embedded => "embedded",
+        }
+        .to_string(),
         agent.pool.clone().unwrap_or_default(),
         labels(agent),
         platforms(agent),
@@ -201,9 +216,12 @@ fn platforms(agent: &Agent) -> String {
 
 /// `agent show -o table`: the record as `Key: value` lines; what it has not reported is blank.
 fn agent_table(agent: &Agent) -> String {
-    let [name, pool, labels, platforms, capacity, in_hand, version, last_seen] = list_row(agent);
+    let [name, kind, pool, labels, platforms, capacity, in_hand, version, last_seen] =
+        list_row(agent);
     format_fields(&[
         ("Name", name),
+        ("Kind", kind),
+        ("Server", agent.server.clone().unwrap_or_default()),
         ("Pool", pool),
         ("Labels", labels),
         ("Platforms", platforms),
@@ -246,6 +264,8 @@ mod tests {
     fn agent() -> Agent {
         Agent {
             name: "arm-1".into(),
+            kind: AgentKind::Remote,
+            server: None,
             pool: Some("arm".into()),
             labels: [("disk".into(), "ssd".into()), ("zone".into(), "b".into())].into(),
             platforms: vec![Platform::parse("linux/arm64"), Platform::parse("linux/arm/v7")],
@@ -261,12 +281,12 @@ mod tests {
     fn list_rows_have_every_column_and_a_fresh_agent_has_blanks() {
         assert_eq!(
             format_table(&LIST_HEADERS, &[list_row(&agent())]),
-            "NAME   POOL  LABELS           PLATFORMS                 CAPACITY  RUNS IN HAND  \
-             VERSION  LAST SEEN\n\
-             -----  ----  ---------------  ------------------------  --------  ------------  \
-             -------  --------------------\n\
-             arm-1  arm   disk=ssd,zone=b  linux/arm64,linux/arm/v7  2         1             \
-             0.1.0    2024-05-01T10:00:00Z\n"
+            "NAME   KIND    POOL  LABELS           PLATFORMS                 CAPACITY  \
+             RUNS IN HAND  VERSION  LAST SEEN\n\
+             -----  ------  ----  ---------------  ------------------------  --------  \
+             ------------  -------  --------------------\n\
+             arm-1  remote  arm   disk=ssd,zone=b  linux/arm64,linux/arm/v7  2         \
+             1             0.1.0    2024-05-01T10:00:00Z\n"
         );
         let fresh = Agent {
             pool: None,
@@ -278,8 +298,17 @@ mod tests {
             last_seen: None,
             ..agent()
         };
-        assert_eq!(format_tsv(&[list_row(&fresh)]), "arm-1\t\t\t\t\t0\t\t\n");
-        assert!(agent_table(&fresh).starts_with("Name:          arm-1\nPool:\nLabels:\n"));
+        assert_eq!(format_tsv(&[list_row(&fresh)]), "arm-1\tremote\t\t\t\t\t0\t\t\n");
+        assert!(
+            agent_table(&fresh)
+                .starts_with("Name:          arm-1\nKind:          remote\nServer:\nPool:\n")
+        );
+        let embedded =
+            Agent { kind: AgentKind::Embedded, server: Some("ci-1 pid 42".into()), ..fresh };
+        assert!(
+            agent_table(&embedded)
+                .contains("Kind:          embedded\nServer:        ci-1 pid 42\n")
+        );
     }
 
     #[test]

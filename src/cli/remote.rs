@@ -419,6 +419,7 @@ mod tests {
             log_length: 0,
             agent_pool_name: None,
             agent_name: None,
+            waiting_reason: None,
             request: None,
         }
     }

@@ -82,7 +82,7 @@ pub fn show_run(args: ShowRunArgs, server: &ServerOptions) -> anyhow::Result<Exi
     let run = remote::connect(server)?.get_run(args.run.get(), None)?;
     match args.output {
         RunsOutput::Json => println!("{}", serde_json::to_string_pretty(&run)?),
-        RunsOutput::Table => print!("{}", table(std::slice::from_ref(&run))),
+        RunsOutput::Table => print!("{}", detail(&run)),
         RunsOutput::Tsv => print!("{}", tsv(std::slice::from_ref(&run))),
     }
     Ok(ExitCode::SUCCESS)
@@ -178,6 +178,15 @@ pub(super) fn format_table<const N: usize>(headers: &[&str; N], rows: &[[String;
     out
 }
 
+/// One run as `show-run` prints it: its row, then what it waits for while it is queued.
+fn detail(run: &Run) -> String {
+    let mut out = table(std::slice::from_ref(run));
+    if let Some(reason) = &run.waiting_reason {
+        out.push_str(&format!("\n{reason}...\n"));
+    }
+    out
+}
+
 fn tsv(runs: &[Run]) -> String {
     format_tsv(&runs.iter().map(row).collect::<Vec<_>>())
 }
@@ -246,6 +255,7 @@ mod tests {
             log_length: 0,
             agent_pool_name: None,
             agent_name: None,
+            waiting_reason: None,
             request: None,
         }
     }
@@ -267,6 +277,21 @@ mod tests {
             "RUN ID  TASK  PLATFORM  STATUS  TRIGGER  STARTED  DURATION  AGENT\n\
              ------  ----  --------  ------  -------  -------  --------  -----\n"
         );
+    }
+
+    #[test]
+    fn show_run_says_what_a_queued_run_waits_for() {
+        let mut queued = run("ka3", None, RunStatus::Queued, None);
+        queued.waiting_reason = Some("Waiting for an agent (platform linux/arm64)".into());
+        assert_eq!(
+            detail(&queued),
+            format!(
+                "{}\nWaiting for an agent (platform linux/arm64)...\n",
+                table(std::slice::from_ref(&queued))
+            )
+        );
+        let done = run("ka2", None, RunStatus::Succeeded, Some(1));
+        assert_eq!(detail(&done), table(std::slice::from_ref(&done)));
     }
 
     #[test]

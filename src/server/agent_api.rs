@@ -77,10 +77,7 @@ pub async fn lease(
     request: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = request?;
-    state
-        .store
-        .agent_seen(&agent.name, &request.version, &request.platforms, request.capacity.into())
-        .await?;
+    state.dispatch.agent_seen(&agent.name, &request).await?;
     let claimant = Claimant {
         name: agent.name.clone(),
         pool: agent.pool.clone(),

@@ -67,7 +67,8 @@ pub async fn get(
     params(("name" = String, Path, description = "Agent name")),
     responses((status = 200, body = Agent), (status = 400, body = ErrorBody),
         (status = 403, description = "Not an admin token", body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "A server's embedded agent", body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -83,7 +84,8 @@ pub async fn update(
     params(("name" = String, Path, description = "Agent name")),
     responses((status = 204),
         (status = 403, description = "Not an admin token", body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "A server's embedded agent", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,

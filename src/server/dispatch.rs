@@ -168,6 +168,17 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Records what agent `name` reports as it asks for work (its version, platforms and
+    /// capacity, seen now): the registry's view of remote and embedded agents alike.
+    pub async fn agent_seen(
+        &self,
+        name: &str,
+        request: &LeaseRequest,
+    ) -> Result<(), DispatchError> {
+        let capacity = request.capacity.into();
+        Ok(self.store.agent_seen(name, &request.version, &request.platforms, capacity).await?)
+    }
+
     /// The oldest run `agent` may take, waiting up to `wait` seconds for one to be queued.
     pub async fn lease(&self, agent: &Claimant, wait: u64) -> Result<Option<Lease>, DispatchError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_WAIT_SECS));
@@ -401,6 +412,12 @@ pub struct LocalLink {
 impl Control for LocalLink {
     fn lease(&self, request: LeaseRequest) -> BoxFuture<'_, ControlResult<Option<Lease>>> {
         Box::pin(async move {
+            // The registry shows the embedded agent but is not its authority (it has no token):
+            // one the server did not register still leases.
+            match self.dispatcher.agent_seen(&self.agent.name, &request).await {
+                Err(DispatchError::Store(StoreError::AgentNotFound(_))) | Ok(()) => {}
+                Err(e) => return Err(e.into()),
+            }
             let agent = Claimant { platforms: request.platforms, ..self.agent.clone() };
             Ok(self.dispatcher.lease(&agent, request.wait).await?)
         })

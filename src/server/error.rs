@@ -131,6 +131,9 @@ impl From<StoreError> for ApiError {
             e @ StoreError::AgentExists(_) => {
                 ApiError::Conflict { code: "AgentExists", message: e.to_string() }
             }
+            e @ StoreError::AgentEmbedded { .. } => {
+                ApiError::Conflict { code: "AgentEmbedded", message: e.to_string() }
+            }
             e @ StoreError::TaskExists(_) => {
                 ApiError::Conflict { code: "TaskExists", message: e.to_string() }
             }

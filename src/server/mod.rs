@@ -230,7 +230,7 @@ pub async fn serve(
         config.data_dir.clone(),
         config.lease_ttl,
     ));
-    let agent = start_embedded_agent(&config, &dispatch).await?;
+    let agent = start_embedded_agent(&config, &store, &dispatch).await?;
     if let Some(token) = store.ensure_admin_token().await? {
         say(&format!("admin token: {token}"))?;
     }
@@ -345,13 +345,32 @@ pub async fn serve(
 }
 
 /// The embedded agent of `--workers N` (none for 0): an agent like any other, linked to the
-/// dispatcher in-process. Its predecessor's runs (a server killed mid-run) are settled first.
+/// dispatcher in-process and shown in the registry as this process's. Its predecessor's runs
+/// (a server killed mid-run) are settled first.
 async fn start_embedded_agent(
     config: &ServeConfig,
+    store: &Store,
     dispatch: &Arc<Dispatcher>,
 ) -> Result<Option<Agent>, ServeError> {
+    // An embedded agent asks for work at least this often while its server runs.
+    let alive = config.lease_ttl + Duration::from_secs(kiln_api::agent::MAX_WAIT_SECS);
     if config.workers == 0 {
+        // What this name ran here before is gone; a live server's agent of the same name stays.
+        store.remove_embedded_agent(&config.agent_name, alive).await?;
         return Ok(None);
+    }
+    let server = format!("{} pid {}", crate::agent::hostname(), std::process::id());
+    let version = env!("CARGO_PKG_VERSION");
+    let workers = u64::try_from(config.workers).unwrap_or(u64::MAX);
+    let registered =
+        store.register_embedded_agent(&config.agent_name, &server, version, workers, alive).await?;
+    if let Some((other, seen)) = registered.other_server {
+        tracing::warn!(
+            agent = %config.agent_name,
+            "the server process {other} ran an embedded agent of this name until {seen}: if it \
+             still runs, both share one agent (runs, leases and the registry row); give each \
+             server its own --agent-name"
+        );
     }
     dispatch.start_session(&config.agent_name, SERVER_STOPPED_MESSAGE).await.map_err(
         |e| match e {

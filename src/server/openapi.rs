@@ -70,7 +70,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
         agent::Fence, agent::Beat, agent::LogPart, agent::LogMark, agent::LogAck,
         agent::StatusUpdate, agent::RunOutcome, agent::WatchRequest, agent::HeldRun,
         agent::WatchReply, agents::Agent, agents::CreateAgent, agents::UpdateAgent,
-        agents::CreatedAgent, agents::AgentPool, agents::AgentWhoAmI,
+        agents::CreatedAgent, agents::AgentPool, agents::AgentWhoAmI, agents::AgentKind,
     )),
     modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),

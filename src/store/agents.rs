@@ -7,6 +7,11 @@
 //! Deleting an agent ends its leases in the same transaction: its Started/Running runs end as
 //! Error with their epoch bumped, as [`super::lease`] ends lost runs, so the agent's later
 //! writes are fenced out.
+//!
+//! A server's embedded agent (`kiln serve --workers N`) is registered by that server at start,
+//! without a token, and marked with the process that runs it. Only that server changes it: an
+//! admin's update or delete is refused ([`StoreError::AgentEmbedded`]), as the server would
+//! undo either at its next start and its agent takes no pool.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +44,17 @@ pub struct AgentRecord {
     pub last_seen_at: Option<DateTime<Utc>>,
     /// Its Started/Running runs.
     pub runs_in_hand: u64,
+    /// The server process that runs it as its embedded agent (`HOST pid N`); `None`: an agent
+    /// of its own, with a token.
+    pub embedded_in: Option<String>,
+}
+
+/// What registering an embedded agent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedRegistration {
+    /// Another server process that registered the same name and was seen since the given
+    /// time: if it still runs, both share one agent name.
+    pub other_server: Option<(String, DateTime<Utc>)>,
 }
 
 /// A pool: the agents that name it and the queued runs that ask for it.
@@ -62,6 +78,7 @@ struct AgentRow {
     capacity: Option<i64>,
     last_seen_at: Option<i64>,
     runs_in_hand: i64,
+    embedded_in: Option<String>,
 }
 
 /// `SELECT` of every column of [`AgentRow`], then `$tail` (a `WHERE`, an `ORDER BY`): one
@@ -70,7 +87,7 @@ macro_rules! select_agents {
     ($tail:literal) => {
         concat!(
             "SELECT name, pool, labels, created_at, updated_at, version, platforms, capacity,
-                last_seen_at,
+                last_seen_at, embedded_in,
                 (SELECT COUNT(*) FROM runs
                  WHERE runs.agent_name = agents.name AND runs.status IN ('Started', 'Running'))
                 AS runs_in_hand
@@ -98,6 +115,7 @@ impl TryFrom<AgentRow> for AgentRecord {
             updated_at: from_millis(row.updated_at)?,
             last_seen_at: row.last_seen_at.map(from_millis).transpose()?,
             version: row.version,
+            embedded_in: row.embedded_in,
             pool: row.pool,
             name: row.name,
         })
@@ -179,7 +197,7 @@ impl Store {
                 pool = CASE WHEN $2 THEN $3 ELSE pool END,
                 labels = CASE WHEN $4 THEN $5 ELSE labels END,
                 updated_at = $6
-             WHERE name = $1",
+             WHERE name = $1 AND embedded_in IS NULL",
         )
         .bind(name)
         .bind(update.pool.is_some())
@@ -191,9 +209,20 @@ impl Store {
         .await
         .map(|d| d.rows_affected()))?;
         if done == 0 {
-            return Err(StoreError::AgentNotFound(name.to_string()));
+            return Err(self.not_changeable(name).await);
         }
         self.get_agent(name).await
+    }
+
+    /// Why an admin's change of `name` touched no row: it is embedded, or it does not exist.
+    async fn not_changeable(&self, name: &str) -> StoreError {
+        match self.get_agent(name).await {
+            Ok(AgentRecord { embedded_in: Some(server), .. }) => {
+                StoreError::AgentEmbedded { name: name.to_string(), server }
+            }
+            Ok(_) => StoreError::AgentNotFound(name.to_string()),
+            Err(e) => e,
+        }
     }
 
     /// Deletes an agent and, in the same transaction, ends the runs it holds as Error
@@ -201,13 +230,16 @@ impl Store {
     /// Returns those runs, oldest first.
     pub async fn delete_agent(&self, name: &str) -> StoreResult<Vec<RunId>> {
         let mut tx = self.begin().await?;
-        let done = on_tx!(&mut tx, |c| sqlx::query("DELETE FROM agents WHERE name = $1")
-            .bind(name)
-            .execute(c)
-            .await
-            .map(|d| d.rows_affected()))?;
+        let done = on_tx!(&mut tx, |c| sqlx::query(
+            "DELETE FROM agents WHERE name = $1 AND embedded_in IS NULL"
+        )
+        .bind(name)
+        .execute(c)
+        .await
+        .map(|d| d.rows_affected()))?;
         if done == 0 {
-            return Err(StoreError::AgentNotFound(name.to_string()));
+            tx.rollback().await?;
+            return Err(self.not_changeable(name).await);
         }
         let ids: Vec<String> = on_tx!(&mut tx, |c| sqlx::query_scalar(
             "UPDATE runs SET status = 'Error', error_message = $2, epoch = epoch + 1,
@@ -222,6 +254,75 @@ impl Store {
         .await)?;
         tx.commit().await?;
         Ok(self.sorted_ids(ids))
+    }
+
+    /// Registers (or updates) `name` as the embedded agent of the server process `server`,
+    /// seen now with its capacity, and says whether another server process had it within
+    /// `recent`. [`StoreError::AgentExists`] when `name` is an agent with a token.
+    pub async fn register_embedded_agent(
+        &self,
+        name: &str,
+        server: &str,
+        version: &str,
+        capacity: u64,
+        recent: std::time::Duration,
+    ) -> StoreResult<EmbeddedRegistration> {
+        let now = now_millis();
+        let before = match self.get_agent(name).await {
+            Ok(agent) => Some(agent),
+            Err(StoreError::AgentNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let since = now.saturating_sub(super::duration_millis(recent));
+        let other_server = before.and_then(|a| match (a.embedded_in, a.last_seen_at) {
+            (Some(other), Some(seen)) if other != server && super::to_millis(seen) >= since => {
+                Some((other, seen))
+            }
+            _ => None,
+        });
+        let done = on_db!(self.db(), |conn| {
+            sqlx::query(
+            "INSERT INTO agents (name, pool, labels, token_hash, created_at, updated_at, version,
+                platforms, capacity, last_seen_at, embedded_in)
+             VALUES ($1, NULL, '{}', $2, $3, $3, $4, '[]', $5, $3, $6)
+             ON CONFLICT (name) DO UPDATE SET updated_at = $3, version = $4, capacity = $5,
+                last_seen_at = $3, embedded_in = $6
+             WHERE agents.embedded_in IS NOT NULL",
+        )
+        .bind(name)
+        .bind(format!("embedded:{name}"))
+        .bind(now)
+        .bind(version)
+        .bind(i64::try_from(capacity).unwrap_or(i64::MAX))
+        .bind(server)
+        .execute(conn)
+        .await
+        .map(|d| d.rows_affected())
+        })?;
+        if done == 0 {
+            return Err(StoreError::AgentExists(name.to_string()));
+        }
+        Ok(EmbeddedRegistration { other_server })
+    }
+
+    /// Removes `name` if it is an embedded agent not seen within `recent` (its server started
+    /// again with `--workers 0` runs none); its runs, if any, end by their leases.
+    pub async fn remove_embedded_agent(
+        &self,
+        name: &str,
+        recent: std::time::Duration,
+    ) -> StoreResult<()> {
+        let since = now_millis().saturating_sub(super::duration_millis(recent));
+        on_db!(self.db(), |conn| sqlx::query(
+            "DELETE FROM agents WHERE name = $1 AND embedded_in IS NOT NULL
+                AND (last_seen_at IS NULL OR last_seen_at <= $2)",
+        )
+        .bind(name)
+        .bind(since)
+        .execute(conn)
+        .await
+        .map(drop))?;
+        Ok(())
     }
 
     /// The agent whose token this is, or `None` when `plaintext` is no agent's token (an API
@@ -315,6 +416,11 @@ impl From<&AgentRecord> for wire::Agent {
     fn from(record: &AgentRecord) -> Self {
         wire::Agent {
             name: record.name.clone(),
+            kind: match record.embedded_in {
+                Some(_) => wire::AgentKind::Embedded,
+                None => wire::AgentKind::Remote,
+            },
+            server: record.embedded_in.clone(),
             pool: record.pool.clone(),
             labels: record.labels.clone(),
             platforms: record.platforms.iter().map(|p| kiln_api::Platform::parse(p)).collect(),

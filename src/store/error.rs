@@ -37,6 +37,12 @@ pub enum StoreError {
     AgentNotFound(String),
     #[error("an agent named {0} already exists")]
     AgentExists(String),
+    /// The agent is a server's embedded one: that server process owns its row.
+    #[error(
+        "agent {name} is the embedded agent of the server process {server}: change it with that \
+         server's `kiln serve --agent-name` or `--workers` (0 runs none)"
+    )]
+    AgentEmbedded { name: String, server: String },
     /// The operating system gave no randomness for a new token.
     #[error("no randomness for a new token: {0}")]
     Randomness(String),

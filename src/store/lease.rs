@@ -327,7 +327,7 @@ impl Store {
     /// Tells the other servers on the database that runs were queued again or ended.
     async fn announce(&self, expired: Expired) -> StoreResult<Expired> {
         if !expired.requeued.is_empty() {
-            self.notify(&super::StoreEvent::Queued).await;
+            self.hint_queued();
         }
         for run in &expired.failed {
             self.notify(&super::StoreEvent::Ended(run.clone())).await;

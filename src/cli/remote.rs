@@ -20,8 +20,8 @@ use crate::client::{
     CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
 };
 use crate::pack::{self, human_size};
-use crate::run_log;
-use crate::uploads;
+use kiln_api::run_log;
+use kiln_api::uploads;
 
 /// `--no-logs` / `--no-wait`, as in az.
 #[derive(Debug, Clone, Copy, Args)]

@@ -16,7 +16,7 @@ use crate::server::GitSshFiles;
 use crate::server::{ServeConfig, serve as run_server};
 use crate::store::DatabaseUrl;
 use crate::transport;
-use crate::uploads::ContextLimit;
+use kiln_api::uploads::ContextLimit;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {

@@ -32,10 +32,10 @@ use super::runs::{
     CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, parse_status,
     print_rows, print_runs, show_run, utc,
 };
-use crate::request::cmd_request;
 use crate::task_def::{check_name, is_task_file};
 use crate::task_run::overlay;
 use crate::trigger::cron::{Schedule, parse_timer_arg};
+use kiln_api::request::cmd_request;
 
 #[derive(Debug, Args)]
 pub struct TaskArgs {

@@ -23,7 +23,7 @@ use crate::agent::{Agent, Leftovers};
 use crate::log_hub::LogHub;
 use crate::store::lease::Expired;
 use crate::store::{Store, StoreError};
-use crate::uploads;
+use kiln_api::uploads;
 
 /// How often the janitor sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(60);

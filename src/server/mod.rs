@@ -62,7 +62,7 @@ use crate::agent::{Agent, AgentConfig, AgentError};
 use crate::log_hub::LogHub;
 use crate::secret_box::SecretBox;
 use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
-use crate::uploads::ContextLimit;
+use kiln_api::uploads::ContextLimit;
 
 pub use git_ssh::GitSshFiles;
 

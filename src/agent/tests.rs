@@ -535,3 +535,23 @@ async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched()
     }
     env.stop().await;
 }
+
+#[tokio::test]
+async fn agent_removes_the_work_directories_of_runs_it_does_not_hold() {
+    let env = env('y', 0, |_| {}).await;
+    // Work directories as crashed runs leave them: the agent holds no run, so they all go.
+    let work = env.dir.path().join("work");
+    let runs = [RunId::new("ay1"), RunId::new("ay2")];
+    let dirs: Vec<_> = runs
+        .iter()
+        .flat_map(|run| [work.join(format!("kiln-{run}")), work.join(format!("ctx-{run}"))])
+        .collect();
+    for path in &dirs {
+        std::fs::create_dir_all(path.join("sub")).expect("mkdir");
+    }
+    let removed = env.agent.remove_leftovers().await;
+    assert_eq!(removed.work_dirs.len(), 4, "{removed:?}");
+    assert!(dirs.iter().all(|p| !p.exists()));
+    assert_eq!(env.agent.remove_leftovers().await, super::Leftovers::default());
+    env.stop().await;
+}

@@ -1,12 +1,10 @@
 //! kiln: a self-hosted build-task engine that runs Azure Container Registry task files.
 //!
-//! This crate is the control plane: it reads task files ([`task`]), renders them for one run
-//! ([`render`], with [`values`]), and turns them into the plan a worker (`kiln-worker`)
-//! executes ([`plan`]). It serves runs over HTTP ([`server`], wire types in [`api`]), keeps them
-//! in SQLite ([`store`]) and hands them to the embedded worker pool ([`agent`]), the one module
-//! that calls the worker crate; nothing here speaks to Docker itself.
+//! This crate is the control plane and the binary: it serves runs over HTTP ([`server`], wire
+//! types in `kiln-api`), keeps them in SQLite or PostgreSQL ([`store`]) and, in `kiln serve`
+//! ([`cli`]), starts the embedded agent (`kiln-agent`, the one crate that calls the worker)
+//! on the server's in-process link; nothing here speaks to Docker itself.
 
-pub mod agent;
 pub mod agent_def;
 pub mod cli;
 pub mod client;

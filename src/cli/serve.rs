@@ -15,12 +15,12 @@ use kiln_task::config::Config;
 
 use std::sync::Arc;
 
-use crate::agent::{Agent, AgentConfig};
 use crate::server::serve as run_server;
 use crate::server::{GitSshFiles, LocalLink, ServeConfig, ServeError, StartAgent, StopAgent};
 use crate::store::DatabaseUrl;
 use crate::store::lease::SERVER_STOPPED_MESSAGE;
 use crate::transport;
+use kiln_agent::{Agent, AgentConfig};
 use kiln_api::uploads::ContextLimit;
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! `kiln serve`: flags → [`ServeConfig`], logging to stderr, the async runtime and the shutdown
 //! signals, and the embedded agent of `--workers N` wired to the server through its in-process
-//! [`LocalLink`] (the server does not know the agent); the server itself is [`crate::server`]. stdout carries only the admin-token line
+//! [`LocalLink`] (the server does not know the agent); the server itself is [`kiln_server::server`]. stdout carries only the admin-token line
 //! (first start) and the listening line.
 
 use std::net::SocketAddr;
@@ -15,13 +15,13 @@ use kiln_task::config::Config;
 
 use std::sync::Arc;
 
-use crate::server::serve as run_server;
-use crate::server::{GitSshFiles, LocalLink, ServeConfig, ServeError, StartAgent, StopAgent};
-use crate::store::DatabaseUrl;
-use crate::store::lease::SERVER_STOPPED_MESSAGE;
-use crate::transport;
 use kiln_agent::{Agent, AgentConfig};
 use kiln_api::uploads::ContextLimit;
+use kiln_server::server::serve as run_server;
+use kiln_server::server::{GitSshFiles, LocalLink, ServeConfig, ServeError, StartAgent, StopAgent};
+use kiln_server::store::DatabaseUrl;
+use kiln_server::store::lease::SERVER_STOPPED_MESSAGE;
+use kiln_server::transport;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -147,7 +147,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         workers: args.workers,
         agent_name: match args.agent_name {
             Some(name) => {
-                crate::task_def::check_name("agent", &name)
+                kiln_server::task_def::check_name("agent", &name)
                     .map_err(|e| anyhow::anyhow!("--agent-name: {e}"))?;
                 name
             }

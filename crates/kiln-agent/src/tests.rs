@@ -20,13 +20,13 @@ use kiln_plan::plan::RegistryCredential;
 use kiln_task::run_id::{RunId, RunIdPrefix};
 
 use super::{Agent, AgentConfig};
-use kiln::log_hub::LogHub;
-use kiln::secret_box::SecretBox;
-use kiln::server::dispatch::{Dispatcher, LocalLink, RunSettings};
-use kiln::store::lease::Claimant;
-use kiln::store::lease::SERVER_STOPPED_MESSAGE;
-use kiln::store::{NewRun, RunRecord, Store};
 use kiln_api::uploads;
+use kiln_server::log_hub::LogHub;
+use kiln_server::secret_box::SecretBox;
+use kiln_server::server::dispatch::{Dispatcher, LocalLink, RunSettings};
+use kiln_server::store::lease::Claimant;
+use kiln_server::store::lease::SERVER_STOPPED_MESSAGE;
+use kiln_server::store::{NewRun, RunRecord, Store};
 
 /// Longest a test waits for a run; only reached when something is broken.
 const DEADLINE: Duration = Duration::from_secs(180);

@@ -7,7 +7,7 @@
 //! user can act on ([`ClientError`]) — the CLI turns each into one line, never an HTTP dump.
 //!
 //! [`Connection`] says how the server is reached beyond its URL: the CA to trust for `https://`
-//! and whether plain `http://` may go to another machine ([`crate::transport`]'s rule).
+//! and whether plain `http://` may go to another machine ([`kiln_server::transport`]'s rule).
 //!
 //! The client is blocking (`ureq`): a CLI does one thing at a time, and a blocking reader is the
 //! simplest way to copy a streamed log to stdout. Following a log survives dropped connections:
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use ureq::http::Response;
 use ureq::{Body, SendBody};
 
-use crate::transport::{self, TransportError};
+use kiln_server::transport::{self, TransportError};
 
 /// Sent with bodies the server may refuse for their size: it answers 413 before the body is
 /// sent, so the answer is read instead of the connection breaking under the upload.

@@ -1,7 +1,7 @@
 //! Git build contexts fetched by the worker (`kiln_worker::build::remote`) from real git servers
 //! on loopback — `git daemon`, `git http-backend` behind HTTP (optionally with a token) and
 //! `file://` — and the webhook deliveries (issue 6) that name what to fetch, in each git host's
-//! real format, checked against `kiln::trigger::webhook`.
+//! real format, checked against `kiln_server::trigger::webhook`.
 //!
 //! Every test builds its own repositories and servers in its own tempdirs.
 
@@ -16,9 +16,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use git::{GitDaemon, GitHttp, Repo, Root, SshServer};
-use kiln::trigger::webhook::{self, Provider, SourceEvent, WebhookError};
 use kiln_plan::plan::GitSsh;
 use kiln_plan::remote::{Remote, detect};
+use kiln_server::trigger::webhook::{self, Provider, SourceEvent, WebhookError};
 use kiln_worker::build::remote::{Fetched, RemoteError, fetch};
 use webhooks::Delivery;
 

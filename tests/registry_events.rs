@@ -1,6 +1,6 @@
 //! Registry push notifications end to end: a real distribution registry (Debian's
 //! `docker-registry` 2.8) configured with a notification endpoint, a real `docker push` to it,
-//! and [`kiln::trigger::notification::pushed_tags`] on the envelope the registry delivered.
+//! and [`kiln_server::trigger::notification::pushed_tags`] on the envelope the registry delivered.
 
 #[path = "support/registry.rs"]
 mod registry_support;
@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kiln::trigger::notification::{MEDIA_TYPE, PushedTag, pushed_tags};
-use kiln::trigger::registry::{TagRef, current_digest};
+use kiln_server::trigger::notification::{MEDIA_TYPE, PushedTag, pushed_tags};
+use kiln_server::trigger::registry::{TagRef, current_digest};
 use registry_support::{NotifyingRegistry, docker, docker_push};
 
 /// How long the registry may take to deliver the manifest push.

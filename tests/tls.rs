@@ -65,7 +65,8 @@ fn the_cli_runs_and_follows_over_https_with_the_servers_ca() {
     // The agent's client, the server-sent events of the log and the run page.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let client = kiln::transport::http_client_builder(Some(&ca.cert)).unwrap().build().unwrap();
+        let client =
+            kiln_server::transport::http_client_builder(Some(&ca.cert)).unwrap().build().unwrap();
         let sse = client
             .get(format!("{}/runs/{id}/log", server.url))
             .bearer_auth(&server.token)

@@ -20,7 +20,7 @@ use super::confirm::delete_confirmed;
 use super::remote::{self, ServerOptions};
 use super::runs::{format_fields, print_rows, utc};
 use super::task::{ListArgs, ShowOutput, print_record};
-use crate::agent_def::{self, AgentDefError};
+use kiln_server::agent_def::{self, AgentDefError};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {

@@ -16,8 +16,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::remote::ServerOptions;
-use crate::agent::remote::RemoteControl;
-use crate::agent::{Agent, AgentConfig, SpoolLimits};
+use kiln_agent::remote::RemoteControl;
+use kiln_agent::{Agent, AgentConfig, SpoolLimits};
 
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use super::task_file::{TaskFileArgs, check, print_diagnostics, summary};
-use crate::run_log::{self, Dependencies, LineAssembler, StepEnds};
+use kiln_api::run_log::{self, Dependencies, LineAssembler, StepEnds};
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {

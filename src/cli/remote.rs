@@ -20,8 +20,8 @@ use crate::client::{
     CONNECT_TIMEOUT, Client, ClientConfig, ClientError, Connection, Settings, config_path,
 };
 use crate::pack::{self, human_size};
-use crate::run_log;
-use crate::uploads;
+use kiln_api::run_log;
+use kiln_api::uploads;
 
 /// `--no-logs` / `--no-wait`, as in az.
 #[derive(Debug, Clone, Copy, Args)]
@@ -66,9 +66,9 @@ impl ServerOptions {
         let servers: Vec<String> =
             settings.server.split(',').map(|url| url.trim().to_string()).collect();
         for url in &servers {
-            crate::transport::check_server_url(url, self.insecure)?;
+            kiln_server::transport::check_server_url(url, self.insecure)?;
         }
-        let client = crate::transport::http_client_builder(self.ca_file.as_deref())?
+        let client = kiln_server::transport::http_client_builder(self.ca_file.as_deref())?
             .connect_timeout(Duration::from_secs(self.connect_timeout))
             .build()?;
         Ok((servers, client))

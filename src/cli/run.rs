@@ -17,7 +17,7 @@ use kiln_task::config::Config;
 use kiln_task::values::{SetFlag, SetValue};
 
 use super::remote::{self, ServerOptions, SourceArg, WaitArgs};
-use crate::request::{CheckError, check, cmd_request};
+use kiln_api::request::{CheckError, check, cmd_request};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -1,5 +1,6 @@
 //! `kiln serve`: flags → [`ServeConfig`], logging to stderr, the async runtime and the shutdown
-//! signals; the server itself is [`crate::server`]. stdout carries only the admin-token line
+//! signals, and the embedded agent of `--workers N` wired to the server through its in-process
+//! [`LocalLink`] (the server does not know the agent); the server itself is [`kiln_server::server`]. stdout carries only the admin-token line
 //! (first start) and the listening line.
 
 use std::net::SocketAddr;
@@ -12,11 +13,15 @@ use clap::Args;
 use kiln_plan::plan::{GitSsh, RegistryCredential};
 use kiln_task::config::Config;
 
-use crate::server::GitSshFiles;
-use crate::server::{ServeConfig, serve as run_server};
-use crate::store::DatabaseUrl;
-use crate::transport;
-use crate::uploads::ContextLimit;
+use std::sync::Arc;
+
+use kiln_agent::{Agent, AgentConfig};
+use kiln_api::uploads::ContextLimit;
+use kiln_server::server::serve as run_server;
+use kiln_server::server::{GitSshFiles, LocalLink, ServeConfig, ServeError, StartAgent, StopAgent};
+use kiln_server::store::DatabaseUrl;
+use kiln_server::store::lease::SERVER_STOPPED_MESSAGE;
+use kiln_server::transport;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -142,11 +147,11 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         workers: args.workers,
         agent_name: match args.agent_name {
             Some(name) => {
-                crate::task_def::check_name("agent", &name)
+                kiln_server::task_def::check_name("agent", &name)
                     .map_err(|e| anyhow::anyhow!("--agent-name: {e}"))?;
                 name
             }
-            None => crate::agent::hostname(),
+            None => kiln_api::agents::hostname(),
         },
         lease_ttl: std::time::Duration::from_secs(args.agent_lease),
         log_retention: TimeDelta::days(i64::from(args.log_retention_days)),
@@ -158,8 +163,32 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         tls,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run_server(serve_config, shutdown_signal()))?;
+    let start_agent = embedded_agent(&serve_config);
+    runtime.block_on(run_server(serve_config, start_agent, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The embedded agent: `--workers` runs at once, in its own directory
+/// `<data>/agents/<name>` (workspaces, contexts, its owner lock), so servers sharing a data
+/// directory never take each other's; the runs it holds when the server stops end with the
+/// server's stopped message.
+fn embedded_agent(config: &ServeConfig) -> StartAgent {
+    let agent_config = AgentConfig {
+        capacity: config.workers,
+        stopped_message: SERVER_STOPPED_MESSAGE.to_string(),
+        ..AgentConfig::new(
+            config.agent_name.clone(),
+            config.data_dir.join("agents").join(&config.agent_name),
+        )
+    };
+    Box::new(move |link: LocalLink| {
+        Box::pin(async move {
+            let agent = Agent::start(Arc::new(link), agent_config)
+                .await
+                .map_err(|e| ServeError::Agent(Box::new(e)))?;
+            Ok(Box::pin(agent.shutdown()) as StopAgent)
+        })
+    })
 }
 
 /// `/var/lib/NAME` for root, else `~/.local/share/NAME` (`kiln` for the server, `kiln-agent`

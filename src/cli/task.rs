@@ -32,10 +32,10 @@ use super::runs::{
     CancelRunArgs, RunsOutput, ShowRunArgs, cancel_run, format_fields, format_table, parse_status,
     print_rows, print_runs, show_run, utc,
 };
-use crate::request::cmd_request;
-use crate::task_def::{check_name, is_task_file};
-use crate::task_run::overlay;
-use crate::trigger::cron::{Schedule, parse_timer_arg};
+use kiln_api::request::cmd_request;
+use kiln_server::task_def::{check_name, is_task_file};
+use kiln_server::task_run::overlay;
+use kiln_server::trigger::cron::{Schedule, parse_timer_arg};
 
 #[derive(Debug, Args)]
 pub struct TaskArgs {
@@ -583,7 +583,7 @@ fn ssh_key(flags: &DefinitionFlags) -> anyhow::Result<Option<String>> {
 /// A task's context must be something the server can fetch on its own: it keeps no uploaded
 /// directory for later runs.
 fn check_context(context: &str) -> anyhow::Result<SourceArg> {
-    crate::task_run::classify(context)?;
+    kiln_server::task_run::classify(context)?;
     Ok(SourceArg::classify(context)?)
 }
 

@@ -110,3 +110,13 @@ pub struct AgentWhoAmI {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
+
+/// This host's name (the default agent name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -124,7 +124,7 @@ impl Store {
                     .max_connections(MAX_CONNECTIONS)
                     .connect_with(options)
                     .await?;
-                sqlx::migrate!("./migrations").run(&pool).await?;
+                sqlx::migrate!("../../migrations").run(&pool).await?;
                 Db::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
@@ -135,7 +135,7 @@ impl Store {
                 let pool =
                     PgPoolOptions::new().max_connections(PG_MAX_CONNECTIONS).connect(url).await?;
                 // sqlx takes an advisory lock: servers starting together migrate once.
-                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
                 Db::Postgres(pool)
             }
         };

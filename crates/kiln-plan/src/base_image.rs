@@ -6,9 +6,9 @@
 //! decides which kinds are watched. Images pinned by digest (`FROM x@sha256:…`) cannot move
 //! and are not kept; `scratch` is no image at all.
 
-use kiln_plan::image_ref::DOCKER_HUB_REPORT_REGISTRY;
-use kiln_plan::report::DigestKind;
-use kiln_plan::report::{Dependency, ImageReference};
+use crate::image_ref::DOCKER_HUB_REPORT_REGISTRY;
+use crate::report::DigestKind;
+use crate::report::{Dependency, ImageReference};
 
 /// A base image of a task's build.
 #[derive(Debug, Clone, PartialEq, Eq)]

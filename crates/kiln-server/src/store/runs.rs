@@ -333,7 +333,7 @@ impl Store {
             let waited = (record.finished_at.unwrap_or(record.created_at) - record.created_at)
                 .num_seconds()
                 .max(0);
-            let line = crate::run_log::outcome_line(
+            let line = kiln_api::run_log::outcome_line(
                 id.as_str(),
                 RunStatus::Canceled,
                 waited.unsigned_abs(),

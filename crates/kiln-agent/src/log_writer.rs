@@ -1,5 +1,5 @@
 //! A held run's log on its way to the control plane: the agent's own lines and the worker's
-//! events, masked, formatted with the shared [`crate::run_log`] formatter, batched into the
+//! events, masked, formatted with the shared [`kiln_api::run_log`] formatter, batched into the
 //! run's [`Spool`], and sent from there by a task of its own as log parts addressed by byte
 //! offset (fenced on the lease epoch). The control plane answers the length it stored and the
 //! next part starts there, so a part resent after a lost answer is stored once: followers never
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
 use super::spool::{Part, Spool};
-use crate::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
+use kiln_api::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
 
 /// A batch is written once it reaches this size or the event channel is empty.
 pub(crate) const BATCH_BYTES: usize = 256 * 1024;

@@ -1,6 +1,6 @@
 use super::*;
 
-#[path = "../../tests/support/tls.rs"]
+#[path = "../../../../tests/support/tls.rs"]
 mod certs;
 
 use certs::TestCa;

@@ -25,8 +25,8 @@ use super::prepare;
 use super::spare::Spare;
 use super::spool::Spool;
 use super::{Backoff, Held, Shared};
-use crate::run_log::{self, Dependencies};
-use crate::trigger::base_image;
+use kiln_api::run_log::{self, Dependencies};
+use kiln_plan::base_image;
 
 /// Events the worker may have in flight before it waits for the log writer.
 const EVENT_CHANNEL: usize = 256;

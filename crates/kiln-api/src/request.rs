@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use crate::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
 use chrono::Utc;
-use kiln_api::{Argument, DockerBuildRequest, EncodedTaskRequest, RunRequest, Source};
 use kiln_task::diagnostic::Diagnostics;
 use kiln_task::plan::{Planned, plan_file};
 use kiln_task::render::{RunVars, TemplateData};
@@ -380,7 +380,7 @@ mod tests {
         )
         .expect("write");
         std::fs::write(dir.path().join("v.yaml"), "x: from-file\n").expect("write");
-        let mut task = kiln_api::FileTaskRequest {
+        let mut task = crate::FileTaskRequest {
             source: Source::None,
             task_file: "acb.yaml".into(),
             values_file: Some("v.yaml".into()),

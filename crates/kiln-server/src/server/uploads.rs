@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 use super::error::ApiError;
 use super::limits;
 use super::state::AppState;
-use crate::uploads::{self, ContextLimit, ContextTooLarge};
+use kiln_api::uploads::{self, ContextLimit, ContextTooLarge};
 
 /// Store a context archive (`.tar.gz`).
 #[utoipa::path(post, path = "/uploads", tag = "uploads",

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse as _, Response};
 use kiln_api::MAX_JSON_BYTES;
 
 use super::error::ApiError;
-use crate::uploads::ContextLimit;
+use kiln_api::uploads::ContextLimit;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::log_hub::{LogHub, LogProgress};
-use crate::run_log;
 use crate::store::{Store, StoreError};
+use kiln_api::run_log;
 
 /// Largest read from the store at once.
 pub const PAGE_BYTES: usize = 1 << 20;

@@ -3,9 +3,8 @@
 //! delivery IDs older than the log retention (git hosts redeliver within hours), and the backstops
 //! for runs whose agent vanished (expired leases, also checked every second by the dispatcher)
 //! or overran (run timeouts). Runs the janitor ends are announced on the log hub so their
-//! followers finish. Then what dead runs left on the embedded agent's machine (engine objects
-//! of dead kiln processes, workspaces and context copies) is removed through that agent
-//! ([`Agent::remove_leftovers`]).
+//! followers finish. What dead runs left on an agent's machine is that agent's to remove (the
+//! embedded one's too), so the server never depends on the agent.
 //!
 //! [`Janitor::sweep`] takes "now" as an argument, so tests check retention by passing a time in
 //! the future instead of sleeping.
@@ -19,11 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{DispatchError, Dispatcher};
-use crate::agent::{Agent, Leftovers};
 use crate::log_hub::LogHub;
 use crate::store::lease::Expired;
 use crate::store::{Store, StoreError};
-use crate::uploads;
+use kiln_api::uploads;
 
 /// How often the janitor sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(60);
@@ -48,7 +46,6 @@ pub struct Sweep {
     pub deliveries_deleted: u64,
     pub expired_leases: Expired,
     pub timed_out: Vec<RunId>,
-    pub leftovers: Leftovers,
 }
 
 #[derive(Debug, Clone)]
@@ -56,8 +53,6 @@ pub struct Janitor {
     pub store: Store,
     pub hub: LogHub,
     pub dispatch: std::sync::Arc<Dispatcher>,
-    /// The embedded agent, if the server runs one.
-    pub agent: Option<Agent>,
     pub data_dir: PathBuf,
     /// Logs of runs finished longer ago than this are deleted.
     pub log_retention: TimeDelta,
@@ -79,17 +74,12 @@ impl Janitor {
         }
         self.hub.prune();
         let uploads_deleted = self.delete_old_uploads(now).await?;
-        let leftovers = match &self.agent {
-            Some(agent) => agent.remove_leftovers().await,
-            None => Leftovers::default(),
-        };
         Ok(Sweep {
             log_chunks_deleted,
             uploads_deleted,
             deliveries_deleted,
             expired_leases,
             timed_out,
-            leftovers,
         })
     }
 

@@ -21,10 +21,10 @@ use super::error::ApiError;
 use super::state::{AppState, Settings};
 use crate::log_hub::LogHub;
 use crate::queue;
-use crate::request::{CheckError, RequestError, check};
 use crate::store::runs::DEFAULT_TOP;
 use crate::store::{RunFilter, RunRecord, Store};
-use crate::uploads;
+use kiln_api::request::{CheckError, RequestError, check};
+use kiln_api::uploads;
 
 /// The longest `GET /runs/{id}?wait=` honoured, in seconds.
 pub const MAX_WAIT_SECS: u64 = 60;

@@ -262,7 +262,7 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        crate::transport::http_client_builder(None).expect("TLS").build().expect("client")
+        kiln_server::transport::http_client_builder(None).expect("TLS").build().expect("client")
     }
 
     /// A loopback URL nothing listens on (connections are refused).

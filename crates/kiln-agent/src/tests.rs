@@ -20,16 +20,21 @@ use kiln_plan::plan::RegistryCredential;
 use kiln_task::run_id::{RunId, RunIdPrefix};
 
 use super::{Agent, AgentConfig};
-use crate::log_hub::LogHub;
-use crate::secret_box::SecretBox;
-use crate::server::dispatch::{Dispatcher, LocalLink, RunSettings};
-use crate::store::lease::Claimant;
-use crate::store::lease::SERVER_STOPPED_MESSAGE;
-use crate::store::{NewRun, RunRecord, Store};
-use crate::uploads;
+use kiln_api::uploads;
+use kiln_server::log_hub::LogHub;
+use kiln_server::secret_box::SecretBox;
+use kiln_server::server::dispatch::{Dispatcher, LocalLink, RunSettings};
+use kiln_server::store::lease::Claimant;
+use kiln_server::store::lease::SERVER_STOPPED_MESSAGE;
+use kiln_server::store::{NewRun, RunRecord, Store};
 
 /// Longest a test waits for a run; only reached when something is broken.
 const DEADLINE: Duration = Duration::from_secs(180);
+
+/// An agent of no pool on linux/amd64, as the store sees it.
+fn amd64(name: &str) -> Claimant {
+    Claimant { name: name.to_string(), pool: None, platforms: vec!["linux/amd64".to_string()] }
+}
 
 fn setting(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
@@ -234,7 +239,7 @@ async fn agent_runs_on_a_spare_network_and_removes_it() {
 async fn agent_quick_build_from_an_upload_pushes_and_records_images() {
     let registry = setting("KILN_TEST_REGISTRY", "127.0.0.1:5000");
     let env = env('h', 2, |c| c.default_registry = Some(registry.clone())).await;
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quick-build");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quick-build");
     let upload = env.upload(&[], Some(&example));
     let request = RunRequest::DockerBuild(DockerBuildRequest {
         source: Source::Upload { id: upload },
@@ -399,12 +404,12 @@ async fn a_new_session_settles_what_the_agents_dead_predecessor_held() {
     let started =
         store.create_run(NewRun::new(RunType::QuickRun, request.clone())).await.expect("queued");
     let other = store.create_run(NewRun::new(RunType::QuickRun, request)).await.expect("queued");
-    let dead = Claimant::amd64("dead-agent");
+    let dead = amd64("dead-agent");
     let ttl = Duration::from_secs(30);
     let claim = store.claim_next(&dead, ttl).await.expect("claim").expect("a run");
     store.set_status(&running.id, claim.epoch, RunStatus::Running).await.expect("running");
     store.claim_next(&dead, ttl).await.expect("claim").expect("a run");
-    store.claim_next(&Claimant::amd64("live-agent"), ttl).await.expect("claim").expect("a run");
+    store.claim_next(&amd64("live-agent"), ttl).await.expect("claim").expect("a run");
     let hub = LogHub::new();
     let mut follower = hub.subscribe(&running.id);
     let dispatch = dispatcher(&store, &hub, dir.path(), RunSettings::default());
@@ -428,23 +433,20 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
 
     use super::log_writer::LogWriter;
     use super::spool::{Spool, SpoolLimits};
-    use crate::run_log::Dependencies;
+    use kiln_api::run_log::Dependencies;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("a{:x}o", std::process::id());
     let store =
         Store::open(dir.path(), RunIdPrefix::new(&prefix).expect("prefix")).await.expect("store");
     let run = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.expect("queued");
-    let claim = store
-        .claim_next(&Claimant::amd64("w"), Duration::from_secs(30))
-        .await
-        .expect("claim")
-        .expect("run");
+    let claim =
+        store.claim_next(&amd64("w"), Duration::from_secs(30)).await.expect("claim").expect("run");
     let hub = LogHub::new();
     let mut follower = hub.subscribe(&run.id);
     let link = LocalLink {
         dispatcher: dispatcher(&store, &hub, dir.path(), RunSettings::default()),
-        agent: Claimant::amd64("w"),
+        agent: amd64("w"),
     };
     let spool = Spool::new(claim.run.log_len, SpoolLimits::default(), dir.path().join("spool"));
     let mut writer = LogWriter::new(
@@ -533,5 +535,25 @@ async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched()
             "{source:?}"
         );
     }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn agent_removes_the_work_directories_of_runs_it_does_not_hold() {
+    let env = env('y', 0, |_| {}).await;
+    // Work directories as crashed runs leave them: the agent holds no run, so they all go.
+    let work = env.dir.path().join("work");
+    let runs = [RunId::new("ay1"), RunId::new("ay2")];
+    let dirs: Vec<_> = runs
+        .iter()
+        .flat_map(|run| [work.join(format!("kiln-{run}")), work.join(format!("ctx-{run}"))])
+        .collect();
+    for path in &dirs {
+        std::fs::create_dir_all(path.join("sub")).expect("mkdir");
+    }
+    let removed = env.agent.remove_leftovers().await;
+    assert_eq!(removed.work_dirs.len(), 4, "{removed:?}");
+    assert!(dirs.iter().all(|p| !p.exists()));
+    assert_eq!(env.agent.remove_leftovers().await, super::Leftovers::default());
     env.stop().await;
 }

@@ -78,7 +78,7 @@ fn start() -> Server {
                 default_registry: Some("registry.local:5000".to_string()),
                 images: kiln_task::config::Config::default().image_aliases(),
                 max_upload_bytes: 1024 * 1024,
-                max_context: crate::uploads::ContextLimit::from_mb(2),
+                max_context: kiln_api::uploads::ContextLimit::from_mb(2),
             }),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -140,7 +140,7 @@ impl Server {
         answer(req.send(bytes).unwrap())
     }
     fn uploads_dir_files(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(crate::uploads::dir(self.dir.path())) {
+        match std::fs::read_dir(kiln_api::uploads::dir(self.dir.path())) {
             Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
             Err(_) => Vec::new(),
         }
@@ -334,7 +334,7 @@ fn server_stores_a_good_upload_and_refuses_a_truncated_one() {
     let digest: String = Sha256::digest(&archive).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(upload.sha256, digest);
     assert_eq!(upload.size, archive.len() as u64);
-    let path = crate::uploads::path(s.dir.path(), &upload.id).unwrap();
+    let path = kiln_api::uploads::path(s.dir.path(), &upload.id).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), archive);
     assert_eq!(s.uploads_dir_files(), vec![path]);
     let request =
@@ -560,18 +560,12 @@ fn dispatcher(store: &Store, hub: &LogHub, data_dir: &Path) -> Arc<dispatch::Dis
     ))
 }
 
-/// A janitor over an embedded agent that leases nothing (capacity 0): it removes the work
-/// directories of runs it does not hold.
+/// A janitor as `kiln serve` has it.
 async fn janitor(store: &Store, hub: &LogHub, data_dir: &Path) -> Janitor {
-    let dispatch = dispatcher(store, hub, data_dir);
-    let link = dispatch::LocalLink { dispatcher: dispatch.clone(), agent: Claimant::amd64("j") };
-    let config = AgentConfig { capacity: 0, ..AgentConfig::new("j", data_dir.to_path_buf()) };
-    let agent = Agent::start(Arc::new(link), config).await.unwrap();
     Janitor {
         store: store.clone(),
         hub: hub.clone(),
-        dispatch,
-        agent: Some(agent),
+        dispatch: dispatcher(store, hub, data_dir),
         data_dir: data_dir.to_path_buf(),
         log_retention: TimeDelta::days(30),
         upload_max_age: TimeDelta::days(1),
@@ -589,9 +583,9 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     let done = store.create_run(NewRun::new(RunType::QuickRun, "{}")).await.unwrap();
     let claim = store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap().unwrap();
     store.finish(&done.id, claim.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
-    let upload_dir = crate::uploads::dir(dir.path());
+    let upload_dir = kiln_api::uploads::dir(dir.path());
     std::fs::create_dir_all(&upload_dir).unwrap();
-    let upload = upload_dir.join(format!("{}.tar.gz", crate::uploads::new_id()));
+    let upload = upload_dir.join(format!("{}.tar.gz", kiln_api::uploads::new_id()));
     std::fs::write(&upload, b"x").unwrap();
 
     let now = Utc::now();
@@ -605,15 +599,6 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
     let claim = store.claim_next(&Claimant::amd64("w"), TTL).await.unwrap().unwrap();
     store.set_status(&running.id, claim.epoch, RunStatus::Running).await.unwrap();
     let mut rx = hub.subscribe(&running.id);
-    // Work directories as a crashed run leaves them: the agent holds no run, so they all go.
-    let work = dir.path().join("work");
-    let dirs = |run: &RunId| [work.join(format!("kiln-{run}")), work.join(format!("ctx-{run}"))];
-    for path in dirs(&done.id).iter().chain(&dirs(&running.id)) {
-        std::fs::create_dir_all(path.join("sub")).unwrap();
-    }
-    let sweep = janitor.sweep(now).await.unwrap();
-    assert_eq!(sweep.leftovers.work_dirs.len(), 4, "{sweep:?}");
-    assert!(dirs(&done.id).iter().chain(&dirs(&running.id)).all(|p| !p.exists()));
     let sweep = janitor.sweep(now).await.unwrap();
     assert_eq!(sweep, Sweep::default(), "nothing is due yet");
 

@@ -9,7 +9,7 @@ use super::dispatch::Dispatcher;
 use crate::log_hub::LogHub;
 use crate::secret_box::SecretBox;
 use crate::store::Store;
-use crate::uploads::ContextLimit;
+use kiln_api::uploads::ContextLimit;
 use tokio::sync::Notify;
 
 /// Settings handlers read; fixed for the server's lifetime.

@@ -30,8 +30,8 @@ use crate::queue::{self, QueueError};
 use crate::secret_box::SecretBox;
 use crate::store::lease::Claimant;
 use crate::store::{BaseImageRecord, LogTime, OutputImage, RunRecord, Store, StoreError};
-use crate::trigger::base_image;
-use crate::uploads::{self, ContextLimit};
+use kiln_api::uploads::{self, ContextLimit};
+use kiln_plan::base_image;
 
 /// How often expired leases are looked for.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);

@@ -46,6 +46,9 @@ use tokio_util::sync::CancellationToken;
 /// Default lease: an agent that stops heartbeating loses its run after this long.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
+/// How often an agent removes what dead runs left ([`leftovers`]) after its start.
+const LEFTOVERS_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The first and the longest pause after a failed call to the control plane.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
@@ -142,6 +145,12 @@ impl Shared {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// What dead runs left, removed: everything under the work directory but the held runs'.
+    async fn remove_leftovers(&self) -> Leftovers {
+        let held = |run: &RunId| self.held().contains_key(run);
+        leftovers::remove(&self.engine, &self.config.work_dir(), &held).await
+    }
+
     /// Registers a leased run; a shutdown that began meanwhile cancels it at once.
     pub(crate) fn hold(&self, run: &RunId, epoch: i64) -> Held {
         let held = Held::new(epoch);
@@ -213,6 +222,7 @@ impl Agent {
         let mut loops: Vec<JoinHandle<()>> =
             (0..capacity).map(|n| tokio::spawn(worker_loop(shared.clone(), n))).collect();
         loops.push(tokio::spawn(watch_loop(shared.clone())));
+        loops.push(tokio::spawn(leftovers_loop(shared.clone())));
         Ok(Agent { shared, loops: Arc::new(Mutex::new(loops)) })
     }
 
@@ -221,12 +231,10 @@ impl Agent {
         &self.shared.platforms
     }
 
-    /// Removes what dead runs left ([`leftovers`]); called periodically, so runs whose lease
-    /// expired, and kiln processes that died since the start, are covered.
+    /// Removes what dead runs left ([`leftovers`]); done every [`LEFTOVERS_INTERVAL`], so runs
+    /// whose lease expired, and kiln processes that died since the start, are covered.
     pub async fn remove_leftovers(&self) -> Leftovers {
-        let shared = &self.shared;
-        let held = |run: &RunId| shared.held().contains_key(run);
-        leftovers::remove(&shared.engine, &shared.config.work_dir(), &held).await
+        self.shared.remove_leftovers().await
     }
 
     /// Stops leasing, cancels the runs held here (they end as Error with the configured
@@ -278,6 +286,23 @@ async fn worker_loop(shared: Arc<Shared>, n: usize) {
         }
     }
     spare.discard().await;
+}
+
+/// Removes what dead runs left every [`LEFTOVERS_INTERVAL`] until the agent stops (the start
+/// did it once already).
+async fn leftovers_loop(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(LEFTOVERS_INTERVAL);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shared.stopping.cancelled() => return,
+        }
+        let removed = shared.remove_leftovers().await;
+        if removed != Leftovers::default() {
+            tracing::info!(?removed, "removed what dead runs left");
+        }
+    }
 }
 
 /// Carries cancels and lost leases to the held runs: one watch call over all of them,
@@ -353,14 +378,4 @@ impl Backoff {
         tokio::time::sleep(self.next).await;
         self.next = (self.next * 2).min(BACKOFF.1);
     }
-}
-
-/// This host's name (the default agent name).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }

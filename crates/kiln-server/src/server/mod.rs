@@ -1,5 +1,6 @@
-//! `kiln serve`: the control plane's HTTP API (issue 5) in front of the store, the log hub and
-//! the embedded agent.
+//! `kiln serve`: the control plane's HTTP API (issue 5) in front of the store and the log hub,
+//! with the link an embedded agent takes runs through ([`LocalLink`]; the binary starts that
+//! agent, so the server does not depend on it).
 //!
 //! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`error`] — the one
 //!   error type and its JSON answer;
@@ -52,22 +53,23 @@ use axum::middleware;
 use axum::routing::{get, patch, post, put};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
+use futures_util::future::BoxFuture;
 use kiln_api::paths;
 use kiln_plan::plan::RegistryCredential;
 use kiln_task::run_id::RunIdPrefix;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Agent, AgentConfig, AgentError};
 use crate::log_hub::LogHub;
 use crate::secret_box::SecretBox;
 use crate::store::{DatabaseUrl, Store, StoreError, StoreEvent, StoreEvents};
-use crate::uploads::ContextLimit;
+use kiln_api::uploads::ContextLimit;
 
 pub use git_ssh::GitSshFiles;
 
 use crate::store::lease::{Claimant, SERVER_STOPPED_MESSAGE};
-use dispatch::{DispatchError, Dispatcher, LocalLink, RunSettings};
+pub use dispatch::LocalLink;
+use dispatch::{DispatchError, Dispatcher, RunSettings};
 pub use error::ApiError;
 pub use state::{AppState, Settings};
 
@@ -111,7 +113,7 @@ pub enum ServeError {
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
     #[error("starting the agent: {0}")]
-    Agent(#[from] AgentError),
+    Agent(Box<dyn std::error::Error + Send + Sync>),
     // The cause is in the message and not a `source`, so the CLI prints it once.
     #[error("cannot listen on {addr}: {cause}")]
     Bind { addr: SocketAddr, cause: std::io::Error },
@@ -198,12 +200,22 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     }
 }
 
-/// Runs the server until `shutdown` completes: store (migrations) → listen → agent (which
-/// recovers runs a previous process left) → admin token (printed on first start) → janitor →
-/// `kiln listening on http(s)://ADDR` printed → serve (HTTPS with [`ServeConfig::tls`]) → stop
+/// What stops a started embedded agent (ending the runs it holds) once the server stopped.
+pub type StopAgent = BoxFuture<'static, ()>;
+
+/// Starts the embedded agent of `--workers N` (N > 0) on the in-process link: the binary's,
+/// so that the server does not depend on the agent.
+pub type StartAgent = Box<
+    dyn FnOnce(LocalLink) -> BoxFuture<'static, Result<StopAgent, ServeError>> + Send + 'static,
+>;
+
+/// Runs the server until `shutdown` completes: store (migrations) → listen → agent (`start_agent`,
+/// which recovers runs a previous process left) → admin token (printed on first start) → janitor
+/// → `kiln listening on http(s)://ADDR` printed → serve (HTTPS with [`ServeConfig::tls`]) → stop
 /// the agent.
 pub async fn serve(
     config: ServeConfig,
+    start_agent: StartAgent,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let store =
@@ -230,7 +242,7 @@ pub async fn serve(
         config.data_dir.clone(),
         config.lease_ttl,
     ));
-    let agent = start_embedded_agent(&config, &store, &dispatch).await?;
+    let agent = start_embedded_agent(&config, &store, &dispatch, start_agent).await?;
     if let Some(token) = store.ensure_admin_token().await? {
         say(&format!("admin token: {token}"))?;
     }
@@ -243,7 +255,6 @@ pub async fn serve(
         store: store.clone(),
         hub: hub.clone(),
         dispatch: dispatch.clone(),
-        agent: agent.clone(),
         data_dir: config.data_dir.clone(),
         log_retention: config.log_retention,
         upload_max_age: janitor::UPLOAD_MAX_AGE,
@@ -336,8 +347,8 @@ pub async fn serve(
     if let Some(relay) = relay {
         let _ = relay.await;
     }
-    if let Some(agent) = agent {
-        agent.shutdown().await;
+    if let Some(stop_agent) = agent {
+        stop_agent.await;
     }
     store.close().await;
     tracing::info!("stopped");
@@ -346,12 +357,13 @@ pub async fn serve(
 
 /// The embedded agent of `--workers N` (none for 0): an agent like any other, linked to the
 /// dispatcher in-process and shown in the registry as this process's. Its predecessor's runs
-/// (a server killed mid-run) are settled first.
+/// (a server killed mid-run) are settled first; `start` starts it.
 async fn start_embedded_agent(
     config: &ServeConfig,
     store: &Store,
     dispatch: &Arc<Dispatcher>,
-) -> Result<Option<Agent>, ServeError> {
+    start: StartAgent,
+) -> Result<Option<StopAgent>, ServeError> {
     // An embedded agent asks for work at least this often while its server runs.
     let alive = config.lease_ttl + Duration::from_secs(kiln_api::agent::MAX_WAIT_SECS);
     if config.workers == 0 {
@@ -359,7 +371,7 @@ async fn start_embedded_agent(
         store.remove_embedded_agent(&config.agent_name, alive).await?;
         return Ok(None);
     }
-    let server = format!("{} pid {}", crate::agent::hostname(), std::process::id());
+    let server = format!("{} pid {}", kiln_api::agents::hostname(), std::process::id());
     let version = env!("CARGO_PKG_VERSION");
     let workers = u64::try_from(config.workers).unwrap_or(u64::MAX);
     let registered =
@@ -382,18 +394,7 @@ async fn start_embedded_agent(
         dispatcher: dispatch.clone(),
         agent: Claimant { name: config.agent_name.clone(), pool: None, platforms: Vec::new() },
     };
-    let agent_config = AgentConfig {
-        capacity: config.workers,
-        stopped_message: SERVER_STOPPED_MESSAGE.to_string(),
-        ..AgentConfig::new(config.agent_name.clone(), embedded_agent_dir(config))
-    };
-    Ok(Some(Agent::start(Arc::new(link), agent_config).await?))
-}
-
-/// The embedded agent's own directory (workspaces, contexts, its owner lock):
-/// `<data>/agents/<name>`, so servers sharing a data directory never take each other's.
-fn embedded_agent_dir(config: &ServeConfig) -> PathBuf {
-    config.data_dir.join("agents").join(&config.agent_name)
+    Ok(Some(start(link).await?))
 }
 
 /// One line on stdout, flushed (scripts and tests wait for these lines).

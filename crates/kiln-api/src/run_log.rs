@@ -10,8 +10,8 @@
 
 use std::io::{self, Write};
 
+use crate::status::RunStatus;
 use chrono::{DateTime, Utc};
-use kiln_api::status::RunStatus;
 use kiln_plan::event::step_marked;
 use kiln_plan::event::{Event, LogStream, RunStatus as WorkerStatus, StepStatus};
 use kiln_plan::plan::StepId;
@@ -136,7 +136,7 @@ pub fn with_times(
     let mut offset = start;
     let mut next = 0;
     // Formatted once per mark, not per line: a burst of lines shares one mark.
-    let mut stamp = kiln_api::millis::format(&first);
+    let mut stamp = crate::millis::format(&first);
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         let mut moved = None;
         while let Some(&(_, time)) = times.get(next).filter(|(mark, _)| *mark <= offset) {
@@ -144,7 +144,7 @@ pub fn with_times(
             next += 1;
         }
         if let Some(at) = moved {
-            stamp = kiln_api::millis::format(&at);
+            stamp = crate::millis::format(&at);
         }
         out.extend_from_slice(stamp.as_bytes());
         out.push(b' ');

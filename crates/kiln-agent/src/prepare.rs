@@ -22,8 +22,8 @@ use kiln_task::run_id::RunId;
 use kiln_worker::build::remote;
 
 use super::log_writer::LogWriter;
-use crate::request;
-use crate::uploads;
+use kiln_api::request;
+use kiln_api::uploads;
 
 /// Why a run could not be prepared; the message is the run's error.
 #[derive(Debug, thiserror::Error)]

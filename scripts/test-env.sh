@@ -63,6 +63,7 @@ REGISTRY_PASSWORD=kiln-test-password
 # postgresql-15: the store's second backend (its cluster service is not started, policy-rc.d).
 PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
   openssh-server python3-venv iproute2 postgresql-15)
+[[ ${KILN_TEST_EMULATION:-yes} == no ]] || PACKAGES+=(qemu-user-static binfmt-support)
 SCHEMATHESIS_REQUIREMENTS="$(dirname "${BASH_SOURCE[0]}")/schemathesis-requirements.txt"
 DOCKERD_WAIT=60   # seconds for dockerd to answer
 REGISTRY_WAIT=20  # seconds for a registry to answer
@@ -328,6 +329,84 @@ build_image() {
   [[ $out == ok ]] || die "docker run --rm $IMAGE echo ok printed '$out'"
 }
 
+# --- 3b. emulation: qemu-aarch64 in binfmt_misc and an arm64 image -----------------------
+# Runs for linux/arm64 execute arm64 binaries on this machine through Debian's qemu-user-static.
+# The F flag makes the kernel open the interpreter when the entry is registered, so it works
+# inside containers (whose root holds no qemu). There is no systemd here: binfmt_misc is mounted
+# and the entry written by hand when missing. KILN_TEST_EMULATION=no skips all of it.
+
+BINFMT=/proc/sys/fs/binfmt_misc
+ARM64_IMAGE=busybox-arm64:latest
+EMULATION=${KILN_TEST_EMULATION:-yes}
+
+ensure_binfmt() {
+  [[ -e $BINFMT/register ]] || mount -t binfmt_misc binfmt_misc "$BINFMT" ||
+    die "cannot mount binfmt_misc on $BINFMT"
+  local entry=$BINFMT/qemu-aarch64 qemu=/usr/bin/qemu-aarch64-static
+  [[ -x $qemu ]] || die "$qemu is missing (package qemu-user-static)"
+  if [[ -e $entry ]] && grep -q '^flags: .*F' "$entry"; then
+    [[ $(head -n1 "$entry") == enabled ]] || echo 1 >"$entry"
+    return 0
+  fi
+  # An entry without the F flag (binfmt-support's default) does not work in containers.
+  if [[ -e $entry ]]; then echo -1 >"$entry"; fi
+  log "registering qemu-aarch64 in binfmt_misc (flags F)"
+  # ELF header of an aarch64 executable (e_machine 0xb7), the mask Debian's qemu package uses.
+  printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:'"$qemu"':F' \
+    >"$BINFMT/register" || die "writing $BINFMT/register failed"
+}
+
+build_arm64_image() {
+  docker image inspect "$ARM64_IMAGE" >/dev/null 2>&1 && return 0
+  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+  local dir version
+  dir=$(mktemp -d "$STATE_DIR/arm64.XXXXXX")
+  {
+    (cd "$dir" && apt-get download busybox-static:arm64) ||
+      { apt-get update -q && (cd "$dir" && apt-get download busybox-static:arm64); }
+  } >>"$STATE_DIR/apt.log" 2>&1 || die "apt-get download busybox-static:arm64 failed; see $STATE_DIR/apt.log"
+  dpkg-deb -x "$dir"/busybox-static_*_arm64.deb "$dir/deb"
+  version=$(dpkg-deb -f "$dir"/busybox-static_*_arm64.deb Version)
+  log "building $ARM64_IMAGE from Debian's busybox-static:arm64 $version"
+  mkdir -p "$dir/root"/{bin,tmp,root}
+  chmod 1777 "$dir/root/tmp"
+  install -m 0755 "$dir/deb/bin/busybox" "$dir/root/bin/busybox"
+  ln -s busybox "$dir/root/bin/sh"
+  ln -s busybox "$dir/root/bin/uname"
+  tar --numeric-owner --owner=0 --group=0 -C "$dir/root" -cf - . |
+    docker import --platform linux/arm64 \
+      --change 'ENV PATH=/bin' --change 'CMD ["sh"]' \
+      --change "LABEL org.kiln.test-image=busybox-static-arm64-$version" \
+      - "$ARM64_IMAGE" >/dev/null
+  # Docker 20.10 records the daemon's own architecture despite `import --platform`: rewrite the
+  # config's architecture in a saved copy (a new config, so a new image ID) and load that.
+  local imported
+  imported=$(docker image inspect --format '{{.Id}}' "$ARM64_IMAGE")
+  mkdir "$dir/saved"
+  docker save "$ARM64_IMAGE" | tar -x -C "$dir/saved"
+  python3 - "$dir/saved" <<'PY' || die "rewriting $ARM64_IMAGE's architecture failed"
+import hashlib, json, os, sys
+os.chdir(sys.argv[1])
+manifest = json.load(open("manifest.json"))
+old = manifest[0]["Config"]
+config = json.load(open(old))
+config["architecture"], config["variant"] = "arm64", "v8"
+data = json.dumps(config, separators=(",", ":")).encode()
+new = hashlib.sha256(data).hexdigest() + ".json"
+open(new, "wb").write(data)
+os.remove(old)
+manifest[0]["Config"] = new
+json.dump(manifest, open("manifest.json", "w"))
+PY
+  tar -C "$dir/saved" -cf - . | docker load >/dev/null
+  docker rmi "$imported" >/dev/null
+  rm -rf "$dir"
+  local out
+  out=$(docker run --rm --platform linux/arm64 "$ARM64_IMAGE" busybox uname -m) ||
+    die "docker run --platform linux/arm64 $ARM64_IMAGE failed (is qemu-aarch64 registered?)"
+  [[ $out == aarch64 ]] || die "$ARM64_IMAGE: uname -m printed '$out', expected aarch64"
+}
+
 # Containers on a user-defined bridge network reach each other by alias (embedded DNS).
 # Note: Debian's busybox-static 1.35 `wget -T N` segfaults (even on a numeric address), so
 # the image's wget is bounded with the `timeout` applet instead.
@@ -565,6 +644,9 @@ KILN_TEST_STATE_DIR=$STATE_DIR
 KILN_TEST_SCHEMATHESIS=$STATE_DIR/schemathesis/bin/st
 KILN_TEST_POSTGRES_URL=$POSTGRES_URL
 EOF
+  if [[ $EMULATION != no ]]; then
+    printf '%s\n' "KILN_TEST_ARM64_IMAGE=$ARM64_IMAGE" "KILN_TEST_EMULATED=linux/arm64" >>"$ENV_FILE.tmp"
+  fi
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
@@ -609,6 +691,10 @@ install_packages
 install_schemathesis
 start_dockerd
 build_image
+if [[ $EMULATION != no ]]; then
+  ensure_binfmt
+  build_arm64_image
+fi
 auth_changed=no
 ensure_htpasswd && auth_changed=yes
 start_registry "$REGISTRY" no no

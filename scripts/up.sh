@@ -4,7 +4,8 @@
 # /usr/local/bin, and `kiln serve` in the background (embedded SQLite under /var/lib/kiln, two
 # embedded workers, API on 127.0.0.1:8080). The CLI is logged in with the admin token, so
 # `kiln build`, `kiln run`, `kiln list-runs` work right away. Running it again restarts the
-# server and keeps its data.
+# server and keeps its data. KILN_EMULATION=yes also registers qemu-aarch64 in binfmt_misc so
+# the engine runs linux/arm64 images (off by default: it changes how the host runs binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "up.sh: cargo is missing; install Rust (rustup or Debian's cargo package) first" >&2
   exit 1
 fi
-./scripts/test-env.sh
+KILN_TEST_EMULATION=${KILN_EMULATION:-no} ./scripts/test-env.sh
 cargo build --release --bin kiln
 install -m 0755 target/release/kiln /usr/local/bin/kiln
 

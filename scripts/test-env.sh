@@ -645,7 +645,7 @@ KILN_TEST_SCHEMATHESIS=$STATE_DIR/schemathesis/bin/st
 KILN_TEST_POSTGRES_URL=$POSTGRES_URL
 EOF
   if [[ $EMULATION != no ]]; then
-    printf '%s\n' "KILN_TEST_ARM64_IMAGE=$ARM64_IMAGE" "KILN_TEST_EMULATED=linux/arm64" >>"$ENV_FILE.tmp"
+    printf '%s\n' "KILN_TEST_ARM64_IMAGE=$ARM64_IMAGE" >>"$ENV_FILE.tmp"
   fi
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }

@@ -205,3 +205,45 @@ fn push_with_credentials_and_with_wrong_ones() {
     );
     assert_eq!(leftovers(&run), "");
 }
+
+/// A foreign-platform base image (the test environment's arm64 busybox, run through QEMU
+/// user-mode emulation registered in binfmt_misc) builds with a `RUN` executed under emulation
+/// and runs as a `cmd` step, unchanged from how a native image would.
+#[test]
+fn an_arm64_image_builds_and_runs_under_emulation() {
+    let base = std::env::var("KILN_TEST_ARM64_IMAGE")
+        .expect("KILN_TEST_ARM64_IMAGE (run scripts/test-env.sh and source its env file)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Exec form: under QEMU (no P flag) the arm64 busybox shell fails to run applets by
+    // name (seen here: `sh: can't open 'uname'`).
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {base}\nRUN [\"/bin/busybox\", \"mkdir\", \"/ran-under-emulation\"]\n"),
+    )
+    .expect("Dockerfile");
+    let file = write_task(
+        dir.path(),
+        "steps:\n  - build: -t kiln-arm64-test:{{.Run.ID}} --platform linux/arm64 .\n  - id: arch\n    cmd: kiln-arm64-test:{{.Run.ID}} busybox uname -m\n  - cmd: kiln-arm64-test:{{.Run.ID}} busybox ls -d /ran-under-emulation\n",
+    );
+    let run = run_id("arm64");
+    let out = kiln()
+        .args(["exec", "-f"])
+        .arg(&file)
+        .arg(dir.path())
+        .args(["--run-id", &run])
+        .output()
+        .expect("run kiln");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.lines().any(|l| l.starts_with("arch ") && l.ends_with("| aarch64")), "{all}");
+    assert!(all.contains("/ran-under-emulation"), "{all}");
+    let image = format!("kiln-arm64-test:{run}");
+    let arch = std::process::Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", &image])
+        .output()
+        .expect("docker CLI");
+    assert_eq!(String::from_utf8_lossy(&arch.stdout).trim(), "linux/arm64");
+    let removed = std::process::Command::new("docker").args(["rmi", &image]).output();
+    assert!(removed.expect("docker CLI").status.success());
+    assert_eq!(leftovers(&run), "");
+}

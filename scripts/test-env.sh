@@ -296,17 +296,15 @@ start_dockerd() {
 
 # --- 3. the test image --------------------------------------------------------------------
 
-build_image() {
-  docker image inspect "$IMAGE" >/dev/null 2>&1 && return 0
-  [[ -x /bin/busybox ]] || die "/bin/busybox is missing (package busybox-static)"
-  local version root p
-  version=$(dpkg-query -W -f='${Version}' busybox-static)
-  log "building $IMAGE from Debian's busybox-static $version"
+# A busybox root filesystem from the busybox binary $1, imported as image $2 (test image label
+# $3). Applet links come from the host's busybox: the arm64 package is the same Debian version.
+import_busybox() {
+  local binary=$1 image=$2 label=$3 root p
   root=$(mktemp -d "$STATE_DIR/rootfs.XXXXXX")
   mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,root,home,tmp,var/tmp,proc,sys,dev}
   chmod 0700 "$root/root"
   chmod 1777 "$root/tmp" "$root/var/tmp"
-  install -m 0755 /bin/busybox "$root/bin/busybox"
+  install -m 0755 "$binary" "$root/bin/busybox"
   # One symlink per applet at its usual place (bin/sh, usr/bin/wget, sbin/ifconfig, ...), as
   # `busybox --install -s` would make inside a chroot.
   while read -r p; do
@@ -320,10 +318,19 @@ build_image() {
     docker import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'CMD ["sh"]' \
-      --change "LABEL org.kiln.test-image=busybox-static-$version" \
-      --message "kiln test image: Debian busybox-static $version" \
-      - "$IMAGE" >/dev/null
+      --change "LABEL org.kiln.test-image=$label" \
+      --message "kiln test image: Debian $label" \
+      - "$image" >/dev/null
   rm -rf "$root"
+}
+
+build_image() {
+  docker image inspect "$IMAGE" >/dev/null 2>&1 && return 0
+  [[ -x /bin/busybox ]] || die "/bin/busybox is missing (package busybox-static)"
+  local version
+  version=$(dpkg-query -W -f='${Version}' busybox-static)
+  log "building $IMAGE from Debian's busybox-static $version"
+  import_busybox /bin/busybox "$IMAGE" "busybox-static-$version"
   local out
   out=$(docker run --rm "$IMAGE" echo ok) || die "docker run --rm $IMAGE echo ok failed"
   [[ $out == ok ]] || die "docker run --rm $IMAGE echo ok printed '$out'"
@@ -368,18 +375,9 @@ build_arm64_image() {
   dpkg-deb -x "$dir"/busybox-static_*_arm64.deb "$dir/deb"
   version=$(dpkg-deb -f "$dir"/busybox-static_*_arm64.deb Version)
   log "building $ARM64_IMAGE from Debian's busybox-static:arm64 $version"
-  mkdir -p "$dir/root"/{bin,tmp,root}
-  chmod 1777 "$dir/root/tmp"
-  install -m 0755 "$dir/deb/bin/busybox" "$dir/root/bin/busybox"
-  ln -s busybox "$dir/root/bin/sh"
-  ln -s busybox "$dir/root/bin/uname"
-  tar --numeric-owner --owner=0 --group=0 -C "$dir/root" -cf - . |
-    docker import --platform linux/arm64 \
-      --change 'ENV PATH=/bin' --change 'CMD ["sh"]' \
-      --change "LABEL org.kiln.test-image=busybox-static-arm64-$version" \
-      - "$ARM64_IMAGE" >/dev/null
-  # Docker 20.10 records the daemon's own architecture despite `import --platform`: rewrite the
-  # config's architecture in a saved copy (a new config, so a new image ID) and load that.
+  import_busybox "$dir/deb/bin/busybox" "$ARM64_IMAGE" "busybox-static-arm64-$version"
+  # Docker 20.10 records the daemon's own architecture even with `import --platform`: rewrite
+  # the config's architecture in a saved copy (a new config, so a new image ID) and load that.
   local imported
   imported=$(docker image inspect --format '{{.Id}}' "$ARM64_IMAGE")
   mkdir "$dir/saved"

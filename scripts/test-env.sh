@@ -339,8 +339,9 @@ build_image() {
 # --- 3b. emulation: qemu-aarch64 in binfmt_misc and an arm64 image -----------------------
 # Runs for linux/arm64 execute arm64 binaries on this machine through Debian's qemu-user-static.
 # The F flag makes the kernel open the interpreter when the entry is registered, so it works
-# inside containers (whose root holds no qemu). There is no systemd here: binfmt_misc is mounted
-# and the entry written by hand when missing. KILN_TEST_EMULATION=no skips all of it.
+# inside containers (whose root holds no qemu); P keeps argv[0], which busybox applets need.
+# There is no systemd here: binfmt_misc is mounted and the entry written by hand when missing.
+# KILN_TEST_EMULATION=no skips all of it.
 
 BINFMT=/proc/sys/fs/binfmt_misc
 ARM64_IMAGE=busybox-arm64:latest
@@ -351,15 +352,16 @@ ensure_binfmt() {
     die "cannot mount binfmt_misc on $BINFMT"
   local entry=$BINFMT/qemu-aarch64 qemu=/usr/bin/qemu-aarch64-static
   [[ -x $qemu ]] || die "$qemu is missing (package qemu-user-static)"
-  if [[ -e $entry ]] && grep -q '^flags: .*F' "$entry"; then
+  if [[ -e $entry ]] && grep -q '^flags: .*F' "$entry" && grep -q '^flags: .*P' "$entry"; then
     [[ $(head -n1 "$entry") == enabled ]] || echo 1 >"$entry"
     return 0
   fi
-  # An entry without the F flag (binfmt-support's default) does not work in containers.
+  # Without F (binfmt-support's default) the entry does not work in containers; without P,
+  # QEMU loses argv[0] and busybox's shell runs `wc`, `ls`, ... as `sh` (seen here).
   if [[ -e $entry ]]; then echo -1 >"$entry"; fi
-  log "registering qemu-aarch64 in binfmt_misc (flags F)"
+  log "registering qemu-aarch64 in binfmt_misc (flags FP)"
   # ELF header of an aarch64 executable (e_machine 0xb7), the mask Debian's qemu package uses.
-  printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:'"$qemu"':F' \
+  printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:'"$qemu"':FP' \
     >"$BINFMT/register" || die "writing $BINFMT/register failed"
 }
 

@@ -51,6 +51,7 @@ ENV_FILE="$STATE_DIR/env"
 DOCKER_SOCK=/var/run/docker.sock
 export DOCKER_HOST="unix://$DOCKER_SOCK"
 IMAGE=busybox:latest
+DOCKER_IMAGE=docker:latest
 REGISTRY=127.0.0.1:5000
 AUTH_REGISTRY=127.0.0.1:5001
 REGISTRY_USER=kiln
@@ -334,6 +335,37 @@ build_image() {
   local out
   out=$(docker run --rm "$IMAGE" echo ok) || die "docker run --rm $IMAGE echo ok failed"
   [[ $out == ok ]] || die "docker run --rm $IMAGE echo ok printed '$out'"
+}
+
+# `docker:latest` for ACR-style `cmd: docker …` steps: busybox plus a static docker CLI (this
+# machine kind has one in /usr/local/bin; Debian's docker.io CLI is dynamically linked and would
+# need its libraries), with the entrypoint of Docker Hub's image: arguments that are a docker
+# subcommand or a flag run as `docker …`, anything else runs as given.
+build_docker_image() {
+  local cli=${KILN_TEST_DOCKER_CLI:-/usr/local/bin/docker} version dir out
+  [[ -x $cli ]] || die "$cli is missing: the docker:latest test image needs a static docker CLI (set KILN_TEST_DOCKER_CLI)"
+  out=$(ldd "$cli" 2>&1 || true)
+  [[ $out == *"not a dynamic executable"* ]] ||
+    die "$cli is not statically linked: it cannot run inside the busybox-based $DOCKER_IMAGE"
+  version=$("$cli" --version | sed -n 's/^Docker version \([^,]*\),.*/\1/p')
+  if [[ $(docker image inspect --format '{{index .Config.Labels "org.kiln.test-image"}}' "$DOCKER_IMAGE" 2>/dev/null) == "docker-cli-$version" ]]; then
+    return 0
+  fi
+  log "building $DOCKER_IMAGE from $IMAGE and the docker CLI $version ($cli)"
+  dir=$(mktemp -d "$STATE_DIR/docker-image.XXXXXX")
+  install -m 0755 "$cli" "$dir/docker"
+  printf '%s\n' '#!/bin/sh' 'set -e' \
+    'if [ "${1#-}" != "$1" ] || docker help "$1" >/dev/null 2>&1; then' \
+    '  set -- docker "$@"' 'fi' 'exec "$@"' >"$dir/docker-entrypoint.sh"
+  chmod 0755 "$dir/docker-entrypoint.sh"
+  printf '%s\n' "FROM $IMAGE" 'COPY docker docker-entrypoint.sh /usr/local/bin/' \
+    "LABEL org.kiln.test-image=docker-cli-$version" \
+    'ENTRYPOINT ["docker-entrypoint.sh"]' 'CMD ["sh"]' >"$dir/Dockerfile"
+  DOCKER_BUILDKIT=0 docker build -q -t "$DOCKER_IMAGE" "$dir" >/dev/null 2>"$STATE_DIR/docker-image.log" ||
+    die "building $DOCKER_IMAGE failed: $(cat "$STATE_DIR/docker-image.log")"
+  rm -rf "$dir"
+  out=$(docker run --rm "$DOCKER_IMAGE" --version) || die "docker run --rm $DOCKER_IMAGE --version failed"
+  [[ $out == "Docker version $version"* ]] || die "docker run --rm $DOCKER_IMAGE --version printed '$out'"
 }
 
 # --- 3b. emulation: qemu-aarch64 in binfmt_misc and an arm64 image -----------------------
@@ -636,6 +668,7 @@ DOCKER_HOST=$DOCKER_HOST
 KILN_TEST_DOCKER_API_VERSION=$api
 KILN_TEST_STORAGE_DRIVER=$driver
 KILN_TEST_IMAGE=$IMAGE
+KILN_TEST_DOCKER_IMAGE=$DOCKER_IMAGE
 KILN_TEST_REGISTRY=$REGISTRY
 KILN_TEST_AUTH_REGISTRY=$AUTH_REGISTRY
 KILN_TEST_REGISTRY_USER=$REGISTRY_USER
@@ -691,6 +724,7 @@ install_packages
 install_schemathesis
 start_dockerd
 build_image
+build_docker_image
 if [[ $EMULATION != no ]]; then
   ensure_binfmt
   build_arm64_image

@@ -13,7 +13,7 @@ use chrono::Utc;
 use clap::Args;
 use kiln_plan::event::{Event, RunStatus, StepStatus};
 use kiln_plan::plan::{RegistryCredential, StepId};
-use kiln_worker::{Engine, RunOptions, RunSummary};
+use kiln_worker::{DockerApiMode, Engine, RunOptions, RunSummary};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,10 @@ pub struct ExecArgs {
     /// Limit on the whole run, in seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// What `cmd` steps get at /var/run/docker.sock: `scoped` (the run's own Docker API),
+    /// `host` (the engine's socket, as ACR does: trusted task files only) or `off`.
+    #[arg(long, value_name = "MODE", default_value = "scoped")]
+    docker_api: DockerApiMode,
 }
 
 pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -92,6 +96,7 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     );
     options.context_dir = context;
     options.timeout = args.timeout.map(Duration::from_secs);
+    options.docker_api = args.docker_api;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let status = runtime.block_on(run(planned.plan, options))?;

@@ -57,6 +57,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) labels: HashMap<String, String>,
     /// `source:target` binds: the workspace and the step's secret volumes.
     pub(crate) binds: Vec<String>,
+    /// Variables the step gets unless its own `env` sets them (the Docker API's).
+    pub(crate) env: &'a [(String, String)],
     /// Engine name of the network the container joins.
     pub(crate) network: &'a str,
 }
@@ -81,7 +83,10 @@ pub(crate) fn create_body(
         // Empty args keep the image's CMD, like `docker run image` with nothing after it.
         cmd: (!setup.args.is_empty()).then(|| setup.args.to_vec()),
         entrypoint: step.entry_point.clone().map(|ep| vec![ep]),
-        env: Some(step.env.iter().map(|v| format!("{}={}", v.name, v.value)).collect()),
+        env: Some(crate::docker_api::merged_env(
+            step.env.iter().map(|v| (v.name.clone(), v.value.clone())),
+            setup.env,
+        )),
         working_dir: step.working_directory.as_deref().map(container_working_dir),
         user: step.user.clone(),
         labels: Some(setup.labels),
@@ -305,6 +310,7 @@ mod tests {
             args,
             labels: HashMap::new(),
             binds: vec!["/tmp/ws:/workspace".into()],
+            env: &[],
             network,
         }
     }

@@ -24,6 +24,7 @@
 //! | [`owner`] | which process owns engine objects, and whether it is gone |
 //! | [`names`] | engine object names and labels |
 //! | `ports` | `ports`/`expose` syntax |
+//! | `docker_api` | the Docker API steps see: the run's scoped socket, its policy, its image tags |
 //! | [`build`] | build steps: arguments, context, `.dockerignore`, Dockerfile scan, remote contexts |
 //! | [`push`] | push steps, with [`auth`] (registry logins) |
 //! | `delegate` | the seam from a step to the build and push modules |
@@ -35,6 +36,7 @@ pub mod build;
 pub mod cleanup;
 mod container;
 mod delegate;
+mod docker_api;
 pub mod engine;
 mod events;
 mod image;
@@ -50,6 +52,7 @@ mod volume;
 pub mod workspace;
 
 pub use cleanup::{SweepReport, sweep, sweep_orphans};
+pub use docker_api::DockerApiMode;
 pub use engine::{Engine, EngineError};
 pub use run::{RunOptions, RunSummary, StepSummary, execute};
 pub use spare::{SpareError, SpareNetwork};

@@ -61,6 +61,20 @@ pub fn workspace_run(dir: &str) -> Option<RunId> {
 
 const WORKSPACE_PREFIX: &str = "kiln-";
 
+/// The directory beside the workspace holding the run's Docker socket and config: not in
+/// the workspace, which is the user's build context.
+pub(crate) fn docker_api_dir(run: &RunId) -> String {
+    format!("{DOCKER_API_PREFIX}{}", component(run.as_str()))
+}
+
+/// The run a Docker API directory named `dir` belongs to, as [`workspace_run`] does.
+pub fn docker_api_run(dir: &str) -> Option<RunId> {
+    let id = dir.strip_prefix(DOCKER_API_PREFIX)?;
+    (!id.is_empty() && component(id) == id).then(|| RunId::new(id))
+}
+
+const DOCKER_API_PREFIX: &str = "docker-";
+
 /// Labels of a run-wide object (network, volume).
 pub(crate) fn run_labels(run: &RunId, owner: &Owner) -> HashMap<String, String> {
     let mut labels = HashMap::from(owner.labels());
@@ -125,10 +139,12 @@ mod tests {
     #[test]
     fn workspace_names_give_back_their_run() {
         let run = RunId::new("ka12");
-        assert_eq!(workspace_run(&workspace_dir(&run)), Some(run));
+        assert_eq!(workspace_run(&workspace_dir(&run)), Some(run.clone()));
         assert_eq!(workspace_run("ctx-ka12"), None);
         assert_eq!(workspace_run("kiln-"), None);
         assert_eq!(workspace_run("kiln-a:b"), None);
+        assert_eq!(docker_api_run(&docker_api_dir(&run)), Some(run));
+        assert_eq!(docker_api_run("kiln-ka12"), None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cleanup;
+use crate::docker_api::{DockerApiMode, RunDockerApi, RunScope};
 use crate::engine::Engine;
 use crate::events::Events;
 use crate::image::{self, engine_message};
@@ -58,6 +59,8 @@ pub struct RunOptions {
     /// Images pulled before the first step even if the engine has them: a run triggered by a
     /// base-image update must build on the tag's new digest, not on the engine's old copy.
     pub refresh_images: Vec<String>,
+    /// What `cmd` steps get of the engine at `/var/run/docker.sock` ([`DockerApiMode`]).
+    pub docker_api: DockerApiMode,
 }
 
 impl RunOptions {
@@ -69,6 +72,7 @@ impl RunOptions {
             timeout: None,
             network: None,
             refresh_images: Vec::new(),
+            docker_api: DockerApiMode::default(),
         }
     }
 }
@@ -104,6 +108,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) plan: &'a Plan,
     pub(crate) events: Events,
     pub(crate) workspace: &'a Workspace,
+    /// The engine socket and config every `cmd` step mounts.
+    pub(crate) docker_api: &'a RunDockerApi,
     pub(crate) volumes: SecretVolumes,
     /// Plan network name → engine name, for the networks the plan declares.
     networks: HashMap<String, String>,
@@ -146,28 +152,32 @@ pub async fn execute(
 
     let mut outcomes: Vec<Option<StepOutcome>> = vec![None; plan.steps.len()];
     let untagged = Mutex::new(Vec::new());
-    let (status, error, workspace) =
+    let (status, error, workspace, mut docker_api) =
         match prepare(docker, engine.owner(), plan, &options, &events).await {
-            Err(message) => (RunStatus::Error, Some(message), None),
-            Ok(prepared) => {
-                let ctx = RunContext {
-                    docker,
-                    owner: engine.owner(),
-                    plan,
-                    events: events.clone(),
-                    workspace: &prepared.workspace,
-                    volumes: SecretVolumes::new(run_id, engine.owner(), &plan.volumes),
-                    networks: prepared.networks,
-                    default_network: prepared.default_network,
-                    removals: TaskTracker::new(),
-                    untagged: &untagged,
-                };
-                let (status, error) =
-                    drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
-                ctx.removals.close();
-                ctx.removals.wait().await;
-                (status, error, Some(prepared.workspace))
-            }
+            Err(message) => (RunStatus::Error, Some(message), None, None),
+            Ok(prepared) => match start_docker_api(engine, plan, &options, &prepared).await {
+                Err(e) => (RunStatus::Error, Some(e.to_string()), Some(prepared.workspace), None),
+                Ok(docker_api) => {
+                    let ctx = RunContext {
+                        docker,
+                        owner: engine.owner(),
+                        plan,
+                        events: events.clone(),
+                        workspace: &prepared.workspace,
+                        docker_api: &docker_api,
+                        volumes: SecretVolumes::new(run_id, engine.owner(), &plan.volumes),
+                        networks: prepared.networks,
+                        default_network: prepared.default_network,
+                        removals: TaskTracker::new(),
+                        untagged: &untagged,
+                    };
+                    let (status, error) =
+                        drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
+                    ctx.removals.close();
+                    ctx.removals.wait().await;
+                    (status, error, Some(prepared.workspace), Some(docker_api))
+                }
+            },
         };
 
     let mut steps = Vec::with_capacity(plan.steps.len());
@@ -213,12 +223,22 @@ pub async fn execute(
         }
     }
 
+    // The run's socket closes first, so no step can create anything the sweep would miss.
+    if let Some(docker_api) = &mut docker_api {
+        docker_api.stop().await;
+    }
     // Containers first: detached ones may still be writing into the workspace.
     let mut cleanup_errors = tear_down(docker, run_id, options.network.as_ref(), &events).await;
     let untagged = untagged.into_inner().unwrap_or_else(PoisonError::into_inner);
     for error in cleanup::remove_untagged(docker, &untagged).await {
         events.system(None, format!("Warning: cleanup could not remove {error}")).await;
         cleanup_errors.push(error);
+    }
+    if let Some(docker_api) = docker_api {
+        for error in docker_api.finish(docker).await {
+            events.system(None, format!("Warning: cleanup could not restore {error}")).await;
+            cleanup_errors.push(error);
+        }
     }
     if let Some(workspace) = workspace
         && let Err(e) = workspace.remove().await
@@ -287,6 +307,29 @@ async fn prepare(
             Err(message)
         }
     }
+}
+
+/// The run's Docker API, beside its workspace, on its default network.
+async fn start_docker_api(
+    engine: &Engine,
+    plan: &Plan,
+    options: &RunOptions,
+    prepared: &Prepared,
+) -> Result<RunDockerApi, crate::docker_api::DockerApiError> {
+    let workspace = prepared.workspace.host_dir();
+    // The workspace's root, made absolute when the workspace was created.
+    let root = workspace.parent().unwrap_or(workspace);
+    let scope = RunScope {
+        docker: engine.docker(),
+        engine_host: engine.host(),
+        owner: engine.owner(),
+        run: &plan.run_id,
+        workspace,
+        default_network: &prepared.default_network,
+        networks: prepared.networks.values().cloned().collect(),
+        credentials: &plan.credentials,
+    };
+    RunDockerApi::start(options.docker_api, root, scope).await
 }
 
 /// Creates the plan's networks under run-unique names, and the run's own network unless the

@@ -345,6 +345,7 @@ async fn run_container(
     }
 
     let mut binds = vec![ctx.workspace.bind()];
+    binds.extend(ctx.docker_api.binds().iter().cloned());
     for mount in &step.volume_mounts {
         let volume = ctx
             .volumes
@@ -360,6 +361,7 @@ async fn run_container(
             args,
             labels: names::step_labels(&ctx.plan.run_id, id, ctx.owner),
             binds,
+            env: ctx.docker_api.env(),
             network,
         },
     )

@@ -1,6 +1,7 @@
 //! What dead runs leave behind on this agent's machine, and its removal: engine objects of
 //! kiln processes that are provably gone ([`kiln_worker::sweep_orphans`]), and the directories
-//! under `<data>/work` — workspaces (`kiln-<id>`) and context copies (`ctx-<id>`) — of runs
+//! under `<data>/work` — workspaces (`kiln-<id>`), Docker API sockets (`docker-<id>`) and
+//! context copies (`ctx-<id>`) — of runs
 //! this agent does not hold. A run that ends normally removes its own; these are what a crash
 //! or a lost lease left. The work directory is this agent's alone (its owner lock is in the
 //! same data directory), so a run it does not hold has no one else to finish it. Removed when
@@ -32,7 +33,9 @@ fn run_of(name: &str) -> Option<RunId> {
     match name.strip_prefix(CONTEXT_PREFIX) {
         Some(id) if !id.is_empty() => Some(RunId::new(id)),
         Some(_) => None,
-        None => kiln_worker::names::workspace_run(name).map(|r| RunId::new(r.as_str())),
+        None => kiln_worker::names::workspace_run(name)
+            .or_else(|| kiln_worker::names::docker_api_run(name))
+            .map(|r| RunId::new(r.as_str())),
     }
 }
 
@@ -87,8 +90,9 @@ mod tests {
         let run = RunId::new("ka7");
         let name = |p: PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(run_of(&name(context_dir(Path::new("/w"), &run))), Some(run.clone()));
-        assert_eq!(run_of("kiln-ka7"), Some(run));
-        for other in ["ctx-", "kiln-", "owners", "notes.txt"] {
+        assert_eq!(run_of("kiln-ka7"), Some(run.clone()));
+        assert_eq!(run_of("docker-ka7"), Some(run));
+        for other in ["ctx-", "kiln-", "docker-", "owners", "notes.txt"] {
             assert_eq!(run_of(other), None, "{other}");
         }
     }

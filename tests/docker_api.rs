@@ -1,0 +1,299 @@
+//! ACR-style `cmd: docker …` steps through the run's scoped Docker API, on the real engine and
+//! registries of `scripts/test-env.sh` with its `docker:latest` image (busybox and the static
+//! docker CLI): builds, runs and pushes work unchanged, escapes are refused with a sentence,
+//! nothing a step created survives its run, and runs cannot see each other's containers.
+
+#[path = "support/exec.rs"]
+mod support;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{kiln, leftovers, run_id, setting, text, write_task};
+
+fn docker_image() -> String {
+    setting("KILN_TEST_DOCKER_IMAGE", "docker:latest")
+}
+
+/// `kiln exec` of `yaml` in `dir`, logged in to the authenticated test registry.
+fn exec(dir: &Path, yaml: &str, run: &str, extra: &[&str]) -> Child {
+    let file = write_task(dir, &yaml.replace("DOCKER", &docker_image()));
+    let mut child = kiln()
+        .args(["exec", "-f"])
+        .arg(&file)
+        .arg(dir)
+        .args(["--run-id", run, "--registry", &auth_registry()])
+        .args(["--registry-user", &setting("KILN_TEST_REGISTRY_USER", "kiln")])
+        .arg("--registry-password-stdin")
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
+    child.stdin.take().expect("stdin").write_all(password.as_bytes()).expect("password");
+    child
+}
+
+fn run_to_end(dir: &Path, yaml: &str, run: &str, extra: &[&str]) -> (Output, String) {
+    let out = exec(dir, yaml, run, extra).wait_with_output().expect("wait");
+    let all = text(&out);
+    (out, all)
+}
+
+fn auth_registry() -> String {
+    setting("KILN_TEST_AUTH_REGISTRY", "127.0.0.1:5001")
+}
+
+fn image_exists(reference: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", reference])
+        .output()
+        .expect("docker CLI")
+        .status
+        .success()
+}
+
+/// Whether the authenticated registry has `repo:tag`.
+fn in_auth_registry(repo: &str, tag: &str) -> bool {
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let user = setting("KILN_TEST_REGISTRY_USER", "kiln");
+    let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{user}:{password}"),
+    );
+    let resp = agent
+        .head(format!("http://{}/v2/{repo}/manifests/{tag}", auth_registry()))
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header("authorization", format!("Basic {basic}"))
+        .call()
+        .expect("registry");
+    resp.status().as_u16() == 200
+}
+
+fn context() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM busybox:latest\nRUN echo built-in-a-step > /built\nCMD [\"cat\", \"/built\"]\n",
+    )
+    .expect("Dockerfile");
+    dir
+}
+
+#[test]
+fn docker_steps_build_run_and_push_with_the_runs_login() {
+    let dir = context();
+    let run = run_id("dapibuild");
+    // The last push carries no login of the client's own (an empty DOCKER_CONFIG): kiln adds
+    // the run's, as ACR's steps push without `docker login`.
+    let yaml = "version: v1.1.0
+steps:
+  - id: build
+    cmd: DOCKER build -t $Registry/kiln-dapi:$ID .
+  - id: run
+    cmd: DOCKER run --rm $Registry/kiln-dapi:$ID
+  - id: mounts
+    cmd: DOCKER run --rm -v /workspace:/src busybox cat /src/Dockerfile
+  - id: nested
+    cmd: DOCKER run --rm -v /var/run/docker.sock:/var/run/docker.sock DOCKER ps --format '{{`{{.Names}}`}}'
+  - id: push
+    cmd: DOCKER push $Registry/kiln-dapi:$ID
+  - id: tag
+    cmd: DOCKER tag $Registry/kiln-dapi:$ID $Registry/kiln-dapi:$ID-bare
+  - id: bare-push
+    cmd: DOCKER push $Registry/kiln-dapi:$ID-bare
+    env: [DOCKER_CONFIG=/tmp/no-logins]
+";
+    let (out, all) = run_to_end(dir.path(), yaml, &run, &[]);
+    assert!(out.status.success(), "{all}");
+    assert!(said(&all, "run", "built-in-a-step"), "{all}");
+    assert!(said(&all, "mounts", "FROM busybox:latest"), "{all}");
+    // The nested client reached the run's socket: it sees the run's own step container.
+    assert!(said(&all, "nested", &format!("kiln-{run}-nested-1")), "{all}");
+    assert!(in_auth_registry("kiln-dapi", &run), "{all}");
+    assert!(in_auth_registry("kiln-dapi", &format!("{run}-bare")), "{all}");
+    // What the steps built and tagged is gone with the run, like its containers.
+    assert!(!image_exists(&format!("{}/kiln-dapi:{run}", auth_registry())), "{all}");
+    assert!(!image_exists(&format!("{}/kiln-dapi:{run}-bare", auth_registry())), "{all}");
+    assert_eq!(leftovers(&run), "", "{all}");
+}
+
+#[test]
+fn escapes_are_refused_with_what_was_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_id("dapiescape");
+    let attempts = [
+        (
+            "priv",
+            "run --rm --privileged busybox true",
+            "privileged containers are not allowed inside a run",
+        ),
+        (
+            "hostbind",
+            "run --rm -v /etc:/x busybox true",
+            "bind mounts of host paths are not allowed inside a run (/etc)",
+        ),
+        (
+            "hostnet",
+            "run --rm --network host busybox true",
+            "the host network is not allowed inside a run",
+        ),
+        (
+            "hostpid",
+            "run --rm --pid host busybox true",
+            "the host PID namespace is not allowed inside a run",
+        ),
+        (
+            "caps",
+            "run --rm --cap-add SYS_ADMIN busybox true",
+            "added capabilities are not allowed inside a run",
+        ),
+        (
+            "device",
+            "run --rm --device /dev/null:/dev/x busybox true",
+            "host devices are not allowed inside a run",
+        ),
+        ("prune", "container prune -f", "act on the whole engine"),
+        ("swarm", "swarm init", "swarm and plugin operations"),
+        ("rmi", "rmi busybox:latest", "only images this run tagged can be removed inside a run"),
+        ("bridge", "network inspect bridge", "No such network: bridge"),
+    ];
+    let mut yaml = "version: v1.1.0\nsteps:\n".to_string();
+    for (id, command, _) in attempts {
+        yaml.push_str(&format!(
+            "  - id: {id}\n    cmd: DOCKER {command}\n    ignoreErrors: true\n"
+        ));
+    }
+    let (out, all) = run_to_end(dir.path(), &yaml, &run, &[]);
+    assert!(out.status.success(), "{all}");
+    for (id, _, message) in attempts {
+        assert!(said(&all, id, message), "step {id} should say {message:?}:\n{all}");
+        assert!(
+            said(&all, id, "marked as failed, errors ignored"),
+            "step {id} should have failed:\n{all}"
+        );
+    }
+    assert!(image_exists("busybox:latest"), "the refused rmi removed nothing");
+    assert_eq!(leftovers(&run), "", "{all}");
+}
+
+#[test]
+fn runs_cannot_see_each_others_containers_and_leave_none() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let holder_dir = tempfile::tempdir().expect("tempdir");
+    let holder = run_id("dapihold");
+    let held = format!("held-{holder}");
+    // The holder starts a container of its own, then waits for the test to say it is done.
+    let yaml = format!(
+        "version: v1.1.0
+steps:
+  - id: start
+    cmd: DOCKER run -d --name {held} busybox sleep 600
+  - id: wait
+    cmd: busybox sh -c 'while [ ! -e /workspace/done ]; do sleep 0.05; done'
+"
+    );
+    let workspace_root = root.path().to_str().expect("utf-8").to_string();
+    let child = exec(holder_dir.path(), &yaml, &holder, &["--workspace-root", &workspace_root]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !container_running(&held) {
+        assert!(Instant::now() < deadline, "the holder run never started {held}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = run_id("dapipeek");
+    let yaml = format!(
+        "version: v1.1.0
+steps:
+  - id: inspect
+    cmd: DOCKER inspect {held}
+    ignoreErrors: true
+  - id: kill
+    cmd: DOCKER kill {held}
+    ignoreErrors: true
+  - id: list
+    cmd: DOCKER ps -a --format 'seen {{{{`{{{{.Names}}}}`}}}}'
+"
+    );
+    let (out, all) = run_to_end(other_dir.path(), &yaml, &other, &[]);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(&format!("No such container: {held}")), "{all}");
+    assert!(said(&all, "kill", "No such container"), "{all}");
+    assert!(all.contains(&format!("seen kiln-{other}-list-1")), "{all}");
+    assert!(!all.contains(&format!("seen {held}")), "{all}");
+    assert!(container_running(&held), "the other run stopped the holder's container");
+
+    std::fs::write(root.path().join(format!("kiln-{holder}")).join("done"), b"").expect("done");
+    let out = child.wait_with_output().expect("holder");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!container_exists(&held), "{held} survived its run");
+    assert_eq!(leftovers(&holder), "");
+    assert_eq!(leftovers(&other), "");
+}
+
+#[test]
+fn a_step_id_names_its_container_as_in_acr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = run_id("dapistepid");
+    let yaml = "version: v1.1.0
+steps:
+  - id: svc
+    cmd: busybox echo service-said-hello
+    detach: true
+  - id: wait
+    cmd: DOCKER wait svc
+  - id: logs
+    cmd: DOCKER logs svc
+";
+    let (out, all) = run_to_end(dir.path(), yaml, &run, &[]);
+    assert!(out.status.success(), "{all}");
+    assert!(said(&all, "logs", "service-said-hello"), "{all}");
+    assert_eq!(leftovers(&run), "", "{all}");
+}
+
+#[test]
+fn the_docker_api_can_be_switched_off_or_handed_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "steps:\n  - cmd: DOCKER version --format 'server {{`{{.Server.APIVersion}}`}}'\n";
+    let run = run_id("dapioff");
+    let (out, all) = run_to_end(dir.path(), yaml, &run, &["--docker-api", "off"]);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("Cannot connect to the Docker daemon"), "{all}");
+
+    // `host` is ACR's model: the engine's own socket, where nothing is refused.
+    let yaml = "steps:\n  - cmd: DOCKER run --rm -v /etc/hostname:/h busybox cat /h\n";
+    let run = run_id("dapihost");
+    let (out, all) = run_to_end(dir.path(), yaml, &run, &["--docker-api", "host"]);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(leftovers(&run), "", "{all}");
+
+    let (out, all) = run_to_end(dir.path(), yaml, &run_id("dapibad"), &["--docker-api", "all"]);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("expected off, scoped or host"), "{all}");
+}
+
+/// Whether step `step` printed a line containing `text`.
+fn said(all: &str, step: &str, text: &str) -> bool {
+    all.lines()
+        .filter_map(|l| l.split_once(" | "))
+        .any(|(id, rest)| id.trim_end() == step && rest.contains(text))
+}
+
+fn container_running(name: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.State.Running}}", name])
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+fn container_exists(name: &str) -> bool {
+    Command::new("docker").args(["inspect", name]).output().expect("docker CLI").status.success()
+}

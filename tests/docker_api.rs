@@ -297,3 +297,28 @@ fn container_running(name: &str) -> bool {
 fn container_exists(name: &str) -> bool {
     Command::new("docker").args(["inspect", name]).output().expect("docker CLI").status.success()
 }
+
+#[path = "support/server.rs"]
+mod server;
+
+#[test]
+fn kiln_serve_gives_runs_the_scoped_api_unless_told_otherwise() {
+    // A `--cmd` is not a template: the braces reach the docker CLI as written.
+    let cmd = format!("{} info --format 'engine {{{{.OSType}}}}'", docker_image());
+    let scoped = server::Server::start("dsa", 1);
+    let out = scoped.run(&["run", "--cmd", &cmd, "/dev/null"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("engine linux"), "{all}");
+
+    let off = server::Server::start_on(
+        "dso",
+        1,
+        "127.0.0.1:0",
+        &["--registry", &server::registry(), "--docker-api", "off"],
+    );
+    let out = off.run(&["run", "--cmd", &cmd, "/dev/null"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("Cannot connect to the Docker daemon"), "{all}");
+}

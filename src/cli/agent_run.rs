@@ -18,6 +18,7 @@ use clap::Args;
 use super::remote::ServerOptions;
 use kiln_agent::remote::RemoteControl;
 use kiln_agent::{Agent, AgentConfig, SpoolLimits};
+use kiln_worker::DockerApiMode;
 
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {
@@ -34,6 +35,10 @@ pub struct AgentRunArgs {
     /// Platforms this agent runs, `os/arch[/variant]`, comma-separated (default: the engine's).
     #[arg(long, value_name = "PLATFORMS", value_delimiter = ',')]
     platform: Vec<String>,
+    /// What `cmd` steps get of this machine's engine at /var/run/docker.sock: `scoped`, `host`
+    /// (the engine's own socket: every step is root here) or `off`.
+    #[arg(long, value_name = "MODE", default_value = "scoped")]
+    docker_api: DockerApiMode,
     /// Bytes of a run's log kept in memory while the server has not stored them (tests).
     #[arg(long, hide = true, value_name = "BYTES", default_value_t = SpoolLimits::default().memory)]
     log_buffer_memory: usize,
@@ -75,6 +80,7 @@ pub(super) fn run(args: AgentRunArgs, server: &ServerOptions) -> anyhow::Result<
             capacity: usize::try_from(args.capacity).unwrap_or(1),
             platforms: args.platform,
             log_spool: SpoolLimits { memory: args.log_buffer_memory, disk: args.log_buffer_disk },
+            docker_api: args.docker_api,
             ..AgentConfig::new(session.name.clone(), data_dir)
         };
         let agent = Agent::start(Arc::new(control), config).await?;

@@ -22,6 +22,7 @@ use kiln_server::server::{GitSshFiles, LocalLink, ServeConfig, ServeError, Start
 use kiln_server::store::DatabaseUrl;
 use kiln_server::store::lease::SERVER_STOPPED_MESSAGE;
 use kiln_server::transport;
+use kiln_worker::DockerApiMode;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -49,6 +50,11 @@ pub struct ServeArgs {
     /// Runs executed at once.
     #[arg(long, default_value_t = 2, value_name = "N")]
     workers: usize,
+    /// What `cmd` steps of the embedded agent get at /var/run/docker.sock: `scoped` (each
+    /// run its own Docker API, refusing what would escape the run), `host` (the engine's own
+    /// socket, as ACR does: every step is root on this machine) or `off`.
+    #[arg(long, value_name = "MODE", default_value = "scoped")]
+    docker_api: DockerApiMode,
     /// The embedded agent's name, in the records of the runs it takes (default: this host's
     /// name). Servers sharing a database need different names.
     #[arg(long, value_name = "NAME")]
@@ -163,7 +169,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         tls,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let start_agent = embedded_agent(&serve_config);
+    let start_agent = embedded_agent(&serve_config, args.docker_api);
     runtime.block_on(run_server(serve_config, start_agent, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -172,9 +178,10 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
 /// `<data>/agents/<name>` (workspaces, contexts, its owner lock), so servers sharing a data
 /// directory never take each other's; the runs it holds when the server stops end with the
 /// server's stopped message.
-fn embedded_agent(config: &ServeConfig) -> StartAgent {
+fn embedded_agent(config: &ServeConfig, docker_api: DockerApiMode) -> StartAgent {
     let agent_config = AgentConfig {
         capacity: config.workers,
+        docker_api,
         stopped_message: SERVER_STOPPED_MESSAGE.to_string(),
         ..AgentConfig::new(
             config.agent_name.clone(),

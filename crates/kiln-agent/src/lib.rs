@@ -38,7 +38,7 @@ use std::time::Duration;
 use kiln_api::agent::{HeldRun, LeaseRequest, MAX_WAIT_SECS};
 use kiln_api::control::Control;
 use kiln_task::run_id::RunId;
-use kiln_worker::Engine;
+use kiln_worker::{DockerApiMode, Engine};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,9 @@ pub struct AgentConfig {
     pub stopped_message: String,
     /// How much of a run's log may wait for the control plane, in memory and on disk.
     pub log_spool: SpoolLimits,
+    /// What `cmd` steps get of this machine's engine (`--docker-api`): the agent's operator
+    /// decides, since `host` makes every step root on this machine.
+    pub docker_api: DockerApiMode,
 }
 
 impl AgentConfig {
@@ -81,6 +84,7 @@ impl AgentConfig {
             data_dir,
             platforms: Vec::new(),
             log_spool: SpoolLimits::default(),
+            docker_api: DockerApiMode::default(),
         }
     }
 

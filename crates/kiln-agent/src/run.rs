@@ -160,6 +160,7 @@ async fn execute(
             .collect();
     }
     options.timeout = Some(Duration::from_secs(lease.timeout));
+    options.docker_api = shared.config.docker_api;
     if plan.uses_run_network() {
         options.network = spare.take().await;
         // The next run's, made now so it is ready when that run comes; the engine creates it

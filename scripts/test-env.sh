@@ -213,14 +213,18 @@ iptables_works() {
     iptables -w -t nat -n -L POSTROUTING >/dev/null 2>&1
 }
 
-# Drop forwarded traffic from docker bridges to anything that is not a docker bridge: test
-# containers can talk to each other and to the host, never past this machine.
+# Drop forwarded traffic from docker bridges to anything that is not a docker bridge or a test
+# namespace: test containers can talk to each other, to the host and to the tests' namespaces,
+# never past this machine.
 ensure_egress_guard() {
   iptables_works || return 0
   iptables -w -N KILN-EGRESS 2>/dev/null || true
   iptables -w -F KILN-EGRESS
   iptables -w -A KILN-EGRESS -o docker0 -j RETURN
   iptables -w -A KILN-EGRESS -o br-+ -j RETURN
+  # The host ends of test network namespaces (tests/support/netns.rs): a registry a test runs
+  # in one is reached from step containers too.
+  iptables -w -A KILN-EGRESS -o kh+ -j RETURN
   iptables -w -A KILN-EGRESS -i docker0 -j DROP
   iptables -w -A KILN-EGRESS -i br-+ -j DROP
   iptables -w -N DOCKER-USER 2>/dev/null || true

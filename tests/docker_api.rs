@@ -19,12 +19,17 @@ fn docker_image() -> String {
 
 /// `kiln exec` of `yaml` in `dir`, logged in to the authenticated test registry.
 fn exec(dir: &Path, yaml: &str, run: &str, extra: &[&str]) -> Child {
+    exec_with(dir, yaml, run, &auth_registry(), extra)
+}
+
+/// `kiln exec` of `yaml` in `dir`, logged in to `registry` as the test registries' user.
+fn exec_with(dir: &Path, yaml: &str, run: &str, registry: &str, extra: &[&str]) -> Child {
     let file = write_task(dir, &yaml.replace("DOCKER", &docker_image()));
     let mut child = kiln()
         .args(["exec", "-f"])
         .arg(&file)
         .arg(dir)
-        .args(["--run-id", run, "--registry", &auth_registry()])
+        .args(["--run-id", run, "--registry", registry])
         .args(["--registry-user", &setting("KILN_TEST_REGISTRY_USER", "kiln")])
         .arg("--registry-password-stdin")
         .args(extra)
@@ -301,6 +306,12 @@ fn container_exists(name: &str) -> bool {
 #[path = "support/server.rs"]
 mod server;
 
+#[path = "support/netns.rs"]
+mod netns;
+
+#[path = "support/tls.rs"]
+mod tls;
+
 #[test]
 fn kiln_serve_gives_runs_the_scoped_api_unless_told_otherwise() {
     // A `--cmd` is not a template: the braces reach the docker CLI as written.
@@ -321,4 +332,151 @@ fn kiln_serve_gives_runs_the_scoped_api_unless_told_otherwise() {
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("Cannot connect to the Docker daemon"), "{all}");
+}
+
+/// A TLS registry with the test registries' login, in a network namespace of its own: reached
+/// by the engine (which trusts its CA through /etc/docker/certs.d) and, unlike the loopback
+/// registries, by the docker CLI inside step containers, which ACR's multi-arch recipe needs
+/// (`docker manifest` talks to the registry from the step itself).
+struct NamespacedRegistry {
+    addr: String,
+    certs_d: std::path::PathBuf,
+    child: Child,
+    _netns: netns::Netns,
+    _ca: tls::TestCa,
+}
+
+impl NamespacedRegistry {
+    fn start() -> NamespacedRegistry {
+        let netns = netns::Netns::new();
+        let ns = netns.ns_addr.to_string();
+        // Replies to step containers (172.16.0.0/12) go back through the host.
+        let route = Command::new("ip")
+            .args(["-n", &netns.name, "route", "add", "default", "via"])
+            .arg(netns.host_addr.to_string())
+            .output()
+            .expect("ip route");
+        assert!(route.status.success(), "{}", text(&route));
+        let addr = format!("{ns}:5443");
+        let ca = tls::TestCa::new("namespaced registry");
+        let cert = ca.server_cert(&[&ns]);
+        let state = setting("KILN_TEST_STATE_DIR", "/var/lib/kiln-test");
+        let config = ca.dir().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n\
+                 auth:\n  htpasswd:\n    realm: kiln-test\n    path: {state}/htpasswd\n",
+                ca.dir().join("storage").display(),
+                cert.cert.display(),
+                cert.key.display(),
+            ),
+        )
+        .expect("registry config");
+        let certs_d = std::path::PathBuf::from("/etc/docker/certs.d").join(&addr);
+        std::fs::create_dir_all(&certs_d).expect("certs.d");
+        std::fs::copy(&ca.cert, certs_d.join("ca.crt")).expect("ca.crt");
+        let child = netns
+            .command("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        let registry = NamespacedRegistry { addr, certs_d, child, _netns: netns, _ca: ca };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry at {} never listened", registry.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+}
+
+impl Drop for NamespacedRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.certs_d);
+    }
+}
+
+#[test]
+fn acrs_multi_arch_recipe_runs_unchanged() {
+    let registry = NamespacedRegistry::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile.amd64"), "FROM busybox:latest\nLABEL arch=amd64\n")
+        .expect("Dockerfile");
+    let arm64 = setting("KILN_TEST_ARM64_IMAGE", "busybox-arm64:latest");
+    std::fs::write(
+        dir.path().join("Dockerfile.arm64"),
+        format!("FROM {arm64}\nLABEL arch=arm64\n"),
+    )
+    .expect("Dockerfile");
+    // As the corpus writes it: builds per platform, push, then `docker manifest` in steps.
+    let yaml = "version: v1.1.0
+steps:
+  - id: build-amd64
+    build: -t {{.Run.Registry}}/multiarch:{{.Run.ID}}-amd64 -f Dockerfile.amd64 .
+  - id: build-arm64
+    build: -t {{.Run.Registry}}/multiarch:{{.Run.ID}}-arm64 -f Dockerfile.arm64 --platform linux/arm64 .
+    when: ['-']
+  - id: push
+    push:
+      - '{{.Run.Registry}}/multiarch:{{.Run.ID}}-amd64'
+      - '{{.Run.Registry}}/multiarch:{{.Run.ID}}-arm64'
+    when: [build-amd64, build-arm64]
+  - id: manifest-create
+    cmd: docker manifest create {{.Run.Registry}}/multiarch:{{.Run.ID}} {{.Run.Registry}}/multiarch:{{.Run.ID}}-amd64 {{.Run.Registry}}/multiarch:{{.Run.ID}}-arm64
+  - id: manifest-push
+    cmd: docker manifest push --purge {{.Run.Registry}}/multiarch:{{.Run.ID}}
+  - id: manifest-inspect
+    cmd: docker manifest inspect {{.Run.Registry}}/multiarch:{{.Run.ID}}
+";
+    let run = run_id("dapimulti");
+    let out =
+        exec_with(dir.path(), yaml, &run, &registry.addr, &[]).wait_with_output().expect("wait");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // The list the last step read back from the registry names both pushed images.
+    let listed: String = all
+        .lines()
+        .filter_map(|l| l.split_once(" | "))
+        .filter(|(id, _)| id.trim_end() == "manifest-inspect")
+        .map(|(_, rest)| rest)
+        .filter(|rest| !rest.get(4..5).is_some_and(|c| c == "/"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let list: serde_json::Value =
+        serde_json::from_str(&listed).unwrap_or_else(|e| panic!("{e}: {listed}\n{all}"));
+    let manifests = list["manifests"].as_array().expect("a manifest list");
+    let mut platforms: Vec<String> = manifests
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap_or_default().to_string())
+        .collect();
+    platforms.sort();
+    assert_eq!(platforms, ["amd64", "arm64"], "{list}");
+    for arch in ["amd64", "arm64"] {
+        let digest = pushed_digest(&all, &format!("{run}-{arch}"));
+        assert!(
+            manifests
+                .iter()
+                .any(|m| m["digest"] == digest.as_str() && m["platform"]["architecture"] == arch),
+            "{arch} {digest} not in {list}"
+        );
+    }
+    assert_eq!(leftovers(&run), "", "{all}");
+}
+
+/// The digest the engine reported for the push of tag `tag` (`<tag>: digest: sha256:… size: N`).
+fn pushed_digest(all: &str, tag: &str) -> String {
+    let marker = format!("{tag}: digest: ");
+    all.lines()
+        .find_map(|l| {
+            l.split_once(&marker)
+                .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string())
+        })
+        .unwrap_or_else(|| panic!("no push digest for {tag}:\n{all}"))
 }

@@ -68,6 +68,9 @@ impl fmt::Display for DockerApiMode {
     }
 }
 
+/// Where the engine (and the docker CLI) look for registries' CA certificates.
+const CERTS_DIR: &str = "/etc/docker/certs.d";
+
 /// Where the run's Docker config appears inside steps (`DOCKER_CONFIG`).
 const CONFIG_PATH: &str = "/run/kiln/docker";
 
@@ -141,6 +144,11 @@ impl RunDockerApi {
         api.binds.push(format!("{}:{CONFIG_PATH}", config.display()));
         api.env.push(("DOCKER_CONFIG".into(), CONFIG_PATH.into()));
         api.env.push(("DOCKER_BUILDKIT".into(), "0".into()));
+        // The registry CAs the engine trusts, so the CLI's own registry commands (`docker
+        // manifest push`) trust the same registries the engine pushes to.
+        if Path::new(CERTS_DIR).is_dir() {
+            api.binds.push(format!("{CERTS_DIR}:{CERTS_DIR}:ro"));
+        }
         let socket = match mode {
             DockerApiMode::Scoped => {
                 let socket = api.dir.join("docker.sock");

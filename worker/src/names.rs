@@ -55,7 +55,11 @@ pub(crate) fn workspace_dir(run: &RunId) -> String {
 /// The run a workspace directory named `dir` belongs to, for run IDs that are kept verbatim in
 /// names (a sanitised one yields an ID no store knows). `None` for other names.
 pub fn workspace_run(dir: &str) -> Option<RunId> {
-    let id = dir.strip_prefix(WORKSPACE_PREFIX)?;
+    run_of_dir(dir, WORKSPACE_PREFIX)
+}
+
+fn run_of_dir(dir: &str, prefix: &str) -> Option<RunId> {
+    let id = dir.strip_prefix(prefix)?;
     (!id.is_empty() && component(id) == id).then(|| RunId::new(id))
 }
 
@@ -69,8 +73,7 @@ pub(crate) fn docker_api_dir(run: &RunId) -> String {
 
 /// The run a Docker API directory named `dir` belongs to, as [`workspace_run`] does.
 pub fn docker_api_run(dir: &str) -> Option<RunId> {
-    let id = dir.strip_prefix(DOCKER_API_PREFIX)?;
-    (!id.is_empty() && component(id) == id).then(|| RunId::new(id))
+    run_of_dir(dir, DOCKER_API_PREFIX)
 }
 
 const DOCKER_API_PREFIX: &str = "docker-";

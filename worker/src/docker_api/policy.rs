@@ -483,32 +483,41 @@ pub(crate) fn check_network_create(
     body: &mut Value,
     labels: &HashMap<String, String>,
 ) -> Result<(), Refusal> {
-    let object = body
-        .as_object_mut()
-        .ok_or_else(|| Refusal::bad_request("the body is not a JSON object"))?;
-    let driver = object.get("Driver").and_then(Value::as_str).unwrap_or_default();
-    if !matches!(driver, "" | "bridge") {
-        return Err(Refusal::forbidden(format_args!(
-            "the {driver} network driver is not allowed inside a run (bridge only)"
-        )));
-    }
-    set_labels(object, labels);
-    Ok(())
+    labelled_create(body, labels, |object| {
+        let driver = object.get("Driver").and_then(Value::as_str).unwrap_or_default();
+        (!matches!(driver, "" | "bridge")).then(|| {
+            format!("the {driver} network driver is not allowed inside a run (bridge only)")
+        })
+    })
 }
 
-/// Labels a volume create body; volume drivers other than `local` are refused.
+/// Labels a volume create body; volume drivers other than `local`, and driver options (which
+/// can bind host paths), are refused.
 pub(crate) fn check_volume_create(
     body: &mut Value,
     labels: &HashMap<String, String>,
 ) -> Result<(), Refusal> {
+    labelled_create(body, labels, |object| {
+        let driver = object.get("Driver").and_then(Value::as_str).unwrap_or_default();
+        (!matches!(driver, "" | "local") || non_empty_object(object.get("DriverOpts"))).then(|| {
+            "volume drivers and driver options (which can mount host paths) are not allowed \
+             inside a run"
+                .to_string()
+        })
+    })
+}
+
+/// A create body checked by `refusal` (the reason it is refused, if it is), then labelled.
+fn labelled_create(
+    body: &mut Value,
+    labels: &HashMap<String, String>,
+    refusal: impl Fn(&Map<String, Value>) -> Option<String>,
+) -> Result<(), Refusal> {
     let object = body
         .as_object_mut()
         .ok_or_else(|| Refusal::bad_request("the body is not a JSON object"))?;
-    let driver = object.get("Driver").and_then(Value::as_str).unwrap_or_default();
-    if !matches!(driver, "" | "local") || non_empty_object(object.get("DriverOpts")) {
-        return Err(Refusal::forbidden(
-            "volume drivers and driver options (which can mount host paths) are not allowed inside a run",
-        ));
+    if let Some(reason) = refusal(object) {
+        return Err(Refusal::forbidden(reason));
     }
     set_labels(object, labels);
     Ok(())

@@ -168,8 +168,22 @@ fn escapes_are_refused_with_what_was_wrong() {
         ("swarm", "swarm init", "swarm and plugin operations"),
         ("rmi", "rmi busybox:latest", "only images this run tagged can be removed inside a run"),
         ("bridge", "network inspect bridge", "No such network: bridge"),
+        (
+            "symlink",
+            "run --rm -v /workspace/root/etc:/x busybox true",
+            "leads outside the run's workspace",
+        ),
+        ("load", "load", "docker load is not allowed inside a run"),
+        (
+            "logdriver",
+            "run --rm --log-driver syslog busybox true",
+            "the syslog log driver is not allowed",
+        ),
     ];
-    let mut yaml = "version: v1.1.0\nsteps:\n".to_string();
+    // A link in the workspace to the host's root, for the symlink attempt.
+    let mut yaml =
+        "version: v1.1.0\nsteps:\n  - id: link\n    cmd: busybox ln -s / /workspace/root\n"
+            .to_string();
     for (id, command, _) in attempts {
         yaml.push_str(&format!(
             "  - id: {id}\n    cmd: DOCKER {command}\n    ignoreErrors: true\n"
@@ -256,10 +270,16 @@ steps:
     cmd: DOCKER wait svc
   - id: logs
     cmd: DOCKER logs svc
+  - id: server
+    cmd: busybox sleep 600
+    detach: true
+  - id: exec
+    cmd: DOCKER exec server sh -c 'echo exec-ran-in-$(hostname)'
 ";
     let (out, all) = run_to_end(dir.path(), yaml, &run, &[]);
     assert!(out.status.success(), "{all}");
     assert!(said(&all, "logs", "service-said-hello"), "{all}");
+    assert!(said(&all, "exec", "exec-ran-in-"), "{all}");
     assert_eq!(leftovers(&run), "", "{all}");
 }
 

@@ -157,6 +157,7 @@ impl RunDockerApi {
                     socket: socket.clone(),
                     default_network: scope.default_network.to_string(),
                     labels: names::run_labels(scope.run, scope.owner),
+                    real_path: policy::real_path,
                 };
                 api.server = Some(proxy::Server::start(&socket, &scope, bounds)?);
                 socket

@@ -131,9 +131,13 @@ pub(crate) fn route(method: &str, path: &str, query: &[(String, String)]) -> Rou
             Route::Container { id: decoded(id), exec: method == "POST" && rest == ["exec"] }
         }
         (_, ["exec", id, ..]) => Route::Exec { id: decoded(id) },
-        ("GET", ["images", "json" | "search" | "get"]) | ("POST", ["images", "load"]) => {
-            Route::Pass
-        }
+        ("GET", ["images", "json" | "search" | "get"]) => Route::Pass,
+        // A tarball names its own tags, so a load could replace any image on the engine
+        // (`busybox:latest` of every later run) before the run could note what it replaced.
+        ("POST", ["images", "load"]) => Route::Refuse(Refusal::forbidden(
+            "docker load is not allowed inside a run (it can replace any image on the engine); \
+             pull from or push to a registry instead",
+        )),
         ("POST", ["images", "create"]) => match (get("fromImage"), get("fromSrc")) {
             (Some(image), _) => Route::Registry { image: with_tag(&image, get("tag")) },
             (None, Some(_)) => match get("repo") {
@@ -230,10 +234,13 @@ pub(crate) struct Needs {
 /// The run's side of a create: where its workspace and socket are, its network, its labels.
 #[derive(Debug, Clone)]
 pub(crate) struct Bounds {
+    /// The run's workspace on the host, symlink-free.
     pub(crate) workspace: PathBuf,
     pub(crate) socket: PathBuf,
     pub(crate) default_network: String,
     pub(crate) labels: HashMap<String, String>,
+    /// Resolves a workspace path as the engine will see it ([`real_path`]).
+    pub(crate) real_path: fn(&Path) -> std::io::Result<PathBuf>,
 }
 
 impl Bounds {
@@ -250,22 +257,36 @@ impl Bounds {
         if source == SOCKET_PATH {
             return Ok(self.socket.display().to_string());
         }
-        if let Ok(rest) = path.strip_prefix(CONTAINER_PATH) {
-            let inside = if rest.as_os_str().is_empty() {
-                self.workspace.clone()
-            } else {
-                self.workspace.join(rest)
-            };
-            return Ok(inside.display().to_string());
+        let inside = match path.strip_prefix(CONTAINER_PATH) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.workspace.clone(),
+            Ok(rest) => self.workspace.join(rest),
+            Err(_) if path.starts_with(&self.workspace) => path.to_path_buf(),
+            Err(_) => {
+                return Err(Refusal::forbidden(format_args!(
+                    "bind mounts of host paths are not allowed inside a run ({source}); mount a \
+                     path under {CONTAINER_PATH} (the run's workspace) or a named volume"
+                )));
+            }
+        };
+        // The engine follows symlinks on the host: `/workspace/link -> /` must not mount `/`.
+        let real = (self.real_path)(&inside)
+            .map_err(|e| Refusal::forbidden(format_args!("bind mount source {source}: {e}")))?;
+        if !real.starts_with(&self.workspace) {
+            return Err(Refusal::forbidden(format_args!(
+                "bind mount source {source} leads outside the run's workspace (through a symlink)"
+            )));
         }
-        if path.starts_with(&self.workspace) {
-            return Ok(source.to_string());
-        }
-        Err(Refusal::forbidden(format_args!(
-            "bind mounts of host paths are not allowed inside a run ({source}); mount a path \
-             under {CONTAINER_PATH} (the run's workspace) or a named volume"
-        )))
+        Ok(real.display().to_string())
     }
+}
+
+/// The path `path` names on the host with every symlink resolved, created (as `docker run -v`
+/// would) when missing, so what the engine mounts is what was checked.
+pub(crate) fn real_path(path: &Path) -> std::io::Result<PathBuf> {
+    if !path.exists() {
+        std::fs::create_dir_all(path)?;
+    }
+    path.canonicalize()
 }
 
 /// Checks a container create body (as JSON, so fields kiln does not know pass through
@@ -372,6 +393,13 @@ fn check_host_config(
             "unmasking /proc and /sys paths (systempaths=unconfined) is not allowed inside a run",
         ));
     }
+    if let Some(driver) = host.get("LogConfig").and_then(|l| l.get("Type")).and_then(Value::as_str)
+        && !matches!(driver, "" | "json-file" | "local")
+    {
+        return Err(Refusal::forbidden(format_args!(
+            "the {driver} log driver is not allowed inside a run (it sends the engine's traffic elsewhere)"
+        )));
+    }
     if let Some(runtime) = host.get("Runtime").and_then(Value::as_str)
         && !runtime.is_empty()
         && runtime != "runc"
@@ -441,6 +469,15 @@ fn check_host_config(
                 mount.get("Source").and_then(Value::as_str).unwrap_or_default().to_string();
             match kind.as_str() {
                 "bind" => mount["Source"] = Value::String(bounds.bind_source(&source)?),
+                "volume"
+                    if mount
+                        .pointer("/VolumeOptions/DriverConfig")
+                        .is_some_and(|c| !c.is_null()) =>
+                {
+                    return Err(Refusal::forbidden(
+                        "volume driver options (which can mount host paths) are not allowed inside a run",
+                    ));
+                }
                 "volume" if !source.is_empty() => needs.volumes.push(source),
                 "volume" | "tmpfs" => {}
                 other => {
@@ -485,9 +522,15 @@ pub(crate) fn check_network_create(
 ) -> Result<(), Refusal> {
     labelled_create(body, labels, |object| {
         let driver = object.get("Driver").and_then(Value::as_str).unwrap_or_default();
-        (!matches!(driver, "" | "bridge")).then(|| {
-            format!("the {driver} network driver is not allowed inside a run (bridge only)")
-        })
+        let names_a_host_bridge =
+            object.get("Options").and_then(|o| o.get("com.docker.network.bridge.name")).is_some();
+        if !matches!(driver, "" | "bridge") {
+            Some(format!("the {driver} network driver is not allowed inside a run (bridge only)"))
+        } else if names_a_host_bridge {
+            Some("choosing the host bridge a network uses is not allowed inside a run".to_string())
+        } else {
+            None
+        }
     })
 }
 
@@ -563,6 +606,7 @@ mod tests {
             socket: PathBuf::from("/data/work/docker-ka1/docker.sock"),
             default_network: "kiln-ka1".into(),
             labels: HashMap::from([("kiln.run".to_string(), "ka1".to_string())]),
+            real_path: |p| Ok(p.to_path_buf()),
         }
     }
 
@@ -642,6 +686,7 @@ mod tests {
         assert!(refused(route("POST", "/swarm/init", &[])).contains("swarm"));
         assert!(refused(route("GET", "/plugins", &[])).contains("swarm and plugin"));
         assert!(refused(route("POST", "/session", &[])).contains("DOCKER_BUILDKIT=0"));
+        assert!(refused(route("POST", "/images/load", &[])).contains("docker load is not allowed"));
         assert!(refused(route("GET", "/nonsense", &[])).contains("GET /nonsense is not available"));
         assert!(
             refused(route("POST", "/build", &query(&[("networkmode", "host")])))
@@ -716,6 +761,12 @@ mod tests {
                 "bind mounts of host paths",
             ),
             (json!({"HostConfig": {"Runtime": "nvidia"}}), "nvidia runtime"),
+            (json!({"HostConfig": {"LogConfig": {"Type": "gelf"}}}), "gelf log driver"),
+            (
+                json!({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v",
+                    "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"device": "/etc"}}}}]}}),
+                "volume driver options",
+            ),
         ];
         for (mut body, expected) in cases {
             let message = check_create(&mut body, None, &bounds()).expect_err("refused").message;
@@ -725,6 +776,29 @@ mod tests {
         let message =
             check_create(&mut json!({}), Some("kiln-ka2-web-1"), &bounds()).unwrap_err().message;
         assert!(message.contains("kiln's own"), "{message}");
+    }
+
+    #[test]
+    fn symlinks_out_of_the_workspace_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let workspace = root.path().canonicalize().expect("real").join("ws");
+        std::fs::create_dir(&workspace).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", workspace.join("etc")).expect("symlink");
+        std::fs::create_dir(workspace.join("sub")).expect("mkdir");
+        std::os::unix::fs::symlink("sub", workspace.join("inner")).expect("symlink");
+        let bounds = Bounds { workspace: workspace.clone(), real_path, ..bounds() };
+        let mut body = json!({"HostConfig": {"Binds": ["/workspace/etc:/x"]}});
+        let message = check_create(&mut body, None, &bounds).expect_err("refused").message;
+        assert!(message.contains("leads outside the run's workspace"), "{message}");
+        // A link within the workspace is followed; a missing directory is made, as `-v` does.
+        let mut body =
+            json!({"HostConfig": {"Binds": ["/workspace/inner:/x", "/workspace/new/dir:/y"]}});
+        check_create(&mut body, None, &bounds).expect("allowed");
+        assert_eq!(
+            body["HostConfig"]["Binds"][0],
+            format!("{}:/x", workspace.join("sub").display())
+        );
+        assert!(workspace.join("new/dir").is_dir());
     }
 
     #[test]

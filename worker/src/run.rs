@@ -326,6 +326,7 @@ async fn start_docker_api(
         run: &plan.run_id,
         workspace,
         default_network: &prepared.default_network,
+        steps: plan.steps.iter().map(|s| s.id.to_string()).collect(),
         networks: prepared.networks.values().cloned().collect(),
         credentials: &plan.credentials,
     };

@@ -113,6 +113,8 @@ pub(crate) struct RunScope<'a> {
     pub(crate) run: &'a RunId,
     pub(crate) workspace: &'a Path,
     pub(crate) default_network: &'a str,
+    /// The plan's step IDs (`docker logs <step ID>` names that step's container, as in ACR).
+    pub(crate) steps: Vec<String>,
     /// Engine names of the networks the plan declared (steps may use them too).
     pub(crate) networks: Vec<String>,
     pub(crate) credentials: &'a [RegistryCredential],

@@ -64,6 +64,7 @@ impl Server {
             docker: scope.docker.clone(),
             upstream: Upstream::parse(scope.engine_host),
             run: scope.run.clone(),
+            steps: scope.steps.iter().cloned().collect(),
             networks: scope.networks.clone(),
             credentials: scope.credentials.to_vec(),
             bounds,
@@ -162,6 +163,8 @@ struct Proxy {
     docker: Docker,
     upstream: Upstream,
     run: RunId,
+    /// The plan's step IDs: the names that may mean a step's container.
+    steps: HashSet<String>,
     networks: Vec<String>,
     credentials: Vec<RegistryCredential>,
     bounds: Bounds,
@@ -184,6 +187,14 @@ struct Outgoing {
     body: Option<Bytes>,
     /// Tags to record in the ledger once the engine accepted the request.
     tags: Vec<String>,
+    /// What the answer creates for the run, remembered so later requests need no lookup.
+    creates: Option<Created>,
+}
+
+#[derive(Clone, Copy)]
+enum Created {
+    Container,
+    Exec,
 }
 
 impl Proxy {
@@ -239,7 +250,13 @@ impl Proxy {
         endpoint: String,
         mut query: Vec<(String, String)>,
     ) -> Result<Outgoing, Refusal> {
-        let mut out = Outgoing { path: endpoint, query: Vec::new(), body: None, tags: Vec::new() };
+        let mut out = Outgoing {
+            path: endpoint,
+            query: Vec::new(),
+            body: None,
+            tags: Vec::new(),
+            creates: None,
+        };
         match route {
             Route::Pass => {}
             Route::Refuse(refusal) => return Err(refusal),
@@ -286,6 +303,7 @@ impl Proxy {
                     self.volume_or_create(volume).await?;
                 }
                 out.body = Some(Bytes::from(body.to_string()));
+                out.creates = Some(Created::Container);
             }
             Route::Container { id, exec } => {
                 let resolved = self.container(&id).await?;
@@ -294,6 +312,7 @@ impl Proxy {
                     let body = read_json(body).await?;
                     policy::check_exec(&body)?;
                     out.body = Some(Bytes::from(body.to_string()));
+                    out.creates = Some(Created::Exec);
                 }
             }
             Route::Exec { id } => self.exec(&id).await?,
@@ -334,6 +353,9 @@ impl Proxy {
                 self.state().containers.insert(engine_id.clone());
                 return Ok(engine_id);
             }
+            return Err(Refusal::no_such("container", id));
+        }
+        if !self.steps.contains(id) {
             return Err(Refusal::no_such("container", id));
         }
         let filters = [("label".to_string(), vec![self.label(), format!("{STEP_LABEL}={id}")])];
@@ -474,6 +496,11 @@ impl Proxy {
             .send_request(Request::from_parts(parts, body))
             .await
             .map_err(std::io::Error::other)?;
+        if let Some(created) = out.creates
+            && response.status().is_success()
+        {
+            return Ok(self.remember(created, response).await);
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(downstream_upgrade) = downstream_upgrade
         {
@@ -491,6 +518,32 @@ impl Proxy {
             });
         }
         Ok(response.map(BodyExt::boxed))
+    }
+
+    /// Notes the ID a create answered with (a small JSON body, read whole) and passes the
+    /// answer on: a `docker run` then starts, attaches to and waits for it without a lookup.
+    async fn remember(&self, created: Created, response: Response<Incoming>) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let bytes = match Limited::new(body, JSON_BODY_LIMIT).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return refuse(&Refusal {
+                    status: 502,
+                    message: format!("kiln: the engine's answer broke off: {e}"),
+                });
+            }
+        };
+        if let Some(id) = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("Id").and_then(Value::as_str).map(str::to_string))
+        {
+            let mut state = self.state();
+            match created {
+                Created::Container => state.containers.insert(id),
+                Created::Exec => state.execs.insert(id),
+            };
+        }
+        Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed())
     }
 }
 

@@ -40,6 +40,7 @@ mod docker_api;
 pub mod engine;
 mod events;
 mod image;
+pub mod index;
 pub mod names;
 pub mod owner;
 mod ports;

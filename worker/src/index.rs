@@ -1,0 +1,169 @@
+//! Multi-platform images: one tag naming an image per platform (a manifest list), pushed to
+//! the registry after each platform's image was pushed.
+//!
+//! The engine (20.10, classic builder) can neither build for several platforms at once nor
+//! push a list, so kiln builds each platform as its own image, pushes each under its own tag
+//! (`<tag>-<os>-<arch>[-<variant>]`, the engine pushes only tags) and then puts the list
+//! together from the digests the registry answered, the way `docker manifest create` / `push`
+//! does. The list is a Docker manifest list (its entries are the engine's Docker v2
+//! manifests); its digest is what the run reports for the tag.
+//!
+//! Written on `oci-client` (registry auth challenges, manifest PUT), speaking plain HTTP to
+//! loopback registries as Docker does and trusting the engine's registry CAs
+//! (`/etc/docker/certs.d/<host>/ca.crt`) as Docker does.
+
+use kiln_plan::image_ref::ImageRef;
+use kiln_plan::plan::RegistryCredential;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::{ImageIndexEntry, OciImageIndex, Platform};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+/// Media type of the list, and of its entries (what the engine pushes).
+const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ENTRY: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Where Docker looks for a registry's CA certificates.
+const CERTS_DIR: &str = "/etc/docker/certs.d";
+
+/// One platform's image as the registry stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformImage {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    pub digest: String,
+    /// Bytes of its manifest.
+    pub size: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot push the manifest list {image}: {message}")]
+    Push { image: String, message: String },
+}
+
+/// The tag a platform's image is pushed under: `app:1` for `linux/arm64/v8` is
+/// `app:1-linux-arm64-v8`.
+pub fn platform_tag(image: &ImageRef, platform: &str) -> String {
+    let tag = image.tag.as_deref().unwrap_or("latest");
+    format!("{}:{tag}-{}", image.name(), platform.replace('/', "-"))
+}
+
+/// The list naming `images` under `image`'s tag.
+pub fn manifest_list(images: &[PlatformImage]) -> OciImageIndex {
+    let manifests = images
+        .iter()
+        .map(|i| {
+            let mut parts = i.platform.split('/');
+            let os = parts.next().unwrap_or("linux");
+            let arch = parts.next().unwrap_or("amd64");
+            ImageIndexEntry {
+                media_type: ENTRY.to_string(),
+                digest: i.digest.clone(),
+                size: i.size,
+                platform: Some(Platform {
+                    architecture: arch.into(),
+                    os: os.into(),
+                    os_version: None,
+                    os_features: None,
+                    variant: parts.next().map(str::to_string),
+                    features: None,
+                }),
+                annotations: None,
+                artifact_type: None,
+            }
+        })
+        .collect();
+    OciImageIndex {
+        schema_version: 2,
+        media_type: Some(LIST.to_string()),
+        manifests,
+        artifact_type: None,
+        annotations: None,
+    }
+}
+
+/// Pushes the list of `images` as `image` and returns its digest.
+pub async fn push(
+    image: &ImageRef,
+    images: &[PlatformImage],
+    credentials: &[RegistryCredential],
+) -> Result<String, IndexError> {
+    let full = image.with_default_tag();
+    let failed = |message: String| IndexError::Push { image: full.clone(), message };
+    let reference: Reference = full.parse().map_err(|e| failed(format!("{e}")))?;
+    let host = image.registry_host().to_string();
+    // oci-client's reqwest takes the process's rustls provider; kiln's is ring everywhere
+    // (another part of the process may have installed it already, which is as good).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::new(client_config(&host));
+    let auth = match crate::auth::for_host(credentials, &host) {
+        Some(c) => {
+            RegistryAuth::Basic(c.username.unwrap_or_default(), c.password.unwrap_or_default())
+        }
+        None => RegistryAuth::Anonymous,
+    };
+    client
+        .push_manifest_list(&reference, &auth, manifest_list(images))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| failed(e.to_string()))
+}
+
+/// Plain HTTP for loopback registries (Docker's default insecure range), HTTPS with the
+/// engine's CA for the registry otherwise.
+fn client_config(host: &str) -> ClientConfig {
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let loopback = name == "localhost"
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let extra_root_certificates = std::fs::read(format!("{CERTS_DIR}/{host}/ca.crt"))
+        .map(|data| vec![Certificate { encoding: CertificateEncoding::Pem, data }])
+        .unwrap_or_default();
+    ClientConfig {
+        protocol: if loopback { ClientProtocol::Http } else { ClientProtocol::Https },
+        extra_root_certificates,
+        ..ClientConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_images_get_their_own_tags() {
+        let image = ImageRef::parse("127.0.0.1:5000/app:1").expect("ref");
+        assert_eq!(platform_tag(&image, "linux/arm64/v8"), "127.0.0.1:5000/app:1-linux-arm64-v8");
+        let untagged = ImageRef::parse("app").expect("ref");
+        assert_eq!(platform_tag(&untagged, "linux/amd64"), "app:latest-linux-amd64");
+    }
+
+    #[test]
+    fn the_list_names_each_platform() {
+        let list = manifest_list(&[
+            PlatformImage { platform: "linux/amd64".into(), digest: "sha256:aa".into(), size: 528 },
+            PlatformImage {
+                platform: "linux/arm64/v8".into(),
+                digest: "sha256:bb".into(),
+                size: 529,
+            },
+        ]);
+        let json = serde_json::to_value(&list).expect("json");
+        assert_eq!(json["mediaType"], LIST);
+        assert_eq!(json["manifests"][0]["platform"]["architecture"], "amd64");
+        assert_eq!(json["manifests"][1]["platform"]["variant"], "v8");
+        assert_eq!(json["manifests"][1]["digest"], "sha256:bb");
+        assert_eq!(json["manifests"][1]["size"], 529);
+    }
+
+    #[test]
+    fn loopback_registries_are_spoken_to_over_http() {
+        assert!(matches!(client_config("127.0.0.1:5000").protocol, ClientProtocol::Http));
+        assert!(matches!(client_config("localhost:5000").protocol, ClientProtocol::Http));
+        assert!(matches!(client_config("registry.example:443").protocol, ClientProtocol::Https));
+    }
+}

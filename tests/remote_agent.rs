@@ -58,7 +58,8 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
             std::fs::create_dir_all(dir.path().join("p")).expect("dir");
             create_agent(&server, "plain", &[])
         },
-        &[],
+        // Not the engine's platforms: the test environment emulates arm64 too.
+        &["--platform", "linux/amd64"],
     );
     let queue = |args: &[&str]| {
         let out = server
@@ -86,19 +87,21 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
     }
     let arm_log = log_of(&server, &arm);
     assert!(arm_log.contains("Waiting for an agent (platform linux/arm64)..."), "{arm_log}");
-    // The record says it too: in the JSON and in show-run's table.
-    assert_eq!(server.show(&arm)["waitingReason"], "Waiting for an agent (platform linux/arm64)");
+    // The record says it too, and why: in the JSON and in show-run's table.
+    let waiting = "Waiting for an agent (platform linux/arm64): no agent runs linux/arm64 (they \
+                   run linux/amd64)";
+    assert_eq!(server.show(&arm)["waitingReason"], waiting);
     let shown = server.run(&["show-run", &arm, "-o", "table"]);
     assert!(shown.status.success(), "{}", text(&shown));
-    assert!(
-        text(&shown).contains("\nWaiting for an agent (platform linux/arm64)...\n"),
-        "{}",
-        text(&shown)
-    );
+    assert!(text(&shown).contains(&format!("\n{waiting}...\n")), "{}", text(&shown));
     let gpu_log = log_of(&server, &gpu);
     assert!(
         gpu_log.contains("Waiting for an agent (pool gpu, platform linux/amd64)..."),
         "{gpu_log}"
+    );
+    assert_eq!(
+        server.show(&gpu)["waitingReason"],
+        "Waiting for an agent (pool gpu, platform linux/amd64): no agent is registered in pool gpu"
     );
 
     std::fs::create_dir_all(dir.path().join("a")).expect("dir");

@@ -40,6 +40,9 @@ pub struct ExecArgs {
     /// Limit on the whole run, in seconds.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// The platform the steps run as, `os/arch[/variant]` (default: each image's own).
+    #[arg(long, value_name = "PLATFORM", value_parser = kiln_api::Platform::from_flag)]
+    platform: Option<kiln_api::Platform>,
 }
 
 pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -72,6 +75,7 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     };
     print_diagnostics(&inputs.name, &planned.diagnostics);
+    planned.plan.platform = args.platform.map(|p| p.to_string());
     if let (Some(registry), Some(username), Some(password)) =
         (&args.task.registry, &args.registry_user, password)
     {

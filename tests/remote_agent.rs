@@ -61,20 +61,23 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
         // Not the engine's platforms: the test environment emulates arm64 too.
         &["--platform", "linux/amd64"],
     );
-    let queue = |args: &[&str]| {
+    let queue = |image: &str, args: &[&str]| {
         let out = server
             .kiln()
             .args(["run", "--no-wait"])
             .args(args)
-            .args(["--cmd", "busybox echo routed", "/dev/null"])
+            .args(["--cmd", &format!("{image} echo routed"), "/dev/null"])
             .output()
             .expect("kiln");
         assert!(out.status.success(), "{}", text(&out));
         queued_id(&out)
     };
-    let arm = queue(&["--platform", "linux/arm64"]);
-    let gpu = queue(&["--agent-pool", "gpu"]);
-    let any = queue(&[]);
+    // An arm64 run's containers are arm64: the test environment's arm64 image, emulated.
+    let arm64_image = std::env::var("KILN_TEST_ARM64_IMAGE")
+        .expect("KILN_TEST_ARM64_IMAGE (run scripts/test-env.sh and source its env file)");
+    let arm = queue(&arm64_image, &["--platform", "linux/arm64"]);
+    let gpu = queue("busybox", &["--agent-pool", "gpu"]);
+    let any = queue("busybox", &[]);
     // The plain agent took the newest run, so it looked past the two older ones.
     let run = server.finished(&any);
     assert_eq!(

@@ -470,10 +470,9 @@ mod tests {
                   "actor":{{"name":"ci"}},"source":{{"addr":"x:5000"}},"extra":[1,2]}}
             ]}}"#
         );
-        assert_eq!(
-            pushed_tags(body.as_bytes()),
-            Ok(vec![pushed("reg:5000", "a"), pushed("reg:5000", "b")])
-        );
+        // Both are lists (a Docker manifest list, an OCI index).
+        let list = |tag| PushedTag { is_list: true, ..pushed("reg:5000", tag) };
+        assert_eq!(pushed_tags(body.as_bytes()), Ok(vec![list("a"), list("b")]));
         assert_eq!(pushed_tags(br#"{"events":[]}"#), Ok(vec![]));
     }
 

@@ -246,11 +246,11 @@ fn an_arm64_image_builds_and_runs_under_emulation() {
     assert_eq!(leftovers(&run), "");
 }
 
-/// `--platform linux/arm64` reaches execution: a `cmd` container is created as arm64 (an
-/// image the engine has only for amd64 is not run as it is but pulled for arm64, which this
-/// local-only tag cannot be), and `build` steps whose build string names no `--platform`
-/// build for arm64: from an arm64 base, and from `scratch`, whose platform only the build's
-/// own can decide.
+/// `--platform linux/arm64` reaches execution and `.Run.OS`/`.Run.Architecture`: a `cmd`
+/// container is created as arm64 (an image the engine has only for amd64 is not run as it is
+/// but pulled for arm64, which this local-only tag cannot be), and `build` steps whose build
+/// string names no `--platform` build for arm64: from an arm64 base, and from `scratch`, whose
+/// platform only the build's own can decide.
 #[test]
 fn a_runs_platform_reaches_cmd_containers_and_builds() {
     let base = std::env::var("KILN_TEST_ARM64_IMAGE")
@@ -262,7 +262,7 @@ fn a_runs_platform_reaches_cmd_containers_and_builds() {
     let file = write_task(
         dir.path(),
         &format!(
-            "steps:\n  - id: arch\n    cmd: {base} uname -m\n  - build: -t kiln-platform-test:{{{{.Run.ID}}}} .\n  - build: -t kiln-platform-scratch:{{{{.Run.ID}}}} -f Dockerfile.scratch .\n"
+            "steps:\n  - id: arch\n    cmd: {base} uname -m\n  - id: vars\n    cmd: {base} echo {{{{.Run.OS}}}}/{{{{.Run.Architecture}}}}\n  - build: -t kiln-platform-test:{{{{.Run.ID}}}} .\n  - build: -t kiln-platform-scratch:{{{{.Run.ID}}}} -f Dockerfile.scratch .\n"
         ),
     );
     let exec = |file: &std::path::Path, run: &str| {
@@ -279,6 +279,7 @@ fn a_runs_platform_reaches_cmd_containers_and_builds() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.lines().any(|l| l.starts_with("arch ") && l.ends_with("| aarch64")), "{all}");
+    assert!(all.lines().any(|l| l.starts_with("vars ") && l.ends_with("| linux/arm64")), "{all}");
     for image in [format!("kiln-platform-test:{run}"), format!("kiln-platform-scratch:{run}")] {
         let arch = std::process::Command::new("docker")
             .args(["image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", &image])

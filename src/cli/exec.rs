@@ -52,6 +52,10 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
     }
     let mut inputs = args.task.inputs(config)?;
+    let platform = args.platform.map(|p| p.to_string());
+    if let Some(platform) = &platform {
+        inputs.set_platform(platform);
+    }
     let password = if args.registry_password_stdin {
         let mut password = String::new();
         std::io::stdin()
@@ -75,7 +79,7 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     };
     print_diagnostics(&inputs.name, &planned.diagnostics);
-    planned.plan.platform = args.platform.map(|p| p.to_string());
+    planned.plan.platform = platform;
     if let (Some(registry), Some(username), Some(password)) =
         (&args.task.registry, &args.registry_user, password)
     {

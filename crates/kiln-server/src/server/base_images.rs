@@ -31,7 +31,7 @@ use crate::secret_box::SecretBox;
 use crate::store::{BaseImageRecord, ClaimOutcome, RunRecord, Store, StoreError};
 use crate::task_def;
 use crate::task_run::{self, Firing};
-use crate::trigger::notification;
+use crate::trigger::notification::{self, PushedTag};
 use crate::trigger::registry::{self, RegistryAuth, Resolved, TagRef};
 
 /// How long one registry lookup may take.
@@ -50,26 +50,8 @@ pub async fn registry_events(
 ) -> Result<Json<WebhookAnswer>, ApiError> {
     let pushed =
         notification::pushed_tags(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let watched = state.store.watched_base_images().await?;
-    let mut queued = Vec::new();
-    let mut lists = Vec::new();
-    for tag in pushed {
-        let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
-        if tag.is_list {
-            // Which entry each watching task's platform runs is the registry's to say.
-            lists.push(moved);
-            continue;
-        }
-        // One image: what every platform's run builds on now.
-        let resolved = Resolved { digest: tag.digest, index: None };
-        queued.extend(tag_moved(&state.store, &state.secrets, &watched, &moved, &resolved).await?);
-    }
-    if !lists.is_empty() {
-        let watched: Vec<BaseImageRecord> =
-            watched.into_iter().filter(|b| lists.iter().any(|t| same_image(b, t))).collect();
-        let logins = state.dispatch.registry_logins();
-        queued.extend(check(&state.store, &state.secrets, watched, logins).await?);
-    }
+    let logins = state.dispatch.registry_logins();
+    let queued = tags_pushed(&state.store, &state.secrets, logins, pushed).await?;
     if !queued.is_empty() {
         state.dispatch.queued();
     }
@@ -81,6 +63,35 @@ pub async fn registry_events(
             format!("runs queued: {}", ids.join(", "))
         }),
     }))
+}
+
+/// Acts on the tag pushes of a notification; returns the runs queued. A pushed image is what
+/// every platform's run builds on now; a pushed list is resolved at the registry for each
+/// platform watching it, as a poll does, since which entry moved is the registry's to say.
+pub async fn tags_pushed(
+    store: &Store,
+    secrets: &SecretBox,
+    credentials: &[RegistryCredential],
+    pushed: Vec<PushedTag>,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let watched = store.watched_base_images().await?;
+    let mut queued = Vec::new();
+    let mut lists = Vec::new();
+    for tag in pushed {
+        let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
+        if tag.is_list {
+            lists.push(moved);
+            continue;
+        }
+        let resolved = Resolved { digest: tag.digest, index: None };
+        queued.extend(tag_moved(store, secrets, &watched, &moved, &resolved).await?);
+    }
+    if !lists.is_empty() {
+        let watched: Vec<BaseImageRecord> =
+            watched.into_iter().filter(|b| lists.iter().any(|t| same_image(b, t))).collect();
+        queued.extend(check(store, secrets, watched, credentials).await?);
+    }
+    Ok(queued)
 }
 
 /// Acts on `tag` now pointing at `resolved` for the platform of the tasks among `watched` (the
@@ -352,7 +363,8 @@ mod tests {
 
     /// Tasks on two platforms watch one multi-platform base tag in the open registry: the
     /// first poll swaps the list's digest each recorded for its platform's entry without a run,
-    /// and afterwards a task runs only when its own platform's entry moves.
+    /// and afterwards a task runs only when its own platform's entry moves, whether a poll or
+    /// a registry notification tells.
     #[tokio::test]
     async fn each_platform_watches_its_own_entry_of_a_multi_platform_base() {
         let test = "each_platform_watches_its_own_entry_of_a_multi_platform_base";
@@ -398,5 +410,22 @@ mod tests {
         assert_eq!(ran(poll_once(&store, &secrets, &[]).await.unwrap()), ["arm"]);
         assert_eq!(recorded("arm").await, moved[1]);
         assert!(poll_once(&store, &secrets, &[]).await.unwrap().is_empty(), "nothing moved since");
+
+        // A registry's notification of a list push: the same per-platform answer at once.
+        let (pushed_list, moved) = push("a2", "r3");
+        let notified = |digest: &str, is_list| PushedTag {
+            registry: registry.replace("127.0.0.1", "localhost"),
+            repository: repository.into(),
+            tag: tag.clone(),
+            digest: digest.into(),
+            is_list,
+        };
+        let runs = tags_pushed(&store, &secrets, &[], vec![notified(&pushed_list, true)]);
+        assert_eq!(ran(runs.await.unwrap()), ["arm"]);
+        assert_eq!(recorded("arm").await, moved[1]);
+        // A single image pushed over the list moves every platform's base.
+        let single = "sha256:5e1f000000000000000000000000000000000000000000000000000000000001";
+        let runs = tags_pushed(&store, &secrets, &[], vec![notified(single, false)]);
+        assert_eq!(ran(runs.await.unwrap()), ["amd", "arm"]);
     }
 }

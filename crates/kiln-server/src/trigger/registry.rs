@@ -7,8 +7,8 @@
 //!   [`MANIFEST_MEDIA_TYPES`], so a multi-platform tag answers with its list/index digest, the
 //!   one `docker build` resolved; the digest is the `Docker-Content-Digest` header, or the
 //!   sha256 of the body of a `GET` when a registry leaves the header out (or refuses `HEAD`).
-//!   For a platform ([`resolve`]), a list is read with a `GET` and its entry for the platform
-//!   is the answer, the list's digest kept beside it.
+//!   For a platform ([`resolve`]), a list is read with a `GET` (once per list digest: the body
+//!   is kept) and its entry for the platform is the answer, the list's digest kept beside it.
 //! * Loopback registries (`127.0.0.0/8`, `[::1]`, `localhost`) are spoken to over plain HTTP,
 //!   as Docker does by default, every other one over HTTPS. Docker Hub's names
 //!   (`registry.hub.docker.com`, `docker.io`, `index.docker.io`) go to `registry-1.docker.io`,
@@ -22,6 +22,7 @@
 //! comes from the network (statuses' bodies, challenges, transport errors) is scrubbed of the
 //! password and the basic-auth value before it goes into one.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -142,21 +143,49 @@ pub fn resolve(
 ) -> Result<Resolved, RegistryError> {
     let session = Session::new(tag, auth, timeout)?;
     let mut authorization = None;
-    if let Some((digest, media_type)) = session.head(&mut authorization)?
+    let head = session.head(&mut authorization)?;
+    if let Some((digest, media_type)) = &head
         && !manifest_list::INDEX_MEDIA_TYPES.contains(&media_type.as_str())
     {
-        return Ok(Resolved { digest, index: None });
+        return Ok(Resolved { digest: digest.clone(), index: None });
     }
-    let body = session.get(&mut authorization)?;
-    let digest = body_digest(&body);
+    let known =
+        head.and_then(|(digest, _)| read_lists().get(&digest).cloned().map(|b| (digest, b)));
+    let (digest, body) = match known {
+        Some(known) => known,
+        None => {
+            let body = session.get(&mut authorization)?;
+            (body_digest(&body), body)
+        }
+    };
     let entry = manifest_list::entry_for(&body, platform).map_err(|e| RegistryError::List {
         image: session.image.clone(),
         reason: session.scrub(&e.to_string()),
     })?;
     Ok(match entry {
-        Some(entry) => Resolved { digest: session.checked_digest(&entry)?, index: Some(digest) },
+        Some(entry) => {
+            let mut lists = read_lists();
+            if lists.len() >= LISTS_KEPT {
+                lists.clear();
+            }
+            lists.insert(digest.clone(), body);
+            Resolved { digest: session.checked_digest(&entry)?, index: Some(digest) }
+        }
         None => Resolved { digest, index: None },
     })
+}
+
+/// Lists [`resolve`] read, by digest: content-addressed, so never stale, and a poll `GET`s a
+/// list only when its tag moved (Docker Hub counts every manifest `GET`, not a `HEAD`, against
+/// its pull rate limit). At most [`LISTS_KEPT`], emptied when full.
+static LISTS: std::sync::Mutex<BTreeMap<String, Vec<u8>>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Lists kept: a few kilobytes each, and a server watches few multi-platform tags.
+const LISTS_KEPT: usize = 256;
+
+fn read_lists() -> std::sync::MutexGuard<'static, BTreeMap<String, Vec<u8>>> {
+    // Whatever panicked while holding it, the map of digests to their bodies stays true.
+    LISTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// [`current_digest`]; `head` false skips the `HEAD` and hashes the `GET` body straight away.
@@ -1135,6 +1164,36 @@ mod tests {
 
     fn untag(references: &[&str]) {
         let _ = Command::new("docker").arg("rmi").args(references).output();
+    }
+
+    /// A list is read once per digest: the next resolution of the unmoved tag is a `HEAD`.
+    #[test]
+    fn a_lists_body_is_read_once_per_digest() {
+        let arm64 = format!("sha256:{}", "c3".repeat(32));
+        let list = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+                {{"digest":"{arm64}","platform":{{"os":"linux","architecture":"arm64"}}}}],
+                "annotations":{{"kiln.test":"{}"}}}}"#,
+            unique()
+        );
+        let digest = body_digest(list.as_bytes());
+        let media_type = "application/vnd.oci.image.index.v1+json";
+        let (addr, seen) = scripted(move |req, _| {
+            let headers =
+                [("Docker-Content-Digest", digest.as_str()), ("Content-Type", media_type)];
+            let body = if req.line.starts_with("GET ") { list.as_str() } else { "" };
+            response("200 OK", &headers, body)
+        });
+        let t = tag(&addr, "team/base", "1");
+        for _ in 0..2 {
+            let resolved = resolve(&t, None, TIMEOUT, "linux/arm64").unwrap();
+            assert_eq!(resolved.digest, arm64);
+        }
+        let methods: Vec<String> = requests(&seen)
+            .iter()
+            .map(|r| r.line.split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(methods, ["HEAD", "GET", "HEAD"]);
     }
 
     /// A two-platform OCI index in the open registry: each platform resolves to its own

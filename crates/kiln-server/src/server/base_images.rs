@@ -8,6 +8,10 @@
 //! * `POST /registry/events`: the CNCF distribution registry's push notifications (configured
 //!   with an `Authorization: Bearer <kiln token>` header), for immediate triggering.
 //!
+//! A multi-platform tag (manifest list, OCI index) is resolved for each watching task's
+//! platform to that platform's entry ([`crate::trigger::manifest_list`]), so a task runs when
+//! its own platform's base changes, not when another platform of the list is rebuilt.
+//!
 //! A digest moves by compare-and-set in the store, in the transaction that queues the run, so a
 //! notification and a poll (or two servers) seeing the same change queue one run, and pushing
 //! identical content again (same digest) triggers nothing (Azure/acr#373). A tag first seen

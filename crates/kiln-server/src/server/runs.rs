@@ -122,8 +122,8 @@ pub async fn submit_run(
 
 /// Everything checkable at submission: the timeout's range, the platform's vocabulary, that the
 /// source can be fetched (an uploaded context exists, a URL is a git or tarball URL; a file task
-/// has a context), and for a Docker build or a task file sent in the request that it loads and plans. A file task's
-/// task file is in its context and is checked when the run starts.
+/// has a context), and for a Docker build or a task file sent in the request that it loads and
+/// plans. A file task's task file is in its context and is checked when the run starts.
 pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiError> {
     if let Some(t) = request.timeout_secs()
         && !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&t)

@@ -245,3 +245,64 @@ fn an_arm64_image_builds_and_runs_under_emulation() {
     assert!(removed.expect("docker CLI").status.success());
     assert_eq!(leftovers(&run), "");
 }
+
+/// `--platform linux/arm64` reaches execution and `.Run.OS`/`.Run.Architecture`: a `cmd`
+/// container is created as arm64 (an image the engine has only for amd64 is not run as it is
+/// but pulled for arm64, which this local-only tag cannot be), and `build` steps whose build
+/// string names no `--platform` build for arm64: from an arm64 base, and from `scratch`, whose
+/// platform only the build's own can decide.
+#[test]
+fn a_runs_platform_reaches_cmd_containers_and_builds() {
+    let base = std::env::var("KILN_TEST_ARM64_IMAGE")
+        .expect("KILN_TEST_ARM64_IMAGE (run scripts/test-env.sh and source its env file)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("Dockerfile", &format!("FROM {base}\nRUN test \"$(uname -m)\" = aarch64\n"));
+    write("Dockerfile.scratch", "FROM scratch\nCOPY Dockerfile /\n");
+    let file = write_task(
+        dir.path(),
+        &format!(
+            "steps:\n  - id: arch\n    cmd: {base} uname -m\n  - id: vars\n    cmd: {base} echo {{{{.Run.OS}}}}/{{{{.Run.Architecture}}}}\n  - build: -t kiln-platform-test:{{{{.Run.ID}}}} .\n  - build: -t kiln-platform-scratch:{{{{.Run.ID}}}} -f Dockerfile.scratch .\n"
+        ),
+    );
+    let exec = |file: &std::path::Path, run: &str| {
+        kiln()
+            .args(["exec", "--platform", "linux/arm64", "-f"])
+            .arg(file)
+            .arg(dir.path())
+            .args(["--run-id", run])
+            .output()
+            .expect("run kiln")
+    };
+    let run = run_id("platform");
+    let out = exec(&file, &run);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.lines().any(|l| l.starts_with("arch ") && l.ends_with("| aarch64")), "{all}");
+    assert!(all.lines().any(|l| l.starts_with("vars ") && l.ends_with("| linux/arm64")), "{all}");
+    for image in [format!("kiln-platform-test:{run}"), format!("kiln-platform-scratch:{run}")] {
+        let arch = std::process::Command::new("docker")
+            .args(["image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", &image])
+            .output()
+            .expect("docker CLI");
+        assert_eq!(String::from_utf8_lossy(&arch.stdout).trim(), "linux/arm64", "{image}");
+        let removed = std::process::Command::new("docker").args(["rmi", &image]).output();
+        assert!(removed.expect("docker CLI").status.success());
+    }
+    assert_eq!(leftovers(&run), "");
+
+    let run = run_id("platformamd");
+    let amd64_only = format!("kiln-platform-amd64-only:{run}");
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", &std::env::var("KILN_TEST_IMAGE").expect("KILN_TEST_IMAGE"), &amd64_only])
+        .status();
+    assert!(tagged.expect("docker CLI").success());
+    let file = dir.path().join("amd64.yaml");
+    std::fs::write(&file, format!("steps:\n  - cmd: {amd64_only} true\n")).unwrap();
+    let out = exec(&file, &run);
+    let all = text(&out);
+    let _ = std::process::Command::new("docker").args(["rmi", &amd64_only]).output();
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains(&format!("pulling image {amd64_only} for linux/arm64 failed")), "{all}");
+    assert_eq!(leftovers(&run), "");
+}

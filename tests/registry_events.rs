@@ -106,6 +106,7 @@ fn a_docker_push_is_delivered_as_a_pushed_tag() {
         repository: "kiln-events/base".into(),
         tag: tag.clone(),
         digest: digest.clone(),
+        is_list: false,
     };
 
     // Layer pushes come first, each in its own envelope; wait for the manifest's.

@@ -58,22 +58,26 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
             std::fs::create_dir_all(dir.path().join("p")).expect("dir");
             create_agent(&server, "plain", &[])
         },
-        &[],
+        // Not the engine's platforms: the test environment emulates arm64 too.
+        &["--platform", "linux/amd64"],
     );
-    let queue = |args: &[&str]| {
+    let queue = |image: &str, args: &[&str]| {
         let out = server
             .kiln()
             .args(["run", "--no-wait"])
             .args(args)
-            .args(["--cmd", "busybox echo routed", "/dev/null"])
+            .args(["--cmd", &format!("{image} echo routed"), "/dev/null"])
             .output()
             .expect("kiln");
         assert!(out.status.success(), "{}", text(&out));
         queued_id(&out)
     };
-    let arm = queue(&["--platform", "linux/arm64"]);
-    let gpu = queue(&["--agent-pool", "gpu"]);
-    let any = queue(&[]);
+    // An arm64 run's containers are arm64: the test environment's arm64 image, emulated.
+    let arm64_image = std::env::var("KILN_TEST_ARM64_IMAGE")
+        .expect("KILN_TEST_ARM64_IMAGE (run scripts/test-env.sh and source its env file)");
+    let arm = queue(&arm64_image, &["--platform", "linux/arm64"]);
+    let gpu = queue("busybox", &["--agent-pool", "gpu"]);
+    let any = queue("busybox", &[]);
     // The plain agent took the newest run, so it looked past the two older ones.
     let run = server.finished(&any);
     assert_eq!(
@@ -86,19 +90,21 @@ fn runs_wait_for_an_agent_of_their_pool_and_platform_then_run_there() {
     }
     let arm_log = log_of(&server, &arm);
     assert!(arm_log.contains("Waiting for an agent (platform linux/arm64)..."), "{arm_log}");
-    // The record says it too: in the JSON and in show-run's table.
-    assert_eq!(server.show(&arm)["waitingReason"], "Waiting for an agent (platform linux/arm64)");
+    // The record says it too, and why: in the JSON and in show-run's table.
+    let waiting = "Waiting for an agent (platform linux/arm64): no agent runs linux/arm64 (they \
+                   run linux/amd64)";
+    assert_eq!(server.show(&arm)["waitingReason"], waiting);
     let shown = server.run(&["show-run", &arm, "-o", "table"]);
     assert!(shown.status.success(), "{}", text(&shown));
-    assert!(
-        text(&shown).contains("\nWaiting for an agent (platform linux/arm64)...\n"),
-        "{}",
-        text(&shown)
-    );
+    assert!(text(&shown).contains(&format!("\n{waiting}...\n")), "{}", text(&shown));
     let gpu_log = log_of(&server, &gpu);
     assert!(
         gpu_log.contains("Waiting for an agent (pool gpu, platform linux/amd64)..."),
         "{gpu_log}"
+    );
+    assert_eq!(
+        server.show(&gpu)["waitingReason"],
+        "Waiting for an agent (pool gpu, platform linux/amd64): no agent is registered in pool gpu"
     );
 
     std::fs::create_dir_all(dir.path().join("a")).expect("dir");

@@ -32,7 +32,8 @@ pub struct AgentRunArgs {
     /// ~/.local/share/kiln-agent).
     #[arg(long, env = "KILN_AGENT_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Platforms this agent runs, `os/arch[/variant]`, comma-separated (default: the engine's).
+    /// Platforms this agent runs, `os/arch[/variant]`, comma-separated (default: the engine's
+    /// own and those the kernel emulates for it through binfmt_misc with the F flag).
     #[arg(long, value_name = "PLATFORMS", value_delimiter = ',')]
     platform: Vec<String>,
     /// What `cmd` steps get of this machine's engine at /var/run/docker.sock: `scoped`, `host`

@@ -44,6 +44,9 @@ pub struct ExecArgs {
     /// `host` (the engine's socket, as ACR does: trusted task files only) or `off`.
     #[arg(long, value_name = "MODE", default_value = "scoped")]
     docker_api: DockerApiMode,
+    /// The platform the steps run as, `os/arch[/variant]` (default: each image's own).
+    #[arg(long, value_name = "PLATFORM", value_parser = kiln_api::Platform::from_flag)]
+    platform: Option<kiln_api::Platform>,
 }
 
 pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -53,6 +56,10 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
     }
     let mut inputs = args.task.inputs(config)?;
+    let platform = args.platform.map(|p| p.to_string());
+    if let Some(platform) = &platform {
+        inputs.set_platform(platform);
+    }
     let password = if args.registry_password_stdin {
         let mut password = String::new();
         std::io::stdin()
@@ -76,6 +83,7 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     };
     print_diagnostics(&inputs.name, &planned.diagnostics);
+    planned.plan.platform = platform;
     if let (Some(registry), Some(username), Some(password)) =
         (&args.task.registry, &args.registry_user, password)
     {

@@ -159,6 +159,13 @@ impl TaskFileArgs {
     }
 }
 
+impl Inputs {
+    /// The run is on `platform` (`kiln exec --platform`): `.Run.OS`, `.Run.Architecture`.
+    pub(super) fn set_platform(&mut self, platform: &str) {
+        self.data.run.set_platform(platform);
+    }
+}
+
 pub(super) fn check(inputs: &Inputs, strict: bool) -> Result<Planned, Diagnostics> {
     let opts = LoadOptions {
         data: &inputs.data,

@@ -61,14 +61,22 @@ pub(crate) struct Setup<'a> {
     pub(crate) env: &'a [(String, String)],
     /// Engine name of the network the container joins.
     pub(crate) network: &'a str,
+    /// The run's platform (`os/arch[/variant]`); `None`: whatever the image is.
+    pub(crate) platform: Option<&'a str>,
+}
+
+/// A container to create: the request body and the platform the engine must run it as (the
+/// create call's `platform` parameter, API 1.41, which refuses an image of another platform
+/// rather than running it under whatever emulation happens to be there).
+#[derive(Debug)]
+pub(crate) struct Create {
+    pub(crate) body: ContainerCreateBody,
+    pub(crate) platform: Option<String>,
 }
 
 /// The create request for `step`, mapping each step property the way ACR's `docker run`
 /// command line does (reference §2.3, §3).
-pub(crate) fn create_body(
-    step: &PlanStep,
-    setup: Setup<'_>,
-) -> Result<ContainerCreateBody, ContainerError> {
+pub(crate) fn create_body(step: &PlanStep, setup: Setup<'_>) -> Result<Create, ContainerError> {
     let ports = Ports::parse(&step.ports, &step.expose)?;
     let nano_cpus = step.cpus.as_deref().map(nano_cpus).transpose()?;
     // Docker only resolves names on user-defined networks and rejects aliases elsewhere.
@@ -78,7 +86,7 @@ pub(crate) fn create_body(
             EndpointSettings { aliases: Some(vec![step.id.to_string()]), ..Default::default() },
         )])),
     });
-    Ok(ContainerCreateBody {
+    let body = ContainerCreateBody {
         image: Some(setup.image.to_string()),
         // Empty args keep the image's CMD, like `docker run image` with nothing after it.
         cmd: (!setup.args.is_empty()).then(|| setup.args.to_vec()),
@@ -104,7 +112,8 @@ pub(crate) fn create_body(
         }),
         networking_config,
         ..Default::default()
-    })
+    };
+    Ok(Create { body, platform: setup.platform.map(str::to_string) })
 }
 
 /// `--cpus 1.5` → 1.5e9 NanoCPUs.
@@ -143,13 +152,13 @@ pub(crate) struct Output<'a> {
 pub(crate) async fn run(
     docker: &Docker,
     name: &str,
-    body: ContainerCreateBody,
+    create: Create,
     keep: bool,
     output: Output<'_>,
     stop: &CancellationToken,
     removals: &TaskTracker,
 ) -> Result<Exit, ContainerError> {
-    create(docker, name, body).await?;
+    create_container(docker, name, create).await?;
     let result = attach_start_wait(docker, name, output, stop).await;
     if !keep {
         // Off the critical path: the next step need not wait for a removal. The run awaits
@@ -166,25 +175,26 @@ pub(crate) async fn run(
 pub(crate) async fn start_detached(
     docker: &Docker,
     name: &str,
-    body: ContainerCreateBody,
+    create: Create,
 ) -> Result<(), ContainerError> {
-    create(docker, name, body).await?;
+    create_container(docker, name, create).await?;
     docker
         .start_container(name, None)
         .await
         .map_err(|e| ContainerError::Start { name: name.to_string(), message: engine_message(e) })
 }
 
-async fn create(
+async fn create_container(
     docker: &Docker,
     name: &str,
-    body: ContainerCreateBody,
+    create: Create,
 ) -> Result<(), ContainerError> {
+    let options = CreateContainerOptions {
+        name: Some(name.to_string()),
+        platform: create.platform.unwrap_or_default(),
+    };
     docker
-        .create_container(
-            Some(CreateContainerOptions { name: Some(name.to_string()), ..Default::default() }),
-            body,
-        )
+        .create_container(Some(options), create.body)
         .await
         .map(drop)
         .map_err(|e| ContainerError::Create { name: name.to_string(), message: engine_message(e) })
@@ -312,6 +322,7 @@ mod tests {
             binds: vec!["/tmp/ws:/workspace".into()],
             env: &[],
             network,
+            platform: None,
         }
     }
 
@@ -325,7 +336,7 @@ mod tests {
         s.ports = vec!["127.0.0.1:8080:80".into()];
         s.expose = vec!["9000".into()];
         let args = vec!["-c".to_string(), "echo hi".to_string()];
-        let body = create_body(&s, setup("kiln-r1", &args)).expect("valid");
+        let body = create_body(&s, setup("kiln-r1", &args)).expect("valid").body;
         assert_eq!(body.cmd, Some(args.clone()));
         assert_eq!(body.entrypoint, Some(vec!["/bin/sh".to_string()]));
         assert_eq!(body.env, Some(vec!["A=1 2".to_string()]));
@@ -345,7 +356,7 @@ mod tests {
     fn image_defaults_are_kept_when_unset() {
         let mut s = step();
         s.working_directory = None;
-        let body = create_body(&s, setup("kiln-r1", &[])).expect("valid");
+        let body = create_body(&s, setup("kiln-r1", &[])).expect("valid").body;
         assert_eq!(body.cmd, None);
         assert_eq!(body.entrypoint, None);
         assert_eq!(body.working_dir, None);
@@ -355,7 +366,7 @@ mod tests {
     #[test]
     fn builtin_networks_get_no_alias() {
         for network in ["host", "none", "bridge", "container:abc"] {
-            let body = create_body(&step(), setup(network, &[])).expect("valid");
+            let body = create_body(&step(), setup(network, &[])).expect("valid").body;
             assert!(body.networking_config.is_none(), "{network}");
         }
     }

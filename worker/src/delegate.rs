@@ -66,6 +66,7 @@ pub(crate) async fn run(
                 credentials: &plan.credentials,
                 git_ssh: plan.git_ssh.as_ref(),
                 context_limit: plan.context_limit,
+                platform: plan.platform.as_deref(),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
             if outcome.images.is_empty() {

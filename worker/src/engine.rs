@@ -8,6 +8,7 @@
 use bollard::Docker;
 
 use crate::owner::{self, Owner, OwnerError};
+use crate::platforms;
 
 /// The oldest Engine API kiln is tested against (Docker 20.10); older engines lack pieces kiln
 /// relies on, and their failures would surface deep inside steps.
@@ -108,22 +109,22 @@ impl Engine {
         self.owner
     }
 
-    /// The platform the engine runs natively, `os/arch` in OCI's names (`linux/amd64`; the
-    /// engine reports the kernel's `x86_64`, `aarch64`).
-    pub async fn platform(&self) -> Result<String, EngineError> {
+    /// The platforms the engine runs ([`platforms`]): its native one first, then those the
+    /// kernel emulates. Emulation is read from this machine's `binfmt_misc`, which is the
+    /// engine's kernel only when the engine is local (a unix socket); a remote engine's is
+    /// unknown here, so only its native platform is declared.
+    pub async fn platforms(&self) -> Result<Vec<String>, EngineError> {
         let info = self
             .docker
             .info()
             .await
             .map_err(|source| EngineError::Unreachable { host: self.host.clone(), source })?;
-        let os = info.os_type.unwrap_or_else(|| "linux".to_string());
-        let arch = match info.architecture.as_deref().unwrap_or("x86_64") {
-            "x86_64" | "amd64" => "amd64",
-            "aarch64" | "arm64" => "arm64",
-            "armv7l" | "armhf" => "arm/v7",
-            "i386" | "i686" => "386",
-            other => other,
+        let native = platforms::native(info.os_type.as_deref(), info.architecture.as_deref());
+        let emulated = if self.host.starts_with("unix://") {
+            platforms::emulated(std::path::Path::new(platforms::BINFMT_MISC))
+        } else {
+            Vec::new()
         };
-        Ok(format!("{os}/{arch}"))
+        Ok(platforms::declared(native, emulated))
     }
 }

@@ -3,7 +3,9 @@
 //! `docker run` pulls a missing image implicitly; through the API kiln has to do it itself, and
 //! it does so with the run's credentials for the image's registry. Without a tag the engine
 //! would pull *every* tag of a repository, so references are normalised to `:latest` first,
-//! as the Docker CLI does.
+//! as the Docker CLI does. A run with a platform needs the image *for that platform*: one the
+//! engine has for another platform counts as missing and is pulled for the run's, as
+//! `docker run --platform` does (an agent running amd64 and emulated arm64 runs keeps both).
 
 use bollard::Docker;
 use bollard::models::CreateImageInfo;
@@ -17,8 +19,8 @@ use crate::events::Events;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("pulling image {image} failed: {message}")]
-    Pull { image: String, message: String },
+    #[error("pulling image {image}{} failed: {message}", for_platform(platform.as_deref()))]
+    Pull { image: String, platform: Option<String>, message: String },
     #[error("inspecting image {image} failed: {source}")]
     Inspect {
         image: String,
@@ -27,9 +29,27 @@ pub enum ImageError {
     },
 }
 
-pub(crate) async fn is_present(docker: &Docker, image: &str) -> Result<bool, ImageError> {
+fn for_platform(platform: Option<&str>) -> String {
+    platform.map(|p| format!(" for {p}")).unwrap_or_default()
+}
+
+/// Whether the engine has `image`, for `platform` when the run names one.
+pub(crate) async fn is_present(
+    docker: &Docker,
+    image: &str,
+    platform: Option<&str>,
+) -> Result<bool, ImageError> {
     match docker.inspect_image(image).await {
-        Ok(_) => Ok(true),
+        Ok(inspect) => Ok(platform.is_none_or(|p| {
+            let os = inspect.os.as_deref().unwrap_or_default();
+            let arch = inspect.architecture.as_deref().unwrap_or_default();
+            let variant = inspect.variant.as_deref().filter(|v| !v.is_empty());
+            let have = match variant {
+                Some(v) => format!("{os}/{arch}/{v}"),
+                None => format!("{os}/{arch}"),
+            };
+            kiln_plan::platform::matches(&have, p)
+        })),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
             Ok(false)
         }
@@ -37,23 +57,32 @@ pub(crate) async fn is_present(docker: &Docker, image: &str) -> Result<bool, Ima
     }
 }
 
-/// Pulls `image` once, reporting the engine's progress lines as system log lines of `step`
+/// Pulls `image` once (for `platform` when the run names one), reporting the engine's progress lines as system log lines of `step`
 /// (run-level lines without one).
 /// Fails with the registry's own message (e.g. `manifest unknown`, or a DNS error when the
 /// registry is unreachable), which the engine reports promptly rather than hanging.
 pub(crate) async fn pull(
     docker: &Docker,
     image: &str,
+    platform: Option<&str>,
     credentials: &[RegistryCredential],
     events: &Events,
     step: Option<&StepId>,
 ) -> Result<(), ImageError> {
-    let parsed = ImageRef::parse(image)
-        .map_err(|e| ImageError::Pull { image: image.to_string(), message: e.to_string() })?;
+    let failed = |image: String, message: String| ImageError::Pull {
+        image,
+        platform: platform.map(str::to_string),
+        message,
+    };
+    let parsed = ImageRef::parse(image).map_err(|e| failed(image.to_string(), e.to_string()))?;
     let login = auth::for_host(credentials, parsed.registry_host());
     let image = parsed.with_default_tag();
-    events.system(step, format!("Pulling image: {image}")).await;
-    let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
+    events.system(step, format!("Pulling image: {image}{}", for_platform(platform))).await;
+    let options = CreateImageOptions {
+        from_image: Some(image.clone()),
+        platform: platform.unwrap_or_default().to_string(),
+        ..Default::default()
+    };
     let mut progress = docker.create_image(Some(options), None, login);
     while let Some(item) = progress.next().await {
         match item {
@@ -62,9 +91,7 @@ pub(crate) async fn pull(
                     events.system(step, line).await;
                 }
             }
-            Err(e) => {
-                return Err(ImageError::Pull { image, message: engine_message(e) });
-            }
+            Err(e) => return Err(failed(image, engine_message(e))),
         }
     }
     Ok(())

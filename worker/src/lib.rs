@@ -12,6 +12,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`engine`] | connecting to Docker and negotiating the API version |
+//! | [`platforms`] | which platforms the engine runs: native, and emulated through `binfmt_misc` |
 //! | [`run`] | one run's lifecycle: workspace, networks, the step graph, teardown ([`execute`]) |
 //! | `schedule` | which steps may start now (the DAG) |
 //! | `step` | one step: start delay, timeout, repeat, retries, ignoreErrors |
@@ -43,6 +44,7 @@ mod image;
 pub mod index;
 pub mod names;
 pub mod owner;
+pub mod platforms;
 mod ports;
 pub mod push;
 pub mod run;

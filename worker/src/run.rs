@@ -279,7 +279,7 @@ async fn prepare(
     let schedule = Schedule::new(plan.steps.iter().map(|s| (&s.id, s.depends_on.as_slice())))
         .map_err(|e| e.to_string())?;
     for image in &options.refresh_images {
-        image::pull(docker, image, &plan.credentials, events, None)
+        image::pull(docker, image, plan.platform.as_deref(), &plan.credentials, events, None)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -281,7 +281,7 @@ async fn explicit_pull(
     let mut tries_left = pull.retries;
     loop {
         let pulled = tokio::select! {
-            result = image::pull(ctx.docker, image, &ctx.plan.credentials, &ctx.events, Some(&step.id)) => result,
+            result = image::pull(ctx.docker, image, ctx.plan.platform.as_deref(), &ctx.plan.credentials, &ctx.events, Some(&step.id)) => result,
             () = stop.cancelled() => return Err(Failure::new(format!("pulling {image} was interrupted"))),
         };
         match pulled {
@@ -333,11 +333,12 @@ async fn run_container(
     let stop = attempt.stop;
     let network = attempt.network;
     let id = &step.id;
-    let present =
-        image::is_present(ctx.docker, image).await.map_err(|e| Failure::new(e.to_string()))?;
+    let present = image::is_present(ctx.docker, image, ctx.plan.platform.as_deref())
+        .await
+        .map_err(|e| Failure::new(e.to_string()))?;
     if !present {
         tokio::select! {
-            result = image::pull(ctx.docker, image, &ctx.plan.credentials, &ctx.events, Some(id)) => {
+            result = image::pull(ctx.docker, image, ctx.plan.platform.as_deref(), &ctx.plan.credentials, &ctx.events, Some(id)) => {
                 result.map_err(|e| Failure::new(e.to_string()))?;
             }
             () = stop.cancelled() => return Err(Failure::new(format!("pulling {image} was interrupted"))),
@@ -363,6 +364,7 @@ async fn run_container(
             binds,
             env: ctx.docker_api.env(),
             network,
+            platform: ctx.plan.platform.as_deref(),
         },
     )
     .map_err(|e| Failure::new(e.to_string()))?;

@@ -16,7 +16,7 @@ use common::*;
 use futures_util::StreamExt;
 use kiln_plan::event::{Event, LogStream, RunStatus, StepStatus};
 use kiln_plan::plan::{
-    Action, EnvVar, Pull, RegistryCredential, SecretFile, SecretVolume, VolumeMount,
+    Action, EnvVar, PlanStep, Pull, RegistryCredential, SecretFile, SecretVolume, VolumeMount,
 };
 
 #[tokio::test]
@@ -520,4 +520,49 @@ async fn remove_image(engine: &kiln_worker::Engine, reference: &str) {
         .remove_image(reference, Some(RemoveImageOptions::default()), None)
         .await
         .expect("remove image tag");
+}
+
+/// The arm64 image of the test environment (run under the QEMU emulation it registers).
+fn arm64_image() -> String {
+    setting("KILN_TEST_ARM64_IMAGE", "busybox-arm64:latest")
+}
+
+/// The plan's platform is what `cmd` containers are created as: the arm64 image runs as
+/// linux/arm64, and a run on linux/amd64 does not run it as it is (under emulation) but wants
+/// the image for amd64, which no registry has.
+#[tokio::test]
+async fn a_plans_platform_is_what_cmd_containers_run_as() {
+    let engine = engine().await;
+    let arm64 = arm64_image();
+    let uname = |id: &str| PlanStep {
+        action: Action::Cmd { image: arm64.clone(), args: vec!["uname".into(), "-m".into()] },
+        ..cmd(id, &[])
+    };
+
+    let run = run_id("platform-arm64");
+    let mut on_arm64 = plan(&run, vec![uname("arch")]);
+    on_arm64.platform = Some("linux/arm64".into());
+    let done = run_plan(&engine, on_arm64).await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert_eq!(done.stdout("arch"), "aarch64\n");
+    assert_clean(&engine, &run).await;
+
+    let run = run_id("platform-amd64");
+    let mut on_amd64 = plan(&run, vec![uname("arch")]);
+    on_amd64.platform = Some("linux/amd64".into());
+    let done = run_plan(&engine, on_amd64).await;
+    assert_eq!(done.summary.status, RunStatus::Failed, "{}", done.dump());
+    let error = done.error("arch").unwrap_or_default();
+    assert!(error.starts_with(&format!("pulling image {arm64} for linux/amd64 failed")), "{error}");
+    assert_clean(&engine, &run).await;
+}
+
+/// The engine's platforms: its own first, then the emulated ones (the test environment
+/// registers qemu-aarch64 in binfmt_misc with the F flag).
+#[tokio::test]
+async fn the_engine_declares_its_own_platform_then_the_emulated_ones() {
+    let platforms = engine().await.platforms().await.unwrap_or_else(|e| panic!("{e}"));
+    let native = kiln_worker::platforms::native(Some("linux"), Some(std::env::consts::ARCH));
+    assert_eq!(platforms[0], native, "{platforms:?}");
+    assert!(platforms.iter().any(|p| p == "linux/arm64"), "{platforms:?}");
 }

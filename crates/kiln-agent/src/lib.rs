@@ -62,7 +62,8 @@ pub struct AgentConfig {
     /// Run contexts and workspaces are created under `data_dir/work`, the owner lock under
     /// `data_dir/owners`.
     pub data_dir: PathBuf,
-    /// Platforms offered (`os/arch[/variant]`); empty: the engine's own.
+    /// Platforms offered (`os/arch[/variant]`); empty: what the engine runs, natively and
+    /// emulated ([`Engine::platforms`]).
     pub platforms: Vec<String>,
     /// The error of a run this agent stops because it is shutting down.
     pub stopped_message: String,
@@ -74,7 +75,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Two runs at once, the engine's platform.
+    /// Two runs at once, the engine's platforms.
     pub fn new(name: impl Into<String>, data_dir: PathBuf) -> Self {
         let name = name.into();
         Self {
@@ -205,7 +206,7 @@ impl Agent {
         std::fs::create_dir_all(&work)
             .map_err(|source| AgentError::WorkDir { path: work.clone(), source })?;
         let platforms = if config.platforms.is_empty() {
-            vec![engine.platform().await?]
+            engine.platforms().await?
         } else {
             config.platforms.clone()
         };

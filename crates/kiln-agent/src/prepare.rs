@@ -152,6 +152,7 @@ pub(crate) async fn prepare(
     vars.branch = branch;
     vars.task_name = lease.task_name.clone().unwrap_or_default();
     vars.triggered_by = lease.triggered_by.clone();
+    vars.set_platform(&lease.platform);
     let base_dir = context_dir.clone().unwrap_or_else(|| run_dir.to_path_buf());
     match input.plan(vars, &lease.images, &base_dir) {
         Ok(planned) => {

@@ -137,6 +137,9 @@ async fn execute(
     plan.masked.extend(ready.secrets);
     plan.git_ssh = ready.git_ssh;
     plan.context_limit = Some(lease.max_context_bytes);
+    // The record's platform (the request's, else the default): what the dispatcher matched
+    // with this agent's, so what its steps must run as.
+    plan.platform = Some(lease.platform.clone());
     log.mask(plan.masked.iter().cloned());
     let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
     log.steps(&order);

@@ -354,31 +354,43 @@ const PLATFORM_OS: &[&str] = &["linux", "windows"];
 /// The architectures (OCI image-spec `architecture` values; ACR's `x86` is `386`).
 const PLATFORM_ARCH: &[&str] = &["amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64"];
 
+/// Why a platform is not one a run can ask for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    #[error(
+        "unknown OS {0:?}; expected os/arch[/variant] with os one of {known}, e.g. linux/arm64",
+        known = PLATFORM_OS.join(", ")
+    )]
+    Os(String),
+    #[error("unknown architecture {0:?}; expected one of {known}", known = PLATFORM_ARCH.join(", "))]
+    Architecture(String),
+    #[error("expected os/arch[/variant], e.g. linux/arm/v7")]
+    Variant,
+}
+
 impl Platform {
     /// A `--platform` flag, checked: `os[/arch[/variant]]` with a known OS and architecture
     /// (`linux` alone is `linux/amd64`, as in ACR). A typo such as `arm64` alone (an OS named
     /// "arm64") would otherwise queue a run that no agent can ever take.
     pub fn from_flag(text: &str) -> Result<Platform, String> {
         let platform = Platform::parse(text);
-        let known = |list: &[&str], value: &str| list.contains(&value);
-        if !known(PLATFORM_OS, &platform.os) {
-            return Err(format!(
-                "{text:?}: unknown OS {:?}; expected os/arch[/variant] with os one of {}, e.g. linux/arm64",
-                platform.os,
-                PLATFORM_OS.join(", ")
-            ));
-        }
-        if !known(PLATFORM_ARCH, &platform.architecture) {
-            return Err(format!(
-                "{text:?}: unknown architecture {:?}; expected one of {}",
-                platform.architecture,
-                PLATFORM_ARCH.join(", ")
-            ));
-        }
-        if platform.variant.as_deref().is_some_and(|v| v.is_empty() || v.contains('/')) {
-            return Err(format!("{text:?}: expected os/arch[/variant], e.g. linux/arm/v7"));
-        }
+        platform.check().map_err(|e| format!("{text:?}: {e}"))?;
         Ok(platform)
+    }
+
+    /// The vocabulary of [`Platform::from_flag`], for a platform that came as an object (the
+    /// HTTP API's run requests and tasks), so both ways in refuse the same values.
+    pub fn check(&self) -> Result<(), PlatformError> {
+        if !PLATFORM_OS.contains(&self.os.as_str()) {
+            return Err(PlatformError::Os(self.os.clone()));
+        }
+        if !PLATFORM_ARCH.contains(&self.architecture.as_str()) {
+            return Err(PlatformError::Architecture(self.architecture.clone()));
+        }
+        if self.variant.as_deref().is_some_and(|v| v.is_empty() || v.contains('/')) {
+            return Err(PlatformError::Variant);
+        }
+        Ok(())
     }
 
     /// From `os/arch[/variant]`.

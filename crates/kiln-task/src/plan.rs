@@ -175,6 +175,7 @@ pub fn build(
         credentials: Vec::new(),
         git_ssh: None,
         context_limit: None,
+        platform: None,
     };
     Ok((plan, diags))
 }

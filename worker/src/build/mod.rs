@@ -54,6 +54,8 @@ pub struct BuildRequest<'a> {
     pub git_ssh: Option<&'a GitSsh>,
     /// The plan's [`kiln_plan::plan::Plan::context_limit`].
     pub context_limit: Option<u64>,
+    /// The run's platform, built for when the build string names no `--platform`.
+    pub platform: Option<&'a str>,
 }
 
 /// What a successful build produced.
@@ -173,7 +175,7 @@ pub async fn run(
             .then(|| args.build_args.clone().into_iter().collect()),
         labels: (!labels.is_empty()).then_some(labels),
         networkmode: args.network.clone(),
-        platform: args.platform.clone().unwrap_or_default(),
+        platform: args.platform.as_deref().or(req.platform).unwrap_or_default().to_string(),
         target: args.target.clone().unwrap_or_default(),
         ..BuildImageOptions::default()
     };
@@ -402,6 +404,7 @@ mod tests {
             credentials: &[],
             git_ssh: None,
             context_limit: None,
+            platform: None,
         };
         assert_eq!(download_dir(&req("build")).unwrap(), PathBuf::from("/w/app/build"));
         for bad in ["", "..", "a/b", "/abs", "."] {

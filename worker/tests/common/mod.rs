@@ -91,6 +91,7 @@ pub fn plan(run: &RunId, steps: Vec<PlanStep>) -> Plan {
         credentials: vec![],
         git_ssh: None,
         context_limit: None,
+        platform: None,
     }
 }
 

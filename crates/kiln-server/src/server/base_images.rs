@@ -8,6 +8,10 @@
 //! * `POST /registry/events`: the CNCF distribution registry's push notifications (configured
 //!   with an `Authorization: Bearer <kiln token>` header), for immediate triggering.
 //!
+//! A multi-platform tag (manifest list, OCI index) is resolved for each watching task's
+//! platform to that platform's entry ([`crate::trigger::manifest_list`]), so a task runs when
+//! its own platform's base changes, not when another platform of the list is rebuilt.
+//!
 //! A digest moves by compare-and-set in the store, in the transaction that queues the run, so a
 //! notification and a poll (or two servers) seeing the same change queue one run, and pushing
 //! identical content again (same digest) triggers nothing (Azure/acr#373). A tag first seen
@@ -31,8 +35,8 @@ use crate::secret_box::SecretBox;
 use crate::store::{BaseImageRecord, ClaimOutcome, RunRecord, Store, StoreError};
 use crate::task_def;
 use crate::task_run::{self, Firing};
-use crate::trigger::notification;
-use crate::trigger::registry::{self, RegistryAuth, TagRef};
+use crate::trigger::notification::{self, PushedTag};
+use crate::trigger::registry::{self, RegistryAuth, Resolved, TagRef};
 
 /// How long one registry lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,13 +54,8 @@ pub async fn registry_events(
 ) -> Result<Json<WebhookAnswer>, ApiError> {
     let pushed =
         notification::pushed_tags(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let watched = state.store.watched_base_images().await?;
-    let mut queued = Vec::new();
-    for tag in pushed {
-        let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
-        queued
-            .extend(tag_moved(&state.store, &state.secrets, &watched, &moved, &tag.digest).await?);
-    }
+    let logins = state.dispatch.registry_logins();
+    let queued = tags_pushed(&state.store, &state.secrets, logins, pushed).await?;
     if !queued.is_empty() {
         state.dispatch.queued();
     }
@@ -70,29 +69,62 @@ pub async fn registry_events(
     }))
 }
 
-/// Acts on `tag` now pointing at `digest`: every task among `watched` (the store's watched
-/// base images, read once per batch of tags) whose stored digest for it differs runs (or, with
-/// no digest stored yet, records it). Returns the runs queued.
+/// Acts on the tag pushes of a notification; returns the runs queued. A pushed image is what
+/// every platform's run builds on now; a pushed list is resolved at the registry for each
+/// platform watching it, as a poll does, since which entry moved is the registry's to say.
+pub async fn tags_pushed(
+    store: &Store,
+    secrets: &SecretBox,
+    credentials: &[RegistryCredential],
+    pushed: Vec<PushedTag>,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let watched = store.watched_base_images().await?;
+    let mut queued = Vec::new();
+    let mut lists = Vec::new();
+    for tag in pushed {
+        let moved = TagRef { registry: tag.registry, repository: tag.repository, tag: tag.tag };
+        if tag.is_list {
+            lists.push(moved);
+            continue;
+        }
+        let resolved = Resolved { digest: tag.digest, index: None };
+        queued.extend(tag_moved(store, secrets, &watched, &moved, &resolved).await?);
+    }
+    if !lists.is_empty() {
+        let watched: Vec<BaseImageRecord> =
+            watched.into_iter().filter(|b| lists.iter().any(|t| same_image(b, t))).collect();
+        queued.extend(check(store, secrets, watched, credentials).await?);
+    }
+    Ok(queued)
+}
+
+/// Acts on `tag` now pointing at `resolved` for the platform of the tasks among `watched` (the
+/// store's watched base images, read once per batch of tags): every one whose stored digest for
+/// it differs runs. Without a run, a watcher's digest is replaced when none is known yet (none,
+/// or the local image ID the build saw) and when it is the list the tag still points at (what
+/// the engine records when it pulls a multi-platform tag), so later changes to other platforms'
+/// entries do not run the task. Returns the runs queued.
 pub async fn tag_moved(
     store: &Store,
     secrets: &SecretBox,
     watched: &[BaseImageRecord],
     tag: &TagRef,
-    digest: &str,
+    resolved: &Resolved,
 ) -> Result<Vec<RunRecord>, StoreError> {
-    let watchers = watched.iter().filter(|b| same_image(b, tag) && b.digest != digest).cloned();
+    let digest = &resolved.digest;
+    let watchers = watched.iter().filter(|b| same_image(b, tag) && b.digest != *digest).cloned();
     let mut queued = Vec::new();
     for watcher in watchers {
-        // No registry digest known yet (none, or the local image ID the build saw): record
-        // the registry's, without a run.
-        let run = if watcher.repo_digest().is_none() {
+        let same_list =
+            resolved.index.is_some() && watcher.repo_digest() == resolved.index.as_deref();
+        let run = if watcher.repo_digest().is_none() || same_list {
             None
         } else {
             let image = Image {
                 registry: watcher.registry.clone(),
                 repository: watcher.repository.clone(),
                 tag: watcher.tag.clone(),
-                digest: digest.to_string(),
+                digest: digest.clone(),
             };
             match new_run(store, secrets, &watcher.task_name, image).await {
                 Ok(run) => Some(run),
@@ -102,7 +134,7 @@ pub async fn tag_moved(
                 }
             }
         };
-        let change = [(watcher, digest.to_string())];
+        let change = [(watcher, digest.clone())];
         if let ClaimOutcome::Claimed(Some(run)) =
             store.claim_base_image_change(&change, run).await?
         {
@@ -132,15 +164,26 @@ async fn new_run(
         .map_err(|e| e.to_string())
 }
 
-/// Resolves every watched tag once and acts on those that moved; returns the runs queued.
-/// A tag's registry is asked with the login of a task watching it (`task credential`), else
-/// the server's own. A registry that cannot be asked is logged and skipped until the next poll.
+/// Resolves every watched tag once per platform of the tasks watching it and acts on those
+/// that moved; returns the runs queued. A tag's registry is asked with the login of a task
+/// watching it (`task credential`), else the server's own. A registry that cannot be asked is
+/// logged and skipped until the next poll.
 pub async fn poll_once(
     store: &Store,
     secrets: &SecretBox,
     credentials: &[RegistryCredential],
 ) -> Result<Vec<RunRecord>, StoreError> {
     let watched = store.watched_base_images().await?;
+    check(store, secrets, watched, credentials).await
+}
+
+/// [`poll_once`] for the watchers `watched`.
+async fn check(
+    store: &Store,
+    secrets: &SecretBox,
+    watched: Vec<BaseImageRecord>,
+    credentials: &[RegistryCredential],
+) -> Result<Vec<RunRecord>, StoreError> {
     let mut logins: HashMap<String, RegistryAuth> = credentials
         .iter()
         .map(|c| {
@@ -148,9 +191,8 @@ pub async fn poll_once(
             (c.registry.clone(), auth)
         })
         .collect();
-    let tags: BTreeSet<(String, String, String)> =
-        watched.iter().map(|b| (b.registry.clone(), b.repository.clone(), b.tag.clone())).collect();
     let watching: BTreeSet<&str> = watched.iter().map(|b| b.task_name.as_str()).collect();
+    let mut platforms: HashMap<String, String> = HashMap::new();
     // One read of the tasks for the whole poll, not one per watching task.
     for record in store.list_tasks().await? {
         if !watching.contains(record.name.as_str()) {
@@ -163,26 +205,39 @@ pub async fn poll_once(
                 continue;
             }
         };
+        platforms.insert(record.name, def.platform.to_string());
         for login in def.credentials {
             let auth = RegistryAuth { username: login.username, password: login.password };
             logins.insert(login.login_server, auth);
         }
     }
+    let platform_of = |b: &BaseImageRecord| platforms.get(&b.task_name).cloned();
+    let tags: BTreeSet<(String, String, String, String)> = watched
+        .iter()
+        .filter_map(|b| {
+            Some((b.registry.clone(), b.repository.clone(), b.tag.clone(), platform_of(b)?))
+        })
+        .collect();
     let mut queued = Vec::new();
-    for (registry, repository, tag) in tags {
+    for (registry, repository, tag, platform) in tags {
         let auth = logins.get(&registry).cloned();
         let tag = TagRef { registry, repository, tag };
-        let lookup = tag.clone();
-        let digest = tokio::task::spawn_blocking(move || {
-            registry::current_digest(&lookup, auth.as_ref(), LOOKUP_TIMEOUT)
+        let (lookup, wanted) = (tag.clone(), platform.clone());
+        let resolved = tokio::task::spawn_blocking(move || {
+            registry::resolve(&lookup, auth.as_ref(), LOOKUP_TIMEOUT, &wanted)
         })
         .await;
-        match digest {
-            Ok(Ok(digest)) => {
-                queued.extend(tag_moved(store, secrets, &watched, &tag, &digest).await?);
+        match resolved {
+            Ok(Ok(resolved)) => {
+                let of_platform: Vec<BaseImageRecord> = watched
+                    .iter()
+                    .filter(|b| platform_of(b).as_ref() == Some(&platform))
+                    .cloned()
+                    .collect();
+                queued.extend(tag_moved(store, secrets, &of_platform, &tag, &resolved).await?);
             }
-            Ok(Err(e)) => tracing::warn!("base image check: {e}"),
-            Err(e) => tracing::error!("base image check of {tag} failed: {e}"),
+            Ok(Err(e)) => tracing::warn!("base image check ({platform}): {e}"),
+            Err(e) => tracing::error!("base image check of {tag} ({platform}) failed: {e}"),
         }
     }
     Ok(queued)
@@ -257,11 +312,124 @@ mod tests {
             tag: "1".into(),
         };
 
-        let queued = tag_moved(&store, &secrets, &watched, &tag, "sha256:registry").await.unwrap();
+        let resolved = Resolved { digest: "sha256:registry".into(), index: None };
+        let queued = tag_moved(&store, &secrets, &watched, &tag, &resolved).await.unwrap();
         assert!(queued.is_empty());
         let stored = store.base_images("app").await.unwrap().remove(0);
         assert_eq!(stored.digest, "sha256:registry");
         assert_eq!(stored.digest_kind, Some(DigestKind::RepoDigest));
         assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty());
+    }
+
+    /// A task on a platform, with the base image `registry/repository:tag` recorded as the
+    /// engine records a pulled multi-platform tag: the list's digest.
+    async fn watching_task(
+        store: &Store,
+        secrets: &SecretBox,
+        name: &str,
+        platform: &str,
+        base: (&str, &str, &str, &str),
+    ) {
+        let def = kiln_api::task::TaskDefinition {
+            context: "/dev/null".into(),
+            step: kiln_api::task::TaskStep::EncodedTask {
+                task: "steps:\n  - cmd: busybox true\n".into(),
+                task_name: "acb.yaml".into(),
+                values_content: None,
+            },
+            values: Vec::new(),
+            platform: kiln_api::Platform::parse(platform),
+            agent_pool_name: None,
+            timeout_secs: 600,
+            status: kiln_api::task::TaskStatus::Enabled,
+            commit_trigger_enabled: false,
+            pull_request_trigger_enabled: false,
+            base_image_trigger_enabled: true,
+            base_image_trigger_type: kiln_api::task::BaseImageTriggerType::Runtime,
+            git_access_token: None,
+            git_ssh_key: None,
+            credentials: Vec::new(),
+        };
+        let write = task_def::seal(secrets, name, &def).unwrap();
+        store.create_task(name, write, vec![2], &[]).await.unwrap();
+        let (registry, repository, tag, digest) = base;
+        let record = BaseImageRecord {
+            task_name: name.into(),
+            registry: registry.into(),
+            repository: repository.into(),
+            tag: tag.into(),
+            kind: "RunTime".into(),
+            digest: digest.into(),
+            digest_kind: Some(DigestKind::RepoDigest),
+        };
+        store.set_base_images(name, &[record]).await.unwrap();
+    }
+
+    /// Tasks on two platforms watch one multi-platform base tag in the open registry: the
+    /// first poll swaps the list's digest each recorded for its platform's entry without a run,
+    /// and afterwards a task runs only when its own platform's entry moves, whether a poll or
+    /// a registry notification tells.
+    #[tokio::test]
+    async fn each_platform_watches_its_own_entry_of_a_multi_platform_base() {
+        let test = "each_platform_watches_its_own_entry_of_a_multi_platform_base";
+        let Some(registry) = crate::trigger::test_registry::registry(test) else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), RunIdPrefix::new("kb").unwrap()).await.unwrap();
+        let secrets = SecretBox::open_or_create(dir.path()).unwrap();
+        let repository = "kiln-base-test/multi";
+        let tag = format!("t{}", std::process::id());
+        let push = |amd64: &str, arm64: &str| {
+            let (amd64, arm64) = (format!("{tag}-{amd64}"), format!("{tag}-{arm64}"));
+            let images = [("linux/amd64", amd64.as_str()), ("linux/arm64", arm64.as_str())];
+            crate::trigger::test_registry::push_index(&registry, repository, &tag, &images)
+        };
+        let (first, entries) = push("a1", "r1");
+        let base = (registry.as_str(), repository, tag.as_str(), first.as_str());
+        watching_task(&store, &secrets, "arm", "linux/arm64", base).await;
+        watching_task(&store, &secrets, "amd", "linux/amd64", base).await;
+        let recorded = |task: &'static str| {
+            let store = store.clone();
+            async move { store.base_images(task).await.unwrap().remove(0).digest }
+        };
+        let ran = |runs: Vec<RunRecord>| -> Vec<String> {
+            runs.into_iter().filter_map(|r| r.task_name).collect()
+        };
+
+        assert_eq!(ran(poll_once(&store, &secrets, &[]).await.unwrap()), Vec::<String>::new());
+        assert_eq!(
+            (recorded("amd").await, recorded("arm").await),
+            (entries[0].clone(), entries[1].clone())
+        );
+        assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty());
+
+        let (_, moved) = push("a2", "r1");
+        assert_eq!(moved[1], entries[1], "the arm64 image is the same");
+        assert_eq!(ran(poll_once(&store, &secrets, &[]).await.unwrap()), ["amd"]);
+        assert_eq!(
+            (recorded("amd").await, recorded("arm").await),
+            (moved[0].clone(), entries[1].clone())
+        );
+
+        let (_, moved) = push("a2", "r2");
+        assert_eq!(ran(poll_once(&store, &secrets, &[]).await.unwrap()), ["arm"]);
+        assert_eq!(recorded("arm").await, moved[1]);
+        assert!(poll_once(&store, &secrets, &[]).await.unwrap().is_empty(), "nothing moved since");
+
+        // A registry's notification of a list push: the same per-platform answer at once.
+        let (pushed_list, moved) = push("a2", "r3");
+        let notified = |digest: &str, is_list| PushedTag {
+            registry: registry.replace("127.0.0.1", "localhost"),
+            repository: repository.into(),
+            tag: tag.clone(),
+            digest: digest.into(),
+            is_list,
+        };
+        let runs = tags_pushed(&store, &secrets, &[], vec![notified(&pushed_list, true)]);
+        assert_eq!(ran(runs.await.unwrap()), ["arm"]);
+        assert_eq!(recorded("arm").await, moved[1]);
+        // A single image pushed over the list moves every platform's base.
+        let single = "sha256:5e1f000000000000000000000000000000000000000000000000000000000001";
+        let runs = tags_pushed(&store, &secrets, &[], vec![notified(single, false)]);
+        assert_eq!(ran(runs.await.unwrap()), ["amd", "arm"]);
     }
 }

@@ -141,6 +141,12 @@ impl Dispatcher {
         }
     }
 
+    /// The server's own registry logins (`kiln serve --registry-user`), also for the registry
+    /// lookups the server makes itself.
+    pub fn registry_logins(&self) -> &[RegistryCredential] {
+        &self.settings.credentials
+    }
+
     /// A run was queued (or queued again): waiting lease calls look now.
     pub fn queued(&self) {
         self.queued.notify_waiters();

@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::state::{AppState, Settings};
 use crate::log_hub::LogHub;
 use crate::queue;
+use crate::store::lease::{Claimant, no_agent_reason};
 use crate::store::runs::DEFAULT_TOP;
 use crate::store::{RunFilter, RunRecord, Store};
 use kiln_api::request::{CheckError, RequestError, check};
@@ -44,7 +45,7 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(request) = request?;
     let record = submit_run(&state, request, queue::Origin::default()).await?;
-    Ok((StatusCode::CREATED, Json(api::Run::from(&record))))
+    Ok((StatusCode::CREATED, Json(view(&state.store, &record).await?)))
 }
 
 /// List runs, newest first, a page at a time (`nextLink` points at the next page).
@@ -85,7 +86,7 @@ pub async fn get(
         }
         None => state.store.get_run(&id).await?,
     };
-    Ok(Json(api::Run::from(&record)))
+    Ok(Json(view(&state.store, &record).await?))
 }
 
 /// Cancel a run: a queued one at once, a running one through its worker.
@@ -119,10 +120,10 @@ pub async fn submit_run(
     Ok(record)
 }
 
-/// Everything checkable at submission: the timeout's range, that the source can be fetched (an
-/// uploaded context exists, a URL is a git or tarball URL; a file task has a context), and
-/// for a Docker build or a task file sent in the request that it loads and plans. A file task's
-/// task file is in its context and is checked when the run starts.
+/// Everything checkable at submission: the timeout's range, the platform's vocabulary, that the
+/// source can be fetched (an uploaded context exists, a URL is a git or tarball URL; a file task
+/// has a context), and for a Docker build or a task file sent in the request that it loads and
+/// plans. A file task's task file is in its context and is checked when the run starts.
 pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiError> {
     if let Some(t) = request.timeout_secs()
         && !(MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&t)
@@ -130,6 +131,11 @@ pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiErro
         return Err(ApiError::BadRequest(format!(
             "timeout must be between {MIN_TIMEOUT_SECS} and {MAX_TIMEOUT_SECS} seconds, not {t}"
         )));
+    }
+    // Task definitions and a task run's overrides become this request, so this one check
+    // covers every platform the API accepts.
+    if let Some(platform) = request.platform() {
+        platform.check().map_err(|e| ApiError::BadRequest(format!("platform {platform}: {e}")))?;
     }
     match request.source() {
         Source::Upload { id } => {
@@ -198,7 +204,31 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
             next_link = Some(format!("{}?{}", paths::RUNS, query_string(&next)));
         }
     }
-    Ok(List { value: runs.iter().map(api::Run::from).collect(), next_link })
+    Ok(List { value: views(store, &runs).await?, next_link })
+}
+
+/// The API view of a run ([`views`]).
+pub async fn view(store: &Store, record: &RunRecord) -> Result<api::Run, ApiError> {
+    let mut one = views(store, std::slice::from_ref(record)).await?;
+    Ok(one.remove(0))
+}
+
+/// The API view of runs: a queued run that no registered agent may take (its pool, its
+/// platform) says why in its `waitingReason` ([`no_agent_reason`]). The agents are read only
+/// when some run is queued.
+pub async fn views(store: &Store, records: &[RunRecord]) -> Result<Vec<api::Run>, ApiError> {
+    let mut runs: Vec<api::Run> = records.iter().map(api::Run::from).collect();
+    if !records.iter().any(|r| r.status == RunStatus::Queued) {
+        return Ok(runs);
+    }
+    let agents: Vec<Claimant> = store.list_agents().await?.iter().map(Claimant::from).collect();
+    for (run, record) in runs.iter_mut().zip(records) {
+        let why = no_agent_reason(record.agent_pool.as_deref(), &record.platform, &agents);
+        if let (Some(reason), Some(why)) = (&mut run.waiting_reason, why) {
+            reason.push_str(&format!(": {why}"));
+        }
+    }
+    Ok(runs)
 }
 
 /// `query` as a URL query string.

@@ -15,7 +15,7 @@ use kiln_api::task::{
 use kiln_api::{self as api, ErrorBody, List, legacy, paths};
 
 use super::error::ApiError;
-use super::runs::{submit_run, validate};
+use super::runs::{submit_run, validate, view};
 use super::state::AppState;
 use crate::queue::Origin;
 use crate::store::{RunRecord, StoreError, TaskParts, TaskRecord, TimerRecord};
@@ -121,7 +121,7 @@ pub async fn run(
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(overrides) = body?;
     let record = run_task(&state, &name, &overrides).await?;
-    Ok((StatusCode::CREATED, Json(api::Run::from(&record))))
+    Ok((StatusCode::CREATED, Json(view(&state.store, &record).await?)))
 }
 
 /// Add a timer.

@@ -929,3 +929,45 @@ fn server_deleting_an_agent_ends_its_run_and_tells_the_followers() {
     let a = s.call("DELETE", "/agents/gone", &s.token, &Value::Null);
     assert_eq!((a.status, a.error().error.code.as_str()), (404, "AgentNotFound"));
 }
+
+/// Every `platform` the API takes (a run request, a task's definition, its update, a task
+/// run's override) is held to the `--platform` vocabulary: a bad one is a 400 naming the field
+/// and the value, and nothing is stored.
+#[test]
+fn server_refuses_unknown_platforms_everywhere_and_stores_nothing() {
+    let s = start();
+    let token = s.token.clone();
+    let refused = |a: Answer, value: &str, part: &str| {
+        assert_eq!(a.status, 400, "{}", a.text());
+        let message = a.error().error.message;
+        assert!(message.starts_with(&format!("platform {value}: ")), "{message}");
+        assert!(message.contains(part), "{message}");
+    };
+    let arm65 = json!({"os": "linux", "architecture": "arm65"});
+    let mut request = encoded(GOOD_TASK);
+    request["platform"] = arm65.clone();
+    refused(s.submit(&request), "linux/arm65", "unknown architecture \"arm65\"");
+    request["platform"] = json!({"os": "Linux", "architecture": "amd64"});
+    refused(s.submit(&request), "Linux/amd64", "unknown OS \"Linux\"");
+    request["platform"] = json!({"os": "linux", "architecture": "arm", "variant": ""});
+    refused(s.submit(&request), "linux/arm/", "os/arch[/variant]");
+    assert!(s.runs().is_empty());
+
+    let task = json!({"name": "app", "contextPath": "/dev/null",
+        "step": {"type": "EncodedTask", "encodedTaskContent": api::base64_text::encode(GOOD_TASK)},
+        "platform": arm65});
+    refused(s.call("POST", "/tasks", &token, &task), "linux/arm65", "unknown architecture");
+    assert!(s.rt.block_on(s.store.list_tasks()).unwrap().is_empty());
+
+    let mut task = task;
+    task["platform"] = json!({"os": "linux", "architecture": "arm64"});
+    let a = s.call("POST", "/tasks", &token, &task);
+    assert_eq!(a.status, 201, "{}", a.text());
+    let update = json!({"platform": {"os": "windws", "architecture": "amd64"}});
+    refused(s.call("PATCH", "/tasks/app", &token, &update), "windws/amd64", "unknown OS");
+    let shown = s.call("GET", "/tasks/app", &token, &Value::Null).json();
+    assert_eq!(shown["platform"], json!({"os": "linux", "architecture": "arm64"}), "{shown}");
+    let run = json!({"platform": {"os": "linux", "architecture": "x86"}});
+    refused(s.call("POST", "/tasks/app/runs", &token, &run), "linux/x86", "unknown architecture");
+    assert!(s.runs().is_empty());
+}

@@ -39,8 +39,51 @@ pub struct Claimant {
 impl Claimant {
     /// A run asking for `pool` (`None`: any agent) on `platform` is this agent's to take.
     pub fn may_run(&self, platform: &str, pool: Option<&str>) -> bool {
-        let pool_ok = pool.is_none_or(|p| self.pool.as_deref() == Some(p));
-        pool_ok && self.platforms.iter().any(|p| platform_matches(p, platform))
+        self.serves(pool)
+            && self.platforms.iter().any(|p| kiln_plan::platform::matches(p, platform))
+    }
+
+    /// A run asking for `pool` may come to this agent, whatever its platform.
+    fn serves(&self, pool: Option<&str>) -> bool {
+        pool.is_none_or(|p| self.pool.as_deref() == Some(p))
+    }
+}
+
+/// Why none of `agents` (every registered agent, with the platforms it last declared) may take
+/// a run of `pool` on `platform`, or `None` when one may.
+///
+/// Such a run is not refused: the agent it needs may be starting, restarting or about to be
+/// registered, and a timer or webhook that fires at night should find the run queued in the
+/// morning. That is what GitLab (a "stuck" job naming the tags no runner has) and Woodpecker
+/// (pending until an agent with the labels connects) do; ACR's pools are fixed machines, so it
+/// has no such case. The reason says which platforms there are, so a typo or a missing
+/// emulator is visible without reading agent logs.
+pub fn no_agent_reason(pool: Option<&str>, platform: &str, agents: &[Claimant]) -> Option<String> {
+    if agents.iter().any(|a| a.may_run(platform, pool)) {
+        return None;
+    }
+    let in_pool = pool.map(|p| format!(" in pool {p}")).unwrap_or_default();
+    let serving: Vec<&Claimant> = agents.iter().filter(|a| a.serves(pool)).collect();
+    let mut declared: Vec<&str> =
+        serving.iter().flat_map(|a| &a.platforms).map(String::as_str).collect();
+    declared.sort_unstable();
+    declared.dedup();
+    Some(if serving.is_empty() {
+        format!("no agent is registered{in_pool}")
+    } else if declared.is_empty() {
+        format!("no agent{in_pool} has connected yet")
+    } else {
+        format!("no agent{in_pool} runs {platform} (they run {})", declared.join(", "))
+    })
+}
+
+impl From<&super::AgentRecord> for Claimant {
+    fn from(agent: &super::AgentRecord) -> Self {
+        Claimant {
+            name: agent.name.clone(),
+            pool: agent.pool.clone(),
+            platforms: agent.platforms.clone(),
+        }
     }
 }
 
@@ -50,20 +93,6 @@ impl Claimant {
     pub(crate) fn amd64(name: &str) -> Claimant {
         Claimant { name: name.to_string(), pool: None, platforms: vec!["linux/amd64".to_string()] }
     }
-}
-
-/// An agent platform runs a run's: same OS and architecture, and the same variant when both
-/// name one (`linux/arm64` runs `linux/arm64/v8`).
-pub fn platform_matches(agent: &str, run: &str) -> bool {
-    let split = |p: &str| -> Vec<String> { p.split('/').map(str::to_ascii_lowercase).collect() };
-    let (a, r) = (split(agent), split(run));
-    a.len() >= 2
-        && r.len() >= 2
-        && a[..2] == r[..2]
-        && match (a.get(2), r.get(2)) {
-            (Some(x), Some(y)) => x == y,
-            _ => true,
-        }
 }
 
 /// A run a worker now holds, and the epoch its writes must name.

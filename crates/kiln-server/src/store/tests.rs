@@ -465,14 +465,38 @@ async fn store_claims_route_by_pool_and_platform() {
     }
 }
 #[test]
-fn store_platforms_match_by_os_arch_and_variant_when_both_name_one() {
-    use super::lease::platform_matches;
-    assert!(platform_matches("linux/amd64", "linux/amd64"));
-    assert!(platform_matches("linux/arm64", "linux/arm64/v8"));
-    assert!(platform_matches("Linux/ARM64/v8", "linux/arm64"));
-    assert!(!platform_matches("linux/arm/v7", "linux/arm/v6"));
-    assert!(!platform_matches("linux/amd64", "windows/amd64"));
-    assert!(!platform_matches("linux", "linux/amd64"));
+fn store_says_why_no_registered_agent_may_take_a_run() {
+    use super::lease::no_agent_reason;
+    let amd64 = Claimant::amd64("plain");
+    let arm = Claimant {
+        platforms: vec!["linux/arm64".to_string(), "linux/arm/v7".to_string()],
+        ..Claimant::amd64("arm")
+    };
+    let gpu = Claimant { pool: Some("gpu".to_string()), ..Claimant::amd64("gpu-1") };
+    let fresh = Claimant { platforms: Vec::new(), ..Claimant::amd64("fresh") };
+    let agents = [amd64.clone(), arm.clone(), gpu.clone()];
+    assert_eq!(no_agent_reason(None, "linux/arm64/v8", &agents), None);
+    assert_eq!(no_agent_reason(Some("gpu"), "linux/amd64", &agents), None);
+    assert_eq!(
+        no_agent_reason(None, "linux/s390x", &agents).as_deref(),
+        Some("no agent runs linux/s390x (they run linux/amd64, linux/arm/v7, linux/arm64)")
+    );
+    assert_eq!(
+        no_agent_reason(Some("gpu"), "linux/arm64", &agents).as_deref(),
+        Some("no agent in pool gpu runs linux/arm64 (they run linux/amd64)")
+    );
+    assert_eq!(
+        no_agent_reason(Some("big"), "linux/amd64", &agents).as_deref(),
+        Some("no agent is registered in pool big")
+    );
+    assert_eq!(
+        no_agent_reason(None, "linux/amd64", &[fresh]).as_deref(),
+        Some("no agent has connected yet")
+    );
+    assert_eq!(
+        no_agent_reason(None, "linux/amd64", &[]).as_deref(),
+        Some("no agent is registered")
+    );
 }
 
 #[tokio::test]

@@ -2,11 +2,15 @@
 //! [`timer`] decides when a timer fires (and what it missed),
 //! [`webhook`] authenticates and reads git host deliveries.
 //! Base-image updates: [`kiln_plan::base_image`] reads which base images a run built on, [`registry`] asks
-//! a registry which digest a base image's tag points at now (for polling), and
-//! [`notification`] reads the tag pushes in a registry's push notifications.
+//! a registry which digest a base image's tag points at now (for polling), [`manifest_list`]
+//! picks a platform's entry when that is a multi-platform list, and [`notification`] reads the
+//! tag pushes in a registry's push notifications.
 
 pub mod cron;
+pub mod manifest_list;
 pub mod notification;
 pub mod registry;
+#[cfg(test)]
+pub(crate) mod test_registry;
 pub mod timer;
 pub mod webhook;

@@ -15,6 +15,7 @@
 
 use serde::Deserialize;
 
+use super::manifest_list::INDEX_MEDIA_TYPES;
 use super::registry::MANIFEST_MEDIA_TYPES;
 
 /// The envelope's media type (the request's `Content-Type`).
@@ -30,6 +31,9 @@ pub struct PushedTag {
     pub tag: String,
     /// The manifest digest, `sha256:<hex>`.
     pub digest: String,
+    /// The manifest is a manifest list / OCI index: what moved for a platform is its entry,
+    /// which the notification does not say.
+    pub is_list: bool,
 }
 
 /// Why a body is not a notification envelope.
@@ -99,6 +103,7 @@ fn pushed_tag(event: Event) -> Option<PushedTag> {
         repository: target.repository,
         tag: target.tag,
         digest: target.digest,
+        is_list: INDEX_MEDIA_TYPES.contains(&target.media_type.as_str()),
     })
 }
 
@@ -337,6 +342,7 @@ mod tests {
                 tag: "t7148-155687849".into(),
                 digest: "sha256:9b4338da4fd462d4780bbf9113e284686b29823239f1a646cd5084ebfbd47be1"
                     .into(),
+                is_list: false,
             }])
         );
         assert_eq!(pushed_tags(RECORDED_LAYER.as_bytes()), Ok(vec![]));
@@ -368,6 +374,7 @@ mod tests {
             repository: "team/base".into(),
             tag: tag.into(),
             digest: DIGEST.into(),
+            is_list: false,
         }
     }
 
@@ -388,6 +395,7 @@ mod tests {
                 repository: "hello-world".into(),
                 tag: "latest".into(),
                 digest: DIGEST.into(),
+                is_list: false,
             }])
         );
     }
@@ -397,7 +405,9 @@ mod tests {
         for media_type in MANIFEST_MEDIA_TYPES {
             let body =
                 envelope("push", &manifest_target(media_type, Some("1.0")), Some("reg:5000"));
-            assert_eq!(pushed_tags(body.as_bytes()), Ok(vec![pushed("reg:5000", "1.0")]));
+            let is_list = INDEX_MEDIA_TYPES.contains(&media_type);
+            let expected = PushedTag { is_list, ..pushed("reg:5000", "1.0") };
+            assert_eq!(pushed_tags(body.as_bytes()), Ok(vec![expected]), "{media_type}");
         }
     }
 
@@ -460,10 +470,9 @@ mod tests {
                   "actor":{{"name":"ci"}},"source":{{"addr":"x:5000"}},"extra":[1,2]}}
             ]}}"#
         );
-        assert_eq!(
-            pushed_tags(body.as_bytes()),
-            Ok(vec![pushed("reg:5000", "a"), pushed("reg:5000", "b")])
-        );
+        // Both are lists (a Docker manifest list, an OCI index).
+        let list = |tag| PushedTag { is_list: true, ..pushed("reg:5000", tag) };
+        assert_eq!(pushed_tags(body.as_bytes()), Ok(vec![list("a"), list("b")]));
         assert_eq!(pushed_tags(br#"{"events":[]}"#), Ok(vec![]));
     }
 

@@ -7,6 +7,8 @@
 //!   [`MANIFEST_MEDIA_TYPES`], so a multi-platform tag answers with its list/index digest, the
 //!   one `docker build` resolved; the digest is the `Docker-Content-Digest` header, or the
 //!   sha256 of the body of a `GET` when a registry leaves the header out (or refuses `HEAD`).
+//!   For a platform ([`resolve`]), a list is read with a `GET` (once per list digest: the body
+//!   is kept) and its entry for the platform is the answer, the list's digest kept beside it.
 //! * Loopback registries (`127.0.0.0/8`, `[::1]`, `localhost`) are spoken to over plain HTTP,
 //!   as Docker does by default, every other one over HTTPS. Docker Hub's names
 //!   (`registry.hub.docker.com`, `docker.io`, `index.docker.io`) go to `registry-1.docker.io`,
@@ -20,6 +22,7 @@
 //! comes from the network (statuses' bodies, challenges, transport errors) is scrubbed of the
 //! password and the basic-auth value before it goes into one.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,8 @@ use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use ureq::Body;
 use ureq::http::Response;
+
+use super::manifest_list;
 
 /// The manifest media types a tag may point at, in the `Accept` header's order: Docker image
 /// manifest v2, Docker manifest list, OCI image manifest, OCI image index.
@@ -103,6 +108,8 @@ pub enum RegistryError {
     Status { image: String, url: String, status: u16, detail: String },
     #[error("{image}: the registry answered a malformed digest `{value}`")]
     BadDigest { image: String, value: String },
+    #[error("{image}: {reason}")]
+    List { image: String, reason: String },
 }
 
 /// The manifest digest (`sha256:<hex>`) `tag` points at now, within `timeout` for the whole
@@ -115,6 +122,72 @@ pub fn current_digest(
     lookup(tag, auth, timeout, true)
 }
 
+/// What a tag points at for one platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The image manifest the platform runs: the tag's own, or its list's entry.
+    pub digest: String,
+    /// The manifest list / OCI index the tag points at, when it is one: what the engine
+    /// records for a base image it pulled by tag (`RepoDigests`).
+    pub index: Option<String>,
+}
+
+/// [`current_digest`] for `platform` (`os/arch[/variant]`): a tag pointing at a manifest list
+/// or OCI index resolves to the list's entry for the platform ([`manifest_list`]), which costs
+/// one `GET` of the list after the `HEAD`.
+pub fn resolve(
+    tag: &TagRef,
+    auth: Option<&RegistryAuth>,
+    timeout: Duration,
+    platform: &str,
+) -> Result<Resolved, RegistryError> {
+    let session = Session::new(tag, auth, timeout)?;
+    let mut authorization = None;
+    let head = session.head(&mut authorization)?;
+    if let Some((digest, media_type)) = &head
+        && !manifest_list::INDEX_MEDIA_TYPES.contains(&media_type.as_str())
+    {
+        return Ok(Resolved { digest: digest.clone(), index: None });
+    }
+    let known =
+        head.and_then(|(digest, _)| read_lists().get(&digest).cloned().map(|b| (digest, b)));
+    let (digest, body) = match known {
+        Some(known) => known,
+        None => {
+            let body = session.get(&mut authorization)?;
+            (body_digest(&body), body)
+        }
+    };
+    let entry = manifest_list::entry_for(&body, platform).map_err(|e| RegistryError::List {
+        image: session.image.clone(),
+        reason: session.scrub(&e.to_string()),
+    })?;
+    Ok(match entry {
+        Some(entry) => {
+            let mut lists = read_lists();
+            if lists.len() >= LISTS_KEPT {
+                lists.clear();
+            }
+            lists.insert(digest.clone(), body);
+            Resolved { digest: session.checked_digest(&entry)?, index: Some(digest) }
+        }
+        None => Resolved { digest, index: None },
+    })
+}
+
+/// Lists [`resolve`] read, by digest: content-addressed, so never stale, and a poll `GET`s a
+/// list only when its tag moved (Docker Hub counts every manifest `GET`, not a `HEAD`, against
+/// its pull rate limit). At most [`LISTS_KEPT`], emptied when full.
+static LISTS: std::sync::Mutex<BTreeMap<String, Vec<u8>>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Lists kept: a few kilobytes each, and a server watches few multi-platform tags.
+const LISTS_KEPT: usize = 256;
+
+fn read_lists() -> std::sync::MutexGuard<'static, BTreeMap<String, Vec<u8>>> {
+    // Whatever panicked while holding it, the map of digests to their bodies stays true.
+    LISTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// [`current_digest`]; `head` false skips the `HEAD` and hashes the `GET` body straight away.
 fn lookup(
     tag: &TagRef,
@@ -124,27 +197,14 @@ fn lookup(
 ) -> Result<String, RegistryError> {
     let session = Session::new(tag, auth, timeout)?;
     let mut authorization = None;
-    if head {
-        match session.manifest(Method::Head, &mut authorization) {
-            Ok(head) => {
-                if let Some(value) = header(&head, "docker-content-digest") {
-                    return session.checked_digest(value.trim());
-                }
-            }
-            // Some registries (and proxies) do not answer HEAD: GET then. Not on other
-            // errors: Docker Hub counts a GET against its pull rate limit, a HEAD it does not.
-            Err(RegistryError::Status { status: 405, .. }) => {}
-            Err(e) => return Err(e),
-        }
+    if head && let Some((digest, _)) = session.head(&mut authorization)? {
+        return Ok(digest);
     }
-    let mut get = session.manifest(Method::Get, &mut authorization)?;
-    let body = get
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY)
-        .read_to_vec()
-        .map_err(|e| session.transport(&session.url, e))?;
-    Ok(format!("sha256:{}", hex(&Sha256::digest(&body))))
+    Ok(body_digest(&session.get(&mut authorization)?))
+}
+
+fn body_digest(body: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(body)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +274,37 @@ impl<'a> Session<'a> {
             deadline: Instant::now() + timeout,
             agent,
         })
+    }
+
+    /// The tag's digest and media type from a `HEAD`, or `None` when the registry leaves the
+    /// digest out or does not answer `HEAD` (a `GET` then). Not a `GET` on other errors: Docker
+    /// Hub counts a GET against its pull rate limit, a HEAD it does not.
+    fn head(
+        &self,
+        authorization: &mut Option<String>,
+    ) -> Result<Option<(String, String)>, RegistryError> {
+        match self.manifest(Method::Head, authorization) {
+            Ok(head) => match header(&head, "docker-content-digest") {
+                Some(value) => {
+                    let media_type = header(&head, "content-type").unwrap_or_default();
+                    let media_type = media_type.split(';').next().unwrap_or_default().trim();
+                    Ok(Some((self.checked_digest(value.trim())?, media_type.to_string())))
+                }
+                None => Ok(None),
+            },
+            Err(RegistryError::Status { status: 405, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tag's manifest, as the registry sends it.
+    fn get(&self, authorization: &mut Option<String>) -> Result<Vec<u8>, RegistryError> {
+        let mut get = self.manifest(Method::Get, authorization)?;
+        get.body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(|e| self.transport(&self.url, e))
     }
 
     /// The manifest request, answering one 401 challenge; `authorization` keeps the header
@@ -1073,6 +1164,82 @@ mod tests {
 
     fn untag(references: &[&str]) {
         let _ = Command::new("docker").arg("rmi").args(references).output();
+    }
+
+    /// A list is read once per digest: the next resolution of the unmoved tag is a `HEAD`.
+    #[test]
+    fn a_lists_body_is_read_once_per_digest() {
+        let arm64 = format!("sha256:{}", "c3".repeat(32));
+        let list = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+                {{"digest":"{arm64}","platform":{{"os":"linux","architecture":"arm64"}}}}],
+                "annotations":{{"kiln.test":"{}"}}}}"#,
+            unique()
+        );
+        let digest = body_digest(list.as_bytes());
+        let media_type = "application/vnd.oci.image.index.v1+json";
+        let (addr, seen) = scripted(move |req, _| {
+            let headers =
+                [("Docker-Content-Digest", digest.as_str()), ("Content-Type", media_type)];
+            let body = if req.line.starts_with("GET ") { list.as_str() } else { "" };
+            response("200 OK", &headers, body)
+        });
+        let t = tag(&addr, "team/base", "1");
+        for _ in 0..2 {
+            let resolved = resolve(&t, None, TIMEOUT, "linux/arm64").unwrap();
+            assert_eq!(resolved.digest, arm64);
+        }
+        let methods: Vec<String> = requests(&seen)
+            .iter()
+            .map(|r| r.line.split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(methods, ["HEAD", "GET", "HEAD"]);
+    }
+
+    /// A two-platform OCI index in the open registry: each platform resolves to its own
+    /// entry with the index beside it, the tag's digest is the index's, and a platform the
+    /// index lacks is an error naming those it has.
+    #[test]
+    fn a_multi_platform_tag_resolves_to_each_platforms_entry_and_keeps_the_index() {
+        let test = "a_multi_platform_tag_resolves_to_each_platforms_entry_and_keeps_the_index";
+        let Some(env) = test_env(test) else { return };
+        let (registry, repository, name) = (env.registry, "kiln-registry-test/multi", unique());
+        let images = [("linux/amd64", name.as_str()), ("linux/arm64", name.as_str())];
+        let (index, entries) =
+            crate::trigger::test_registry::push_index(&registry, repository, &name, &images);
+        let shown = crate::trigger::test_registry::get_index(&registry, repository, &name);
+        let listed: Vec<&str> = shown["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(listed, ["amd64", "arm64"], "{shown}");
+
+        let t = tag(&registry, repository, &name);
+        assert_eq!(current_digest(&t, None, TIMEOUT).unwrap(), index);
+        for (platform, entry) in [("linux/amd64", &entries[0]), ("linux/arm64/v8", &entries[1])] {
+            let resolved = resolve(&t, None, TIMEOUT, platform).unwrap();
+            assert_eq!(resolved, Resolved { digest: entry.clone(), index: Some(index.clone()) });
+        }
+        let error = resolve(&t, None, TIMEOUT, "linux/s390x").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{t}: the manifest list has no linux/s390x image (it has linux/amd64, linux/arm64)"
+            )
+        );
+        // A single image's tag is every platform's, with no index.
+        let single = tag(&registry, repository, &format!("{name}-single"));
+        let pushed = {
+            let reference = single.to_string();
+            docker(None, &["tag", &env.image, &reference]);
+            let digest = push(None, &reference);
+            untag(&[&reference]);
+            digest
+        };
+        let resolved = resolve(&single, None, TIMEOUT, "linux/arm64").unwrap();
+        assert_eq!(resolved, Resolved { digest: pushed, index: None });
     }
 
     #[test]

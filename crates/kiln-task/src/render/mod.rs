@@ -82,6 +82,16 @@ impl RunVars {
         }
     }
 
+    /// A run on `platform` (`os/arch[/variant]`), where the engine runs it natively or
+    /// emulated: `.Run.OS` and `.Run.Architecture` are the platform's, as on an ACR agent of
+    /// that platform (OCI's and Go's names agree for the architectures a run may name).
+    pub fn set_platform(&mut self, platform: &str) {
+        let mut parts = platform.split('/');
+        if let (Some(os), Some(architecture)) = (parts.next(), parts.next()) {
+            (self.os, self.architecture) = (os.to_string(), architecture.to_string());
+        }
+    }
+
     /// The registry's name: the login server up to its first `.` (`myreg.azurecr.io` → `myreg`).
     pub fn registry_name(&self) -> &str {
         self.registry.split('.').next().unwrap_or_default()

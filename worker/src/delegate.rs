@@ -66,6 +66,10 @@ pub(crate) async fn run(
                 credentials: &plan.credentials,
                 git_ssh: plan.git_ssh.as_ref(),
                 context_limit: plan.context_limit,
+                cache: step.cache.then_some(build::cache::Scope {
+                    registry: plan.registry.as_deref(),
+                    task_name: plan.task_name.as_deref(),
+                }),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
             if outcome.images.is_empty() {

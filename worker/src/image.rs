@@ -1,14 +1,17 @@
-//! Getting a `cmd` step's image onto the engine: presence check, pull, registry login.
+//! Getting an image onto the engine (a `cmd` step's, a build step's cache): presence check, pull,
+//! registry login.
 //!
 //! `docker run` pulls a missing image implicitly; through the API kiln has to do it itself, and
 //! it does so with the run's credentials for the image's registry. Without a tag the engine
 //! would pull *every* tag of a repository, so references are normalised to `:latest` first,
 //! as the Docker CLI does.
 
+use std::pin::pin;
+
 use bollard::Docker;
 use bollard::models::CreateImageInfo;
 use bollard::query_parameters::CreateImageOptions;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use kiln_plan::image_ref::ImageRef;
 use kiln_plan::plan::{RegistryCredential, StepId};
 
@@ -50,24 +53,33 @@ pub(crate) async fn pull(
 ) -> Result<(), ImageError> {
     let parsed = ImageRef::parse(image)
         .map_err(|e| ImageError::Pull { image: image.to_string(), message: e.to_string() })?;
-    let login = auth::for_host(credentials, parsed.registry_host());
-    let image = parsed.with_default_tag();
-    events.system(step, format!("Pulling image: {image}")).await;
-    let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
-    let mut progress = docker.create_image(Some(options), None, login);
-    while let Some(item) = progress.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(line) = progress_line(&info) {
-                    events.system(step, line).await;
-                }
-            }
-            Err(e) => {
-                return Err(ImageError::Pull { image, message: engine_message(e) });
-            }
-        }
+    events.system(step, format!("Pulling image: {}", parsed.with_default_tag())).await;
+    let mut lines = pin!(pull_lines(docker, &parsed, credentials));
+    while let Some(line) = lines.next().await {
+        events.system(step, line?).await;
     }
     Ok(())
+}
+
+/// The engine's pull of `image` (`:latest` added when it has no tag) with the run's login for
+/// its registry, as the progress lines worth showing; an error ends it. Callers that log
+/// elsewhere than to events (a build step's output) use it directly.
+pub(crate) fn pull_lines(
+    docker: &Docker,
+    image: &ImageRef,
+    credentials: &[RegistryCredential],
+) -> impl Stream<Item = Result<String, ImageError>> + use<> {
+    let login = auth::for_host(credentials, image.registry_host());
+    let image = image.with_default_tag();
+    let options = CreateImageOptions { from_image: Some(image.clone()), ..Default::default() };
+    docker.create_image(Some(options), None, login).filter_map(move |item| {
+        std::future::ready(match item {
+            Ok(info) => progress_line(&info).map(Ok),
+            Err(e) => {
+                Some(Err(ImageError::Pull { image: image.clone(), message: engine_message(e) }))
+            }
+        })
+    })
 }
 
 /// The lines `docker pull` leaves on screen once done, without per-layer progress noise.

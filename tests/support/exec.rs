@@ -44,7 +44,13 @@ pub fn in_auth_registry(repo: &str, tag: &str) -> bool {
 
 /// `kiln exec -f file dir` as run `run`, started, with the authenticated registry as the run's
 /// registry, logged in with `password` (given on stdin), plus `extra` arguments.
-pub fn spawn_logged_in(file: &Path, dir: &Path, run: &str, password: &str, extra: &[&str]) -> Child {
+pub fn spawn_logged_in(
+    file: &Path,
+    dir: &Path,
+    run: &str,
+    password: &str,
+    extra: &[&str],
+) -> Child {
     let mut child = kiln()
         .args(["exec", "-f"])
         .arg(file)
@@ -63,7 +69,13 @@ pub fn spawn_logged_in(file: &Path, dir: &Path, run: &str, password: &str, extra
 }
 
 /// [`spawn_logged_in`], to its end.
-pub fn exec_logged_in(file: &Path, dir: &Path, run: &str, password: &str, extra: &[&str]) -> Output {
+pub fn exec_logged_in(
+    file: &Path,
+    dir: &Path,
+    run: &str,
+    password: &str,
+    extra: &[&str],
+) -> Output {
     spawn_logged_in(file, dir, run, password, extra).wait_with_output().expect("wait")
 }
 

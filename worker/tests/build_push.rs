@@ -133,6 +133,7 @@ async fn run_build(
         credentials,
         git_ssh: None,
         context_limit: None,
+        cache: None,
     };
     let result = build::run(docker, &req, &sink).await;
     (result, log.text())

@@ -43,7 +43,9 @@ pub enum CacheError {
          registry (`--registry`) to keep the cache of {path} in"
     )]
     NoRegistry { path: String },
-    #[error("the cache reference {reference:?} (from the task name and step ID) is invalid: {source}")]
+    #[error(
+        "the cache reference {reference:?} (from the task name and step ID) is invalid: {source}"
+    )]
     Invalid { reference: String, source: RefError },
 }
 

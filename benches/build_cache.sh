@@ -22,7 +22,7 @@ registry=$KILN_TEST_REGISTRY
 repo=$registry/kiln-bench-cache
 task=bench$$
 dir=$(mktemp -d)
-trap 'docker rmi -f "$repo:bench" "$repo:cache_${task}_build" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+trap 'docker rmi "$repo:bench" "$repo:cache_${task}_build" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
 
 cat >"$dir/acb.yaml" <<YAML
 steps:
@@ -35,7 +35,7 @@ fresh() {
   printf 'FROM %s AS slow\nRUN echo %s > /marker && sleep 5\nFROM slow\nRUN cp /marker /copied\n' \
     "$KILN_TEST_IMAGE" "$(date +%s%N)" >"$dir/Dockerfile"
 }
-forget() { docker rmi -f "$repo:bench" "$repo:cache_${task}_build" >/dev/null 2>&1 || true; }
+forget() { docker rmi "$repo:bench" "$repo:cache_${task}_build" >/dev/null 2>&1 || true; }
 build="$KILN exec -f $dir/acb.yaml $dir --registry $registry --task-name $task >$dir/last.log 2>&1"
 export -f fresh forget
 export dir repo task KILN_TEST_IMAGE

@@ -13,7 +13,7 @@
 use std::pin::pin;
 
 use bollard::Docker;
-use bollard::query_parameters::TagImageOptions;
+use bollard::query_parameters::{RemoveImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 use kiln_plan::image_ref::{ImageRef, RefError};
 use kiln_plan::plan::RegistryCredential;
@@ -99,8 +99,31 @@ pub async fn pull(
 }
 
 /// Tags the built image as the cache and pushes it, with the push step's retries. A failure is
-/// a warning: the image was built.
+/// a warning: the image was built. The image the tag held before (the pulled cache, when this
+/// build did not reproduce it) is removed when nothing else names it: left with only its
+/// registry digest, it would stay on the engine, one for every build that changed the cache.
 pub async fn push(
+    docker: &Docker,
+    image_id: &str,
+    reference: &ImageRef,
+    credentials: &[RegistryCredential],
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) {
+    let previous = docker.inspect_image(&reference.to_string()).await.ok().and_then(|i| i.id);
+    tag_and_push(docker, image_id, reference, credentials, log).await;
+    let Some(previous) = previous.filter(|p| p != image_id) else { return };
+    // Only an image no tag names any more (removing by ID would untag the rest), and not
+    // forced: one a container or a child image uses stays.
+    let untagged = docker
+        .inspect_image(&previous)
+        .await
+        .is_ok_and(|i| i.repo_tags.is_none_or(|tags| tags.is_empty()));
+    if untagged {
+        let _ = docker.remove_image(&previous, None::<RemoveImageOptions>, None).await;
+    }
+}
+
+async fn tag_and_push(
     docker: &Docker,
     image_id: &str,
     reference: &ImageRef,

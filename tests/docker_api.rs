@@ -6,12 +6,14 @@
 #[path = "support/exec.rs"]
 mod support;
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{kiln, leftovers, run_id, setting, text, write_task};
+use support::{
+    auth_registry, in_auth_registry, leftovers, run_id, setting, spawn_logged_in_to, text,
+    write_task,
+};
 
 fn docker_image() -> String {
     setting("KILN_TEST_DOCKER_IMAGE", "docker:latest")
@@ -25,32 +27,14 @@ fn exec(dir: &Path, yaml: &str, run: &str, extra: &[&str]) -> Child {
 /// `kiln exec` of `yaml` in `dir`, logged in to `registry` as the test registries' user.
 fn exec_with(dir: &Path, yaml: &str, run: &str, registry: &str, extra: &[&str]) -> Child {
     let file = write_task(dir, &yaml.replace("DOCKER", &docker_image()));
-    let mut child = kiln()
-        .args(["exec", "-f"])
-        .arg(&file)
-        .arg(dir)
-        .args(["--run-id", run, "--registry", registry])
-        .args(["--registry-user", &setting("KILN_TEST_REGISTRY_USER", "kiln")])
-        .arg("--registry-password-stdin")
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kiln");
     let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
-    child.stdin.take().expect("stdin").write_all(password.as_bytes()).expect("password");
-    child
+    spawn_logged_in_to(registry, &file, dir, run, &password, extra)
 }
 
 fn run_to_end(dir: &Path, yaml: &str, run: &str, extra: &[&str]) -> (Output, String) {
     let out = exec(dir, yaml, run, extra).wait_with_output().expect("wait");
     let all = text(&out);
     (out, all)
-}
-
-fn auth_registry() -> String {
-    setting("KILN_TEST_AUTH_REGISTRY", "127.0.0.1:5001")
 }
 
 fn image_exists(reference: &str) -> bool {
@@ -60,25 +44,6 @@ fn image_exists(reference: &str) -> bool {
         .expect("docker CLI")
         .status
         .success()
-}
-
-/// Whether the authenticated registry has `repo:tag`.
-fn in_auth_registry(repo: &str, tag: &str) -> bool {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let user = setting("KILN_TEST_REGISTRY_USER", "kiln");
-    let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
-    let basic = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        format!("{user}:{password}"),
-    );
-    let resp = agent
-        .head(format!("http://{}/v2/{repo}/manifests/{tag}", auth_registry()))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
-        .header("authorization", format!("Basic {basic}"))
-        .call()
-        .expect("registry");
-    resp.status().as_u16() == 200
 }
 
 fn context() -> tempfile::TempDir {

@@ -5,10 +5,13 @@
 #[path = "support/exec.rs"]
 mod support;
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use support::{kiln, leftovers, registry, repo, run_id, setting, text, write_task};
+use support::{
+    auth_registry, exec_logged_in, in_auth_registry, kiln, leftovers, registry, repo, run_id,
+    setting, text, write_task,
+};
 
 #[test]
 fn every_example_runs() {
@@ -152,8 +155,7 @@ fn ctrl_c_cancels_and_leaves_nothing_behind() {
 
 #[test]
 fn push_with_credentials_and_with_wrong_ones() {
-    let auth = setting("KILN_TEST_AUTH_REGISTRY", "127.0.0.1:5001");
-    let user = setting("KILN_TEST_REGISTRY_USER", "kiln");
+    let auth = auth_registry();
     let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("Dockerfile"), "FROM busybox:latest\nRUN echo built > /built\n")
@@ -162,28 +164,7 @@ fn push_with_credentials_and_with_wrong_ones() {
         dir.path(),
         "version: v1.1.0\nsteps:\n  - id: build\n    build: -t $Registry/kiln-exec-test:$ID .\n  - push: [\"$Registry/kiln-exec-test:$ID\"]\n",
     );
-    let exec = |run: &str, password: &str| {
-        let mut child = kiln()
-            .args(["exec", "-f"])
-            .arg(&file)
-            .arg(dir.path())
-            .args([
-                "--run-id",
-                run,
-                "--registry",
-                &auth,
-                "--registry-user",
-                &user,
-                "--registry-password-stdin",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kiln");
-        child.stdin.take().expect("stdin").write_all(password.as_bytes()).expect("password");
-        child.wait_with_output().expect("wait")
-    };
+    let exec = |run: &str, password: &str| exec_logged_in(&file, dir.path(), run, password, &[]);
 
     let run = run_id("pushok");
     let out = exec(&run, &password);
@@ -305,4 +286,72 @@ fn a_runs_platform_reaches_cmd_containers_and_builds() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains(&format!("pulling image {amd64_only} for linux/arm64 failed")), "{all}");
     assert_eq!(leftovers(&run), "");
+}
+
+/// `cache: enabled` (ACR's buildx registry cache, here the classic builder's `--cache-from`): the
+/// first build finds no cache and pushes one, logged in to the run's registry; a second run, with
+/// the first run's images gone from the engine, pulls it and takes the slow stage from it.
+#[test]
+fn a_build_cache_in_the_registry_serves_the_next_run() {
+    let password = setting("KILN_TEST_REGISTRY_PASSWORD", "kiln-test-password");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The marker is this test process's: no earlier run's layers can match the `RUN`.
+    let marker = run_id("cachemarker");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM busybox:latest AS slow\nRUN echo {marker} > /marker && sleep 1\n\
+             FROM slow\nRUN cp /marker /copied\n"
+        ),
+    )
+    .expect("Dockerfile");
+    let file = write_task(
+        dir.path(),
+        "version: v1.1.0\nsteps:\n  - id: build\n    build: -t $Registry/kiln-cache-test:$ID .\n    cache: enabled\n",
+    );
+    // A task name of this process's own, so the cache tag is not shared with other test runs.
+    let task = run_id("cachetask");
+    let cache_tag = format!("cache_{task}_build");
+    let cache = format!("{}/kiln-cache-test:{cache_tag}", auth_registry());
+    let exec = |run: &str| {
+        let out = exec_logged_in(&file, dir.path(), run, &password, &["--task-name", &task]);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains("Warning"), "{all}");
+        // The cache is no output of the run: not in the dependency report.
+        assert!(all.contains("The following dependencies were found:"), "{all}");
+        assert!(!all.lines().any(|l| l.contains("reference:") && l.contains("cache_")), "{all}");
+        assert_eq!(leftovers(run), "");
+        all
+    };
+    let rmi = |run: &str| {
+        let built = format!("{}/kiln-cache-test:{run}", auth_registry());
+        let out = Command::new("docker").args(["rmi", &built, &cache]).output().expect("docker");
+        assert!(out.status.success(), "{}", text(&out));
+    };
+
+    let first = run_id("cache1");
+    let all = exec(&first);
+    assert!(all.contains(&format!("Note: no build cache at {cache} yet")), "{all}");
+    assert!(all.contains(&format!("Pushing the build cache {cache}")), "{all}");
+    assert!(all.contains(&format!("{cache_tag}: digest: sha256:")), "{all}");
+    assert!(in_auth_registry("kiln-cache-test", &cache_tag), "{all}");
+    rmi(&first);
+
+    let second = run_id("cache2");
+    let all = exec(&second);
+    assert!(all.contains(&format!("Pulling the build cache {cache}")), "{all}");
+    assert!(!all.contains("Note: no build cache"), "{all}");
+    // The slow `RUN` of the first stage (and the next) came from the pulled cache.
+    let slow = all.find(&format!("RUN echo {marker} > /marker")).expect("the slow RUN step");
+    let next_step = all[slow..].find("Step ").map_or(all.len(), |i| slow + i);
+    assert!(all[slow..next_step].contains("Using cache"), "{all}");
+    assert!(in_auth_registry("kiln-cache-test", &cache_tag), "{all}");
+    let built = format!("{}/kiln-cache-test:{second}", auth_registry());
+    let copied = Command::new("docker")
+        .args(["run", "--rm", &built, "cat", "/copied"])
+        .output()
+        .expect("docker");
+    assert_eq!(String::from_utf8_lossy(&copied.stdout).trim(), marker);
+    rmi(&second);
 }

@@ -67,6 +67,10 @@ pub(crate) async fn run(
                 git_ssh: plan.git_ssh.as_ref(),
                 context_limit: plan.context_limit,
                 platform: plan.platform.as_deref(),
+                cache: step.cache.then_some(build::cache::Scope {
+                    registry: plan.registry.as_deref(),
+                    task_name: plan.task_name.as_deref(),
+                }),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
             if outcome.images.is_empty() {

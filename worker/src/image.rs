@@ -1,4 +1,5 @@
-//! Getting a `cmd` step's image onto the engine: presence check, pull, registry login.
+//! Getting an image onto the engine (a `cmd` step's, a build step's cache): presence check, pull,
+//! registry login.
 //!
 //! `docker run` pulls a missing image implicitly; through the API kiln has to do it itself, and
 //! it does so with the run's credentials for the image's registry. Without a tag the engine
@@ -7,10 +8,12 @@
 //! engine has for another platform counts as missing and is pulled for the run's, as
 //! `docker run --platform` does (an agent running amd64 and emulated arm64 runs keeps both).
 
+use std::pin::pin;
+
 use bollard::Docker;
 use bollard::models::CreateImageInfo;
 use bollard::query_parameters::CreateImageOptions;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use kiln_plan::image_ref::ImageRef;
 use kiln_plan::plan::{RegistryCredential, StepId};
 
@@ -69,32 +72,47 @@ pub(crate) async fn pull(
     events: &Events,
     step: Option<&StepId>,
 ) -> Result<(), ImageError> {
-    let failed = |image: String, message: String| ImageError::Pull {
-        image,
+    let parsed = ImageRef::parse(image).map_err(|e| ImageError::Pull {
+        image: image.to_string(),
         platform: platform.map(str::to_string),
-        message,
-    };
-    let parsed = ImageRef::parse(image).map_err(|e| failed(image.to_string(), e.to_string()))?;
-    let login = auth::for_host(credentials, parsed.registry_host());
-    let image = parsed.with_default_tag();
-    events.system(step, format!("Pulling image: {image}{}", for_platform(platform))).await;
-    let options = CreateImageOptions {
-        from_image: Some(image.clone()),
-        platform: platform.unwrap_or_default().to_string(),
-        ..Default::default()
-    };
-    let mut progress = docker.create_image(Some(options), None, login);
-    while let Some(item) = progress.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(line) = progress_line(&info) {
-                    events.system(step, line).await;
-                }
-            }
-            Err(e) => return Err(failed(image, engine_message(e))),
-        }
+        message: e.to_string(),
+    })?;
+    let shown = parsed.with_default_tag();
+    events.system(step, format!("Pulling image: {shown}{}", for_platform(platform))).await;
+    let mut lines = pin!(pull_lines(docker, &parsed, platform, credentials));
+    while let Some(line) = lines.next().await {
+        events.system(step, line?).await;
     }
     Ok(())
+}
+
+/// The engine's pull of `image` (`:latest` added when it has no tag) with the run's login for
+/// its registry, as the progress lines worth showing; an error ends it. Callers that log
+/// elsewhere than to events (a build step's output) use it directly.
+pub(crate) fn pull_lines(
+    docker: &Docker,
+    image: &ImageRef,
+    platform: Option<&str>,
+    credentials: &[RegistryCredential],
+) -> impl Stream<Item = Result<String, ImageError>> + use<> {
+    let login = auth::for_host(credentials, image.registry_host());
+    let image = image.with_default_tag();
+    let platform = platform.map(str::to_string);
+    let options = CreateImageOptions {
+        from_image: Some(image.clone()),
+        platform: platform.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    docker.create_image(Some(options), None, login).filter_map(move |item| {
+        std::future::ready(match item {
+            Ok(info) => progress_line(&info).map(Ok),
+            Err(e) => Some(Err(ImageError::Pull {
+                image: image.clone(),
+                platform: platform.clone(),
+                message: engine_message(e),
+            })),
+        })
+    })
 }
 
 /// The lines `docker pull` leaves on screen once done, without per-layer progress noise.

@@ -115,6 +115,19 @@ async fn run_build(
     env: &[EnvVar],
     credentials: &[RegistryCredential],
 ) -> (Result<BuildOutcome, BuildError>, String) {
+    run_build_with_cache(docker, test, ws, args, env, credentials, None).await
+}
+
+/// [`run_build`] of a `cache: enabled` step when `cache` is given.
+async fn run_build_with_cache(
+    docker: &Docker,
+    test: &str,
+    ws: &Path,
+    args: &str,
+    env: &[EnvVar],
+    credentials: &[RegistryCredential],
+    cache: Option<build::cache::Scope<'_>>,
+) -> (Result<BuildOutcome, BuildError>, String) {
     // The test's label goes in as the user's own `--label`: kiln adds none.
     let label = format!("{TEST_LABEL}={test}");
     let args: Vec<String> = ["--label", &label]
@@ -134,6 +147,7 @@ async fn run_build(
         git_ssh: None,
         context_limit: None,
         platform: None,
+        cache,
     };
     let result = build::run(docker, &req, &sink).await;
     (result, log.text())
@@ -314,6 +328,44 @@ async fn bad_build_strings_fail_before_the_engine() {
     assert!(matches!(result, Err(BuildError::OutsideWorkspace { .. })), "{result:?}");
     let (result, _) = run_build(&docker, "unused", &ws.root, "-f nope .", &[], &[]).await;
     assert!(matches!(result, Err(BuildError::NotFound { what: "Dockerfile", .. })), "{result:?}");
+}
+
+/// `cache: enabled` never fails a build: a cache that cannot be pulled or pushed (the
+/// authenticated registry, without a login) or named (no `-t`) leaves warnings in the log, and
+/// the cache tag is no output image.
+#[tokio::test]
+async fn an_unusable_build_cache_only_warns() {
+    let env = test_env();
+    let docker = docker().await;
+    let test = unique("cache-unusable");
+    cleanup(&docker, &test).await;
+    let ws = workspace();
+    write(&ws.root.join("Dockerfile"), "FROM busybox\nRUN echo cached > /cached\n");
+    let scope = build::cache::Scope { registry: Some(&env.auth_registry), task_name: Some("t") };
+    // No registry in the tag: the cache goes to the run's.
+    let tag = format!("kiln-test/cache:{test}");
+    let args = format!("-t {tag} .");
+    let (result, log) =
+        run_build_with_cache(&docker, &test, &ws.root, &args, &[], &[], Some(scope)).await;
+    let outcome = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(outcome.images, [tag]);
+    assert_eq!(outcome.dependencies.len(), 1);
+    let cache = format!("{}/kiln-test/cache:cache_t_build", env.auth_registry);
+    let pull = format!("Warning: building without the build cache: pulling image {cache} failed: ");
+    assert!(log.contains(&pull), "{log}");
+    assert!(
+        log.contains(&format!("Warning: the build cache was not pushed: failed to push {cache}")),
+        "{log}"
+    );
+
+    let (result, log) =
+        run_build_with_cache(&docker, &test, &ws.root, ".", &[], &[], Some(scope)).await;
+    assert!(result.is_ok(), "{log}");
+    assert!(
+        log.contains("Warning: building without the build cache: the cache is named after the image, and the build has no `-t`"),
+        "{log}"
+    );
+    cleanup(&docker, &test).await;
 }
 
 /// Push to the open and the authenticated registry (digest equal to the registry's), a push

@@ -62,6 +62,14 @@ pub struct Plan {
     /// Values that must never appear in logs (`--set-secret` values, resolved task secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked: Vec<String>,
+    /// The run's registry (`.Run.Registry`): where a build step's registry cache goes when none
+    /// of its `-t` names a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The task's name (`.Run.TaskName`), `None` for a quick run: part of a build step's cache
+    /// tag (`cache_<task>_<step>`, `quickrun` standing in for `None`, as in ACR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_name: Option<String>,
     /// Registry logins for pulls, builds and pushes, by registry host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<RegistryCredential>,
@@ -223,7 +231,8 @@ pub struct PlanStep {
     pub pull: Option<Pull>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
-    /// Registry-backed build cache (`cache: enabled`).
+    /// Registry-backed build cache (`cache: enabled`): the build pulls its cache image before
+    /// and pushes it after (see [`Plan::registry`], [`Plan::task_name`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
 }

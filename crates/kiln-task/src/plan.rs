@@ -7,10 +7,11 @@
 
 use base64::Engine as _;
 use kiln_plan::plan::{
-    Action, Network, Plan, PlanStep, Pull, RunId, SecretFile, SecretVolume, VolumeMount,
+    Action, Network, Plan, PlanStep, Pull, SecretFile, SecretVolume, VolumeMount,
 };
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::render::RunVars;
 use crate::task::dag::StepGraph;
 use crate::task::load::{LoadOptions, Loaded, load};
 use crate::task::model::{StepKind, Task};
@@ -33,9 +34,8 @@ pub fn plan_file(
     strict: bool,
 ) -> Result<Planned, Diagnostics> {
     let loaded = load(text, opts)?;
-    let run_id = opts.data.run.id.clone();
     let (plan, plan_diags) =
-        build(&loaded.task, &loaded.graph, run_id, masked).map_err(|mut d| {
+        build(&loaded.task, &loaded.graph, &opts.data.run, masked).map_err(|mut d| {
             d.extend(loaded.diagnostics.clone());
             d.sorted()
         })?;
@@ -56,7 +56,7 @@ pub fn plan_file(
 pub fn build(
     task: &Task,
     graph: &StepGraph,
-    run_id: RunId,
+    run: &RunVars,
     masked: Vec<String>,
 ) -> Result<(Plan, Diagnostics), Diagnostics> {
     let mut diags = Diagnostics::default();
@@ -142,8 +142,9 @@ pub fn build(
     if diags.has_errors() {
         return Err(diags);
     }
+    let named = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let plan = Plan {
-        run_id,
+        run_id: run.id.clone(),
         steps,
         networks: task
             .networks
@@ -172,6 +173,8 @@ pub fn build(
             })
             .collect(),
         masked,
+        registry: named(&run.registry),
+        task_name: named(&run.task_name),
         credentials: Vec::new(),
         git_ssh: None,
         context_limit: None,

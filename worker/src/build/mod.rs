@@ -5,7 +5,8 @@
 //! ([`remote`]), tar the context honouring `.dockerignore` ([`dockerignore`], [`context`]),
 //! stream it to `POST /build` with the run's registry credentials for `FROM` pulls, stream the
 //! builder's output to the step log, tag the image with every `-t`, and describe what the image
-//! was built from ([`scan`], `kiln_plan::report`). The classic builder is used for the reason ACR uses it:
+//! was built from ([`scan`], `kiln_plan::report`). A `cache: enabled` step also pulls and pushes
+//! a registry cache image ([`cache`]). The classic builder is used for the reason ACR uses it:
 //! BuildKit images are not in the engine's image store with base-image digests to look up.
 //!
 //! Paths in the build string are confined to the run workspace: the context and `-f` are
@@ -14,6 +15,7 @@
 //! symbolic links leading out — is refused, since the worker reads them on the host.
 
 pub mod args;
+pub mod cache;
 pub mod context;
 pub mod dockerignore;
 pub mod known_hosts;
@@ -56,6 +58,8 @@ pub struct BuildRequest<'a> {
     pub context_limit: Option<u64>,
     /// The run's platform, built for when the build string names no `--platform`.
     pub platform: Option<&'a str>,
+    /// `Some` for a `cache: enabled` step.
+    pub cache: Option<cache::Scope<'a>>,
 }
 
 /// What a successful build produced.
@@ -157,6 +161,24 @@ pub async fn run(
         log(format!("Warning: dependency scan: {warning}\n").as_bytes());
     }
 
+    let cache_ref = match &req.cache {
+        Some(scope) => match scope.reference(&args.tags, req.step_id) {
+            Ok(reference) => {
+                cache::pull(docker, &reference, req.credentials, log).await;
+                Some(reference)
+            }
+            Err(e) => {
+                log(format!("Warning: building without the build cache: {e}\n").as_bytes());
+                None
+            }
+        },
+        None => None,
+    };
+    // The cache goes in even when its pull failed: the engine skips a `cachefrom` image it does
+    // not have, and uses one an earlier run on this engine left.
+    let cache_from: Vec<String> =
+        args.cache_from.iter().cloned().chain(cache_ref.iter().map(ToString::to_string)).collect();
+
     // Only the build's own `--label`s: anything kiln added would become part of the image
     // config (a new image ID per run, kiln's details in published images, an extra step).
     let labels: HashMap<String, String> = args.labels.clone().into_iter().collect();
@@ -165,7 +187,7 @@ pub async fn run(
         extrahosts: args.add_hosts.first().cloned(),
         q: args.quiet,
         nocache: args.no_cache,
-        cachefrom: (!args.cache_from.is_empty()).then(|| args.cache_from.clone()),
+        cachefrom: (!cache_from.is_empty()).then_some(cache_from),
         pull: args.pull.then(|| "1".to_string()),
         rm: args.rm,
         // Docker keeps the container of a failed step unless --force-rm; on a shared worker
@@ -213,6 +235,11 @@ pub async fn run(
         log(format!("Successfully tagged {full}\n").as_bytes());
         tagged.push(parsed);
         images.push(full);
+    }
+
+    // Not among `images` or `tagged`: the cache is no output of the run.
+    if let Some(reference) = &cache_ref {
+        cache::push(docker, &image_id, reference, req.credentials, log).await;
     }
 
     let dependencies = dependencies(docker, &tagged, &scanned, commit).await;
@@ -405,6 +432,7 @@ mod tests {
             git_ssh: None,
             context_limit: None,
             platform: None,
+            cache: None,
         };
         assert_eq!(download_dir(&req("build")).unwrap(), PathBuf::from("/w/app/build"));
         for bad in ["", "..", "a/b", "/abs", "."] {

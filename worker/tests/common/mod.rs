@@ -88,6 +88,8 @@ pub fn plan(run: &RunId, steps: Vec<PlanStep>) -> Plan {
         networks: vec![],
         volumes: vec![],
         masked: vec![],
+        registry: None,
+        task_name: None,
         credentials: vec![],
         git_ssh: None,
         context_limit: None,

@@ -762,14 +762,6 @@ impl<'a> Cx<'a> {
                     "`entryPoint` is ignored on build steps",
                 );
             }
-            if cache {
-                self.warn(
-                    node.pos,
-                    &f.field("cache"),
-                    "`cache: enabled` is not implemented yet: the build runs without a registry \
-                     cache (the engine's local layer cache still applies)",
-                );
-            }
             if detach {
                 self.warn(
                     node.pos,
@@ -1438,10 +1430,7 @@ mod tests {
         #[test]
         fn cache_values() {
             assert!(task("steps:\n  - build: .\n    cache: Enabled\n").steps[0].cache);
-            assert!(
-                warnings("steps:\n  - build: .\n    cache: Enabled\n")[0]
-                    .contains("`cache: enabled` is not implemented yet")
-            );
+            assert!(warnings("steps:\n  - build: .\n    cache: Enabled\n").is_empty());
             assert!(warnings("steps:\n  - build: .\n    cache: disabled\n").is_empty());
             assert!(!task("steps:\n  - build: .\n    cache: disabled\n").steps[0].cache);
             one_error(

@@ -355,3 +355,58 @@ fn a_build_cache_in_the_registry_serves_the_next_run() {
     assert_eq!(String::from_utf8_lossy(&copied.stdout).trim(), marker);
     rmi(&second);
 }
+
+/// `build: --platform linux/amd64,linux/arm64` (buildx's form) builds each platform with the
+/// classic builder, and the push of the tag pushes each platform's image and then one manifest
+/// list naming them, whose digest the run reports for the tag.
+#[test]
+fn a_multi_platform_build_pushes_one_manifest_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let file = write_task(
+        dir.path(),
+        "version: v1.1.0\nsteps:\n  - build: --platform linux/amd64,linux/arm64 -t $Registry/kiln-multi:$ID .\n  - push: [\"$Registry/kiln-multi:$ID\"]\n",
+    );
+    let run = run_id("multiplatform");
+    let out = kiln()
+        .args(["exec", "-f"])
+        .arg(&file)
+        .arg(dir.path())
+        .args(["--registry", &registry(), "--run-id", &run])
+        .output()
+        .expect("run kiln");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let manifest = |tag: &str, accept: &str| {
+        let mut resp = agent
+            .get(format!("http://{}/v2/kiln-multi/manifests/{tag}", registry()))
+            .header("accept", accept)
+            .call()
+            .expect("registry");
+        assert_eq!(resp.status().as_u16(), 200, "{tag}:\n{all}");
+        let digest = resp.headers()["docker-content-digest"].to_str().unwrap().to_string();
+        let text = resp.body_mut().read_to_string().expect("body");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+        (digest, body)
+    };
+    let (list_digest, list) =
+        manifest(&run, "application/vnd.docker.distribution.manifest.list.v2+json");
+    assert_eq!(list["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json");
+    let entries = list["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 2, "{list}");
+    for (entry, arch) in entries.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(entry["platform"]["architecture"], arch, "{list}");
+        let (digest, _) = manifest(
+            &format!("{run}-linux-{arch}"),
+            "application/vnd.docker.distribution.manifest.v2+json",
+        );
+        assert_eq!(entry["digest"], digest.as_str(), "{list}");
+    }
+    // The run names the list's digest for the tag, in its push line and dependency report.
+    assert!(all.contains(&format!("manifest list of 2 platforms: digest: {list_digest}")), "{all}");
+    assert!(all.contains(&format!("digest: {list_digest}")), "{all}");
+    assert_eq!(leftovers(&run), "");
+}

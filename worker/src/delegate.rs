@@ -9,6 +9,7 @@
 //! the producer waits for the consumer (back-pressure). Memory stays bounded by the capacity
 //! plus what one poll of the job decodes from bytes the engine already delivered.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -42,8 +43,19 @@ pub(crate) struct Request<'a> {
     pub(crate) step: &'a PlanStep,
     /// The run workspace on the host (`/workspace` in step containers).
     pub(crate) workspace: &'a Path,
-    /// Where an untagged build's image ID is recorded for the run's teardown.
-    pub(crate) untagged: &'a Mutex<Vec<String>>,
+    /// What the run's builds made, for its later push steps and its teardown.
+    pub(crate) built: &'a Mutex<Built>,
+}
+
+/// What a run's build steps leave for its later steps and its teardown.
+#[derive(Debug, Default)]
+pub(crate) struct Built {
+    /// IDs of images built without a tag: nothing can name them after the run, so its
+    /// teardown removes them (images carry no run label to find them by).
+    pub(crate) untagged: Vec<String>,
+    /// Multi-platform images (`--platform a,b`) by tag (`:latest` added), with their
+    /// platforms: a push of the tag pushes each platform's image and then their manifest list.
+    pub(crate) multi_platform: HashMap<String, Vec<String>>,
 }
 
 /// Runs a build or push job. On success, returns the events describing its results
@@ -53,7 +65,7 @@ pub(crate) async fn run(
     request: &Request<'_>,
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Vec<Event>, String> {
-    let Request { docker, plan, step, workspace, untagged } = *request;
+    let Request { docker, plan, step, workspace, built } = *request;
     match job {
         Job::Build { args } => {
             let working_dir = host_working_dir(workspace, step.working_directory.as_deref());
@@ -73,11 +85,16 @@ pub(crate) async fn run(
                 }),
             };
             let outcome = build::run(docker, &build, log).await.map_err(|e| e.to_string())?;
-            if outcome.images.is_empty() {
-                untagged
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(outcome.image_id.clone());
+            {
+                let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
+                if outcome.images.is_empty() {
+                    built.untagged.push(outcome.image_id.clone());
+                }
+                if !outcome.platforms.is_empty() {
+                    for image in &outcome.images {
+                        built.multi_platform.insert(image.clone(), outcome.platforms.clone());
+                    }
+                }
             }
             let mut events: Vec<Event> = outcome
                 .images
@@ -95,7 +112,9 @@ pub(crate) async fn run(
             Ok(events)
         }
         Job::Push { images } => {
-            let pushed = push::run(docker, images, &plan.credentials, log)
+            let multi_platform =
+                built.lock().unwrap_or_else(PoisonError::into_inner).multi_platform.clone();
+            let pushed = push::run(docker, images, &multi_platform, &plan.credentials, log)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(pushed

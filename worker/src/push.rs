@@ -10,6 +10,8 @@
 //! `<tag>: digest: sha256:… size: N`; that line is parsed. Byte-progress events are not logged —
 //! the log gets the repository line, one summary of the layers and the digest line.
 
+use std::collections::HashMap;
+
 use bollard::Docker;
 use bollard::query_parameters::PushImageOptions;
 use futures_util::StreamExt;
@@ -19,6 +21,7 @@ use kiln_plan::report::{Dependency, DigestKind};
 
 use crate::auth;
 use crate::backoff;
+use crate::index;
 
 const ATTEMPTS: u32 = 3;
 
@@ -43,10 +46,13 @@ pub enum PushError {
     NoDigest { image: String, registry: String },
 }
 
-/// Pushes `images` in order; stops at the first image that fails.
+/// Pushes `images` in order; stops at the first image that fails. An image in
+/// `multi_platform` (a tag built for several platforms) is pushed as each platform's image and
+/// then their manifest list under the tag ([`crate::index`]).
 pub async fn run(
     docker: &Docker,
     images: &[String],
+    multi_platform: &HashMap<String, Vec<String>>,
     credentials: &[RegistryCredential],
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Result<Vec<Pushed>, PushError> {
@@ -64,10 +70,58 @@ pub async fn run(
     }
     let mut pushed = Vec::with_capacity(targets.len());
     for (image, parsed) in targets {
-        let digest = push_with_retries(docker, &image, &parsed, credentials, log).await?;
+        let digest = match multi_platform.get(&image) {
+            Some(platforms) => {
+                push_list(docker, &image, &parsed, platforms, credentials, log).await?
+            }
+            None => push_with_retries(docker, &image, &parsed, credentials, log).await?.digest,
+        };
         pushed.push(Pushed { image, digest });
     }
     Ok(pushed)
+}
+
+/// Pushes each platform's image of `image`, then the list naming them; returns its digest.
+async fn push_list(
+    docker: &Docker,
+    image: &str,
+    parsed: &ImageRef,
+    platforms: &[String],
+    credentials: &[RegistryCredential],
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> Result<String, PushError> {
+    let mut entries = Vec::with_capacity(platforms.len());
+    for platform in platforms {
+        let tag = index::platform_tag(parsed, platform);
+        let platform_ref = ImageRef::parse(&tag)
+            .map_err(|source| PushError::InvalidReference { image: tag.clone(), source })?;
+        let manifest = push_with_retries(docker, &tag, &platform_ref, credentials, log).await?;
+        entries.push(index::PlatformImage {
+            platform: platform.clone(),
+            digest: manifest.digest,
+            size: manifest.size.ok_or_else(|| PushError::NoDigest {
+                image: tag.clone(),
+                registry: parsed.registry_host().to_string(),
+            })?,
+        });
+    }
+    let digest =
+        index::push(parsed, &entries, credentials).await.map_err(|e| PushError::Failed {
+            image: image.to_string(),
+            registry: parsed.registry_host().to_string(),
+            attempts: 1,
+            message: e.to_string(),
+        })?;
+    log(format!("{image}: manifest list of {} platforms: digest: {digest}\n", entries.len())
+        .as_bytes());
+    Ok(digest)
+}
+
+/// A manifest the registry stored, as the engine reported it.
+struct Manifest {
+    digest: String,
+    /// Bytes; missing only when the engine's line leaves it out.
+    size: Option<i64>,
 }
 
 async fn push_with_retries(
@@ -76,13 +130,13 @@ async fn push_with_retries(
     parsed: &ImageRef,
     credentials: &[RegistryCredential],
     log: &(dyn Fn(&[u8]) + Send + Sync),
-) -> Result<String, PushError> {
+) -> Result<Manifest, PushError> {
     let registry = parsed.registry_host().to_string();
     let mut attempt = 0;
     loop {
         attempt += 1;
         match push_once(docker, parsed, credentials, log).await {
-            Ok(Some(digest)) => return Ok(digest),
+            Ok(Some(manifest)) => return Ok(manifest),
             Ok(None) => return Err(PushError::NoDigest { image: image.into(), registry }),
             Err(message) if attempt >= ATTEMPTS || is_permanent(&message) => {
                 return Err(PushError::Failed {
@@ -120,7 +174,7 @@ async fn push_once(
     parsed: &ImageRef,
     credentials: &[RegistryCredential],
     log: &(dyn Fn(&[u8]) + Send + Sync),
-) -> Result<Option<String>, String> {
+) -> Result<Option<Manifest>, String> {
     let options = PushImageOptions { tag: parsed.tag.clone(), ..PushImageOptions::default() };
     let creds = auth::for_host(credentials, parsed.registry_host());
     let mut stream = docker.push_image(&parsed.name(), Some(options), creds);
@@ -135,7 +189,7 @@ async fn push_once(
             "Layer already exists" => existing_layers += 1,
             s if s.starts_with("Mounted from") => existing_layers += 1,
             s => {
-                if let Some(found) = parse_digest(s) {
+                if let Some(found) = parse_manifest(s) {
                     log(format!(
                         "{pushed_layers} layer(s) pushed, {existing_layers} already present\n"
                     )
@@ -149,11 +203,16 @@ async fn push_once(
     Ok(digest)
 }
 
-/// The digest of a `<tag>: digest: sha256:… size: N` status line.
-fn parse_digest(status: &str) -> Option<String> {
+/// The digest and size of a `<tag>: digest: sha256:… size: N` status line.
+fn parse_manifest(status: &str) -> Option<Manifest> {
     let (_, rest) = status.split_once(": digest: ")?;
-    let digest = rest.split_whitespace().next()?;
-    (digest.contains(':')).then(|| digest.to_string())
+    let mut words = rest.split_whitespace();
+    let digest = words.next().filter(|d| d.contains(':'))?.to_string();
+    let size = match (words.next(), words.next()) {
+        (Some("size:"), Some(n)) => n.parse().ok(),
+        _ => None,
+    };
+    Some(Manifest { digest, size })
 }
 
 /// The text a user can act on: the daemon's or registry's message, without bollard's wrapping.
@@ -185,10 +244,12 @@ mod tests {
     #[test]
     fn digest_line() {
         let sha = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(parse_digest(&format!("v1: digest: {sha} size: 527")), Some(sha.clone()));
-        assert_eq!(parse_digest(&format!("latest: digest: {sha}")), Some(sha));
-        assert_eq!(parse_digest("Pushed"), None);
-        assert_eq!(parse_digest("x: digest: "), None);
+        let v1 = parse_manifest(&format!("v1: digest: {sha} size: 527")).expect("a manifest");
+        assert_eq!((v1.digest.as_str(), v1.size), (sha.as_str(), Some(527)));
+        let bare = parse_manifest(&format!("latest: digest: {sha}")).expect("a manifest");
+        assert_eq!((bare.digest, bare.size), (sha, None));
+        assert!(parse_manifest("Pushed").is_none());
+        assert!(parse_manifest("x: digest: ").is_none());
     }
 
     #[test]
@@ -206,12 +267,12 @@ mod tests {
             Docker::connect_with_http("http://127.0.0.1:1", 1, bollard::API_DEFAULT_VERSION)
                 .unwrap_or_else(|e| panic!("{e}"));
         let log = |_: &[u8]| {};
-        let err = run(&docker, &["UPPER".into()], &[], &log).await.unwrap_err();
+        let err = run(&docker, &["UPPER".into()], &HashMap::new(), &[], &log).await.unwrap_err();
         assert!(matches!(err, PushError::InvalidReference { .. }), "{err}");
         let digest = format!("a@sha256:{}", "0".repeat(64));
-        let err = run(&docker, &[digest], &[], &log).await.unwrap_err();
+        let err = run(&docker, &[digest], &HashMap::new(), &[], &log).await.unwrap_err();
         assert!(matches!(err, PushError::Digest { .. }), "{err}");
-        assert!(run(&docker, &[], &[], &log).await.unwrap().is_empty());
+        assert!(run(&docker, &[], &HashMap::new(), &[], &log).await.unwrap().is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cleanup;
+use crate::delegate::Built;
 use crate::docker_api::{DockerApiMode, RunDockerApi, RunScope};
 use crate::engine::Engine;
 use crate::events::Events;
@@ -117,9 +118,8 @@ pub(crate) struct RunContext<'a> {
     default_network: String,
     /// Container removals running off the steps' critical path; awaited before teardown.
     pub(crate) removals: TaskTracker,
-    /// IDs of images built without a tag: nothing can name them after the run, so its
-    /// teardown removes them (images carry no run label to find them by).
-    pub(crate) untagged: &'a Mutex<Vec<String>>,
+    /// What the run's builds made ([`Built`]).
+    pub(crate) built: &'a Mutex<Built>,
 }
 
 impl RunContext<'_> {
@@ -151,7 +151,7 @@ pub async fn execute(
     events.send(Event::RunStarted { run_id: run_id.clone() }).await;
 
     let mut outcomes: Vec<Option<StepOutcome>> = vec![None; plan.steps.len()];
-    let untagged = Mutex::new(Vec::new());
+    let built = Mutex::new(Built::default());
     let (status, error, workspace, mut docker_api) =
         match prepare(docker, engine.owner(), plan, &options, &events).await {
             Err(message) => (RunStatus::Error, Some(message), None, None),
@@ -169,7 +169,7 @@ pub async fn execute(
                         networks: prepared.networks,
                         default_network: prepared.default_network,
                         removals: TaskTracker::new(),
-                        untagged: &untagged,
+                        built: &built,
                     };
                     let (status, error) =
                         drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
@@ -229,7 +229,7 @@ pub async fn execute(
     }
     // Containers first: detached ones may still be writing into the workspace.
     let mut cleanup_errors = tear_down(docker, run_id, options.network.as_ref(), &events).await;
-    let untagged = untagged.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let untagged = built.into_inner().unwrap_or_else(PoisonError::into_inner).untagged;
     for error in cleanup::remove_untagged(docker, &untagged).await {
         events.system(None, format!("Warning: cleanup could not remove {error}")).await;
         cleanup_errors.push(error);

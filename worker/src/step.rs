@@ -419,7 +419,7 @@ async fn run_delegated(
         plan: ctx.plan,
         step,
         workspace: ctx.workspace.host_dir(),
-        untagged: ctx.untagged,
+        built: ctx.built,
     };
     let pipe = LogPipe::default();
     let watch = Mutex::new(&mut *attempt.watch);

@@ -388,7 +388,7 @@ async fn push_and_pull_with_credentials() {
 
     let log = Log::default();
     let sink = log.sink();
-    let pushed = push::run(&docker, &outcome.images, &good, &sink)
+    let pushed = push::run(&docker, &outcome.images, &HashMap::new(), &good, &sink)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", log.text()));
     assert_eq!(pushed.len(), 2);
@@ -416,9 +416,15 @@ async fn push_and_pull_with_credentials() {
     assert!(json.contains(&format!("\"digest\":\"{open_digest}\"")), "{json}");
 
     let wrong = [credential(&env.auth_registry, &env.user, "wrong-password")];
-    let err = push::run(&docker, std::slice::from_ref(&auth_tag), &wrong, &Log::default().sink())
-        .await
-        .unwrap_err();
+    let err = push::run(
+        &docker,
+        std::slice::from_ref(&auth_tag),
+        &HashMap::new(),
+        &wrong,
+        &Log::default().sink(),
+    )
+    .await
+    .unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, PushError::Failed { attempts: 1, .. }), "{message}");
     assert!(message.contains(&auth_tag) && message.contains("unauthorized"), "{message}");

@@ -138,7 +138,15 @@ async fn tag_and_push(
         return;
     }
     log(format!("Pushing the build cache {reference}\n").as_bytes());
-    if let Err(e) = push::run(docker, &[reference.to_string()], credentials, log).await {
+    if let Err(e) = push::run(
+        docker,
+        &[reference.to_string()],
+        &std::collections::HashMap::new(),
+        credentials,
+        log,
+    )
+    .await
+    {
         log(format!("Warning: the build cache was not pushed: {e}\n").as_bytes());
     }
 }

@@ -67,8 +67,11 @@ pub struct BuildRequest<'a> {
 pub struct BuildOutcome {
     /// The `-t` references, `:latest` added where they have no tag.
     pub images: Vec<String>,
-    /// `sha256:…` image id.
+    /// `sha256:…` image id (the first platform's, for a multi-platform build).
     pub image_id: String,
+    /// The platforms of a multi-platform build (`--platform a,b`): `images` were not tagged
+    /// locally but each platform's image as [`crate::index::platform_tag`]. Empty otherwise.
+    pub platforms: Vec<String>,
     /// One entry per image (one with `image: None` for an untagged build); image digests are
     /// empty until pushed (see [`crate::push::fill_pushed_digests`]).
     pub dependencies: Vec<Dependency>,
@@ -197,45 +200,44 @@ pub async fn run(
             .then(|| args.build_args.clone().into_iter().collect()),
         labels: (!labels.is_empty()).then_some(labels),
         networkmode: args.network.clone(),
-        platform: args.platform.as_deref().or(req.platform).unwrap_or_default().to_string(),
         target: args.target.clone().unwrap_or_default(),
         ..BuildImageOptions::default()
     };
 
-    let (body, upload) = context::stream(prepared);
-    let image_id = {
-        let stream = docker.build_image(
-            options,
-            Some(auth::registry_config(req.credentials)),
-            Some(bollard::body_try_stream(body)),
-        );
-        follow_build(stream, log).await
-    };
-    let upload = upload.finish().await;
-    let image_id = match (image_id, upload) {
-        (Ok(id), _) => id,
-        // The context could not be sent: that, not the engine's view of a broken body, is
-        // what the user must fix.
-        (Err(_), Err(context)) if !context.is_disconnect() => return Err(context.into()),
-        (Err(build), _) => return Err(build),
-    };
-
-    let mut images = Vec::with_capacity(args.tags.len());
+    let platform = args.platform.as_deref().or(req.platform).unwrap_or_default();
+    let platforms: Vec<&str> = platform.split(',').map(str::trim).collect();
     let mut tagged = Vec::with_capacity(args.tags.len());
     for tag in &args.tags {
-        let parsed = ImageRef::parse(tag)
-            .map_err(|e| BuildError::Tag { image: tag.clone(), message: e.to_string() })?;
-        let tag_name = parsed.tag.clone().unwrap_or_else(|| "latest".to_string());
-        let full = format!("{}:{tag_name}", parsed.name());
-        let options = TagImageOptions { repo: Some(parsed.name()), tag: Some(tag_name) };
-        docker
-            .tag_image(&image_id, Some(options))
-            .await
-            .map_err(|e| BuildError::Tag { image: full.clone(), message: engine_message(e) })?;
-        log(format!("Successfully tagged {full}\n").as_bytes());
-        tagged.push(parsed);
-        images.push(full);
+        tagged.push(
+            ImageRef::parse(tag)
+                .map_err(|e| BuildError::Tag { image: tag.clone(), message: e.to_string() })?,
+        );
     }
+    let images: Vec<String> = tagged.iter().map(ImageRef::with_default_tag).collect();
+    let (image_id, multi_platform) = if platforms.len() > 1 {
+        // `--platform a,b` (buildx's form): one classic build per platform, each tagged
+        // `<tag>-<os>-<arch>`; the push step puts them together as one manifest list.
+        let mut first = None;
+        for platform in &platforms {
+            log(format!("Building for {platform}\n").as_bytes());
+            let prepared = context::prepare(&context_dir, &dockerfile)?;
+            let options = BuildImageOptions { platform: platform.to_string(), ..options.clone() };
+            let id = build_once(docker, options, prepared, req.credentials, log).await?;
+            for parsed in &tagged {
+                tag(docker, &id, &crate::index::platform_tag(parsed, platform), log).await?;
+            }
+            first.get_or_insert(id);
+        }
+        let platforms = platforms.iter().map(ToString::to_string).collect();
+        (first.ok_or(BuildError::NoImageId)?, platforms)
+    } else {
+        let options = BuildImageOptions { platform: platform.to_string(), ..options };
+        let id = build_once(docker, options, prepared, req.credentials, log).await?;
+        for image in &images {
+            tag(docker, &id, image, log).await?;
+        }
+        (id, Vec::new())
+    };
 
     // Not among `images` or `tagged`: the cache is no output of the run.
     if let Some(reference) = &cache_ref {
@@ -243,7 +245,48 @@ pub async fn run(
     }
 
     let dependencies = dependencies(docker, &tagged, &scanned, commit).await;
-    Ok(BuildOutcome { images, image_id, dependencies })
+    Ok(BuildOutcome { images, image_id, platforms: multi_platform, dependencies })
+}
+
+/// One classic build of `prepared` with `options`; returns the image ID.
+async fn build_once(
+    docker: &Docker,
+    options: BuildImageOptions,
+    prepared: context::PreparedContext,
+    credentials: &[RegistryCredential],
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> Result<String, BuildError> {
+    let (body, upload) = context::stream(prepared);
+    let image_id = {
+        let stream = docker.build_image(
+            options,
+            Some(auth::registry_config(credentials)),
+            Some(bollard::body_try_stream(body)),
+        );
+        follow_build(stream, log).await
+    };
+    match (image_id, upload.finish().await) {
+        (Ok(id), _) => Ok(id),
+        // The context could not be sent: that, not the engine's view of a broken body, is
+        // what the user must fix.
+        (Err(_), Err(context)) if !context.is_disconnect() => Err(context.into()),
+        (Err(build), _) => Err(build),
+    }
+}
+
+/// Tags `id` as `image` (`repo:tag`).
+async fn tag(
+    docker: &Docker,
+    id: &str,
+    image: &str,
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> Result<(), BuildError> {
+    let failed = |message: String| BuildError::Tag { image: image.to_string(), message };
+    let parsed = ImageRef::parse(image).map_err(|e| failed(e.to_string()))?;
+    let options = TagImageOptions { repo: Some(parsed.name()), tag: parsed.tag.clone() };
+    docker.tag_image(id, Some(options)).await.map_err(|e| failed(engine_message(e)))?;
+    log(format!("Successfully tagged {image}\n").as_bytes());
+    Ok(())
 }
 
 /// Streams the builder's output to `log`; returns the image id.

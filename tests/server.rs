@@ -29,13 +29,17 @@ fn containers_of(run: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The registry's digest of `repo:tag` (HEAD of the manifest).
+/// The registry's digest of `repo:tag` (HEAD of the manifest, or of the manifest list).
 fn registry_digest(repo: &str, tag: &str) -> String {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let resp = agent
         .head(format!("http://{}/v2/{repo}/manifests/{tag}", registry()))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+        )
         .call()
         .expect("registry");
     assert_eq!(resp.status().as_u16(), 200, "{repo}:{tag} is in the registry");
@@ -92,6 +96,34 @@ fn quick_build_pushes_the_image_and_records_its_digest() {
     assert_eq!(image["registry"], registry().as_str(), "{run}");
     assert_eq!(image["digest"], registry_digest("e2e-quick", &id).as_str(), "{run}");
     assert_eq!(containers_of(&id), "");
+}
+
+#[test]
+fn a_multi_platform_quick_build_records_its_manifest_list() {
+    let server = Server::start("emp", 1);
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::write(context.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let out = server
+        .kiln()
+        .args(["build", "--platform", "linux/amd64,linux/arm64", "-t", "e2e-multi:{{.Run.ID}}"])
+        .arg(context.path())
+        .output()
+        .expect("kiln build");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let id = queued_id(&out);
+    let run = server.show(&id);
+    assert_eq!(run["status"], "Succeeded", "{run}");
+    assert_eq!(run["platform"]["architecture"], "amd64", "{run}");
+    let image = &run["outputImages"][0];
+    assert_eq!(image["tag"], id.as_str(), "{run}");
+    assert_eq!(image["digest"], registry_digest("e2e-multi", &id).as_str(), "{run}");
+    assert!(all.contains("manifest list of 2 platforms"), "{all}");
+
+    // The platforms are checked as `--platform` is, before anything is queued.
+    let out = server.run(&["build", "--platform", "linux/amd64,linux/arm65", "--no-push", "."]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("unknown architecture \"arm65\""), "{}", text(&out));
 }
 
 #[test]

@@ -28,9 +28,10 @@ pub struct BuildArgs {
     /// The build stage to stop at.
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
-    /// The platform to build for, `os/arch[/variant]`.
-    #[arg(long, value_name = "PLATFORM", value_parser = Platform::from_flag)]
-    platform: Option<Platform>,
+    /// The platform to build for, `os/arch[/variant]`; several, comma-separated
+    /// (`linux/amd64,linux/arm64`), build each and push every tag as one manifest list.
+    #[arg(long, value_name = "PLATFORM[,PLATFORM...]", value_parser = Platform::from_flag, value_delimiter = ',')]
+    platform: Vec<Platform>,
     /// The agent pool to run in (default: any agent).
     #[arg(long, value_name = "POOL")]
     agent_pool: Option<String>,
@@ -83,7 +84,8 @@ pub fn build(args: BuildArgs, server: &ServerOptions) -> anyhow::Result<ExitCode
         dockerfile,
         build_args,
         target: args.target,
-        platform: args.platform,
+        platform: args.platform.first().cloned(),
+        platforms: if args.platform.len() > 1 { args.platform } else { Vec::new() },
         is_push_enabled: !args.no_push,
         timeout_secs: args.timeout,
         agent_pool_name: args.agent_pool,

@@ -248,6 +248,7 @@ async fn agent_quick_build_from_an_upload_pushes_and_records_images() {
         build_args: vec![],
         target: None,
         platform: None,
+        platforms: Vec::new(),
         is_push_enabled: true,
         timeout_secs: None,
         agent_pool_name: None,

@@ -159,8 +159,14 @@ pub struct DockerBuildRequest {
     pub build_args: Vec<Argument>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Where the run is dispatched and what it builds for (ACR's); with `platforms`, the first
+    /// of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// kiln: every platform to build when there are several (`kiln build --platform
+    /// linux/amd64,linux/arm64`): each is built, and each tag is pushed as one manifest list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<Platform>,
     /// Push the images after the build (`--no-push` turns it off).
     #[serde(default = "yes")]
     pub is_push_enabled: bool,

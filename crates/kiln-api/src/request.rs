@@ -207,8 +207,13 @@ fn quick_build(
     if let Some(target) = &build.target {
         literal("--target", target);
     }
-    if let Some(platform) = &build.platform {
-        literal("--platform", &platform.to_string());
+    // Several platforms go to the build as buildx writes them, `--platform a,b`.
+    let platforms: Vec<String> = match (&build.platform, build.platforms.as_slice()) {
+        (_, []) => build.platform.iter().map(ToString::to_string).collect(),
+        (_, all) => all.iter().map(ToString::to_string).collect(),
+    };
+    if !platforms.is_empty() {
+        literal("--platform", &platforms.join(","));
     }
     args.push(".".to_string());
 
@@ -294,6 +299,7 @@ mod tests {
             build_args: vec![],
             target: None,
             platform: None,
+            platforms: Vec::new(),
             is_push_enabled: true,
             timeout_secs: None,
             agent_pool_name: None,

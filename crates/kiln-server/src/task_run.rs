@@ -283,6 +283,7 @@ pub fn request_for(
                 build_args: overlay(build_args, extra_build_args),
                 target: target.clone(),
                 platform,
+                platforms: Vec::new(),
                 is_push_enabled: *is_push_enabled,
                 timeout_secs,
                 agent_pool_name,

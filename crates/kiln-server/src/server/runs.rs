@@ -137,6 +137,22 @@ pub fn validate(request: &RunRequest, settings: &Settings) -> Result<(), ApiErro
     if let Some(platform) = request.platform() {
         platform.check().map_err(|e| ApiError::BadRequest(format!("platform {platform}: {e}")))?;
     }
+    if let RunRequest::DockerBuild(build) = request
+        && !build.platforms.is_empty()
+    {
+        for platform in &build.platforms {
+            platform
+                .check()
+                .map_err(|e| ApiError::BadRequest(format!("platforms: {platform}: {e}")))?;
+        }
+        // The run is dispatched by `platform`: an agent for the first platform builds them all.
+        if build.platform.as_ref() != build.platforms.first() {
+            return Err(ApiError::BadRequest(format!(
+                "platform must be the first of platforms ({}), where the run is dispatched",
+                build.platforms[0]
+            )));
+        }
+    }
     match request.source() {
         Source::Upload { id } => {
             let exists = uploads::path(&settings.data_dir, id).is_some_and(|p| p.is_file());

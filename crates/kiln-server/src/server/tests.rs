@@ -970,4 +970,23 @@ fn server_refuses_unknown_platforms_everywhere_and_stores_nothing() {
     let run = json!({"platform": {"os": "linux", "architecture": "x86"}});
     refused(s.call("POST", "/tasks/app/runs", &token, &run), "linux/x86", "unknown architecture");
     assert!(s.runs().is_empty());
+
+    // A multi-platform build's list is checked entry by entry, and dispatched by its first.
+    let amd64 = json!({"os": "linux", "architecture": "amd64"});
+    let build = json!({"type": "DockerBuildRequest", "source": {"kind": "none"},
+        "imageNames": ["app:1"], "platform": amd64, "platforms": [amd64, arm65]});
+    let a = s.submit(&build);
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.error().error.message.starts_with("platforms: linux/arm65: "), "{}", a.text());
+    let arm64 = json!({"os": "linux", "architecture": "arm64"});
+    let build = json!({"type": "DockerBuildRequest", "source": {"kind": "none"},
+        "imageNames": ["app:1"], "platform": arm64, "platforms": [amd64, arm64]});
+    let a = s.submit(&build);
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(
+        a.error().error.message.contains("the first of platforms (linux/amd64)"),
+        "{}",
+        a.text()
+    );
+    assert!(s.runs().is_empty());
 }

@@ -224,7 +224,10 @@ impl Proxy {
         let route = policy::route(parts.method.as_str(), &endpoint, &query);
         let outgoing = match self.admit(route, &mut parts, &mut body, endpoint, query).await {
             Ok(outgoing) => outgoing,
-            Err(refusal) => return refuse(&refusal),
+            Err(refusal) => {
+                drain(body).await;
+                return refuse(&refusal);
+            }
         };
         for tag in &outgoing.tags {
             if !self.state().ledger.knows(tag) {
@@ -590,6 +593,21 @@ async fn read_json(body: &mut Option<Incoming>) -> Result<Value, Refusal> {
         status: 400,
         message: format!("kiln: the request body is not JSON: {e}"),
     })
+}
+
+/// Reads what is left of a refused request's body: closing the connection while the client
+/// still writes it would give the client a broken pipe instead of the refusal. Bounded: a
+/// client that sends more (a refused build's context) is cut off.
+async fn drain(body: Option<Incoming>) {
+    const DRAIN_LIMIT: usize = 64 << 20;
+    let Some(mut body) = body else { return };
+    let mut read = 0;
+    while read <= DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => return,
+        }
+    }
 }
 
 fn refuse(refusal: &Refusal) -> Response<Body> {

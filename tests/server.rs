@@ -73,19 +73,23 @@ fn wait_for_log(server: &Server, id: &str, needle: &str) {
     assert!(seen.contains(needle), "the log never showed {needle:?}:\n{seen}");
 }
 
+/// `kiln build ARGS CONTEXT` through `server`, which must succeed: its output and run ID.
+fn quick_build(server: &Server, args: &[&str], context: &std::path::Path) -> (String, String) {
+    let out = server.kiln().arg("build").args(args).arg(context).output().expect("kiln build");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    (all, queued_id(&out))
+}
+
 #[test]
 fn quick_build_pushes_the_image_and_records_its_digest() {
     let server = Server::start("eqb", 1);
     let context = repo().join("examples/quick-build");
-    let out = server
-        .kiln()
-        .args(["build", "-t", "e2e-quick:{{.Run.ID}}", "--build-arg", "GREETING=e2e"])
-        .arg(&context)
-        .output()
-        .expect("kiln build");
-    let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    let id = queued_id(&out);
+    let (all, id) = quick_build(
+        &server,
+        &["-t", "e2e-quick:{{.Run.ID}}", "--build-arg", "GREETING=e2e"],
+        &context,
+    );
     assert!(all.contains(&format!("Run ID: {id} was successful after")), "{all}");
     let run = server.show(&id);
     assert_eq!(run["status"], "Succeeded", "{run}");
@@ -103,15 +107,8 @@ fn a_multi_platform_quick_build_records_its_manifest_list() {
     let server = Server::start("emp", 1);
     let context = tempfile::tempdir().expect("tempdir");
     std::fs::write(context.path().join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
-    let out = server
-        .kiln()
-        .args(["build", "--platform", "linux/amd64,linux/arm64", "-t", "e2e-multi:{{.Run.ID}}"])
-        .arg(context.path())
-        .output()
-        .expect("kiln build");
-    let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    let id = queued_id(&out);
+    let args = ["--platform", "linux/amd64,linux/arm64", "-t", "e2e-multi:{{.Run.ID}}"];
+    let (all, id) = quick_build(&server, &args, context.path());
     let run = server.show(&id);
     assert_eq!(run["status"], "Succeeded", "{run}");
     assert_eq!(run["platform"]["architecture"], "amd64", "{run}");
@@ -547,15 +544,7 @@ fn a_quick_build_logs_in_to_an_authenticated_registry_and_never_logs_the_passwor
     );
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("Dockerfile"), "FROM busybox\nRUN echo built\n").expect("file");
-    let out = server
-        .kiln()
-        .args(["build", "-t", "e2e-auth:{{.Run.ID}}"])
-        .arg(dir.path())
-        .output()
-        .expect("kiln build");
-    let all = text(&out);
-    assert!(out.status.success(), "{all}");
-    let id = queued_id(&out);
+    let (_, id) = quick_build(&server, &["-t", "e2e-auth:{{.Run.ID}}"], dir.path());
     let run = server.show(&id);
     assert_eq!(run["outputImages"][0]["registry"], registry.as_str(), "{run}");
     assert!(run["outputImages"][0]["digest"].as_str().unwrap_or_default().starts_with("sha256:"));

@@ -12,7 +12,7 @@ use std::pin::pin;
 
 use bollard::Docker;
 use bollard::models::CreateImageInfo;
-use bollard::query_parameters::CreateImageOptions;
+use bollard::query_parameters::{CreateImageOptions, TagImageOptions};
 use futures_util::{Stream, StreamExt};
 use kiln_plan::image_ref::ImageRef;
 use kiln_plan::plan::{RegistryCredential, StepId};
@@ -113,6 +113,12 @@ pub(crate) fn pull_lines(
             })),
         })
     })
+}
+
+/// Tags image `id` (an ID or another reference) as `reference`; the engine's words on failure.
+pub(crate) async fn tag(docker: &Docker, id: &str, reference: &ImageRef) -> Result<(), String> {
+    let options = TagImageOptions { repo: Some(reference.name()), tag: reference.tag.clone() };
+    docker.tag_image(id, Some(options)).await.map_err(engine_message)
 }
 
 /// The lines `docker pull` leaves on screen once done, without per-layer progress noise.

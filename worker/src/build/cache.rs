@@ -13,13 +13,13 @@
 use std::pin::pin;
 
 use bollard::Docker;
-use bollard::query_parameters::{RemoveImageOptions, TagImageOptions};
+use bollard::query_parameters::RemoveImageOptions;
 use futures_util::StreamExt;
 use kiln_plan::image_ref::{ImageRef, RefError};
 use kiln_plan::plan::RegistryCredential;
 
 use crate::image::{self, ImageError};
-use crate::push::{self, engine_message};
+use crate::push;
 
 /// The task name in cache tags of quick runs, which have none (ACR's placeholder).
 const QUICK_RUN: &str = "quickrun";
@@ -130,9 +130,7 @@ async fn tag_and_push(
     credentials: &[RegistryCredential],
     log: &(dyn Fn(&[u8]) + Send + Sync),
 ) {
-    let options = TagImageOptions { repo: Some(reference.name()), tag: reference.tag.clone() };
-    if let Err(e) = docker.tag_image(image_id, Some(options)).await {
-        let message = engine_message(e);
+    if let Err(message) = image::tag(docker, image_id, reference).await {
         log(format!("Warning: the build cache was not pushed: tagging {reference}: {message}\n")
             .as_bytes());
         return;

@@ -28,7 +28,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
+use bollard::query_parameters::BuildImageOptions;
 use futures_util::StreamExt;
 use kiln_plan::image_ref::ImageRef;
 use kiln_plan::plan::{EnvVar, GitSsh, RegistryCredential};
@@ -283,8 +283,7 @@ async fn tag(
 ) -> Result<(), BuildError> {
     let failed = |message: String| BuildError::Tag { image: image.to_string(), message };
     let parsed = ImageRef::parse(image).map_err(|e| failed(e.to_string()))?;
-    let options = TagImageOptions { repo: Some(parsed.name()), tag: parsed.tag.clone() };
-    docker.tag_image(id, Some(options)).await.map_err(|e| failed(engine_message(e)))?;
+    crate::image::tag(docker, id, &parsed).await.map_err(failed)?;
     log(format!("Successfully tagged {image}\n").as_bytes());
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! `docker build -t busybox .` cannot leave the engine's `busybox` changed for later runs.
 
 use bollard::Docker;
-use bollard::query_parameters::{RemoveImageOptions, TagImageOptions};
+use bollard::query_parameters::RemoveImageOptions;
 use kiln_plan::image_ref::ImageRef;
 
 use crate::image::engine_message;
@@ -48,8 +48,7 @@ impl Ledger {
 
 async fn retag(docker: &Docker, id: &str, tag: &str) -> Result<(), String> {
     let parsed = ImageRef::parse(tag).map_err(|e| e.to_string())?;
-    let options = TagImageOptions { repo: Some(parsed.name()), tag: parsed.tag.clone() };
-    docker.tag_image(id, Some(options)).await.map_err(engine_message)
+    crate::image::tag(docker, id, &parsed).await
 }
 
 async fn untag(docker: &Docker, tag: &str) -> Result<(), String> {

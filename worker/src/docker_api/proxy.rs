@@ -185,7 +185,8 @@ struct Outgoing {
     query: Vec<(String, String)>,
     /// Replaces the body when set (a rewritten JSON body).
     body: Option<Bytes>,
-    /// Tags to record in the ledger once the engine accepted the request.
+    /// Tags the request sets: noted in the ledger, with the image each named before, before
+    /// the request goes to the engine.
     tags: Vec<String>,
     /// What the answer creates for the run, remembered so later requests need no lookup.
     creates: Option<Created>,
@@ -207,7 +208,7 @@ impl Proxy {
     }
 
     async fn handle(
-        self: &Arc<Self>,
+        &self,
         req: Request<Incoming>,
         tasks: &TaskTracker,
         stop: &CancellationToken,

@@ -80,9 +80,10 @@ pub struct Plan {
     /// bytes (`kiln serve --max-context-mb`); `None`: no limit (`kiln exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_limit: Option<u64>,
-    /// The platform the run asked for (`os/arch[/variant]`): `cmd` containers are created as
-    /// it and `build` steps without their own `--platform` build for it. `None` (a run that
-    /// named none, `kiln exec` without `--platform`): the engine decides from the image.
+    /// The run's platform (`os/arch[/variant]`): `cmd` containers are created as it and
+    /// `build` steps without their own `--platform` build for it. A server's run always has one
+    /// (its request's, else linux/amd64); `None` (`kiln exec` without `--platform`): the engine
+    /// decides from each image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
 }

@@ -397,6 +397,9 @@ fn a_multi_platform_build_pushes_one_manifest_list() {
     assert_eq!(list["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json");
     let entries = list["manifests"].as_array().expect("manifests");
     assert_eq!(entries.len(), 2, "{list}");
+    // Two images, each of its own platform (the classic builder's cache would hand the second
+    // platform the first one's `FROM scratch` image).
+    assert_ne!(entries[0]["digest"], entries[1]["digest"], "{list}");
     for (entry, arch) in entries.iter().zip(["amd64", "arm64"]) {
         assert_eq!(entry["platform"]["architecture"], arch, "{list}");
         let (digest, _) = manifest(

@@ -13,6 +13,11 @@ use bollard::auth::DockerCredentials;
 use kiln_plan::image_ref::{DOCKER_HUB_AUTH_KEY, DOCKER_HUB_HOST, normalize_registry_host};
 use kiln_plan::plan::RegistryCredential;
 
+/// Where the engine (and the docker CLI) look for a registry's CA certificates,
+/// `<dir>/<host[:port]>/ca.crt`: what the engine trusts, kiln's own registry calls and the
+/// steps' CLI trust too.
+pub(crate) const REGISTRY_CERTS_DIR: &str = "/etc/docker/certs.d";
+
 /// The credential for `host` (an image's registry host), if the run has one.
 pub fn for_host(credentials: &[RegistryCredential], host: &str) -> Option<DockerCredentials> {
     let host = normalize_registry_host(host);

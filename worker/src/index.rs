@@ -12,7 +12,7 @@
 //! loopback registries as Docker does and trusting the engine's registry CAs
 //! (`/etc/docker/certs.d/<host>/ca.crt`) as Docker does.
 
-use kiln_plan::image_ref::ImageRef;
+use kiln_plan::image_ref::{ImageRef, is_loopback_registry};
 use kiln_plan::plan::RegistryCredential;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex, Platform};
@@ -23,14 +23,12 @@ use oci_client::{Client, Reference};
 const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const ENTRY: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// Where Docker looks for a registry's CA certificates.
-const CERTS_DIR: &str = "/etc/docker/certs.d";
-
 /// One platform's image as the registry stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformImage {
-    /// `os/arch[/variant]`.
-    pub platform: String,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
     pub digest: String,
     /// Bytes of its manifest.
     pub size: i64,
@@ -53,25 +51,20 @@ pub fn platform_tag(image: &ImageRef, platform: &str) -> String {
 pub fn manifest_list(images: &[PlatformImage]) -> OciImageIndex {
     let manifests = images
         .iter()
-        .map(|i| {
-            let mut parts = i.platform.split('/');
-            let os = parts.next().unwrap_or("linux");
-            let arch = parts.next().unwrap_or("amd64");
-            ImageIndexEntry {
-                media_type: ENTRY.to_string(),
-                digest: i.digest.clone(),
-                size: i.size,
-                platform: Some(Platform {
-                    architecture: arch.into(),
-                    os: os.into(),
-                    os_version: None,
-                    os_features: None,
-                    variant: parts.next().map(str::to_string),
-                    features: None,
-                }),
-                annotations: None,
-                artifact_type: None,
-            }
+        .map(|i| ImageIndexEntry {
+            media_type: ENTRY.to_string(),
+            digest: i.digest.clone(),
+            size: i.size,
+            platform: Some(Platform {
+                architecture: i.architecture.as_str().into(),
+                os: i.os.as_str().into(),
+                os_version: None,
+                os_features: None,
+                variant: i.variant.clone(),
+                features: None,
+            }),
+            annotations: None,
+            artifact_type: None,
         })
         .collect();
     OciImageIndex {
@@ -113,18 +106,16 @@ pub async fn push(
 /// Plain HTTP for loopback registries (Docker's default insecure range), HTTPS with the
 /// engine's CA for the registry otherwise.
 fn client_config(host: &str) -> ClientConfig {
-    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
-    let loopback = name == "localhost"
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        || name
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    let extra_root_certificates = std::fs::read(format!("{CERTS_DIR}/{host}/ca.crt"))
-        .map(|data| vec![Certificate { encoding: CertificateEncoding::Pem, data }])
-        .unwrap_or_default();
+    let extra_root_certificates =
+        std::fs::read(format!("{}/{host}/ca.crt", crate::auth::REGISTRY_CERTS_DIR))
+            .map(|data| vec![Certificate { encoding: CertificateEncoding::Pem, data }])
+            .unwrap_or_default();
     ClientConfig {
-        protocol: if loopback { ClientProtocol::Http } else { ClientProtocol::Https },
+        protocol: if is_loopback_registry(host) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
         extra_root_certificates,
         ..ClientConfig::default()
     }
@@ -144,13 +135,16 @@ mod tests {
 
     #[test]
     fn the_list_names_each_platform() {
+        let image = |architecture: &str, variant: Option<&str>, digest: &str, size| PlatformImage {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: variant.map(str::to_string),
+            digest: digest.into(),
+            size,
+        };
         let list = manifest_list(&[
-            PlatformImage { platform: "linux/amd64".into(), digest: "sha256:aa".into(), size: 528 },
-            PlatformImage {
-                platform: "linux/arm64/v8".into(),
-                digest: "sha256:bb".into(),
-                size: 529,
-            },
+            image("amd64", None, "sha256:aa", 528),
+            image("arm64", Some("v8"), "sha256:bb", 529),
         ]);
         let json = serde_json::to_value(&list).expect("json");
         assert_eq!(json["mediaType"], LIST);

@@ -95,9 +95,18 @@ async fn push_list(
         let tag = index::platform_tag(parsed, platform);
         let platform_ref = ImageRef::parse(&tag)
             .map_err(|source| PushError::InvalidReference { image: tag.clone(), source })?;
+        // The list describes each image as it was built, not as the build string named it.
+        let built = docker.inspect_image(&tag).await.map_err(|e| PushError::Failed {
+            image: tag.clone(),
+            registry: parsed.registry_host().to_string(),
+            attempts: 1,
+            message: engine_message(e),
+        })?;
         let manifest = push_with_retries(docker, &tag, &platform_ref, credentials, log).await?;
         entries.push(index::PlatformImage {
-            platform: platform.clone(),
+            os: built.os.unwrap_or_default(),
+            architecture: built.architecture.unwrap_or_default(),
+            variant: built.variant.filter(|v| !v.is_empty()),
             digest: manifest.digest,
             size: manifest.size.ok_or_else(|| PushError::NoDigest {
                 image: tag.clone(),

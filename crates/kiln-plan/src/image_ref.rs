@@ -174,6 +174,20 @@ pub fn normalize_registry_host(registry: &str) -> String {
     if is_docker_hub_host(&host) { DOCKER_HUB_HOST.to_string() } else { host }
 }
 
+/// Whether a registry `host[:port]` is on this machine's loopback (`localhost`, `127.x.y.z`,
+/// `[::1]`): Docker's default insecure registries, spoken to over plain HTTP.
+pub fn is_loopback_registry(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(inside, _)| inside)
+    } else if host.matches(':').count() > 1 {
+        host // a bare IPv6 address
+    } else {
+        host.split_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn is_docker_hub_host(host: &str) -> bool {
     matches!(
         host.to_ascii_lowercase().as_str(),

@@ -100,6 +100,10 @@ pub enum BuildError {
     Engine { message: String },
     #[error("the build finished without reporting an image id")]
     NoImageId,
+    #[error(
+        "the engine built an image of another platform than {platform}; can this agent run {platform} (natively or emulated)?"
+    )]
+    Platform { platform: String },
     #[error("tagging the image as {image} failed: {message}")]
     Tag { image: String, message: String },
 }
@@ -220,9 +224,24 @@ pub async fn run(
         let mut first = None;
         for platform in &platforms {
             log(format!("Building for {platform}\n").as_bytes());
-            let prepared = context::prepare(&context_dir, &dockerfile)?;
             let options = BuildImageOptions { platform: platform.to_string(), ..options.clone() };
-            let id = build_once(docker, options, prepared, req.credentials, log).await?;
+            let prepared = context::prepare(&context_dir, &dockerfile)?;
+            let mut id =
+                build_once(docker, options.clone(), prepared, req.credentials, log).await?;
+            // The classic builder's cache does not key on the platform: steps on a base the
+            // platforms share (`FROM scratch`) can come back as another platform's image.
+            if !built_for(docker, &id, platform).await {
+                log(format!(
+                    "Note: the build cache held another platform's image; building {platform} without it\n"
+                )
+                .as_bytes());
+                let prepared = context::prepare(&context_dir, &dockerfile)?;
+                let options = BuildImageOptions { nocache: true, ..options };
+                id = build_once(docker, options, prepared, req.credentials, log).await?;
+                if !built_for(docker, &id, platform).await {
+                    return Err(BuildError::Platform { platform: platform.to_string() });
+                }
+            }
             for parsed in &tagged {
                 tag(docker, &id, &crate::index::platform_tag(parsed, platform), log).await?;
             }
@@ -246,6 +265,20 @@ pub async fn run(
 
     let dependencies = dependencies(docker, &tagged, &scanned, commit).await;
     Ok(BuildOutcome { images, image_id, platforms: multi_platform, dependencies })
+}
+
+/// Whether image `id` is of `platform` (`os/arch[/variant]`; a variant the engine left out
+/// counts as matching).
+async fn built_for(docker: &Docker, id: &str, platform: &str) -> bool {
+    let Ok(image) = docker.inspect_image(id).await else { return false };
+    let mut wanted = platform.split('/');
+    let matches = |want: Option<&str>, have: Option<&str>| match (want, have) {
+        (Some(want), Some(have)) if !have.is_empty() => want == have,
+        _ => true,
+    };
+    wanted.next() == image.os.as_deref()
+        && wanted.next() == image.architecture.as_deref()
+        && matches(wanted.next(), image.variant.as_deref())
 }
 
 /// One classic build of `prepared` with `options`; returns the image ID.

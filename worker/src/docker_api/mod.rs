@@ -16,7 +16,7 @@ mod ledger;
 mod policy;
 mod proxy;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -67,9 +67,6 @@ impl fmt::Display for DockerApiMode {
         })
     }
 }
-
-/// Where the engine (and the docker CLI) look for registries' CA certificates.
-const CERTS_DIR: &str = "/etc/docker/certs.d";
 
 /// Where the run's Docker config appears inside steps (`DOCKER_CONFIG`).
 const CONFIG_PATH: &str = "/run/kiln/docker";
@@ -148,8 +145,9 @@ impl RunDockerApi {
         api.env.push(("DOCKER_BUILDKIT".into(), "0".into()));
         // The registry CAs the engine trusts, so the CLI's own registry commands (`docker
         // manifest push`) trust the same registries the engine pushes to.
-        if Path::new(CERTS_DIR).is_dir() {
-            api.binds.push(format!("{CERTS_DIR}:{CERTS_DIR}:ro"));
+        let certs = auth::REGISTRY_CERTS_DIR;
+        if Path::new(certs).is_dir() {
+            api.binds.push(format!("{certs}:{certs}:ro"));
         }
         let socket = match mode {
             DockerApiMode::Scoped => {
@@ -237,10 +235,10 @@ pub(crate) fn merged_env(
     api_env: &[(String, String)],
 ) -> Vec<String> {
     let step_env: Vec<(String, String)> = step_env.collect();
-    let own: HashMap<&str, ()> = step_env.iter().map(|(k, _)| (k.as_str(), ())).collect();
+    let own: HashSet<&str> = step_env.iter().map(|(k, _)| k.as_str()).collect();
     api_env
         .iter()
-        .filter(|(k, _)| !own.contains_key(k.as_str()))
+        .filter(|(k, _)| !own.contains(k.as_str()))
         .chain(step_env.iter())
         .map(|(k, v)| format!("{k}={v}"))
         .collect()

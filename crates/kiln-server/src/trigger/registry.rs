@@ -628,20 +628,7 @@ fn api_repository(registry: &str, repository: &str) -> String {
 
 /// `http` for loopback hosts (Docker's default insecure registries), `https` otherwise.
 fn scheme(host: &str) -> &'static str {
-    if is_loopback(host) { "http" } else { "https" }
-}
-
-/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
-fn is_loopback(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split_once(']').map_or(rest, |(inside, _)| inside)
-    } else if host.matches(':').count() > 1 {
-        host // a bare IPv6 address
-    } else {
-        host.split_once(':').map_or(host, |(name, _)| name)
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    if kiln_plan::image_ref::is_loopback_registry(host) { "http" } else { "https" }
 }
 
 /// A host name or address with an optional port: nothing that could change the URL's meaning

@@ -317,6 +317,23 @@ fn kiln_serve_gives_runs_the_scoped_api_unless_told_otherwise() {
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("Cannot connect to the Docker daemon"), "{all}");
+
+    // A run, or a task, may say otherwise than its agent: widened on the server that is off,
+    // narrowed on the one that is scoped.
+    let out = off.run(&["run", "--docker-api", "scoped", "--cmd", &cmd, "/dev/null"]);
+    assert!(text(&out).contains("engine linux"), "{}", text(&out));
+    let out = scoped.run(&["run", "--docker-api", "off", "--cmd", &cmd, "/dev/null"]);
+    assert!(text(&out).contains("Cannot connect to the Docker daemon"), "{}", text(&out));
+    let create = ["task", "create", "-n", "dk", "-c", "/dev/null", "--cmd", &cmd];
+    server::ok(&off.run(&[&create[..], &["--docker-api", "scoped"]].concat()));
+    let out = off.run(&["task", "run", "-n", "dk"]);
+    let all = text(&out);
+    assert!(out.status.success() && all.contains("engine linux"), "{all}");
+    server::ok(&off.run(&["task", "update", "-n", "dk", "--docker-api", ""]));
+    let shown = server::json(&off.run(&["task", "show", "-n", "dk", "-o", "json"]));
+    assert_eq!(shown.get("dockerApi"), None, "{shown}");
+    let out = off.run(&["task", "run", "-n", "dk"]);
+    assert!(text(&out).contains("Cannot connect to the Docker daemon"), "{}", text(&out));
 }
 
 /// A TLS registry with the test registries' login, in a network namespace of its own: reached

@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use kiln_api::{Argument, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source};
+use kiln_api::{
+    Argument, DockerApiMode, EncodedTaskRequest, FileTaskRequest, Platform, RunRequest, Source,
+};
 use kiln_task::config::Config;
 use kiln_task::values::{SetFlag, SetValue};
 
@@ -46,6 +48,10 @@ pub struct RunArgs {
     /// The agent pool to run in (default: any agent).
     #[arg(long, value_name = "POOL")]
     agent_pool: Option<String>,
+    /// What `cmd` steps get at /var/run/docker.sock: `off`, `scoped` (the run's own Docker
+    /// API) or `host` (the engine's own socket; admin token only). Default: the agent's.
+    #[arg(long, value_name = "off|scoped|host")]
+    docker_api: Option<DockerApiMode>,
     #[command(flatten)]
     wait: WaitArgs,
     /// The context: a local directory, a git URL, a tarball URL, or `/dev/null` for none.
@@ -96,6 +102,7 @@ pub fn run(args: RunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
             request.values = values;
             request.platform = platform;
             request.agent_pool_name = args.agent_pool.clone();
+            request.docker_api = args.docker_api;
             (RunRequest::EncodedTask(request), "--cmd".to_string())
         }
         (None, Some(Task::Local { name, text })) => (
@@ -108,6 +115,7 @@ pub fn run(args: RunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
                 platform,
                 timeout_secs: args.timeout,
                 agent_pool_name: args.agent_pool.clone(),
+                docker_api: args.docker_api,
             }),
             name,
         ),
@@ -132,6 +140,7 @@ pub fn run(args: RunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
                     platform,
                     timeout_secs: args.timeout,
                     agent_pool_name: args.agent_pool.clone(),
+                    docker_api: args.docker_api,
                 }),
                 path,
             )

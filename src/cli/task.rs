@@ -18,7 +18,7 @@ use kiln_api::task::{
     BaseImageTriggerType, CreateTask, REDACTED, RegistryLogin, Task, TaskDefinition,
     TaskRunRequest, TaskStatus, TaskStep, Timer, TimerSpec, UpdateTask, UpdateTimer,
 };
-use kiln_api::{Argument, Platform, RunQuery, Source};
+use kiln_api::{Argument, DockerApiMode, Platform, RunQuery, Source};
 use kiln_api::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
 use kiln_plan::plan::GitSsh;
 
@@ -147,6 +147,11 @@ struct DefinitionFlags {
     /// The agent pool the task's runs go to (default: any agent; "" removes it on update).
     #[arg(long, value_name = "POOL")]
     agent_pool: Option<String>,
+    /// What the task's `cmd` steps get at /var/run/docker.sock: `off`, `scoped` (the run's own
+    /// Docker API) or `host` (the engine's own socket; admin token only). Default: the agent's
+    /// own setting; "" returns to it on update.
+    #[arg(long, value_name = "off|scoped|host", value_parser = parse_docker_api)]
+    docker_api: Option<DockerApiChoice>,
     /// Enabled (default) or Disabled: a disabled task ignores its triggers.
     #[arg(long, value_name = "Enabled|Disabled", value_parser = parse_task_status)]
     status: Option<TaskStatus>,
@@ -446,6 +451,14 @@ fn parse_task_status(text: &str) -> Result<TaskStatus, String> {
         .ok_or_else(|| "expected Enabled or Disabled".to_string())
 }
 
+/// `--docker-api`'s value: a mode, or `None` ("") for the agent's own setting. An alias, so clap
+/// reads `Option<DockerApiChoice>` as an ordinary optional flag.
+type DockerApiChoice = Option<DockerApiMode>;
+
+fn parse_docker_api(text: &str) -> Result<DockerApiChoice, String> {
+    (!text.is_empty()).then(|| text.parse()).transpose()
+}
+
 fn parse_base_image_type(text: &str) -> Result<BaseImageTriggerType, String> {
     match text.to_ascii_lowercase().as_str() {
         "runtime" => Ok(BaseImageTriggerType::Runtime),
@@ -490,6 +503,7 @@ fn create_request(args: &CreateArgs) -> anyhow::Result<CreateTask> {
         values: set_values(&flags.set, &flags.set_secret)?,
         platform: flags.platform.clone().unwrap_or_else(|| Platform::parse(DEFAULT_PLATFORM)),
         agent_pool_name: flags.agent_pool.clone().filter(|p| !p.is_empty()),
+        docker_api: flags.docker_api.flatten(),
         timeout_secs: flags.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         status: flags.status.unwrap_or_default(),
         commit_trigger_enabled: flags.commit_trigger_enabled.unwrap_or(true),
@@ -544,6 +558,7 @@ fn update_request(
         values: set_values(&flags.set, &flags.set_secret)?,
         platform: flags.platform.clone(),
         agent_pool_name: flags.agent_pool.clone(),
+        docker_api: flags.docker_api,
         timeout_secs: flags.timeout,
         status: flags.status,
         commit_trigger_enabled: flags
@@ -1312,6 +1327,7 @@ mod tests {
             values: vec![],
             platform: Platform::parse("linux/amd64"),
             agent_pool_name: None,
+            docker_api: None,
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
             commit_trigger_enabled: true,

@@ -69,8 +69,8 @@ pub struct AgentConfig {
     pub stopped_message: String,
     /// How much of a run's log may wait for the control plane, in memory and on disk.
     pub log_spool: SpoolLimits,
-    /// What `cmd` steps get of this machine's engine (`--docker-api`): the agent's operator
-    /// decides, since `host` makes every step root on this machine.
+    /// What `cmd` steps get of this machine's engine (`--docker-api`) when the run does not
+    /// say: a task's `dockerApi` wins.
     pub docker_api: DockerApiMode,
 }
 

@@ -163,7 +163,8 @@ async fn execute(
             .collect();
     }
     options.timeout = Some(Duration::from_secs(lease.timeout));
-    options.docker_api = shared.config.docker_api;
+    // A task's own setting (which only an admin may widen to `host`) over the machine's default.
+    options.docker_api = lease.request.docker_api().unwrap_or(shared.config.docker_api);
     if plan.uses_run_network() {
         options.network = spare.take().await;
         // The next run's, made now so it is ready when that run comes; the engine creates it

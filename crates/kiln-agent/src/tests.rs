@@ -93,6 +93,7 @@ fn encoded(task: &str, values: Vec<Argument>) -> RunRequest {
         platform: None,
         timeout_secs: None,
         agent_pool_name: None,
+        docker_api: None,
     })
 }
 
@@ -353,6 +354,7 @@ async fn agent_file_task_from_an_upload_runs_and_a_bad_one_errors_with_its_posit
             platform: None,
             timeout_secs: None,
             agent_pool_name: None,
+            docker_api: None,
         })
     };
     let good = env.upload(
@@ -526,6 +528,7 @@ async fn agent_refuses_contexts_larger_than_the_limit_once_unpacked_or_fetched()
             platform: None,
             timeout_secs: None,
             agent_pool_name: None,
+            docker_api: None,
         });
         let id = env.queue(&request, None).await;
         let (run, log) = env.finished(&id).await;

@@ -29,6 +29,7 @@ use utoipa::ToSchema;
 
 use crate::status::{RunStatus, RunType};
 
+pub use kiln_plan::docker_api::DockerApiMode;
 pub use kiln_plan::report::Dependency;
 
 pub mod agent;
@@ -208,6 +209,10 @@ pub struct FileTaskRequest {
     /// The agent pool to run in (`--agent-pool`); absent: any agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_pool_name: Option<String>,
+    /// kiln: what `cmd` steps get of the engine (`--docker-api`); absent: the agent's own
+    /// setting. Only an admin token may ask for `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_api: Option<DockerApiMode>,
 }
 
 pub(crate) fn default_task_file() -> String {
@@ -246,6 +251,10 @@ pub struct EncodedTaskRequest {
     /// The agent pool to run in (`--agent-pool`); absent: any agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_pool_name: Option<String>,
+    /// kiln: what `cmd` steps get of the engine (`--docker-api`); absent: the agent's own
+    /// setting. Only an admin token may ask for `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_api: Option<DockerApiMode>,
 }
 
 impl RunRequest {
@@ -279,6 +288,15 @@ impl RunRequest {
             RunRequest::DockerBuild(r) => r.agent_pool_name.as_deref(),
             RunRequest::FileTask(r) => r.agent_pool_name.as_deref(),
             RunRequest::EncodedTask(r) => r.agent_pool_name.as_deref(),
+        }
+    }
+
+    /// The Docker API the request asks for (a Docker build has no `cmd` steps).
+    pub fn docker_api(&self) -> Option<DockerApiMode> {
+        match self {
+            RunRequest::DockerBuild(_) => None,
+            RunRequest::FileTask(r) => r.docker_api,
+            RunRequest::EncodedTask(r) => r.docker_api,
         }
     }
 

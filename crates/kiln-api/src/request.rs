@@ -155,6 +155,7 @@ pub fn cmd_request(command: &str, timeout_secs: Option<u64>, source: Source) -> 
         platform: None,
         timeout_secs,
         agent_pool_name: None,
+        docker_api: None,
     }
 }
 
@@ -394,6 +395,7 @@ mod tests {
             platform: None,
             timeout_secs: None,
             agent_pool_name: None,
+            docker_api: None,
         };
         let input =
             task_input(&RunRequest::FileTask(task.clone()), Some(dir.path()), None).expect("input");

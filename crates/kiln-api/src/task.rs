@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Argument, Image, Platform, millis, redact_arguments, task_wire};
+use super::{Argument, DockerApiMode, Image, Platform, millis, redact_arguments, task_wire};
 
 /// Shown instead of a secret.
 pub const REDACTED: &str = "***";
@@ -132,6 +132,8 @@ pub struct TaskDefinition {
     pub platform: Platform,
     /// The agent pool its runs go to (ACR's `agentPoolName`); `None`: any agent.
     pub agent_pool_name: Option<String>,
+    /// What its runs' `cmd` steps get of the engine; `None`: the agent's own setting.
+    pub docker_api: Option<DockerApiMode>,
     /// Seconds.
     pub timeout_secs: u64,
     pub status: TaskStatus,
@@ -220,6 +222,8 @@ pub struct UpdateTask {
     pub platform: Option<Platform>,
     /// A new agent pool; an empty string removes it (any agent).
     pub agent_pool_name: Option<String>,
+    /// A new Docker API mode; `Some(None)` removes it (the agent's own setting).
+    pub docker_api: Option<Option<DockerApiMode>>,
     /// Seconds.
     pub timeout_secs: Option<u64>,
     pub status: Option<TaskStatus>,

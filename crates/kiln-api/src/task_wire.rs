@@ -6,13 +6,13 @@
 //! events that are on and is `Enabled` when any is; without a git context there is none.
 //! Timers are not here: kiln's `timers` list is already ACR's shape.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::task::{
     BaseImageTriggerType, RegistryLogin, TaskDefinition, TaskStatus, TaskStep, UpdateTask,
 };
-use super::{Argument, Platform};
+use super::{Argument, DockerApiMode, Platform};
 
 /// The name of a task's one source trigger (`az acr task create --source-trigger-name`).
 const SOURCE_TRIGGER_NAME: &str = "defaultSourceTriggerName";
@@ -165,6 +165,10 @@ pub(super) struct Definition {
     /// The agent pool its runs go to; absent: any agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agent_pool_name: Option<String>,
+    /// What its runs' `cmd` steps get of the engine at `/var/run/docker.sock`; absent: the
+    /// agent's own setting (`--docker-api`). Only an admin token may set `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docker_api: Option<DockerApiMode>,
     /// Seconds.
     #[serde(default = "default_timeout", rename = "timeout")]
     timeout_secs: u64,
@@ -205,6 +209,7 @@ impl TryFrom<Definition> for TaskDefinition {
             values: wire.values,
             platform: wire.platform,
             agent_pool_name: wire.agent_pool_name,
+            docker_api: wire.docker_api,
             timeout_secs: wire.timeout_secs,
             status: wire.status,
             commit_trigger_enabled: triggers.commit.unwrap_or(true),
@@ -235,6 +240,7 @@ impl From<TaskDefinition> for Definition {
             values: def.values,
             platform: def.platform,
             agent_pool_name: def.agent_pool_name,
+            docker_api: def.docker_api,
             timeout_secs: def.timeout_secs,
             status: def.status,
             trigger,
@@ -264,6 +270,11 @@ pub(super) struct Update {
     /// A new agent pool; an empty string removes it (any agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agent_pool_name: Option<String>,
+    /// A new Docker API mode; `null` removes it (the agent's own setting). Only an admin
+    /// token may set `host`.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<DockerApiMode>, nullable)]
+    docker_api: Option<Option<DockerApiMode>>,
     /// Seconds.
     #[serde(default, rename = "timeout", skip_serializing_if = "Option::is_none")]
     timeout_secs: Option<u64>,
@@ -286,6 +297,13 @@ pub(super) struct Update {
     remove_credentials: Vec<String>,
 }
 
+/// A field that is present, even as `null` (JSON merge patch: `null` removes, absence keeps).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 impl TryFrom<Update> for UpdateTask {
     type Error = TriggerError;
 
@@ -297,6 +315,7 @@ impl TryFrom<Update> for UpdateTask {
             values: wire.values,
             platform: wire.platform,
             agent_pool_name: wire.agent_pool_name,
+            docker_api: wire.docker_api,
             timeout_secs: wire.timeout_secs,
             status: wire.status,
             commit_trigger_enabled: triggers.commit,
@@ -325,6 +344,7 @@ impl From<UpdateTask> for Update {
             values: update.values,
             platform: update.platform,
             agent_pool_name: update.agent_pool_name,
+            docker_api: update.docker_api,
             timeout_secs: update.timeout_secs,
             status: update.status,
             trigger: (settings != Settings::default()).then(|| Trigger::from(settings)),
@@ -421,5 +441,16 @@ mod tests {
         assert!(err.to_string().contains("sourceTriggerEvents"), "{err}");
         let flat = json!({"commitTriggerEnabled": false});
         assert!(serde_json::from_value::<UpdateTask>(flat).is_err(), "the flat shape is refused");
+    }
+
+    #[test]
+    fn an_update_tells_a_removed_docker_api_from_an_absent_one() {
+        let read = |v: serde_json::Value| serde_json::from_value::<UpdateTask>(v).unwrap();
+        assert_eq!(read(json!({})).docker_api, None);
+        assert_eq!(read(json!({"dockerApi": null})).docker_api, Some(None));
+        assert_eq!(read(json!({"dockerApi": "off"})).docker_api, Some(Some(DockerApiMode::Off)));
+        let removed = UpdateTask { docker_api: Some(None), ..Default::default() };
+        assert_eq!(serde_json::to_value(&removed).unwrap(), json!({"dockerApi": null}));
+        assert_eq!(serde_json::to_value(UpdateTask::default()).unwrap(), json!({}));
     }
 }

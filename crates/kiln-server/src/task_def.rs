@@ -199,6 +199,7 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
         values,
         platform,
         agent_pool_name,
+        docker_api,
         timeout_secs,
         status,
         commit_trigger_enabled,
@@ -225,6 +226,9 @@ pub fn apply(def: &mut TaskDefinition, update: UpdateTask) {
     }
     if let Some(pool) = agent_pool_name {
         def.agent_pool_name = (!pool.is_empty()).then_some(pool);
+    }
+    if let Some(mode) = docker_api {
+        def.docker_api = mode;
     }
     if let Some(t) = timeout_secs {
         def.timeout_secs = t;

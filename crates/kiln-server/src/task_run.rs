@@ -297,6 +297,7 @@ pub fn request_for(
             platform,
             timeout_secs,
             agent_pool_name,
+            docker_api: def.docker_api,
         }),
         TaskStep::EncodedTask { task, task_name, values_content } => {
             RunRequest::EncodedTask(EncodedTaskRequest {
@@ -308,6 +309,7 @@ pub fn request_for(
                 platform,
                 timeout_secs,
                 agent_pool_name,
+                docker_api: def.docker_api,
             })
         }
     };
@@ -338,6 +340,7 @@ mod tests {
             values: vec![Argument { name: "a".into(), value: Some("1".into()), secret: false }],
             platform: kiln_api::Platform::parse("linux/amd64"),
             agent_pool_name: None,
+            docker_api: None,
             timeout_secs: 3600,
             status: TaskStatus::Enabled,
             commit_trigger_enabled: true,

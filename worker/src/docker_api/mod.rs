@@ -17,56 +17,17 @@ mod policy;
 mod proxy;
 
 use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use base64::Engine as _;
 use bollard::Docker;
+pub use kiln_plan::docker_api::DockerApiMode;
 use kiln_plan::plan::{RegistryCredential, RunId};
 use serde_json::json;
 
 use crate::auth;
 use crate::names;
 use crate::owner::Owner;
-
-/// What a step gets of the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DockerApiMode {
-    /// No socket: `docker` commands in steps fail to connect.
-    Off,
-    /// The run's own socket, served by kiln (the default).
-    #[default]
-    Scoped,
-    /// The engine's own socket, as ACR does: for trusted task files only (any step is root on
-    /// the engine's host).
-    Host,
-}
-
-impl FromStr for DockerApiMode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "off" => Ok(DockerApiMode::Off),
-            "scoped" => Ok(DockerApiMode::Scoped),
-            "host" => Ok(DockerApiMode::Host),
-            other => {
-                Err(format!("unknown Docker API mode {other:?}: expected off, scoped or host"))
-            }
-        }
-    }
-}
-
-impl fmt::Display for DockerApiMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DockerApiMode::Off => "off",
-            DockerApiMode::Scoped => "scoped",
-            DockerApiMode::Host => "host",
-        })
-    }
-}
 
 /// Where the run's Docker config appears inside steps (`DOCKER_CONFIG`).
 const CONFIG_PATH: &str = "/run/kiln/docker";
@@ -247,16 +208,6 @@ pub(crate) fn merged_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn modes_read_and_print_their_names() {
-        for mode in [DockerApiMode::Off, DockerApiMode::Scoped, DockerApiMode::Host] {
-            assert_eq!(mode.to_string().parse::<DockerApiMode>(), Ok(mode));
-        }
-        let err = "all".parse::<DockerApiMode>().unwrap_err();
-        assert!(err.contains("expected off, scoped or host"), "{err}");
-        assert_eq!(DockerApiMode::default(), DockerApiMode::Scoped);
-    }
 
     #[test]
     fn a_steps_own_env_wins_over_the_apis() {

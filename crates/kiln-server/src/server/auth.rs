@@ -12,7 +12,7 @@ use axum::http::header::{AUTHORIZATION, CONNECTION};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use kiln_api::agents::AgentWhoAmI;
-use kiln_api::{TokenRole, WhoAmI};
+use kiln_api::{DockerApiMode, TokenRole, WhoAmI};
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -66,6 +66,25 @@ pub async fn require_admin(request: Request, next: Next) -> Response {
         ))),
         None => refuse(ApiError::Unauthorized),
     }
+}
+
+/// Only an admin token may give steps the engine's own socket (`dockerApi: host`, on a run, a
+/// task, or a change to such a task): with it every step is root on the agent's machine, so
+/// whoever chooses the code that runs with it must be trusted with that machine. `what` names
+/// the request in the refusal.
+pub fn may_use_docker_api(
+    token: &TokenInfo,
+    mode: Option<DockerApiMode>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if mode != Some(DockerApiMode::Host) || token.is_admin {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "{what} gives its steps the engine's own Docker socket (dockerApi: host), which only an \
+         admin token may do; token {} is a user token",
+        token.name
+    )))
 }
 
 /// Runs the request with what verified it as an extension, or refuses it with `unknown`.

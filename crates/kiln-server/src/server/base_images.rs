@@ -340,6 +340,7 @@ mod tests {
             values: Vec::new(),
             platform: kiln_api::Platform::parse(platform),
             agent_pool_name: None,
+            docker_api: None,
             timeout_secs: 600,
             status: kiln_api::task::TaskStatus::Enabled,
             commit_trigger_enabled: false,

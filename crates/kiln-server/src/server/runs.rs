@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use kiln_api::status::RunStatus;
 use kiln_api::{
@@ -17,13 +17,14 @@ use kiln_plan::remote;
 use kiln_task::run_id::RunId;
 use tokio::time::Instant;
 
+use super::auth;
 use super::error::ApiError;
 use super::state::{AppState, Settings};
 use crate::log_hub::LogHub;
 use crate::queue;
 use crate::store::lease::{Claimant, no_agent_reason};
 use crate::store::runs::DEFAULT_TOP;
-use crate::store::{RunFilter, RunRecord, Store};
+use crate::store::{RunFilter, RunRecord, Store, TokenInfo};
 use kiln_api::request::{CheckError, RequestError, check};
 use kiln_api::uploads;
 
@@ -41,9 +42,11 @@ const RECHECK: Duration = Duration::from_secs(1);
         (status = 401, description = "Missing or invalid token", body = ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(token): Extension<TokenInfo>,
     request: Result<Json<RunRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(request) = request?;
+    auth::may_use_docker_api(&token, request.docker_api(), "the run")?;
     let record = submit_run(&state, request, queue::Origin::default()).await?;
     Ok((StatusCode::CREATED, Json(view(&state.store, &record).await?)))
 }

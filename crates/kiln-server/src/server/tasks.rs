@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Extension, Path as UrlPath, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use kiln_api::task::{
@@ -14,11 +14,12 @@ use kiln_api::task::{
 };
 use kiln_api::{self as api, ErrorBody, List, legacy, paths};
 
+use super::auth;
 use super::error::ApiError;
 use super::runs::{submit_run, validate, view};
 use super::state::AppState;
 use crate::queue::Origin;
-use crate::store::{RunRecord, StoreError, TaskParts, TaskRecord, TimerRecord};
+use crate::store::{RunRecord, StoreError, TaskParts, TaskRecord, TimerRecord, TokenInfo};
 use crate::task_def::{self, TaskDefError};
 use crate::task_run::{self, Firing, TaskRunError};
 use crate::trigger::cron::Schedule;
@@ -50,9 +51,11 @@ impl From<TaskRunError> for ApiError {
         (status = 401, body = ErrorBody), (status = 409, description = "Name taken", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(token): Extension<TokenInfo>,
     body: Result<Json<CreateTask>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     let Json(create) = body?;
+    auth::may_use_docker_api(&token, create.definition.docker_api, "the task")?;
     let record = create_task(&state, create).await?;
     Ok((StatusCode::CREATED, Json(task_view(&state, &record).await?)))
 }
@@ -88,11 +91,12 @@ pub async fn get(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(token): Extension<TokenInfo>,
     UrlPath(name): UrlPath<String>,
     body: Result<Json<UpdateTask>, JsonRejection>,
 ) -> Result<Json<Task>, ApiError> {
     let Json(update) = body?;
-    let record = update_task(&state, &name, update).await?;
+    let record = update_task(&state, &name, update, &token).await?;
     Ok(Json(task_view(&state, &record).await?))
 }
 
@@ -116,11 +120,12 @@ pub async fn delete(
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
+    Extension(token): Extension<TokenInfo>,
     UrlPath(name): UrlPath<String>,
     body: Result<Json<TaskRunRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<api::Run>), ApiError> {
     let Json(overrides) = body?;
-    let record = run_task(&state, &name, &overrides).await?;
+    let record = run_task(&state, &name, &overrides, &token).await?;
     Ok((StatusCode::CREATED, Json(view(&state.store, &record).await?)))
 }
 
@@ -251,17 +256,23 @@ pub async fn create_task(state: &AppState, create: CreateTask) -> Result<TaskRec
     Ok(record)
 }
 
-/// Applies `update` to a stored task. Re-enabling a task restarts its timers from now, so the
-/// occurrences it slept through are not reported as missed.
+/// Applies `update` to a stored task for `token`. A task whose steps get the engine's own
+/// socket, before or after the change, only an admin may change: otherwise a user could change
+/// what runs with it. Re-enabling a task restarts its timers from now, so the occurrences it
+/// slept through are not reported as missed.
 pub async fn update_task(
     state: &AppState,
     name: &str,
     update: UpdateTask,
+    token: &TokenInfo,
 ) -> Result<TaskRecord, ApiError> {
     let record = state.store.get_task(name).await?;
     let mut definition = task_def::open(&state.secrets, &record)?;
     let was_enabled = task_def::is_enabled(&definition);
+    let what = format!("task {name}");
+    auth::may_use_docker_api(token, definition.docker_api, &what)?;
     task_def::apply(&mut definition, update);
+    auth::may_use_docker_api(token, definition.docker_api, &what)?;
     check_definition(state, &mut definition).await?;
     let write = task_def::seal(&state.secrets, name, &definition)?;
     let record = state.store.update_task(name, write).await?;
@@ -289,14 +300,21 @@ async fn check_definition(state: &AppState, def: &mut TaskDefinition) -> Result<
         .map_err(ApiError::internal)?
 }
 
-/// Queues a manual run of task `name`.
+/// Queues a manual run of task `name` for `token`. Any token may run a task as it is defined
+/// (its triggers would), but only an admin may change what a task with the engine's own socket
+/// runs (another context, file or values).
 pub async fn run_task(
     state: &AppState,
     name: &str,
     overrides: &TaskRunRequest,
+    token: &TokenInfo,
 ) -> Result<RunRecord, ApiError> {
     let record = state.store.get_task(name).await?;
     let definition = task_def::open(&state.secrets, &record)?;
+    if *overrides != TaskRunRequest::default() {
+        let what = format!("a run of task {name} with overrides");
+        auth::may_use_docker_api(token, definition.docker_api, &what)?;
+    }
     let (request, trigger) = task_run::request_for(&definition, &Firing::Manual(overrides))?;
     submit_run(state, request, Origin::task(name, &definition, trigger)).await
 }

@@ -829,6 +829,13 @@ impl Server {
         answer(self.http.run(req.body(bytes).unwrap()).unwrap())
     }
 
+    /// The whole request of stored run `id`, as an agent's lease carries it.
+    fn request_of(&self, id: &RunId) -> api::RunRequest {
+        let secrets = crate::secret_box::SecretBox::open_or_create(self.dir.path()).unwrap();
+        let run = self.rt.block_on(self.store.get_run(id)).unwrap();
+        crate::queue::open_request(&secrets, &run).unwrap().request
+    }
+
     /// A user (not admin) API token, as a later `kiln token create` would make it.
     fn user_token(&self) -> String {
         let token = "kiln_user0000";
@@ -989,4 +996,65 @@ fn server_refuses_unknown_platforms_everywhere_and_stores_nothing() {
         a.text()
     );
     assert!(s.runs().is_empty());
+}
+
+/// `dockerApi: host` gives steps the engine's own socket: only an admin token may ask for it,
+/// on a run, a task, or a change to such a task, and a user's refused request stores nothing.
+/// Narrower modes are anyone's, and a task's setting travels in its runs' requests.
+#[test]
+fn server_lets_only_admins_give_steps_the_engines_own_socket() {
+    let s = start();
+    let user = s.user_token();
+    let forbidden = |a: Answer, what: &str| {
+        assert_eq!(a.status, 403, "{}", a.text());
+        assert_eq!(
+            a.error().error.message,
+            format!(
+                "{what} gives its steps the engine's own Docker socket (dockerApi: host), which \
+                 only an admin token may do; token ci is a user token"
+            )
+        );
+    };
+    let mut request = encoded(GOOD_TASK);
+    request["dockerApi"] = json!("host");
+    forbidden(s.call("POST", "/runs", &user, &request), "the run");
+    assert!(s.runs().is_empty());
+    request["dockerApi"] = json!("off");
+    let a = s.call("POST", "/runs", &user, &request);
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = RunId::new(a.json()["runId"].as_str().unwrap());
+    assert_eq!(s.request_of(&id).docker_api(), Some(kiln_api::DockerApiMode::Off));
+
+    let task = |mode: &str| {
+        json!({"name": "app", "contextPath": "/dev/null", "dockerApi": mode,
+            "step": {"type": "EncodedTask", "encodedTaskContent": api::base64_text::encode(GOOD_TASK)}})
+    };
+    forbidden(s.call("POST", "/tasks", &user, &task("host")), "the task");
+    assert!(s.rt.block_on(s.store.list_tasks()).unwrap().is_empty());
+    let a = s.call("POST", "/tasks", &user, &task("scoped"));
+    assert_eq!(a.status, 201, "{}", a.text());
+    assert_eq!(a.json()["dockerApi"], "scoped");
+    forbidden(s.call("PATCH", "/tasks/app", &user, &json!({"dockerApi": "host"})), "task app");
+    let a = s.call("PATCH", "/tasks/app", &s.token, &json!({"dockerApi": "host"}));
+    assert_eq!((a.status, &a.json()["dockerApi"]), (200, &json!("host")), "{}", a.text());
+
+    // The task's code may now only be changed by an admin; a user may run it as it stands.
+    forbidden(s.call("PATCH", "/tasks/app", &user, &json!({"timeout": 600})), "task app");
+    let overrides = json!({"values": [{"name": "x", "value": "1"}]});
+    forbidden(
+        s.call("POST", "/tasks/app/runs", &user, &overrides),
+        "a run of task app with overrides",
+    );
+    let a = s.call("POST", "/tasks/app/runs", &user, &json!({}));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let id = RunId::new(a.json()["runId"].as_str().unwrap());
+    assert_eq!(s.request_of(&id).docker_api(), Some(kiln_api::DockerApiMode::Host));
+
+    // `null` returns the task to the agent's own setting.
+    let a = s.call("PATCH", "/tasks/app", &s.token, &json!({"dockerApi": null}));
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.json().get("dockerApi").is_none(), "{}", a.text());
+    let a = s.call("PATCH", "/tasks/app", &user, &json!({"dockerApi": "sandbox"}));
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.error().error.message.contains("dockerApi"), "{}", a.text());
 }

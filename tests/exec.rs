@@ -412,4 +412,30 @@ fn a_multi_platform_build_pushes_one_manifest_list() {
     assert!(all.contains(&format!("manifest list of 2 platforms: digest: {list_digest}")), "{all}");
     assert!(all.contains(&format!("digest: {list_digest}")), "{all}");
     assert_eq!(leftovers(&run), "");
+
+    // A build on the list names, in its report, the entry of the platform it built for: the
+    // engine records only the list's digest, and the base-image triggers watch the entry.
+    let base = format!("{}/kiln-multi:{run}", registry());
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {base}\nCOPY Dockerfile /2\n"))
+        .unwrap();
+    let file = write_task(
+        dir.path(),
+        "version: v1.1.0\nsteps:\n  - build: --platform linux/arm64 -t kiln-multi-child:$ID .\n",
+    );
+    let child = run_id("multichild");
+    let out = kiln()
+        .args(["exec", "-f"])
+        .arg(&file)
+        .arg(dir.path())
+        .args(["--registry", &registry(), "--run-id", &child])
+        .output()
+        .expect("run kiln");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let report = &all[all.find("runtime-dependency:").expect("a runtime dependency")..];
+    let runtime: Vec<&str> = report.lines().take(6).collect();
+    let arm64 = entries[1]["digest"].as_str().unwrap();
+    assert!(runtime.contains(&format!("    digest: {arm64}").as_str()), "{runtime:?}\n{all}");
+    let _ =
+        Command::new("docker").args(["rmi", &base, &format!("kiln-multi-child:{child}")]).output();
 }

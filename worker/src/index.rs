@@ -8,11 +8,16 @@
 //! does. The list is a Docker manifest list (its entries are the engine's Docker v2
 //! manifests); its digest is what the run reports for the tag.
 //!
+//! The other way round, a base image the engine pulled by a list's tag is reported as the
+//! list's entry for the build's platform ([`platform_entry`]): the engine records only the
+//! list's digest, and the base-image triggers watch the entry.
+//!
 //! Written on `oci-client` (registry auth challenges, manifest PUT), speaking plain HTTP to
 //! loopback registries as Docker does and trusting the engine's registry CAs
 //! (`/etc/docker/certs.d/<host>/ca.crt`) as Docker does.
 
 use kiln_plan::image_ref::{ImageRef, is_loopback_registry};
+use kiln_plan::manifest_list;
 use kiln_plan::plan::RegistryCredential;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex, Platform};
@@ -22,6 +27,13 @@ use oci_client::{Client, Reference};
 /// Media type of the list, and of its entries (what the engine pushes).
 const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const ENTRY: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// What a registry may answer for a digest the engine pulled by.
+const PULLED: [&str; 4] = [
+    LIST,
+    ENTRY,
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+];
 
 /// One platform's image as the registry stored it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +50,8 @@ pub struct PlatformImage {
 pub enum IndexError {
     #[error("cannot push the manifest list {image}: {message}")]
     Push { image: String, message: String },
+    #[error("cannot read the manifest of {image}: {message}")]
+    Read { image: String, message: String },
 }
 
 /// The tag a platform's image is pushed under: `app:1` for `linux/arm64/v8` is
@@ -85,22 +99,45 @@ pub async fn push(
     let full = image.with_default_tag();
     let failed = |message: String| IndexError::Push { image: full.clone(), message };
     let reference: Reference = full.parse().map_err(|e| failed(format!("{e}")))?;
+    let (client, auth) = client_for(image, credentials);
+    client
+        .push_manifest_list(&reference, &auth, manifest_list(images))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| failed(e.to_string()))
+}
+
+/// The digest of `platform`'s entry when `image` (`repo@digest`) is a manifest list or OCI
+/// index, `None` when it is one image's manifest.
+pub async fn platform_entry(
+    image: &ImageRef,
+    platform: &str,
+    credentials: &[RegistryCredential],
+) -> Result<Option<String>, IndexError> {
+    let full = image.to_string();
+    let failed = |message: String| IndexError::Read { image: full.clone(), message };
+    let reference: Reference = full.parse().map_err(|e| failed(format!("{e}")))?;
+    let (client, auth) = client_for(image, credentials);
+    let (body, _) = client
+        .pull_manifest_raw(&reference, &auth, &PULLED)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    manifest_list::entry_for(&body, platform).map_err(|e| failed(e.to_string()))
+}
+
+/// A client for `image`'s registry, with the run's login for it.
+fn client_for(image: &ImageRef, credentials: &[RegistryCredential]) -> (Client, RegistryAuth) {
     let host = image.registry_host().to_string();
     // oci-client's reqwest takes the process's rustls provider; kiln's is ring everywhere
     // (another part of the process may have installed it already, which is as good).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(client_config(&host));
     let auth = match crate::auth::for_host(credentials, &host) {
         Some(c) => {
             RegistryAuth::Basic(c.username.unwrap_or_default(), c.password.unwrap_or_default())
         }
         None => RegistryAuth::Anonymous,
     };
-    client
-        .push_manifest_list(&reference, &auth, manifest_list(images))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| failed(e.to_string()))
+    (Client::new(client_config(&host)), auth)
 }
 
 /// Plain HTTP for loopback registries (Docker's default insecure range), HTTPS with the

@@ -263,7 +263,10 @@ pub async fn run(
         cache::push(docker, &image_id, reference, req.credentials, log).await;
     }
 
-    let dependencies = dependencies(docker, &tagged, &scanned, commit).await;
+    // A multi-platform build's bases are reported as the lists it built on.
+    let single = (multi_platform.is_empty() && !platform.is_empty()).then_some(platform);
+    let bases = Bases { docker, platform: single, credentials: req.credentials };
+    let dependencies = dependencies(&bases, &tagged, &scanned, commit, log).await;
     Ok(BuildOutcome { images, image_id, platforms: multi_platform, dependencies })
 }
 
@@ -359,19 +362,28 @@ async fn follow_build(
     image_id.ok_or(BuildError::NoImageId)
 }
 
+/// Where the report's base image digests come from.
+struct Bases<'a> {
+    docker: &'a Docker,
+    /// The platform built, whose entry of a multi-platform base is reported.
+    platform: Option<&'a str>,
+    credentials: &'a [RegistryCredential],
+}
+
 async fn dependencies(
-    docker: &Docker,
+    bases: &Bases<'_>,
     tagged: &[ImageRef],
     scanned: &scan::Scan,
     commit: Option<String>,
+    log: &(dyn Fn(&[u8]) + Send + Sync),
 ) -> Vec<Dependency> {
     let runtime = match &scanned.runtime {
-        Some(image) => Some(with_local_digest(docker, image).await),
+        Some(image) => Some(with_digest(bases, image, log).await),
         None => None,
     };
     let mut buildtime = Vec::with_capacity(scanned.buildtime.len());
     for image in &scanned.buildtime {
-        buildtime.push(with_local_digest(docker, image).await);
+        buildtime.push(with_digest(bases, image, log).await);
     }
     let git = Some(GitReference { head_revision: commit.unwrap_or_default() });
     let entry = |image: Option<ImageReference>| Dependency {
@@ -389,7 +401,31 @@ async fn dependencies(
 
 /// The report entry for a base image, with the registry digest the engine recorded when it
 /// pulled it (`RepoDigests`), or for an image that never came from that registry (built or
-/// tagged locally) its image ID; empty only when the engine does not have it.
+/// tagged locally) its image ID; empty only when the engine does not have it. A registry
+/// digest of a multi-platform list is the built platform's entry of it, as the base-image
+/// triggers watch it; when the registry cannot tell, the report keeps the list and says so.
+async fn with_digest(
+    bases: &Bases<'_>,
+    image: &ImageRef,
+    log: &(dyn Fn(&[u8]) + Send + Sync),
+) -> ImageReference {
+    let mut reference = with_local_digest(bases.docker, image).await;
+    if let (Some(platform), Some(DigestKind::RepoDigest)) = (bases.platform, reference.digest_kind)
+    {
+        let mut pulled = image.clone();
+        pulled.digest = Some(reference.digest.clone());
+        match crate::index::platform_entry(&pulled, platform, bases.credentials).await {
+            Ok(Some(entry)) => reference.set_digest(entry, DigestKind::RepoDigest),
+            Ok(None) => {}
+            Err(e) => log(format!(
+                "Warning: the dependency report names {pulled} as the engine pulled it: {e}\n"
+            )
+            .as_bytes()),
+        }
+    }
+    reference
+}
+
 async fn with_local_digest(docker: &Docker, image: &ImageRef) -> ImageReference {
     let mut reference = ImageReference::from_ref(image);
     if reference.digest.is_empty()

@@ -9,7 +9,7 @@
 //!   with an `Authorization: Bearer <kiln token>` header), for immediate triggering.
 //!
 //! A multi-platform tag (manifest list, OCI index) is resolved for each watching task's
-//! platform to that platform's entry ([`crate::trigger::manifest_list`]), so a task runs when
+//! platform to that platform's entry ([`kiln_plan::manifest_list`]), so a task runs when
 //! its own platform's base changes, not when another platform of the list is rebuilt.
 //!
 //! A digest moves by compare-and-set in the store, in the transaction that queues the run, so a

@@ -15,8 +15,8 @@
 
 use serde::Deserialize;
 
-use super::manifest_list::INDEX_MEDIA_TYPES;
 use super::registry::MANIFEST_MEDIA_TYPES;
+use kiln_plan::manifest_list::INDEX_MEDIA_TYPES;
 
 /// The envelope's media type (the request's `Content-Type`).
 pub const MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";

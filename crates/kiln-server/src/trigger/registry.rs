@@ -31,7 +31,7 @@ use sha2::{Digest as _, Sha256};
 use ureq::Body;
 use ureq::http::Response;
 
-use super::manifest_list;
+use kiln_plan::manifest_list;
 
 /// The manifest media types a tag may point at, in the `Accept` header's order: Docker image
 /// manifest v2, Docker manifest list, OCI image manifest, OCI image index.

@@ -3,7 +3,8 @@
 //! the list's arm64 entry, not the list. Watching the entry instead of the list means a task is
 //! rebuilt when its own platform's base changes, not each time any platform of the list is
 //! rebuilt. A pure function over the JSON a registry answers, so the rule is tested on real
-//! documents.
+//! documents; the server's base-image triggers and the worker's dependency report both use it,
+//! so they name the same digest.
 
 use serde::Deserialize;
 
@@ -81,7 +82,7 @@ pub fn entry_for(body: &[u8], platform: &str) -> Result<Option<String>, ListErro
         .map(|(p, digest)| (p.name(), digest))
         .collect();
     let exact = entries.iter().find(|(name, _)| name.eq_ignore_ascii_case(platform));
-    let matching = || entries.iter().find(|(name, _)| kiln_plan::platform::matches(name, platform));
+    let matching = || entries.iter().find(|(name, _)| crate::platform::matches(name, platform));
     match exact.or_else(matching) {
         Some((_, digest)) => Ok(Some((*digest).to_string())),
         None => Err(ListError::NoPlatform {

@@ -2,7 +2,8 @@
 //! with the link an embedded agent takes runs through ([`LocalLink`]; the binary starts that
 //! agent, so the server does not depend on it).
 //!
-//! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`error`] — the one
+//! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`session`] — browser
+//!   sign-in with a session cookie and its CSRF rules; [`error`] — the one
 //!   error type and its JSON answer;
 //! * [`runs`] — submit/list/get/cancel; [`uploads`] — context archives; [`logs`] — plain,
 //!   followed and SSE logs; [`openapi`] — the generated API document; [`page`] — the run page
@@ -30,6 +31,7 @@ pub mod logs;
 pub mod openapi;
 pub mod page;
 pub mod runs;
+pub mod session;
 pub mod state;
 pub mod tasks;
 pub mod timers;
@@ -132,10 +134,12 @@ pub fn router(state: AppState) -> Router {
         .route(paths::RUNS, post(runs::submit).get(runs::list))
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/rerun", post(runs::rerun))
         .route("/runs/{id}/log", get(logs::log))
         .route(paths::TASKS, post(tasks::create).get(tasks::list))
         .route(paths::REGISTRY_EVENTS, post(base_images::registry_events))
         .route(paths::WHOAMI, get(auth::whoami))
+        .route(paths::SESSION, get(session::get).delete(session::sign_out))
         .route("/tasks/{name}", get(tasks::get).patch(tasks::update).delete(tasks::delete))
         .route("/tasks/{name}/runs", post(tasks::run))
         .route("/tasks/{name}/timers", post(tasks::add_timer).get(tasks::list_timers))
@@ -165,6 +169,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
+        .route(paths::SESSION, post(session::sign_in))
         .route("/ui/runs/{id}", get(page::run_page))
         .route(
             "/webhooks/{task}",

@@ -56,6 +56,10 @@ pub struct NewRun {
     pub platform: String,
     /// The agent pool it must run in; `None`: any agent.
     pub agent_pool: Option<String>,
+    /// The branch of the commit or pull request that triggered it.
+    pub branch: Option<String>,
+    /// The run this one repeats ([`Store::create_run`] of a re-run).
+    pub rerun_of: Option<RunId>,
 }
 
 impl NewRun {
@@ -71,6 +75,8 @@ impl NewRun {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             platform: DEFAULT_PLATFORM.to_string(),
             agent_pool: None,
+            branch: None,
+            rerun_of: None,
         }
     }
 }
@@ -121,15 +127,33 @@ pub struct RunRecord {
     pub agent_pool: Option<String>,
     /// The agent that took the run (kept after it ends).
     pub agent_name: Option<String>,
+    /// The branch of the commit or pull request that triggered it.
+    pub branch: Option<String>,
+    /// The run this one repeats.
+    pub rerun_of: Option<RunId>,
 }
 
 /// `list_runs` filter. `top` 0 means none; `Default` is the CLI's 15.
+///
+/// Each equality filter has an index on `(column, counter)`, so a page walks that index newest
+/// first and stops after `top` rows; `search` (a substring of the ID, task, or commit) and
+/// `image` can only narrow rows the walk reads, so their pages cost as many rows as it takes to
+/// find `top` matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub task_name: Option<String>,
     /// `repository:tag` (tag `latest` when omitted): runs that output this image.
     pub image: Option<String>,
+    /// The TRIGGER column: `Manual`, `Commit`, `Pull Request`, `Timer`, `Image Update`.
+    pub trigger: Option<String>,
+    /// The agent that took the run.
+    pub agent_name: Option<String>,
+    /// The agent pool the run asked for.
+    pub agent_pool: Option<String>,
+    pub branch: Option<String>,
+    /// A substring of the run ID, the task's name or the triggering commit (case-insensitive).
+    pub search: Option<String>,
     pub top: usize,
     /// Only runs queued before the run with this counter (a page's continuation: keyset on the
     /// counter, so runs queued meanwhile never shift a later page).
@@ -138,7 +162,18 @@ pub struct RunFilter {
 
 impl Default for RunFilter {
     fn default() -> Self {
-        Self { status: None, task_name: None, image: None, top: DEFAULT_TOP, before: None }
+        Self {
+            status: None,
+            task_name: None,
+            image: None,
+            trigger: None,
+            agent_name: None,
+            agent_pool: None,
+            branch: None,
+            search: None,
+            top: DEFAULT_TOP,
+            before: None,
+        }
     }
 }
 
@@ -170,6 +205,8 @@ pub(crate) struct RunRow {
     log_len: i64,
     agent_pool: Option<String>,
     agent_name: Option<String>,
+    branch: Option<String>,
+    rerun_of: Option<String>,
 }
 
 fn non_negative(field: &str, value: i64) -> StoreResult<u64> {
@@ -210,9 +247,34 @@ impl TryFrom<RunRow> for RunRecord {
             log_len: non_negative("log_len", row.log_len)?,
             agent_pool: row.agent_pool,
             agent_name: row.agent_name,
+            branch: row.branch,
+            rerun_of: row.rerun_of.map(RunId::new),
             id: RunId::new(row.id),
         })
     }
+}
+
+/// `list_runs`' query: every filter optional, newest first from the keyset `counter < $5`.
+/// `$10` is a LIKE pattern (escaped with `\\`) matched case-insensitively against the ID, the
+/// task and the trigger detail (where the commit is).
+pub(crate) const LIST_RUNS: &str = "SELECT * FROM runs
+     WHERE ($1 IS NULL OR status = $1)
+       AND ($2 IS NULL OR task_name = $2)
+       AND ($3 IS NULL OR output_images LIKE $3)
+       AND ($5 IS NULL OR counter < $5)
+       AND ($6 IS NULL OR trigger_kind = $6)
+       AND ($7 IS NULL OR agent_name = $7)
+       AND ($8 IS NULL OR agent_pool = $8)
+       AND ($9 IS NULL OR branch = $9)
+       AND ($10 IS NULL OR LOWER(id) LIKE LOWER($10) ESCAPE '\\'
+            OR LOWER(COALESCE(task_name, '')) LIKE LOWER($10) ESCAPE '\\'
+            OR LOWER(COALESCE(trigger_detail, '')) LIKE LOWER($10) ESCAPE '\\')
+     ORDER BY counter DESC
+     LIMIT $4";
+
+/// `text` matched literally inside a LIKE pattern escaped with `\`.
+fn like_literal(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 /// Splits `repo:tag` (the tag is after the last `:` that follows the last `/`; `latest` if none).
@@ -267,22 +329,20 @@ impl Store {
         } else {
             i64::try_from(filter.top).unwrap_or(i64::MAX)
         };
-        let rows: Vec<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
-            "SELECT * FROM runs
-             WHERE ($1 IS NULL OR status = $1)
-               AND ($2 IS NULL OR task_name = $2)
-               AND ($3 IS NULL OR output_images LIKE $3)
-               AND ($5 IS NULL OR counter < $5)
-             ORDER BY counter DESC
-             LIMIT $4",
-        )
-        .bind(filter.status.map(RunStatus::as_str))
-        .bind(&filter.task_name)
-        .bind(&like)
-        .bind(limit)
-        .bind(filter.before.map(|b| to_i64("before", b)).transpose()?)
-        .fetch_all(pool)
-        .await)?;
+        let search = filter.search.as_deref().map(|s| format!("%{}%", like_literal(s)));
+        let rows: Vec<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(LIST_RUNS)
+            .bind(filter.status.map(RunStatus::as_str))
+            .bind(&filter.task_name)
+            .bind(&like)
+            .bind(limit)
+            .bind(filter.before.map(|b| to_i64("before", b)).transpose()?)
+            .bind(&filter.trigger)
+            .bind(&filter.agent_name)
+            .bind(&filter.agent_pool)
+            .bind(&filter.branch)
+            .bind(&search)
+            .fetch_all(pool)
+            .await)?;
         let top = if filter.top == 0 { usize::MAX } else { filter.top };
         let mut runs = Vec::new();
         for row in rows {
@@ -369,9 +429,10 @@ pub(crate) async fn insert_run(
         "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
             timeout_secs, platform, created_at, started_at, finished_at, updated_at,
             error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
-            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request, agent_pool)
+            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request, agent_pool,
+            branch, rerun_of)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
-            FALSE, 0, NULL, NULL, $11, $12, $13, $14, $15)
+            FALSE, 0, NULL, NULL, $11, $12, $13, $14, $15, $16, $17)
          RETURNING *",
     )
     .bind(id.as_str())
@@ -389,6 +450,8 @@ pub(crate) async fn insert_run(
     .bind(&new.trigger_detail)
     .bind(&new.sealed_request)
     .bind(&new.agent_pool)
+    .bind(&new.branch)
+    .bind(new.rerun_of.as_ref().map(RunId::as_str))
     .fetch_one(c)
     .await)?;
     on_tx!(&mut *tx, |c| sqlx::query(

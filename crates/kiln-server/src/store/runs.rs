@@ -3,6 +3,7 @@
 //! conversion lives here too, so a corrupt row is a typed error rather than a panic.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
 use kiln_api::status::{RunStatus, RunType};
 use kiln_api::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
 use kiln_task::run_id::{RunId, format_run_id};
@@ -209,6 +210,14 @@ pub(crate) struct RunRow {
     rerun_of: Option<String>,
 }
 
+impl RunRow {
+    /// Whether the run output `repo:tag` (an unreadable list outputs nothing).
+    fn outputs(&self, repo: &str, tag: &str) -> bool {
+        serde_json::from_str::<Vec<OutputImage>>(&self.output_images)
+            .is_ok_and(|images| images.iter().any(|i| i.repository == repo && i.tag == tag))
+    }
+}
+
 fn non_negative(field: &str, value: i64) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{field} is negative: {value}")))
 }
@@ -254,23 +263,61 @@ impl TryFrom<RunRow> for RunRecord {
     }
 }
 
-/// `list_runs`' query: every filter optional, newest first from the keyset `counter < $5`.
-/// `$10` is a LIKE pattern (escaped with `\\`) matched case-insensitively against the ID, the
-/// task and the trigger detail (where the commit is).
-pub(crate) const LIST_RUNS: &str = "SELECT * FROM runs
-     WHERE ($1 IS NULL OR status = $1)
-       AND ($2 IS NULL OR task_name = $2)
-       AND ($3 IS NULL OR output_images LIKE $3)
-       AND ($5 IS NULL OR counter < $5)
-       AND ($6 IS NULL OR trigger_kind = $6)
-       AND ($7 IS NULL OR agent_name = $7)
-       AND ($8 IS NULL OR agent_pool = $8)
-       AND ($9 IS NULL OR branch = $9)
-       AND ($10 IS NULL OR LOWER(id) LIKE LOWER($10) ESCAPE '\\'
-            OR LOWER(COALESCE(task_name, '')) LIKE LOWER($10) ESCAPE '\\'
-            OR LOWER(COALESCE(trigger_detail, '')) LIKE LOWER($10) ESCAPE '\\')
-     ORDER BY counter DESC
-     LIMIT $4";
+/// A value bound to a [`list_query`] placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// `list_runs`' SQL for `filter` and its binds, `$1`, `$2`, … in order. Only the filters that
+/// are set become conditions, each a plain equality (or LIKE), so the planner sees e.g.
+/// `agent_name = $1 ORDER BY counter DESC` and walks the `(agent_name, counter)` index from its
+/// newest entry, reading a page's rows and no more; a `($1 IS NULL OR col = $1)` form would be
+/// planned once for every binding and scan the table. `search` is a LIKE on the ID, the task
+/// and the trigger detail (where the commit is), in any case. No LIMIT: callers stop reading.
+pub(crate) fn list_query(filter: &RunFilter) -> StoreResult<(String, Vec<Bind>)> {
+    let mut sql = String::from("SELECT * FROM runs");
+    let mut binds = Vec::new();
+    let mut condition = |clause: &str, bind: Bind| {
+        binds.push(bind);
+        let n = binds.len();
+        sql.push_str(if n == 1 { " WHERE " } else { " AND " });
+        sql.push_str(&clause.replace("$?", &format!("${n}")));
+    };
+    let text = |v: &Option<String>| v.clone().map(Bind::Text);
+    let equalities = [
+        ("status = $?", filter.status.map(|s| Bind::Text(s.as_str().to_string()))),
+        ("task_name = $?", text(&filter.task_name)),
+        ("trigger_kind = $?", text(&filter.trigger)),
+        ("agent_name = $?", text(&filter.agent_name)),
+        ("agent_pool = $?", text(&filter.agent_pool)),
+        ("branch = $?", text(&filter.branch)),
+    ];
+    for (clause, bind) in equalities {
+        if let Some(bind) = bind {
+            condition(clause, bind);
+        }
+    }
+    if let Some(before) = filter.before {
+        condition("counter < $?", Bind::Int(to_i64("before", before)?));
+    }
+    if let Some((repo, _)) = filter.image.as_deref().map(split_image) {
+        // Only narrows candidates (`_` in a repository name is a wildcard here, so it can
+        // over-match, never under-match); `list_runs` checks the exact image.
+        condition("output_images LIKE $?", Bind::Text(format!("%\"repository\":\"{repo}\"%")));
+    }
+    if let Some(search) = &filter.search {
+        let pattern = format!("%{}%", like_literal(&search.to_lowercase()));
+        condition(
+            "(LOWER(id) LIKE $? ESCAPE '\\' OR LOWER(COALESCE(task_name, '')) LIKE $? ESCAPE '\\' \
+             OR LOWER(COALESCE(trigger_detail, '')) LIKE $? ESCAPE '\\')",
+            Bind::Text(pattern),
+        );
+    }
+    sql.push_str(" ORDER BY counter DESC");
+    Ok((sql, binds))
+}
 
 /// `text` matched literally inside a LIKE pattern escaped with `\`.
 fn like_literal(text: &str) -> String {
@@ -320,46 +367,34 @@ impl Store {
     /// Runs matching `filter`, newest first, at most `filter.top` (all when 0).
     pub async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
         let image = filter.image.as_deref().map(split_image);
-        // With an image filter the SQL only narrows candidates (LIKE on the JSON text; `_` in a
-        // repository name is a wildcard there, so it can over-match, never under-match); the
-        // exact match and `top` are applied below.
-        let like = image.map(|(repo, _)| format!("%\"repository\":\"{repo}\"%"));
-        let limit = if filter.top == 0 || image.is_some() {
-            i64::MAX
-        } else {
-            i64::try_from(filter.top).unwrap_or(i64::MAX)
-        };
-        let search = filter.search.as_deref().map(|s| format!("%{}%", like_literal(s)));
-        let rows: Vec<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(LIST_RUNS)
-            .bind(filter.status.map(RunStatus::as_str))
-            .bind(&filter.task_name)
-            .bind(&like)
-            .bind(limit)
-            .bind(filter.before.map(|b| to_i64("before", b)).transpose()?)
-            .bind(&filter.trigger)
-            .bind(&filter.agent_name)
-            .bind(&filter.agent_pool)
-            .bind(&filter.branch)
-            .bind(&search)
-            .fetch_all(pool)
-            .await)?;
+        let (sql, binds) = list_query(filter)?;
         let top = if filter.top == 0 { usize::MAX } else { filter.top };
-        let mut runs = Vec::new();
-        for row in rows {
-            let run = RunRecord::try_from(row)?;
-            let wanted = image.is_none_or(|(repo, tag)| {
-                run.output_images.iter().any(|i| i.repository == repo && i.tag == tag)
-            });
-            if wanted {
-                runs.push(run);
-                if runs.len() == top {
-                    break;
+        // Rows stream newest first and reading stops once `top` matched: a page costs the rows
+        // up to its last match, not the table.
+        let rows: Vec<RunRow> = on_db!(self.db(), |pool| {
+            // Audited: `list_query` builds the text from fixed clauses only; every value is bound.
+            let mut query = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql.clone()));
+            for bind in &binds {
+                query = match bind {
+                    Bind::Text(text) => query.bind(text),
+                    Bind::Int(n) => query.bind(n),
+                };
+            }
+            let mut stream = query.fetch(pool);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.try_next().await? {
+                let wanted = image.is_none_or(|(repo, tag)| row.outputs(repo, tag));
+                if wanted {
+                    rows.push(row);
+                    if rows.len() == top {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(runs)
+            Ok::<_, StoreError>(rows)
+        })?;
+        rows.into_iter().map(RunRecord::try_from).collect()
     }
-
     /// Cancels a run: a queued run becomes Canceled at once; a started or running one gets
     /// `cancel_requested` (its worker acts on it and finishes it as Canceled). A finished run is
     /// [`StoreError::AlreadyFinished`]; an unknown ID [`StoreError::NotFound`]. Returns the run

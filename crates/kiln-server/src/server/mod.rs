@@ -6,8 +6,8 @@
 //!   sign-in with a session cookie and its CSRF rules; [`error`] — the one
 //!   error type and its JSON answer;
 //! * [`runs`] — submit/list/get/cancel; [`uploads`] — context archives; [`logs`] — plain,
-//!   followed and SSE logs; [`openapi`] — the generated API document; [`page`] — the run page
-//!   for browsers;
+//!   followed and SSE logs; [`openapi`] — the generated API document; [`app`] — the web app,
+//!   embedded;
 //! * [`tasks`] — task and timer management and manual task runs; [`webhooks`] — git hosts'
 //!   deliveries; [`timers`] — the loop that fires timer triggers; [`base_images`] — registry
 //!   polling and push notifications for base-image triggers;
@@ -19,6 +19,7 @@
 
 pub mod agent_api;
 pub mod agents;
+pub mod app;
 pub mod auth;
 pub mod base_images;
 pub mod dispatch;
@@ -29,7 +30,6 @@ pub mod janitor;
 pub mod limits;
 pub mod logs;
 pub mod openapi;
-pub mod page;
 pub mod runs;
 pub mod session;
 pub mod state;
@@ -125,7 +125,7 @@ pub enum ServeError {
     SecretKey(#[from] crate::secret_box::SecretBoxError),
 }
 
-/// The HTTP app. Every route but `/healthz`, `/openapi.json` and the (data-free) run page needs
+/// The HTTP app. Every route but `/healthz`, `/openapi.json`, sign-in and the (data-free) web app needs
 /// a token: an API token (an admin's for the agent registry), or under `/agent/` an agent
 /// token, which passes nowhere else. Every answer carries the security headers ([`headers`]) and every error answer the
 /// JSON error shape ([`error::json_errors`]).
@@ -170,7 +170,9 @@ pub fn router(state: AppState) -> Router {
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
         .route(paths::SESSION, post(session::sign_in))
-        .route("/ui/runs/{id}", get(page::run_page))
+        .route("/", get(app::index))
+        .route("/ui/{*page}", get(app::ui))
+        .route("/assets/{file}", get(app::assets))
         .route(
             "/webhooks/{task}",
             post(webhooks::deliver).layer(DefaultBodyLimit::max(webhooks::MAX_DELIVERY_BYTES)),

@@ -533,7 +533,8 @@ fn server_openapi_lists_every_path_and_the_bearer_scheme() {
         "/session",
         "/healthz",
         "/openapi.json",
-        "/ui/runs/{id}",
+        "/",
+        "/ui/{page}",
         "/agents",
         "/agents/{name}",
         "/agentPools",
@@ -617,14 +618,24 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
 }
 
 #[test]
-fn server_run_page_is_public_html_without_run_data() {
+fn server_serves_the_embedded_app_at_root_and_ui_paths() {
     let s = start();
-    let a = answer(s.http.get(s.url("/ui/runs/ka1")).call().unwrap());
+    for path in ["/", "/ui/runs/ka1", "/ui/tasks/x"] {
+        let a = answer(s.http.get(s.url(path)).call().unwrap());
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.content_type.as_deref(), Some("text/html; charset=utf-8"), "{path}");
+        let page = a.text();
+        assert!(page.contains("<main id=\"main\">"), "{page}");
+        assert!(!page.contains("<script>"), "no inline script: {page}");
+    }
+    let page = answer(s.http.get(s.url("/")).call().unwrap()).text();
+    let script = page.split_once("src=\"/assets/").unwrap().1.split_once('"').unwrap().0;
+    let a = answer(s.http.get(s.url(&format!("/assets/{script}"))).call().unwrap());
     assert_eq!(a.status, 200);
-    let page = a.text();
-    assert!(page.contains(r#"const runId = "ka1";"#), "{page}");
-    assert!(page.contains("/log?follow=true&offset="), "the page follows the log by offset");
-    assert!(page.contains("Authorization"), "it reads the API with the user's token");
+    assert_eq!(a.content_type.as_deref(), Some("text/javascript; charset=utf-8"));
+    assert!(a.text().contains("/session"), "the app signs in");
+    let a = answer(s.http.get(s.url("/assets/nope.js")).call().unwrap());
+    assert_eq!(a.status, 404);
 }
 
 /// One raw HTTP/1.1 exchange: `head` (request line and headers, no blank line) is sent, then
@@ -768,16 +779,12 @@ fn server_answers_carry_security_headers() {
         assert_eq!((frame.as_str(), sniff.as_str()), ("DENY", "nosniff"), "{path}");
         assert_eq!(referrer, "no-referrer", "{path}");
     }
-    let [policy, frame, ..] = headers("/ui/runs/ka1", false);
-    assert_eq!(frame, "DENY");
-    let page = s.get("/ui/runs/ka1").text();
-    let script = page.split_once("<script>").unwrap().1.split_once("</script>").unwrap().0;
-    let digest = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        Sha256::digest(script.as_bytes()),
-    );
-    assert!(policy.contains(&format!("script-src 'sha256-{digest}'")), "{policy}");
-    assert!(policy.contains("connect-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    for page in ["/", "/ui/runs/ka1"] {
+        let [policy, frame, ..] = headers(page, false);
+        assert_eq!(frame, "DENY");
+        assert_eq!(policy, app::APP_POLICY);
+        assert!(policy.contains("script-src 'self';") && !policy.contains("unsafe"), "{policy}");
+    }
 }
 
 #[test]
@@ -806,7 +813,7 @@ fn server_openapi_documents_the_answers_every_operation_can_give() {
     let upload = &op("/uploads", "post")["requestBody"]["content"]["application/octet-stream"];
     let schema = upload["schema"]["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
     assert_eq!(doc["components"]["schemas"][schema]["format"], "binary", "{upload}");
-    let page = &op("/ui/runs/{id}", "get")["responses"]["200"]["content"];
+    let page = &op("/ui/{page}", "get")["responses"]["200"]["content"];
     assert!(page["text/html"].is_object(), "{page}");
     let create = &doc["components"]["schemas"]["CreateTask"]["allOf"];
     let name = &create.as_array().unwrap().iter().find(|s| s["properties"].is_object()).unwrap()["properties"]

@@ -7,7 +7,7 @@ export interface Image { registry: string; repository: string; tag: string; dige
 export interface SourceTrigger { eventType: string; commitId: string; pullRequestId?: string; repositoryUrl: string; branchName: string; providerType: string }
 export interface Run {
   runId: string; status: string; runType: string; trigger: string;
-  triggerDetail: { sourceTrigger?: SourceTrigger; timerTrigger?: { timerTriggerName: string; scheduleOccurrence: string }; imageUpdateTrigger?: unknown };
+  triggerDetail?: { sourceTrigger?: SourceTrigger; timerTrigger?: { timerTriggerName: string; scheduleOccurrence: string }; imageUpdateTrigger?: unknown };
   task?: string; createTime: string; startTime?: string; finishTime?: string; lastUpdatedTime: string;
   platform: { os: string; architecture: string; variant?: string }; timeout: number; outputImages: Image[];
   dependencies?: unknown[]; runErrorMessage?: string; logLength: number; agentPoolName?: string; agentName?: string;
@@ -45,7 +45,8 @@ export const get = <T>(path: string) => call<T>("GET", path);
 export const post = <T>(path: string, body?: unknown) => call<T>("POST", path, body);
 
 export async function restore(): Promise<Session | null> {
-  try { session = await get<Session>("/session"); } catch { session = null; }
+  // 204: not signed in.
+  try { session = (await get<Session | undefined>("/session")) ?? null; } catch { session = null; }
   return session;
 }
 export async function signIn(token: string): Promise<Session> {

@@ -33,7 +33,7 @@ function field(id: string, label: string, value: string): [HTMLElement, HTMLInpu
 function runsTable(runs: Run[]): HTMLElement {
   const body = h("tbody");
   for (const r of runs) {
-    const detail = r.triggerDetail.sourceTrigger;
+    const detail = r.triggerDetail?.sourceTrigger;
     body.append(h("tr", {},
       h("td", {}, h("a", { href: `/ui/runs/${enc(r.runId)}` }, r.runId)),
       h("td", {}, r.task ? h("a", { href: `/ui/tasks/${enc(r.task)}` }, r.task) : ""),
@@ -89,7 +89,7 @@ function dl(pairs: [string, string | Node | undefined | null][]): HTMLElement {
 }
 
 function trigger(run: Run): string {
-  const d = run.triggerDetail;
+  const d = run.triggerDetail ?? {};
   if (d.sourceTrigger) {
     const s = d.sourceTrigger;
     return `${run.trigger}: ${s.repositoryUrl} ${s.branchName} @ ${s.commitId}${s.pullRequestId ? ` (PR ${s.pullRequestId})` : ""}`;
@@ -171,7 +171,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   let source: EventSource | undefined;
   const stream = () => {
     source = new EventSource(`/runs/${enc(run.runId)}/log`);
-    source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data + "\n"));
+    source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data));
     source.addEventListener("end", async () => {
       source?.close(); log.end();
       try { run = await api.get<Run>(`/runs/${enc(run.runId)}`); render(); } catch (e) { message.textContent = (e as Error).message; }
@@ -196,7 +196,8 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   return () => { source?.close(); window.removeEventListener("hashchange", line); };
 }
 
-interface Task { name: string; definition: Record<string, unknown>; timers: { name: string; schedule: string; status: string; nextFireTime?: string }[];
+// A task as the API shows it: its definition's fields (secrets as `***`) beside these.
+interface Task { name: string; commitTriggerEnabled: boolean; pullRequestTriggerEnabled: boolean; baseImageTriggerEnabled: boolean; timers: { name: string; schedule: string; status: string; nextFireTime?: string }[];
   webhook: { url: string; secret: string }; baseImageDependencies: { kind: string; image?: string; digest?: string }[]; history: unknown[] }
 
 /// `/ui/tasks`: the tasks, each with its last run.
@@ -207,7 +208,8 @@ export async function tasksPage(main: HTMLElement): Promise<void> {
     const body = h("tbody");
     for (const t of tasks.value) {
       const last = (await api.get<api.List<Run>>(`/runs?task=${enc(t.name)}&top=1`)).value[0];
-      const triggers = [t.timers.length ? `${t.timers.length} timer(s)` : "", JSON.stringify(t.definition).includes('"commitTriggerEnabled":true') ? "commit" : ""].filter(Boolean).join(", ");
+      const triggers = [t.timers.length ? `${t.timers.length} timer(s)` : "", t.commitTriggerEnabled ? "commit" : "",
+        t.pullRequestTriggerEnabled ? "pull request" : "", t.baseImageTriggerEnabled ? "base image" : ""].filter(Boolean).join(", ");
       body.append(h("tr", {}, h("td", {}, h("a", { href: `/ui/tasks/${enc(t.name)}` }, t.name)),
         h("td", {}, last ? h("a", { href: `/ui/runs/${enc(last.runId)}` }, last.runId) : ""),
         h("td", {}, last ? status(last.status) : ""), h("td", {}, triggers)));
@@ -255,10 +257,16 @@ export async function taskPage(main: HTMLElement, name: string): Promise<() => v
     h("h2", {}, "Timers"), task.timers.length ? timers : h("p", {}, "None."),
     h("h2", {}, "Base images"), h("pre", {}, task.baseImageDependencies.length ? JSON.stringify(task.baseImageDependencies, null, 2) : "None."),
     h("h2", {}, "Recent runs"), runs,
-    h("h2", {}, "Definition"), h("pre", { class: "definition" }, JSON.stringify(task.definition, null, 2)),
+    h("h2", {}, "Definition"), h("pre", { class: "definition" }, JSON.stringify(definition(task), null, 2)),
     h("h2", {}, "History"), h("pre", {}, JSON.stringify(task.history, null, 2)));
   try { runs.append(runsTable((await api.get<api.List<Run>>(`/runs?task=${enc(task.name)}&top=10`)).value)); } catch (e) { failure(runs, e); }
   return () => {};
+}
+
+/// The task's definition: what the API shows but its webhook, timers, history and runs.
+function definition(task: Task): Record<string, unknown> {
+  const { webhook: _w, timers: _t, history: _h, baseImageDependencies: _b, ...rest } = task;
+  return rest;
 }
 
 interface Agent { name: string; kind: string; server?: string; pool?: string; platforms: { os: string; architecture: string }[]; capacity?: number; runsInHand: number; version?: string; lastSeen?: string }

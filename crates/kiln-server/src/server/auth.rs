@@ -32,15 +32,17 @@ pub fn bearer_token(request: &Request) -> Option<&str> {
 /// protocol ([`require_agent_token`]).
 pub async fn require_token(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let verified = match bearer_token(&request).map(str::to_string) {
         Some(token) => state.store.verify_token(&token).await,
-        None => match super::session::authenticate(&state, &mut request).await {
-            Ok(token) => Ok(token),
-            Err(e) => return refuse(e),
-        },
+        None => {
+            match super::session::authenticate(&state, request.method(), request.headers()).await {
+                Ok(token) => Ok(token),
+                Err(e) => return refuse(e),
+            }
+        }
     };
     admit(verified, ApiError::Unauthorized, request, next).await
 }

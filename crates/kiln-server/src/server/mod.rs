@@ -52,7 +52,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
@@ -139,7 +139,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::TASKS, post(tasks::create).get(tasks::list))
         .route(paths::REGISTRY_EVENTS, post(base_images::registry_events))
         .route(paths::WHOAMI, get(auth::whoami))
-        .route(paths::SESSION, get(session::get).delete(session::sign_out))
+        .route(paths::SESSION, delete(session::sign_out))
         .route("/tasks/{name}", get(tasks::get).patch(tasks::update).delete(tasks::delete))
         .route("/tasks/{name}/runs", post(tasks::run))
         .route("/tasks/{name}/timers", post(tasks::add_timer).get(tasks::list_timers))
@@ -169,7 +169,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
-        .route(paths::SESSION, post(session::sign_in))
+        .route(paths::SESSION, post(session::sign_in).get(session::get))
         .route("/", get(app::index))
         .route("/ui/{*page}", get(app::ui))
         .route("/assets/{file}", get(app::assets))

@@ -11,18 +11,18 @@
 //! checks the origin too, so another site cannot sign a browser into its own token.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, Request, State};
 use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{AppendHeaders, IntoResponse};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use chrono::TimeDelta;
 use kiln_api::{ErrorBody, Session, SignIn, TokenRole};
 use subtle::ConstantTimeEq as _;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::store::{SessionInfo, TokenInfo};
+use crate::store::TokenInfo;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "kiln_session";
@@ -52,13 +52,20 @@ pub async fn sign_in(
     Ok((StatusCode::CREATED, AppendHeaders([(SET_COOKIE, cookie)]), Json(session)))
 }
 
-/// The session the request's cookie belongs to (the app reads its CSRF token here).
-#[utoipa::path(get, path = "/session", tag = "meta",
-    responses((status = 200, body = Session),
-        (status = 401, description = "No valid session cookie", body = ErrorBody)))]
-pub async fn get(session: Option<Extension<SessionInfo>>) -> Result<Json<Session>, ApiError> {
-    let Extension(session) = session.ok_or(ApiError::Unauthorized)?;
-    Ok(Json(view(&session.token, session.csrf, session.expires_at)))
+/// The session the request's cookie belongs to (the app reads its CSRF token here), or 204
+/// when there is none: the app asks this on every load, and "not signed in" is an answer, not
+/// an error.
+#[utoipa::path(get, path = "/session", tag = "meta", security(()),
+    responses((status = 200, description = "Signed in", body = Session),
+        (status = 204, description = "No live session cookie: not signed in")))]
+pub async fn get(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let Some(id) = session_cookie(&headers) else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    Ok(match state.store.verify_session(id).await? {
+        Some(s) => Json(view(&s.token, s.csrf, s.expires_at)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// Sign out: ends the cookie's session and clears the cookie.
@@ -76,19 +83,17 @@ pub async fn sign_out(
     Ok((StatusCode::NO_CONTENT, AppendHeaders([(SET_COOKIE, cookie("", 0, secure))])))
 }
 
-/// The token a request's session cookie stands for, with the [`SessionInfo`] added to its
-/// extensions; `None` without a cookie. A cookie that is not a live session is
+/// The token a request's session cookie stands for; `None` without a cookie. A cookie that is not a live session is
 /// [`ApiError::Unauthorized`]; a state-changing request that fails [`check_request`] is refused.
 pub async fn authenticate(
     state: &AppState,
-    request: &mut Request,
+    method: &Method,
+    headers: &HeaderMap,
 ) -> Result<Option<TokenInfo>, ApiError> {
-    let Some(id) = session_cookie(request.headers()) else { return Ok(None) };
+    let Some(id) = session_cookie(headers) else { return Ok(None) };
     let session = state.store.verify_session(id).await?.ok_or(ApiError::Unauthorized)?;
-    check_request(request.method(), request.headers(), &session.csrf)?;
-    let token = session.token.clone();
-    request.extensions_mut().insert(session);
-    Ok(Some(token))
+    check_request(method, headers, &session.csrf)?;
+    Ok(Some(session.token))
 }
 
 /// What a request made with a session cookie must show: nothing for a read (GET, HEAD); for

@@ -1134,6 +1134,8 @@ fn server_session_cookie_reads_freely_and_writes_only_with_csrf_from_this_origin
     let a = with("GET", "/session", &[]);
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()["csrfToken"], csrf);
+    let a = answer(s.http.get(s.url("/session")).call().unwrap());
+    assert_eq!(a.status, 204, "no cookie: not signed in");
     // A write without the CSRF token, with a wrong one, or from another origin does nothing.
     let origin = ("origin", s.base.as_str());
     for headers in [
@@ -1160,6 +1162,7 @@ fn server_session_cookie_reads_freely_and_writes_only_with_csrf_from_this_origin
     let a = with("DELETE", "/session", &good);
     assert_eq!(a.status, 204, "{}", a.text());
     assert_eq!(with("GET", "/runs", &[]).status, 401);
+    assert_eq!(with("GET", "/session", &[]).status, 204);
     // Bearer requests never need a CSRF token.
     let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
     assert_eq!(a.status, 200, "{}", a.text());

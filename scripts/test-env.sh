@@ -62,8 +62,10 @@ REGISTRY_PASSWORD=kiln-test-password
 # python3-venv: the venv schemathesis (the API fuzzer of tests/api_fuzz.rs) is installed into.
 # iproute2: `ip netns` and veth pairs for the partition tests (tests/support/netns.rs).
 # postgresql-15: the store's second backend (its cluster service is not started, policy-rc.d).
+# chromium, fonts-dejavu-core: the browser the web app's end-to-end tests drive (tests/ui.rs,
+# Playwright's playwright-core with Debian's Chromium; nothing is downloaded by Playwright).
 PACKAGES=(docker.io docker-registry busybox-static apache2-utils curl libssl-dev pkg-config zlib1g-dev
-  openssh-server python3-venv iproute2 postgresql-15)
+  openssh-server python3-venv iproute2 postgresql-15 chromium fonts-dejavu-core)
 [[ ${KILN_TEST_EMULATION:-yes} == no ]] || PACKAGES+=(qemu-user-static binfmt-support)
 SCHEMATHESIS_REQUIREMENTS="$(dirname "${BASH_SOURCE[0]}")/schemathesis-requirements.txt"
 DOCKERD_WAIT=60   # seconds for dockerd to answer

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 ./scripts/test-env.sh
+./scripts/build-web.sh
 set -a
 # shellcheck disable=SC1091
 . /var/lib/kiln-test/env

@@ -18,6 +18,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 KILN_TEST_EMULATION=${KILN_EMULATION:-no} ./scripts/test-env.sh
+./scripts/build-web.sh
 cargo build --release --bin kiln
 install -m 0755 target/release/kiln /usr/local/bin/kiln
 

@@ -361,6 +361,12 @@ impl Client {
         self.json(self.check(response, Some(id))?, "the cancel request")
     }
 
+    /// `POST /runs/{id}/rerun`: the new run.
+    pub fn rerun(&self, id: &str) -> Result<Run, ClientError> {
+        let response = self.authorize(self.agent.post(self.url(&paths::rerun(id)))).send_empty();
+        self.json(self.check(response, Some(id))?, "the re-run")
+    }
+
     /// `POST /tasks`.
     pub fn create_task(&self, task: &CreateTask) -> Result<Task, ClientError> {
         self.send(self.agent.post(self.url(paths::TASKS)), task, "the task")

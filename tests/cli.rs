@@ -261,3 +261,21 @@ fn every_line_keeps_its_arrival_time_beside_the_log() {
     let out = server.run(&["logs", &id, "--timestamps", "--follow"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+#[test]
+fn rerun_runs_the_same_request_again_as_a_linked_run() {
+    let server = Server::start("ecr", 1);
+    let out = server.run(&["run", "--cmd", "busybox echo hello-again", "--no-wait", "/dev/null"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = queued_id(&out);
+    assert_eq!(server.finished(&first)["status"], "Succeeded");
+    let out = server.run(&["rerun", &first]);
+    exits(&out, 0, &format!("(a re-run of {first})"), "rerun");
+    let second = queued_id(&out);
+    assert_ne!(second, first);
+    let run = server.finished(&second);
+    assert_eq!((&run["status"], &run["rerunOf"]), (&"Succeeded".into(), &first.clone().into()));
+    let out = server.run(&["logs", &second]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello-again"), "{}", text(&out));
+    exits(&server.run(&["rerun", "nosuch"]), 1, "run nosuch not found", "unknown run");
+}

@@ -62,7 +62,7 @@ fn the_cli_runs_and_follows_over_https_with_the_servers_ca() {
         .unwrap();
     exits(&out, 0, "over-tls", "logs with KILN_CA_FILE");
 
-    // The agent's client, the server-sent events of the log and the run page.
+    // The agent's client, the server-sent events of the log, the app's run page and sign-in.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client =
@@ -80,6 +80,16 @@ fn the_cli_runs_and_follows_over_https_with_the_servers_ca() {
         let page = client.get(format!("{}/ui/runs/{id}", server.url)).send().await.unwrap();
         assert_eq!(page.status(), 200);
         assert!(page.text().await.unwrap().contains("<html"));
+        // Over HTTPS the browser's session cookie is Secure (sent over HTTPS only).
+        let signed = client
+            .post(format!("{}/session", server.url))
+            .json(&serde_json::json!({"token": server.token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed.status(), 201);
+        let cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.ends_with("; HttpOnly; SameSite=Strict; Secure"), "{cookie}");
     });
 
     // Without the CA (the public roots) and with another CA: a certificate error, exit 1.

@@ -55,6 +55,9 @@ enum Command {
     ListRuns(runs::ListRunsArgs),
     /// Cancel a queued or running run.
     CancelRun(runs::CancelRunArgs),
+    /// Queue a run's request again (same source, commit, values and overrides) as a new run
+    /// linked to it; prints the new run's ID.
+    Rerun(runs::RerunArgs),
     /// Check an API token (asked for without echo, or read from stdin) against the server and
     /// save it.
     Login(login::LoginArgs),
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::ShowRun(args) => runs::show_run(args, &cli.server),
         Command::ListRuns(args) => runs::list_runs(args, &cli.server),
         Command::CancelRun(args) => runs::cancel_run(args, &cli.server),
+        Command::Rerun(args) => runs::rerun(args, &cli.server),
         Command::Login(args) => login::login(args, &cli.server),
         Command::Logout(args) => login::logout(args, &cli.server),
         Command::Whoami(args) => login::whoami(args, &cli.server),

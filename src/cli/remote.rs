@@ -421,6 +421,7 @@ mod tests {
             agent_name: None,
             waiting_reason: None,
             request: None,
+            rerun_of: None,
         }
     }
 

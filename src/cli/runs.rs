@@ -1,5 +1,6 @@
 //! `kiln show-run`, `kiln list-runs` and `kiln cancel-run`: run records as `az acr task
-//! show-run` / `list-runs` / `cancel-run` show them (§6.2, §6.5), as JSON, a table or TSV.
+//! show-run` / `list-runs` / `cancel-run` show them (§6.2, §6.5), as JSON, a table or TSV;
+//! and `kiln rerun`, which az does not have (the web UI's re-run button, from the shell).
 
 use std::process::ExitCode;
 
@@ -71,6 +72,12 @@ pub struct CancelRunArgs {
     run: RunIdArg,
 }
 
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    #[command(flatten)]
+    run: RunIdArg,
+}
+
 pub(super) fn parse_status(text: &str) -> Result<RunStatus, String> {
     RunStatus::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(text)).ok_or_else(|| {
         let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
@@ -117,6 +124,14 @@ pub fn cancel_run(args: CancelRunArgs, server: &ServerOptions) -> anyhow::Result
     // A run that already ended is the server's 409, "run … already finished with status …".
     let run = remote::connect(server)?.cancel_run(args.run.get())?;
     eprintln!("{}", canceled_line(&run));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rerun(args: RerunArgs, server: &ServerOptions) -> anyhow::Result<ExitCode> {
+    let run = remote::connect(server)?.rerun(args.run.get())?;
+    // `kiln run --no-wait`'s line, so scripts read the new ID the same way.
+    println!("Queued a run with ID: {}", run.run_id);
+    eprintln!("(a re-run of {})", args.run.get());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -257,6 +272,7 @@ mod tests {
             agent_name: None,
             waiting_reason: None,
             request: None,
+            rerun_of: None,
         }
     }
 

@@ -54,6 +54,8 @@ pub mod paths {
     pub const TASKS: &str = "/tasks";
     pub const REGISTRY_EVENTS: &str = "/registry/events";
     pub const WHOAMI: &str = "/whoami";
+    /// The browser session: `POST` signs in, `GET` reads it, `DELETE` signs out.
+    pub const SESSION: &str = "/session";
     pub const AGENTS: &str = "/agents";
     pub const AGENT_POOLS: &str = "/agentPools";
     /// What an agent token sees of itself; the agent protocol's routes live under `/agent/`
@@ -71,6 +73,9 @@ pub mod paths {
     }
     pub fn cancel(id: &str) -> String {
         format!("/runs/{id}/cancel")
+    }
+    pub fn rerun(id: &str) -> String {
+        format!("/runs/{id}/rerun")
     }
     pub fn log(id: &str) -> String {
         format!("/runs/{id}/log")
@@ -499,6 +504,9 @@ pub struct Run {
     /// The request, secrets shown as `***`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RunRequest>,
+    /// The run this one repeats (`POST /runs/{id}/rerun`): same request, queued again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
 }
 
 impl Run {
@@ -518,6 +526,21 @@ pub struct RunQuery {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// The TRIGGER column: `Manual`, `Commit`, `Pull Request`, `Timer` or `Image Update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Runs the agent of this name took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Runs that asked for this agent pool.
+    #[serde(default, rename = "agentPool", skip_serializing_if = "Option::is_none")]
+    pub agent_pool: Option<String>,
+    /// Runs triggered by a commit or pull request on this branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// A substring of the run ID, the task's name or the triggering commit (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
     /// At most this many per page, newest first (default 15; 0 = all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<usize>,
@@ -591,6 +614,27 @@ pub struct WhoAmI {
     /// The token's name.
     pub name: String,
     pub role: TokenRole,
+}
+
+/// `POST /session`: sign a browser in with an API token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignIn {
+    pub token: String,
+}
+
+/// A browser session (`POST /session`, `GET /session`): the token it was signed in with and
+/// the CSRF token every state-changing request made with the session cookie must send as
+/// `X-CSRF-Token`. The session's ID travels only in its HttpOnly cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    /// The token's name.
+    pub name: String,
+    pub role: TokenRole,
+    pub csrf_token: String,
+    #[serde(with = "millis")]
+    pub expiry_time: DateTime<Utc>,
 }
 
 /// What a token may do.

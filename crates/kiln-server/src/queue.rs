@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret_box::{SecretBox, SecretBoxError};
 use crate::store::{NewRun, RunRecord};
+use kiln_task::run_id::RunId;
 
 /// Associated data of a sealed run request: a sealed task definition cannot pass for one.
 const PURPOSE: &str = "kiln run request v1";
@@ -33,6 +34,8 @@ pub struct Origin {
     pub credentials: Vec<RegistryLogin>,
     /// The task's SSH key for its git context, sealed with the request.
     pub git_ssh_key: Option<String>,
+    /// The run this one repeats (a re-run).
+    pub rerun_of: Option<RunId>,
 }
 
 impl Origin {
@@ -43,6 +46,18 @@ impl Origin {
             trigger,
             credentials: def.credentials.clone(),
             git_ssh_key: def.git_ssh_key.clone(),
+            rerun_of: None,
+        }
+    }
+
+    /// A re-run of `run`: its task, its trigger and the logins its request was sealed with.
+    pub fn rerun(run: &RunRecord, opened: &Opened) -> Origin {
+        Origin {
+            task_name: run.task_name.clone(),
+            trigger: trigger_detail(run),
+            credentials: opened.credentials.clone(),
+            git_ssh_key: opened.git_ssh_key.clone(),
+            rerun_of: Some(run.id.clone()),
         }
     }
 }
@@ -82,6 +97,8 @@ pub fn new_run(
         .then(|| serde_json::to_string(&origin.trigger))
         .transpose()?;
     Ok(NewRun {
+        branch: origin.trigger.source_trigger.as_ref().map(|s| s.branch_name.clone()),
+        rerun_of: origin.rerun_of,
         agent_pool: request.agent_pool().map(str::to_string),
         run_type: request.run_type(origin.task_name.is_some()),
         trigger: origin.trigger.column().to_string(),
@@ -148,6 +165,7 @@ impl From<&RunRecord> for Run {
                 crate::store::runs::waiting_reason(record.agent_pool.as_deref(), &record.platform)
             }),
             request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
+            rerun_of: record.rerun_of.as_ref().map(ToString::to_string),
         }
     }
 }

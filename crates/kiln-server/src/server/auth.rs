@@ -1,5 +1,6 @@
 //! Bearer-token authentication as middleware layers, so no protected handler can forget it:
-//! API tokens for the API ([`require_token`], admin-only routes inside it [`require_admin`]),
+//! API tokens for the API ([`require_token`], which takes a browser's session cookie in the
+//! token's place, [`super::session`]; admin-only routes inside it [`require_admin`]),
 //! agent tokens for the agent protocol ([`require_agent_token`]); neither passes the other.
 //! It runs before the handler and therefore before any request body is read: a rejected upload
 //! is never stored. Every request verifies against the store (a hash lookup), so a deleted
@@ -25,7 +26,8 @@ pub fn bearer_token(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-/// Lets the request through only with an API token the store issued, handing the handler the
+/// Lets the request through only with an API token the store issued, as a bearer token or
+/// signed in as a session cookie ([`super::session::authenticate`]), handing the handler the
 /// token's [`TokenInfo`]. An agent token is refused here: it can do nothing but the agent
 /// protocol ([`require_agent_token`]).
 pub async fn require_token(
@@ -33,9 +35,14 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let verified = match bearer_token(&request) {
-        Some(token) => state.store.verify_token(token).await,
-        None => Ok(None),
+    let verified = match bearer_token(&request).map(str::to_string) {
+        Some(token) => state.store.verify_token(&token).await,
+        None => {
+            match super::session::authenticate(&state, request.method(), request.headers()).await {
+                Ok(token) => Ok(token),
+                Err(e) => return refuse(e),
+            }
+        }
     };
     admit(verified, ApiError::Unauthorized, request, next).await
 }

@@ -2,11 +2,12 @@
 //! with the link an embedded agent takes runs through ([`LocalLink`]; the binary starts that
 //! agent, so the server does not depend on it).
 //!
-//! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`error`] — the one
+//! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`session`] — browser
+//!   sign-in with a session cookie and its CSRF rules; [`error`] — the one
 //!   error type and its JSON answer;
 //! * [`runs`] — submit/list/get/cancel; [`uploads`] — context archives; [`logs`] — plain,
-//!   followed and SSE logs; [`openapi`] — the generated API document; [`page`] — the run page
-//!   for browsers;
+//!   followed and SSE logs; [`openapi`] — the generated API document; [`app`] — the web app,
+//!   embedded;
 //! * [`tasks`] — task and timer management and manual task runs; [`webhooks`] — git hosts'
 //!   deliveries; [`timers`] — the loop that fires timer triggers; [`base_images`] — registry
 //!   polling and push notifications for base-image triggers;
@@ -18,6 +19,7 @@
 
 pub mod agent_api;
 pub mod agents;
+pub mod app;
 pub mod auth;
 pub mod base_images;
 pub mod dispatch;
@@ -28,8 +30,8 @@ pub mod janitor;
 pub mod limits;
 pub mod logs;
 pub mod openapi;
-pub mod page;
 pub mod runs;
+pub mod session;
 pub mod state;
 pub mod tasks;
 pub mod timers;
@@ -50,7 +52,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
@@ -123,7 +125,7 @@ pub enum ServeError {
     SecretKey(#[from] crate::secret_box::SecretBoxError),
 }
 
-/// The HTTP app. Every route but `/healthz`, `/openapi.json` and the (data-free) run page needs
+/// The HTTP app. Every route but `/healthz`, `/openapi.json`, sign-in and the (data-free) web app needs
 /// a token: an API token (an admin's for the agent registry), or under `/agent/` an agent
 /// token, which passes nowhere else. Every answer carries the security headers ([`headers`]) and every error answer the
 /// JSON error shape ([`error::json_errors`]).
@@ -132,10 +134,12 @@ pub fn router(state: AppState) -> Router {
         .route(paths::RUNS, post(runs::submit).get(runs::list))
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/rerun", post(runs::rerun))
         .route("/runs/{id}/log", get(logs::log))
         .route(paths::TASKS, post(tasks::create).get(tasks::list))
         .route(paths::REGISTRY_EVENTS, post(base_images::registry_events))
         .route(paths::WHOAMI, get(auth::whoami))
+        .route(paths::SESSION, delete(session::sign_out))
         .route("/tasks/{name}", get(tasks::get).patch(tasks::update).delete(tasks::delete))
         .route("/tasks/{name}/runs", post(tasks::run))
         .route("/tasks/{name}/timers", post(tasks::add_timer).get(tasks::list_timers))
@@ -165,7 +169,10 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::OPENAPI, get(openapi::openapi_json))
-        .route("/ui/runs/{id}", get(page::run_page))
+        .route(paths::SESSION, post(session::sign_in).get(session::get))
+        .route("/", get(app::index))
+        .route("/ui/{*page}", get(app::ui))
+        .route("/assets/{file}", get(app::assets))
         .route(
             "/webhooks/{task}",
             post(webhooks::deliver).layer(DefaultBodyLimit::max(webhooks::MAX_DELIVERY_BYTES)),

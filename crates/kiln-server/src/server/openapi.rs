@@ -6,12 +6,16 @@ use kiln_api::status::{RunStatus, RunType};
 use kiln_api::{self as api, agent, agents, task};
 use kiln_plan::report::{Dependency, GitReference, ImageReference};
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// The scheme name operations refer to.
 pub const BEARER: &str = "bearer";
+/// The scheme of the browser's session cookie.
+pub const SESSION: &str = "session";
 /// The scheme of the agent protocol's operations.
 pub const AGENT_TOKEN: &str = "agentToken";
 
@@ -24,6 +28,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
         super::runs::list,
         super::runs::get,
         super::runs::cancel,
+        super::runs::rerun,
         super::logs::log,
         super::tasks::create,
         super::tasks::list,
@@ -39,6 +44,9 @@ pub const AGENT_TOKEN: &str = "agentToken";
         super::base_images::registry_events,
         super::health,
         super::auth::whoami,
+        super::session::sign_in,
+        super::session::get,
+        super::session::sign_out,
         super::agents::create,
         super::agents::list,
         super::agents::get,
@@ -46,7 +54,9 @@ pub const AGENT_TOKEN: &str = "agentToken";
         super::agents::delete,
         super::agents::pools,
         super::auth::agent_whoami,
-        super::page::run_page,
+        super::app::index,
+        super::app::ui,
+        super::app::assets,
         super::agent_api::start_session,
         super::agent_api::lease,
         super::agent_api::heartbeat,
@@ -60,7 +70,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
     components(schemas(
         api::RunRequest, api::DockerBuildRequest, api::FileTaskRequest, api::EncodedTaskRequest,
         api::Source, api::Argument, api::Upload, api::Run, api::Platform, api::Image,
-        api::ErrorBody, api::ErrorDetail, api::WhoAmI, api::TokenRole, Dependency, ImageReference,
+        api::ErrorBody, api::ErrorDetail, api::WhoAmI, api::TokenRole, api::SignIn, api::Session, Dependency, ImageReference,
         GitReference, RunStatus, RunType, task::CreateTask, task::UpdateTask, task::Task,
         task::TaskDefinition, task::TaskStep, task::TaskStatus, task::BaseImageTriggerType,
         task::TimerSpec, task::UpdateTimer, task::Timer, task::Webhook, task::TaskRunRequest,
@@ -73,7 +83,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
         agents::CreatedAgent, agents::AgentPool, agents::AgentWhoAmI, agents::AgentKind,
     )),
     modifiers(&BearerAuth, &CommonResponses),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
 )]
 pub struct ApiDoc;
 
@@ -92,6 +102,14 @@ impl Modify for BearerAuth {
                     ))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            SESSION,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                super::session::COOKIE_NAME,
+                "A browser session (`POST /session`); requests other than GET and HEAD also \
+                 need its CSRF token in `X-CSRF-Token`",
+            ))),
         );
         components.add_security_scheme(
             AGENT_TOKEN,

@@ -57,6 +57,11 @@ pub async fn submit(
         ("status" = Option<RunStatus>, Query, description = "Only runs with this status"),
         ("image" = Option<String>, Query, description = "`repository:tag`: runs that pushed it"),
         ("task" = Option<String>, Query, description = "Only runs of this task"),
+        ("trigger" = Option<String>, Query, description = "Only runs with this trigger: Manual, Commit, Pull Request, Timer, Image Update"),
+        ("agent" = Option<String>, Query, description = "Only runs the agent of this name took"),
+        ("agentPool" = Option<String>, Query, description = "Only runs that asked for this agent pool"),
+        ("branch" = Option<String>, Query, description = "Only runs triggered on this branch"),
+        ("search" = Option<String>, Query, description = "A substring of the run ID, task name or triggering commit (any case)"),
         ("top" = Option<usize>, Query, description = "At most this many per page (default 15, 0 = all)"),
         ("skipToken" = Option<String>, Query, description = "Continuation token from a `nextLink`")),
     responses((status = 200, body = List<api::Run>), (status = 400, body = ErrorBody),
@@ -103,6 +108,30 @@ pub async fn cancel(
 ) -> Result<Json<api::Run>, ApiError> {
     let record = cancel_run(&state, &RunId::new(id)).await?;
     Ok(Json(api::Run::from(&record)))
+}
+
+/// Queue a run's stored request again (same source, commit, values and overrides) as a new run
+/// whose `rerunOf` names it.
+#[utoipa::path(post, path = "/runs/{id}/rerun", tag = "runs",
+    params(("id" = String, Path, description = "Run ID")),
+    responses((status = 201, description = "The new run, queued", body = api::Run),
+        (status = 400, description = "The request no longer passes (e.g. its uploaded context was cleaned up)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn rerun(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<(StatusCode, Json<api::Run>), ApiError> {
+    let record = rerun_run(&state, &RunId::new(id)).await?;
+    Ok((StatusCode::CREATED, Json(view(&state.store, &record).await?)))
+}
+
+/// Queues run `id`'s whole stored request (opened from its seal) again, with its task, trigger
+/// and logins, as a new run linked to it; validated as a new submission would be.
+pub async fn rerun_run(state: &AppState, id: &RunId) -> Result<RunRecord, ApiError> {
+    let run = state.store.get_run(id).await?;
+    let opened = queue::open_request(&state.secrets, &run).map_err(ApiError::internal)?;
+    let origin = queue::Origin::rerun(&run, &opened);
+    submit_run(state, opened.request, origin).await
 }
 
 /// Validates `request` and queues it for `origin`; wakes waiting agents.
@@ -209,6 +238,11 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
         status: query.status,
         task_name: query.task.clone(),
         image: query.image.clone(),
+        trigger: query.trigger.clone(),
+        agent_name: query.agent.clone(),
+        agent_pool: query.agent_pool.clone(),
+        branch: query.branch.clone(),
+        search: query.search.clone(),
         // One more than a page tells whether there is a next one.
         top: if top == 0 { 0 } else { top.saturating_add(1) },
         before,
@@ -256,9 +290,17 @@ fn query_string(query: &RunQuery) -> String {
     if let Some(status) = query.status {
         out.append_pair("status", status.as_str());
     }
-    for (key, value) in
-        [("image", &query.image), ("task", &query.task), ("skipToken", &query.skip_token)]
-    {
+    let pairs = [
+        ("image", &query.image),
+        ("task", &query.task),
+        ("trigger", &query.trigger),
+        ("agent", &query.agent),
+        ("agentPool", &query.agent_pool),
+        ("branch", &query.branch),
+        ("search", &query.search),
+        ("skipToken", &query.skip_token),
+    ];
+    for (key, value) in pairs {
         if let Some(value) = value {
             out.append_pair(key, value);
         }

@@ -528,10 +528,13 @@ fn server_openapi_lists_every_path_and_the_bearer_scheme() {
         "/runs",
         "/runs/{id}",
         "/runs/{id}/cancel",
+        "/runs/{id}/rerun",
         "/runs/{id}/log",
+        "/session",
         "/healthz",
         "/openapi.json",
-        "/ui/runs/{id}",
+        "/",
+        "/ui/{page}",
         "/agents",
         "/agents/{name}",
         "/agentPools",
@@ -615,14 +618,24 @@ async fn server_janitor_applies_retention_and_expires_lost_runs() {
 }
 
 #[test]
-fn server_run_page_is_public_html_without_run_data() {
+fn server_serves_the_embedded_app_at_root_and_ui_paths() {
     let s = start();
-    let a = answer(s.http.get(s.url("/ui/runs/ka1")).call().unwrap());
+    for path in ["/", "/ui/runs/ka1", "/ui/tasks/x"] {
+        let a = answer(s.http.get(s.url(path)).call().unwrap());
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.content_type.as_deref(), Some("text/html; charset=utf-8"), "{path}");
+        let page = a.text();
+        assert!(page.contains("<main id=\"main\">"), "{page}");
+        assert!(!page.contains("<script>"), "no inline script: {page}");
+    }
+    let page = answer(s.http.get(s.url("/")).call().unwrap()).text();
+    let script = page.split_once("src=\"/assets/").unwrap().1.split_once('"').unwrap().0;
+    let a = answer(s.http.get(s.url(&format!("/assets/{script}"))).call().unwrap());
     assert_eq!(a.status, 200);
-    let page = a.text();
-    assert!(page.contains(r#"const runId = "ka1";"#), "{page}");
-    assert!(page.contains("/log?follow=true&offset="), "the page follows the log by offset");
-    assert!(page.contains("Authorization"), "it reads the API with the user's token");
+    assert_eq!(a.content_type.as_deref(), Some("text/javascript; charset=utf-8"));
+    assert!(a.text().contains("/session"), "the app signs in");
+    let a = answer(s.http.get(s.url("/assets/nope.js")).call().unwrap());
+    assert_eq!(a.status, 404);
 }
 
 /// One raw HTTP/1.1 exchange: `head` (request line and headers, no blank line) is sent, then
@@ -766,16 +779,12 @@ fn server_answers_carry_security_headers() {
         assert_eq!((frame.as_str(), sniff.as_str()), ("DENY", "nosniff"), "{path}");
         assert_eq!(referrer, "no-referrer", "{path}");
     }
-    let [policy, frame, ..] = headers("/ui/runs/ka1", false);
-    assert_eq!(frame, "DENY");
-    let page = s.get("/ui/runs/ka1").text();
-    let script = page.split_once("<script>").unwrap().1.split_once("</script>").unwrap().0;
-    let digest = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        Sha256::digest(script.as_bytes()),
-    );
-    assert!(policy.contains(&format!("script-src 'sha256-{digest}'")), "{policy}");
-    assert!(policy.contains("connect-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    for page in ["/", "/ui/runs/ka1"] {
+        let [policy, frame, ..] = headers(page, false);
+        assert_eq!(frame, "DENY");
+        assert_eq!(policy, app::APP_POLICY);
+        assert!(policy.contains("script-src 'self';") && !policy.contains("unsafe"), "{policy}");
+    }
 }
 
 #[test]
@@ -804,7 +813,7 @@ fn server_openapi_documents_the_answers_every_operation_can_give() {
     let upload = &op("/uploads", "post")["requestBody"]["content"]["application/octet-stream"];
     let schema = upload["schema"]["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
     assert_eq!(doc["components"]["schemas"][schema]["format"], "binary", "{upload}");
-    let page = &op("/ui/runs/{id}", "get")["responses"]["200"]["content"];
+    let page = &op("/ui/{page}", "get")["responses"]["200"]["content"];
     assert!(page["text/html"].is_object(), "{page}");
     let create = &doc["components"]["schemas"]["CreateTask"]["allOf"];
     let name = &create.as_array().unwrap().iter().find(|s| s["properties"].is_object()).unwrap()["properties"]
@@ -1057,4 +1066,172 @@ fn server_lets_only_admins_give_steps_the_engines_own_socket() {
     let a = s.call("PATCH", "/tasks/app", &user, &json!({"dockerApi": "sandbox"}));
     assert_eq!(a.status, 400, "{}", a.text());
     assert!(a.error().error.message.contains("dockerApi"), "{}", a.text());
+}
+
+#[test]
+fn server_rerun_queues_the_same_sealed_request_as_a_linked_run() {
+    let s = start();
+    let mut request = encoded("version: v1.1.0\nsteps:\n  - cmd: bash echo {{.Values.who}}\n");
+    request["values"] = json!([{"name": "who", "value": "s3cret", "isSecret": true}]);
+    request["timeout"] = json!(600);
+    assert_eq!(s.submit(&request).status, 201);
+    let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = s.post("/runs/ka1/rerun", Some(&s.auth()), "application/json", b"");
+    assert_eq!(a.status, 201, "{}", a.text());
+    let again = a.run();
+    let first = s.get("/runs/ka1").run();
+    assert_eq!((again.run_id.as_str(), again.status), ("ka2", RunStatus::Queued));
+    assert_eq!(again.rerun_of.as_deref(), Some("ka1"));
+    assert_eq!(first.rerun_of, None);
+    assert_eq!(
+        (&again.request, again.timeout, &again.trigger, again.run_type),
+        (&first.request, first.timeout, &first.trigger, first.run_type)
+    );
+    // What the agent gets is the whole first request again, the secret value included.
+    let secrets = crate::secret_box::SecretBox::open_or_create(s.dir.path()).unwrap();
+    let opened = |id: &str| {
+        let record = s.rt.block_on(s.store.get_run(&RunId::new(id))).unwrap();
+        crate::queue::open_request(&secrets, &record).unwrap()
+    };
+    assert_eq!(opened("ka2"), opened("ka1"));
+    assert!(serde_json::to_string(&opened("ka2").request).unwrap().contains("s3cret"));
+    let a = s.post("/runs/ka9/rerun", Some(&s.auth()), "application/json", b"");
+    assert_eq!((a.status, a.error().error.code.as_str()), (404, "RunNotFound"));
+    let a = s.post("/runs/ka1/rerun", None, "application/json", b"");
+    assert_eq!(a.status, 401);
+}
+
+#[test]
+fn server_run_list_filters_by_trigger_agent_pool_branch_and_search() {
+    let s = start();
+    for request in [encoded(GOOD_TASK), encoded(GOOD_TASK)] {
+        assert_eq!(s.submit(&request).status, 201);
+    }
+    let mut pooled = encoded(GOOD_TASK);
+    pooled["agentPoolName"] = json!("gpu");
+    assert_eq!(s.submit(&pooled).status, 201, "pool");
+    // A commit-triggered run as a webhook queues it (the store is the webhook's writer).
+    let detail = api::TriggerDetail {
+        source_trigger: Some(api::task::SourceTrigger {
+            id: None,
+            event_type: "commit".into(),
+            commit_id: "abc123def".into(),
+            pull_request_id: None,
+            repository_url: "https://git.example/app".into(),
+            branch_name: "release_1".into(),
+            provider_type: "Gitea".into(),
+        }),
+        ..Default::default()
+    };
+    let new = crate::store::NewRun {
+        trigger: detail.column().to_string(),
+        trigger_detail: Some(serde_json::to_string(&detail).unwrap()),
+        branch: Some("release_1".into()),
+        task_name: Some("app".into()),
+        ..crate::store::NewRun::new(kiln_api::status::RunType::AutoRun, "{}")
+    };
+    s.rt.block_on(s.store.create_run(new)).unwrap();
+    let ids = |path: &str| -> Vec<String> {
+        let a = s.get(path);
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+        let page: api::List<api::Run> = serde_json::from_slice(&a.body).unwrap();
+        page.value.into_iter().map(|r| r.run_id).collect()
+    };
+    assert_eq!(ids("/runs?trigger=Manual"), ["ka3", "ka2", "ka1"]);
+    assert_eq!(ids("/runs?trigger=Commit"), ["ka4"]);
+    assert_eq!(ids("/runs?agentPool=gpu"), ["ka3"]);
+    assert_eq!(ids("/runs?branch=release_1"), ["ka4"]);
+    assert_eq!(ids("/runs?branch=release"), Vec::<String>::new());
+    assert_eq!(ids("/runs?agent=nobody"), Vec::<String>::new());
+    // Search: a commit prefix in any case, a run ID; `_` and `%` are literal.
+    assert_eq!(ids("/runs?search=ABC123"), ["ka4"]);
+    assert_eq!(ids("/runs?search=ka2"), ["ka2"]);
+    assert_eq!(ids("/runs?search=%25"), Vec::<String>::new());
+    // Filters carry into the next page's link.
+    let a = s.get("/runs?trigger=Manual&top=2");
+    let page: api::List<api::Run> = serde_json::from_slice(&a.body).unwrap();
+    let next = page.next_link.unwrap();
+    assert!(next.contains("trigger=Manual"), "{next}");
+    assert_eq!(ids(&next), ["ka1"]);
+}
+
+/// A signed-in browser: its cookie and CSRF token.
+fn sign_in(s: &Server) -> (String, String) {
+    let body = serde_json::to_vec(&json!({"token": s.token})).unwrap();
+    let response = s
+        .http
+        .post(s.url("/session"))
+        .header("content-type", "application/json")
+        .header("origin", &s.base)
+        .send(&body[..])
+        .unwrap();
+    let cookie = response.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    let a = answer(response);
+    assert_eq!(a.status, 201, "{}", a.text());
+    assert!(cookie.contains("; HttpOnly; SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let session: api::Session = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!((session.name.as_str(), session.role), ("admin", api::TokenRole::Admin));
+    let pair = cookie.split(';').next().unwrap().to_string();
+    (pair, session.csrf_token)
+}
+
+#[test]
+fn server_session_cookie_reads_freely_and_writes_only_with_csrf_from_this_origin() {
+    let s = start();
+    let (cookie, csrf) = sign_in(&s);
+    let with = |method: &str, path: &str, headers: &[(&str, &str)]| -> Answer {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(s.url(path))
+            .header("cookie", &cookie)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = if method == "POST" && path == "/runs" {
+            serde_json::to_vec(&encoded(GOOD_TASK)).unwrap()
+        } else {
+            Vec::new()
+        };
+        answer(s.http.run(req.body(body).unwrap()).unwrap())
+    };
+    // The cookie reads like a token; the session tells the app its CSRF token.
+    assert_eq!(with("GET", "/runs", &[]).status, 200);
+    let a = with("GET", "/session", &[]);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["csrfToken"], csrf);
+    let a = answer(s.http.get(s.url("/session")).call().unwrap());
+    assert_eq!(a.status, 204, "no cookie: not signed in");
+    // A write without the CSRF token, with a wrong one, or from another origin does nothing.
+    let origin = ("origin", s.base.as_str());
+    for headers in [
+        vec![origin],
+        vec![origin, ("x-csrf-token", "wrong")],
+        vec![("origin", "http://evil.example"), ("x-csrf-token", csrf.as_str())],
+        vec![("sec-fetch-site", "cross-site"), ("x-csrf-token", csrf.as_str())],
+    ] {
+        let a = with("POST", "/runs", &headers);
+        assert_eq!((a.status, a.error().error.code.as_str()), (403, "Forbidden"), "{headers:?}");
+    }
+    assert!(s.runs().is_empty());
+    let good = [origin, ("x-csrf-token", csrf.as_str())];
+    assert_eq!(with("POST", "/runs", &good).status, 201);
+    // Another site cannot sign a browser in; a wrong token signs nobody in.
+    let body = serde_json::to_vec(&json!({"token": s.token})).unwrap();
+    let req = s.http.post(s.url("/session")).header("origin", "http://evil.example");
+    let a = answer(req.header("content-type", "application/json").send(&body[..]).unwrap());
+    assert_eq!(a.status, 403);
+    let a = s.post("/session", None, "application/json", br#"{"token": "kiln_0000"}"#);
+    assert_eq!(a.status, 401);
+    // Sign-out needs the CSRF token too, then the cookie is dead.
+    assert_eq!(with("DELETE", "/session", &[origin]).status, 403);
+    let a = with("DELETE", "/session", &good);
+    assert_eq!(a.status, 204, "{}", a.text());
+    assert_eq!(with("GET", "/runs", &[]).status, 401);
+    assert_eq!(with("GET", "/session", &[]).status, 204);
+    // Bearer requests never need a CSRF token.
+    let a = s.post("/runs/ka1/cancel", Some(&s.auth()), "application/json", b"");
+    assert_eq!(a.status, 200, "{}", a.text());
 }

@@ -8,7 +8,7 @@
 //! reading, listing and cancelling runs, with the persisted run-ID counter), [`lease`] (workers
 //! claiming runs, heartbeats and the fencing epoch that every worker write checks), [`logs`]
 //! (append-only log chunks with contiguous sequence numbers and byte offsets), [`tokens`] (API
-//! tokens stored as SHA-256 hashes), [`agents`] (the agents that lease runs, with their own
+//! tokens stored as SHA-256 hashes), [`sessions`] (browser sign-ins), [`agents`] (the agents that lease runs, with their own
 //! tokens), [`tasks`] (tasks, their timers and history), [`triggers`]
 //! (the claims that make each trigger queue its run once) and [`error`].
 //!
@@ -32,6 +32,7 @@ pub mod events;
 pub mod lease;
 pub mod logs;
 pub mod runs;
+pub mod sessions;
 pub mod tasks;
 pub mod tokens;
 pub mod triggers;
@@ -57,6 +58,7 @@ pub use events::{StoreEvent, StoreEvents};
 pub use lease::{Claim, Heartbeat};
 pub use logs::{LogChunk, LogData, LogTime};
 pub use runs::{NewRun, OutputImage, RunFilter, RunRecord};
+pub use sessions::{NewSession, SessionInfo};
 pub use tasks::{TaskEventRecord, TaskParts, TaskRecord, TaskWrite, TimerRecord};
 pub use tokens::TokenInfo;
 pub use triggers::{BaseImageRecord, ClaimOutcome, SourceOutcome, TimerClaim};

@@ -3,6 +3,7 @@
 //! conversion lives here too, so a corrupt row is a typed error rather than a panic.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
 use kiln_api::status::{RunStatus, RunType};
 use kiln_api::{DEFAULT_PLATFORM, DEFAULT_TIMEOUT_SECS};
 use kiln_task::run_id::{RunId, format_run_id};
@@ -56,6 +57,10 @@ pub struct NewRun {
     pub platform: String,
     /// The agent pool it must run in; `None`: any agent.
     pub agent_pool: Option<String>,
+    /// The branch of the commit or pull request that triggered it.
+    pub branch: Option<String>,
+    /// The run this one repeats ([`Store::create_run`] of a re-run).
+    pub rerun_of: Option<RunId>,
 }
 
 impl NewRun {
@@ -71,6 +76,8 @@ impl NewRun {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             platform: DEFAULT_PLATFORM.to_string(),
             agent_pool: None,
+            branch: None,
+            rerun_of: None,
         }
     }
 }
@@ -121,15 +128,33 @@ pub struct RunRecord {
     pub agent_pool: Option<String>,
     /// The agent that took the run (kept after it ends).
     pub agent_name: Option<String>,
+    /// The branch of the commit or pull request that triggered it.
+    pub branch: Option<String>,
+    /// The run this one repeats.
+    pub rerun_of: Option<RunId>,
 }
 
 /// `list_runs` filter. `top` 0 means none; `Default` is the CLI's 15.
+///
+/// Each equality filter has an index on `(column, counter)`, so a page walks that index newest
+/// first and stops after `top` rows; `search` (a substring of the ID, task, or commit) and
+/// `image` can only narrow rows the walk reads, so their pages cost as many rows as it takes to
+/// find `top` matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub task_name: Option<String>,
     /// `repository:tag` (tag `latest` when omitted): runs that output this image.
     pub image: Option<String>,
+    /// The TRIGGER column: `Manual`, `Commit`, `Pull Request`, `Timer`, `Image Update`.
+    pub trigger: Option<String>,
+    /// The agent that took the run.
+    pub agent_name: Option<String>,
+    /// The agent pool the run asked for.
+    pub agent_pool: Option<String>,
+    pub branch: Option<String>,
+    /// A substring of the run ID, the task's name or the triggering commit (case-insensitive).
+    pub search: Option<String>,
     pub top: usize,
     /// Only runs queued before the run with this counter (a page's continuation: keyset on the
     /// counter, so runs queued meanwhile never shift a later page).
@@ -138,7 +163,18 @@ pub struct RunFilter {
 
 impl Default for RunFilter {
     fn default() -> Self {
-        Self { status: None, task_name: None, image: None, top: DEFAULT_TOP, before: None }
+        Self {
+            status: None,
+            task_name: None,
+            image: None,
+            trigger: None,
+            agent_name: None,
+            agent_pool: None,
+            branch: None,
+            search: None,
+            top: DEFAULT_TOP,
+            before: None,
+        }
     }
 }
 
@@ -170,6 +206,16 @@ pub(crate) struct RunRow {
     log_len: i64,
     agent_pool: Option<String>,
     agent_name: Option<String>,
+    branch: Option<String>,
+    rerun_of: Option<String>,
+}
+
+impl RunRow {
+    /// Whether the run output `repo:tag` (an unreadable list outputs nothing).
+    fn outputs(&self, repo: &str, tag: &str) -> bool {
+        serde_json::from_str::<Vec<OutputImage>>(&self.output_images)
+            .is_ok_and(|images| images.iter().any(|i| i.repository == repo && i.tag == tag))
+    }
 }
 
 fn non_negative(field: &str, value: i64) -> StoreResult<u64> {
@@ -210,9 +256,72 @@ impl TryFrom<RunRow> for RunRecord {
             log_len: non_negative("log_len", row.log_len)?,
             agent_pool: row.agent_pool,
             agent_name: row.agent_name,
+            branch: row.branch,
+            rerun_of: row.rerun_of.map(RunId::new),
             id: RunId::new(row.id),
         })
     }
+}
+
+/// A value bound to a [`list_query`] placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// `list_runs`' SQL for `filter` and its binds, `$1`, `$2`, … in order. Only the filters that
+/// are set become conditions, each a plain equality (or LIKE), so the planner sees e.g.
+/// `agent_name = $1 ORDER BY counter DESC` and walks the `(agent_name, counter)` index from its
+/// newest entry, reading a page's rows and no more; a `($1 IS NULL OR col = $1)` form would be
+/// planned once for every binding and scan the table. `search` is a LIKE on the ID, the task
+/// and the trigger detail (where the commit is), in any case. No LIMIT: callers stop reading.
+pub(crate) fn list_query(filter: &RunFilter) -> StoreResult<(String, Vec<Bind>)> {
+    let mut sql = String::from("SELECT * FROM runs");
+    let mut binds = Vec::new();
+    let mut condition = |clause: &str, bind: Bind| {
+        binds.push(bind);
+        let n = binds.len();
+        sql.push_str(if n == 1 { " WHERE " } else { " AND " });
+        sql.push_str(&clause.replace("$?", &format!("${n}")));
+    };
+    let text = |v: &Option<String>| v.clone().map(Bind::Text);
+    let equalities = [
+        ("status = $?", filter.status.map(|s| Bind::Text(s.as_str().to_string()))),
+        ("task_name = $?", text(&filter.task_name)),
+        ("trigger_kind = $?", text(&filter.trigger)),
+        ("agent_name = $?", text(&filter.agent_name)),
+        ("agent_pool = $?", text(&filter.agent_pool)),
+        ("branch = $?", text(&filter.branch)),
+    ];
+    for (clause, bind) in equalities {
+        if let Some(bind) = bind {
+            condition(clause, bind);
+        }
+    }
+    if let Some(before) = filter.before {
+        condition("counter < $?", Bind::Int(to_i64("before", before)?));
+    }
+    if let Some((repo, _)) = filter.image.as_deref().map(split_image) {
+        // Only narrows candidates (`_` in a repository name is a wildcard here, so it can
+        // over-match, never under-match); `list_runs` checks the exact image.
+        condition("output_images LIKE $?", Bind::Text(format!("%\"repository\":\"{repo}\"%")));
+    }
+    if let Some(search) = &filter.search {
+        let pattern = format!("%{}%", like_literal(&search.to_lowercase()));
+        condition(
+            "(LOWER(id) LIKE $? ESCAPE '\\' OR LOWER(COALESCE(task_name, '')) LIKE $? ESCAPE '\\' \
+             OR LOWER(COALESCE(trigger_detail, '')) LIKE $? ESCAPE '\\')",
+            Bind::Text(pattern),
+        );
+    }
+    sql.push_str(" ORDER BY counter DESC");
+    Ok((sql, binds))
+}
+
+/// `text` matched literally inside a LIKE pattern escaped with `\`.
+fn like_literal(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 /// Splits `repo:tag` (the tag is after the last `:` that follows the last `/`; `latest` if none).
@@ -258,48 +367,34 @@ impl Store {
     /// Runs matching `filter`, newest first, at most `filter.top` (all when 0).
     pub async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<RunRecord>> {
         let image = filter.image.as_deref().map(split_image);
-        // With an image filter the SQL only narrows candidates (LIKE on the JSON text; `_` in a
-        // repository name is a wildcard there, so it can over-match, never under-match); the
-        // exact match and `top` are applied below.
-        let like = image.map(|(repo, _)| format!("%\"repository\":\"{repo}\"%"));
-        let limit = if filter.top == 0 || image.is_some() {
-            i64::MAX
-        } else {
-            i64::try_from(filter.top).unwrap_or(i64::MAX)
-        };
-        let rows: Vec<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
-            "SELECT * FROM runs
-             WHERE ($1 IS NULL OR status = $1)
-               AND ($2 IS NULL OR task_name = $2)
-               AND ($3 IS NULL OR output_images LIKE $3)
-               AND ($5 IS NULL OR counter < $5)
-             ORDER BY counter DESC
-             LIMIT $4",
-        )
-        .bind(filter.status.map(RunStatus::as_str))
-        .bind(&filter.task_name)
-        .bind(&like)
-        .bind(limit)
-        .bind(filter.before.map(|b| to_i64("before", b)).transpose()?)
-        .fetch_all(pool)
-        .await)?;
+        let (sql, binds) = list_query(filter)?;
         let top = if filter.top == 0 { usize::MAX } else { filter.top };
-        let mut runs = Vec::new();
-        for row in rows {
-            let run = RunRecord::try_from(row)?;
-            let wanted = image.is_none_or(|(repo, tag)| {
-                run.output_images.iter().any(|i| i.repository == repo && i.tag == tag)
-            });
-            if wanted {
-                runs.push(run);
-                if runs.len() == top {
-                    break;
+        // Rows stream newest first and reading stops once `top` matched: a page costs the rows
+        // up to its last match, not the table.
+        let rows: Vec<RunRow> = on_db!(self.db(), |pool| {
+            // Audited: `list_query` builds the text from fixed clauses only; every value is bound.
+            let mut query = sqlx::query_as::<_, RunRow>(sqlx::AssertSqlSafe(sql.clone()));
+            for bind in &binds {
+                query = match bind {
+                    Bind::Text(text) => query.bind(text),
+                    Bind::Int(n) => query.bind(n),
+                };
+            }
+            let mut stream = query.fetch(pool);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.try_next().await? {
+                let wanted = image.is_none_or(|(repo, tag)| row.outputs(repo, tag));
+                if wanted {
+                    rows.push(row);
+                    if rows.len() == top {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(runs)
+            Ok::<_, StoreError>(rows)
+        })?;
+        rows.into_iter().map(RunRecord::try_from).collect()
     }
-
     /// Cancels a run: a queued run becomes Canceled at once; a started or running one gets
     /// `cancel_requested` (its worker acts on it and finishes it as Canceled). A finished run is
     /// [`StoreError::AlreadyFinished`]; an unknown ID [`StoreError::NotFound`]. Returns the run
@@ -369,9 +464,10 @@ pub(crate) async fn insert_run(
         "INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
             timeout_secs, platform, created_at, started_at, finished_at, updated_at,
             error_message, output_images, dependencies, cancel_requested, epoch, lease_owner,
-            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request, agent_pool)
+            lease_expires_at, log_seq, log_len, trigger_detail, sealed_request, agent_pool,
+            branch, rerun_of)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $10, NULL, '[]', NULL,
-            FALSE, 0, NULL, NULL, $11, $12, $13, $14, $15)
+            FALSE, 0, NULL, NULL, $11, $12, $13, $14, $15, $16, $17)
          RETURNING *",
     )
     .bind(id.as_str())
@@ -389,6 +485,8 @@ pub(crate) async fn insert_run(
     .bind(&new.trigger_detail)
     .bind(&new.sealed_request)
     .bind(&new.agent_pool)
+    .bind(&new.branch)
+    .bind(new.rerun_of.as_ref().map(RunId::as_str))
     .fetch_one(c)
     .await)?;
     on_tx!(&mut *tx, |c| sqlx::query(

@@ -1308,3 +1308,120 @@ async fn store_embedded_agents_belong_to_their_server_process() {
         db.drop().await;
     }
 }
+
+/// 100,000 runs spread over statuses, triggers, agents, pools and branches, written in one
+/// statement (SQLite).
+async fn fill_runs(store: &Store, n: i64) {
+    let Db::Sqlite(pool) = store.db() else { unreachable!("SQLite") };
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+         INSERT INTO runs (id, counter, status, run_type, trigger_kind, task_name, request,
+            timeout_secs, platform, created_at, updated_at, output_images, cancel_requested,
+            epoch, log_seq, log_len, agent_name, agent_pool, branch, trigger_detail)
+         SELECT 'kb' || i, i,
+            CASE i % 4 WHEN 0 THEN 'Failed' ELSE 'Succeeded' END, 'AutoRun',
+            CASE i % 3 WHEN 0 THEN 'Commit' ELSE 'Manual' END, 'task' || (i % 50), '{}',
+            3600, 'linux/amd64', i, i, '[]', FALSE, 0, 0, 0,
+            'agent' || (i % 20), CASE i % 1000 WHEN 7 THEN 'rare' END,
+            CASE i % 3 WHEN 0 THEN 'branch' || (i % 30) END,
+            CASE i % 3 WHEN 0 THEN '{\"sourceTrigger\":{\"commitId\":\"c' || i || '\"}}' END
+         FROM n",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE run_counter SET last = $1").bind(n).execute(pool).await.unwrap();
+    sqlx::query("ANALYZE").execute(pool).await.unwrap();
+}
+
+/// SQLite's plan for `filter`'s page: the index it walks, and whether it sorts.
+async fn plan(store: &Store, filter: &RunFilter) -> String {
+    let Db::Sqlite(pool) = store.db() else { unreachable!("SQLite") };
+    let (sql, binds) = runs::list_query(filter).unwrap();
+    let explain = format!("EXPLAIN QUERY PLAN {sql} LIMIT 16");
+    let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(explain));
+    for bind in &binds {
+        query = match bind {
+            runs::Bind::Text(t) => query.bind(t),
+            runs::Bind::Int(n) => query.bind(n),
+        };
+    }
+    let rows = query.fetch_all(pool).await.unwrap();
+    rows.into_iter().map(|(_, _, _, detail)| detail).collect::<Vec<_>>().join("; ")
+}
+
+/// The run list at 100,000 runs: every filter the web UI offers walks an index on
+/// `(column, counter)` newest first (no table scan, no sort), so a page reads about its own rows
+/// and its next page starts where it ended (keyset on counter). The printed times are the
+/// figures in BENCHMARKS.md; nothing here asserts a time.
+#[tokio::test]
+async fn store_run_list_filters_walk_indexes_at_100k_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    fill_runs(&store, 100_000).await;
+    let page = |f: RunFilter| RunFilter { top: 50, ..f };
+    let cases = [
+        ("none", page(RunFilter::default()), "USING INDEX sqlite_autoindex_runs_2"),
+        (
+            "status",
+            page(RunFilter { status: Some(RunStatus::Failed), ..Default::default() }),
+            "runs_status_counter",
+        ),
+        (
+            "task",
+            page(RunFilter { task_name: Some("task7".into()), ..Default::default() }),
+            "runs_task_counter",
+        ),
+        (
+            "trigger",
+            page(RunFilter { trigger: Some("Commit".into()), ..Default::default() }),
+            "runs_trigger_counter",
+        ),
+        (
+            "agent",
+            page(RunFilter { agent_name: Some("agent3".into()), ..Default::default() }),
+            "runs_agent_counter",
+        ),
+        (
+            "pool",
+            page(RunFilter { agent_pool: Some("rare".into()), ..Default::default() }),
+            "runs_pool_counter",
+        ),
+        (
+            "branch",
+            page(RunFilter { branch: Some("branch9".into()), ..Default::default() }),
+            "runs_branch_counter",
+        ),
+        (
+            "page 2",
+            page(RunFilter {
+                agent_name: Some("agent3".into()),
+                before: Some(50_003),
+                ..Default::default()
+            }),
+            "runs_agent_counter",
+        ),
+    ];
+    for (what, filter, index) in cases {
+        let plan = plan(&store, &filter).await;
+        assert!(plan.contains(index), "{what}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{what} sorts: {plan}");
+        let started = Instant::now();
+        let runs = store.list_runs(&filter).await.unwrap();
+        eprintln!("{what}: {} runs in {:?} ({plan})", runs.len(), started.elapsed());
+        assert!(runs.windows(2).all(|w| w[0].counter > w[1].counter), "{what}: newest first");
+        assert_eq!(runs.len(), 50, "{what}");
+    }
+    // The filters select what they say.
+    let filter = RunFilter { agent_name: Some("agent3".into()), top: 50, ..Default::default() };
+    let agent3 = store.list_runs(&filter).await.unwrap();
+    assert!(agent3.iter().all(|r| r.agent_name.as_deref() == Some("agent3")));
+    assert_eq!(agent3[0].id.as_str(), "kb99983");
+    // Search reads newest first until a page matched; one match among 100,000 reads them all.
+    let filter = RunFilter { search: Some("C99999".into()), top: 50, ..Default::default() };
+    let started = Instant::now();
+    let found = store.list_runs(&filter).await.unwrap();
+    eprintln!("search: {} runs in {:?}", found.len(), started.elapsed());
+    assert_eq!(found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["kb99999"]);
+}

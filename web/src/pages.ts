@@ -1,0 +1,288 @@
+// The pages: each reads the JSON API, renders with dom.ts (text only), and returns what stops
+// its live parts (the log's event stream) when the user leaves.
+
+import * as api from "./api";
+import { enc, type Run } from "./api";
+import { append, clear, duration, h, when } from "./dom";
+import { LogView } from "./log";
+import { go } from "./main";
+
+const ACTIVE = ["Queued", "Started", "Running"];
+const STATUSES = ["", "Queued", "Started", "Running", "Succeeded", "Failed", "Canceled", "Error", "Timeout"];
+const TRIGGERS = ["", "Manual", "Commit", "Pull Request", "Timer", "Image Update"];
+
+function status(s: string): HTMLElement {
+  return h("span", { class: `status s-${s.toLowerCase()}` }, s);
+}
+
+function failure(into: HTMLElement, e: unknown): void {
+  append(into, h("p", { class: "error", role: "alert" }, (e as Error).message));
+}
+
+function select(id: string, label: string, options: string[], value: string): [HTMLElement, HTMLSelectElement] {
+  const sel = h("select", { id, name: id });
+  for (const o of options) sel.append(h("option", { value: o, selected: o === value }, o || "any"));
+  return [h("label", { for: id }, label), sel];
+}
+
+function field(id: string, label: string, value: string): [HTMLElement, HTMLInputElement] {
+  const input = h("input", { id, name: id, value, type: id === "search" ? "search" : "text" });
+  return [h("label", { for: id }, label), input];
+}
+
+function runsTable(runs: Run[]): HTMLElement {
+  const body = h("tbody");
+  for (const r of runs) {
+    const detail = r.triggerDetail?.sourceTrigger;
+    body.append(h("tr", {},
+      h("td", {}, h("a", { href: `/ui/runs/${enc(r.runId)}` }, r.runId)),
+      h("td", {}, r.task ? h("a", { href: `/ui/tasks/${enc(r.task)}` }, r.task) : ""),
+      h("td", {}, status(r.status)),
+      h("td", {}, r.trigger, detail ? ` ${detail.branchName} ${detail.commitId.slice(0, 10)}` : ""),
+      h("td", {}, r.agentName ?? ""),
+      h("td", {}, when(r.startTime ?? r.createTime)),
+      h("td", {}, duration(r.startTime, r.finishTime))));
+  }
+  return h("table", { class: "runs" },
+    h("thead", {}, h("tr", {}, ...["Run", "Task", "Status", "Trigger", "Agent", "Started", "Duration"].map((t) => h("th", { scope: "col" }, t)))),
+    body);
+}
+
+/// `/`: runs, newest first, with the API's filters (kept in the URL's query) and its pages.
+export async function runsPage(main: HTMLElement): Promise<() => void> {
+  const params = new URLSearchParams(location.search);
+  const [sl, st] = select("status", "Status", STATUSES, params.get("status") ?? "");
+  const [tl, tr] = select("trigger", "Trigger", TRIGGERS, params.get("trigger") ?? "");
+  const fields = ["task", "agent", "agentPool", "branch", "image", "search"].map((k) => field(k, k === "agentPool" ? "Pool" : k[0].toUpperCase() + k.slice(1), params.get(k) ?? ""));
+  const form = h("form", { class: "filters", role: "search", "aria-label": "Filter runs" }, sl, st, tl, tr, ...fields.flat(), h("button", { type: "submit" }, "Filter"));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const el of form.querySelectorAll<HTMLInputElement | HTMLSelectElement>("input, select")) if (el.value) q.set(el.name, el.value);
+    go(q.size ? `/?${q}` : "/");
+  });
+  const list = h("div", { class: "list" });
+  main.append(h("h1", {}, "Runs"), form, list);
+  const query = new URLSearchParams(params);
+  if (!query.has("top")) query.set("top", "50");
+  let next: string | undefined = `/runs?${query}`;
+  const more = h("button", { type: "button" }, "Older runs");
+  const page = async () => {
+    if (!next) return;
+    try {
+      const got: api.List<Run> = await api.get<api.List<Run>>(next);
+      next = got.nextLink;
+      list.append(got.value.length || list.childElementCount ? runsTable(got.value) : h("p", {}, "No runs match."));
+      more.hidden = !next;
+    } catch (e) { failure(list, e); }
+  };
+  more.addEventListener("click", () => void page());
+  main.append(more);
+  await page();
+  return () => {};
+}
+
+function dl(pairs: [string, string | Node | undefined | null][]): HTMLElement {
+  const out = h("dl", { class: "record" });
+  for (const [k, v] of pairs) if (v !== undefined && v !== null && v !== "") out.append(h("dt", {}, k), h("dd", {}, v));
+  return out;
+}
+
+function trigger(run: Run): string {
+  const d = run.triggerDetail ?? {};
+  if (d.sourceTrigger) {
+    const s = d.sourceTrigger;
+    return `${run.trigger}: ${s.repositoryUrl} ${s.branchName} @ ${s.commitId}${s.pullRequestId ? ` (PR ${s.pullRequestId})` : ""}`;
+  }
+  if (d.timerTrigger) return `Timer ${d.timerTrigger.timerTriggerName} (${when(d.timerTrigger.scheduleOccurrence)})`;
+  if (d.imageUpdateTrigger) return `Image update: ${JSON.stringify(d.imageUpdateTrigger)}`;
+  return run.trigger;
+}
+
+/// `/ui/runs/ID`: the record, its steps, and the log, live while the run runs.
+export async function runPage(main: HTMLElement, id: string): Promise<() => void> {
+  let run: Run;
+  try { run = await api.get<Run>(`/runs/${enc(id)}`); } catch (e) { failure(main, e); return () => {}; }
+  const head = h("div", { class: "run-head" });
+  const record = h("div");
+  const actions = h("div", { class: "actions" });
+  const steps = h("ul", { class: "steps", "aria-label": "Steps" });
+  const log = new LogView();
+  const message = h("p", { class: "error", role: "alert" });
+  const render = () => {
+    clear(head); clear(record); clear(actions);
+    head.append(h("h1", {}, `Run ${run.runId} `, status(run.status)));
+    record.append(dl([
+      ["Task", run.task ? h("a", { href: `/ui/tasks/${enc(run.task)}` }, run.task) : "(quick run)"],
+      ["Trigger", trigger(run)],
+      ["Re-run of", run.rerunOf ? h("a", { href: `/ui/runs/${enc(run.rerunOf)}` }, run.rerunOf) : undefined],
+      ["Agent", [run.agentName, run.agentPoolName && `pool ${run.agentPoolName}`].filter(Boolean).join(", ") || run.waitingReason || ""],
+      ["Platform", [run.platform.os, run.platform.architecture, run.platform.variant].filter(Boolean).join("/")],
+      ["Queued", when(run.createTime)], ["Started", when(run.startTime)], ["Finished", when(run.finishTime)],
+      ["Duration", duration(run.startTime, run.finishTime)],
+      ["Output images", run.outputImages.map((i) => `${i.registry}/${i.repository}:${i.tag}@${i.digest}`).join("\n")],
+      ["Dependencies", run.dependencies ? JSON.stringify(run.dependencies, null, 1) : undefined],
+      ["Error", run.runErrorMessage],
+    ]));
+    if (ACTIVE.includes(run.status)) {
+      const cancel = h("button", { type: "button" }, "Cancel");
+      cancel.addEventListener("click", async () => {
+        try { run = await api.post<Run>(`/runs/${enc(run.runId)}/cancel`); render(); } catch (e) { message.textContent = (e as Error).message; }
+      });
+      actions.append(cancel);
+    }
+    const rerun = h("button", { type: "button" }, "Re-run");
+    rerun.addEventListener("click", async () => {
+      try { const again = await api.post<Run>(`/runs/${enc(run.runId)}/rerun`); go(`/ui/runs/${enc(again.runId)}`); }
+      catch (e) { message.textContent = (e as Error).message; }
+    });
+    actions.append(rerun, h("a", { href: `/runs/${enc(run.runId)}/log`, download: `${run.runId}.log`, class: "button" }, "Raw log"));
+  };
+  render();
+
+  // Log controls: step filter, search, follow, timestamps.
+  const stepButtons = () => {
+    clear(steps);
+    const all = h("button", { type: "button", "aria-pressed": "true" }, "Whole log");
+    const buttons = [all];
+    all.addEventListener("click", () => { log.setStep(""); press(all); });
+    steps.append(h("li", {}, all));
+    for (const s of log.steps.values()) {
+      const b = h("button", { type: "button", "aria-pressed": "false" }, s.id, " ", h("span", { class: `status s-${s.status}` }, s.status), s.seconds !== undefined ? ` ${s.seconds.toFixed(1)}s` : "");
+      b.addEventListener("click", () => { log.setStep(s.id); press(b); });
+      buttons.push(b);
+      steps.append(h("li", {}, b));
+    }
+    function press(b: HTMLButtonElement) { for (const x of buttons) x.setAttribute("aria-pressed", String(x === b)); }
+  };
+  log.onSteps = stepButtons;
+  const search = h("input", { id: "log-search", type: "search", placeholder: "Search the log" });
+  const found = h("span", { class: "found", "aria-live": "polite" });
+  search.addEventListener("input", () => { const n = log.search(search.value); found.textContent = search.value ? `${n} lines` : ""; });
+  const follow = h("input", { id: "follow", type: "checkbox", checked: true });
+  follow.addEventListener("change", () => log.setFollow(follow.checked));
+  log.onFollow = (f) => { follow.checked = f; };
+  const stamps = h("input", { id: "timestamps", type: "checkbox" });
+  const tools = h("div", { class: "log-tools" },
+    h("label", { for: "log-search" }, "Search"), search, found,
+    h("label", {}, follow, " Follow"), h("label", {}, stamps, " Timestamps"));
+  main.append(head, actions, message, record, h("h2", {}, "Steps"), steps, h("h2", {}, "Log"), tools, log.root);
+
+  let source: EventSource | undefined;
+  const stream = () => {
+    source = new EventSource(`/runs/${enc(run.runId)}/log`);
+    source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data));
+    source.addEventListener("end", async () => {
+      source?.close(); log.end();
+      try { run = await api.get<Run>(`/runs/${enc(run.runId)}`); render(); } catch (e) { message.textContent = (e as Error).message; }
+    });
+  };
+  stamps.addEventListener("change", async () => {
+    source?.close(); log.reset();
+    if (stamps.checked) {
+      const response = await fetch(`/runs/${enc(run.runId)}/log?timestamps=true`);
+      log.add(await response.text()); log.end();
+    } else stream();
+  });
+  stream();
+  const line = () => { const m = /^#L(\d+)$/.exec(location.hash); if (m) log.select(Number(m[1])); };
+  window.addEventListener("hashchange", line);
+  // The first lines arrive with the stream's first event; select the line once they did.
+  const initial = location.hash;
+  if (initial) {
+    const once = () => { if (log.lines.length >= Number(initial.slice(2))) { line(); source?.removeEventListener("log", once); } };
+    source?.addEventListener("log", once);
+  }
+  return () => { source?.close(); window.removeEventListener("hashchange", line); };
+}
+
+// A task as the API shows it: its definition's fields (secrets as `***`) beside these.
+interface Task { name: string; commitTriggerEnabled: boolean; pullRequestTriggerEnabled: boolean; baseImageTriggerEnabled: boolean; timers: { name: string; schedule: string; status: string; nextFireTime?: string }[];
+  webhook: { url: string; secret: string }; baseImageDependencies: { kind: string; image?: string; digest?: string }[]; history: unknown[] }
+
+/// `/ui/tasks`: the tasks, each with its last run.
+export async function tasksPage(main: HTMLElement): Promise<void> {
+  main.append(h("h1", {}, "Tasks"));
+  try {
+    const tasks = await api.get<api.List<Task>>("/tasks?top=0");
+    const body = h("tbody");
+    for (const t of tasks.value) {
+      const last = (await api.get<api.List<Run>>(`/runs?task=${enc(t.name)}&top=1`)).value[0];
+      const triggers = [t.timers.length ? `${t.timers.length} timer(s)` : "", t.commitTriggerEnabled ? "commit" : "",
+        t.pullRequestTriggerEnabled ? "pull request" : "", t.baseImageTriggerEnabled ? "base image" : ""].filter(Boolean).join(", ");
+      body.append(h("tr", {}, h("td", {}, h("a", { href: `/ui/tasks/${enc(t.name)}` }, t.name)),
+        h("td", {}, last ? h("a", { href: `/ui/runs/${enc(last.runId)}` }, last.runId) : ""),
+        h("td", {}, last ? status(last.status) : ""), h("td", {}, triggers)));
+    }
+    main.append(tasks.value.length ? h("table", {}, h("thead", {}, h("tr", {}, ...["Task", "Last run", "Status", "Triggers"].map((c) => h("th", { scope: "col" }, c)))), body) : h("p", {}, "No tasks yet."));
+  } catch (e) { failure(main, e); }
+}
+
+/// `/ui/tasks/NAME`: the definition (secrets as the API shows them, `***`), timers, webhook,
+/// base images, recent runs, and Run now with overrides.
+export async function taskPage(main: HTMLElement, name: string): Promise<() => void> {
+  let task: Task;
+  try { task = await api.get<Task>(`/tasks/${enc(name)}`); } catch (e) { failure(main, e); return () => {}; }
+  main.append(h("h1", {}, "Task ", h("span", { class: "name" }, task.name)));
+  const values = h("textarea", { id: "values", rows: "3", placeholder: "name=value, one per line" });
+  const file = h("input", { id: "file", type: "text" });
+  const target = h("input", { id: "target", type: "text" });
+  const error = h("p", { class: "error", role: "alert" });
+  const form = h("form", { class: "run-now", "aria-labelledby": "run-now" }, h("h2", { id: "run-now" }, "Run now"),
+    h("label", { for: "values" }, "Values"), values, h("label", { for: "file" }, "Dockerfile or task file"), file,
+    h("label", { for: "target" }, "Target stage"), target, h("button", { type: "submit" }, "Run now"), error);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body: Record<string, unknown> = {
+      values: values.value.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => {
+        const at = l.indexOf("="); return { name: at < 0 ? l : l.slice(0, at), value: at < 0 ? "" : l.slice(at + 1) };
+      }),
+    };
+    if (file.value) body.file = file.value;
+    if (target.value) body.target = target.value;
+    try { const run = await api.post<Run>(`/tasks/${enc(task.name)}/runs`, body); go(`/ui/runs/${enc(run.runId)}`); }
+    catch (err) { error.textContent = (err as Error).message; }
+  });
+  const secret = h("code", {}, "***");
+  const reveal = h("button", { type: "button" }, "Reveal secret");
+  reveal.addEventListener("click", () => { secret.textContent = task.webhook.secret; reveal.hidden = true; });
+  const timers = h("ul");
+  for (const t of task.timers) {
+    const next = t.nextFireTime ? `next ${when(t.nextFireTime)} (${new Date(t.nextFireTime).toISOString()})` : "not scheduled";
+    timers.append(h("li", {}, `${t.name}: ${t.schedule} ${t.status}, ${next}`));
+  }
+  const runs = h("div");
+  main.append(form,
+    h("h2", {}, "Webhook"), h("p", {}, h("code", {}, task.webhook.url), " secret ", secret, " ", reveal),
+    h("h2", {}, "Timers"), task.timers.length ? timers : h("p", {}, "None."),
+    h("h2", {}, "Base images"), h("pre", {}, task.baseImageDependencies.length ? JSON.stringify(task.baseImageDependencies, null, 2) : "None."),
+    h("h2", {}, "Recent runs"), runs,
+    h("h2", {}, "Definition"), h("pre", { class: "definition" }, JSON.stringify(definition(task), null, 2)),
+    h("h2", {}, "History"), h("pre", {}, JSON.stringify(task.history, null, 2)));
+  try { runs.append(runsTable((await api.get<api.List<Run>>(`/runs?task=${enc(task.name)}&top=10`)).value)); } catch (e) { failure(runs, e); }
+  return () => {};
+}
+
+/// The task's definition: what the API shows but its webhook, timers, history and runs.
+function definition(task: Task): Record<string, unknown> {
+  const { webhook: _w, timers: _t, history: _h, baseImageDependencies: _b, ...rest } = task;
+  return rest;
+}
+
+interface Agent { name: string; kind: string; server?: string; pool?: string; platforms: { os: string; architecture: string }[]; capacity?: number; runsInHand: number; version?: string; lastSeen?: string }
+
+/// `/ui/agents` (admin tokens): pools and agents with what they hold.
+export async function agentsPage(main: HTMLElement): Promise<void> {
+  main.append(h("h1", {}, "Agents"));
+  try {
+    const [agents, pools] = await Promise.all([api.get<api.List<Agent>>("/agents"), api.get<api.List<{ name: string }>>("/agentPools")]);
+    main.append(h("h2", {}, "Pools"), h("ul", {}, ...pools.value.map((p) => h("li", {}, h("a", { href: `/?agentPool=${enc(p.name)}` }, p.name)))));
+    const body = h("tbody");
+    for (const a of agents.value) {
+      body.append(h("tr", {}, h("td", {}, h("a", { href: `/?agent=${enc(a.name)}` }, a.name)), h("td", {}, a.kind), h("td", {}, a.pool ?? ""),
+        h("td", {}, a.platforms.map((p) => `${p.os}/${p.architecture}`).join(", ")), h("td", {}, `${a.runsInHand}/${a.capacity ?? "?"}`),
+        h("td", {}, when(a.lastSeen)), h("td", {}, a.version ?? "")));
+    }
+    main.append(h("h2", {}, "Agents"), h("table", {}, h("thead", {}, h("tr", {}, ...["Agent", "Kind", "Pool", "Platforms", "Runs in hand", "Last seen", "Version"].map((c) => h("th", { scope: "col" }, c)))), body));
+  } catch (e) { failure(main, e); }
+}

@@ -1,0 +1,133 @@
+// End-to-end test of the web app in a real browser (Debian's Chromium through playwright-core)
+// against a real `kiln serve` that tests/ui.rs started and filled. Every step waits for what the
+// page shows (Playwright's auto-waiting locators), never for a time. Prints one JSON line:
+// {"ok": true, ...} or {"ok": false, "error": ...}; tests/ui.rs asserts on it.
+//
+// Environment: KILN_URL, KILN_TOKEN, DONE (a finished run with colours and markup in its log),
+// LONG (a running run printing a line a second), TASK (a task name), SHOTS (screenshot dir).
+
+import { chromium } from "playwright-core";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createRequire } from "node:module";
+
+const env = (k) => { const v = process.env[k]; if (!v) throw new Error(`${k} is not set`); return v; };
+const base = env("KILN_URL");
+const shots = env("SHOTS");
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const report = { ok: false, steps: [], consoleErrors: [], axe: {} };
+
+function check(cond, what) { if (!cond) throw new Error(`failed: ${what}`); report.steps.push(what); }
+
+async function axe(page, name) {
+  // Evaluated over the DevTools protocol, which the page's CSP does not govern (a script tag
+  // would be refused by it, as it should be).
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(async () => await window.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  report.axe[name] = bad.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+}
+
+const userData = mkdtempSync(join(tmpdir(), "kiln-ui-chromium-"));
+// A fresh profile (Playwright passes it as --user-data-dir).
+const context = await chromium.launchPersistentContext(userData, {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  viewport: { width: 1280, height: 900 },
+});
+try {
+  const page = context.pages()[0] ?? await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") report.consoleErrors.push(`${page.url()}: ${m.text()}`); });
+  page.on("pageerror", (e) => report.consoleErrors.push(`${page.url()}: ${e.message}`));
+
+  // Sign in.
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(env("KILN_TOKEN"));
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Runs" }).waitFor();
+  const cookies = await context.cookies();
+  const session = cookies.find((c) => c.name === "kiln_session");
+  check(session && session.httpOnly && session.sameSite === "Strict", "signed in: HttpOnly SameSite=Strict session cookie");
+  check(await page.evaluate(() => document.cookie === ""), "no script-readable cookie");
+  await page.getByRole("link", { name: env("DONE"), exact: true }).waitFor();
+  await page.screenshot({ path: `${shots}/ui-runs.png` });
+
+  // Filter: Succeeded runs only.
+  await page.getByLabel("Status").selectOption("Succeeded");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.waitForURL(/status=Succeeded/);
+  await page.locator("table.runs tbody tr").first().waitFor();
+  const statuses = await page.locator("table.runs tbody td:nth-child(3)").allTextContents();
+  check(statuses.length > 0 && statuses.every((s) => s === "Succeeded"), `filtered by status: ${statuses}`);
+  check(!(await page.getByRole("link", { name: env("LONG"), exact: true }).count()), "the running run is filtered out");
+  await axe(page, "runs");
+
+  // A finished run: ANSI colours as spans, markup as text, a line link that survives reload.
+  const done = env("DONE");
+  await page.goto(`${base}/ui/runs/${done}#L3`);
+  const red = page.locator(".log span.fg1", { hasText: "red-text" });
+  await red.waitFor();
+  check(true, "ANSI red rendered as a .fg1 span");
+  await page.locator(".log", { hasText: "<script>window.pwned=1</script>" }).waitFor();
+  check(await page.evaluate(() => window.pwned === undefined), "markup in a log line did not run");
+  check((await page.locator(".log img, .log script").count()) === 0, "markup in a log line is text, not elements");
+  await page.locator("#L3.selected").waitFor();
+  await page.reload();
+  await page.locator("#L3.selected").waitFor();
+  check(true, "line link #L3 selected, also after reload");
+  await page.screenshot({ path: `${shots}/ui-run.png` });
+  await axe(page, "run");
+
+  // Re-run it: a new run, linked to this one.
+  await page.getByRole("button", { name: "Re-run" }).click();
+  await page.waitForURL((u) => u.pathname.startsWith("/ui/runs/") && !u.pathname.endsWith(`/${done}`));
+  await page.locator("dd", { hasText: done }).waitFor();
+  await page.locator("h1 .status", { hasText: "Succeeded" }).waitFor({ timeout: 120000 });
+  check(true, `re-run ${page.url()} of ${done} succeeded`);
+
+  // A running run: lines arrive live; cancel it.
+  await page.goto(`${base}/ui/runs/${env("LONG")}`);
+  await page.locator(".log", { hasText: "tick-2" }).waitFor();
+  await page.locator(".log", { hasText: "tick-4" }).waitFor();
+  check(true, "live lines arrived");
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await page.locator("h1 .status", { hasText: "Canceled" }).waitFor({ timeout: 120000 });
+  check(true, "canceled the running run");
+
+  // A task: its page, then Run now.
+  const task = env("TASK");
+  await page.goto(`${base}/ui/tasks`);
+  await page.getByRole("link", { name: task, exact: true }).click();
+  await page.getByRole("heading", { name: "Run now" }).waitFor();
+  check((await page.locator("pre.definition").textContent()).includes("***"), "task secrets shown as ***");
+  await axe(page, "task");
+  await page.screenshot({ path: `${shots}/ui-task.png` });
+  await page.getByLabel("Values").fill("greeting=from-the-browser");
+  await page.getByRole("button", { name: "Run now" }).click();
+  await page.waitForURL(/\/ui\/runs\//);
+  await page.locator(".log", { hasText: "from-the-browser" }).waitFor({ timeout: 120000 });
+  check(true, "Run now queued a task run with the override");
+  await page.goto(`${base}/ui/tasks`);
+  await axe(page, "tasks");
+
+  // Agents (admin).
+  await page.goto(`${base}/ui/agents`);
+  await page.getByRole("heading", { name: "Agents", level: 2 }).waitFor();
+  await axe(page, "agents");
+  await page.screenshot({ path: `${shots}/ui-agents.png` });
+
+  // Sign out: back to the sign-in form, the cookie's session is gone.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("API token").waitFor();
+  await axe(page, "sign-in");
+  report.ok = true;
+} catch (e) {
+  report.error = String(e.stack ?? e);
+  const page = context.pages()[0];
+  if (page) report.failedPage = `${page.url()}\n${await page.locator("body").innerText().catch(() => "")}`;
+} finally {
+  await context.close();
+}
+console.log(JSON.stringify(report));

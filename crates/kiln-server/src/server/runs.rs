@@ -126,7 +126,9 @@ pub async fn rerun(
 }
 
 /// Queues run `id`'s whole stored request (opened from its seal) again, with its task, trigger
-/// and logins, as a new run linked to it; validated as a new submission would be.
+/// and logins, as a new run linked to it; validated as a new submission would be. Any token
+/// may re-run: the code is what was allowed when it was first queued (a `dockerApi: host` run
+/// included, as a user may run a `host` task as it stands; [`auth::may_use_docker_api`]).
 pub async fn rerun_run(state: &AppState, id: &RunId) -> Result<RunRecord, ApiError> {
     let run = state.store.get_run(id).await?;
     let opened = queue::open_request(&state.secrets, &run).map_err(ApiError::internal)?;

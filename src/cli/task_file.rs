@@ -280,6 +280,9 @@ fn graph_text(plan: &Plan, loaded: &Loaded) -> String {
                 format!("after {}", ids.join(", "))
             };
             let mut flags = vec![format!("timeout {}s", step.timeout_secs)];
+            if let Some(path) = kiln_plan::step_path::plan_path(step) {
+                flags.push(format!("{path} path"));
+            }
             if step.retries > 0 {
                 flags.push(format!("retries {}", step.retries));
             }

@@ -12,13 +12,17 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bollard::models::ImageInspect;
 use kiln_plan::event::{Event, LogStream, StepStatus};
 use kiln_plan::plan::{Action, PlanStep, Pull};
+use kiln_plan::step_path::{self, Classic, StepPath};
 use tokio_util::sync::CancellationToken;
 
 use crate::container::{self, Exit, Setup};
 use crate::delegate::{self, Job, LogPipe, Request};
+use crate::exec;
 use crate::image;
+use crate::init;
 use crate::names;
 use crate::run::RunContext;
 use crate::workspace::container_working_dir;
@@ -45,11 +49,10 @@ impl Failure {
     }
 }
 
-/// One attempt's coordinates: its number (for the container name), the network, the output
-/// watch that decides about retrying, and the stop signal.
+/// One attempt's coordinates: its number (for the container name), the output watch that
+/// decides about retrying, and the stop signal.
 struct Attempt<'a, 'p> {
     number: u32,
-    network: &'a str,
     watch: &'a mut OutputWatch<'p>,
     stop: &'a CancellationToken,
 }
@@ -90,7 +93,7 @@ pub(crate) async fn run(
     }
 
     let result = if wait_start_delay(ctx, step, abort).await {
-        run_under_timeout(ctx, step, network, abort).await
+        run_under_timeout(ctx, step, abort).await
     } else {
         Err((Failure::new("the run ended before the step started"), false))
     };
@@ -171,12 +174,11 @@ async fn sleep_unless(duration: Duration, stop: &CancellationToken) -> bool {
 async fn run_under_timeout(
     ctx: &RunContext<'_>,
     step: &PlanStep,
-    network: &str,
     abort: &CancellationToken,
 ) -> Result<Option<i64>, (Failure, bool)> {
     // Cancelling `stop` kills whatever runs now; it also fires when the run aborts.
     let stop = abort.child_token();
-    let mut work = std::pin::pin!(repeat_with_retries(ctx, step, network, &stop));
+    let mut work = std::pin::pin!(repeat_with_retries(ctx, step, &stop));
     if step.timeout_secs == 0 {
         return work.await.map_err(|f| (f, false));
     }
@@ -194,7 +196,6 @@ async fn run_under_timeout(
 async fn repeat_with_retries(
     ctx: &RunContext<'_>,
     step: &PlanStep,
-    network: &str,
     stop: &CancellationToken,
 ) -> Result<Option<i64>, Failure> {
     let (repetitions, retries) = match step.action {
@@ -213,7 +214,7 @@ async fn repeat_with_retries(
             attempt += 1;
             ctx.events.send(Event::StepStarted { step: step.id.clone(), attempt }).await;
             let mut watch = OutputWatch::new(&step.retry_on_errors);
-            let mut current = Attempt { number: attempt, network, watch: &mut watch, stop };
+            let mut current = Attempt { number: attempt, watch: &mut watch, stop };
             let failure = match run_attempt(ctx, step, &mut current).await {
                 Ok(code) => {
                     last_code = code;
@@ -331,48 +332,47 @@ async fn run_container(
     attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
     let stop = attempt.stop;
-    let network = attempt.network;
     let id = &step.id;
-    let present = image::is_present(ctx.docker, image, ctx.plan.platform.as_deref())
+    let platform = ctx.plan.platform.as_deref();
+    let mut present = image::present(ctx.docker, image, platform)
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
-    if !present {
+    if present.is_none() {
         tokio::select! {
-            result = image::pull(ctx.docker, image, ctx.plan.platform.as_deref(), &ctx.plan.credentials, &ctx.events, Some(id)) => {
+            result = image::pull(ctx.docker, image, platform, &ctx.plan.credentials, &ctx.events, Some(id)) => {
                 result.map_err(|e| Failure::new(e.to_string()))?;
             }
             () = stop.cancelled() => return Err(Failure::new(format!("pulling {image} was interrupted"))),
         }
+        present = image::present(ctx.docker, image, platform)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
     }
 
-    let mut binds = vec![ctx.workspace.bind()];
-    binds.extend(ctx.docker_api.binds().iter().cloned());
+    let mut volume_binds = Vec::new();
     for mount in &step.volume_mounts {
         let volume = ctx
             .volumes
             .prepare(ctx.docker, &mount.name, image)
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
-        binds.push(format!("{volume}:{}", mount.mount_path));
+        volume_binds.push(format!("{volume}:{}", mount.mount_path));
     }
-    let body = container::create_body(
-        step,
-        Setup {
-            image,
-            args,
-            labels: names::step_labels(&ctx.plan.run_id, id, ctx.owner),
-            binds,
-            env: ctx.docker_api.env(),
-            network,
-            platform: ctx.plan.platform.as_deref(),
-        },
-    )
-    .map_err(|e| Failure::new(e.to_string()))?;
+    let create = step_create(ctx, step, image, args, volume_binds)
+        .map_err(|e| Failure::new(e.to_string()))?;
     let name = names::step_container(&ctx.plan.run_id, id, attempt.number);
+    let command = present.as_ref().and_then(|inspect| fast_command(ctx, step, args, inspect));
+    let warm = match command {
+        Some(_) => warm_container(ctx, step, &name, &create, present.as_ref()).await,
+        None => {
+            discard_prepared(ctx, step).await;
+            None
+        }
+    };
     ctx.events.system(Some(id), format!("Launching container with name: {name}")).await;
 
     if step.detach {
-        container::start_detached(ctx.docker, &name, body)
+        container::start_detached(ctx.docker, &name, create)
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
         ctx.events
@@ -380,20 +380,21 @@ async fn run_container(
             .await;
         return Ok(None);
     }
-    let exit = container::run(
-        ctx.docker,
-        &name,
-        body,
-        step.keep,
-        container::Output {
-            events: &ctx.events,
-            step: id,
-            observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
-        },
-        stop,
-        &ctx.removals,
-    )
-    .await
+    let output = container::Output {
+        events: &ctx.events,
+        step: id,
+        observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
+    };
+    let exit = match (warm, command) {
+        (Some(warm), Some(argv)) => {
+            let command =
+                exec::Command { argv, user: step.user.as_deref(), privileged: step.privileged };
+            exec::run(ctx.docker, &warm, command, output, stop, &ctx.removals).await
+        }
+        _ => {
+            container::run(ctx.docker, &name, create, step.keep, output, stop, &ctx.removals).await
+        }
+    }
     .map_err(|e| Failure::new(e.to_string()))?;
     match exit {
         Exit::Code(0) => {
@@ -404,6 +405,91 @@ async fn run_container(
             Err(Failure { message: format!("exit status {code}"), exit_code: Some(code) })
         }
         Exit::Stopped => Err(Failure::new(format!("container {name} was killed"))),
+    }
+}
+
+/// The classic create request for `step`'s container; a prepared container's is made from it
+/// ([`exec::warm_create`]), so both paths give a step the same settings.
+pub(crate) fn step_create(
+    ctx: &RunContext<'_>,
+    step: &PlanStep,
+    image: &str,
+    args: &[String],
+    volume_binds: Vec<String>,
+) -> Result<container::Create, container::ContainerError> {
+    let mut binds = vec![ctx.workspace.bind()];
+    binds.extend(ctx.docker_api.binds().iter().cloned());
+    binds.extend(volume_binds);
+    container::create_body(
+        step,
+        Setup {
+            image,
+            args,
+            labels: names::step_labels(&ctx.plan.run_id, &step.id, ctx.owner),
+            binds,
+            env: ctx.docker_api.env(),
+            network: ctx.network_for(step),
+            platform: ctx.plan.platform.as_deref(),
+        },
+    )
+}
+
+/// The command the fast path runs for `step` in `image`, or `None` when the step takes the
+/// classic path (the run's choice, the plan's, or the image's).
+fn fast_command(
+    ctx: &RunContext<'_>,
+    step: &PlanStep,
+    args: &[String],
+    image: &ImageInspect,
+) -> Option<Vec<String>> {
+    let config = image.config.as_ref();
+    let list = |field: Option<&Vec<String>>| field.cloned().unwrap_or_default();
+    let path = match ctx.init_path {
+        None => StepPath::Classic(Classic::Forced),
+        Some(_) => step_path::image_path(
+            step_path::plan_path(step)?,
+            image.os.as_deref(),
+            init::runs_here(),
+        ),
+    };
+    match path {
+        StepPath::Fast => step_path::command(
+            step.entry_point.as_deref(),
+            args,
+            &list(config.and_then(|c| c.entrypoint.as_ref())),
+            &list(config.and_then(|c| c.cmd.as_ref())),
+        ),
+        StepPath::Classic(_) => None,
+    }
+}
+
+/// A started fast-path container for this attempt: the one prepared ahead of need for a first
+/// attempt if its image is still the tag's, else one prepared now. `None` if preparing fails:
+/// the classic path then runs the step and reports the engine's own error, if any.
+async fn warm_container(
+    ctx: &RunContext<'_>,
+    step: &PlanStep,
+    name: &str,
+    create: &container::Create,
+    image: Option<&ImageInspect>,
+) -> Option<exec::Warm> {
+    let init_path = ctx.init_path?;
+    let current = image.and_then(|i| i.id.as_deref());
+    if let Some(warm) = ctx.lookahead.take(&step.id).await {
+        if Some(warm.image_id.as_str()) == current && warm.name == name {
+            return Some(warm);
+        }
+        // Built or pulled anew since: the attempt needs the name back, so wait for it.
+        let _ = container::remove(ctx.docker, &warm.name).await;
+    }
+    exec::prepare(ctx.docker, name, exec::warm_create(create.clone(), init_path)).await.ok()
+}
+
+/// Removes a container prepared ahead for a step that turned out to take the classic path
+/// (its image's settings): the step's container needs its name.
+async fn discard_prepared(ctx: &RunContext<'_>, step: &PlanStep) {
+    if let Some(warm) = ctx.lookahead.take(&step.id).await {
+        let _ = container::remove(ctx.docker, &warm.name).await;
     }
 }
 

@@ -3,7 +3,8 @@
 //! It owns the pure vocabulary both halves use: the rendered [`plan::Plan`] a worker executes,
 //! the [`event::Event`]s and status words a run reports, image references ([`image_ref`]), the
 //! dependency report ([`report`]) and the base images it names ([`base_image`]), platform
-//! names ([`platform`]), what a build context names ([`remote`]) and masking the plan's secrets
+//! names ([`platform`]), what a build context names ([`remote`]), which path a step's container takes
+//! ([`step_path`]) and masking the plan's secrets
 //! ([`mask`]). It must not know Docker (bollard), HTTP, storage or task files:
 //! the server, the store and the task-file crate use these types without pulling in the engine,
 //! and the worker (`kiln-worker`) adds only what needs the engine.
@@ -16,3 +17,4 @@ pub mod plan;
 pub mod platform;
 pub mod remote;
 pub mod report;
+pub mod step_path;

@@ -149,18 +149,16 @@ pub(crate) struct Output<'a> {
     pub(crate) observe: &'a mut (dyn FnMut(LogStream, &[u8]) + Send),
 }
 
-/// Runs a container to its end, streaming its output to `output`; `stop` kills it. The
-/// container is removed afterwards unless `keep` is set.
+/// Runs a created container ([`create_container`]) to its end, streaming its output to
+/// `output`; `stop` kills it. The container is removed afterwards unless `keep` is set.
 pub(crate) async fn run(
     docker: &Docker,
     name: &str,
-    create: Create,
     keep: bool,
     output: Output<'_>,
     stop: &CancellationToken,
     removals: &TaskTracker,
 ) -> Result<Exit, ContainerError> {
-    create_container(docker, name, create).await?;
     let result = attach_start_wait(docker, name, output, stop).await;
     if !keep {
         // Off the critical path: the next step need not wait for a removal. The run awaits

@@ -15,6 +15,7 @@ use std::sync::{Mutex, PoisonError};
 
 use bollard::Docker;
 use kiln_plan::plan::StepId;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -25,14 +26,26 @@ use crate::exec::{self, Warm};
 #[derive(Debug)]
 pub(crate) struct Lookahead {
     limit: usize,
-    /// Preparations started and not yet taken by their step; `None` once one failed (the
-    /// step then prepares its own container when it runs).
+    /// Preparations started and not yet taken by their step; one that failed yields `None`
+    /// (its step then takes the classic path).
     waiting: Mutex<HashMap<StepId, JoinHandle<Option<Warm>>>>,
+    /// Rung when a step's own container is ready: preparing ahead starts then, so it never
+    /// competes with the container of a step that is ready now.
+    kick: Notify,
 }
 
 impl Lookahead {
     pub(crate) fn new(limit: usize) -> Self {
-        Lookahead { limit, waiting: Mutex::new(HashMap::new()) }
+        Lookahead { limit, waiting: Mutex::new(HashMap::new()), kick: Notify::new() }
+    }
+
+    /// Says a step's container is ready (see `kick`).
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    pub(crate) async fn kicked(&self) {
+        self.kick.notified().await;
     }
 
     /// Room for more prepared containers.

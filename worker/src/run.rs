@@ -115,6 +115,10 @@ pub struct StepSummary {
     pub exit_code: Option<i64>,
     pub error: Option<String>,
     pub elapsed: Duration,
+    /// The path the step's first container took (`kiln_plan::step_path`; retries and
+    /// repetitions take the classic one); `None` for build and push steps, and for steps that
+    /// ended before they had a container.
+    pub path: Option<StepPath>,
 }
 
 /// What every step of a run shares.
@@ -214,6 +218,7 @@ pub async fn execute(
                     exit_code: None,
                     error: None,
                     elapsed: Duration::ZERO,
+                    path: None,
                 };
                 events
                     .send(Event::StepFinished {
@@ -233,6 +238,7 @@ pub async fn execute(
             exit_code: outcome.exit_code,
             error: outcome.error,
             elapsed: outcome.elapsed,
+            path: outcome.path,
         });
     }
     if status == RunStatus::Succeeded {
@@ -498,7 +504,6 @@ async fn drive(
         async move { (i, step::run(ctx, &steps[i], abort).await) }
     };
     let mut running: FuturesUnordered<_> = schedule.initial().into_iter().map(launch).collect();
-    look_ahead(ctx, &schedule);
     let mut ended: Option<(RunStatus, String)> = None;
     let deadline = async {
         match options.timeout {
@@ -510,6 +515,10 @@ async fn drive(
 
     while !running.is_empty() {
         tokio::select! {
+            // First: a step kicks before its command runs, so the kick of a step that has
+            // finished is handled before its dependants start, and they find their containers.
+            biased;
+            () = ctx.lookahead.kicked(), if ended.is_none() => look_ahead(ctx, &schedule),
             Some((i, outcome)) = running.next() => {
                 if ended.is_none() {
                     if outcome.status.lets_dependants_run() {

@@ -8,6 +8,11 @@
 //!
 //! Each attempt gets its own container name, so a `keep` or `detach` step can be retried or
 //! repeated without colliding with its earlier containers (reference §9 item 12).
+//!
+//! A `cmd` step's first attempt runs by `exec` in the container prepared ahead for it
+//! (`exec`, `lookahead`) when there is one and nothing needs the classic path
+//! (`kiln_plan::step_path`); every other attempt gets a classic container (`container`).
+//! Either way the attempt has a fresh container of its own, with the same settings.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,6 +39,9 @@ pub(crate) struct StepOutcome {
     pub(crate) exit_code: Option<i64>,
     pub(crate) error: Option<String>,
     pub(crate) elapsed: Duration,
+    /// The path the step's first container took (later attempts are classic); `None` for
+    /// build and push steps, and for a step that ended before it had a container.
+    pub(crate) path: Option<StepPath>,
 }
 
 /// Why an attempt (or the whole step) failed.
@@ -53,6 +61,8 @@ impl Failure {
 /// decides about retrying, and the stop signal.
 struct Attempt<'a, 'p> {
     number: u32,
+    /// Which path the step's first container took, for its summary.
+    path: &'a Mutex<Option<StepPath>>,
     watch: &'a mut OutputWatch<'p>,
     stop: &'a CancellationToken,
 }
@@ -65,6 +75,7 @@ pub(crate) async fn run(
     abort: &CancellationToken,
 ) -> StepOutcome {
     let started = Instant::now();
+    let path = Mutex::new(None);
     let id = &step.id;
     let network = ctx.network_for(step);
     ctx.events
@@ -93,7 +104,7 @@ pub(crate) async fn run(
     }
 
     let result = if wait_start_delay(ctx, step, abort).await {
-        run_under_timeout(ctx, step, abort).await
+        run_under_timeout(ctx, step, &path, abort).await
     } else {
         Err((Failure::new("the run ended before the step started"), false))
     };
@@ -124,7 +135,8 @@ pub(crate) async fn run(
             (status, failure.exit_code, Some(message))
         }
     };
-    let outcome = StepOutcome { status, exit_code, error, elapsed: started.elapsed() };
+    let path = path.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let outcome = StepOutcome { status, exit_code, error, elapsed: started.elapsed(), path };
     ctx.events
         .send(Event::StepFinished {
             step: id.clone(),
@@ -174,11 +186,12 @@ async fn sleep_unless(duration: Duration, stop: &CancellationToken) -> bool {
 async fn run_under_timeout(
     ctx: &RunContext<'_>,
     step: &PlanStep,
+    path: &Mutex<Option<StepPath>>,
     abort: &CancellationToken,
 ) -> Result<Option<i64>, (Failure, bool)> {
     // Cancelling `stop` kills whatever runs now; it also fires when the run aborts.
     let stop = abort.child_token();
-    let mut work = std::pin::pin!(repeat_with_retries(ctx, step, &stop));
+    let mut work = std::pin::pin!(repeat_with_retries(ctx, step, path, &stop));
     if step.timeout_secs == 0 {
         return work.await.map_err(|f| (f, false));
     }
@@ -196,6 +209,7 @@ async fn run_under_timeout(
 async fn repeat_with_retries(
     ctx: &RunContext<'_>,
     step: &PlanStep,
+    path: &Mutex<Option<StepPath>>,
     stop: &CancellationToken,
 ) -> Result<Option<i64>, Failure> {
     let (repetitions, retries) = match step.action {
@@ -214,7 +228,7 @@ async fn repeat_with_retries(
             attempt += 1;
             ctx.events.send(Event::StepStarted { step: step.id.clone(), attempt }).await;
             let mut watch = OutputWatch::new(&step.retry_on_errors);
-            let mut current = Attempt { number: attempt, watch: &mut watch, stop };
+            let mut current = Attempt { number: attempt, path, watch: &mut watch, stop };
             let failure = match run_attempt(ctx, step, &mut current).await {
                 Ok(code) => {
                     last_code = code;
@@ -361,20 +375,29 @@ async fn run_container(
     let create = step_create(ctx, step, image, args, volume_binds)
         .map_err(|e| Failure::new(e.to_string()))?;
     let name = names::step_container(&ctx.plan.run_id, id, attempt.number);
-    let command = present.as_ref().and_then(|inspect| fast_command(ctx, step, args, inspect));
+    let command = fast_command(ctx, step, args, present.as_ref());
+    // Only a first attempt's container is prepared ahead; one prepared now would cost what a
+    // classic container costs, plus the exec.
     let warm = match command {
-        Some(_) => warm_container(ctx, step, &name, &create, present.as_ref()).await,
-        None => {
+        Ok(_) if attempt.number == 1 => take_prepared(ctx, step, present.as_ref()).await,
+        _ => {
             discard_prepared(ctx, step).await;
             None
         }
     };
+    let path = match (&warm, &command) {
+        (Some(_), _) => StepPath::Fast,
+        (None, Err(reason)) => StepPath::Classic(*reason),
+        (None, Ok(_)) => StepPath::Classic(Classic::NotPrepared),
+    };
+    attempt.path.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(path);
     ctx.events.system(Some(id), format!("Launching container with name: {name}")).await;
 
     if step.detach {
         container::start_detached(ctx.docker, &name, create)
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
+        ctx.lookahead.kick();
         ctx.events
             .system(Some(id), format!("Successfully started detached container: {name}"))
             .await;
@@ -386,13 +409,23 @@ async fn run_container(
         observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
     };
     let exit = match (warm, command) {
-        (Some(warm), Some(argv)) => {
+        (Some(warm), Ok(argv)) => {
+            ctx.lookahead.kick();
             let command =
                 exec::Command { argv, user: step.user.as_deref(), privileged: step.privileged };
             exec::run(ctx.docker, &warm, command, output, stop, &ctx.removals).await
         }
         _ => {
-            container::run(ctx.docker, &name, create, step.keep, output, stop, &ctx.removals).await
+            let created = container::create_container(ctx.docker, &name, create).await;
+            // Prepare what comes next only now: ahead-of-need work must not compete with a
+            // ready step's own container.
+            ctx.lookahead.kick();
+            match created {
+                Ok(()) => {
+                    container::run(ctx.docker, &name, step.keep, output, stop, &ctx.removals).await
+                }
+                Err(e) => Err(e),
+            }
         }
     }
     .map_err(|e| Failure::new(e.to_string()))?;
@@ -434,59 +467,53 @@ pub(crate) fn step_create(
     )
 }
 
-/// The command the fast path runs for `step` in `image`, or `None` when the step takes the
-/// classic path (the run's choice, the plan's, or the image's).
+/// The command the fast path runs for `step` in `image`, or why the step takes the classic
+/// path (the run's choice, the plan's, or the image's).
 fn fast_command(
     ctx: &RunContext<'_>,
     step: &PlanStep,
     args: &[String],
-    image: &ImageInspect,
-) -> Option<Vec<String>> {
+    image: Option<&ImageInspect>,
+) -> Result<Vec<String>, Classic> {
+    if ctx.init_path.is_none() {
+        return Err(if init::runs_here() { Classic::Forced } else { Classic::ForeignHost });
+    }
+    let plan = step_path::plan_path(step).unwrap_or(StepPath::Classic(Classic::Forced));
+    let Some(image) = image else { return Err(Classic::NotPrepared) };
+    if let StepPath::Classic(reason) =
+        step_path::image_path(plan, image.os.as_deref(), init::runs_here())
+    {
+        return Err(reason);
+    }
     let config = image.config.as_ref();
     let list = |field: Option<&Vec<String>>| field.cloned().unwrap_or_default();
-    let path = match ctx.init_path {
-        None => StepPath::Classic(Classic::Forced),
-        Some(_) => step_path::image_path(
-            step_path::plan_path(step)?,
-            image.os.as_deref(),
-            init::runs_here(),
-        ),
-    };
-    match path {
-        StepPath::Fast => step_path::command(
-            step.entry_point.as_deref(),
-            args,
-            &list(config.and_then(|c| c.entrypoint.as_ref())),
-            &list(config.and_then(|c| c.cmd.as_ref())),
-        ),
-        StepPath::Classic(_) => None,
-    }
+    step_path::command(
+        step.entry_point.as_deref(),
+        args,
+        &list(config.and_then(|c| c.entrypoint.as_ref())),
+        &list(config.and_then(|c| c.cmd.as_ref())),
+    )
+    .ok_or(Classic::NoCommand)
 }
 
-/// A started fast-path container for this attempt: the one prepared ahead of need for a first
-/// attempt if its image is still the tag's, else one prepared now. `None` if preparing fails:
-/// the classic path then runs the step and reports the engine's own error, if any.
-async fn warm_container(
+/// The container prepared ahead of need for `step`, if its image is still the tag's (a build
+/// or pull in the run may have moved the tag since).
+async fn take_prepared(
     ctx: &RunContext<'_>,
     step: &PlanStep,
-    name: &str,
-    create: &container::Create,
     image: Option<&ImageInspect>,
 ) -> Option<exec::Warm> {
-    let init_path = ctx.init_path?;
-    let current = image.and_then(|i| i.id.as_deref());
-    if let Some(warm) = ctx.lookahead.take(&step.id).await {
-        if Some(warm.image_id.as_str()) == current && warm.name == name {
-            return Some(warm);
-        }
-        // Built or pulled anew since: the attempt needs the name back, so wait for it.
-        let _ = container::remove(ctx.docker, &warm.name).await;
+    let warm = ctx.lookahead.take(&step.id).await?;
+    if warm.image_id.as_str() == image.and_then(|i| i.id.as_deref()).unwrap_or_default() {
+        return Some(warm);
     }
-    exec::prepare(ctx.docker, name, exec::warm_create(create.clone(), init_path)).await.ok()
+    // The attempt needs the name back, so wait for the removal.
+    let _ = container::remove(ctx.docker, &warm.name).await;
+    None
 }
 
 /// Removes a container prepared ahead for a step that turned out to take the classic path
-/// (its image's settings): the step's container needs its name.
+/// (its image's settings, or a later attempt): the step's container needs its name.
 async fn discard_prepared(ctx: &RunContext<'_>, step: &PlanStep) {
     if let Some(warm) = ctx.lookahead.take(&step.id).await {
         let _ = container::remove(ctx.docker, &warm.name).await;

@@ -6,8 +6,9 @@
 //! classic path (create, attach, start, wait). The decision is split by what it needs: the
 //! plan alone decides most of it ([`plan_path`], shown by `kiln render`), and the image's
 //! configuration, known only on the engine, can still send a step back to the classic path
-//! ([`image_path`], and [`command`] when the image and step give nothing to run). Both halves
-//! live here so the reasons are one vocabulary.
+//! ([`image_path`], and [`command`] when the image and step give nothing to run), and a step
+//! takes the fast path only with a container prepared ahead ([`Classic::NotPrepared`]). The
+//! reasons are one vocabulary, shown by `kiln render` and in each step's summary.
 
 use std::fmt;
 
@@ -25,7 +26,7 @@ pub enum StepPath {
 /// Why a step takes the classic path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Classic {
-    /// The run asked for the classic path for every step.
+    /// The run asked for the classic path for every step (or could not write kiln's init).
     Forced,
     /// `detach`: the service must stay a real container with its command as its process.
     Detach,
@@ -35,6 +36,13 @@ pub enum Classic {
     Keep,
     /// `entryPoint: ""`: only the engine's own handling of an empty entry point applies.
     EmptyEntryPoint,
+    /// No container was prepared ahead for it: a step ready when the run starts (with nothing
+    /// running to hide a preparation behind), a retry or repetition, a step whose image
+    /// changed since, or a look-ahead limit of 0. A container made now would cost what a
+    /// classic one costs, plus the `exec`.
+    NotPrepared,
+    /// The image and the step give nothing to run (the engine's create reports that).
+    NoCommand,
     /// A non-Linux image: kiln's init is a Linux program.
     NotLinux,
     /// The engine's machine is not x86-64, which kiln's init is built for.
@@ -53,11 +61,13 @@ impl fmt::Display for StepPath {
 impl fmt::Display for Classic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Classic::Forced => "forced by the run",
+            Classic::Forced => "the run's choice",
             Classic::Detach => "detach",
             Classic::Ports => "ports",
             Classic::Keep => "keep",
             Classic::EmptyEntryPoint => "empty entryPoint",
+            Classic::NotPrepared => "not prepared ahead",
+            Classic::NoCommand => "no command",
             Classic::NotLinux => "not a Linux image",
             Classic::ForeignHost => "engine host is not x86-64",
         })

@@ -150,7 +150,8 @@ pub(crate) struct Output<'a> {
 }
 
 /// Runs a created container ([`create_container`]) to its end, streaming its output to
-/// `output`; `stop` kills it. The container is removed afterwards unless `keep` is set.
+/// `output`; `stop` kills it. `started` is called once it runs. The container is removed
+/// afterwards unless `keep` is set.
 pub(crate) async fn run(
     docker: &Docker,
     name: &str,
@@ -158,8 +159,9 @@ pub(crate) async fn run(
     output: Output<'_>,
     stop: &CancellationToken,
     removals: &TaskTracker,
+    started: &(dyn Fn() + Sync),
 ) -> Result<Exit, ContainerError> {
-    let result = attach_start_wait(docker, name, output, stop).await;
+    let result = attach_start_wait(docker, name, output, stop, started).await;
     if !keep {
         // Off the critical path: the next step need not wait for a removal. The run awaits
         // `removals` before its final sweep, which retries any removal that failed.
@@ -205,6 +207,7 @@ async fn attach_start_wait(
     name: &str,
     output: Output<'_>,
     stop: &CancellationToken,
+    started: &(dyn Fn() + Sync),
 ) -> Result<Exit, ContainerError> {
     let Output { events, step, observe } = output;
     let attached = docker
@@ -228,6 +231,7 @@ async fn attach_start_wait(
         name: name.to_string(),
         message: engine_message(e),
     })?;
+    started();
 
     let drain = drain(frames, events, step, observe);
     let wait = wait(docker, name);

@@ -416,13 +416,14 @@ async fn run_container(
             exec::run(ctx.docker, &warm, command, output, stop, &ctx.removals).await
         }
         _ => {
-            let created = container::create_container(ctx.docker, &name, create).await;
-            // Prepare what comes next only now: ahead-of-need work must not compete with a
-            // ready step's own container.
-            ctx.lookahead.kick();
-            match created {
+            // Prepare what comes next only once this container runs: ahead-of-need work must
+            // not compete with the start of a step that is ready now.
+            let started = || ctx.lookahead.kick();
+            match container::create_container(ctx.docker, &name, create).await {
                 Ok(()) => {
-                    container::run(ctx.docker, &name, step.keep, output, stop, &ctx.removals).await
+                    let removals = &ctx.removals;
+                    container::run(ctx.docker, &name, step.keep, output, stop, removals, &started)
+                        .await
                 }
                 Err(e) => Err(e),
             }

@@ -230,6 +230,31 @@ fn render_shows_values_run_variables_and_the_graph() {
 }
 
 #[test]
+fn render_shows_which_path_each_cmd_step_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("acb.yaml");
+    fs::write(
+        &file,
+        "version: v1.1.0\nsteps:\n  - id: quick\n    cmd: busybox true\n  - id: web\n    cmd: busybox httpd -f\n    detach: true\n  - id: img\n    build: -t app .\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = kiln(&["render", "-f", f]);
+    assert_eq!(code, 0, "{err}");
+    let line = |id: &str| {
+        let at = out.find(&format!("  {id} ")).unwrap_or_else(|| panic!("{id} in {out}"));
+        out[at..].lines().take(2).collect::<Vec<_>>().join("\n")
+    };
+    assert!(line("quick").contains("path: fast"), "{out}");
+    assert!(line("web").contains("path: classic (detach)"), "{out}");
+    assert!(!line("img").contains("path:"), "{out}");
+    let (code, out, _) = kiln(&["render", "-f", f, "-o", "json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(json["paths"], serde_json::json!({"quick": "fast", "web": "classic (detach)"}));
+}
+
+#[test]
 fn bad_flags_and_files_are_one_clear_line() {
     let (code, _, err) = kiln(&["validate", "-f", "/nonexistent/acb.yaml"]);
     assert_ne!(code, 0);

@@ -47,6 +47,14 @@ pub struct ExecArgs {
     /// The platform the steps run as, `os/arch[/variant]` (default: each image's own).
     #[arg(long, value_name = "PLATFORM", value_parser = kiln_api::Platform::from_flag)]
     platform: Option<kiln_api::Platform>,
+    /// How many `cmd` step containers may wait prepared ahead of need (the fast path);
+    /// 0 prepares none.
+    #[arg(long, value_name = "N", default_value_t = kiln_worker::DEFAULT_LOOKAHEAD)]
+    lookahead: usize,
+    /// Run every `cmd` step in a container created and started for it when it is ready (the
+    /// classic path), as before issue 14: for comparison, or as a way out.
+    #[arg(long)]
+    classic_steps: bool,
 }
 
 pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -105,6 +113,8 @@ pub fn exec(args: ExecArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     options.context_dir = context;
     options.timeout = args.timeout.map(Duration::from_secs);
     options.docker_api = args.docker_api;
+    options.lookahead = args.lookahead;
+    options.classic_steps = args.classic_steps;
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let status = runtime.block_on(run(planned.plan, options))?;

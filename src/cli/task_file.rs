@@ -233,6 +233,16 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
                 "run_id": plan.run_id,
                 "rendered": loaded.rendered,
                 "plan": plan,
+                // Which way each `cmd` step's container runs (issue 14): fast unless a setting
+                // needs the classic path; the engine may still decide classic (the image).
+                "paths": plan
+                    .steps
+                    .iter()
+                    .filter_map(|s| {
+                        let path = kiln_plan::step_path::plan_path(s)?;
+                        Some((s.id.to_string(), serde_json::Value::from(path.to_string())))
+                    })
+                    .collect::<serde_json::Map<_, _>>(),
                 "diagnostics": diags,
             }))?;
             println!("{}", mask(&json, &plan.masked));
@@ -280,6 +290,9 @@ fn graph_text(plan: &Plan, loaded: &Loaded) -> String {
                 format!("after {}", ids.join(", "))
             };
             let mut flags = vec![format!("timeout {}s", step.timeout_secs)];
+            if let Some(path) = kiln_plan::step_path::plan_path(step) {
+                flags.push(format!("path: {path}"));
+            }
             if step.retries > 0 {
                 flags.push(format!("retries {}", step.retries));
             }

@@ -29,7 +29,7 @@ use crate::workspace::container_working_dir;
 
 /// How long a killed container may take to report its exit before kiln stops waiting for it
 /// (the run-end sweep removes it regardless).
-const KILL_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -45,6 +45,8 @@ pub enum ContainerError {
     Start { name: String, message: String },
     #[error("lost track of container {name}: {message}")]
     Wait { name: String, message: String },
+    #[error("cannot run the step's command in container {name}: {message}")]
+    Exec { name: String, message: String },
     #[error("container {name} did not stop within {} s of being killed", KILL_GRACE.as_secs())]
     KillTimeout { name: String },
 }
@@ -68,7 +70,7 @@ pub(crate) struct Setup<'a> {
 /// A container to create: the request body and the platform the engine must run it as (the
 /// create call's `platform` parameter, API 1.41, which refuses an image of another platform
 /// rather than running it under whatever emulation happens to be there).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Create {
     pub(crate) body: ContainerCreateBody,
     pub(crate) platform: Option<String>,
@@ -147,19 +149,19 @@ pub(crate) struct Output<'a> {
     pub(crate) observe: &'a mut (dyn FnMut(LogStream, &[u8]) + Send),
 }
 
-/// Runs a container to its end, streaming its output to `output`; `stop` kills it. The
-/// container is removed afterwards unless `keep` is set.
+/// Runs a created container ([`create_container`]) to its end, streaming its output to
+/// `output`; `stop` kills it. `started` is called once it runs. The container is removed
+/// afterwards unless `keep` is set.
 pub(crate) async fn run(
     docker: &Docker,
     name: &str,
-    create: Create,
     keep: bool,
     output: Output<'_>,
     stop: &CancellationToken,
     removals: &TaskTracker,
+    started: &(dyn Fn() + Sync),
 ) -> Result<Exit, ContainerError> {
-    create_container(docker, name, create).await?;
-    let result = attach_start_wait(docker, name, output, stop).await;
+    let result = attach_start_wait(docker, name, output, stop, started).await;
     if !keep {
         // Off the critical path: the next step need not wait for a removal. The run awaits
         // `removals` before its final sweep, which retries any removal that failed.
@@ -184,7 +186,7 @@ pub(crate) async fn start_detached(
         .map_err(|e| ContainerError::Start { name: name.to_string(), message: engine_message(e) })
 }
 
-async fn create_container(
+pub(crate) async fn create_container(
     docker: &Docker,
     name: &str,
     create: Create,
@@ -205,6 +207,7 @@ async fn attach_start_wait(
     name: &str,
     output: Output<'_>,
     stop: &CancellationToken,
+    started: &(dyn Fn() + Sync),
 ) -> Result<Exit, ContainerError> {
     let Output { events, step, observe } = output;
     let attached = docker
@@ -223,32 +226,14 @@ async fn attach_start_wait(
             message: engine_message(e),
         })?;
     // Keep the write half alive until the output ends; the container has no stdin anyway.
-    let (mut frames, _input) = (attached.output, attached.input);
+    let (frames, _input) = (attached.output, attached.input);
     docker.start_container(name, None).await.map_err(|e| ContainerError::Start {
         name: name.to_string(),
         message: engine_message(e),
     })?;
+    started();
 
-    let drain = async {
-        let mut masks = [events.masker(), events.masker()];
-        while let Some(frame) = frames.next().await {
-            let (stream, bytes) = match frame {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                    (LogStream::Stdout, message)
-                }
-                Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
-                Ok(LogOutput::StdIn { .. }) => continue,
-                // The attach stream breaking is not the container failing: `wait` decides.
-                Err(_) => break,
-            };
-            observe(stream, &bytes);
-            let safe = masks[usize::from(stream == LogStream::Stderr)].push(&bytes);
-            events.log(Some(step), stream, &safe).await;
-        }
-        for (mask, stream) in masks.iter_mut().zip([LogStream::Stdout, LogStream::Stderr]) {
-            events.log(Some(step), stream, &mask.finish()).await;
-        }
-    };
+    let drain = drain(frames, events, step, observe);
     let wait = wait(docker, name);
     let mut finished = std::pin::pin!(async { tokio::join!(drain, wait).1 });
 
@@ -261,6 +246,35 @@ async fn attach_start_wait(
                 Err(_) => Err(ContainerError::KillTimeout { name: name.to_string() }),
             }
         }
+    }
+}
+
+/// Streams an attached process's output into log events of `step` until it ends, each piece
+/// shown to `observe` first, masked per stream (a secret split across two frames of one stream
+/// is still masked; stdout and stderr never combine).
+pub(crate) async fn drain(
+    mut frames: impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+    events: &Events,
+    step: &StepId,
+    observe: &mut (dyn FnMut(LogStream, &[u8]) + Send),
+) {
+    let mut masks = [events.masker(), events.masker()];
+    while let Some(frame) = frames.next().await {
+        let (stream, bytes) = match frame {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                (LogStream::Stdout, message)
+            }
+            Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+            Ok(LogOutput::StdIn { .. }) => continue,
+            // The stream breaking is not the process failing: its exit status decides.
+            Err(_) => break,
+        };
+        observe(stream, &bytes);
+        let safe = masks[usize::from(stream == LogStream::Stderr)].push(&bytes);
+        events.log(Some(step), stream, &safe).await;
+    }
+    for (mask, stream) in masks.iter_mut().zip([LogStream::Stdout, LogStream::Stderr]) {
+        events.log(Some(step), stream, &mask.finish()).await;
     }
 }
 
@@ -283,7 +297,7 @@ pub(crate) async fn kill(docker: &Docker, name: &str) {
         .await;
 }
 
-async fn remove(docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {
+pub(crate) async fn remove(docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {
     docker
         .remove_container(
             name,

@@ -11,7 +11,7 @@
 use std::pin::pin;
 
 use bollard::Docker;
-use bollard::models::CreateImageInfo;
+use bollard::models::{CreateImageInfo, ImageInspect};
 use bollard::query_parameters::{CreateImageOptions, TagImageOptions};
 use futures_util::{Stream, StreamExt};
 use kiln_plan::image_ref::ImageRef;
@@ -36,26 +36,28 @@ fn for_platform(platform: Option<&str>) -> String {
     platform.map(|p| format!(" for {p}")).unwrap_or_default()
 }
 
-/// Whether the engine has `image`, for `platform` when the run names one.
-pub(crate) async fn is_present(
+/// The engine's copy of `image` (its ID, OS and `ENTRYPOINT`/`CMD`), for `platform` when the
+/// run names one; `None` when it has none that fits.
+pub(crate) async fn present(
     docker: &Docker,
     image: &str,
     platform: Option<&str>,
-) -> Result<bool, ImageError> {
+) -> Result<Option<ImageInspect>, ImageError> {
     match docker.inspect_image(image).await {
-        Ok(inspect) => Ok(platform.is_none_or(|p| {
-            let os = inspect.os.as_deref().unwrap_or_default();
-            let arch = inspect.architecture.as_deref().unwrap_or_default();
-            let variant = inspect.variant.as_deref().filter(|v| !v.is_empty());
-            let have = match variant {
-                Some(v) => format!("{os}/{arch}/{v}"),
-                None => format!("{os}/{arch}"),
-            };
-            kiln_plan::platform::matches(&have, p)
-        })),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-            Ok(false)
+        Ok(inspect) => {
+            let fits = platform.is_none_or(|p| {
+                let os = inspect.os.as_deref().unwrap_or_default();
+                let arch = inspect.architecture.as_deref().unwrap_or_default();
+                let variant = inspect.variant.as_deref().filter(|v| !v.is_empty());
+                let have = match variant {
+                    Some(v) => format!("{os}/{arch}/{v}"),
+                    None => format!("{os}/{arch}"),
+                };
+                kiln_plan::platform::matches(&have, p)
+            });
+            Ok(fits.then_some(inspect))
         }
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
         Err(source) => Err(ImageError::Inspect { image: image.to_string(), source }),
     }
 }

@@ -17,6 +17,9 @@
 //! | `schedule` | which steps may start now (the DAG) |
 //! | `step` | one step: start delay, timeout, repeat, retries, ignoreErrors |
 //! | `container` | one container: create, attach, start, wait, kill, remove |
+//! | `exec` | one fast-path container: prepared with kiln's init, the command run by `exec` |
+//! | `init` | kiln's idle init for fast-path containers |
+//! | `lookahead` | fast-path containers prepared ahead of need, bounded per run |
 //! | `image` | pulling a step's image with the run's registry logins |
 //! | `volume` | secret volumes |
 //! | [`workspace`] | the run's `/workspace` directory |
@@ -40,8 +43,11 @@ mod delegate;
 mod docker_api;
 pub mod engine;
 mod events;
+mod exec;
 mod image;
 pub mod index;
+mod init;
+mod lookahead;
 pub mod names;
 pub mod owner;
 pub mod platforms;
@@ -57,5 +63,5 @@ pub mod workspace;
 pub use cleanup::{SweepReport, sweep, sweep_orphans};
 pub use docker_api::DockerApiMode;
 pub use engine::{Engine, EngineError};
-pub use run::{RunOptions, RunSummary, StepSummary, execute};
+pub use run::{DEFAULT_LOOKAHEAD, RunOptions, RunSummary, StepSummary, execute};
 pub use spare::{SpareError, SpareNetwork};

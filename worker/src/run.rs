@@ -10,7 +10,7 @@
 //! running steps are killed, dependants never start, and the run error names the step.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use kiln_plan::event::{Event, RunStatus, StepStatus};
 use kiln_plan::mask::Secrets;
-use kiln_plan::plan::{Plan, PlanStep, RunId, StepId};
+use kiln_plan::plan::{Action, Plan, PlanStep, RunId, StepId};
+use kiln_plan::step_path::{self, StepPath};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +31,10 @@ use crate::delegate::Built;
 use crate::docker_api::{DockerApiMode, RunDockerApi, RunScope};
 use crate::engine::Engine;
 use crate::events::Events;
+use crate::exec;
 use crate::image::{self, engine_message};
+use crate::init;
+use crate::lookahead::Lookahead;
 use crate::names;
 use crate::owner::Owner;
 use crate::schedule::Schedule;
@@ -62,7 +66,17 @@ pub struct RunOptions {
     pub refresh_images: Vec<String>,
     /// What `cmd` steps get of the engine at `/var/run/docker.sock` ([`DockerApiMode`]).
     pub docker_api: DockerApiMode,
+    /// How many fast-path step containers may wait prepared ahead of need at a time
+    /// ([`crate::lookahead`]); 0 prepares none ahead (a step then prepares its own when ready).
+    pub lookahead: usize,
+    /// Every `cmd` step takes the classic path (create, attach, start, wait) instead of the
+    /// fast one (`kiln_plan::step_path`): for comparing the two, and as a way out.
+    pub classic_steps: bool,
 }
+
+/// Prepared containers per run unless [`RunOptions::lookahead`] says otherwise: enough to keep
+/// a chain of short steps fed on a small engine, few enough to stay cheap on a wide graph.
+pub const DEFAULT_LOOKAHEAD: usize = 4;
 
 impl RunOptions {
     pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
@@ -74,6 +88,8 @@ impl RunOptions {
             network: None,
             refresh_images: Vec::new(),
             docker_api: DockerApiMode::default(),
+            lookahead: DEFAULT_LOOKAHEAD,
+            classic_steps: false,
         }
     }
 }
@@ -99,6 +115,10 @@ pub struct StepSummary {
     pub exit_code: Option<i64>,
     pub error: Option<String>,
     pub elapsed: Duration,
+    /// The path the step's first container took (`kiln_plan::step_path`; retries and
+    /// repetitions take the classic one); `None` for build and push steps, and for steps that
+    /// ended before they had a container.
+    pub path: Option<StepPath>,
 }
 
 /// What every step of a run shares.
@@ -120,6 +140,11 @@ pub(crate) struct RunContext<'a> {
     pub(crate) removals: TaskTracker,
     /// What the run's builds made ([`Built`]).
     pub(crate) built: &'a Mutex<Built>,
+    /// kiln's init on the host for fast-path containers; `None` when every step takes the
+    /// classic path.
+    pub(crate) init_path: Option<&'a Path>,
+    /// Fast-path containers prepared ahead of need.
+    pub(crate) lookahead: Lookahead,
 }
 
 impl RunContext<'_> {
@@ -170,9 +195,12 @@ pub async fn execute(
                         default_network: prepared.default_network,
                         removals: TaskTracker::new(),
                         built: &built,
+                        init_path: prepared.init_path.as_deref(),
+                        lookahead: Lookahead::new(options.lookahead),
                     };
                     let (status, error) =
                         drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
+                    ctx.lookahead.discard(docker, &ctx.removals).await;
                     ctx.removals.close();
                     ctx.removals.wait().await;
                     (status, error, Some(prepared.workspace), Some(docker_api))
@@ -190,6 +218,7 @@ pub async fn execute(
                     exit_code: None,
                     error: None,
                     elapsed: Duration::ZERO,
+                    path: None,
                 };
                 events
                     .send(Event::StepFinished {
@@ -209,6 +238,7 @@ pub async fn execute(
             exit_code: outcome.exit_code,
             error: outcome.error,
             elapsed: outcome.elapsed,
+            path: outcome.path,
         });
     }
     if status == RunStatus::Succeeded {
@@ -265,6 +295,7 @@ struct Prepared {
     workspace: Workspace,
     networks: HashMap<String, String>,
     default_network: String,
+    init_path: Option<PathBuf>,
 }
 
 /// Checks the plan and creates the workspace and networks. Errors are final run errors; what
@@ -283,8 +314,8 @@ async fn prepare(
             .await
             .map_err(|e| e.to_string())?;
     }
-    // Independent of each other, and the network is an engine round trip: overlap them.
-    let (workspace, networks) = tokio::join!(
+    // Independent of each other, and most are engine round trips: overlap them.
+    let (workspace, networks, init_path, ()) = tokio::join!(
         Workspace::create(
             &options.workspace_root,
             &plan.run_id,
@@ -292,12 +323,14 @@ async fn prepare(
             options.move_context
         ),
         create_networks(docker, owner, plan, options.network.as_ref(), events),
+        install_init(options, events),
+        pull_missing_images(docker, plan, events),
     );
     // Networks that were created are removed by the teardown (by label, or by name for a
     // handed-over one); a workspace that was created is removed here.
     match (workspace, networks) {
         (Ok(workspace), Ok((networks, default_network))) => {
-            Ok(Prepared { schedule, workspace, networks, default_network })
+            Ok(Prepared { schedule, workspace, networks, default_network, init_path })
         }
         (Err(e), _) => Err(e.to_string()),
         (Ok(workspace), Err(message)) => {
@@ -307,6 +340,56 @@ async fn prepare(
             Err(message)
         }
     }
+}
+
+/// kiln's init for fast-path containers, beside the workspaces; `None` (every step classic)
+/// when the run asks for the classic path, the host cannot run it, or it cannot be written.
+async fn install_init(options: &RunOptions, events: &Events) -> Option<PathBuf> {
+    if options.classic_steps || !init::runs_here() {
+        return None;
+    }
+    match init::install(&options.workspace_root).await {
+        Ok(path) => Some(path),
+        Err(e) => {
+            let message = format!("Warning: cannot write kiln's init ({e}); steps run classic");
+            events.system(None, message).await;
+            None
+        }
+    }
+}
+
+/// Pulls, all at once, the `cmd` steps' images the engine lacks, so that no step waits for a
+/// pull and look-ahead can prepare their containers. The pull's lines are the first step's
+/// that uses the image, as they were when that step pulled. A pull that fails here is left to
+/// the step, which pulls again and reports the failure as its own. Images a build step of the
+/// run tags are not pulled (the build makes them), and steps with `pull` set pull for
+/// themselves, as ACR's do.
+async fn pull_missing_images(docker: &Docker, plan: &Plan, events: &Events) {
+    let built = |image: &str| {
+        plan.steps.iter().any(|s| match &s.action {
+            Action::Build { args } => {
+                args.iter().any(|a| a == image || a.ends_with(&format!("={image}")))
+            }
+            _ => false,
+        })
+    };
+    let mut first_use: Vec<(&str, &StepId)> = Vec::new();
+    for step in plan.steps.iter().filter(|s| s.pull.is_none()) {
+        if let Action::Cmd { image, .. } = &step.action
+            && !first_use.iter().any(|(seen, _)| seen == image)
+            && !built(image)
+        {
+            first_use.push((image, &step.id));
+        }
+    }
+    let platform = plan.platform.as_deref();
+    let pulls = first_use.into_iter().map(|(image, step)| async move {
+        if let Ok(None) = image::present(docker, image, platform).await {
+            let _ =
+                image::pull(docker, image, platform, &plan.credentials, events, Some(step)).await;
+        }
+    });
+    futures_util::future::join_all(pulls).await;
 }
 
 /// The run's Docker API, beside its workspace, on its default network.
@@ -432,10 +515,15 @@ async fn drive(
 
     while !running.is_empty() {
         tokio::select! {
+            // First: a step kicks before its command runs, so the kick of a step that has
+            // finished is handled before its dependants start, and they find their containers.
+            biased;
+            () = ctx.lookahead.kicked(), if ended.is_none() => look_ahead(ctx, &schedule),
             Some((i, outcome)) = running.next() => {
                 if ended.is_none() {
                     if outcome.status.lets_dependants_run() {
                         running.extend(schedule.release(i).into_iter().map(launch));
+                        look_ahead(ctx, &schedule);
                     } else if outcome.status == StepStatus::Failed {
                         let error = outcome.error.as_deref().unwrap_or("failed");
                         ended = Some((
@@ -466,6 +554,31 @@ async fn drive(
     match ended {
         Some((status, error)) => (status, Some(error)),
         None => (RunStatus::Succeeded, None),
+    }
+}
+
+/// Prepares containers for the fast-path steps that come next, up to the run's limit. Steps
+/// with secret volumes or `pull` are left to prepare their own when they run: their volume is
+/// filled, or their image pulled, only then.
+fn look_ahead(ctx: &RunContext<'_>, schedule: &Schedule) {
+    let Some(init_path) = ctx.init_path else { return };
+    for i in schedule.upcoming() {
+        if !ctx.lookahead.has_room() {
+            return;
+        }
+        let step = &ctx.plan.steps[i];
+        let Action::Cmd { image, args } = &step.action else { continue };
+        if step_path::plan_path(step) != Some(StepPath::Fast)
+            || !step.volume_mounts.is_empty()
+            || step.pull.is_some()
+            || ctx.lookahead.holds(&step.id)
+        {
+            continue;
+        }
+        let Ok(create) = step::step_create(ctx, step, image, args, Vec::new()) else { continue };
+        let name = names::step_container(&ctx.plan.run_id, &step.id, 1);
+        let warm = exec::warm_create(create, init_path);
+        ctx.lookahead.prepare(ctx.docker, &step.id, name, warm);
     }
 }
 

@@ -3,9 +3,10 @@
 //! Pure bookkeeping, no Docker: a step becomes ready when its **last** dependency finished in a
 //! way that lets dependants run (successful, or failed with `ignoreErrors`). There is no
 //! parallelism cap, as in ACR. What happens on a failure (abort, kill, skip) is the run's
-//! business (`run.rs`); this module only answers "who is ready now?".
+//! business (`run.rs`); this module only answers "who is ready now?", and "who comes next?"
+//! for the containers prepared ahead of need (`lookahead`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use kiln_plan::plan::StepId;
 
@@ -30,6 +31,10 @@ pub(crate) struct Schedule {
     waiting_on: Vec<usize>,
     /// For each step, the steps that depend on it.
     dependants: Vec<Vec<usize>>,
+    /// Every step in the order it can become ready, level by level (breadth-first).
+    order: Vec<usize>,
+    /// Steps handed out by [`Schedule::initial`] or [`Schedule::release`].
+    started: Vec<bool>,
 }
 
 impl Schedule {
@@ -62,7 +67,9 @@ impl Schedule {
                 waiting_on[i] += 1;
             }
         }
-        let schedule = Schedule { waiting_on, dependants };
+        let started = vec![false; steps.len()];
+        let mut schedule = Schedule { waiting_on, dependants, order: Vec::new(), started };
+        schedule.order = schedule.levels();
         let stuck = schedule.unreachable();
         if !stuck.is_empty() {
             return Err(ScheduleError::Cycle(
@@ -73,8 +80,22 @@ impl Schedule {
     }
 
     /// Steps that can start with the run.
-    pub(crate) fn initial(&self) -> Vec<usize> {
+    pub(crate) fn initial(&mut self) -> Vec<usize> {
+        let ready = self.roots();
+        for &i in &ready {
+            self.started[i] = true;
+        }
+        ready
+    }
+
+    fn roots(&self) -> Vec<usize> {
         (0..self.waiting_on.len()).filter(|&i| self.waiting_on[i] == 0).collect()
+    }
+
+    /// Steps not started yet, soonest first: those whose dependencies are all started before
+    /// those waiting on unstarted steps (a breadth-first order of the graph).
+    pub(crate) fn upcoming(&self) -> impl Iterator<Item = usize> + '_ {
+        self.order.iter().copied().filter(|&i| !self.started[i])
     }
 
     /// Records that `step` finished so that its dependants may run, and returns the dependants
@@ -86,17 +107,35 @@ impl Schedule {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
                     ready.push(child);
+                    self.started[child] = true;
                 }
             }
         }
         ready
     }
 
+    /// Kahn's algorithm with a queue: roots, then what they release, and so on.
+    fn levels(&self) -> Vec<usize> {
+        let mut waiting = self.waiting_on.clone();
+        let mut queue: VecDeque<usize> = self.roots().into();
+        let mut order = Vec::with_capacity(waiting.len());
+        while let Some(i) = queue.pop_front() {
+            order.push(i);
+            for &child in &self.dependants[i] {
+                waiting[child] -= 1;
+                if waiting[child] == 0 {
+                    queue.push_back(child);
+                }
+            }
+        }
+        order
+    }
+
     /// Steps that could never start even if every step succeeded: those on or behind a cycle
     /// (Kahn's algorithm on a copy of the counters).
     fn unreachable(&self) -> Vec<usize> {
         let mut waiting = self.waiting_on.clone();
-        let mut queue = self.initial();
+        let mut queue = self.roots();
         let mut reached = vec![false; waiting.len()];
         while let Some(i) = queue.pop() {
             reached[i] = true;
@@ -127,7 +166,7 @@ mod tests {
 
     #[test]
     fn roots_start_together() {
-        let s = graph(&[("a", &[]), ("b", &[]), ("c", &["a"])]).expect("valid");
+        let mut s = graph(&[("a", &[]), ("b", &[]), ("c", &["a"])]).expect("valid");
         assert_eq!(s.initial(), vec![0, 1]);
     }
 
@@ -159,6 +198,19 @@ mod tests {
         // A failed step is never released, so its dependants never become ready.
         let mut s = graph(&[("a", &[]), ("b", &[]), ("c", &["a", "b"])]).expect("valid");
         assert!(s.release(1).is_empty());
+    }
+
+    #[test]
+    fn upcoming_lists_unstarted_steps_level_by_level() {
+        let mut s = graph(&[("d", &["b"]), ("a", &[]), ("b", &["a"]), ("c", &["a"]), ("e", &[])])
+            .expect("valid");
+        assert_eq!(s.upcoming().collect::<Vec<_>>(), vec![1, 4, 2, 3, 0]);
+        assert_eq!(s.initial(), vec![1, 4]);
+        assert_eq!(s.upcoming().collect::<Vec<_>>(), vec![2, 3, 0]);
+        assert_eq!(s.release(1), vec![2, 3]);
+        assert_eq!(s.upcoming().collect::<Vec<_>>(), vec![0]);
+        assert_eq!(s.release(2), vec![0]);
+        assert_eq!(s.upcoming().count(), 0);
     }
 
     #[test]

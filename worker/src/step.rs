@@ -8,17 +8,26 @@
 //!
 //! Each attempt gets its own container name, so a `keep` or `detach` step can be retried or
 //! repeated without colliding with its earlier containers (reference §9 item 12).
+//!
+//! A `cmd` step's first attempt runs by `exec` in the container prepared ahead for it
+//! (`exec`, `lookahead`) when there is one and nothing needs the classic path
+//! (`kiln_plan::step_path`); every other attempt gets a classic container (`container`).
+//! Either way the attempt has a fresh container of its own, with the same settings.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bollard::models::ImageInspect;
 use kiln_plan::event::{Event, LogStream, StepStatus};
 use kiln_plan::plan::{Action, PlanStep, Pull};
+use kiln_plan::step_path::{self, Classic, StepPath};
 use tokio_util::sync::CancellationToken;
 
 use crate::container::{self, Exit, Setup};
 use crate::delegate::{self, Job, LogPipe, Request};
+use crate::exec;
 use crate::image;
+use crate::init;
 use crate::names;
 use crate::run::RunContext;
 use crate::workspace::container_working_dir;
@@ -30,6 +39,9 @@ pub(crate) struct StepOutcome {
     pub(crate) exit_code: Option<i64>,
     pub(crate) error: Option<String>,
     pub(crate) elapsed: Duration,
+    /// The path the step's first container took (later attempts are classic); `None` for
+    /// build and push steps, and for a step that ended before it had a container.
+    pub(crate) path: Option<StepPath>,
 }
 
 /// Why an attempt (or the whole step) failed.
@@ -45,11 +57,12 @@ impl Failure {
     }
 }
 
-/// One attempt's coordinates: its number (for the container name), the network, the output
-/// watch that decides about retrying, and the stop signal.
+/// One attempt's coordinates: its number (for the container name), the output watch that
+/// decides about retrying, and the stop signal.
 struct Attempt<'a, 'p> {
     number: u32,
-    network: &'a str,
+    /// Which path the step's first container took, for its summary.
+    path: &'a Mutex<Option<StepPath>>,
     watch: &'a mut OutputWatch<'p>,
     stop: &'a CancellationToken,
 }
@@ -62,6 +75,7 @@ pub(crate) async fn run(
     abort: &CancellationToken,
 ) -> StepOutcome {
     let started = Instant::now();
+    let path = Mutex::new(None);
     let id = &step.id;
     let network = ctx.network_for(step);
     ctx.events
@@ -90,7 +104,7 @@ pub(crate) async fn run(
     }
 
     let result = if wait_start_delay(ctx, step, abort).await {
-        run_under_timeout(ctx, step, network, abort).await
+        run_under_timeout(ctx, step, &path, abort).await
     } else {
         Err((Failure::new("the run ended before the step started"), false))
     };
@@ -121,7 +135,8 @@ pub(crate) async fn run(
             (status, failure.exit_code, Some(message))
         }
     };
-    let outcome = StepOutcome { status, exit_code, error, elapsed: started.elapsed() };
+    let path = path.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let outcome = StepOutcome { status, exit_code, error, elapsed: started.elapsed(), path };
     ctx.events
         .send(Event::StepFinished {
             step: id.clone(),
@@ -171,12 +186,12 @@ async fn sleep_unless(duration: Duration, stop: &CancellationToken) -> bool {
 async fn run_under_timeout(
     ctx: &RunContext<'_>,
     step: &PlanStep,
-    network: &str,
+    path: &Mutex<Option<StepPath>>,
     abort: &CancellationToken,
 ) -> Result<Option<i64>, (Failure, bool)> {
     // Cancelling `stop` kills whatever runs now; it also fires when the run aborts.
     let stop = abort.child_token();
-    let mut work = std::pin::pin!(repeat_with_retries(ctx, step, network, &stop));
+    let mut work = std::pin::pin!(repeat_with_retries(ctx, step, path, &stop));
     if step.timeout_secs == 0 {
         return work.await.map_err(|f| (f, false));
     }
@@ -194,7 +209,7 @@ async fn run_under_timeout(
 async fn repeat_with_retries(
     ctx: &RunContext<'_>,
     step: &PlanStep,
-    network: &str,
+    path: &Mutex<Option<StepPath>>,
     stop: &CancellationToken,
 ) -> Result<Option<i64>, Failure> {
     let (repetitions, retries) = match step.action {
@@ -213,7 +228,7 @@ async fn repeat_with_retries(
             attempt += 1;
             ctx.events.send(Event::StepStarted { step: step.id.clone(), attempt }).await;
             let mut watch = OutputWatch::new(&step.retry_on_errors);
-            let mut current = Attempt { number: attempt, network, watch: &mut watch, stop };
+            let mut current = Attempt { number: attempt, path, watch: &mut watch, stop };
             let failure = match run_attempt(ctx, step, &mut current).await {
                 Ok(code) => {
                     last_code = code;
@@ -331,69 +346,89 @@ async fn run_container(
     attempt: &mut Attempt<'_, '_>,
 ) -> Result<Option<i64>, Failure> {
     let stop = attempt.stop;
-    let network = attempt.network;
     let id = &step.id;
-    let present = image::is_present(ctx.docker, image, ctx.plan.platform.as_deref())
+    let platform = ctx.plan.platform.as_deref();
+    let mut present = image::present(ctx.docker, image, platform)
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
-    if !present {
+    if present.is_none() {
         tokio::select! {
-            result = image::pull(ctx.docker, image, ctx.plan.platform.as_deref(), &ctx.plan.credentials, &ctx.events, Some(id)) => {
+            result = image::pull(ctx.docker, image, platform, &ctx.plan.credentials, &ctx.events, Some(id)) => {
                 result.map_err(|e| Failure::new(e.to_string()))?;
             }
             () = stop.cancelled() => return Err(Failure::new(format!("pulling {image} was interrupted"))),
         }
+        present = image::present(ctx.docker, image, platform)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
     }
 
-    let mut binds = vec![ctx.workspace.bind()];
-    binds.extend(ctx.docker_api.binds().iter().cloned());
+    let mut volume_binds = Vec::new();
     for mount in &step.volume_mounts {
         let volume = ctx
             .volumes
             .prepare(ctx.docker, &mount.name, image)
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
-        binds.push(format!("{volume}:{}", mount.mount_path));
+        volume_binds.push(format!("{volume}:{}", mount.mount_path));
     }
-    let body = container::create_body(
-        step,
-        Setup {
-            image,
-            args,
-            labels: names::step_labels(&ctx.plan.run_id, id, ctx.owner),
-            binds,
-            env: ctx.docker_api.env(),
-            network,
-            platform: ctx.plan.platform.as_deref(),
-        },
-    )
-    .map_err(|e| Failure::new(e.to_string()))?;
+    let create = step_create(ctx, step, image, args, volume_binds)
+        .map_err(|e| Failure::new(e.to_string()))?;
     let name = names::step_container(&ctx.plan.run_id, id, attempt.number);
+    let command = fast_command(ctx, step, args, present.as_ref());
+    // Only a first attempt's container is prepared ahead; one prepared now would cost what a
+    // classic container costs, plus the exec.
+    let warm = match command {
+        Ok(_) if attempt.number == 1 => take_prepared(ctx, step, present.as_ref()).await,
+        _ => {
+            discard_prepared(ctx, step).await;
+            None
+        }
+    };
+    let path = match (&warm, &command) {
+        (Some(_), _) => StepPath::Fast,
+        (None, Err(reason)) => StepPath::Classic(*reason),
+        (None, Ok(_)) => StepPath::Classic(Classic::NotPrepared),
+    };
+    attempt.path.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(path);
     ctx.events.system(Some(id), format!("Launching container with name: {name}")).await;
 
     if step.detach {
-        container::start_detached(ctx.docker, &name, body)
+        container::start_detached(ctx.docker, &name, create)
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
+        ctx.lookahead.kick();
         ctx.events
             .system(Some(id), format!("Successfully started detached container: {name}"))
             .await;
         return Ok(None);
     }
-    let exit = container::run(
-        ctx.docker,
-        &name,
-        body,
-        step.keep,
-        container::Output {
-            events: &ctx.events,
-            step: id,
-            observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
-        },
-        stop,
-        &ctx.removals,
-    )
-    .await
+    let output = container::Output {
+        events: &ctx.events,
+        step: id,
+        observe: &mut |stream, bytes| attempt.watch.feed(stream, bytes),
+    };
+    let exit = match (warm, command) {
+        (Some(warm), Ok(argv)) => {
+            ctx.lookahead.kick();
+            let command =
+                exec::Command { argv, user: step.user.as_deref(), privileged: step.privileged };
+            exec::run(ctx.docker, &warm, command, output, stop, &ctx.removals).await
+        }
+        _ => {
+            // Prepare what comes next only once this container runs: ahead-of-need work must
+            // not compete with the start of a step that is ready now.
+            let started = || ctx.lookahead.kick();
+            match container::create_container(ctx.docker, &name, create).await {
+                Ok(()) => {
+                    let removals = &ctx.removals;
+                    container::run(ctx.docker, &name, step.keep, output, stop, removals, &started)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
     .map_err(|e| Failure::new(e.to_string()))?;
     match exit {
         Exit::Code(0) => {
@@ -404,6 +439,85 @@ async fn run_container(
             Err(Failure { message: format!("exit status {code}"), exit_code: Some(code) })
         }
         Exit::Stopped => Err(Failure::new(format!("container {name} was killed"))),
+    }
+}
+
+/// The classic create request for `step`'s container; a prepared container's is made from it
+/// ([`exec::warm_create`]), so both paths give a step the same settings.
+pub(crate) fn step_create(
+    ctx: &RunContext<'_>,
+    step: &PlanStep,
+    image: &str,
+    args: &[String],
+    volume_binds: Vec<String>,
+) -> Result<container::Create, container::ContainerError> {
+    let mut binds = vec![ctx.workspace.bind()];
+    binds.extend(ctx.docker_api.binds().iter().cloned());
+    binds.extend(volume_binds);
+    container::create_body(
+        step,
+        Setup {
+            image,
+            args,
+            labels: names::step_labels(&ctx.plan.run_id, &step.id, ctx.owner),
+            binds,
+            env: ctx.docker_api.env(),
+            network: ctx.network_for(step),
+            platform: ctx.plan.platform.as_deref(),
+        },
+    )
+}
+
+/// The command the fast path runs for `step` in `image`, or why the step takes the classic
+/// path (the run's choice, the plan's, or the image's).
+fn fast_command(
+    ctx: &RunContext<'_>,
+    step: &PlanStep,
+    args: &[String],
+    image: Option<&ImageInspect>,
+) -> Result<Vec<String>, Classic> {
+    if ctx.init_path.is_none() {
+        return Err(if init::runs_here() { Classic::Forced } else { Classic::ForeignHost });
+    }
+    let plan = step_path::plan_path(step).unwrap_or(StepPath::Classic(Classic::Forced));
+    let Some(image) = image else { return Err(Classic::NotPrepared) };
+    if let StepPath::Classic(reason) =
+        step_path::image_path(plan, image.os.as_deref(), init::runs_here())
+    {
+        return Err(reason);
+    }
+    let config = image.config.as_ref();
+    let list = |field: Option<&Vec<String>>| field.cloned().unwrap_or_default();
+    step_path::command(
+        step.entry_point.as_deref(),
+        args,
+        &list(config.and_then(|c| c.entrypoint.as_ref())),
+        &list(config.and_then(|c| c.cmd.as_ref())),
+    )
+    .ok_or(Classic::NoCommand)
+}
+
+/// The container prepared ahead of need for `step`, if its image is still the tag's (a build
+/// or pull in the run may have moved the tag since).
+async fn take_prepared(
+    ctx: &RunContext<'_>,
+    step: &PlanStep,
+    image: Option<&ImageInspect>,
+) -> Option<exec::Warm> {
+    let warm = ctx.lookahead.take(&step.id).await?;
+    if warm.image_id.as_str() == image.and_then(|i| i.id.as_deref()).unwrap_or_default() {
+        return Some(warm);
+    }
+    // The attempt needs the name back, so wait for the removal.
+    let _ = container::remove(ctx.docker, &warm.name).await;
+    None
+}
+
+/// Removes a container prepared ahead for a step that turned out to take the classic path
+/// (its image's settings, or a later attempt): the step's container needs its name.
+async fn discard_prepared(ctx: &RunContext<'_>, step: &PlanStep) {
+    if let Some(warm) = ctx.lookahead.take(&step.id).await {
+        let _ = container::remove(ctx.docker, &warm.name).await;
     }
 }
 

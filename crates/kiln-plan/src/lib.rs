@@ -4,10 +4,11 @@
 //! the [`event::Event`]s and status words a run reports, image references ([`image_ref`]), the
 //! dependency report ([`report`]) and the base images it names ([`base_image`]), platform
 //! names ([`platform`]) and a platform's entry in a manifest list ([`manifest_list`]), what
-//! steps get of the engine ([`docker_api`]), what a build context names ([`remote`]) and
-//! masking the plan's secrets ([`mask`]). It must not know Docker (bollard), HTTP, storage or
-//! task files: the server, the store and the task-file crate use these types without pulling
-//! in the engine, and the worker (`kiln-worker`) adds only what needs the engine.
+//! steps get of the engine ([`docker_api`]), what a build context names ([`remote`]), which
+//! path a step's container takes ([`step_path`]) and masking the plan's secrets ([`mask`]). It
+//! must not know Docker (bollard), HTTP, storage or task files: the server, the store and the
+//! task-file crate use these types without pulling in the engine, and the worker
+//! (`kiln-worker`) adds only what needs the engine.
 
 pub mod base_image;
 pub mod docker_api;
@@ -19,3 +20,4 @@ pub mod plan;
 pub mod platform;
 pub mod remote;
 pub mod report;
+pub mod step_path;

@@ -29,7 +29,7 @@ dir=$(mktemp -d)
 serve_pid=
 docker network create kiln-bench >/dev/null
 cleanup() {
-  [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null; fi
   rm -rf "$dir"
   docker network rm kiln-bench >/dev/null
 }
@@ -141,5 +141,5 @@ fi
 
 echo "# $profile build, $(date -u +%F), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for f in serial.md parallel.md overhead.txt serve.md big.txt logs.md logs.txt; do
-  [ -f "$dir/$f" ] && cat "$dir/$f" && echo
+  if [ -f "$dir/$f" ]; then cat "$dir/$f" && echo; fi
 done

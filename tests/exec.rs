@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use support::{
     auth_registry, exec_logged_in, in_auth_registry, kiln, leftovers, registry, repo, run_id,
@@ -367,14 +367,13 @@ fn a_multi_platform_build_pushes_one_manifest_list() {
         dir.path(),
         "version: v1.1.0\nsteps:\n  - build: --platform linux/amd64,linux/arm64 -t $Registry/kiln-multi:$ID .\n  - push: [\"$Registry/kiln-multi:$ID\"]\n",
     );
+    let exec = |file: &Path, run: &str| {
+        let mut kiln = kiln();
+        kiln.args(["exec", "-f"]).arg(file).arg(dir.path());
+        kiln.args(["--registry", &registry(), "--run-id", run]).output().expect("run kiln")
+    };
     let run = run_id("multiplatform");
-    let out = kiln()
-        .args(["exec", "-f"])
-        .arg(&file)
-        .arg(dir.path())
-        .args(["--registry", &registry(), "--run-id", &run])
-        .output()
-        .expect("run kiln");
+    let out = exec(&file, &run);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
 
@@ -423,13 +422,7 @@ fn a_multi_platform_build_pushes_one_manifest_list() {
         "version: v1.1.0\nsteps:\n  - build: --platform linux/arm64 -t kiln-multi-child:$ID .\n",
     );
     let child = run_id("multichild");
-    let out = kiln()
-        .args(["exec", "-f"])
-        .arg(&file)
-        .arg(dir.path())
-        .args(["--registry", &registry(), "--run-id", &child])
-        .output()
-        .expect("run kiln");
+    let out = exec(&file, &child);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let report = &all[all.find("runtime-dependency:").expect("a runtime dependency")..];

@@ -195,16 +195,7 @@ async fn detached_services_and_step_id_dns() {
     let steps = || {
         let setup =
             sh("setup", "mkdir -p /workspace/www && echo hello > /workspace/www/index.html");
-        let mut web =
-            after(cmd("web", &["httpd", "-f", "-p", "8080", "-h", "/workspace/www"]), &["setup"]);
-        web.detach = true;
-        let probe = after(
-            sh(
-                "probe",
-                "for i in $(seq 100); do timeout 2 wget -q -O - http://web:8080/index.html && exit 0; sleep 0.2; done; exit 1",
-            ),
-            &["web"],
-        );
+        let (web, probe) = web_service_and_probe();
         let own = after(
             sh("own-name", "ping -c 1 -W 5 own-name >/dev/null && echo resolved"),
             &["setup"],

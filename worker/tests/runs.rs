@@ -115,16 +115,7 @@ fn web_plan(run: &RunId) -> kiln_plan::plan::Plan {
     let setup = sh("setup", "mkdir -p /workspace/www && echo \"$RUN\" > /workspace/www/index.html");
     let mut setup = setup;
     setup.env = vec![kiln_plan::plan::EnvVar { name: "RUN".into(), value: run.to_string() }];
-    let mut web =
-        after(cmd("web", &["httpd", "-f", "-p", "8080", "-h", "/workspace/www"]), &["setup"]);
-    web.detach = true;
-    let probe = after(
-        sh(
-            "probe",
-            "for i in $(seq 100); do timeout 2 wget -q -O - http://web:8080/index.html && exit 0; sleep 0.2; done; exit 1",
-        ),
-        &["web"],
-    );
+    let (web, probe) = web_service_and_probe();
     plan(run, vec![setup, web, probe])
 }
 

@@ -81,6 +81,22 @@ pub fn after(mut step: PlanStep, deps: &[&str]) -> PlanStep {
     step
 }
 
+/// A detached web server (`web`, busybox httpd serving `/workspace/www` after `setup`) and a
+/// `probe` step that fetches its index page by the service's step ID.
+pub fn web_service_and_probe() -> (PlanStep, PlanStep) {
+    let mut web =
+        after(cmd("web", &["httpd", "-f", "-p", "8080", "-h", "/workspace/www"]), &["setup"]);
+    web.detach = true;
+    let probe = after(
+        sh(
+            "probe",
+            "for i in $(seq 100); do timeout 2 wget -q -O - http://web:8080/index.html && exit 0; sleep 0.2; done; exit 1",
+        ),
+        &["web"],
+    );
+    (web, probe)
+}
+
 pub fn plan(run: &RunId, steps: Vec<PlanStep>) -> Plan {
     Plan {
         run_id: run.clone(),

@@ -314,17 +314,14 @@ impl Client {
     /// `GET /runs?…`: the first page, at most `top` runs (the server's 15 by default).
     pub fn list_runs(&self, query: &RunQuery) -> Result<Vec<Run>, ClientError> {
         let mut request = self.authorize(self.agent.get(self.url(paths::RUNS)));
-        if let Some(status) = query.status {
-            request = request.query("status", status.as_str());
-        }
-        if let Some(image) = &query.image {
-            request = request.query("image", image);
-        }
-        if let Some(task) = &query.task {
-            request = request.query("task", task);
-        }
-        if let Some(top) = query.top {
-            request = request.query("top", top.to_string());
+        // Every filter that is set, by its wire name: the query's own serialisation.
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(query) {
+            for (name, value) in fields {
+                request = match value {
+                    serde_json::Value::String(text) => request.query(name, text),
+                    other => request.query(name, other.to_string()),
+                };
+            }
         }
         let page: List<Run> = self.json(self.check(request.call(), None)?, "the run list")?;
         Ok(page.value)

@@ -278,4 +278,21 @@ fn rerun_runs_the_same_request_again_as_a_linked_run() {
     let out = server.run(&["logs", &second]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello-again"), "{}", text(&out));
     exits(&server.run(&["rerun", "nosuch"]), 1, "run nosuch not found", "unknown run");
+
+    // The run list's filters, from the CLI.
+    let ids = |filter: &[&str]| {
+        let out = server.run(&[&["list-runs", "-o", "json"][..], filter].concat());
+        let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let ids: Vec<String> = runs
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|r| r["runId"].as_str().unwrap().into())
+            .collect();
+        ids
+    };
+    assert_eq!(ids(&["--trigger", "Manual"]), [second.as_str(), first.as_str()]);
+    assert_eq!(ids(&["--search", &second]), [second.as_str()]);
+    assert!(ids(&["--agent-pool", "nosuch"]).is_empty());
+    assert!(ids(&["--branch", "main"]).is_empty(), "a /dev/null run has no branch");
 }

@@ -59,6 +59,21 @@ pub struct ListRunsArgs {
     /// Only runs of this task.
     #[arg(long, value_name = "NAME")]
     task: Option<String>,
+    /// Only runs with this trigger: Manual, Commit, "Pull Request", Timer or "Image Update".
+    #[arg(long, value_name = "TRIGGER")]
+    trigger: Option<String>,
+    /// Only runs this agent took.
+    #[arg(long, value_name = "NAME")]
+    agent: Option<String>,
+    /// Only runs that asked for this agent pool.
+    #[arg(long, value_name = "POOL")]
+    agent_pool: Option<String>,
+    /// Only runs of this git branch.
+    #[arg(long, value_name = "BRANCH")]
+    branch: Option<String>,
+    /// Only runs whose ID, task name or triggering commit contains this text (any case).
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
     /// At most this many runs, newest first (default 15; 0 for all).
     #[arg(long, value_name = "N")]
     top: Option<usize>,
@@ -100,6 +115,11 @@ pub fn list_runs(args: ListRunsArgs, server: &ServerOptions) -> anyhow::Result<E
         status: args.status,
         image: args.image,
         task: args.task,
+        trigger: args.trigger,
+        agent: args.agent,
+        agent_pool: args.agent_pool,
+        branch: args.branch,
+        search: args.search,
         top: args.top,
         ..RunQuery::default()
     };

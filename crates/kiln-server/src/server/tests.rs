@@ -838,11 +838,11 @@ impl Server {
         answer(self.http.run(req.body(bytes).unwrap()).unwrap())
     }
 
-    /// The whole request of stored run `id`, as an agent's lease carries it.
-    fn request_of(&self, id: &RunId) -> api::RunRequest {
+    /// Stored run `id`'s whole request with its logins, opened as an agent's lease carries it.
+    fn opened(&self, id: &str) -> crate::queue::Opened {
         let secrets = crate::secret_box::SecretBox::open_or_create(self.dir.path()).unwrap();
-        let run = self.rt.block_on(self.store.get_run(id)).unwrap();
-        crate::queue::open_request(&secrets, &run).unwrap().request
+        let run = self.rt.block_on(self.store.get_run(&RunId::new(id))).unwrap();
+        crate::queue::open_request(&secrets, &run).unwrap()
     }
 
     /// A user (not admin) API token, as a later `kiln token create` would make it.
@@ -1032,7 +1032,7 @@ fn server_lets_only_admins_give_steps_the_engines_own_socket() {
     let a = s.call("POST", "/runs", &user, &request);
     assert_eq!(a.status, 201, "{}", a.text());
     let id = RunId::new(a.json()["runId"].as_str().unwrap());
-    assert_eq!(s.request_of(&id).docker_api(), Some(kiln_api::DockerApiMode::Off));
+    assert_eq!(s.opened(id.as_str()).request.docker_api(), Some(kiln_api::DockerApiMode::Off));
 
     let task = |mode: &str| {
         json!({"name": "app", "contextPath": "/dev/null", "dockerApi": mode,
@@ -1057,7 +1057,7 @@ fn server_lets_only_admins_give_steps_the_engines_own_socket() {
     let a = s.call("POST", "/tasks/app/runs", &user, &json!({}));
     assert_eq!(a.status, 201, "{}", a.text());
     let id = RunId::new(a.json()["runId"].as_str().unwrap());
-    assert_eq!(s.request_of(&id).docker_api(), Some(kiln_api::DockerApiMode::Host));
+    assert_eq!(s.opened(id.as_str()).request.docker_api(), Some(kiln_api::DockerApiMode::Host));
 
     // `null` returns the task to the agent's own setting.
     let a = s.call("PATCH", "/tasks/app", &s.token, &json!({"dockerApi": null}));
@@ -1089,13 +1089,8 @@ fn server_rerun_queues_the_same_sealed_request_as_a_linked_run() {
         (&first.request, first.timeout, &first.trigger, first.run_type)
     );
     // What the agent gets is the whole first request again, the secret value included.
-    let secrets = crate::secret_box::SecretBox::open_or_create(s.dir.path()).unwrap();
-    let opened = |id: &str| {
-        let record = s.rt.block_on(s.store.get_run(&RunId::new(id))).unwrap();
-        crate::queue::open_request(&secrets, &record).unwrap()
-    };
-    assert_eq!(opened("ka2"), opened("ka1"));
-    assert!(serde_json::to_string(&opened("ka2").request).unwrap().contains("s3cret"));
+    assert_eq!(s.opened("ka2"), s.opened("ka1"));
+    assert!(serde_json::to_string(&s.opened("ka2").request).unwrap().contains("s3cret"));
     let a = s.post("/runs/ka9/rerun", Some(&s.auth()), "application/json", b"");
     assert_eq!((a.status, a.error().error.code.as_str()), (404, "RunNotFound"));
     let a = s.post("/runs/ka1/rerun", None, "application/json", b"");

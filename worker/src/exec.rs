@@ -13,6 +13,7 @@ use std::path::Path;
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::KillContainerOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -81,7 +82,8 @@ pub(crate) async fn prepare(
 }
 
 /// Runs `command` in `warm` to its end, streaming its output to `output`; `stop` kills the
-/// container. The container is removed afterwards, off the critical path.
+/// container. Once the command has exited, whatever it left running is killed
+/// ([`end_leftovers`]); the container is removed afterwards, off the critical path.
 pub(crate) async fn run(
     docker: &Docker,
     warm: &Warm,
@@ -91,11 +93,25 @@ pub(crate) async fn run(
     removals: &TaskTracker,
 ) -> Result<Exit, ContainerError> {
     let result = exec(docker, &warm.name, command, output, stop).await;
+    if let Ok(Exit::Code(_)) = result {
+        end_leftovers(docker, &warm.name).await;
+    }
     let (docker, name) = (docker.clone(), warm.name.clone());
     removals.spawn(async move {
         let _ = container::remove(&docker, &name).await;
     });
     result
+}
+
+/// Kills what the step's command left running (background children, daemons), as the end of
+/// a classic container's PID 1 does: SIGTERM to kiln's init, which answers with SIGKILL to
+/// every other process of the container ([`crate::init`]). Unlike a SIGKILL to the container,
+/// the engine does not wait for the container to stop, so this is one short call on the
+/// step's critical path. The next step of a lane ([`crate::lane`]) then finds the shared
+/// namespace's ports free. If it fails, the removal that follows kills them all the same.
+async fn end_leftovers(docker: &Docker, name: &str) {
+    let options = KillContainerOptions { signal: "TERM".to_string() };
+    let _ = docker.kill_container(name, Some(options)).await;
 }
 
 async fn exec(

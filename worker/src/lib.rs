@@ -20,6 +20,7 @@
 //! | `exec` | one fast-path container: prepared with kiln's init, the command run by `exec` |
 //! | `init` | kiln's idle init for fast-path containers |
 //! | `lookahead` | fast-path containers prepared ahead of need, bounded per run |
+//! | `lane` | the network namespace a chain of steps shares: its sandbox container |
 //! | `image` | pulling a step's image with the run's registry logins |
 //! | `volume` | secret volumes |
 //! | [`workspace`] | the run's `/workspace` directory |
@@ -47,6 +48,7 @@ mod exec;
 mod image;
 pub mod index;
 mod init;
+mod lane;
 mod lookahead;
 pub mod names;
 pub mod owner;

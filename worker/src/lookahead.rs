@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::container::{self, Create};
 use crate::exec::{self, Warm};
+use crate::lane::{self, Attach};
 
 /// A run's containers prepared ahead of need, keyed by step.
 #[derive(Debug)]
@@ -57,10 +58,21 @@ impl Lookahead {
         self.waiting().contains_key(step)
     }
 
-    /// Starts preparing `step`'s container `name` from `create` (a warm request).
-    pub(crate) fn prepare(&self, docker: &Docker, step: &StepId, name: String, create: Create) {
+    /// Starts preparing `step`'s container `name` from `create` (a warm request), attached as
+    /// its lane says once that is settled (`crate::lane`: its sandbox may still be starting).
+    pub(crate) fn prepare(
+        &self,
+        docker: &Docker,
+        step: &StepId,
+        name: String,
+        mut create: Create,
+        attach: impl Future<Output = Attach> + Send + 'static,
+    ) {
         let docker = docker.clone();
-        let task = tokio::spawn(async move { exec::prepare(&docker, &name, create).await.ok() });
+        let task = tokio::spawn(async move {
+            lane::attach(&mut create, attach.await);
+            exec::prepare(&docker, &name, create).await.ok()
+        });
         self.waiting().insert(step.clone(), task);
     }
 

@@ -42,6 +42,12 @@ pub(crate) fn step_container(run: &RunId, step: &StepId, n: u32) -> String {
     format!("kiln-{}-{}-{n}", component(run.as_str()), component(step.as_str()))
 }
 
+/// The sandbox of a run's `n`th lane (`crate::lane`); it ends in `-sandbox`, where a step's
+/// container ends in its number, so no step ID can take its name.
+pub(crate) fn lane_sandbox(run: &RunId, n: usize) -> String {
+    format!("kiln-{}-lane-{n}-sandbox", component(run.as_str()))
+}
+
 /// The helper container that fills a secret volume.
 pub(crate) fn secret_helper(run: &RunId, volume: &str) -> String {
     format!("kiln-{}-vol-{}-fill", component(run.as_str()), component(volume))
@@ -78,7 +84,7 @@ pub fn docker_api_run(dir: &str) -> Option<RunId> {
 
 const DOCKER_API_PREFIX: &str = "docker-";
 
-/// Labels of a run-wide object (network, volume).
+/// Labels of a run-wide object (network, volume, lane sandbox).
 pub(crate) fn run_labels(run: &RunId, owner: &Owner) -> HashMap<String, String> {
     let mut labels = HashMap::from(owner.labels());
     labels.insert(RUN_LABEL.to_string(), run.to_string());

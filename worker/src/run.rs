@@ -34,6 +34,7 @@ use crate::events::Events;
 use crate::exec;
 use crate::image::{self, engine_message};
 use crate::init;
+use crate::lane::{RunLanes, SandboxSetup};
 use crate::lookahead::Lookahead;
 use crate::names;
 use crate::owner::Owner;
@@ -145,6 +146,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) init_path: Option<&'a Path>,
     /// Fast-path containers prepared ahead of need.
     pub(crate) lookahead: Lookahead,
+    /// The network namespaces chains of steps share.
+    pub(crate) lanes: RunLanes,
 }
 
 impl RunContext<'_> {
@@ -183,6 +186,16 @@ pub async fn execute(
             Ok(prepared) => match start_docker_api(engine, plan, &options, &prepared).await {
                 Err(e) => (RunStatus::Error, Some(e.to_string()), Some(prepared.workspace), None),
                 Ok(docker_api) => {
+                    let lanes = RunLanes::new(
+                        plan,
+                        prepared.init_path.as_ref().map(|init_path| SandboxSetup {
+                            docker: docker.clone(),
+                            init_path: init_path.clone(),
+                            network: prepared.default_network.clone(),
+                            labels: names::run_labels(run_id, engine.owner()),
+                            platform: plan.platform.clone(),
+                        }),
+                    );
                     let ctx = RunContext {
                         docker,
                         owner: engine.owner(),
@@ -197,10 +210,12 @@ pub async fn execute(
                         built: &built,
                         init_path: prepared.init_path.as_deref(),
                         lookahead: Lookahead::new(options.lookahead),
+                        lanes,
                     };
                     let (status, error) =
                         drive(&ctx, prepared.schedule, &options, &cancel, &mut outcomes).await;
                     ctx.lookahead.discard(docker, &ctx.removals).await;
+                    ctx.lanes.settle().await;
                     ctx.removals.close();
                     ctx.removals.wait().await;
                     (status, error, Some(prepared.workspace), Some(docker_api))
@@ -578,7 +593,7 @@ fn look_ahead(ctx: &RunContext<'_>, schedule: &Schedule) {
         let Ok(create) = step::step_create(ctx, step, image, args, Vec::new()) else { continue };
         let name = names::step_container(&ctx.plan.run_id, &step.id, 1);
         let warm = exec::warm_create(create, init_path);
-        ctx.lookahead.prepare(ctx.docker, &step.id, name, warm);
+        ctx.lookahead.prepare(ctx.docker, &step.id, name, warm, ctx.lanes.attach(&step.id));
     }
 }
 

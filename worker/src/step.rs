@@ -28,6 +28,7 @@ use crate::delegate::{self, Job, LogPipe, Request};
 use crate::exec;
 use crate::image;
 use crate::init;
+use crate::lane;
 use crate::names;
 use crate::run::RunContext;
 use crate::workspace::container_working_dir;
@@ -372,8 +373,9 @@ async fn run_container(
             .map_err(|e| Failure::new(e.to_string()))?;
         volume_binds.push(format!("{volume}:{}", mount.mount_path));
     }
-    let create = step_create(ctx, step, image, args, volume_binds)
+    let mut create = step_create(ctx, step, image, args, volume_binds)
         .map_err(|e| Failure::new(e.to_string()))?;
+    lane::attach(&mut create, ctx.lanes.attach(id).await);
     let name = names::step_container(&ctx.plan.run_id, id, attempt.number);
     let command = fast_command(ctx, step, args, present.as_ref());
     // Only a first attempt's container is prepared ahead; one prepared now would cost what a
@@ -442,7 +444,8 @@ async fn run_container(
     }
 }
 
-/// The classic create request for `step`'s container; a prepared container's is made from it
+/// The classic create request for `step`'s container, on the run's network (its lane's
+/// namespace is a later choice, [`lane::attach`]); a prepared container's is made from it
 /// ([`exec::warm_create`]), so both paths give a step the same settings.
 pub(crate) fn step_create(
     ctx: &RunContext<'_>,

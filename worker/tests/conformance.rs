@@ -231,3 +231,48 @@ async fn a_cancelled_run_removes_its_prepared_containers() {
     assert_eq!(done.status("gate"), StepStatus::Canceled);
     assert_eq!(done.status("later0"), StepStatus::Skipped);
 }
+
+/// What a step's command leaves running is killed when the command exits, as when a classic
+/// container's command (its PID 1) ends: the next step of the chain, which on the fast path
+/// shares its network namespace (`kiln_plan::lane`), can bind the same port.
+#[tokio::test]
+async fn what_a_command_leaves_running_ends_with_it() {
+    let steps = || {
+        // busybox httpd forks into the background once it holds the port.
+        let first = sh("first", "httpd -p 8080 && echo bound");
+        let second = after(sh("second", "httpd -p 8080 && echo bound again"), &["first"]);
+        vec![first, second]
+    };
+    let (fast, _) = both("leftovers", steps, &[], &["first", "second"]).await;
+    assert_eq!(fast.stdout("second"), "bound again\n", "{}", fast.dump());
+}
+
+/// Steps of one chain share one network namespace on the fast path; steps that may run at the
+/// same time never do, and each still resolves the others by step ID.
+#[tokio::test]
+async fn a_chain_shares_a_network_namespace_and_parallel_steps_do_not() {
+    let engine = engine().await;
+    let run = run_id("lanes");
+    let mac = |id: &str| format!("cat /sys/class/net/eth0/address > /workspace/{id}");
+    let steps = vec![
+        sh("gate", "true"),
+        after(sh("a", &mac("a")), &["gate"]),
+        after(
+            sh("p", &format!("{} && ping -c 1 -W 5 a >/dev/null && echo found a", mac("p"))),
+            &["gate"],
+        ),
+        after(sh("b", &mac("b")), &["a"]),
+        after(
+            sh(
+                "check",
+                "cd /workspace && [ \"$(cat a)\" = \"$(cat b)\" ] && echo chain shares; \
+                 [ \"$(cat a)\" != \"$(cat p)\" ] && echo parallel apart",
+            ),
+            &["b", "p"],
+        ),
+    ];
+    let done = start(&engine, plan(&run, steps)).finish(&engine).await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert_eq!(done.stdout("check"), "chain shares\nparallel apart\n", "{}", done.dump());
+    assert_eq!(done.stdout("p"), "found a\n");
+}

@@ -6,14 +6,15 @@
 //! starting the exec, which the engine does in a fraction of a container start. Everything but
 //! the command is the classic path's create request ([`container::create_body`]): env, user,
 //! working directory, privileged, binds, network and its step-ID alias are the container's,
-//! so the exec inherits them. A stop kills the container, not just the exec: SIGKILL to the
-//! init ends the PID namespace, so the command's children die with it, as in the classic path.
+//! so the exec inherits them. The command runs through the init ([`init::command`]), which
+//! ends what the command left running when it exits, as a classic container's end does. A
+//! stop kills the container, not just the exec: SIGKILL to the init ends the PID namespace, so
+//! the command's children die with it, as in the classic path.
 
 use std::path::Path;
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::query_parameters::KillContainerOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,8 +83,8 @@ pub(crate) async fn prepare(
 }
 
 /// Runs `command` in `warm` to its end, streaming its output to `output`; `stop` kills the
-/// container. Once the command has exited, whatever it left running is killed
-/// ([`end_leftovers`]); the container is removed afterwards, off the critical path.
+/// container. The command runs through kiln's init ([`init::command`]), which kills what it
+/// left running once it exits; the container is removed afterwards, off the critical path.
 pub(crate) async fn run(
     docker: &Docker,
     warm: &Warm,
@@ -93,25 +94,11 @@ pub(crate) async fn run(
     removals: &TaskTracker,
 ) -> Result<Exit, ContainerError> {
     let result = exec(docker, &warm.name, command, output, stop).await;
-    if let Ok(Exit::Code(_)) = result {
-        end_leftovers(docker, &warm.name).await;
-    }
     let (docker, name) = (docker.clone(), warm.name.clone());
     removals.spawn(async move {
         let _ = container::remove(&docker, &name).await;
     });
     result
-}
-
-/// Kills what the step's command left running (background children, daemons), as the end of
-/// a classic container's PID 1 does: SIGTERM to kiln's init, which answers with SIGKILL to
-/// every other process of the container ([`crate::init`]). Unlike a SIGKILL to the container,
-/// the engine does not wait for the container to stop, so this is one short call on the
-/// step's critical path. The next step of a lane ([`crate::lane`]) then finds the shared
-/// namespace's ports free. If it fails, the removal that follows kills them all the same.
-async fn end_leftovers(docker: &Docker, name: &str) {
-    let options = KillContainerOptions { signal: "TERM".to_string() };
-    let _ = docker.kill_container(name, Some(options)).await;
 }
 
 async fn exec(
@@ -132,7 +119,7 @@ async fn exec(
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 tty: Some(false),
-                cmd: Some(command.argv),
+                cmd: Some(init::command(command.argv)),
                 // The container's user already is the step's; saying it again costs nothing
                 // and keeps the exec independent of how the container was created.
                 user: command.user.map(str::to_string),

@@ -10,8 +10,10 @@
 //! outside lanes do, each with its own alias. Either way the lane's answer is settled before
 //! any member has a container, so a step ID never resolves to two places.
 //!
-//! A member's leftovers are killed before the next member starts ([`crate::exec`]): in a
-//! shared namespace a daemon the previous step left would otherwise hold its ports.
+//! What a member's command left running is killed when the command exits, before the next
+//! member starts: by the init running the command ([`crate::init`]) on the fast path, by the
+//! end of the container's PID 1 on the classic one. In a shared namespace a daemon the
+//! previous step left would otherwise hold its ports.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

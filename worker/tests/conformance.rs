@@ -247,6 +247,16 @@ async fn what_a_command_leaves_running_ends_with_it() {
     assert_eq!(fast.stdout("second"), "bound again\n", "{}", fast.dump());
 }
 
+/// A child left in the background that holds the output open dies when the command exits, as
+/// in a classic container: it does not get to print, and the step does not wait for it (the
+/// engine would keep an exec's output open for it for up to ~2 s).
+#[tokio::test]
+async fn a_background_child_holding_the_output_ends_with_the_command() {
+    let steps = || vec![sh("early", "(sleep 1; echo late) & echo early")];
+    let (fast, _) = both("background", steps, &[], &["early"]).await;
+    assert_eq!(fast.stdout("early"), "early\n", "{}", fast.dump());
+}
+
 /// Steps of one chain share one network namespace on the fast path; steps that may run at the
 /// same time never do, and each still resolves the others by step ID.
 #[tokio::test]

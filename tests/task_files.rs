@@ -235,7 +235,7 @@ fn render_shows_which_path_each_cmd_step_takes() {
     let file = dir.path().join("acb.yaml");
     fs::write(
         &file,
-        "version: v1.1.0\nsteps:\n  - id: quick\n    cmd: busybox true\n  - id: web\n    cmd: busybox httpd -f\n    detach: true\n  - id: img\n    build: -t app .\n",
+        "version: v1.1.0\nsteps:\n  - id: quick\n    cmd: busybox true\n  - id: web\n    cmd: busybox httpd -f\n    detach: true\n  - id: img\n    build: -t app .\n  - id: a1\n    cmd: busybox true\n  - id: a2\n    cmd: busybox true\n",
     )
     .unwrap();
     let f = file.to_str().unwrap();
@@ -248,10 +248,17 @@ fn render_shows_which_path_each_cmd_step_takes() {
     assert!(line("quick").contains("path: fast"), "{out}");
     assert!(line("web").contains("path: classic (detach)"), "{out}");
     assert!(!line("img").contains("path:"), "{out}");
+    // Steps of one chain share a network namespace; the first step starts with the run.
+    assert!(line("a1").contains("network: lane 1") && line("a2").contains("lane 1"), "{out}");
+    assert!(!line("quick").contains("lane"), "{out}");
     let (code, out, _) = kiln(&["render", "-f", f, "-o", "json"]);
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(json["paths"], serde_json::json!({"quick": "fast", "web": "classic (detach)"}));
+    assert_eq!(
+        json["paths"],
+        serde_json::json!({"quick": "fast", "web": "classic (detach)", "a1": "fast", "a2": "fast"})
+    );
+    assert_eq!(json["lanes"], serde_json::json!([["a1", "a2"]]));
 }
 
 #[test]

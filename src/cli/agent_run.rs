@@ -40,6 +40,10 @@ pub struct AgentRunArgs {
     /// (the engine's own socket: every step is root here) or `off`.
     #[arg(long, value_name = "MODE", default_value = "scoped")]
     docker_api: DockerApiMode,
+    /// How many `cmd` step containers a run may keep prepared ahead of need (the fast path);
+    /// 0 prepares none.
+    #[arg(long, value_name = "N", default_value_t = kiln_worker::DEFAULT_LOOKAHEAD)]
+    lookahead: usize,
     /// Bytes of a run's log kept in memory while the server has not stored them (tests).
     #[arg(long, hide = true, value_name = "BYTES", default_value_t = SpoolLimits::default().memory)]
     log_buffer_memory: usize,
@@ -82,6 +86,7 @@ pub(super) fn run(args: AgentRunArgs, server: &ServerOptions) -> anyhow::Result<
             platforms: args.platform,
             log_spool: SpoolLimits { memory: args.log_buffer_memory, disk: args.log_buffer_disk },
             docker_api: args.docker_api,
+            lookahead: args.lookahead,
             ..AgentConfig::new(session.name.clone(), data_dir)
         };
         let agent = Agent::start(Arc::new(control), config).await?;

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// socket, as ACR does: every step is root on this machine) or `off`.
     #[arg(long, value_name = "MODE", default_value = "scoped")]
     docker_api: DockerApiMode,
+    /// How many `cmd` step containers a run of the embedded agent may keep prepared ahead of need (the fast path);
+    /// 0 prepares none.
+    #[arg(long, value_name = "N", default_value_t = kiln_worker::DEFAULT_LOOKAHEAD)]
+    lookahead: usize,
     /// The embedded agent's name, in the records of the runs it takes (default: this host's
     /// name). Servers sharing a database need different names.
     #[arg(long, value_name = "NAME")]
@@ -169,7 +173,7 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
         tls,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let start_agent = embedded_agent(&serve_config, args.docker_api);
+    let start_agent = embedded_agent(&serve_config, args.docker_api, args.lookahead);
     runtime.block_on(run_server(serve_config, start_agent, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -178,10 +182,11 @@ pub fn serve(args: ServeArgs, config: Option<&Path>) -> anyhow::Result<ExitCode>
 /// `<data>/agents/<name>` (workspaces, contexts, its owner lock), so servers sharing a data
 /// directory never take each other's; the runs it holds when the server stops end with the
 /// server's stopped message.
-fn embedded_agent(config: &ServeConfig, docker_api: DockerApiMode) -> StartAgent {
+fn embedded_agent(config: &ServeConfig, docker_api: DockerApiMode, lookahead: usize) -> StartAgent {
     let agent_config = AgentConfig {
         capacity: config.workers,
         docker_api,
+        lookahead,
         stopped_message: SERVER_STOPPED_MESSAGE.to_string(),
         ..AgentConfig::new(
             config.agent_name.clone(),

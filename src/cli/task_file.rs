@@ -243,6 +243,8 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
                         Some((s.id.to_string(), serde_json::Value::from(path.to_string())))
                     })
                     .collect::<serde_json::Map<_, _>>(),
+                // Which `cmd` steps share a network namespace, each lane in run order.
+                "lanes": lane_ids(&plan),
                 "diagnostics": diags,
             }))?;
             println!("{}", mask(&json, &plan.masked));
@@ -261,6 +263,14 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// The steps of each lane (`kiln_plan::lane`) by ID.
+fn lane_ids(plan: &Plan) -> Vec<Vec<&str>> {
+    let lanes = kiln_plan::lane::Lanes::assign(plan);
+    (0..lanes.len())
+        .map(|lane| lanes.members(lane).iter().map(|&i| plan.steps[i].id.as_str()).collect())
+        .collect()
+}
+
 /// Secret values never reach a terminal or a CI log, even from a dry run.
 fn mask(text: &str, secrets: &[String]) -> String {
     secrets
@@ -271,6 +281,7 @@ fn mask(text: &str, secrets: &[String]) -> String {
 
 /// The step graph as a table: one step a line, in start order, with what it waits for.
 fn graph_text(plan: &Plan, loaded: &Loaded) -> String {
+    let lanes = kiln_plan::lane::Lanes::assign(plan);
     let width = plan.steps.iter().map(|s| s.id.as_str().len()).max().unwrap_or(0);
     let mut out = format!("# step graph ({} steps)\n", plan.steps.len());
     for (depth, level) in loaded.graph.levels().iter().enumerate() {
@@ -292,6 +303,9 @@ fn graph_text(plan: &Plan, loaded: &Loaded) -> String {
             let mut flags = vec![format!("timeout {}s", step.timeout_secs)];
             if let Some(path) = kiln_plan::step_path::plan_path(step) {
                 flags.push(format!("path: {path}"));
+            }
+            if let Some(lane) = lanes.lane_of(i) {
+                flags.push(format!("network: lane {}", lane + 1));
             }
             if step.retries > 0 {
                 flags.push(format!("retries {}", step.retries));

@@ -72,6 +72,9 @@ pub struct AgentConfig {
     /// What `cmd` steps get of this machine's engine (`--docker-api`) when the run does not
     /// say: a task's `dockerApi` wins.
     pub docker_api: DockerApiMode,
+    /// How many fast-path step containers a run may keep prepared ahead of need
+    /// (`kiln_worker::RunOptions::lookahead`).
+    pub lookahead: usize,
 }
 
 impl AgentConfig {
@@ -86,6 +89,7 @@ impl AgentConfig {
             platforms: Vec::new(),
             log_spool: SpoolLimits::default(),
             docker_api: DockerApiMode::default(),
+            lookahead: kiln_worker::DEFAULT_LOOKAHEAD,
         }
     }
 

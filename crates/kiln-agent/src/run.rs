@@ -155,6 +155,7 @@ async fn execute(
     options.context_dir = ready.context_dir;
     // The context was unpacked or fetched for this run alone, next to the workspaces.
     options.move_context = true;
+    options.lookahead = shared.config.lookahead;
     if let Some(update) = &lease.trigger.image_update_trigger {
         options.refresh_images = update
             .images

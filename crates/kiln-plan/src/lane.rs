@@ -141,19 +141,7 @@ mod tests {
     }
 
     fn plan(steps: Vec<PlanStep>) -> Plan {
-        Plan {
-            run_id: RunId::new("r"),
-            steps,
-            networks: vec![],
-            volumes: vec![],
-            masked: vec![],
-            registry: None,
-            task_name: None,
-            credentials: vec![],
-            git_ssh: None,
-            context_limit: None,
-            platform: None,
-        }
+        Plan::new(RunId::new("r"), steps)
     }
 
     fn lanes(plan: &Plan) -> Vec<Vec<&str>> {

@@ -154,6 +154,24 @@ impl fmt::Debug for GitSsh {
 }
 
 impl Plan {
+    /// A plan of `steps` and nothing else: no declared networks, volumes, secrets, registry,
+    /// logins or platform.
+    pub fn new(run_id: RunId, steps: Vec<PlanStep>) -> Self {
+        Plan {
+            run_id,
+            steps,
+            networks: Vec::new(),
+            volumes: Vec::new(),
+            masked: Vec::new(),
+            registry: None,
+            task_name: None,
+            credentials: Vec::new(),
+            git_ssh: None,
+            context_limit: None,
+            platform: None,
+        }
+    }
+
     /// Whether the run gets a network of its own (no declared network `isDefault`), the one
     /// a [`crate::RunOptions::network`] spare can stand in for.
     pub fn uses_run_network(&self) -> bool {

@@ -98,19 +98,7 @@ pub fn web_service_and_probe() -> (PlanStep, PlanStep) {
 }
 
 pub fn plan(run: &RunId, steps: Vec<PlanStep>) -> Plan {
-    Plan {
-        run_id: run.clone(),
-        steps,
-        networks: vec![],
-        volumes: vec![],
-        masked: vec![],
-        registry: None,
-        task_name: None,
-        credentials: vec![],
-        git_ssh: None,
-        context_limit: None,
-        platform: None,
-    }
+    Plan::new(run.clone(), steps)
 }
 
 /// Script fragment: wait (bounded by the step timeout) until the test or another step creates

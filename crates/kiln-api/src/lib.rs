@@ -39,6 +39,7 @@ pub mod legacy;
 pub mod request;
 pub mod run_log;
 pub mod status;
+pub mod steps;
 pub mod task;
 mod task_wire;
 pub mod uploads;
@@ -507,6 +508,10 @@ pub struct Run {
     /// The run this one repeats (`POST /runs/{id}/rerun`): same request, queued again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// Its steps in task-file order, as its agent last reported them; empty until the agent
+    /// has planned the run.
+    #[serde(default)]
+    pub steps: Vec<steps::Step>,
 }
 
 impl Run {

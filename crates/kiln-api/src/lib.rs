@@ -17,7 +17,8 @@
 //! wire types, the run [`status`] vocabulary the wire shows, and the agent's [`control::Control`]
 //! link, so that the server (its in-process link) and the agent can both name it while neither
 //! depends on the other. With them, the pure rules both sides apply to a run: a request
-//! becomes a task file ([`request`]), a run's log lines are formatted ([`run_log`]), and an
+//! becomes a task file ([`request`]), a run's log lines are formatted ([`run_log`]), its steps'
+//! states are kept from the worker's events ([`steps`]), and an
 //! upload ID names an archive and a context has a size limit ([`uploads`]). It must not know the store, axum, Docker or an HTTP client (no sqlx,
 //! axum, reqwest, bollard): the agent depends on it and must stay free of those. Stored records
 //! become these types on the store's side (`From<&RunRecord> for Run` and the like).

@@ -39,9 +39,9 @@ impl From<Verdict> for StepStatus {
     }
 }
 
-/// One step of a run.
+/// One step of a run. Unknown fields are ignored, as in the run record that holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Step {
     /// The step's `id` in the task file (`acb_step_N` when it has none).
     pub id: String,

@@ -68,9 +68,10 @@ pub async fn submit(
         ("skipToken" = Option<String>, Query, description = "Continuation token from a `nextLink` (not when watching)")),
     responses((status = 200, description = "One page of runs; for `Accept: text/event-stream` \
             server-sent events: `run` (a run record, as `GET /runs/{id}` shows it) for each of \
-            the first page, oldest first, then `ready` (their number), then `run` for each matching run that is \
-            queued or changes, and `removed` (its run ID) when a run sent before no longer \
-            matches. Each (re)connect starts with the first page again.", body = List<api::Run>),
+            the first page, oldest first, then `ready` (their number), then `run` for each \
+            matching run that is queued or changes, and `removed` (its run ID) when a run sent \
+            before no longer matches. Each (re)connect starts with the first page again.",
+            body = List<api::Run>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,

@@ -1,11 +1,12 @@
 //! Wake-ups between servers that share a PostgreSQL database: the store NOTIFYs that a run was
 //! queued, that a run's log grew, that a run ended, that a held run is to be cancelled or that a
-//! run's record changed, and every server LISTENs
-//! ([`Store::listen`]) and passes what it hears to its own log hub and agent. So a follower on
-//! server B hears an agent writing through server A at once, and B's idle workers claim a run
-//! submitted to A without waiting for their poll. Like the in-process hub these are hints, never
-//! state: readers still read the store, and a missed notification (a reconnect) costs one
-//! recheck interval. On SQLite (one server) nothing is sent and there is nothing to hear.
+//! run's record changed, and every server LISTENs ([`Store::listen`]) and passes what it hears to
+//! its own log hub, run watchers and agent. So a follower on server B hears an agent writing
+//! through server A at once, and B's idle workers claim a run submitted to A without waiting for
+//! their poll. Like the in-process hub these are hints, never state: readers still read the
+//! store, and a missed notification (a reconnect) costs one recheck interval (a run watcher's
+//! client sees the change at its next change or reconnect). On SQLite (one server) nothing is
+//! sent and there is nothing to hear.
 //!
 //! A notification inside a transaction is delivered when it commits, and not at all when it rolls
 //! back, so nobody is woken for a run or bytes that do not exist.

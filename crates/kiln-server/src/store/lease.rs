@@ -2,7 +2,7 @@
 //! an epoch (issue 5: "a worker whose lease was taken away cannot report into the run any more").
 //!
 //! Every claim and every expiry bumps the run's `epoch`. A worker's writes (`set_status`,
-//! `append_log`, `finish`, `heartbeat`) name the epoch of its claim and only apply while the run
+//! `set_steps`, `append_log`, `finish`, `heartbeat`) name the epoch of its claim and only apply while the run
 //! still has that epoch and is still Started/Running; otherwise they fail with
 //! [`StoreError::StaleLease`]. Each fenced write is one conditional `UPDATE`, so the check and the
 //! write cannot be separated by another writer.

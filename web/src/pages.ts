@@ -97,8 +97,8 @@ export async function runsPage(main: HTMLElement): Promise<() => void> {
     const old = row(run.runId);
     if (old) old.replaceWith(fresh);
     else {
-      const after = [...rows.rows].find((r) => (r.dataset.created ?? "") < run.createTime);
-      if (after) rows.insertBefore(fresh, after);
+      const older = [...rows.rows].find((r) => (r.dataset.created ?? "") < run.createTime);
+      if (older) rows.insertBefore(fresh, older);
       else if (!next) rows.append(fresh);
     }
     shown();
@@ -129,7 +129,7 @@ function trigger(run: Run): string {
 function stepsTable(run: Run, selected: string, pick: (step: string) => void): HTMLElement {
   if (!run.steps.length) return h("p", {}, ACTIVE.includes(run.status) ? "Not planned yet." : "No steps reported.");
   const filter = (id: string, label: string) => {
-    const b = h("button", { type: "button", "aria-pressed": String(id === selected) }, label);
+    const b = h("button", { type: "button", value: id, "aria-pressed": String(id === selected) }, label);
     b.addEventListener("click", () => pick(id));
     return b;
   };
@@ -177,7 +177,10 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   const steps = h("div", { class: "step-list" });
   const log = new LogView();
   let step = "";
-  const pick = (s: string) => { step = s; log.setStep(s); render(); };
+  const pick = (s: string) => {
+    step = s; log.setStep(s);
+    for (const b of steps.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.value === s));
+  };
   const message = h("p", { class: "error", role: "alert" });
   const render = () => {
     clear(head); clear(record); clear(actions); clear(steps);
@@ -236,10 +239,8 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   const stream = () => {
     source = new EventSource(`/runs/${enc(run.runId)}/log`);
     source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data));
-    source.addEventListener("end", async () => {
-      source?.close(); log.end();
-      try { run = await api.get<Run>(`/runs/${enc(run.runId)}`); render(); } catch (e) { message.textContent = (e as Error).message; }
-    });
+    // The record's end arrives through the run's own watch.
+    source.addEventListener("end", () => { source?.close(); log.end(); });
   };
   stamps.addEventListener("change", async () => {
     source?.close(); log.reset();

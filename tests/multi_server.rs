@@ -3,7 +3,8 @@
 //! (`KILN_TEST_POSTGRES_URL`) and one data directory (the secret key and uploads), the real
 //! engine. Any server takes submissions and deliveries; each run runs once, each delivery
 //! queues once, and a log follower on one server hears what an agent writes through the other.
-//! An agent given both servers carries its run on through the other when one is killed.
+//! An agent given both servers carries its run on through the other when one is killed. A watch
+//! of the run list on one server sees a run submitted to and run by the other, live.
 //! (Timer occurrences across two servers: `timers_two_servers_one_database_fire_once` in
 //! `src/server/timers.rs`, which drives the timer loop with chosen instants.)
 
@@ -16,7 +17,7 @@ mod support;
 #[path = "support/webhooks.rs"]
 mod webhooks;
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use base64::Engine as _;
@@ -138,6 +139,83 @@ fn a_follower_on_one_server_hears_a_run_on_the_other_live_and_cancels_it_there()
     let run = pair.a.finished(&id);
     assert_eq!(run["status"], "Canceled", "{run}");
     assert!(rest.iter().any(|l| l.contains("was canceled")), "the follower saw the end: {rest:?}");
+}
+
+/// `GET /runs` as server-sent events, read one event at a time (each read blocks until the event
+/// arrived; keep-alive comments are skipped).
+struct Watch(Box<dyn BufRead + Send>);
+
+impl Watch {
+    fn open(server: &Server, path: &str) -> Watch {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let response = agent
+            .get(format!("{}{path}", server.url))
+            .header("authorization", format!("Bearer {}", server.token))
+            .header("accept", "text/event-stream")
+            .call()
+            .expect("the watch opens");
+        Watch(Box::new(BufReader::new(response.into_body().into_reader())))
+    }
+
+    /// `(event, data)` of the next event.
+    fn next(&mut self) -> (String, String) {
+        let (mut event, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            assert!(self.0.read_line(&mut line).expect("a line") > 0, "the watch ended");
+            match line.trim_end_matches('\n').split_once(':') {
+                Some(("event", value)) => event = value.trim_start().to_string(),
+                Some(("data", value)) => data.push_str(value.trim_start()),
+                None if !event.is_empty() => return (event, data),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Watch {
+    /// Reads `run` events of run `id` until one satisfies `done`; returns it.
+    fn until(&mut self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let (event, data) = self.next();
+            assert_eq!(event, "run", "{data}");
+            let run: Value = serde_json::from_str(&data).expect("a run record");
+            assert_eq!(run["runId"], id, "{run}");
+            if done(&run) {
+                return run;
+            }
+        }
+    }
+}
+
+/// A step's ID and status in a run record.
+fn steps(run: &Value) -> Vec<(String, String)> {
+    let steps = run["steps"].as_array().expect("steps");
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    steps.iter().map(|s| (text(&s["id"]), text(&s["status"]))).collect()
+}
+
+#[test]
+fn a_watch_on_one_server_sees_a_run_submitted_to_and_run_by_the_other_live() {
+    // Only A has a worker; the watch is on B.
+    let pair = Pair::start("watch", 1, 0);
+    let mut watch = Watch::open(&pair.b, "/runs");
+    assert_eq!(watch.next(), ("ready".to_string(), "0".to_string()));
+    let task = "steps:\n  - id: hello\n    cmd: busybox echo hi\n  \
+                - id: wait\n    cmd: busybox sleep 120\n    when: [hello]\n";
+    let id = submit(&pair.a, task);
+    // The run waits in its second step until it is cancelled: B sees it there, live.
+    let running = watch
+        .until(&id, |run| run["status"] == "Running" && run["steps"][1]["status"] == "running");
+    assert_eq!(running["steps"][1]["dependsOn"], json!(["hello"]), "{running}");
+    assert_eq!(steps(&running)[0].1, "successful", "{running}");
+    let out = pair.a.run(&["cancel-run", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let canceled = watch.until(&id, |run| run["status"] == "Canceled");
+    let (_, stored) = pair.b.api("GET", &format!("/runs/{id}"), Value::Null);
+    assert_eq!(canceled, stored, "the same record as GET /runs/{{id}}");
+    let want = [("hello", "successful"), ("wait", "canceled")].map(|(i, s)| (i.into(), s.into()));
+    assert_eq!(steps(&canceled), want, "{canceled}");
 }
 
 #[test]

@@ -31,6 +31,10 @@ fn a_remote_agent_runs_quick_runs_and_builds_and_its_name_is_on_the_record() {
     let run = server.show(&id);
     assert_eq!(run["status"], "Succeeded", "{run}");
     assert_eq!(run["agentName"], "edge-1", "{run}");
+    // The agent reported its step over HTTP before it finished the run.
+    let steps = run["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{run}");
+    assert_eq!((&steps[0]["status"], &steps[0]["exitCode"]), (&json!("successful"), &json!(0)));
 
     // A local context goes up to the server and down to the agent.
     let context = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/quick-build");
@@ -257,6 +261,16 @@ fn the_agent_protocol_refuses_bad_input_and_stores_none_of_it() {
     let heartbeat = format!("/agent/runs/{id}/heartbeat");
     assert_eq!(call("POST", &heartbeat, Some(&token), json!({"epoch": epoch - 1})).0, 409);
     assert_eq!(call("POST", &heartbeat, Some(&token), json!({"epoch": epoch})).0, 200);
+    // Step reports: fenced, checked, and each replaces the one before.
+    let steps = format!("/agent/runs/{id}/steps");
+    let report = |epoch: i64, status: &str| {
+        json!({"epoch": epoch, "steps": [{"id": "one", "status": status,
+            "startTime": "2026-01-01T00:00:00.000Z", "dependsOn": []}]})
+    };
+    assert_eq!(call("POST", &steps, Some(&token), report(epoch + 1, "running")).0, 409);
+    assert_eq!(call("POST", &steps, Some(&token), report(epoch, "done")).0, 400);
+    assert_eq!(call("POST", &steps, Some(&token), report(epoch, "pending")).0, 200);
+    assert_eq!(call("POST", &steps, Some(&token), report(epoch, "running")).0, 200);
     let finish = format!("/agent/runs/{id}/finish");
     assert_eq!(
         call("POST", &finish, Some(&token), json!({"epoch": epoch, "status": "Running"})).0,
@@ -276,6 +290,8 @@ fn the_agent_protocol_refuses_bad_input_and_stores_none_of_it() {
         (run["status"].as_str(), run["agentName"].as_str()),
         (Some("Succeeded"), Some("prober"))
     );
+    assert_eq!(run["steps"], report(epoch, "running")["steps"], "{run}");
+    assert_eq!(call("POST", &steps, Some(&token), report(epoch, "successful")).0, 409);
     let log = log_of(&server, &id);
     assert!(log.ends_with("first\nsecond\n"), "{log}");
     assert!(!log.contains("gap") && !log.contains("stale") && !log.contains("xxx"), "{log}");

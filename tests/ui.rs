@@ -1,7 +1,8 @@
 //! The web app end to end in a real browser: `web/tests/e2e.mjs` (Playwright's playwright-core
 //! driving Debian's Chromium) against a real `kiln serve` with a real engine, filled here with a
 //! finished run (ANSI colours and HTML markup in its log), a running run, and a task with a
-//! secret. The script signs in, filters runs, checks colours, inert markup and line links,
+//! secret. The script signs in, sees a run queued meanwhile appear and succeed live with its
+//! steps listed, filters runs, checks colours, inert markup and line links,
 //! re-runs, watches live lines and cancels, runs a task with an override, and runs axe-core on
 //! every page; this test asserts its report: every step passed, no console error, no serious or
 //! critical accessibility violation. Screenshots go to `docs/` (see `docs/ui.md`).

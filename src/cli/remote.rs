@@ -422,6 +422,7 @@ mod tests {
             waiting_reason: None,
             request: None,
             rerun_of: None,
+            steps: vec![],
         }
     }
 

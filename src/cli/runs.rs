@@ -293,6 +293,7 @@ mod tests {
             waiting_reason: None,
             request: None,
             rerun_of: None,
+            steps: vec![],
         }
     }
 

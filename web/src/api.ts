@@ -5,13 +5,16 @@
 export interface Session { name: string; role: "admin" | "user"; csrfToken: string; expiryTime: string }
 export interface Image { registry: string; repository: string; tag: string; digest: string }
 export interface SourceTrigger { eventType: string; commitId: string; pullRequestId?: string; repositoryUrl: string; branchName: string; providerType: string }
+export interface Step { id: string; status: string; startTime?: string; finishTime?: string; exitCode?: number; dependsOn: string[] }
+export interface ImageReference { registry: string; repository: string; tag?: string; digest: string; digestKind?: string; reference: string }
+export interface Dependency { image?: ImageReference | null; runtimeDependency?: ImageReference | null; buildtimeDependency: ImageReference[]; git?: { gitHeadRevision: string } }
 export interface Run {
   runId: string; status: string; runType: string; trigger: string;
   triggerDetail?: { sourceTrigger?: SourceTrigger; timerTrigger?: { timerTriggerName: string; scheduleOccurrence: string }; imageUpdateTrigger?: unknown };
   task?: string; createTime: string; startTime?: string; finishTime?: string; lastUpdatedTime: string;
   platform: { os: string; architecture: string; variant?: string }; timeout: number; outputImages: Image[];
-  dependencies?: unknown[]; runErrorMessage?: string; logLength: number; agentPoolName?: string; agentName?: string;
-  waitingReason?: string | null; request?: unknown; rerunOf?: string;
+  dependencies?: Dependency[]; runErrorMessage?: string; logLength: number; agentPoolName?: string; agentName?: string;
+  waitingReason?: string | null; request?: unknown; rerunOf?: string; steps: Step[];
 }
 export interface List<T> { value: T[]; nextLink?: string }
 

@@ -30,25 +30,27 @@ function field(id: string, label: string, value: string): [HTMLElement, HTMLInpu
   return [h("label", { for: id }, label), input];
 }
 
-function runsTable(runs: Run[]): HTMLElement {
-  const body = h("tbody");
-  for (const r of runs) {
-    const detail = r.triggerDetail?.sourceTrigger;
-    body.append(h("tr", {},
-      h("td", {}, h("a", { href: `/ui/runs/${enc(r.runId)}` }, r.runId)),
-      h("td", {}, r.task ? h("a", { href: `/ui/tasks/${enc(r.task)}` }, r.task) : ""),
-      h("td", {}, status(r.status)),
-      h("td", {}, r.trigger, detail ? ` ${detail.branchName} ${detail.commitId.slice(0, 10)}` : ""),
-      h("td", {}, r.agentName ?? ""),
-      h("td", {}, when(r.startTime ?? r.createTime)),
-      h("td", {}, duration(r.startTime, r.finishTime))));
-  }
-  return h("table", { class: "runs" },
-    h("thead", {}, h("tr", {}, ...["Run", "Task", "Status", "Trigger", "Agent", "Started", "Duration"].map((t) => h("th", { scope: "col" }, t)))),
-    body);
+function runRow(r: Run): HTMLTableRowElement {
+  const detail = r.triggerDetail?.sourceTrigger;
+  return h("tr", { "data-run": r.runId, "data-created": r.createTime },
+    h("td", {}, h("a", { href: `/ui/runs/${enc(r.runId)}` }, r.runId)),
+    h("td", {}, r.task ? h("a", { href: `/ui/tasks/${enc(r.task)}` }, r.task) : ""),
+    h("td", {}, status(r.status)),
+    h("td", {}, r.trigger, detail ? ` ${detail.branchName} ${detail.commitId.slice(0, 10)}` : ""),
+    h("td", {}, r.agentName ?? ""),
+    h("td", {}, when(r.startTime ?? r.createTime)),
+    h("td", {}, duration(r.startTime, r.finishTime)));
 }
 
-/// `/`: runs, newest first, with the API's filters (kept in the URL's query) and its pages.
+function runsTable(runs: Run[]): HTMLTableElement {
+  return h("table", { class: "runs" },
+    h("thead", {}, h("tr", {}, ...["Run", "Task", "Status", "Trigger", "Agent", "Started", "Duration"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, ...runs.map(runRow)));
+}
+
+/// `/`: runs, newest first, with the API's filters (kept in the URL's query) and its pages; live
+/// through the watch form of the same query (`GET /runs` as server-sent events), which updates
+/// rows in place, adds new runs in order and drops runs that stop matching.
 export async function runsPage(main: HTMLElement): Promise<() => void> {
   const params = new URLSearchParams(location.search);
   const [sl, st] = select("status", "Status", STATUSES, params.get("status") ?? "");
@@ -61,25 +63,49 @@ export async function runsPage(main: HTMLElement): Promise<() => void> {
     for (const el of form.querySelectorAll<HTMLInputElement | HTMLSelectElement>("input, select")) if (el.value) q.set(el.name, el.value);
     go(q.size ? `/?${q}` : "/");
   });
-  const list = h("div", { class: "list" });
+  const table = runsTable([]);
+  const rows = table.tBodies[0];
+  const empty = h("p", {}, "No runs match.");
+  const list = h("div", { class: "list" }, table, empty);
   main.append(h("h1", {}, "Runs"), form, list);
   const query = new URLSearchParams(params);
   if (!query.has("top")) query.set("top", "50");
   let next: string | undefined = `/runs?${query}`;
   const more = h("button", { type: "button" }, "Older runs");
+  const shown = () => { table.hidden = !rows.rows.length; empty.hidden = !table.hidden; };
   const page = async () => {
     if (!next) return;
     try {
       const got: api.List<Run> = await api.get<api.List<Run>>(next);
       next = got.nextLink;
-      list.append(got.value.length || list.childElementCount ? runsTable(got.value) : h("p", {}, "No runs match."));
+      rows.append(...got.value.map(runRow));
       more.hidden = !next;
     } catch (e) { failure(list, e); }
+    shown();
   };
   more.addEventListener("click", () => void page());
   main.append(more);
   await page();
-  return () => {};
+
+  // Live: each record replaces its row, or goes where its creation time puts it among the
+  // loaded rows (not below them while older pages are not loaded).
+  const row = (id: string) => [...rows.rows].find((r) => r.dataset.run === id);
+  const source = new EventSource(`/runs?${query}`);
+  source.addEventListener("run", (e) => {
+    const run = JSON.parse((e as MessageEvent<string>).data) as Run;
+    const fresh = runRow(run);
+    const old = row(run.runId);
+    if (old) old.replaceWith(fresh);
+    else {
+      const older = [...rows.rows].find((r) => (r.dataset.created ?? "") < run.createTime);
+      if (older) rows.insertBefore(fresh, older);
+      else if (!next) rows.append(fresh);
+    }
+    shown();
+  });
+  source.addEventListener("removed", (e) => { row((e as MessageEvent<string>).data)?.remove(); shown(); });
+  source.addEventListener("ready", () => { table.dataset.live = "true"; });
+  return () => source.close();
 }
 
 function dl(pairs: [string, string | Node | undefined | null][]): HTMLElement {
@@ -99,18 +125,65 @@ function trigger(run: Run): string {
   return run.trigger;
 }
 
-/// `/ui/runs/ID`: the record, its steps, and the log, live while the run runs.
+/// A run's steps as its agent reported them; each step's ID shows only its lines in the log.
+function stepsTable(run: Run, selected: string, pick: (step: string) => void): HTMLElement {
+  if (!run.steps.length) return h("p", {}, ACTIVE.includes(run.status) ? "Not planned yet." : "No steps reported.");
+  const filter = (id: string, label: string) => {
+    const b = h("button", { type: "button", value: id, "aria-pressed": String(id === selected) }, label);
+    b.addEventListener("click", () => pick(id));
+    return b;
+  };
+  const body = h("tbody");
+  for (const s of run.steps) {
+    body.append(h("tr", { "data-step": s.id },
+      h("td", {}, filter(s.id, s.id)),
+      h("td", {}, h("span", { class: `status s-${s.status}` }, s.status)),
+      h("td", {}, when(s.startTime)), h("td", {}, when(s.finishTime)),
+      h("td", {}, s.startTime && (s.finishTime || s.status === "running") ? duration(s.startTime, s.finishTime) : ""),
+      h("td", {}, s.exitCode ?? ""),
+      h("td", {}, s.dependsOn.join(", "))));
+  }
+  return h("div", {},
+    h("table", { class: "steps" },
+      h("thead", {}, h("tr", {}, ...["Step", "Status", "Started", "Finished", "Duration", "Exit code", "Depends on"].map((c) => h("th", { scope: "col" }, c)))),
+      body),
+    filter("", "Whole log"));
+}
+
+/// The dependency report: one row per image a build step tagged and each image it depends on.
+function dependenciesTable(deps: api.Dependency[]): HTMLElement {
+  const name = (i?: api.ImageReference | null) => i ? `${i.registry}/${i.repository}${i.tag ? `:${i.tag}` : ""}` : "";
+  const body = h("tbody");
+  for (const d of deps) {
+    const on: [string, api.ImageReference][] = [
+      ...(d.runtimeDependency ? [["runtime", d.runtimeDependency] as [string, api.ImageReference]] : []),
+      ...d.buildtimeDependency.map((b) => ["buildtime", b] as [string, api.ImageReference])];
+    for (const [kind, dep] of on) body.append(h("tr", {}, h("td", {}, name(d.image)), h("td", {}, kind), h("td", {}, name(dep)), h("td", {}, h("code", {}, dep.digest))));
+    if (d.git?.gitHeadRevision) body.append(h("tr", {}, h("td", {}, name(d.image)), h("td", {}, "git commit"), h("td", {}, d.git.gitHeadRevision), h("td", {}, "")));
+  }
+  return h("table", { class: "dependencies" },
+    h("thead", {}, h("tr", {}, ...["Image", "Kind", "Depends on", "Digest"].map((c) => h("th", { scope: "col" }, c)))),
+    body);
+}
+
+/// `/ui/runs/ID`: the record, its steps, and the log, live while the run runs (the record
+/// through the watch form of `GET /runs/ID`, the log through its own stream).
 export async function runPage(main: HTMLElement, id: string): Promise<() => void> {
   let run: Run;
   try { run = await api.get<Run>(`/runs/${enc(id)}`); } catch (e) { failure(main, e); return () => {}; }
   const head = h("div", { class: "run-head" });
   const record = h("div");
   const actions = h("div", { class: "actions" });
-  const steps = h("ul", { class: "steps", "aria-label": "Steps" });
+  const steps = h("div", { class: "step-list" });
   const log = new LogView();
+  let step = "";
+  const pick = (s: string) => {
+    step = s; log.setStep(s);
+    for (const b of steps.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.value === s));
+  };
   const message = h("p", { class: "error", role: "alert" });
   const render = () => {
-    clear(head); clear(record); clear(actions);
+    clear(head); clear(record); clear(actions); clear(steps);
     head.append(h("h1", {}, `Run ${run.runId} `, status(run.status)));
     record.append(dl([
       ["Task", run.task ? h("a", { href: `/ui/tasks/${enc(run.task)}` }, run.task) : "(quick run)"],
@@ -121,9 +194,10 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
       ["Queued", when(run.createTime)], ["Started", when(run.startTime)], ["Finished", when(run.finishTime)],
       ["Duration", duration(run.startTime, run.finishTime)],
       ["Output images", run.outputImages.map((i) => `${i.registry}/${i.repository}:${i.tag}@${i.digest}`).join("\n")],
-      ["Dependencies", run.dependencies ? JSON.stringify(run.dependencies, null, 1) : undefined],
+      ["Dependencies", run.dependencies?.length ? dependenciesTable(run.dependencies) : undefined],
       ["Error", run.runErrorMessage],
     ]));
+    steps.append(stepsTable(run, step, pick));
     if (ACTIVE.includes(run.status)) {
       const cancel = h("button", { type: "button" }, "Cancel");
       cancel.addEventListener("click", async () => {
@@ -140,22 +214,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   };
   render();
 
-  // Log controls: step filter, search, follow, timestamps.
-  const stepButtons = () => {
-    clear(steps);
-    const all = h("button", { type: "button", "aria-pressed": "true" }, "Whole log");
-    const buttons = [all];
-    all.addEventListener("click", () => { log.setStep(""); press(all); });
-    steps.append(h("li", {}, all));
-    for (const s of log.steps.values()) {
-      const b = h("button", { type: "button", "aria-pressed": "false" }, s.id, " ", h("span", { class: `status s-${s.status}` }, s.status), s.seconds !== undefined ? ` ${s.seconds.toFixed(1)}s` : "");
-      b.addEventListener("click", () => { log.setStep(s.id); press(b); });
-      buttons.push(b);
-      steps.append(h("li", {}, b));
-    }
-    function press(b: HTMLButtonElement) { for (const x of buttons) x.setAttribute("aria-pressed", String(x === b)); }
-  };
-  log.onSteps = stepButtons;
+  // Log controls: search, follow, timestamps (the step filter is in the steps table).
   const search = h("input", { id: "log-search", type: "search", placeholder: "Search the log" });
   const found = h("span", { class: "found", "aria-live": "polite" });
   search.addEventListener("input", () => { const n = log.search(search.value); found.textContent = search.value ? `${n} lines` : ""; });
@@ -168,14 +227,20 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
     h("label", {}, follow, " Follow"), h("label", {}, stamps, " Timestamps"));
   main.append(head, actions, message, record, h("h2", {}, "Steps"), steps, h("h2", {}, "Log"), tools, log.root);
 
+  // The record (status, steps) live until the run ends.
+  const watch = new EventSource(`/runs/${enc(run.runId)}`);
+  watch.addEventListener("run", (e) => {
+    run = JSON.parse((e as MessageEvent<string>).data) as Run;
+    render();
+    if (!ACTIVE.includes(run.status)) watch.close();
+  });
+
   let source: EventSource | undefined;
   const stream = () => {
     source = new EventSource(`/runs/${enc(run.runId)}/log`);
     source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data));
-    source.addEventListener("end", async () => {
-      source?.close(); log.end();
-      try { run = await api.get<Run>(`/runs/${enc(run.runId)}`); render(); } catch (e) { message.textContent = (e as Error).message; }
-    });
+    // The record's end arrives through the run's own watch.
+    source.addEventListener("end", () => { source?.close(); log.end(); });
   };
   stamps.addEventListener("change", async () => {
     source?.close(); log.reset();
@@ -193,7 +258,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
     const once = () => { if (log.lines.length >= Number(initial.slice(2))) { line(); source?.removeEventListener("log", once); } };
     source?.addEventListener("log", once);
   }
-  return () => { source?.close(); window.removeEventListener("hashchange", line); };
+  return () => { source?.close(); watch.close(); window.removeEventListener("hashchange", line); };
 }
 
 // A task as the API shows it: its definition's fields (secrets as `***`) beside these.

@@ -54,6 +54,38 @@ try {
   await page.getByRole("link", { name: env("DONE"), exact: true }).waitFor();
   await page.screenshot({ path: `${shots}/ui-runs.png` });
 
+  // Live runs (issue 15): a run queued after the page opened appears without a reload and turns
+  // Succeeded in place; its page lists its steps with their statuses and dependencies.
+  await page.locator("table.runs[data-live]").waitFor();
+  await page.evaluate(() => { window.kilnSamePage = true; });
+  const twoSteps = "version: v1.1.0\nsteps:\n  - id: first\n    cmd: busybox echo live-one\n" +
+    "  - id: second\n    cmd: busybox echo live-two\n    when: [first]\n";
+  const queued = await fetch(`${base}/runs`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${env("KILN_TOKEN")}`, "content-type": "application/json" },
+    body: JSON.stringify({ type: "EncodedTaskRunRequest", source: { kind: "none" }, encodedTaskContent: Buffer.from(twoSteps).toString("base64") }),
+  });
+  check(queued.status === 201, `queued a run through the API: ${queued.status}`);
+  const liveId = (await queued.json()).runId;
+  const liveRow = page.locator(`table.runs tbody tr[data-run="${liveId}"]`);
+  await liveRow.waitFor();
+  check(await liveRow.evaluate((row) => row === row.parentElement.firstElementChild), `new run ${liveId} appeared on top`);
+  await liveRow.locator(".status", { hasText: "Succeeded" }).waitFor({ timeout: 120000 });
+  check(await page.evaluate(() => window.kilnSamePage === true), "its status changed to Succeeded without a reload");
+  await page.getByRole("link", { name: liveId, exact: true }).click();
+  await page.locator('table.steps tr[data-step="second"] .status', { hasText: "successful" }).waitFor();
+  const stepRows = await page.locator("table.steps tbody tr").evaluateAll((rows) => rows.map((r) => [...r.cells].map((c) => c.textContent)));
+  check(stepRows.length === 2 && stepRows[0][0] === "first" && stepRows[1][0] === "second", `steps listed in order: ${JSON.stringify(stepRows)}`);
+  check(stepRows.every((r) => r[1] === "successful" && r[2] && r[3] && r[5] === "0"), "each step with its status, times and exit code");
+  check(stepRows[1][6] === "first", "second depends on first");
+  await page.locator("table.steps").getByRole("button", { name: "second" }).click();
+  await page.locator(".log", { hasText: "live-two" }).waitFor();
+  check(true, "a step's button shows its lines");
+  await page.goto(`${base}/ui/runs/${env("LONG")}`);
+  await page.locator('table.steps tr[data-step="ticks"] .status', { hasText: "running" }).waitFor({ timeout: 120000 });
+  check(true, "a running run's step shows running");
+  await page.goto(`${base}/`);
+
   // Filter: Succeeded runs only.
   await page.getByLabel("Status").selectOption("Succeeded");
   await page.getByRole("button", { name: "Filter" }).click();

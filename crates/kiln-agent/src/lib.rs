@@ -11,6 +11,7 @@
 //! Modules: `kiln_api::control` (the link), [`run`] (one held run, from lease to finish), `prepare`
 //! (lease → context → plan), `log_writer` (events → masked, batched, offset-addressed log
 //! parts), `spool` (a run's log bytes until the server stored them: memory, then a file),
+//! `step_reporter` (events → the run's step states, reported whole as they change),
 //! `spare` (each worker loop's pre-created run network, which keeps `docker network
 //! create` off dispatch), `leftovers` (what dead runs left: engine objects of dead owners,
 //! work directories of runs this agent does not hold).
@@ -22,6 +23,7 @@ pub mod remote;
 mod run;
 mod spare;
 mod spool;
+mod step_reporter;
 
 #[cfg(test)]
 mod tests;

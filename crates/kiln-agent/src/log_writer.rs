@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
 use super::spool::{Part, Spool};
+use super::step_reporter::StepReporter;
 use kiln_api::run_log::{self, Dependencies, LineAssembler, StepEnds, StreamKey};
 
 /// A batch is written once it reaches this size or the event channel is empty.
@@ -181,17 +182,22 @@ impl LogWriter {
     }
 
     /// Consumes the worker's events until the run ends (the sender is dropped), spooling a
-    /// batch whenever the channel runs dry or the batch is full.
+    /// batch whenever the channel runs dry or the batch is full; `steps` sees each event too.
     pub(crate) async fn consume(
         &mut self,
         events: &mut mpsc::Receiver<Event>,
         dependencies: &mut Dependencies,
+        steps: &mut StepReporter,
     ) {
         while let Some(event) = events.recv().await {
+            steps.observe(&event);
             self.event(&event, dependencies);
             while self.batch.len() < BATCH_BYTES {
                 match events.try_recv() {
-                    Ok(event) => self.event(&event, dependencies),
+                    Ok(event) => {
+                        steps.observe(&event);
+                        self.event(&event, dependencies);
+                    }
                     Err(_) => break,
                 }
             }

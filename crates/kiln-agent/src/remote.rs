@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use kiln_api::ErrorBody;
 use kiln_api::agent::{
     AgentSession, Beat, Fence, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS,
-    RunOutcome, StatusUpdate, WatchReply, WatchRequest,
+    RunOutcome, StatusUpdate, StepReport, WatchReply, WatchRequest,
 };
 use kiln_api::control::{Control, ControlError, ControlResult};
 use kiln_api::paths;
@@ -177,6 +177,15 @@ impl Control for RemoteControl {
 
     fn append_log(&self, run: RunId, part: LogPart) -> BoxFuture<'_, ControlResult<LogAck>> {
         Box::pin(async move { self.run_call(&run, "log", reqwest::Method::PUT, &part).await })
+    }
+
+    fn report_steps(&self, run: RunId, report: StepReport) -> BoxFuture<'_, ControlResult<()>> {
+        Box::pin(async move {
+            let path = format!("{}/{run}/steps", paths::AGENT_RUNS);
+            self.call::<_, serde_json::Value>(reqwest::Method::POST, &path, &report, Some(&run), 0)
+                .await
+                .map(drop)
+        })
     }
 
     fn finish(&self, run: RunId, outcome: RunOutcome) -> BoxFuture<'_, ControlResult<()>> {

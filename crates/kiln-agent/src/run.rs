@@ -1,5 +1,6 @@
 //! One held run, from claim to finished record: heartbeats (which carry cancellation and detect
-//! a lost lease), preparation, execution with `kiln_worker`, the log, and the final record.
+//! a lost lease), preparation, execution with `kiln_worker`, the log, the steps' states, and the
+//! final record.
 //!
 //! The record is written once, at the end, fenced on the claim's epoch: if the lease was taken
 //! away meanwhile, someone else already recorded the run and this worker only cleans up.
@@ -12,6 +13,7 @@ use kiln_api::Image;
 use kiln_api::agent::{Lease, RunOutcome};
 use kiln_api::control::{Control, ControlError};
 use kiln_api::status::RunStatus;
+use kiln_api::steps::StepBoard;
 use kiln_plan::event::RunStatus as WorkerStatus;
 use kiln_plan::image_ref::ImageRef;
 use kiln_plan::plan::StepId;
@@ -24,6 +26,7 @@ use super::log_writer::LogWriter;
 use super::prepare;
 use super::spare::Spare;
 use super::spool::Spool;
+use super::step_reporter::StepReporter;
 use super::{Backoff, Held, Shared};
 use kiln_api::run_log::{self, Dependencies};
 use kiln_plan::base_image;
@@ -38,7 +41,7 @@ const SPOOL_FILE: &str = "log.spool";
 pub(super) async fn run_leased(shared: &Shared, lease: Lease, spare: &mut Spare) {
     let run = RunId::new(lease.run_id.as_str());
     let epoch = lease.epoch;
-    let ttl = Duration::from_secs(lease.lease_seconds.max(1));
+    let ttl = lease_ttl(&lease);
     let held = shared.hold(&run, epoch);
     let done = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(
@@ -85,6 +88,11 @@ pub(super) async fn run_leased(shared: &Shared, lease: Lease, spare: &mut Spare)
     {
         tracing::warn!(run = %run, "removing {} failed: {e}", run_dir.display());
     }
+}
+
+/// How long the lease lasts without a heartbeat: how long a write may be retried.
+fn lease_ttl(lease: &Lease) -> Duration {
+    Duration::from_secs(lease.lease_seconds.max(1))
 }
 
 /// Records the run's end, resending while the control plane is unreachable for as long as the
@@ -143,6 +151,9 @@ async fn execute(
     log.mask(plan.masked.iter().cloned());
     let order: Vec<StepId> = plan.steps.iter().map(|s| s.id.clone()).collect();
     log.steps(&order);
+    let board = StepBoard::new(plan.steps.iter().map(|s| (&s.id, s.depends_on.as_slice())));
+    let control = shared.control.clone();
+    let mut steps = StepReporter::new(control, run.clone(), lease.epoch, lease_ttl(lease), board);
     // Lines written so far are stored before the steps start, so followers see them first.
     log.flush().await;
     match shared.control.running(run.clone(), lease.epoch).await {
@@ -175,8 +186,9 @@ async fn execute(
     let (tx, mut rx) = mpsc::channel(EVENT_CHANNEL);
     let (summary, ()) = tokio::join!(
         run_plan(&shared.engine, &plan, options, tx, held.cancel.clone()),
-        log.consume(&mut rx, &mut dependencies),
+        log.consume(&mut rx, &mut dependencies, &mut steps),
     );
+    steps.close().await;
     log.end_streams();
     if summary.status == WorkerStatus::Succeeded
         && let Some(report) = dependencies.report()

@@ -275,16 +275,30 @@ async fn agent_quick_build_from_an_upload_pushes_and_records_images() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn agent_failing_step_fails_the_run() {
+async fn agent_failing_step_fails_the_run_and_reports_every_step() {
     let env = env('i', 1, |_| {}).await;
-    let id = env
-        .queue(&encoded("steps:\n  - id: boom\n    cmd: busybox sh -c 'exit 3'\n", vec![]), None)
-        .await;
+    let task = "steps:\n  - id: boom\n    cmd: busybox sh -c 'exit 3'\n  \
+                - id: after\n    cmd: busybox true\n    when: [boom]\n";
+    let id = env.queue(&encoded(task, vec![]), None).await;
     let (run, log) = env.finished(&id).await;
     assert_eq!(run.status, RunStatus::Failed, "{log}");
-    let message = run.error_message.expect("message");
+    let message = run.error_message.clone().expect("message");
     assert!(message.starts_with("failed to run step ID: boom"), "{message}");
     assert!(log.contains(&format!("Run ID: {id} failed after")), "{log}");
+    // The record has the steps as the agent last reported them, before it finished the run.
+    let steps = kiln_api::Run::from(&run).steps;
+    let summary: Vec<_> = steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.status, s.exit_code, s.depends_on.clone()))
+        .collect();
+    use kiln_api::steps::StepStatus::{Failed, Skipped};
+    assert_eq!(
+        summary,
+        [("boom", Failed, Some(3), vec![]), ("after", Skipped, None, vec!["boom".to_string()])]
+    );
+    let boom = &steps[0];
+    assert!(boom.start_time.is_some_and(|t| boom.finish_time.is_some_and(|f| t <= f)), "{boom:?}");
+    assert_eq!(steps[1].start_time, None);
     env.stop().await;
 }
 
@@ -436,7 +450,9 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
 
     use super::log_writer::LogWriter;
     use super::spool::{Spool, SpoolLimits};
+    use super::step_reporter::StepReporter;
     use kiln_api::run_log::Dependencies;
+    use kiln_api::steps::StepBoard;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = format!("a{:x}o", std::process::id());
@@ -452,12 +468,14 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
         agent: amd64("w"),
     };
     let spool = Spool::new(claim.run.log_len, SpoolLimits::default(), dir.path().join("spool"));
+    let link: Arc<dyn kiln_api::control::Control> = Arc::new(link);
+    let ttl = Duration::from_secs(30);
     let mut writer = LogWriter::new(
-        Arc::new(link),
+        link.clone(),
         run.id.clone(),
         claim.epoch,
         spool,
-        Duration::from_secs(30),
+        ttl,
         CancellationToken::new(),
     );
     writer.mask(["two\nlines".to_string(), "hunter2".to_string()]);
@@ -474,7 +492,10 @@ async fn agent_log_writer_masks_unmasked_events_split_across_events_and_lines() 
     }
     drop(tx);
     let mut dependencies = Dependencies::default();
-    writer.consume(&mut rx, &mut dependencies).await;
+    let board = StepBoard::new([(&step, &[][..])]);
+    let mut steps = StepReporter::new(link.clone(), run.id.clone(), claim.epoch, ttl, board);
+    writer.consume(&mut rx, &mut dependencies, &mut steps).await;
+    steps.close().await;
     writer.end_streams();
     writer.flush().await;
     writer.close().await;

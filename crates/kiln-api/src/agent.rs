@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::steps::Step;
 use super::task::RegistryLogin;
 use super::{Image, RunRequest, TriggerDetail};
 use crate::status::RunStatus;
@@ -187,6 +188,15 @@ pub struct LogAck {
 pub struct StatusUpdate {
     pub epoch: i64,
     pub status: RunStatus,
+}
+
+/// `POST /agent/runs/{id}/steps`: the run's steps as the agent knows them now, all of them (a
+/// report replaces the one before, so a resent or superseded report is harmless).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepReport {
+    pub epoch: i64,
+    pub steps: Vec<Step>,
 }
 
 /// `POST /agent/runs/{id}/finish`: the run's end and results.

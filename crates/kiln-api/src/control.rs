@@ -1,5 +1,5 @@
-//! The agent's one view of the control plane: leasing runs, heartbeats, log parts, the end of a
-//! run, cancels, and the context archives of uploads. Two links implement it — the server's own
+//! The agent's one view of the control plane: leasing runs, heartbeats, log parts, step states,
+//! the end of a run, cancels, and the context archives of uploads. Two links implement it — the server's own
 //! dispatcher in-process (`kiln serve --workers N`) and `RemoteControl` (the agent's `remote.rs`) over
 //! HTTP (`kiln agent run`) — so a run executes through exactly one code path wherever the agent
 //! is (issue 12). The agent knows no store: everything it needs comes in the [`Lease`].
@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use kiln_task::run_id::RunId;
 
-use crate::agent::{Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, RunOutcome, WatchReply};
+use crate::agent::{
+    Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, RunOutcome, StepReport, WatchReply,
+};
 
 /// Why the control plane did not take an agent's call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +50,9 @@ pub trait Control: Send + Sync + 'static {
 
     /// Stores log bytes at their offset; answers the stored length.
     fn append_log(&self, run: RunId, part: LogPart) -> BoxFuture<'_, ControlResult<LogAck>>;
+
+    /// Replaces the run's steps with `report`'s.
+    fn report_steps(&self, run: RunId, report: StepReport) -> BoxFuture<'_, ControlResult<()>>;
 
     /// Records the run's end and results; the lease ends with it.
     fn finish(&self, run: RunId, outcome: RunOutcome) -> BoxFuture<'_, ControlResult<()>>;

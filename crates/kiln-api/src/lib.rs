@@ -17,7 +17,8 @@
 //! wire types, the run [`status`] vocabulary the wire shows, and the agent's [`control::Control`]
 //! link, so that the server (its in-process link) and the agent can both name it while neither
 //! depends on the other. With them, the pure rules both sides apply to a run: a request
-//! becomes a task file ([`request`]), a run's log lines are formatted ([`run_log`]), and an
+//! becomes a task file ([`request`]), a run's log lines are formatted ([`run_log`]), its steps'
+//! states are kept from the worker's events ([`steps`]), and an
 //! upload ID names an archive and a context has a size limit ([`uploads`]). It must not know the store, axum, Docker or an HTTP client (no sqlx,
 //! axum, reqwest, bollard): the agent depends on it and must stay free of those. Stored records
 //! become these types on the store's side (`From<&RunRecord> for Run` and the like).
@@ -39,6 +40,7 @@ pub mod legacy;
 pub mod request;
 pub mod run_log;
 pub mod status;
+pub mod steps;
 pub mod task;
 mod task_wire;
 pub mod uploads;
@@ -507,6 +509,10 @@ pub struct Run {
     /// The run this one repeats (`POST /runs/{id}/rerun`): same request, queued again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// Its steps in task-file order, as its agent last reported them; empty until the agent
+    /// has planned the run.
+    #[serde(default)]
+    pub steps: Vec<steps::Step>,
 }
 
 impl Run {

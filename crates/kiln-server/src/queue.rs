@@ -166,6 +166,11 @@ impl From<&RunRecord> for Run {
             }),
             request: legacy::read_request(&record.request).ok().map(|r| r.redacted()),
             rerun_of: record.rerun_of.as_ref().map(ToString::to_string),
+            steps: record
+                .steps
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use kiln_api::ErrorBody;
 use kiln_api::agent::{
     AgentSession, Beat, Fence, Lease, LeaseRequest, LogAck, LogPart, MAX_LOG_PART, RunOutcome,
-    StatusUpdate, WatchReply, WatchRequest,
+    StatusUpdate, StepReport, WatchReply, WatchRequest,
 };
 use kiln_api::status::RunStatus;
 use kiln_task::run_id::RunId;
@@ -123,6 +123,22 @@ pub async fn status(
     }
     state.dispatch.running(&RunId::new(id), update.epoch).await?;
     Ok(Json(Fence { epoch: update.epoch }))
+}
+
+/// Replace a held run's steps with the agent's report of all of them.
+#[utoipa::path(post, path = "/agent/runs/{id}/steps", tag = "agent", security(("agentToken" = [])), request_body = StepReport,
+    params(("id" = String, Path, description = "Run ID")),
+    responses((status = 200, body = Fence), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Lease lost", body = ErrorBody)))]
+pub async fn steps(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Json<StepReport>, JsonRejection>,
+) -> Result<Json<Fence>, ApiError> {
+    let Json(report) = body?;
+    state.dispatch.report_steps(&RunId::new(id), &report).await?;
+    Ok(Json(Fence { epoch: report.epoch }))
 }
 
 /// Store log bytes of a held run at their offset; answers the stored length.

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use kiln_api::agent::{
-    Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS, RunOutcome, WatchReply,
+    Beat, HeldRun, Lease, LeaseRequest, LogAck, LogPart, MAX_WAIT_SECS, RunOutcome, StepReport,
+    WatchReply,
 };
 use kiln_api::control::{Control, ControlError, ControlResult};
 use kiln_api::status::RunStatus;
@@ -263,6 +264,16 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Replaces a held run's steps with the agent's report.
+    pub async fn report_steps(
+        &self,
+        run: &RunId,
+        report: &StepReport,
+    ) -> Result<(), DispatchError> {
+        self.store.set_steps(run, report.epoch, &report.steps).await?;
+        Ok(())
+    }
+
     /// Stores a log part and wakes the run's followers.
     pub async fn append_log(&self, run: &RunId, part: &LogPart) -> Result<LogAck, DispatchError> {
         let times: Vec<LogTime> =
@@ -439,6 +450,10 @@ impl Control for LocalLink {
 
     fn append_log(&self, run: RunId, part: LogPart) -> BoxFuture<'_, ControlResult<LogAck>> {
         Box::pin(async move { Ok(self.dispatcher.append_log(&run, &part).await?) })
+    }
+
+    fn report_steps(&self, run: RunId, report: StepReport) -> BoxFuture<'_, ControlResult<()>> {
+        Box::pin(async move { Ok(self.dispatcher.report_steps(&run, &report).await?) })
     }
 
     fn finish(&self, run: RunId, outcome: RunOutcome) -> BoxFuture<'_, ControlResult<()>> {

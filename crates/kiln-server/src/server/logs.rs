@@ -109,7 +109,8 @@ async fn timed_log(store: &Store, id: &RunId, offset: u64) -> Result<Vec<u8>, Ap
     Ok(run_log::with_times(&data, offset, &times, run.created_at))
 }
 
-fn wants_sse(headers: &HeaderMap) -> bool {
+/// The client asked for server-sent events (an `EventSource` does).
+pub(super) fn wants_sse(headers: &HeaderMap) -> bool {
     headers
         .get_all(ACCEPT)
         .iter()

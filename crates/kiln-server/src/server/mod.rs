@@ -5,7 +5,8 @@
 //! * [`state`] — what handlers share; [`auth`] — the bearer-token layer; [`session`] — browser
 //!   sign-in with a session cookie and its CSRF rules; [`error`] — the one
 //!   error type and its JSON answer;
-//! * [`runs`] — submit/list/get/cancel; [`uploads`] — context archives; [`logs`] — plain,
+//! * [`runs`] — submit/list/get/cancel; [`run_watch`] — the run list as a live event stream;
+//!   [`uploads`] — context archives; [`logs`] — plain,
 //!   followed and SSE logs; [`openapi`] — the generated API document; [`app`] — the web app,
 //!   embedded;
 //! * [`tasks`] — task and timer management and manual task runs; [`webhooks`] — git hosts'
@@ -30,6 +31,7 @@ pub mod janitor;
 pub mod limits;
 pub mod logs;
 pub mod openapi;
+pub mod run_watch;
 pub mod runs;
 pub mod session;
 pub mod state;
@@ -161,6 +163,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::AGENT_WATCH, post(agent_api::watch))
         .route("/agent/runs/{id}/heartbeat", post(agent_api::heartbeat))
         .route("/agent/runs/{id}/status", post(agent_api::status))
+        .route("/agent/runs/{id}/steps", post(agent_api::steps))
         .route("/agent/runs/{id}/log", put(agent_api::append_log))
         .route("/agent/runs/{id}/finish", post(agent_api::finish))
         .layer(DefaultBodyLimit::max(agent_api::MAX_AGENT_BODY))
@@ -256,7 +259,8 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let expiry = dispatch.clone().spawn_expiry(stop.clone());
     let relay = store.listen().await?.map(|events| {
-        tokio::spawn(relay_store_events(events, hub.clone(), dispatch.clone(), stop.clone()))
+        let (store, hub, dispatch) = (store.clone(), hub.clone(), dispatch.clone());
+        tokio::spawn(relay_store_events(events, store, hub, dispatch, stop.clone()))
     });
     let janitor = janitor::Janitor {
         store: store.clone(),
@@ -411,10 +415,11 @@ fn say(line: &str) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Passes what other servers on the shared database wrote to this server's log followers and
-/// agent, until `stop` (see [`crate::store::events`]).
+/// Passes what other servers on the shared database wrote to this server's log followers, run
+/// watchers and agent, until `stop` (see [`crate::store::events`]).
 async fn relay_store_events(
     mut events: StoreEvents,
+    store: Store,
     hub: LogHub,
     dispatch: Arc<Dispatcher>,
     stop: CancellationToken,
@@ -432,6 +437,7 @@ async fn relay_store_events(
                 dispatch.changed();
             }
             Ok(StoreEvent::CancelRequested(_)) => dispatch.changed(),
+            Ok(StoreEvent::RunChanged { run, .. }) => store.relay_run_changed(run),
             Err(e) => {
                 // Followers and workers fall back to their rechecks meanwhile.
                 tracing::warn!("listening to the other servers failed: {e}; retrying");

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use kiln_api::status::{RunStatus, RunType};
-use kiln_api::{self as api, agent, agents, task};
+use kiln_api::{self as api, agent, agents, steps, task};
 use kiln_plan::report::{Dependency, GitReference, ImageReference};
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::security::{
@@ -61,6 +61,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
         super::agent_api::lease,
         super::agent_api::heartbeat,
         super::agent_api::status,
+        super::agent_api::steps,
         super::agent_api::append_log,
         super::agent_api::finish,
         super::agent_api::watch,
@@ -78,7 +79,8 @@ pub const AGENT_TOKEN: &str = "agentToken";
         task::SourceTrigger, task::TimerTrigger, task::ImageUpdateTrigger,
         agent::AgentSession, agent::LeaseRequest, agent::Lease, agent::GitSshIdentity,
         agent::Fence, agent::Beat, agent::LogPart, agent::LogMark, agent::LogAck,
-        agent::StatusUpdate, agent::RunOutcome, agent::WatchRequest, agent::HeldRun,
+        agent::StatusUpdate, agent::StepReport, steps::Step, steps::StepStatus, agent::RunOutcome,
+        agent::WatchRequest, agent::HeldRun,
         agent::WatchReply, agents::Agent, agents::CreateAgent, agents::UpdateAgent,
         agents::CreatedAgent, agents::AgentPool, agents::AgentWhoAmI, agents::AgentKind,
     )),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use kiln_api::status::RunStatus;
 use kiln_api::{
     self as api, ErrorBody, List, MAX_TIMEOUT_SECS, MIN_TIMEOUT_SECS, RunQuery, RunRequest,
@@ -51,7 +52,8 @@ pub async fn submit(
     Ok((StatusCode::CREATED, Json(view(&state.store, &record).await?)))
 }
 
-/// List runs, newest first, a page at a time (`nextLink` points at the next page).
+/// List runs, newest first, a page at a time (`nextLink` points at the next page); with
+/// `Accept: text/event-stream`, watch them ([`super::run_watch`]).
 #[utoipa::path(get, path = "/runs", tag = "runs",
     params(
         ("status" = Option<RunStatus>, Query, description = "Only runs with this status"),
@@ -62,31 +64,46 @@ pub async fn submit(
         ("agentPool" = Option<String>, Query, description = "Only runs that asked for this agent pool"),
         ("branch" = Option<String>, Query, description = "Only runs triggered on this branch"),
         ("search" = Option<String>, Query, description = "A substring of the run ID, task name or triggering commit (any case)"),
-        ("top" = Option<usize>, Query, description = "At most this many per page (default 15, 0 = all)"),
-        ("skipToken" = Option<String>, Query, description = "Continuation token from a `nextLink`")),
-    responses((status = 200, body = List<api::Run>), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody)))]
+        ("top" = Option<usize>, Query, description = "At most this many per page (default 15, 0 = all); watching: the runs the stream starts with"),
+        ("skipToken" = Option<String>, Query, description = "Continuation token from a `nextLink` (not when watching)")),
+    responses((status = 200, description = "One page of runs; for `Accept: text/event-stream` \
+            server-sent events: `run` (a run record, as `GET /runs/{id}` shows it) for each of \
+            the first page, oldest first, then `ready` (their number), then `run` for each \
+            matching run that is queued or changes, and `removed` (its run ID) when a run sent \
+            before no longer matches. Each (re)connect starts with the first page again.",
+            body = List<api::Run>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<RunQuery>, QueryRejection>,
-) -> Result<Json<List<api::Run>>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    Ok(Json(list_page(&state.store, query).await?))
+    if super::logs::wants_sse(&headers) {
+        return super::run_watch::watch_list(&state.store, &query);
+    }
+    Ok(Json(list_page(&state.store, query).await?).into_response())
 }
 
-/// A run; with `wait`, answer once it is terminal or after that many seconds (at most 60).
+/// A run; with `wait`, answer once it is terminal or after that many seconds (at most 60); with
+/// `Accept: text/event-stream`, watch it ([`super::run_watch`]).
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs",
     params(("id" = String, Path, description = "Run ID"),
         ("wait" = Option<u64>, Query, description = "Long-poll up to this many seconds (max 60)")),
-    responses((status = 200, body = api::Run), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The run; for `Accept: text/event-stream` server-sent \
+            events: `run` with the record, `ready`, then `run` at each change", body = api::Run),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
     query: Result<Query<RunWait>, QueryRejection>,
-) -> Result<Json<api::Run>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let id = RunId::new(id);
+    if super::logs::wants_sse(&headers) {
+        return super::run_watch::watch_run(&state.store, &id).await;
+    }
     let record = match query.wait.filter(|w| *w > 0) {
         Some(wait) => {
             let wait = Duration::from_secs(wait.min(MAX_WAIT_SECS));
@@ -94,7 +111,7 @@ pub async fn get(
         }
         None => state.store.get_run(&id).await?,
     };
-    Ok(Json(view(&state.store, &record).await?))
+    Ok(Json(view(&state.store, &record).await?).into_response())
 }
 
 /// Cancel a run: a queued one at once, a running one through its worker.
@@ -237,17 +254,10 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
         })
         .transpose()?;
     let filter = RunFilter {
-        status: query.status,
-        task_name: query.task.clone(),
-        image: query.image.clone(),
-        trigger: query.trigger.clone(),
-        agent_name: query.agent.clone(),
-        agent_pool: query.agent_pool.clone(),
-        branch: query.branch.clone(),
-        search: query.search.clone(),
         // One more than a page tells whether there is a next one.
         top: if top == 0 { 0 } else { top.saturating_add(1) },
         before,
+        ..run_filter(&query)
     };
     let mut runs = store.list_runs(&filter).await?;
     let mut next_link = None;
@@ -260,6 +270,22 @@ pub async fn list_page(store: &Store, query: RunQuery) -> Result<List<api::Run>,
         }
     }
     Ok(List { value: views(store, &runs).await?, next_link })
+}
+
+/// The store's filter for `query`'s conditions (its page, `top` and `skipToken`, is the
+/// caller's).
+pub fn run_filter(query: &RunQuery) -> RunFilter {
+    RunFilter {
+        status: query.status,
+        task_name: query.task.clone(),
+        image: query.image.clone(),
+        trigger: query.trigger.clone(),
+        agent_name: query.agent.clone(),
+        agent_pool: query.agent_pool.clone(),
+        branch: query.branch.clone(),
+        search: query.search.clone(),
+        ..RunFilter::default()
+    }
 }
 
 /// The API view of a run ([`views`]).

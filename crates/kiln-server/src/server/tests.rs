@@ -516,6 +516,110 @@ fn server_sse_resumes_exactly_at_last_event_id() {
     }
 }
 
+/// A server-sent event stream read one event at a time, each read blocking until the event
+/// arrived (keep-alive comments are skipped).
+struct Watch(std::io::BufReader<Box<dyn std::io::Read + Send>>);
+
+impl Watch {
+    fn open(s: &Server, path: &str) -> Watch {
+        let response = s
+            .http
+            .get(s.url(path))
+            .header("Authorization", s.auth())
+            .header("Accept", "text/event-stream")
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        Watch(std::io::BufReader::new(Box::new(response.into_body().into_reader())))
+    }
+
+    /// `(event, data)` of the next event.
+    fn next(&mut self) -> (String, String) {
+        use std::io::BufRead as _;
+        let (mut event, mut data) = (String::new(), Vec::new());
+        loop {
+            let mut line = String::new();
+            assert!(self.0.read_line(&mut line).unwrap() > 0, "the stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() && !event.is_empty() {
+                return (event, data.join("\n"));
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "event" => event = value,
+                "data" => data.push(value),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next event, which must be a `run`: its ID and status.
+    fn run(&mut self) -> (String, RunStatus, api::Run) {
+        let (event, data) = self.next();
+        assert_eq!(event, "run", "{data}");
+        let run: api::Run = serde_json::from_str(&data).unwrap();
+        (run.run_id.clone(), run.status, run)
+    }
+}
+
+#[test]
+fn server_watch_sends_the_first_page_then_each_change_of_matching_runs() {
+    use RunStatus::{Canceled, Queued, Running, Started, Succeeded};
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let ka1 = RunId::new("ka1");
+    let mut all = Watch::open(&s, "/runs");
+    let mut queued = Watch::open(&s, "/runs?status=Queued");
+    for watch in [&mut all, &mut queued] {
+        assert_eq!(watch.run().0, "ka1");
+        assert_eq!(watch.next(), ("ready".to_string(), "1".to_string()));
+    }
+    // A new run reaches both; runs leaving the status filter are `removed` from its watch.
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    assert_eq!(all.run().0, "ka2");
+    assert_eq!(queued.run().0, "ka2");
+    let epoch = claim(&s, &ka1);
+    assert_eq!(all.run().1, Started);
+    assert_eq!(queued.next(), ("removed".to_string(), "ka1".to_string()));
+    s.rt.block_on(s.store.set_status(&ka1, epoch, Running)).unwrap();
+    assert_eq!(all.run().1, Running);
+    // The steps an agent reports are in the record.
+    let step = api::steps::Step {
+        id: "build".to_string(),
+        status: api::steps::StepStatus::Running,
+        start_time: Some(Utc::now()),
+        finish_time: None,
+        exit_code: None,
+        depends_on: Vec::new(),
+    };
+    s.rt.block_on(s.store.set_steps(&ka1, epoch, std::slice::from_ref(&step))).unwrap();
+    let (_, _, run) = all.run();
+    let start_ms = step.start_time.map(|t| t.timestamp_millis());
+    assert_eq!(run.steps[0].start_time.map(|t| t.timestamp_millis()), start_ms);
+    assert_eq!((run.steps[0].id.as_str(), run.steps[0].status), ("build", step.status));
+    assert_eq!(s.get("/runs/ka1").run().steps, run.steps, "the same record as GET /runs/{{id}}");
+    finish(&s, &ka1, epoch, Succeeded);
+    assert_eq!(all.run().1, Succeeded);
+    assert_eq!(s.post("/runs/ka2/cancel", Some(&s.auth()), "application/json", b"").status, 200);
+    assert_eq!(all.run(), ("ka2".to_string(), Canceled, s.get("/runs/ka2").run()));
+    assert_eq!(queued.next(), ("removed".to_string(), "ka2".to_string()));
+    // Nothing else was sent: the next change is the next event.
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    assert_eq!(all.run().0, "ka3");
+    assert_eq!(queued.run().0, "ka3");
+
+    // One run's watch: its record, then its changes.
+    let mut one = Watch::open(&s, "/runs/ka3");
+    assert_eq!(one.run().1, Queued);
+    assert_eq!(one.next(), ("ready".to_string(), "1".to_string()));
+    assert_eq!(s.post("/runs/ka3/cancel", Some(&s.auth()), "application/json", b"").status, 200);
+    assert_eq!(one.run().1, Canceled);
+    let sse = [("accept", "text/event-stream")];
+    assert_eq!(s.get_with("/runs/ka9", &sse).status, 404);
+    assert_eq!(s.get_with("/runs?skipToken=3", &sse).status, 400);
+}
+
 #[test]
 fn server_openapi_lists_every_path_and_the_bearer_scheme() {
     let s = start();

@@ -253,7 +253,9 @@ impl Store {
         .fetch_all(c)
         .await)?;
         tx.commit().await?;
-        Ok(self.sorted_ids(ids))
+        let ids = self.sorted_ids(ids);
+        self.runs_changed(&ids);
+        Ok(ids)
     }
 
     /// Registers (or updates) `name` as the embedded agent of the server process `server`,

@@ -2,7 +2,7 @@
 //! an epoch (issue 5: "a worker whose lease was taken away cannot report into the run any more").
 //!
 //! Every claim and every expiry bumps the run's `epoch`. A worker's writes (`set_status`,
-//! `append_log`, `finish`, `heartbeat`) name the epoch of its claim and only apply while the run
+//! `set_steps`, `append_log`, `finish`, `heartbeat`) name the epoch of its claim and only apply while the run
 //! still has that epoch and is still Started/Running; otherwise they fail with
 //! [`StoreError::StaleLease`]. Each fenced write is one conditional `UPDATE`, so the check and the
 //! write cannot be separated by another writer.
@@ -166,6 +166,7 @@ impl Store {
                 .await)?;
                 if let Some(row) = row {
                     let run = RunRecord::try_from(row)?;
+                    self.runs_changed(std::slice::from_ref(&run.id));
                     return Ok(Some(Claim { epoch: run.epoch, run }));
                 }
             }
@@ -225,7 +226,34 @@ impl Store {
         .bind(now_millis())
         .fetch_optional(pool)
         .await)?;
-        self.fenced(row, run, epoch).await
+        let record = self.fenced(row, run, epoch).await?;
+        self.runs_changed(std::slice::from_ref(run));
+        Ok(record)
+    }
+
+    /// Replaces a held run's steps with an agent's report of all of them. Fenced.
+    pub async fn set_steps(
+        &self,
+        run: &RunId,
+        epoch: i64,
+        steps: &[kiln_api::steps::Step],
+    ) -> StoreResult<RunRecord> {
+        let steps = serde_json::to_string(steps)
+            .map_err(|e| StoreError::Corrupt(format!("steps of run {run}: {e}")))?;
+        let row: Option<RunRow> = on_db!(self.db(), |pool| sqlx::query_as(
+            "UPDATE runs SET steps = $3, updated_at = $4
+             WHERE id = $1 AND epoch = $2 AND status IN ('Started', 'Running')
+             RETURNING *",
+        )
+        .bind(run.as_str())
+        .bind(epoch)
+        .bind(&steps)
+        .bind(now_millis())
+        .fetch_optional(pool)
+        .await)?;
+        let record = self.fenced(row, run, epoch).await?;
+        self.runs_changed(std::slice::from_ref(run));
+        Ok(record)
     }
 
     /// Ends a held run with a terminal `status`, its error message, the images it pushed and its
@@ -262,6 +290,7 @@ impl Store {
         .fetch_optional(pool)
         .await)?;
         let record = self.fenced(row, run, epoch).await?;
+        self.runs_changed(std::slice::from_ref(run));
         self.notify(&super::StoreEvent::Ended(run.clone())).await;
         Ok(record)
     }
@@ -275,7 +304,8 @@ impl Store {
         let now = to_millis(now);
         let requeued: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Queued', epoch = epoch + 1, started_at = NULL,
-                updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL
+                updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL,
+                steps = NULL
              WHERE status = 'Started' AND lease_expires_at <= $1
              RETURNING id",
         )
@@ -316,7 +346,9 @@ impl Store {
         .bind(to_millis(now))
         .fetch_all(pool)
         .await)?;
-        Ok(self.sorted_ids(ids))
+        let ids = self.sorted_ids(ids);
+        self.runs_changed(&ids);
+        Ok(ids)
     }
 
     /// What a (re)started agent does first: every run an earlier process of agent `name` still
@@ -327,7 +359,8 @@ impl Store {
         let now = now_millis();
         let requeued: Vec<String> = on_db!(self.db(), |pool| sqlx::query_scalar(
             "UPDATE runs SET status = 'Queued', epoch = epoch + 1, started_at = NULL,
-                updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL
+                updated_at = $1, lease_owner = NULL, lease_expires_at = NULL, agent_name = NULL,
+                steps = NULL
              WHERE status = 'Started' AND lease_owner = $2
              RETURNING id",
         )
@@ -353,11 +386,13 @@ impl Store {
         .await
     }
 
-    /// Tells the other servers on the database that runs were queued again or ended.
+    /// Tells the other servers on the database, and watchers, that runs were queued again or
+    /// ended.
     async fn announce(&self, expired: Expired) -> StoreResult<Expired> {
         if !expired.requeued.is_empty() {
-            self.hint_queued();
+            self.hint_queued(&expired.requeued);
         }
+        self.runs_changed(&expired.failed);
         for run in &expired.failed {
             self.notify(&super::StoreEvent::Ended(run.clone())).await;
         }

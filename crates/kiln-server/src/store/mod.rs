@@ -76,14 +76,21 @@ const MAX_CONNECTIONS: u32 = 4;
 /// Connections per server to PostgreSQL, which runs writers side by side.
 const PG_MAX_CONNECTIONS: u32 = 16;
 
+/// Run changes a watcher may fall behind by before it is told it lagged (and reads anew).
+const RUN_CHANGES: usize = 1024;
+
 /// The store. Cheap to clone (a connection pool); safe to share between tasks.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
     prefix: RunIdPrefix,
     url: DatabaseUrl,
-    /// PostgreSQL's sender of `Queued` hints; `None` on SQLite.
-    queued_hints: Option<events::QueuedHints>,
+    /// PostgreSQL's sender of `Queued` and `RunChanged` hints; `None` on SQLite.
+    hints: Option<events::Hints>,
+    /// This server's watchers of run changes ([`Store::watch_runs`]).
+    changes: tokio::sync::broadcast::Sender<kiln_task::run_id::RunId>,
+    /// Names this store in the `RunChanged` it sends, so its own relay skips them.
+    origin: u64,
 }
 
 impl Store {
@@ -141,17 +148,20 @@ impl Store {
                 Db::Postgres(pool)
             }
         };
-        let queued_hints = match &db {
-            Db::Postgres(pool) => Some(events::QueuedHints::start(pool.clone())),
+        // Random, so two processes (or two stores of one process, as tests open) never share it.
+        let origin = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0_u8);
+        let hints = match &db {
+            Db::Postgres(pool) => Some(events::Hints::start(pool.clone(), origin)),
             Db::Sqlite(_) => None,
         };
-        Ok(Self { db, prefix, url: url.clone(), queued_hints })
+        let (changes, _) = tokio::sync::broadcast::channel(RUN_CHANGES);
+        Ok(Self { db, prefix, url: url.clone(), hints, changes, origin })
     }
 
     /// Closes every connection (checkpointing SQLite's WAL). The store is unusable afterwards.
     pub async fn close(&self) {
         self.db.close().await;
-        if let Some(hints) = &self.queued_hints {
+        if let Some(hints) = &self.hints {
             hints.stop();
         }
     }

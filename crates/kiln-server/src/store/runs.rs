@@ -132,6 +132,9 @@ pub struct RunRecord {
     pub branch: Option<String>,
     /// The run this one repeats.
     pub rerun_of: Option<RunId>,
+    /// Its steps as its agent last reported them ([`kiln_api::steps::Step`]s), as opaque JSON
+    /// text; `None` before the first report.
+    pub steps: Option<String>,
 }
 
 /// `list_runs` filter. `top` 0 means none; `Default` is the CLI's 15.
@@ -159,6 +162,9 @@ pub struct RunFilter {
     /// Only runs queued before the run with this counter (a page's continuation: keyset on the
     /// counter, so runs queued meanwhile never shift a later page).
     pub before: Option<u64>,
+    /// Only this run: whether it matches the other filters (a watcher of the list asks this of
+    /// each run that changed, by the primary key).
+    pub run: Option<RunId>,
 }
 
 impl Default for RunFilter {
@@ -174,6 +180,7 @@ impl Default for RunFilter {
             search: None,
             top: DEFAULT_TOP,
             before: None,
+            run: None,
         }
     }
 }
@@ -208,6 +215,7 @@ pub(crate) struct RunRow {
     agent_name: Option<String>,
     branch: Option<String>,
     rerun_of: Option<String>,
+    steps: Option<String>,
 }
 
 impl RunRow {
@@ -258,6 +266,7 @@ impl TryFrom<RunRow> for RunRecord {
             agent_name: row.agent_name,
             branch: row.branch,
             rerun_of: row.rerun_of.map(RunId::new),
+            steps: row.steps,
             id: RunId::new(row.id),
         })
     }
@@ -293,6 +302,7 @@ pub(crate) fn list_query(filter: &RunFilter) -> StoreResult<(String, Vec<Bind>)>
         ("agent_name = $?", text(&filter.agent_name)),
         ("agent_pool = $?", text(&filter.agent_pool)),
         ("branch = $?", text(&filter.branch)),
+        ("id = $?", filter.run.as_ref().map(|r| Bind::Text(r.to_string()))),
     ];
     for (clause, bind) in equalities {
         if let Some(bind) = bind {
@@ -345,7 +355,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let run = insert_run(&mut tx, self.prefix(), new).await?;
         tx.commit().await?;
-        self.hint_queued();
+        self.hint_queued(std::slice::from_ref(&run.id));
         Ok(run)
     }
 
@@ -443,12 +453,13 @@ impl Store {
             super::events::notify_in(&mut tx, &event).await?;
         }
         tx.commit().await?;
+        self.runs_changed(std::slice::from_ref(id));
         Ok(record)
     }
 }
 
 /// Inserts a queued run inside `tx`, for callers that queue a run together with other writes
-/// (a trigger's claim), who call [`Store::hint_queued`] once `tx` is committed. Its first
+/// (a trigger's claim), who call [`Store::hint_queued`] with it once `tx` is committed. Its first
 /// statement is a write, so it may open a transaction.
 pub(crate) async fn insert_run(
     tx: &mut Tx,

@@ -990,7 +990,8 @@ async fn store_files_are_private_and_older_ones_are_tightened() {
 }
 
 /// What one server writes, a second server on the same PostgreSQL database hears (in commit
-/// order); on SQLite there is no other server to hear.
+/// order); on SQLite there is no other server to hear. (Record changes, which come from a task
+/// of their own and merge, are the next test's.)
 #[tokio::test]
 async fn store_other_servers_hear_queued_runs_log_growth_ends_and_cancels() {
     for db in backends().await {
@@ -1000,8 +1001,12 @@ async fn store_other_servers_hear_queued_runs_log_growth_ends_and_cancels() {
             db.drop().await;
             continue;
         };
-        let mut next = async || {
-            tokio::time::timeout(Duration::from_secs(30), heard.next()).await.unwrap().unwrap()
+        let mut next = async || loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), heard.next());
+            match event.await.unwrap().unwrap() {
+                StoreEvent::RunChanged { .. } => {}
+                event => return event,
+            }
         };
         let c = claimed(&a, "one").await;
         assert_eq!(next().await, StoreEvent::Queued);
@@ -1020,6 +1025,62 @@ async fn store_other_servers_hear_queued_runs_log_growth_ends_and_cancels() {
         assert_eq!(next().await, StoreEvent::Queued);
         a.cancel_run(&queued.id).await.unwrap();
         assert_eq!(next().await, StoreEvent::Ended(queued.id.clone()));
+        db.drop().await;
+    }
+}
+
+/// Every write of a run record tells this server's watchers at once, in order, and the other
+/// servers on PostgreSQL by `RunChanged`, which the writing server does not hear back.
+#[tokio::test]
+async fn store_run_changes_reach_this_servers_watchers_and_the_other_servers() {
+    for db in backends().await {
+        let (a, b) = (db.open().await, db.open().await);
+        let mut watch = a.watch_runs();
+        let (heard_by_a, heard_by_b) = (a.listen().await.unwrap(), b.listen().await.unwrap());
+        let mut changed = async || {
+            tokio::time::timeout(Duration::from_secs(30), watch.recv()).await.unwrap().unwrap()
+        };
+        let c = claimed(&a, "one").await;
+        let id = c.run.id.clone();
+        assert_eq!((changed().await, changed().await), (id.clone(), id.clone()), "queued, taken");
+        a.set_status(&id, c.epoch, RunStatus::Running).await.unwrap();
+        assert_eq!(changed().await, id);
+        a.set_steps(&id, c.epoch, &[]).await.unwrap();
+        assert_eq!(changed().await, id);
+        a.finish(&id, c.epoch, RunStatus::Succeeded, None, &[], None).await.unwrap();
+        assert_eq!(changed().await, id);
+        let queued = a.create_run(quick_run("two")).await.unwrap();
+        assert_eq!(changed().await, queued.id);
+        a.cancel_run(&queued.id).await.unwrap();
+        assert_eq!(changed().await, queued.id);
+        // A failed fenced write changes nothing and announces nothing.
+        a.set_steps(&id, c.epoch, &[]).await.unwrap_err();
+
+        let (Some(mut heard_by_a), Some(mut heard_by_b)) = (heard_by_a, heard_by_b) else {
+            db.drop().await;
+            continue;
+        };
+        async fn next_change(heard: &mut StoreEvents) -> RunId {
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(30), heard.next());
+                if let StoreEvent::RunChanged { run, .. } = event.await.unwrap().unwrap() {
+                    return run;
+                }
+            }
+        }
+        // B hears both runs change (several changes of one run may come as one).
+        let mut runs = vec![next_change(&mut heard_by_b).await];
+        while runs.last() != Some(&queued.id) {
+            let run = next_change(&mut heard_by_b).await;
+            if runs.last() != Some(&run) {
+                runs.push(run);
+            }
+        }
+        assert_eq!(runs, [id.clone(), queued.id.clone()]);
+        // A's own notifications were all delivered before B's next write (commit order): the
+        // first change A hears is B's.
+        let other = b.create_run(quick_run("three")).await.unwrap();
+        assert_eq!(next_change(&mut heard_by_a).await, other.id);
         db.drop().await;
     }
 }

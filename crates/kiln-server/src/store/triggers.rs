@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use kiln_plan::report::DigestKind;
+use kiln_task::run_id::RunId;
 
 use super::runs::{NewRun, RunRecord, insert_run};
 use super::tasks::{TimerRecord, TimerRow, insert_event};
@@ -150,8 +151,15 @@ impl Store {
             outcomes.push(ClaimOutcome::Claimed(run));
         }
         tx.commit().await?;
-        if outcomes.iter().any(|o| matches!(o, ClaimOutcome::Claimed(Some(_)))) {
-            self.hint_queued();
+        let queued: Vec<RunId> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                ClaimOutcome::Claimed(Some(run)) => Some(run.id.clone()),
+                _ => None,
+            })
+            .collect();
+        if !queued.is_empty() {
+            self.hint_queued(&queued);
         }
         Ok(outcomes)
     }
@@ -223,7 +231,7 @@ impl Store {
             .map(|done| done.rows_affected()))?;
         }
         tx.commit().await?;
-        self.hint_queued();
+        self.hint_queued(std::slice::from_ref(&record.id));
         Ok(SourceOutcome::Queued(Box::new(record)))
     }
 
@@ -345,8 +353,8 @@ impl Store {
             None => None,
         };
         tx.commit().await?;
-        if run.is_some() {
-            self.hint_queued();
+        if let Some(run) = &run {
+            self.hint_queued(std::slice::from_ref(&run.id));
         }
         Ok(ClaimOutcome::Claimed(run))
     }

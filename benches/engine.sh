@@ -13,7 +13,8 @@
 #             kiln's peak RSS
 # Needs the engine and image of scripts/test-env.sh.
 # Usage: benches/engine.sh [runs] [part...]   (default: 5 runs, every part)
-# KILN_BENCH_PROFILE=debug measures the debug build instead of the release one.
+# KILN_BENCH_PROFILE=debug measures the debug build instead of the release one;
+# KILN_BENCH_BIN=path measures that kiln binary, building nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
@@ -22,8 +23,12 @@ parts=${*:-serial parallel overhead serve big logs}
 profile=${KILN_BENCH_PROFILE:-release}
 ./scripts/test-env.sh >/dev/null
 command -v hyperfine >/dev/null || apt-get install -y -qq hyperfine >/dev/null
-if [ "$profile" = release ]; then cargo build --release --bin kiln -q; else cargo build --bin kiln -q; fi
-kiln=$(realpath "${CARGO_TARGET_DIR:-target}/$profile/kiln")
+if [ -n "${KILN_BENCH_BIN:-}" ]; then
+  kiln=$(realpath "$KILN_BENCH_BIN")
+else
+  if [ "$profile" = release ]; then cargo build --release --bin kiln -q; else cargo build --bin kiln -q; fi
+  kiln=$(realpath "${CARGO_TARGET_DIR:-target}/$profile/kiln")
+fi
 image=busybox:latest
 dir=$(mktemp -d)
 serve_pid=

@@ -8,9 +8,10 @@
 
 mod common;
 
+use bollard::query_parameters::RemoveImageOptions;
 use common::*;
 use kiln_plan::event::{Event, LogStream, RunStatus, StepStatus};
-use kiln_plan::plan::{EnvVar, PlanStep, RunId};
+use kiln_plan::plan::{Action, EnvVar, PlanStep, RunId};
 use kiln_plan::step_path::{Classic, StepPath};
 
 /// What a step did, as both paths must report it.
@@ -285,4 +286,44 @@ async fn a_chain_shares_a_network_namespace_and_parallel_steps_do_not() {
     assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
     assert_eq!(done.stdout("check"), "chain shares\nparallel apart\n", "{}", done.dump());
     assert_eq!(done.stdout("p"), "found a\n");
+}
+
+/// A container prepared ahead from an image whose tag a build of the same run then moves is not
+/// used: the step runs the image the tag names when its turn comes, as `docker run` would.
+#[tokio::test]
+async fn a_step_runs_the_image_a_build_moved_its_tag_to() {
+    let engine = engine().await;
+    let run = run_id("moved");
+    let tag = format!("kiln-test/moved-{}:v1", run.as_str().to_lowercase());
+    let build = |marker: &str, after_gate: bool| {
+        let context = tempfile::tempdir().expect("context");
+        let dockerfile = format!("FROM {}\nCOPY marker /marker\n", image());
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+        std::fs::write(context.path().join("marker"), marker).expect("marker");
+        let mut build = sh("build", "unused");
+        build.action = Action::Build { args: vec!["-t".into(), tag.clone(), ".".into()] };
+        if after_gate {
+            build = after(build, &["gate"]);
+        }
+        (context, build)
+    };
+    // The tag exists before the run, so look-ahead prepares `use` from it while `build` runs.
+    let (old_context, old) = build("old\n", false);
+    let dir = old_context.path().to_path_buf();
+    let done =
+        start_with(&engine, plan(&run_id("moved-old"), vec![old]), |o| o.context_dir = Some(dir))
+            .finish(&engine)
+            .await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+
+    let (new_context, new) = build("new\n", true);
+    let mut use_it = after(sh("use", "unused"), &["build"]);
+    use_it.action = Action::Cmd { image: tag.clone(), args: vec!["cat".into(), "/marker".into()] };
+    let dir = new_context.path().to_path_buf();
+    let steps = vec![sh("gate", "true"), new, use_it];
+    let done =
+        start_with(&engine, plan(&run, steps), |o| o.context_dir = Some(dir)).finish(&engine).await;
+    assert_eq!(done.summary.status, RunStatus::Succeeded, "{}", done.dump());
+    assert_eq!(done.stdout("use"), "new\n", "{}", done.dump());
+    let _ = engine.docker().remove_image(&tag, None::<RemoveImageOptions>, None).await;
 }

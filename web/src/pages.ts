@@ -1,5 +1,5 @@
 // The pages: each reads the JSON API, renders with dom.ts (text only), and returns what stops
-// its live parts (the log's event stream) when the user leaves.
+// its live parts (the log's live stream) when the user leaves.
 
 import * as api from "./api";
 import { enc, type Run } from "./api";
@@ -107,7 +107,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   const record = h("div");
   const actions = h("div", { class: "actions" });
   const steps = h("ul", { class: "steps", "aria-label": "Steps" });
-  const log = new LogView();
+  const log = new LogView(run.runId, run.logLength);
   const message = h("p", { class: "error", role: "alert" });
   const render = () => {
     clear(head); clear(record); clear(actions);
@@ -140,7 +140,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   };
   render();
 
-  // Log controls: step filter, search, follow, timestamps.
+  // The step filter (the log pane has its own search, follow, timestamps and fullscreen).
   const stepButtons = () => {
     clear(steps);
     const all = h("button", { type: "button", "aria-pressed": "true" }, "Whole log");
@@ -156,44 +156,12 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
     function press(b: HTMLButtonElement) { for (const x of buttons) x.setAttribute("aria-pressed", String(x === b)); }
   };
   log.onSteps = stepButtons;
-  const search = h("input", { id: "log-search", type: "search", placeholder: "Search the log" });
-  const found = h("span", { class: "found", "aria-live": "polite" });
-  search.addEventListener("input", () => { const n = log.search(search.value); found.textContent = search.value ? `${n} lines` : ""; });
-  const follow = h("input", { id: "follow", type: "checkbox", checked: true });
-  follow.addEventListener("change", () => log.setFollow(follow.checked));
-  log.onFollow = (f) => { follow.checked = f; };
-  const stamps = h("input", { id: "timestamps", type: "checkbox" });
-  const tools = h("div", { class: "log-tools" },
-    h("label", { for: "log-search" }, "Search"), search, found,
-    h("label", {}, follow, " Follow"), h("label", {}, stamps, " Timestamps"));
-  main.append(head, actions, message, record, h("h2", {}, "Steps"), steps, h("h2", {}, "Log"), tools, log.root);
-
-  let source: EventSource | undefined;
-  const stream = () => {
-    source = new EventSource(`/runs/${enc(run.runId)}/log`);
-    source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data));
-    source.addEventListener("end", async () => {
-      source?.close(); log.end();
-      try { run = await api.get<Run>(`/runs/${enc(run.runId)}`); render(); } catch (e) { message.textContent = (e as Error).message; }
-    });
+  main.append(head, actions, message, record, h("h2", {}, "Steps"), steps, h("h2", {}, "Log"), log.root);
+  // The log's live stream ends with the run: show how it ended.
+  log.onEnd = async () => {
+    try { run = await api.get<Run>(`/runs/${enc(run.runId)}`); render(); } catch (e) { message.textContent = (e as Error).message; }
   };
-  stamps.addEventListener("change", async () => {
-    source?.close(); log.reset();
-    if (stamps.checked) {
-      const response = await fetch(`/runs/${enc(run.runId)}/log?timestamps=true`);
-      log.add(await response.text()); log.end();
-    } else stream();
-  });
-  stream();
-  const line = () => { const m = /^#L(\d+)$/.exec(location.hash); if (m) log.select(Number(m[1])); };
-  window.addEventListener("hashchange", line);
-  // The first lines arrive with the stream's first event; select the line once they did.
-  const initial = location.hash;
-  if (initial) {
-    const once = () => { if (log.lines.length >= Number(initial.slice(2))) { line(); source?.removeEventListener("log", once); } };
-    source?.addEventListener("log", once);
-  }
-  return () => { source?.close(); window.removeEventListener("hashchange", line); };
+  return () => log.close();
 }
 
 // A task as the API shows it: its definition's fields (secrets as `***`) beside these.

@@ -218,7 +218,7 @@ export class LogView {
       this.index(k, c, c.len, c.len + n);
       c.len += n;
       this.lastByte = data[i + n - 1];
-      if (c.len === CHUNK) this.counts.set(k, c.starts.length);
+      if (c.len === CHUNK) { this.counts.set(k, c.starts.length); this.evict(this.viewChunk()); }
       p += n; i += n;
     }
     this.streamed = p;
@@ -293,6 +293,11 @@ export class LogView {
     if (this.chunks.size <= KEEP || this.matches) return;
     const far = [...this.chunks.keys()].filter((k) => this.loadable(k)).sort((a, b) => Math.abs(b - near) - Math.abs(a - near));
     for (const k of far.slice(0, this.chunks.size - KEEP)) this.chunks.delete(k);
+  }
+
+  /// The chunk of the view's top line.
+  private viewChunk(): number {
+    return this.rows() ? this.row(Math.floor(this.top() / LINE_HEIGHT))[0] : 0;
   }
 
   private lines(k: number): number {

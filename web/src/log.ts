@@ -88,6 +88,9 @@ export class LogView {
   private query = "";
   private follow = true;
   private stamps = false;
+  /// Chunks whose times are being fetched, and those to fetch again once that is back.
+  private readonly stampsLoading = new Set<number>();
+  private readonly stampsStale = new Set<number>();
   private selected = 0;
   private closed = false;
   private abort = new AbortController();
@@ -133,7 +136,7 @@ export class LogView {
     this.streamed = Math.max(0, this.liveChunk * CHUNK - 1);
     this.relayout();
     void this.live();
-    if (/^#L\d+$/.test(location.hash)) this.fromHash();
+    this.fromHash();
   }
 
   /// Stops the live stream and the page-wide listeners (the user left the page).
@@ -146,18 +149,18 @@ export class LogView {
 
   setStep(step: string): void { this.filterStep = step; this.refilter(); }
 
-  setFollow(follow: boolean): void {
+  private setFollow(follow: boolean): void {
     this.setFollowFlag(follow);
     if (follow) this.relayout();
   }
 
   /// Lines matching `query` (case-insensitive) among the chunks loaded; the count is shown.
-  search(query: string): void {
+  private search(query: string): void {
     this.query = query.toLowerCase();
     this.refilter();
   }
 
-  fullscreen(on: boolean): void {
+  private fullscreen(on: boolean): void {
     this.root.classList.toggle("fullscreen", on);
     this.fullButton.setAttribute("aria-pressed", String(on));
     this.fullButton.textContent = on ? "Exit fullscreen" : "Fullscreen";
@@ -364,9 +367,6 @@ export class LogView {
     this.paint();
   }
 
-  private readonly stampsLoading = new Set<number>();
-  private readonly stampsStale = new Set<number>();
-
   /// Each line's arrival time for chunk `k`: the same bytes with `timestamps=true`, whose n-th
   /// line carries the n-th line's time (the first is a continuation when the chunk does not
   /// begin a line). A request for a chunk already on its way is repeated once it is back.
@@ -424,7 +424,7 @@ export class LogView {
   }
 
   /// Selects line `n` (1-based) and scrolls it into view.
-  async select(n: number): Promise<void> {
+  private async select(n: number): Promise<void> {
     this.selected = n;
     this.setFollowFlag(false);
     const at = await this.locate(n).catch((e: Error) => { this.note.textContent = e.message; return undefined; });

@@ -150,6 +150,8 @@ try {
       // First screen: three opens, the median; long tasks of all three.
       const firsts = [], openLong = [];
       for (let i = 0; i < 3; i++) {
+        // A fresh document each time (the same address with a hash would not load again).
+        await page.goto("about:blank");
         await page.goto(`${base}/ui/runs/${id}#bench-want=${encodeURIComponent(lastLine)}`);
         await page.locator(".log .line", { hasText: lastLine }).waitFor({ timeout: 120000 });
         await page.waitForFunction(() => window.__found !== undefined);
@@ -169,12 +171,17 @@ try {
       await page.locator(".log .line", { hasText: lastLine }).waitFor();
       const scrollLong = await page.evaluate(() => window.__long.splice(0));
       page.off("requestfinished", onRead);
-      const size = run.logLength;
-      return { size, first, firsts, openLong, scrollLong, fetched };
+      // Baseline: reading the whole log over HTTP, the least a pane that loads it all must do.
+      const t0 = now();
+      const whole = (await (await fetch(`${base}/runs/${id}/log`, { headers: { Authorization: `Bearer ${token}` } })).arrayBuffer()).byteLength;
+      const wholeMs = now() - t0;
+      if (whole !== run.logLength) throw new Error(`${id}: read ${whole} of ${run.logLength} bytes`);
+      return { size: run.logLength, first, firsts, openLong, scrollLong, fetched, wholeMs };
     };
     const describe = (r) => `${(r.size / 1e6).toFixed(0)} MB log: first screen (navigation start -> last line rendered), median of 3: ${ms(r.first)} ` +
       `[${r.firsts.map((t) => t.toFixed(0)).join(", ")}]; long tasks in the 3 opens: ${r.openLong.length} (max ${ms(Math.max(0, ...r.openLong))}); scrolling top -> end in 40 steps: ` +
-      `${r.scrollLong.length} long tasks (max ${ms(Math.max(0, ...r.scrollLong))}); bytes read by the page while scrolling ${(r.fetched / 1e6).toFixed(1)} MB`;
+      `${r.scrollLong.length} long tasks (max ${ms(Math.max(0, ...r.scrollLong))}); bytes read by the page while scrolling ${(r.fetched / 1e6).toFixed(1)} MB; ` +
+      `baseline, the whole log over HTTP (node fetch): ${ms(r.wholeMs)}, ratio first screen / whole ${(r.first / r.wholeMs).toFixed(3)}`;
     const small = await open(2);
     const big = await open(logMb);
     console.log(describe(big));

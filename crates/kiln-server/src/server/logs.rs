@@ -106,19 +106,7 @@ pub async fn log(
         response.headers_mut().insert(LOG_OFFSET_HEADER, HeaderValue::from(offset));
         response
     } else if let Some(range) = (!query.follow).then(|| requested_range(&headers)).flatten() {
-        let Some((first, last)) = range.within(total) else {
-            let mut response = ApiError::UnsatisfiableRange { total }.into_response();
-            response.headers_mut().insert(CONTENT_RANGE, header_value(format!("bytes */{total}")));
-            return Ok(response);
-        };
-        let reader = LogReader::open(&state.store, &state.hub, id, first, false).await?;
-        let mut response =
-            text_response(Body::from_stream(byte_stream(reader.until(last + 1))), first);
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        response
-            .headers_mut()
-            .insert(CONTENT_RANGE, header_value(format!("bytes {first}-{last}/{total}")));
-        response
+        ranged(&state, id, range, total).await?
     } else {
         let mut reader =
             LogReader::open(&state.store, &state.hub, id, query.offset, query.follow).await?;
@@ -136,6 +124,28 @@ pub async fn log(
     if !sse && !query.follow && !query.timestamps {
         h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
+    Ok(response)
+}
+
+/// The bytes of `range` of a log of `total` bytes: 206 with `Content-Range`, or 416 (with
+/// `Content-Range: bytes */total`) when the range starts past the end.
+async fn ranged(
+    state: &AppState,
+    id: RunId,
+    range: ByteRange,
+    total: u64,
+) -> Result<Response, ApiError> {
+    let Some((first, last)) = range.within(total) else {
+        let mut response = ApiError::UnsatisfiableRange { total }.into_response();
+        response.headers_mut().insert(CONTENT_RANGE, header_value(format!("bytes */{total}")));
+        return Ok(response);
+    };
+    let reader = LogReader::open(&state.store, &state.hub, id, first, false).await?;
+    let mut response = text_response(Body::from_stream(byte_stream(reader.until(last + 1))), first);
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    response
+        .headers_mut()
+        .insert(CONTENT_RANGE, header_value(format!("bytes {first}-{last}/{total}")));
     Ok(response)
 }
 

@@ -440,11 +440,13 @@ export class LogView {
   // --- Filter (search and step) ----------------------------------------------------------------
 
   private refilter(): void {
-    const step = this.filterStep, q = this.query;
-    if (!step && !q) {
-      this.matches = null;
-      this.found.textContent = "";
-    } else {
+    this.relayout(() => {
+      const step = this.filterStep, q = this.query;
+      if (!step && !q) {
+        this.matches = null;
+        this.found.textContent = "";
+        return;
+      }
       const matches: number[] = [];
       let loaded = 0;
       for (const k of [...this.chunks.keys()].sort((a, b) => a - b)) {
@@ -461,8 +463,7 @@ export class LogView {
       this.matches = matches;
       const partial = loaded < this.total ? ` in the ${mb(loaded)} loaded of ${mb(this.total)}` : "";
       this.found.textContent = q ? `${matches.length} lines${partial}` : partial ? `Step lines${partial}` : "";
-    }
-    this.relayout();
+    });
   }
 
   // --- Layout and painting ---------------------------------------------------------------------
@@ -505,13 +506,15 @@ export class LogView {
     return [k, c?.starts[i - this.before[k]]];
   }
 
-  /// Lays out again and keeps the view where it was: at the end when following, else on the
-  /// line at its top (estimates above it may have been replaced by counts).
-  private relayout(): void {
+  /// Lays out again after `change` and keeps the view where it was: at the end when following,
+  /// else on the line at its top (estimates above it may have been replaced by counts, or a
+  /// filter may have been set or cleared).
+  private relayout(change?: () => void): void {
     const top = this.top();
     const first = Math.floor(top / LINE_HEIGHT);
     const [k, p] = this.rows() ? this.row(first) : [0, undefined];
     const within = top - first * LINE_HEIGHT;
+    change?.();
     this.layout();
     if (this.follow) this.scroller.scrollTop = this.scroller.scrollHeight;
     else if (p !== undefined) {

@@ -166,6 +166,13 @@ try {
       return box.top >= pane.top && box.bottom <= pane.bottom;
     }), `#L${far} is in view`);
 
+    // Search covers the chunks read so far, and says so.
+    await page.getByLabel("Search").fill("bigline 0612");
+    const found = await page.locator(".found", { hasText: "lines" }).textContent();
+    await page.locator(".log .line", { hasText: "bigline 061234" }).first().waitFor();
+    check(/^\d+ lines in the .* loaded of .*$/.test(found), `search over the loaded part says so: ${found}`);
+    await page.getByLabel("Search").fill("");
+
     // Fullscreen: the pane covers the window; the button (or Escape) leaves it.
     await page.getByRole("button", { name: "Fullscreen" }).click();
     await page.locator(".log-pane.fullscreen").waitFor();

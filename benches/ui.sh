@@ -8,7 +8,8 @@
 #             directly, as the store's 100k test does), against the same page before the fill
 #   log       opening a 200 MB log (first screen) and scrolling it from top to end (long tasks,
 #             bytes read), against a 2 MB log
-# Run on demand, not by the test suite. Needs scripts/test-env.sh's engine and busybox.
+# Run on demand, not by the test suite. Needs scripts/test-env.sh's engine and busybox, and the
+# web app built (scripts/build-web.sh; the binary embeds web/dist as it was when it was built).
 # Usage: benches/ui.sh [part...]   (default: every part)
 # KILN_BENCH_PROFILE=release measures the release build (default: debug); KILN_BENCH_LOG_MB
 # sets the big log's size (default 200).
@@ -17,7 +18,6 @@ cd "$(dirname "$0")/.."
 parts=${*:-latency runs log}
 profile=${KILN_BENCH_PROFILE:-debug}
 ./scripts/test-env.sh >/dev/null
-./scripts/build-web.sh >/dev/null
 if [ "$profile" = release ]; then nice -n 10 cargo build --release --bin kiln -q; else nice -n 10 cargo build --bin kiln -q; fi
 kiln=$(realpath "${CARGO_TARGET_DIR:-target}/$profile/kiln")
 dir=$(mktemp -d)

@@ -2,9 +2,11 @@
 //! driving Debian's Chromium) against a real `kiln serve` with a real engine, filled here with a
 //! finished run (ANSI colours and HTML markup in its log), a running run, and a task with a
 //! secret. The script signs in, sees a run queued meanwhile appear and succeed live with its
-//! steps listed, filters runs, checks colours, inert markup and line links,
-//! re-runs, watches live lines and cancels, runs a task with an override, and runs axe-core on
-//! every page; this test asserts its report: every step passed, no console error, no serious or
+//! steps listed, filters runs, checks colours, inert markup and line links, re-runs, watches
+//! live lines and cancels, runs a task with an override, opens a log of a few MB by byte range
+//! (its end, a far line link, fullscreen), checks every page on a phone-sized viewport for
+//! horizontal overflow, and runs axe-core on every page; this test asserts its report: every
+//! step passed, no console error, no serious or
 //! critical accessibility violation. Screenshots go to `docs/` (see `docs/ui.md`).
 
 #[path = "support/server.rs"]
@@ -30,6 +32,13 @@ steps:
     cmd: busybox sh -c 'i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo tick-$i; sleep 1; done'
 "#;
 
+/// A log of a few MB (80,000 numbered lines): the run page must read it by range.
+const BIG: &str = r#"version: v1.1.0
+steps:
+  - id: big
+    cmd: busybox awk 'BEGIN { for (i = 1; i <= 80000; i++) printf "bigline %06d ..........................................\n", i }'
+"#;
+
 const GREETER: &str = r#"version: v1.1.0
 steps:
   - id: greet
@@ -50,6 +59,8 @@ fn ui_signs_in_lists_follows_cancels_reruns_and_runs_a_task_in_a_browser() {
     let done = queue("colours.yaml", COLOURS);
     assert_eq!(server.finished(&done)["status"], "Succeeded");
     let long = queue("ticks.yaml", TICKS);
+    let big = queue("big.yaml", BIG);
+    assert_eq!(server.finished(&big)["status"], "Succeeded");
     let greeter = dir.path().join("greeter.yaml");
     std::fs::write(&greeter, GREETER).expect("task file");
     let out = server.run(&[
@@ -76,6 +87,7 @@ fn ui_signs_in_lists_follows_cancels_reruns_and_runs_a_task_in_a_browser() {
         .env("KILN_TOKEN", &server.token)
         .env("DONE", &done)
         .env("LONG", &long)
+        .env("BIG", &big)
         .env("TASK", "greeter")
         .env("SHOTS", &shots)
         .stdin(Stdio::null())

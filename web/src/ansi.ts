@@ -50,6 +50,13 @@ export function plain(line: string): string {
   return line.replace(ESCAPE, "");
 }
 
+/// The style a line leaves for the next (what `render` returns), without making DOM.
+export function carry(line: string, style: Style): Style {
+  let s = style;
+  for (const m of line.matchAll(ESCAPE)) if (m[2] === "m") s = apply(s, (m[1] || "0").split(";").map((x) => Number(x) || 0));
+  return s;
+}
+
 /// The styled spans of one line, starting from `style` (colours carry across lines); returns
 /// the style the line ends with.
 export function render(line: string, style: Style, into: HTMLElement): Style {

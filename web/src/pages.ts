@@ -1,5 +1,5 @@
 // The pages: each reads the JSON API, renders with dom.ts (text only), and returns what stops
-// its live parts (the log's event stream) when the user leaves.
+// its live parts (the log's live stream) when the user leaves.
 
 import * as api from "./api";
 import { enc, type Run } from "./api";
@@ -175,7 +175,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   const record = h("div");
   const actions = h("div", { class: "actions" });
   const steps = h("div", { class: "step-list" });
-  const log = new LogView();
+  const log = new LogView(run.runId, run.logLength);
   let step = "";
   const pick = (s: string) => {
     step = s; log.setStep(s);
@@ -214,18 +214,9 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
   };
   render();
 
-  // Log controls: search, follow, timestamps (the step filter is in the steps table).
-  const search = h("input", { id: "log-search", type: "search", placeholder: "Search the log" });
-  const found = h("span", { class: "found", "aria-live": "polite" });
-  search.addEventListener("input", () => { const n = log.search(search.value); found.textContent = search.value ? `${n} lines` : ""; });
-  const follow = h("input", { id: "follow", type: "checkbox", checked: true });
-  follow.addEventListener("change", () => log.setFollow(follow.checked));
-  log.onFollow = (f) => { follow.checked = f; };
-  const stamps = h("input", { id: "timestamps", type: "checkbox" });
-  const tools = h("div", { class: "log-tools" },
-    h("label", { for: "log-search" }, "Search"), search, found,
-    h("label", {}, follow, " Follow"), h("label", {}, stamps, " Timestamps"));
-  main.append(head, actions, message, record, h("h2", {}, "Steps"), steps, h("h2", {}, "Log"), tools, log.root);
+  // The log pane has its own tools (search, follow, timestamps, fullscreen); the step filter is
+  // the steps table.
+  main.append(head, actions, message, record, h("h2", {}, "Steps"), steps, h("h2", {}, "Log"), log.root);
 
   // The record (status, steps) live until the run ends.
   const watch = new EventSource(`/runs/${enc(run.runId)}`);
@@ -234,31 +225,7 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
     render();
     if (!ACTIVE.includes(run.status)) watch.close();
   });
-
-  let source: EventSource | undefined;
-  const stream = () => {
-    source = new EventSource(`/runs/${enc(run.runId)}/log`);
-    source.addEventListener("log", (e) => log.add((e as MessageEvent<string>).data));
-    // The record's end arrives through the run's own watch.
-    source.addEventListener("end", () => { source?.close(); log.end(); });
-  };
-  stamps.addEventListener("change", async () => {
-    source?.close(); log.reset();
-    if (stamps.checked) {
-      const response = await fetch(`/runs/${enc(run.runId)}/log?timestamps=true`);
-      log.add(await response.text()); log.end();
-    } else stream();
-  });
-  stream();
-  const line = () => { const m = /^#L(\d+)$/.exec(location.hash); if (m) log.select(Number(m[1])); };
-  window.addEventListener("hashchange", line);
-  // The first lines arrive with the stream's first event; select the line once they did.
-  const initial = location.hash;
-  if (initial) {
-    const once = () => { if (log.lines.length >= Number(initial.slice(2))) { line(); source?.removeEventListener("log", once); } };
-    source?.addEventListener("log", once);
-  }
-  return () => { source?.close(); watch.close(); window.removeEventListener("hashchange", line); };
+  return () => { log.close(); watch.close(); };
 }
 
 // A task as the API shows it: its definition's fields (secrets as `***`) beside these.

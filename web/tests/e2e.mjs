@@ -4,7 +4,8 @@
 // {"ok": true, ...} or {"ok": false, "error": ...}; tests/ui.rs asserts on it.
 //
 // Environment: KILN_URL, KILN_TOKEN, DONE (a finished run with colours and markup in its log),
-// LONG (a running run printing a line a second), TASK (a task name), SHOTS (screenshot dir).
+// LONG (a running run printing a line a second), TASK (a task name), SHOTS (screenshot dir),
+// BIG (a finished run whose log is 80,000 numbered lines, a few MB).
 
 import { chromium } from "playwright-core";
 import { mkdtempSync, readFileSync } from "node:fs";
@@ -149,6 +150,99 @@ try {
   await page.getByRole("heading", { name: "Agents", level: 2 }).waitFor();
   await axe(page, "agents");
   await page.screenshot({ path: `${shots}/ui-agents.png` });
+
+  // ---- Large log (ui-logs): read by byte range, its end, a far line link, fullscreen ----
+  {
+    const big = env("BIG");
+    const logUrl = `/runs/${big}/log`;
+    // What the page reads of this log: every response body's size, and whether it was a range.
+    const reads = [];
+    const onRead = async (request) => {
+      if (!new URL(request.url()).pathname.endsWith(logUrl)) return;
+      const sizes = await request.sizes();
+      reads.push({ range: request.headers()["range"], bytes: sizes.responseBodySize });
+    };
+    page.on("requestfinished", onRead);
+    // The log as the API has it, read here (not by the page) to know the lines to expect.
+    const raw = await (await page.request.get(base + logUrl)).text();
+    const lines = raw.split("\n");
+    if (lines[lines.length - 1] === "") lines.pop();
+    check(raw.length > 4_000_000 && lines.some((l) => l.includes("bigline 080000")), `big log: ${raw.length} bytes, ${lines.length} lines`);
+
+    await page.goto(`${base}/ui/runs/${big}`);
+    const lastRow = page.locator(".log .line", { hasText: "bigline 080000" });
+    await lastRow.waitFor();
+    check(true, "a few-MB log opens at its end: the last line is shown");
+    const scroller = page.locator(".log");
+    await scroller.evaluate((el) => { el.scrollTop = 0; });
+    await page.locator(".log #L1").waitFor();
+    await page.locator(".log .line", { hasText: "bigline 000001" }).waitFor();
+    await scroller.evaluate((el) => { el.scrollTop = el.scrollHeight / 2; });
+    await page.locator(".log .line:not(.pending)", { hasText: "bigline 0" }).first().waitFor();
+    await scroller.evaluate((el) => { el.scrollTop = el.scrollHeight; });
+    await lastRow.waitFor();
+    check(true, "scrolled to the top, the middle and back to the end: the last line is shown");
+    const fetched = reads.reduce((n, r) => n + r.bytes, 0);
+    check(reads.some((r) => r.range) && fetched < raw.length / 2,
+      `read by range, not whole: ${reads.length} reads, ${fetched} of ${raw.length} bytes`);
+
+    // A line link far into the log: found by counting chunks from the start, selected, in view.
+    const far = 61234;
+    await page.goto(`${base}/ui/runs/${big}#L${far}`);
+    const farRow = page.locator(`.log #L${far}.selected`);
+    await farRow.waitFor({ timeout: 60000 });
+    const farText = await farRow.locator(".text").textContent();
+    check(farText === lines[far - 1], `#L${far} selected and shows line ${far}: ${farText}`);
+    check(await farRow.evaluate((row) => {
+      const box = row.getBoundingClientRect(), pane = row.closest(".log").getBoundingClientRect();
+      return box.top >= pane.top && box.bottom <= pane.bottom;
+    }), `#L${far} is in view`);
+
+    // Search covers the chunks read so far, and says so.
+    await page.getByLabel("Search").fill("bigline 0612");
+    const found = await page.locator(".found", { hasText: "lines" }).textContent();
+    await page.locator(".log .line", { hasText: "bigline 061234" }).first().waitFor();
+    check(/^\d+ lines in the .* loaded of .*$/.test(found), `search over the loaded part says so: ${found}`);
+    await page.getByLabel("Search").fill("");
+
+    // Fullscreen: the pane covers the window; the button (or Escape) leaves it.
+    await page.getByRole("button", { name: "Fullscreen" }).click();
+    await page.locator(".log-pane.fullscreen").waitFor();
+    check(await page.locator(".log-pane").evaluate((el) => {
+      const box = el.getBoundingClientRect();
+      const view = document.documentElement;
+      return box.left === 0 && box.top === 0 && Math.abs(box.width - view.clientWidth) <= 1 && Math.abs(box.height - view.clientHeight) <= 1;
+    }), "fullscreen: the log pane covers the window");
+    await page.screenshot({ path: `${shots}/ui-log-fullscreen.png` });
+    await page.getByRole("button", { name: "Exit fullscreen" }).click();
+    await page.locator(".log-pane:not(.fullscreen)").waitFor();
+    await page.getByRole("button", { name: "Fullscreen" }).click();
+    await page.keyboard.press("Escape");
+    await page.locator(".log-pane:not(.fullscreen)").waitFor();
+    check(true, "fullscreen left by its button and by Escape");
+    page.off("requestfinished", onRead);
+  }
+  // ---- end of the large-log block ----
+
+  // ---- Narrow screen (ui-logs): no horizontal page scroll at 390×844 ----
+  {
+    await page.setViewportSize({ width: 390, height: 844 });
+    const pages = [["runs", "/", page.getByRole("heading", { name: "Runs" })],
+      ["run", `/ui/runs/${env("DONE")}`, page.locator(".log .line", { hasText: "third line" })],
+      ["tasks", "/ui/tasks", page.getByRole("link", { name: env("TASK"), exact: true })],
+      ["agents", "/ui/agents", page.getByRole("heading", { name: "Agents", level: 2 })]];
+    for (const [name, path, ready] of pages) {
+      await page.goto(base + path);
+      await ready.waitFor();
+      const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+      check(widths[0] <= widths[1], `${name} page at 390px: page width ${widths[0]} ≤ ${widths[1]}`);
+    }
+    await page.goto(`${base}/ui/runs/${env("DONE")}`);
+    await page.locator(".log .line", { hasText: "third line" }).waitFor();
+    await page.screenshot({ path: `${shots}/ui-run-narrow.png` });
+    await page.setViewportSize({ width: 1280, height: 900 });
+  }
+  // ---- end of the narrow-screen block ----
 
   // Sign out: back to the sign-in form, the cookie's session is gone.
   await page.getByRole("button", { name: "Sign out" }).click();

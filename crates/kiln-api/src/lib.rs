@@ -576,6 +576,10 @@ pub struct LogQuery {
     /// offsets stay those of the plain log. Not with `follow`.
     #[serde(default)]
     pub timestamps: bool,
+    /// Read at most this many bytes from `offset` (a bounded read of the log so far; not with
+    /// `follow`). The `Range: bytes=a-b` header does the same with HTTP's own answer (206).
+    #[serde(default)]
+    pub length: Option<u64>,
 }
 
 /// A list answer: one page of `value`, newest first where order matters, and where the next
@@ -662,6 +666,10 @@ impl TokenRole {
 
 /// Response header of `GET /runs/{id}/log`: the byte offset the body starts at.
 pub const LOG_OFFSET_HEADER: &str = "x-kiln-log-offset";
+
+/// Response header of `GET`/`HEAD /runs/{id}/log`: how many bytes the stored log has (as
+/// appended), so a reader can size a view or ask for its last part without reading it all.
+pub const LOG_LENGTH_HEADER: &str = "x-kiln-log-length";
 
 /// Timestamps on the wire: RFC 3339, UTC, always with milliseconds (what the store keeps), so
 /// every time in every document has the same precision.

@@ -62,6 +62,9 @@ pub enum ApiError {
     /// An extractor's rejection that keeps its own status (e.g. 413 for an oversized JSON body).
     #[error("{message}")]
     Rejected { status: StatusCode, message: String },
+    /// A log `Range` that starts at or past the stored end (416).
+    #[error("the range starts past the log's end ({total} bytes)")]
+    UnsatisfiableRange { total: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::AlreadyFinished { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Rejected { status, .. } => *status,
+            ApiError::UnsatisfiableRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +106,7 @@ impl ApiError {
                 StatusCode::RANGE_NOT_SATISFIABLE => "LogGap",
                 _ => "BadRequest",
             },
+            ApiError::UnsatisfiableRange { .. } => "RangeNotSatisfiable",
             ApiError::Internal(_) => "InternalError",
         }
     }

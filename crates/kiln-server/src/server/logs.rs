@@ -3,6 +3,11 @@
 //! text/event-stream` the same stream as server-sent events a browser can resume
 //! (`Last-Event-ID`).
 //!
+//! A read of the log so far can be bounded, so a viewer of a long log fetches only what it
+//! shows: `length=N` after `offset`, or HTTP's `Range: bytes=a-b` (also `a-` and the suffix
+//! `-n`), answered `206 Partial Content` with `Content-Range`, or 416 past the end. Every answer
+//! (and `HEAD`) carries the stored length in `x-kiln-log-length`.
+//!
 //! With `timestamps=true` the log so far comes with each line's arrival time in front, from the
 //! times the store keeps beside the log.
 //!
@@ -17,14 +22,16 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::header::{
+    ACCEPT, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _, stream};
 use kiln_api::status::RunStatus;
-use kiln_api::{ErrorBody, LOG_OFFSET_HEADER, LogQuery};
+use kiln_api::{ErrorBody, LOG_LENGTH_HEADER, LOG_OFFSET_HEADER, LogQuery};
 use kiln_task::run_id::RunId;
 use tokio::sync::watch;
 
@@ -46,14 +53,22 @@ const LAST_EVENT_ID: &str = "last-event-id";
 #[utoipa::path(get, path = "/runs/{id}/log", tag = "runs",
     params(("id" = String, Path, description = "Run ID"),
         ("offset" = Option<u64>, Query, description = "Byte offset to start from"),
+        ("length" = Option<u64>, Query, description = "At most this many bytes from `offset`; not with follow"),
         ("follow" = Option<bool>, Query, description = "Stream new bytes until the run ends"),
         ("timestamps" = Option<bool>, Query, description = "Prefix each line with its arrival time (RFC 3339); not with follow"),
+        ("Range" = Option<String>, Header, description = "`bytes=a-b`, `bytes=a-` or `bytes=-n` \
+            of the plain log so far (not with follow, timestamps or SSE): answered 206 with \
+            `Content-Range`, 416 when it starts past the end; other forms are ignored"),
         ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume offset; overrides `offset`")),
     responses(
-        (status = 200, description = "Log bytes from `offset` (header x-kiln-log-offset); \
-            server-sent events (`log`, then `end` with the final status) for \
-            `Accept: text/event-stream`", body = String, content_type = "text/plain; charset=utf-8"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 200, description = "Log bytes from `offset` (header x-kiln-log-offset; the \
+            stored length in x-kiln-log-length, also on HEAD); server-sent events (`log`, then \
+            `end` with the final status) for `Accept: text/event-stream`", body = String,
+            content_type = "text/plain; charset=utf-8"),
+        (status = 206, description = "The bytes of `Range` (header Content-Range)", body = String,
+            content_type = "text/plain; charset=utf-8"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
 pub async fn log(
     State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
@@ -62,21 +77,23 @@ pub async fn log(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let id = RunId::new(id);
-    let offset_header = HeaderValue::from(query.offset);
-    if query.timestamps {
-        if query.follow || wants_sse(&headers) {
-            return Err(ApiError::BadRequest(
-                "timestamps=true reads the log so far; it cannot follow".to_string(),
-            ));
-        }
-        let body = timed_log(&state.store, &id, query.offset).await?;
-        let mut response = body.into_response();
-        let h = response.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert(LOG_OFFSET_HEADER, offset_header);
-        return Ok(response);
+    let sse = wants_sse(&headers);
+    if query.length.is_some() && (query.follow || sse) {
+        return Err(ApiError::BadRequest(
+            "length bounds a read of the log so far; it cannot follow".to_string(),
+        ));
     }
-    if wants_sse(&headers) {
+    if query.timestamps && (query.follow || sse) {
+        return Err(ApiError::BadRequest(
+            "timestamps=true reads the log so far; it cannot follow".to_string(),
+        ));
+    }
+    // Also what tells an unknown run (404) before anything else is read.
+    let total = state.store.log_len(&id).await?;
+    let mut response = if query.timestamps {
+        let body = timed_log(&state.store, &id, query.offset, query.length).await?;
+        text_response(Body::from(body), query.offset)
+    } else if sse {
         let offset = match headers.get(LAST_EVENT_ID) {
             Some(v) => v.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
                 ApiError::BadRequest("Last-Event-ID must be a byte offset".to_string())
@@ -87,24 +104,124 @@ pub async fn log(
         let mut response =
             Sse::new(sse_events(reader)).keep_alive(KeepAlive::default()).into_response();
         response.headers_mut().insert(LOG_OFFSET_HEADER, HeaderValue::from(offset));
-        return Ok(response);
-    }
-    let reader = LogReader::open(&state.store, &state.hub, id, query.offset, query.follow).await?;
-    let mut response = Body::from_stream(byte_stream(reader)).into_response();
+        response
+    } else if let Some(range) = (!query.follow).then(|| requested_range(&headers)).flatten() {
+        ranged(&state, id, range, total).await?
+    } else {
+        let mut reader =
+            LogReader::open(&state.store, &state.hub, id, query.offset, query.follow).await?;
+        if let Some(length) = query.length {
+            reader = reader.until(query.offset.saturating_add(length));
+        }
+        let mut response = text_response(Body::from_stream(byte_stream(reader)), query.offset);
+        if query.follow {
+            response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        response
+    };
     let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert(LOG_OFFSET_HEADER, offset_header);
-    if query.follow {
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(LOG_LENGTH_HEADER, HeaderValue::from(total));
+    if !sse && !query.follow && !query.timestamps {
+        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     Ok(response)
 }
 
-/// The log from `offset` with each line's arrival time in front (`timestamps=true`).
-async fn timed_log(store: &Store, id: &RunId, offset: u64) -> Result<Vec<u8>, ApiError> {
+/// The bytes of `range` of a log of `total` bytes: 206 with `Content-Range`, or 416 (with
+/// `Content-Range: bytes */total`) when the range starts past the end.
+async fn ranged(
+    state: &AppState,
+    id: RunId,
+    range: ByteRange,
+    total: u64,
+) -> Result<Response, ApiError> {
+    let Some((first, last)) = range.within(total) else {
+        let mut response = ApiError::UnsatisfiableRange { total }.into_response();
+        response.headers_mut().insert(CONTENT_RANGE, header_value(format!("bytes */{total}")));
+        return Ok(response);
+    };
+    let reader = LogReader::open(&state.store, &state.hub, id, first, false).await?;
+    let mut response = text_response(Body::from_stream(byte_stream(reader.until(last + 1))), first);
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    response
+        .headers_mut()
+        .insert(CONTENT_RANGE, header_value(format!("bytes {first}-{last}/{total}")));
+    Ok(response)
+}
+
+/// A plain-text answer whose body starts at byte `offset` of the log.
+fn text_response(body: Body, offset: u64) -> Response {
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(LOG_OFFSET_HEADER, HeaderValue::from(offset));
+    response
+}
+
+/// A header value of digits, spaces, `*`, `-` and `/` (always valid).
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A `Range` header's one byte range, as asked (RFC 9110 §14.1.2): `first-last`, `first-`, or
+/// the last `n` bytes (`-n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    From { first: u64, last: Option<u64> },
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses `bytes=…` with one range; `None` for anything else (several ranges, other units,
+    /// bad syntax), which HTTP lets a server answer with the whole representation.
+    pub fn parse(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        let number = |s: &str| -> Option<u64> {
+            s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok()).flatten()
+        };
+        if a.is_empty() {
+            return number(b).map(ByteRange::Suffix);
+        }
+        let first = number(a)?;
+        let last = if b.is_empty() { None } else { Some(number(b)?) };
+        if last.is_some_and(|last| last < first) {
+            return None;
+        }
+        Some(ByteRange::From { first, last })
+    }
+
+    /// The first and last byte (inclusive) of a log of `total` bytes; `None` when unsatisfiable
+    /// (starting at or past the end, or an empty suffix or log).
+    pub fn within(self, total: u64) -> Option<(u64, u64)> {
+        let end = total.checked_sub(1)?;
+        match self {
+            ByteRange::From { first, last } => {
+                (first <= end).then(|| (first, last.map_or(end, |l| l.min(end))))
+            }
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(n) => Some((total.saturating_sub(n), end)),
+        }
+    }
+}
+
+fn requested_range(headers: &HeaderMap) -> Option<ByteRange> {
+    ByteRange::parse(headers.get(RANGE)?.to_str().ok()?)
+}
+
+/// The log from `offset` (at most `length` bytes) with each line's arrival time in front
+/// (`timestamps=true`).
+async fn timed_log(
+    store: &Store,
+    id: &RunId,
+    offset: u64,
+    length: Option<u64>,
+) -> Result<Vec<u8>, ApiError> {
     let run = store.get_run(id).await?;
+    let max = length.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let data: Vec<u8> =
-        store.read_log(id, offset, usize::MAX).await?.into_iter().flat_map(|c| c.data).collect();
+        store.read_log(id, offset, max).await?.into_iter().flat_map(|c| c.data).collect();
     let times = store.log_times(id, offset, offset + data.len() as u64).await?;
     Ok(run_log::with_times(&data, offset, &times, run.created_at))
 }
@@ -132,6 +249,8 @@ pub struct LogReader {
     /// The run's status as last read.
     status: RunStatus,
     failed: bool,
+    /// Where a bounded read stops (exclusive); `u64::MAX` when unbounded.
+    until: u64,
 }
 
 impl LogReader {
@@ -155,13 +274,24 @@ impl LogReader {
             ended,
             status: record.status,
             failed: false,
+            until: u64::MAX,
         })
+    }
+
+    /// Stops the read before byte `until` (a bounded read of the log so far).
+    pub fn until(self, until: u64) -> LogReader {
+        LogReader { until, ..self }
     }
 
     /// The next stored bytes and the offset they start at; `None` at the end.
     pub async fn next(&mut self) -> Result<Option<(u64, Bytes)>, StoreError> {
         loop {
-            let pages = self.store.read_log(&self.run, self.offset, PAGE_BYTES).await?;
+            if self.offset >= self.until {
+                return Ok(None);
+            }
+            let max =
+                PAGE_BYTES.min(usize::try_from(self.until - self.offset).unwrap_or(PAGE_BYTES));
+            let pages = self.store.read_log(&self.run, self.offset, max).await?;
             if let Some(last) = pages.last() {
                 let start = self.offset;
                 self.offset = last.end();
@@ -331,7 +461,27 @@ fn incomplete_utf8_tail(b: &[u8]) -> usize {
 
 #[cfg(test)]
 mod unit {
-    use super::incomplete_utf8_tail;
+    use super::{ByteRange, incomplete_utf8_tail};
+
+    #[test]
+    fn server_byte_ranges_parse_and_clamp_as_http_says() {
+        let r = |v: &str| ByteRange::parse(v);
+        assert_eq!(r("bytes=0-99"), Some(ByteRange::From { first: 0, last: Some(99) }));
+        assert_eq!(r("bytes=100-"), Some(ByteRange::From { first: 100, last: None }));
+        assert_eq!(r("bytes=-5"), Some(ByteRange::Suffix(5)));
+        // Ignored (the whole log is the answer): other units, several ranges, bad syntax.
+        for ignored in ["items=0-1", "bytes=0-1,4-5", "bytes=5-1", "bytes=a-b", "bytes=-", "0-1"] {
+            assert_eq!(r(ignored), None, "{ignored}");
+        }
+        let within = |v: &str, total| r(v).unwrap().within(total);
+        assert_eq!(within("bytes=0-99", 10), Some((0, 9)));
+        assert_eq!(within("bytes=3-", 10), Some((3, 9)));
+        assert_eq!(within("bytes=-4", 10), Some((6, 9)));
+        assert_eq!(within("bytes=-40", 10), Some((0, 9)));
+        assert_eq!(within("bytes=10-", 10), None);
+        assert_eq!(within("bytes=0-", 0), None);
+        assert_eq!(within("bytes=-0", 10), None);
+    }
 
     #[test]
     fn server_utf8_tail_is_held_back() {

@@ -453,6 +453,96 @@ fn server_follow_streams_appended_bytes_exactly_and_ends() {
     assert_eq!(a.body, expected[WAITING_LINE.len() + 5..]);
 }
 
+#[test]
+fn server_log_reads_are_bounded_by_length_or_range_and_tell_the_stored_length() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let id = RunId::new("ka1");
+    let epoch = claim(&s, &id);
+    // Many chunks, so a range far into the log starts inside one and ends inside another.
+    for i in 0..200 {
+        append(&s, &id, epoch, format!("line {i:04}\n").as_bytes());
+    }
+    let full = s.get("/runs/ka1/log").body;
+    let total = full.len();
+    let header = |path: &str, headers: &[(&str, &str)], name: &str| {
+        let mut req = s.http.get(s.url(path)).header("Authorization", s.auth());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = req.call().unwrap();
+        let value = response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+        (answer(response), value)
+    };
+
+    // length after offset.
+    let (a, len) = header("/runs/ka1/log?offset=1003&length=25", &[], api::LOG_LENGTH_HEADER);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.offset.as_deref(), Some("1003"));
+    assert_eq!(a.body, full[1003..1028]);
+    assert_eq!(len, Some(total.to_string()));
+    let a = s.get(&format!("/runs/ka1/log?offset={}&length=100", total - 3));
+    assert_eq!(a.body, full[total - 3..]);
+    // with timestamps: the same bytes, each line with its time in front.
+    let a = s.get("/runs/ka1/log?offset=1010&length=30&timestamps=true");
+    let lines: Vec<&str> = std::str::from_utf8(&a.body).unwrap().lines().collect();
+    let plain: Vec<&str> = std::str::from_utf8(&full[1010..1040]).unwrap().lines().collect();
+    assert_eq!(lines.len(), plain.len());
+    for (stamped, plain) in lines.iter().zip(&plain) {
+        assert_eq!(stamped.split_once(' ').unwrap().1, *plain);
+    }
+    // Range: 206 with Content-Range; an open end and a suffix.
+    let (a, range) = header("/runs/ka1/log", &[("range", "bytes=1000-1099")], "content-range");
+    assert_eq!(a.status, 206);
+    assert_eq!(a.body, full[1000..1100]);
+    assert_eq!(range, Some(format!("bytes 1000-1099/{total}")));
+    let (a, range) = header("/runs/ka1/log", &[("range", "bytes=-10")], "content-range");
+    assert_eq!((a.status, a.body.as_slice()), (206, &full[total - 10..]));
+    assert_eq!(range, Some(format!("bytes {}-{}/{total}", total - 10, total - 1)));
+    let a = s.get_with("/runs/ka1/log", &[("range", &format!("bytes={}-", total - 4))]);
+    assert_eq!((a.status, a.body.as_slice()), (206, &full[total - 4..]));
+    let (a, range) =
+        header("/runs/ka1/log", &[("range", &format!("bytes={total}-"))], "content-range");
+    assert_eq!(a.status, 416);
+    assert_eq!(a.error().error.code, "RangeNotSatisfiable");
+    assert_eq!(range, Some(format!("bytes */{total}")));
+    // Several ranges are not served as multipart: the whole log, as HTTP allows.
+    let a = s.get_with("/runs/ka1/log", &[("range", "bytes=0-1,5-6")]);
+    assert_eq!((a.status, a.body.len()), (200, total));
+    // HEAD: the length without the log.
+    let response = s.http.head(s.url("/runs/ka1/log")).header("Authorization", s.auth()).call();
+    let response = response.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let len = response.headers().get(api::LOG_LENGTH_HEADER).unwrap().to_str().unwrap();
+    assert_eq!(len, total.to_string());
+    assert!(answer(response).body.is_empty());
+    // length cannot follow; an unknown run is still 404.
+    assert_eq!(s.get("/runs/ka1/log?follow=true&length=5").status, 400);
+    assert_eq!(s.get_with("/runs/ka9/log", &[("range", "bytes=0-1")]).status, 404);
+}
+
+#[test]
+fn server_store_reads_a_range_across_chunks_from_the_chunk_holding_its_start() {
+    let s = start();
+    assert_eq!(s.submit(&encoded(GOOD_TASK)).status, 201);
+    let id = RunId::new("ka1");
+    let epoch = claim(&s, &id);
+    let start = s.rt.block_on(s.store.log_len(&id)).unwrap();
+    for i in 0..50 {
+        append(&s, &id, epoch, format!("chunk {i:02}\n").as_bytes());
+    }
+    // 9 bytes a chunk: bytes 20..30 of the appended part are the end of chunk 2 and the start
+    // of chunk 3, nothing else.
+    let pages = s.rt.block_on(s.store.read_log(&id, start + 20, 10)).unwrap();
+    assert_eq!(pages.iter().map(|p| p.offset - start).collect::<Vec<_>>(), vec![20, 27]);
+    let text: Vec<u8> = pages.into_iter().flat_map(|p| p.data).collect();
+    assert_eq!(text, b"unk 02\nchu");
+    // A range starting exactly at a chunk's start does not take the chunk before it.
+    let pages = s.rt.block_on(s.store.read_log(&id, start + 27, 9)).unwrap();
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0].data, b"chunk 03\n");
+}
+
 /// `(id, event, data)` of each event in an SSE body; data lines joined by `\n`.
 fn sse_events(body: &str) -> Vec<(Option<u64>, String, String)> {
     let mut events = Vec::new();

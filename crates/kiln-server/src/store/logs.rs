@@ -218,16 +218,22 @@ impl Store {
     ) -> StoreResult<Vec<LogData>> {
         let from = i64::try_from(from_offset).unwrap_or(i64::MAX);
         let until = from.saturating_add(i64::try_from(max_bytes).unwrap_or(i64::MAX));
-        let rows: Vec<(i64, i64, Vec<u8>)> = on_db!(self.db(), |pool| sqlx::query_as(
+        let rows: Vec<(i64, i64, Vec<u8>)> = on_db!(self.db(), |pool| {
+            sqlx::query_as(
+            // From the chunk holding `from` (the last one starting at or before it), by the
+            // index on (run_id, byte_offset): a read far into a long log touches only the
+            // chunks of its range, not every chunk before it.
             "SELECT seq, byte_offset, data FROM log_chunks
-             WHERE run_id = $1 AND byte_offset < $3 AND byte_offset + length(data) > $2
-             ORDER BY seq",
+             WHERE run_id = $1 AND byte_offset < $3 AND byte_offset >= COALESCE(
+                (SELECT MAX(byte_offset) FROM log_chunks WHERE run_id = $1 AND byte_offset <= $2), 0)
+             ORDER BY byte_offset",
         )
         .bind(run.as_str())
         .bind(from)
         .bind(until)
         .fetch_all(pool)
-        .await)?;
+        .await
+        })?;
         if rows.is_empty() {
             // Distinguish "nothing new" from "no such run".
             self.log_len(run).await?;

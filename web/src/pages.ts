@@ -3,7 +3,7 @@
 
 import * as api from "./api";
 import { enc, type Run } from "./api";
-import { append, clear, duration, h, when } from "./dom";
+import { append, clear, duration, h, when, type Child } from "./dom";
 import { LogView } from "./log";
 import { go } from "./main";
 
@@ -150,20 +150,29 @@ function stepsTable(run: Run, selected: string, pick: (step: string) => void): H
     filter("", "Whole log"));
 }
 
+/// A table with a header row of `columns` and a row of cells per entry of `rows`.
+function table(cls: string, columns: string[], rows: Child[][]): HTMLTableElement {
+  return h("table", { class: cls },
+    h("thead", {}, h("tr", {}, ...columns.map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c) => h("td", {}, c))))));
+}
+
+/// `registry/repository:tag`.
+function imageName(i?: { registry: string; repository: string; tag?: string } | null): string {
+  return i ? `${i.registry}/${i.repository}${i.tag ? `:${i.tag}` : ""}` : "";
+}
+
 /// The dependency report: one row per image a build step tagged and each image it depends on.
 function dependenciesTable(deps: api.Dependency[]): HTMLElement {
-  const name = (i?: api.ImageReference | null) => i ? `${i.registry}/${i.repository}${i.tag ? `:${i.tag}` : ""}` : "";
-  const body = h("tbody");
+  const rows: Child[][] = [];
   for (const d of deps) {
     const on: [string, api.ImageReference][] = [
       ...(d.runtimeDependency ? [["runtime", d.runtimeDependency] as [string, api.ImageReference]] : []),
       ...d.buildtimeDependency.map((b) => ["buildtime", b] as [string, api.ImageReference])];
-    for (const [kind, dep] of on) body.append(h("tr", {}, h("td", {}, name(d.image)), h("td", {}, kind), h("td", {}, name(dep)), h("td", {}, h("code", {}, dep.digest))));
-    if (d.git?.gitHeadRevision) body.append(h("tr", {}, h("td", {}, name(d.image)), h("td", {}, "git commit"), h("td", {}, d.git.gitHeadRevision), h("td", {}, "")));
+    for (const [kind, dep] of on) rows.push([imageName(d.image), kind, imageName(dep), h("code", {}, dep.digest)]);
+    if (d.git?.gitHeadRevision) rows.push([imageName(d.image), "git commit", d.git.gitHeadRevision, ""]);
   }
-  return h("table", { class: "dependencies" },
-    h("thead", {}, h("tr", {}, ...["Image", "Kind", "Depends on", "Digest"].map((c) => h("th", { scope: "col" }, c)))),
-    body);
+  return table("dependencies", ["Image", "Kind", "Depends on", "Digest"], rows);
 }
 
 /// `/ui/runs/ID`: the record, its steps, and the log, live while the run runs (the record
@@ -230,7 +239,9 @@ export async function runPage(main: HTMLElement, id: string): Promise<() => void
 
 // A task as the API shows it: its definition's fields (secrets as `***`) beside these.
 interface Task { name: string; commitTriggerEnabled: boolean; pullRequestTriggerEnabled: boolean; baseImageTriggerEnabled: boolean; timers: { name: string; schedule: string; status: string; nextFireTime?: string }[];
-  webhook: { url: string; secret: string }; baseImageDependencies: { kind: string; image?: string; digest?: string }[]; history: unknown[] }
+  webhook: { url: string; secret: string };
+  baseImageDependencies: { type: string; registry: string; repository: string; tag: string; digest: string }[];
+  history: { time: string; kind: string; detail: string }[] }
 
 /// `/ui/tasks`: the tasks, each with its last run.
 export async function tasksPage(main: HTMLElement): Promise<void> {
@@ -287,10 +298,14 @@ export async function taskPage(main: HTMLElement, name: string): Promise<() => v
   main.append(form,
     h("h2", {}, "Webhook"), h("p", {}, h("code", {}, task.webhook.url), " secret ", secret, " ", reveal),
     h("h2", {}, "Timers"), task.timers.length ? timers : h("p", {}, "None."),
-    h("h2", {}, "Base images"), h("pre", {}, task.baseImageDependencies.length ? JSON.stringify(task.baseImageDependencies, null, 2) : "None."),
+    h("h2", {}, "Base images"), task.baseImageDependencies.length
+      ? table("bases", ["Type", "Image", "Digest"], task.baseImageDependencies.map((b) => [b.type, imageName(b), h("code", {}, b.digest)]))
+      : h("p", {}, "None."),
     h("h2", {}, "Recent runs"), runs,
     h("h2", {}, "Definition"), h("pre", { class: "definition" }, JSON.stringify(definition(task), null, 2)),
-    h("h2", {}, "History"), h("pre", {}, JSON.stringify(task.history, null, 2)));
+    h("h2", {}, "History"), task.history.length
+      ? table("history", ["Time", "Event", "Detail"], task.history.map((e) => [when(e.time), e.kind, e.detail]))
+      : h("p", {}, "None."));
   try { runs.append(runsTable((await api.get<api.List<Run>>(`/runs?task=${enc(task.name)}&top=10`)).value)); } catch (e) { failure(runs, e); }
   return () => {};
 }

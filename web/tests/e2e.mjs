@@ -70,7 +70,9 @@ try {
   const liveId = (await queued.json()).runId;
   const liveRow = page.locator(`table.runs tbody tr[data-run="${liveId}"]`);
   await liveRow.waitFor();
-  check(await liveRow.evaluate((row) => row === row.parentElement.firstElementChild), `new run ${liveId} appeared on top`);
+  // Asked of the table, not of the row: a status change replaces the row element at any time.
+  await page.waitForFunction((id) => document.querySelector("table.runs tbody tr")?.dataset.run === id, liveId);
+  report.steps.push(`new run ${liveId} appeared on top`);
   await liveRow.locator(".status", { hasText: "Succeeded" }).waitFor({ timeout: 120000 });
   check(await page.evaluate(() => window.kilnSamePage === true), "its status changed to Succeeded without a reload");
   await page.getByRole("link", { name: liveId, exact: true }).click();

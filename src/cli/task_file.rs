@@ -244,7 +244,7 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
                     })
                     .collect::<serde_json::Map<_, _>>(),
                 // Which `cmd` steps share a network namespace, each lane in run order.
-                "lanes": lane_ids(&plan),
+                "lanes": kiln_plan::lane::Lanes::assign(&plan).step_ids(&plan),
                 "diagnostics": diags,
             }))?;
             println!("{}", mask(&json, &plan.masked));
@@ -261,14 +261,6 @@ pub fn render(args: RenderArgs, config: Option<&Path>) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The steps of each lane (`kiln_plan::lane`) by ID.
-fn lane_ids(plan: &Plan) -> Vec<Vec<&str>> {
-    let lanes = kiln_plan::lane::Lanes::assign(plan);
-    (0..lanes.len())
-        .map(|lane| lanes.members(lane).iter().map(|&i| plan.steps[i].id.as_str()).collect())
-        .collect()
 }
 
 /// Secret values never reach a terminal or a CI log, even from a dry run.

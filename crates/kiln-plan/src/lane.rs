@@ -85,6 +85,14 @@ impl Lanes {
         &self.members[lane]
     }
 
+    /// Each lane's members by step ID, in the order they run (`plan` is the one assigned).
+    pub fn step_ids<'p>(&self, plan: &'p Plan) -> Vec<Vec<&'p str>> {
+        self.members
+            .iter()
+            .map(|lane| lane.iter().map(|&i| plan.steps[i].id.as_str()).collect())
+            .collect()
+    }
+
     /// How many lanes there are.
     pub fn len(&self) -> usize {
         self.members.len()
@@ -145,10 +153,7 @@ mod tests {
     }
 
     fn lanes(plan: &Plan) -> Vec<Vec<&str>> {
-        let lanes = Lanes::assign(plan);
-        (0..lanes.len())
-            .map(|l| lanes.members(l).iter().map(|&i| plan.steps[i].id.as_str()).collect())
-            .collect()
+        Lanes::assign(plan).step_ids(plan)
     }
 
     #[test]
